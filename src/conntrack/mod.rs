@@ -1,0 +1,9 @@
+//! Connection tracking: the key, the table, and per-protocol state.
+
+pub mod key;
+pub mod seq;
+pub mod table;
+pub mod tcp;
+
+pub use key::{FlowKey, Side};
+pub use table::{Conn, ConnState, Table};

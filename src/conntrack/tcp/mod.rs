@@ -1,0 +1,240 @@
+//! TCP tracking: the state grid, its exceptions, and window tracking.
+//!
+//! Per packet, in order: classify the flags, look up both grid cells, apply the
+//! exceptions the grid cannot express ([`TcpConn::refine`]), run the window
+//! check ([`window`]), and only then commit the new states and window.
+
+pub mod grid;
+mod window;
+
+use crate::reason::Reason;
+use crate::wire::TcpSegment;
+pub use grid::{EndpointState, Next, Received, Sent};
+use window::Peer;
+
+/// Index of the endpoint that sent the connection's first SYN.
+pub const ORIGINATOR: usize = 0;
+/// Index of the endpoint the first SYN went to.
+pub const RESPONDER: usize = 1;
+
+/// Both endpoints' states and windows. 32 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpConn {
+    peers: [Peer; 2],
+}
+
+/// How a packet went, for the caller: the reason and whether state changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpOutcome {
+    pub reason: Reason,
+    /// Whether the packet refreshes the connection's timeout.
+    pub refresh: bool,
+}
+
+impl TcpOutcome {
+    fn drop(reason: Reason) -> Self {
+        TcpOutcome {
+            reason,
+            refresh: false,
+        }
+    }
+    fn pass_unchanged(reason: Reason) -> Self {
+        TcpOutcome {
+            reason,
+            refresh: false,
+        }
+    }
+}
+
+fn classify(seg: &TcpSegment) -> Sent {
+    let f = seg.flags;
+    if f.rst() {
+        Sent::Rst
+    } else if f.syn() && f.ack() {
+        Sent::SynAck
+    } else if f.syn() {
+        Sent::Syn
+    } else if f.fin() {
+        Sent::Fin
+    } else {
+        Sent::Ack
+    }
+}
+
+impl TcpConn {
+    /// A connection opened by a SYN from the originator: `SYN_SENT:LISTEN`.
+    pub fn from_syn(seg: &TcpSegment) -> TcpConn {
+        let mut conn = TcpConn {
+            peers: [
+                Peer::new(EndpointState::Closed),
+                Peer::new(EndpointState::Listen),
+            ],
+        };
+        let outcome = conn.handle(ORIGINATOR, seg);
+        debug_assert_eq!(outcome.reason, Reason::Tracked);
+        conn
+    }
+
+    /// A connection picked up mid-stream (loose mode): `ESTABLISHED:ESTABLISHED`,
+    /// with liberal window checks since the handshake's window facts were missed.
+    pub fn from_midstream(seg: &TcpSegment) -> TcpConn {
+        let mut conn = TcpConn {
+            peers: [
+                Peer::new(EndpointState::Established),
+                Peer::new(EndpointState::Established),
+            ],
+        };
+        conn.peers[0].set_liberal();
+        conn.peers[1].set_liberal();
+        window::init_midstream(&mut conn.peers, ORIGINATOR, seg);
+        conn
+    }
+
+    pub fn states(&self) -> (EndpointState, EndpointState) {
+        (self.peers[ORIGINATOR].state, self.peers[RESPONDER].state)
+    }
+
+    /// Both endpoints have been ESTABLISHED (handshake complete).
+    pub fn is_established(&self) -> bool {
+        self.peers[0].state == EndpointState::Established
+            && self.peers[1].state == EndpointState::Established
+    }
+
+    /// Still in the handshake: counts against the half-open limit.
+    pub fn is_half_open(&self) -> bool {
+        use EndpointState::*;
+        matches!(self.peers[0].state, SynSent | SynRecv)
+            || matches!(self.peers[1].state, Listen | SynSent | SynRecv)
+    }
+
+    /// A bare SYN may replace this connection with a new one (nf_conntrack's
+    /// reopen from TIME_WAIT/CLOSE): either side in TIME_WAIT, or reset.
+    pub fn is_reopenable(&self) -> bool {
+        use EndpointState::*;
+        let (a, b) = self.states();
+        a == TimeWait
+            || b == TimeWait
+            || (a == Closed && b == Closed)
+            || (a == Closed && b == Listen)
+    }
+
+    /// Whether either side has data in flight not yet acknowledged.
+    pub fn has_unacknowledged_data(&self) -> bool {
+        self.peers[0].unacknowledged() || self.peers[1].unacknowledged()
+    }
+
+    /// Processes one segment from endpoint `from` (ORIGINATOR or RESPONDER).
+    /// On any drop reason the connection is unchanged.
+    pub fn handle(&mut self, from: usize, seg: &TcpSegment) -> TcpOutcome {
+        let to = 1 - from;
+        let sent = classify(seg);
+        let (sender, receiver) = (self.peers[from].state, self.peers[to].state);
+        // The receiver's FIN is covered when the ACK reaches its end (its
+        // end includes the FIN, and after a FIN it sends no new data).
+        let acks_fin =
+            seg.flags.ack() && receiver.fin_sent() && !seg.ack.before(self.peers[to].end);
+        let received = match (sent, acks_fin) {
+            (Sent::Syn, _) => Received::Syn,
+            (Sent::SynAck, _) => Received::SynAck,
+            (Sent::Fin, false) => Received::Fin,
+            (Sent::Fin, true) => Received::FinAckingFin,
+            (Sent::Ack, false) => Received::Ack,
+            (Sent::Ack, true) => Received::AckingFin,
+            (Sent::Rst, _) => Received::Rst,
+        };
+        let (mut next_sender, next_receiver) = grid::lookup(sent, sender, received, receiver);
+        if next_sender == Next::Invalid || next_receiver == Next::Invalid {
+            return TcpOutcome::drop(Reason::BadTransition);
+        }
+        let mut peers = self.peers;
+        match self.refine(from, seg, sent, acks_fin, &mut peers, &mut next_sender) {
+            Ok(()) => {}
+            Err(outcome) => return outcome,
+        }
+        if let Err(outcome) = window::check(&mut peers, from, seg, sent, self.is_established()) {
+            return outcome;
+        }
+        peers[from].state = apply(next_sender, sender);
+        peers[to].state = apply(next_receiver, receiver);
+        self.peers = peers;
+        TcpOutcome {
+            reason: Reason::Tracked,
+            refresh: true,
+        }
+    }
+
+    /// The exceptions the grid cannot express, in one place. `Err` ends the
+    /// packet's processing with that outcome (a drop, or a pass without change).
+    fn refine(
+        &self,
+        from: usize,
+        seg: &TcpSegment,
+        sent: Sent,
+        acks_fin: bool,
+        peers: &mut [Peer; 2],
+        next_sender: &mut Next,
+    ) -> Result<(), TcpOutcome> {
+        let to = 1 - from;
+        let sender = self.peers[from].state;
+        use EndpointState::*;
+        match (sent, sender) {
+            // A SYN on an established connection: the peer answers with a
+            // challenge ACK; nothing here changes.
+            (Sent::Syn, Established) => Err(TcpOutcome::pass_unchanged(Reason::TcpIgnored)),
+            // A retransmitted SYN+ACK after the handshake (our ACK was lost
+            // beyond us): pass it only if it is the same SYN+ACK (seq = ISN).
+            (Sent::SynAck, Established) => {
+                if seg.seq + 1 == self.peers[from].end && !seg.ack.after(self.peers[to].end) {
+                    Err(TcpOutcome::pass_unchanged(Reason::TcpIgnored))
+                } else {
+                    Err(TcpOutcome::drop(Reason::SynAckSeqMismatch))
+                }
+            }
+            // The responder's SYN+ACK must acknowledge exactly the ISN+1 of the
+            // SYN it answers (seeds: ack = j+1). Before the originator's final
+            // ACK its end is still ISN+1.
+            (Sent::SynAck, _) => {
+                if seg.ack != peers[to].end {
+                    return Err(TcpOutcome::drop(Reason::SynAckBadAck));
+                }
+                // A responder that restarted answers with a new ISN: start over
+                // on its window (as nf_conntrack does in SYN_RECV).
+                if sender == SynRecv && seg.seq + 1 != peers[from].end {
+                    peers[from].reset_window();
+                }
+                Ok(())
+            }
+            // A SYN retransmitted with a new ISN (the client restarted):
+            // re-initialise its window from this SYN.
+            (Sent::Syn, SynSent | SynRecv) => {
+                if seg.seq + 1 != peers[from].end {
+                    peers[from].reset_window();
+                }
+                Ok(())
+            }
+            // The handshake's final ACK must acknowledge the responder's ISN+1
+            // (seeds: ack = k+1); a FIN may ride on it.
+            (Sent::Ack | Sent::Fin, SynSent) => {
+                if !peers[to].has_window() || seg.ack != peers[to].end {
+                    return Err(TcpOutcome::drop(Reason::HandshakeBadAck));
+                }
+                Ok(())
+            }
+            // The passive side's FIN that does not acknowledge the active side's
+            // FIN was sent before it arrived: a simultaneous close, so this side
+            // is CLOSING, not LAST_ACK (the grid moves the peer to CLOSING).
+            (Sent::Fin, CloseWait) if !acks_fin => {
+                *next_sender = Next::To(Closing);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn apply(next: Next, current: EndpointState) -> EndpointState {
+    match next {
+        Next::To(s) => s,
+        Next::Stay | Next::Ignore | Next::Invalid => current,
+    }
+}

@@ -1,0 +1,244 @@
+//! Window tracking after Guido van Rooij, "Real Stateful TCP Packet Filtering
+//! in IP Filter", as nf_conntrack implements it. For a segment from `sender`
+//! to `receiver`, with end = seq + len (+1 for SYN, +1 for FIN):
+//!
+//! ```text
+//!   I.   seq <= sender.maxend                              (not past the receiver's window)
+//!   II.  end >= sender.end - receiver.maxwin               (not already acknowledged data)
+//!   III. ack <= receiver.end                               (acknowledges only data sent)
+//!   IV.  ack >= receiver.end - max(sender.maxwin, 66000)   (not an ancient ACK)
+//! ```
+//!
+//! I and III failing drop the segment. II and IV failing pass it without any
+//! state change (old retransmissions and overly delayed ACKs happen on real
+//! networks; dropping them stalls connections, see nf_conntrack's
+//! NFCT_TCP_IGNORE). A RST must pass all four.
+
+use super::{EndpointState, Sent, TcpOutcome};
+use crate::conntrack::seq::SeqNum;
+use crate::reason::Reason;
+use crate::wire::TcpSegment;
+
+/// RFC 1323: the largest window shift.
+const MAX_WINDOW_SCALE: u8 = 14;
+/// nf_conntrack's MAXACKWINCONST: lower bound of condition IV's slack.
+const MIN_ACK_WINDOW: u32 = 66000;
+
+const F_WINDOW_SCALE: u8 = 1 << 0;
+const F_SACK_PERM: u8 = 1 << 1;
+const F_UNACKNOWLEDGED: u8 = 1 << 2;
+const F_LIBERAL: u8 = 1 << 3;
+
+/// What the observer knows of one endpoint (nf_conntrack's ip_ct_tcp_state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Peer {
+    /// Highest seq + len this endpoint has sent (td_end).
+    pub end: SeqNum,
+    /// Highest ack + window the other endpoint has allowed it (td_maxend).
+    pub maxend: SeqNum,
+    /// Largest window this endpoint has advertised, scaled (td_maxwin); 0 = nothing seen yet.
+    pub maxwin: u32,
+    pub scale: u8,
+    flags: u8,
+    pub state: EndpointState,
+}
+
+impl Peer {
+    pub fn new(state: EndpointState) -> Peer {
+        Peer {
+            end: SeqNum(0),
+            maxend: SeqNum(0),
+            maxwin: 0,
+            scale: 0,
+            flags: 0,
+            state,
+        }
+    }
+
+    pub fn has_window(&self) -> bool {
+        self.maxwin != 0
+    }
+
+    pub fn unacknowledged(&self) -> bool {
+        self.flags & F_UNACKNOWLEDGED != 0
+    }
+
+    pub fn set_liberal(&mut self) {
+        self.flags |= F_LIBERAL;
+    }
+
+    fn liberal(&self) -> bool {
+        self.flags & F_LIBERAL != 0
+    }
+
+    /// Forget the window so the next SYN initialises it again.
+    pub fn reset_window(&mut self) {
+        let state = self.state;
+        let liberal = self.flags & F_LIBERAL;
+        *self = Peer::new(state);
+        self.flags = liberal;
+    }
+}
+
+/// First sight of an endpoint through its SYN or SYN+ACK.
+fn init_from_syn(peers: &mut [Peer; 2], from: usize, seg: &TcpSegment, end: SeqNum) {
+    let to = 1 - from;
+    let p = &mut peers[from];
+    p.end = end;
+    p.maxend = end;
+    p.maxwin = (seg.window as u32).max(1);
+    p.flags &= F_LIBERAL;
+    if let Some(shift) = seg.options.window_scale {
+        p.flags |= F_WINDOW_SCALE;
+        p.scale = shift.min(MAX_WINDOW_SCALE);
+    }
+    if seg.options.sack_permitted {
+        p.flags |= F_SACK_PERM;
+    }
+    // RFC 1323: scaling applies only when both SYNs carried the option.
+    let both = peers[from].flags & F_WINDOW_SCALE != 0 && peers[to].flags & F_WINDOW_SCALE != 0;
+    if !both {
+        peers[from].scale = 0;
+        peers[to].scale = 0;
+    }
+}
+
+/// Loose pickup: initialise from a mid-stream segment, as nf_conntrack does.
+pub(super) fn init_midstream(peers: &mut [Peer; 2], from: usize, seg: &TcpSegment) {
+    let to = 1 - from;
+    let end = seg.seq + seg.seq_len();
+    let p = &mut peers[from];
+    p.end = end;
+    p.maxwin = (seg.window as u32).max(1);
+    p.maxend = end + p.maxwin;
+    let r = &mut peers[to];
+    r.end = seg.ack;
+    r.maxend = seg.ack;
+}
+
+/// Runs the four checks and, when they pass, updates both peers.
+pub(super) fn check(
+    peers: &mut [Peer; 2],
+    from: usize,
+    seg: &TcpSegment,
+    sent: Sent,
+    established: bool,
+) -> Result<(), TcpOutcome> {
+    let to = 1 - from;
+    let seq = seg.seq;
+    let end = seq + seg.seq_len();
+    let win = seg.window as u32;
+    let is_rst = sent == Sent::Rst;
+    let drop = |r: Reason| {
+        Err(TcpOutcome {
+            reason: if is_rst { Reason::RstOutOfWindow } else { r },
+            refresh: false,
+        })
+    };
+    let ignore = |r: Reason| {
+        if is_rst {
+            drop(r)
+        } else {
+            Err(TcpOutcome {
+                reason: r,
+                refresh: false,
+            })
+        }
+    };
+
+    if !peers[from].has_window() {
+        if seg.flags.syn() {
+            init_from_syn(peers, from, seg, end);
+            if !seg.flags.ack() {
+                // A bare SYN: nothing to check against yet.
+                return Ok(());
+            }
+        } else if is_rst {
+            // A RST from a side we never saw send (the responder refusing the
+            // SYN): valid only as RST+ACK of exactly the SYN's ISN+1.
+            return if seg.flags.ack() && seg.ack == peers[to].end {
+                Ok(())
+            } else {
+                drop(Reason::RstOutOfWindow)
+            };
+        } else if peers[from].liberal() {
+            // Picked up mid-stream: this side's first packet tells its window.
+            init_midstream(peers, from, seg);
+        } else {
+            return drop(Reason::BadTransition);
+        }
+    }
+
+    // No data (nor a new FIN) from a side after its FIN: only retransmissions.
+    if peers[from].state.fin_sent() && end.after(peers[from].end) {
+        return drop(Reason::DataAfterFin);
+    }
+
+    let ack = if !seg.flags.ack() || (is_rst && seg.ack == SeqNum(0)) {
+        // No ACK (or a RST+ACK with ack 0 from broken stacks): treat as acking all.
+        peers[to].end
+    } else {
+        seg.ack
+    };
+    let (sender, receiver) = (peers[from], peers[to]);
+    let liberal = sender.liberal();
+
+    // I. The segment starts inside the receiver's window.
+    if !seq.before(sender.maxend + 1) && !liberal {
+        return drop(Reason::SeqAboveWindow);
+    }
+    // III. It acknowledges only data that was sent.
+    if !ack.before(receiver.end + 1) && !liberal {
+        return drop(Reason::AckAboveSent);
+    }
+    // II. Its end is not below what the receiver has already acknowledged.
+    let in_receive_window = !receiver.has_window() || end.after(sender.end - receiver.maxwin - 1);
+    if !in_receive_window && !liberal {
+        return ignore(Reason::OldRetransmission);
+    }
+    // IV. Its ACK is not older than the largest window allows.
+    let ack_slack = sender.maxwin.max(MIN_ACK_WINDOW);
+    if !ack.after(receiver.end - ack_slack - 1) && !liberal {
+        return ignore(Reason::DelayedAck);
+    }
+    // RST exactness (RFC 5961 §3.2): in ESTABLISHED an in-window RST that is
+    // not at the exact next sequence number gets a challenge ACK from the
+    // receiver; the connection stays.
+    if is_rst && established && seq != sender.end {
+        return Err(TcpOutcome {
+            reason: Reason::RstChallenged,
+            refresh: false,
+        });
+    }
+
+    // Update the sender.
+    let scaled_win = if seg.flags.syn() {
+        win
+    } else {
+        win << sender.scale
+    };
+    let s = &mut peers[from];
+    if s.maxwin < scaled_win {
+        s.maxwin = scaled_win;
+    }
+    if end.after(s.end) {
+        s.end = end;
+        s.flags |= F_UNACKNOWLEDGED;
+    }
+    let sender_maxend = s.maxend;
+    // Update the receiver.
+    let r = &mut peers[to];
+    if r.maxwin != 0 && end.after(sender_maxend) {
+        r.maxwin = r.maxwin.wrapping_add(end.distance_from(sender_maxend));
+    }
+    if (ack + scaled_win).after(r.maxend - 1) {
+        r.maxend = ack + scaled_win;
+        if scaled_win == 0 {
+            r.maxend = r.maxend + 1;
+        }
+    }
+    if ack == r.end {
+        r.flags &= !F_UNACKNOWLEDGED;
+    }
+    Ok(())
+}

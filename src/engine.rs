@@ -1,0 +1,421 @@
+//! The decision: one packet in, accept or drop out, with the reason.
+//!
+//! `Engine::decide(bytes, context, now)` parses, validates flags, looks the
+//! connection up, runs its state machine, consults the policy for new
+//! connections, and answers. It reads no clock and touches no socket: the
+//! NFQUEUE workers and the pcap replay are the only callers that do.
+
+use crate::config::{Config, EngineSettings};
+use crate::conntrack::table::{Full, Limits, Proto};
+use crate::conntrack::tcp::{EndpointState, TcpConn, ORIGINATOR, RESPONDER};
+use crate::conntrack::{Conn, ConnState, FlowKey, Side, Table};
+use crate::policy::{Action, Interfaces, Policy};
+use crate::reason::{Reason, Verdict};
+use crate::time::Timestamp;
+use crate::wire::{self, Embedded, Framing, IcmpKind, Packet, TcpSegment, Transport};
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+/// What the caller knows about a packet besides its bytes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Context<'a> {
+    pub ifaces: Interfaces<'a>,
+    pub framing: Framing,
+}
+
+/// The answer for one packet.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub reason: Reason,
+    /// Connection state before and after the packet (`NONE` when there is none).
+    pub before: ConnState,
+    pub after: ConnState,
+    /// The rule that decided a new connection, if a rule did.
+    pub rule: Option<u16>,
+    /// That rule asked for logging.
+    pub log: bool,
+}
+
+impl Decision {
+    fn stateless(reason: Reason) -> Decision {
+        Decision {
+            reason,
+            before: ConnState::None,
+            after: ConnState::None,
+            rule: None,
+            log: false,
+        }
+    }
+
+    pub fn verdict(&self) -> Verdict {
+        self.reason.verdict()
+    }
+
+    /// `(before, after)` when the packet changed the connection's state.
+    pub fn transition(&self) -> Option<(ConnState, ConnState)> {
+        (self.before != self.after).then_some((self.before, self.after))
+    }
+}
+
+/// One tracked connection, for listings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub protocol: u8,
+    pub originator: (IpAddr, u16),
+    pub responder: (IpAddr, u16),
+    pub state: ConnState,
+    pub expires_at_secs: u32,
+}
+
+pub struct Engine {
+    table: Table,
+    policy: RwLock<Arc<Policy>>,
+    settings: EngineSettings,
+}
+
+enum Lookup {
+    Found(Decision),
+    Absent,
+}
+
+impl Engine {
+    pub fn new(settings: EngineSettings, policy: Policy) -> Engine {
+        Engine {
+            table: Table::new(Limits {
+                max_connections: settings.max_connections,
+                max_half_open: settings.max_half_open,
+            }),
+            policy: RwLock::new(Arc::new(policy)),
+            settings,
+        }
+    }
+
+    pub fn from_config(config: &Config) -> Engine {
+        Engine::new(config.engine, config.policy.clone())
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the policy for new connections; tracked connections keep their state.
+    pub fn set_policy(&self, policy: Policy) {
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+    }
+
+    /// Decides one packet given as bytes starting at the IP header.
+    #[inline]
+    pub fn decide(&self, bytes: &[u8], ctx: &Context<'_>, now: Timestamp) -> Decision {
+        match wire::parse(bytes, ctx.framing) {
+            Ok(packet) => self.decide_packet(&packet, ctx, now),
+            Err(reason) => Decision::stateless(reason),
+        }
+    }
+
+    /// Decides one already parsed packet.
+    pub fn decide_packet(&self, p: &Packet, ctx: &Context<'_>, now: Timestamp) -> Decision {
+        match p.transport {
+            Transport::Tcp(seg) => self.tcp(p, &seg, ctx, now),
+            Transport::Udp { src_port, dst_port } => {
+                self.datagram(p, (src_port, dst_port), true, ctx, now)
+            }
+            Transport::Other => self.datagram(p, (0, 0), true, ctx, now),
+            Transport::Icmp(icmp) => match icmp.kind {
+                IcmpKind::EchoRequest { id } => self.datagram(p, (id, id), true, ctx, now),
+                // A reply never opens a flow: it needs the request's entry.
+                IcmpKind::EchoReply { id } => self.datagram(p, (id, id), false, ctx, now),
+                IcmpKind::Error(embedded) => self.icmp_error(p, &embedded, now),
+                // Untracked ICMP (timestamps, router adverts...): the policy decides each one.
+                IcmpKind::Other => self.policy_only(p, ctx),
+            },
+        }
+    }
+
+    /// Removes expired connections; returns how many.
+    pub fn expire(&self, now: Timestamp) -> usize {
+        self.table.expire(now)
+    }
+
+    /// Every tracked connection.
+    pub fn connections(&self) -> Vec<ConnInfo> {
+        self.table
+            .snapshot()
+            .into_iter()
+            .map(|(key, conn)| {
+                let other = match conn.originator {
+                    Side::Lo => Side::Hi,
+                    Side::Hi => Side::Lo,
+                };
+                ConnInfo {
+                    protocol: key.protocol(),
+                    originator: key.endpoint(conn.originator),
+                    responder: key.endpoint(other),
+                    state: conn.state(),
+                    expires_at_secs: conn.expires_at_secs(),
+                }
+            })
+            .collect()
+    }
+
+    // ---- TCP ----
+
+    fn tcp(&self, p: &Packet, seg: &TcpSegment, ctx: &Context<'_>, now: Timestamp) -> Decision {
+        let (key, side) = FlowKey::new(p.protocol, p.src, seg.src_port, p.dst, seg.dst_port);
+        let bare_syn = seg.flags.syn() && !seg.flags.ack();
+        // Two rounds at most: a lost insert race is retried as an existing connection.
+        for _ in 0..2 {
+            if let Lookup::Found(d) = self.tcp_existing(&key, side, seg, bare_syn, now) {
+                return d;
+            }
+            let tcp = if bare_syn {
+                TcpConn::from_syn(seg)
+            } else if self.settings.loose_pickup
+                && !seg.flags.rst()
+                && !seg.flags.fin()
+                && !seg.flags.syn()
+            {
+                TcpConn::from_midstream(seg)
+            } else {
+                return Decision::stateless(Reason::NoConnection);
+            };
+            match self.open(key, side, Proto::Tcp(tcp), tcp.is_half_open(), p, ctx, now) {
+                Some(d) => return d,
+                None => continue,
+            }
+        }
+        Decision::stateless(Reason::NoConnection)
+    }
+
+    fn tcp_existing(
+        &self,
+        key: &FlowKey,
+        side: Side,
+        seg: &TcpSegment,
+        bare_syn: bool,
+        now: Timestamp,
+    ) -> Lookup {
+        let map = self.table.map();
+        let Some(mut entry) = map.get_mut(key) else {
+            return Lookup::Absent;
+        };
+        let conn = entry.value_mut();
+        let Proto::Tcp(mut tcp) = conn.proto else {
+            return Lookup::Absent;
+        };
+        // An expired entry, or a new SYN on a connection in TIME_WAIT or reset
+        // (the kernel's reopen), is replaced: the SYN is a new connection and
+        // the policy decides it afresh.
+        if conn.expired(now) || (bare_syn && tcp.is_reopenable()) {
+            drop(entry);
+            self.table.remove_if(key, |c| {
+                c.expired(now) || matches!(c.proto, Proto::Tcp(t) if bare_syn && t.is_reopenable())
+            });
+            return Lookup::Absent;
+        }
+        let from = if side == conn.originator {
+            ORIGINATOR
+        } else {
+            RESPONDER
+        };
+        let before = conn.state();
+        let outcome = tcp.handle(from, seg);
+        conn.proto = Proto::Tcp(tcp);
+        if outcome.refresh {
+            let timeout = self.tcp_timeout(&tcp);
+            let established = tcp.is_established();
+            conn.set_timeout(now, timeout);
+            if established {
+                conn.set_assured();
+            }
+            self.table.account_half_open(conn);
+        }
+        Lookup::Found(Decision {
+            reason: outcome.reason,
+            before,
+            after: conn.state(),
+            rule: None,
+            log: false,
+        })
+    }
+
+    /// The timeout for a TCP connection's pair of states (nf_conntrack's
+    /// per-state timeouts, mapped from the two endpoint states).
+    fn tcp_timeout(&self, t: &TcpConn) -> u32 {
+        use EndpointState::*;
+        let to = &self.settings.timeouts;
+        let (a, b) = t.states();
+        let any = |s: EndpointState| a == s || b == s;
+        let base = if any(SynRecv) {
+            to.syn_recv
+        } else if any(SynSent) || any(Listen) {
+            to.syn_sent
+        } else if any(LastAck) {
+            to.last_ack
+        } else if any(TimeWait) {
+            to.time_wait
+        } else if any(Closed) {
+            to.close
+        } else if any(FinWait1) || any(Closing) {
+            to.fin_wait
+        } else if any(CloseWait) || any(FinWait2) {
+            to.close_wait
+        } else {
+            to.established
+        };
+        if t.has_unacknowledged_data() {
+            base.min(to.unacknowledged)
+        } else {
+            base
+        }
+    }
+
+    // ---- UDP, ICMP echo, other protocols ----
+
+    fn datagram(
+        &self,
+        p: &Packet,
+        ports: (u16, u16),
+        may_open: bool,
+        ctx: &Context<'_>,
+        now: Timestamp,
+    ) -> Decision {
+        let (key, side) = FlowKey::new(p.protocol, p.src, ports.0, p.dst, ports.1);
+        for _ in 0..2 {
+            if let Some(mut entry) = self.table.map().get_mut(&key) {
+                let conn = entry.value_mut();
+                if !conn.expired(now) {
+                    let before = conn.state();
+                    if side != conn.originator && !conn.replied() {
+                        conn.set_replied();
+                        conn.set_assured();
+                    }
+                    let timeout = self.datagram_timeout(p.protocol, conn.replied());
+                    conn.set_timeout(now, timeout);
+                    return Decision {
+                        reason: Reason::Tracked,
+                        before,
+                        after: conn.state(),
+                        rule: None,
+                        log: false,
+                    };
+                }
+                drop(entry);
+                self.table.remove_if(&key, |c| c.expired(now));
+            }
+            if !may_open {
+                return Decision::stateless(Reason::NoConnection);
+            }
+            let proto = match p.transport {
+                Transport::Icmp(_) => Proto::Icmp,
+                Transport::Udp { .. } => Proto::Udp,
+                _ => Proto::Other,
+            };
+            if let Some(d) = self.open(key, side, proto, false, p, ctx, now) {
+                return d;
+            }
+        }
+        Decision::stateless(Reason::NoConnection)
+    }
+
+    fn datagram_timeout(&self, protocol: u8, replied: bool) -> u32 {
+        let to = &self.settings.timeouts;
+        match protocol {
+            wire::PROTO_UDP if replied => to.udp_replied,
+            wire::PROTO_UDP => to.udp_unreplied,
+            wire::PROTO_ICMP | wire::PROTO_ICMPV6 => to.icmp,
+            _ if replied => to.other,
+            _ => to.udp_unreplied,
+        }
+    }
+
+    /// An ICMP error is related when the packet it quotes belongs to a
+    /// tracked flow and the error travels back to that packet's sender.
+    fn icmp_error(&self, p: &Packet, e: &Embedded, now: Timestamp) -> Decision {
+        if p.dst != e.src {
+            return Decision::stateless(Reason::IcmpErrorUnrelated);
+        }
+        let (key, _) = FlowKey::new(e.protocol, e.src, e.src_port, e.dst, e.dst_port);
+        match self.table.map().get(&key) {
+            Some(conn) if !conn.expired(now) => {
+                let state = conn.state();
+                Decision {
+                    reason: Reason::Related,
+                    before: state,
+                    after: state,
+                    rule: None,
+                    log: false,
+                }
+            }
+            _ => Decision::stateless(Reason::IcmpErrorUnrelated),
+        }
+    }
+
+    fn policy_only(&self, p: &Packet, ctx: &Context<'_>) -> Decision {
+        let m = self.policy().evaluate(p, &ctx.ifaces);
+        let reason = match (m.action, m.rule) {
+            (Action::Accept, Some(_)) => Reason::NewByRule,
+            (Action::Accept, None) => Reason::NewByDefault,
+            (Action::Drop, Some(_)) => Reason::DropByRule,
+            (Action::Drop, None) => Reason::DropByDefault,
+        };
+        Decision {
+            reason,
+            rule: m.rule,
+            log: m.log,
+            ..Decision::stateless(reason)
+        }
+    }
+
+    /// Asks the policy about a new connection and inserts it if allowed.
+    /// `None` when another thread inserted the same connection first.
+    #[allow(clippy::too_many_arguments)]
+    fn open(
+        &self,
+        key: FlowKey,
+        side: Side,
+        proto: Proto,
+        half_open: bool,
+        p: &Packet,
+        ctx: &Context<'_>,
+        now: Timestamp,
+    ) -> Option<Decision> {
+        let decision = self.policy_only(p, ctx);
+        if decision.verdict() == Verdict::Drop {
+            return Some(decision);
+        }
+        if let Err(full) = self.table.make_room(&key, half_open, now) {
+            let reason = match full {
+                Full::Table => Reason::TableFull,
+                Full::HalfOpen => Reason::HalfOpenLimit,
+            };
+            return Some(Decision { reason, ..decision });
+        }
+        let mut conn = Conn::new(proto, side, decision.log);
+        let timeout = match proto {
+            Proto::Tcp(t) => self.tcp_timeout(&t),
+            _ => self.datagram_timeout(p.protocol, false),
+        };
+        conn.set_timeout(now, timeout);
+        let state = conn.state();
+        match self.table.insert_new(key, conn) {
+            Ok(()) => Some(Decision {
+                after: state,
+                ..decision
+            }),
+            Err(_) => None,
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! conntrackd: a stateful TCP connection-tracking firewall for Linux gateways.
+//!
+//! # The sans-IO contract
+//!
+//! The engine ([`wire`] → [`conntrack`] → [`policy`], joined in [`engine`])
+//! does no I/O and reads no clock. [`Engine::decide`] takes one IP packet as
+//! bytes, what the caller knows about it, and the current time, and returns a
+//! [`Decision`]: accept or drop, with a [`Reason`] and the state transition.
+//! [`Engine::expire`] takes the time too. Only [`io`] touches sockets,
+//! threads and clocks: the NFQUEUE workers and the pcap replay are thin shells
+//! over the same engine, which is why a replayed capture is a faithful oracle
+//! of the live path.
+
+pub mod cli;
+pub mod config;
+pub mod conntrack;
+pub mod engine;
+pub mod io;
+pub mod io_support;
+pub mod policy;
+pub mod reason;
+pub mod time;
+pub mod wire;
+
+pub use config::{Config, ConfigError, EngineSettings};
+pub use engine::{Context, Decision, Engine};
+pub use reason::{Counters, Reason, Verdict};
+pub use time::Timestamp;

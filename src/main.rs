@@ -1,0 +1,23 @@
+use clap::Parser;
+use conntrackd::cli::{Cli, Command};
+use conntrackd::Config;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None => conntrackd::io::daemon::run(cli.daemon),
+        Some(Command::Check { rules }) => match Config::load(&rules) {
+            Ok(config) => {
+                print!("{config}");
+                println!("ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Replay(args)) => conntrackd::io::replay::run(args),
+    }
+}

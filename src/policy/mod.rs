@@ -1,0 +1,356 @@
+//! The policy: which new connections are allowed.
+//!
+//! An ordered list of named rules, first match wins, else the default action.
+//! Rules decide only new connections; packets of a tracked connection follow
+//! its state. The TOML schema ([`PolicySpec`], [`RuleSpec`]) is compiled into a
+//! [`Policy`] once, so matching does no parsing and no allocation.
+
+mod values;
+
+use crate::wire::{Packet, Transport};
+use serde::Deserialize;
+use std::fmt;
+pub use values::{Cidr, List, PortRange, ProtoSpec};
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Accept,
+    Drop,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Accept => "accept",
+            Action::Drop => "drop",
+        })
+    }
+}
+
+/// `[policy]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    /// What happens to a new connection no rule matches.
+    pub default: Action,
+}
+
+/// One `[[rule]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    pub name: String,
+    pub action: Action,
+    #[serde(default)]
+    pub proto: Option<ProtoSpec>,
+    #[serde(default)]
+    pub src: List<Cidr>,
+    #[serde(default)]
+    pub dst: List<Cidr>,
+    #[serde(default)]
+    pub src_ports: List<PortRange>,
+    #[serde(default)]
+    pub dst_ports: List<PortRange>,
+    /// Input interface; a trailing `+` matches a prefix (`eth+`), as in iptables.
+    #[serde(default)]
+    pub in_iface: Option<String>,
+    #[serde(default)]
+    pub out_iface: Option<String>,
+    #[serde(default)]
+    pub icmp_type: Option<u8>,
+    /// Log (rate-limited) each new connection this rule decides.
+    #[serde(default)]
+    pub log: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Iface {
+    name: String,
+    prefix: bool,
+}
+
+impl Iface {
+    fn new(spec: &str) -> Iface {
+        match spec.strip_suffix('+') {
+            Some(p) => Iface {
+                name: p.to_string(),
+                prefix: true,
+            },
+            None => Iface {
+                name: spec.to_string(),
+                prefix: false,
+            },
+        }
+    }
+
+    fn matches(&self, iface: Option<&str>) -> bool {
+        match iface {
+            Some(i) if self.prefix => i.starts_with(&self.name),
+            Some(i) => i == self.name,
+            None => false,
+        }
+    }
+}
+
+/// A compiled rule.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub name: String,
+    pub action: Action,
+    pub log: bool,
+    proto: Option<u8>,
+    src: Vec<Cidr>,
+    dst: Vec<Cidr>,
+    src_ports: Vec<PortRange>,
+    dst_ports: Vec<PortRange>,
+    in_iface: Option<Iface>,
+    out_iface: Option<Iface>,
+    icmp_type: Option<u8>,
+}
+
+/// Interfaces a packet crossed (names, as the rules use them).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Interfaces<'a> {
+    pub input: Option<&'a str>,
+    pub output: Option<&'a str>,
+}
+
+impl Rule {
+    fn matches(&self, p: &Packet, ifaces: &Interfaces<'_>) -> bool {
+        if let Some(proto) = self.proto {
+            if p.protocol != proto {
+                return false;
+            }
+        }
+        if !self.src.is_empty() && !self.src.iter().any(|c| c.contains(p.src)) {
+            return false;
+        }
+        if !self.dst.is_empty() && !self.dst.iter().any(|c| c.contains(p.dst)) {
+            return false;
+        }
+        if !self.src_ports.is_empty() || !self.dst_ports.is_empty() {
+            let Some((sp, dp)) = p.ports() else {
+                return false;
+            };
+            if !self.src_ports.is_empty() && !self.src_ports.iter().any(|r| r.contains(sp)) {
+                return false;
+            }
+            if !self.dst_ports.is_empty() && !self.dst_ports.iter().any(|r| r.contains(dp)) {
+                return false;
+            }
+        }
+        if let Some(i) = &self.in_iface {
+            if !i.matches(ifaces.input) {
+                return false;
+            }
+        }
+        if let Some(i) = &self.out_iface {
+            if !i.matches(ifaces.output) {
+                return false;
+            }
+        }
+        if let Some(t) = self.icmp_type {
+            match p.transport {
+                Transport::Icmp(icmp) if icmp.icmp_type == t => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.action, self.name)?;
+        if let Some(p) = self.proto {
+            write!(f, " proto={p}")?;
+        }
+        let join = |v: &[String]| v.join(",");
+        if !self.src.is_empty() {
+            write!(
+                f,
+                " src={}",
+                join(&self.src.iter().map(|c| c.to_string()).collect::<Vec<_>>())
+            )?;
+        }
+        if !self.dst.is_empty() {
+            write!(
+                f,
+                " dst={}",
+                join(&self.dst.iter().map(|c| c.to_string()).collect::<Vec<_>>())
+            )?;
+        }
+        if !self.src_ports.is_empty() {
+            write!(
+                f,
+                " src_ports={}",
+                join(
+                    &self
+                        .src_ports
+                        .iter()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                )
+            )?;
+        }
+        if !self.dst_ports.is_empty() {
+            write!(
+                f,
+                " dst_ports={}",
+                join(
+                    &self
+                        .dst_ports
+                        .iter()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                )
+            )?;
+        }
+        if let Some(i) = &self.in_iface {
+            write!(f, " in={}{}", i.name, if i.prefix { "+" } else { "" })?;
+        }
+        if let Some(i) = &self.out_iface {
+            write!(f, " out={}{}", i.name, if i.prefix { "+" } else { "" })?;
+        }
+        if let Some(t) = self.icmp_type {
+            write!(f, " icmp_type={t}")?;
+        }
+        if self.log {
+            write!(f, " log")?;
+        }
+        Ok(())
+    }
+}
+
+/// The verdict of the policy on a new connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyMatch {
+    pub action: Action,
+    /// Index of the matching rule; `None` for the default action.
+    pub rule: Option<u16>,
+    pub log: bool,
+}
+
+/// A compiled policy.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub default: Action,
+    pub rules: Vec<Rule>,
+}
+
+impl Policy {
+    /// A policy that accepts every new connection (tracking stays strict).
+    pub fn allow_all() -> Policy {
+        Policy {
+            default: Action::Accept,
+            rules: Vec::new(),
+        }
+    }
+
+    /// Compiles the spec; an error carries the byte offset it refers to.
+    pub fn compile(
+        spec: &PolicySpec,
+        rules: &[toml::Spanned<RuleSpec>],
+    ) -> Result<Policy, (usize, String)> {
+        let mut compiled: Vec<Rule> = Vec::with_capacity(rules.len());
+        if rules.len() > u16::MAX as usize {
+            return Err((0, "too many rules".into()));
+        }
+        for spanned in rules {
+            let at = spanned.span().start;
+            let r = spanned.get_ref();
+            if r.name.trim().is_empty() {
+                return Err((at, "rule name must not be empty".into()));
+            }
+            if compiled.iter().any(|c| c.name == r.name) {
+                return Err((at, format!("duplicate rule name {:?}", r.name)));
+            }
+            let proto = r.proto.and_then(|p| p.number());
+            let has_ports = !r.src_ports.0.is_empty() || !r.dst_ports.0.is_empty();
+            if has_ports && !matches!(proto, Some(6 | 17)) {
+                return Err((
+                    at,
+                    format!("rule {:?}: ports need proto = \"tcp\" or \"udp\"", r.name),
+                ));
+            }
+            if r.icmp_type.is_some() && !matches!(proto, Some(1 | 58)) {
+                return Err((
+                    at,
+                    format!(
+                        "rule {:?}: icmp_type needs proto = \"icmp\" or \"icmpv6\"",
+                        r.name
+                    ),
+                ));
+            }
+            for iface in [&r.in_iface, &r.out_iface].into_iter().flatten() {
+                if iface.is_empty() || iface.len() > 15 {
+                    return Err((
+                        at,
+                        format!(
+                            "rule {:?}: interface name {iface:?} must be 1 to 15 characters",
+                            r.name
+                        ),
+                    ));
+                }
+            }
+            compiled.push(Rule {
+                name: r.name.clone(),
+                action: r.action,
+                log: r.log,
+                proto,
+                src: r.src.0.clone(),
+                dst: r.dst.0.clone(),
+                src_ports: r.src_ports.0.clone(),
+                dst_ports: r.dst_ports.0.clone(),
+                in_iface: r.in_iface.as_deref().map(Iface::new),
+                out_iface: r.out_iface.as_deref().map(Iface::new),
+                icmp_type: r.icmp_type,
+            });
+        }
+        Ok(Policy {
+            default: spec.default,
+            rules: compiled,
+        })
+    }
+
+    /// First matching rule, else the default.
+    pub fn evaluate(&self, packet: &Packet, ifaces: &Interfaces<'_>) -> PolicyMatch {
+        for (i, rule) in self.rules.iter().enumerate() {
+            if rule.matches(packet, ifaces) {
+                return PolicyMatch {
+                    action: rule.action,
+                    rule: Some(i as u16),
+                    log: rule.log,
+                };
+            }
+        }
+        PolicyMatch {
+            action: self.default,
+            rule: None,
+            log: false,
+        }
+    }
+
+    pub fn rule_name(&self, index: u16) -> Option<&str> {
+        self.rules.get(index as usize).map(|r| r.name.as_str())
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "policy: {} rules, default {}",
+            self.rules.len(),
+            self.default
+        )?;
+        for (i, r) in self.rules.iter().enumerate() {
+            writeln!(f, "  {:>3}. {r}", i + 1)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
