@@ -81,9 +81,12 @@ impl EndpointState {
         }
     }
 
-    /// This endpoint has sent its FIN (so it may send no new data).
+    /// This endpoint has sent its FIN or RST (so it may send no new data).
     pub const fn fin_sent(self) -> bool {
-        matches!(self, FinWait1 | FinWait2 | Closing | TimeWait | LastAck)
+        matches!(
+            self,
+            FinWait1 | FinWait2 | Closing | TimeWait | LastAck | Closed
+        )
     }
 }
 
@@ -203,8 +206,11 @@ pub const SENT: [[Next; 11]; 5] = [
  *  SR: retransmitted SYN+ACK, or each side's SYN+ACK in a simultaneous open.
  *  ES: the final ACK was lost beyond us and the responder retransmits its
  *      SYN+ACK: pass it unchanged if its seq is the ISN (refine). */
-/* FIN     */     [ IV, IV, F1, F1, F1, __, __, __, __, LA, __ ],
-/*  SS: the handshake's final ACK may carry a FIN (refine checks the ack).
+/* FIN     */     [ __, IV, F1, F1, F1, __, __, __, __, LA, __ ],
+/*  CL: the passive closer got its last ACK, but that ACK was lost beyond us
+ *      and the FIN comes again: the receiver's cell decides (TIME_WAIT hears
+ *      it; a side CLOSED by a RST does not). No new data: window check.
+ *  SS: the handshake's final ACK may carry a FIN (refine checks the ack).
  *  SR: close from SYN_RECV sends a FIN (RFC 793 CLOSE call).
  *  F1, F2, CG, TW, LA: a retransmitted FIN; the window check drops it if it
  *      carries new data ("no data after FIN").
@@ -238,8 +244,9 @@ pub const RECEIVED: [[Next; 11]; 7] = [
  *  F2: the peer's FIN after ours was acknowledged: TIME_WAIT (2MSL).
  *  CG, TW, CW, LA: a retransmitted FIN. */
 /* FIN,acks-my-FIN */
-                  [ IV, IV, CW, CW, CW, TW, TW, TW, __, __, CL ],
-/*  F1: the peer's ACK of our FIN and its own FIN in one segment (seeds: the
+                  [ __, IV, CW, CW, CW, TW, TW, TW, __, __, CL ],
+/*  CL: the TIME_WAIT side retransmits its FIN to a side already CLOSED.
+ *  F1: the peer's ACK of our FIN and its own FIN in one segment (seeds: the
  *      second and third teardown segments merged): TIME_WAIT.
  *  CG: simultaneous close, and our FIN is now acknowledged: TIME_WAIT.
  *  LA: the peer's FIN retransmitted with the ACK of ours: CLOSED. */
@@ -247,8 +254,11 @@ pub const RECEIVED: [[Next; 11]; 7] = [
 /*  LI: an ACK to a responder that has not sent its SYN+ACK.
  *  SR: the handshake's final ACK reaches the responder: ESTABLISHED. */
 /* ACK,acks-my-FIN */
-                  [ IV, IV, __, ES, __, F2, __, TW, __, __, CL ],
-/*  F1: our FIN is acknowledged: FIN_WAIT_2.
+                  [ __, IV, __, ES, __, F2, __, TW, __, __, CL ],
+/*  CL: TIME_WAIT re-acknowledges our retransmitted FIN (its first ACK was
+ *      lost beyond us). After a RST the sender is CLOSED too and its own
+ *      cell refuses the ACK.
+ *  F1: our FIN is acknowledged: FIN_WAIT_2.
  *  CG: simultaneous close completes on this side: TIME_WAIT.
  *  LA: the last ACK: CLOSED. */
 /* RST     */     [ __, CL, CL, CL, CL, CL, CL, CL, CL, CL, CL ],

@@ -181,6 +181,15 @@ impl TcpConn {
             // A SYN on an established connection: the peer answers with a
             // challenge ACK; nothing here changes.
             (Sent::Syn, Established) => Err(TcpOutcome::pass_unchanged(Reason::TcpIgnored)),
+            // Simultaneous open: this side is ESTABLISHED by the peer's SYN+ACK,
+            // but its own SYN+ACK was already on the way and completes the peer.
+            (Sent::SynAck, Established) if self.peers[to].state == SynRecv => {
+                if seg.ack != peers[to].end {
+                    return Err(TcpOutcome::drop(Reason::SynAckBadAck));
+                }
+                *next_sender = Next::Stay;
+                Ok(())
+            }
             // A retransmitted SYN+ACK after the handshake (our ACK was lost
             // beyond us): pass it only if it is the same SYN+ACK (seq = ISN).
             (Sent::SynAck, Established) => {

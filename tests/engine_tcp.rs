@@ -1,0 +1,699 @@
+//! TCP scenarios on the sans-IO engine: every sequence from the seeds and
+//! design.md §2, driven with crafted packets and a virtual clock.
+//!
+//! ISNs sit just below 2^32 so every connection crosses the wrap.
+
+mod engine_support;
+
+use conntrackd::wire::TcpFlags as F;
+use conntrackd::Reason;
+use engine_support::*;
+
+const SYN: u8 = F::SYN;
+const ACK: u8 = F::ACK;
+const FIN: u8 = F::FIN;
+const RST: u8 = F::RST;
+const PSH: u8 = F::PSH;
+const URG: u8 = F::URG;
+
+// ---- the three-way handshake ----------------------------------------------
+
+#[test]
+fn handshake_moves_each_endpoint_as_the_seeds_teach() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::v4();
+    let d = f.client(&mut t, SYN, b"");
+    assert_eq!(d.reason, Reason::NewByDefault);
+    assert_eq!(show(&d), "NONE -> SYN_SENT:LISTEN");
+    let d = f.server(&mut t, SYN | ACK, b"");
+    assert_eq!(
+        (d.reason, show(&d).as_str()),
+        (Reason::Tracked, "SYN_SENT:LISTEN -> SYN_SENT:SYN_RECV")
+    );
+    let d = f.client(&mut t, ACK, b"");
+    assert_eq!(show(&d), "SYN_SENT:SYN_RECV -> ESTABLISHED:ESTABLISHED");
+    assert_eq!(t.engine.table().half_open(), 0);
+}
+
+#[test]
+fn synack_must_acknowledge_isn_plus_one() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::v4();
+    f.client(&mut t, SYN, b"");
+    for wrong in [f.c_nxt.wrapping_sub(1), f.c_nxt.wrapping_add(1), 0] {
+        let d = t.tcp(f.s, f.c, SYN | ACK, f.s_nxt, wrong, b"");
+        assert_eq!(d.reason, Reason::SynAckBadAck, "ack {wrong}");
+        assert_eq!(
+            d.after.to_string(),
+            "SYN_SENT:LISTEN",
+            "a bad SYN+ACK changes nothing"
+        );
+    }
+    assert_eq!(f.server(&mut t, SYN | ACK, b"").reason, Reason::Tracked);
+}
+
+#[test]
+fn final_ack_must_acknowledge_responder_isn_plus_one() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::v4();
+    f.client(&mut t, SYN, b"");
+    f.server(&mut t, SYN | ACK, b"");
+    for wrong in [
+        f.s_nxt.wrapping_add(1),
+        f.s_nxt.wrapping_sub(1),
+        f.s_nxt.wrapping_add(100_000),
+    ] {
+        let d = t.tcp(f.c, f.s, ACK, f.c_nxt, wrong, b"");
+        assert_eq!(d.reason, Reason::HandshakeBadAck, "ack {wrong}");
+    }
+    assert_eq!(
+        show(&f.client(&mut t, ACK, b"")),
+        "SYN_SENT:SYN_RECV -> ESTABLISHED:ESTABLISHED"
+    );
+}
+
+#[test]
+fn ack_before_synack_is_dropped() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::v4();
+    f.client(&mut t, SYN, b"");
+    let d = t.tcp(f.c, f.s, ACK, f.c_nxt, 12345, b"");
+    assert_eq!(d.reason, Reason::BadTransition);
+}
+
+#[test]
+fn synack_from_the_originator_is_dropped() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::v4();
+    f.client(&mut t, SYN, b"");
+    let d = t.tcp(f.c, f.s, SYN | ACK, f.c_nxt, 1, b"");
+    assert_eq!(d.reason, Reason::BadTransition);
+}
+
+#[test]
+fn retransmitted_syn_and_synack_pass() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::v4();
+    let isn = f.c_nxt;
+    f.client(&mut t, SYN, b"");
+    assert_eq!(t.tcp(f.c, f.s, SYN, isn, 0, b"").reason, Reason::Tracked);
+    let s_isn = f.s_nxt;
+    f.server(&mut t, SYN | ACK, b"");
+    let d = t.tcp(f.s, f.c, SYN | ACK, s_isn, f.c_nxt, b"");
+    assert_eq!(
+        (d.reason, d.after.to_string().as_str()),
+        (Reason::Tracked, "SYN_SENT:SYN_RECV")
+    );
+    f.client(&mut t, ACK, b"");
+    // The final ACK was lost beyond the gateway: the responder retransmits its SYN+ACK.
+    let d = t.tcp(f.s, f.c, SYN | ACK, s_isn, f.c_nxt, b"");
+    assert_eq!(d.reason, Reason::TcpIgnored);
+    assert_eq!(d.after.to_string(), "ESTABLISHED:ESTABLISHED");
+    // A SYN+ACK with another ISN on an established connection is not a retransmission.
+    let d = t.tcp(f.s, f.c, SYN | ACK, s_isn.wrapping_add(5000), f.c_nxt, b"");
+    assert_eq!(d.reason, Reason::SynAckSeqMismatch);
+}
+
+#[test]
+fn simultaneous_open() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::v4();
+    f.client(&mut t, SYN, b"");
+    // The responder's own SYN crosses ours.
+    let d = t.tcp(f.s, f.c, SYN, f.s_nxt, 0, b"");
+    f.s_nxt = f.s_nxt.wrapping_add(1);
+    assert_eq!(show(&d), "SYN_SENT:LISTEN -> SYN_RECV:SYN_RECV");
+    let d = t.tcp(f.c, f.s, SYN | ACK, f.c_nxt.wrapping_sub(1), f.s_nxt, b"");
+    assert_eq!(show(&d), "SYN_RECV:SYN_RECV -> SYN_RECV:ESTABLISHED");
+    let d = t.tcp(f.s, f.c, SYN | ACK, f.s_nxt.wrapping_sub(1), f.c_nxt, b"");
+    assert_eq!(show(&d), "SYN_RECV:ESTABLISHED -> ESTABLISHED:ESTABLISHED");
+    assert_eq!(
+        f.client(&mut t, ACK | PSH, b"hello").reason,
+        Reason::Tracked
+    );
+    assert_eq!(
+        f.server(&mut t, ACK | PSH, b"world").reason,
+        Reason::Tracked
+    );
+}
+
+// ---- data -----------------------------------------------------------------
+
+#[test]
+fn data_flows_both_ways_across_the_sequence_wrap() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::established(&mut t);
+    let start = f.c_nxt;
+    for i in 0..200u32 {
+        let payload = vec![i as u8; 1000];
+        assert_eq!(
+            f.client(&mut t, ACK | PSH, &payload).reason,
+            Reason::Tracked,
+            "client segment {i}"
+        );
+        assert_eq!(f.server(&mut t, ACK, b"").reason, Reason::Tracked);
+        assert_eq!(
+            f.server(&mut t, ACK | PSH, &payload[..100]).reason,
+            Reason::Tracked,
+            "server segment {i}"
+        );
+        assert_eq!(f.client(&mut t, ACK, b"").reason, Reason::Tracked);
+    }
+    assert!(
+        f.c_nxt < start,
+        "the client's sequence numbers wrapped past 2^32"
+    );
+}
+
+#[test]
+fn data_beyond_the_receivers_window_is_dropped() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::established(&mut t);
+    // The server advertised 65535 bytes (no scaling): a segment starting past that is invalid.
+    let d = t.tcp(
+        f.c,
+        f.s,
+        ACK | PSH,
+        f.c_nxt.wrapping_add(70_000),
+        f.s_nxt,
+        b"x",
+    );
+    assert_eq!(d.reason, Reason::SeqAboveWindow);
+    let d = t.tcp(
+        f.c,
+        f.s,
+        ACK | PSH,
+        f.c_nxt.wrapping_add(1 << 30),
+        f.s_nxt,
+        b"x",
+    );
+    assert_eq!(d.reason, Reason::SeqAboveWindow);
+    // Still within the window: fine.
+    let d = t.tcp(
+        f.c,
+        f.s,
+        ACK | PSH,
+        f.c_nxt.wrapping_add(60_000),
+        f.s_nxt,
+        b"x",
+    );
+    assert_eq!(d.reason, Reason::Tracked);
+    assert_eq!(f.client(&mut t, ACK, b"").reason, Reason::Tracked);
+}
+
+#[test]
+fn ack_of_data_never_sent_is_dropped() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::established(&mut t);
+    let d = t.tcp(f.c, f.s, ACK, f.c_nxt, f.s_nxt.wrapping_add(10), b"");
+    assert_eq!(d.reason, Reason::AckAboveSent);
+    assert_eq!(f.client(&mut t, ACK, b"").reason, Reason::Tracked);
+}
+
+#[test]
+fn old_retransmission_passes_without_state_change() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::established(&mut t);
+    let first = f.c_nxt;
+    // Move the client ~150 KB forward in 1000-byte steps, each acknowledged.
+    for _ in 0..150 {
+        f.client(&mut t, ACK | PSH, &[0; 1000]);
+        f.server(&mut t, ACK, b"");
+    }
+    // A copy of the very first segment, long acknowledged and behind the window.
+    let d = t.tcp(f.c, f.s, ACK | PSH, first, f.s_nxt, &[0; 1000]);
+    assert_eq!(d.reason, Reason::OldRetransmission);
+    assert_eq!(d.reason.verdict(), conntrackd::Verdict::Accept);
+    // A recent retransmission (inside the window) is simply tracked.
+    let d = t.tcp(
+        f.c,
+        f.s,
+        ACK | PSH,
+        f.c_nxt.wrapping_sub(1000),
+        f.s_nxt,
+        &[0; 1000],
+    );
+    assert_eq!(d.reason, Reason::Tracked);
+}
+
+#[test]
+fn window_scaling_counts_only_when_both_syns_carry_it() {
+    // Both offer scaling: the server's 1024 << 7 = 131072-byte window admits data at +100000.
+    let mut t = Lab::allow_all();
+    let mut f = Flow::v4();
+    t.send(f.syn_builder().window_scale(7).build());
+    let d = t.send(f.synack_builder().window_scale(7).window(1024).build());
+    assert_eq!(d.reason, Reason::Tracked);
+    f.client(&mut t, ACK, b"");
+    // The server's first scaled window update.
+    t.send(
+        conntrackd::wire::build::tcp(f.s, f.c)
+            .flags(ACK)
+            .seq(f.s_nxt)
+            .ack(f.c_nxt)
+            .window(1024)
+            .build(),
+    );
+    let d = t.tcp(
+        f.c,
+        f.s,
+        ACK | PSH,
+        f.c_nxt.wrapping_add(100_000),
+        f.s_nxt,
+        b"x",
+    );
+    assert_eq!(d.reason, Reason::Tracked, "scaled window");
+
+    // Only the client offers it: windows are unscaled and +100000 is past 1024.
+    let mut t = Lab::allow_all();
+    let mut f = Flow::v4();
+    t.send(f.syn_builder().window_scale(7).build());
+    t.send(f.synack_builder().window(1024).build());
+    f.client(&mut t, ACK, b"");
+    t.send(
+        conntrackd::wire::build::tcp(f.s, f.c)
+            .flags(ACK)
+            .seq(f.s_nxt)
+            .ack(f.c_nxt)
+            .window(1024)
+            .build(),
+    );
+    let d = t.tcp(
+        f.c,
+        f.s,
+        ACK | PSH,
+        f.c_nxt.wrapping_add(100_000),
+        f.s_nxt,
+        b"x",
+    );
+    assert_eq!(d.reason, Reason::SeqAboveWindow, "unscaled window");
+}
+
+// ---- no connection ----------------------------------------------------------
+
+#[test]
+fn packets_without_a_connection_are_dropped_and_create_nothing() {
+    let mut t = Lab::allow_all();
+    let f = Flow::v4();
+    for flags in [ACK, ACK | PSH, FIN | ACK, RST, RST | ACK, SYN | ACK] {
+        let d = t.tcp(f.c, f.s, flags, 1000, 2000, b"data");
+        assert_eq!(d.reason, Reason::NoConnection, "flags {}", F(flags));
+    }
+    assert_eq!(t.engine.table().len(), 0);
+}
+
+#[test]
+fn loose_pickup_adopts_mid_stream_connections_only_when_enabled() {
+    let mut settings = conntrackd::EngineSettings::default();
+    settings.loose_pickup = true;
+    let mut t = Lab::with(settings, conntrackd::policy::Policy::allow_all());
+    let f = Flow::v4();
+    let d = t.tcp(f.c, f.s, ACK | PSH, 1000, 2000, b"data");
+    assert_eq!(d.reason, Reason::NewByDefault);
+    assert_eq!(d.after.to_string(), "ESTABLISHED:ESTABLISHED");
+    assert_eq!(
+        t.tcp(f.s, f.c, ACK, 2000, 1004, b"").reason,
+        Reason::Tracked
+    );
+    // A FIN or RST never opens a connection, even in loose mode.
+    let g = Flow::v4_port(41000);
+    assert_eq!(
+        t.tcp(g.c, g.s, FIN | ACK, 1, 1, b"").reason,
+        Reason::NoConnection
+    );
+}
+
+// ---- invalid flag combinations ------------------------------------------------
+
+#[test]
+fn invalid_flag_combinations_are_dropped_before_lookup() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::established(&mut t);
+    let cases = [
+        (SYN | FIN, Reason::SynFin),
+        (SYN | FIN | PSH, Reason::SynFin),
+        (SYN | FIN | RST, Reason::SynFin),
+        (SYN | FIN | URG, Reason::SynFin),
+        (SYN | RST, Reason::SynRst),
+        (FIN | RST, Reason::FinRst),
+        (FIN | PSH | URG, Reason::Xmas),
+        (0, Reason::NullFlags),
+        (FIN, Reason::FinWithoutAck),
+        (URG, Reason::UrgOnly),
+        (PSH, Reason::PshOnly),
+    ];
+    for (flags, reason) in cases {
+        // On an established connection, in window: still dropped.
+        let d = t.tcp(f.c, f.s, flags, f.c_nxt, f.s_nxt, b"");
+        assert_eq!(d.reason, reason, "flags {}", F(flags));
+        // Without a connection: the same reason (checked before lookup), nothing created.
+        let g = Flow::v4_port(50000);
+        assert_eq!(t.tcp(g.c, g.s, flags, 1, 0, b"").reason, reason);
+    }
+    assert_eq!(t.engine.table().len(), 1);
+    assert_eq!(f.client(&mut t, ACK, b"").reason, Reason::Tracked);
+}
+
+// ---- teardown ---------------------------------------------------------------
+
+#[test]
+fn four_way_close_from_the_client() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::established(&mut t);
+    let steps = [
+        (
+            Side::Client,
+            FIN | ACK,
+            "ESTABLISHED:ESTABLISHED -> FIN_WAIT_1:CLOSE_WAIT",
+        ),
+        (
+            Side::Server,
+            ACK,
+            "FIN_WAIT_1:CLOSE_WAIT -> FIN_WAIT_2:CLOSE_WAIT",
+        ),
+        (
+            Side::Server,
+            FIN | ACK,
+            "FIN_WAIT_2:CLOSE_WAIT -> TIME_WAIT:LAST_ACK",
+        ),
+        (Side::Client, ACK, "TIME_WAIT:LAST_ACK -> TIME_WAIT:CLOSED"),
+    ];
+    for (side, flags, expected) in steps {
+        let d = f.send(&mut t, side, flags, b"");
+        assert_eq!(
+            (d.reason, show(&d)),
+            (Reason::Tracked, expected.to_string())
+        );
+    }
+}
+
+#[test]
+fn four_way_close_from_the_server() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::established(&mut t);
+    let steps = [
+        (
+            Side::Server,
+            FIN | ACK,
+            "ESTABLISHED:ESTABLISHED -> CLOSE_WAIT:FIN_WAIT_1",
+        ),
+        (
+            Side::Client,
+            ACK,
+            "CLOSE_WAIT:FIN_WAIT_1 -> CLOSE_WAIT:FIN_WAIT_2",
+        ),
+        (
+            Side::Client,
+            FIN | ACK,
+            "CLOSE_WAIT:FIN_WAIT_2 -> LAST_ACK:TIME_WAIT",
+        ),
+        (Side::Server, ACK, "LAST_ACK:TIME_WAIT -> CLOSED:TIME_WAIT"),
+    ];
+    for (side, flags, expected) in steps {
+        let d = f.send(&mut t, side, flags, b"");
+        assert_eq!(
+            (d.reason, show(&d)),
+            (Reason::Tracked, expected.to_string())
+        );
+    }
+}
+
+#[test]
+fn merged_ack_and_fin_close_in_three_segments() {
+    // Seed 004: the server's ACK of the FIN and its own FIN travel in one segment.
+    let mut t = Lab::allow_all();
+    let mut f = Flow::established(&mut t);
+    f.client(&mut t, FIN | ACK, b"");
+    let d = f.server(&mut t, FIN | ACK, b"");
+    assert_eq!(show(&d), "FIN_WAIT_1:CLOSE_WAIT -> TIME_WAIT:LAST_ACK");
+    let d = f.client(&mut t, ACK, b"");
+    assert_eq!(show(&d), "TIME_WAIT:LAST_ACK -> TIME_WAIT:CLOSED");
+}
+
+#[test]
+fn simultaneous_close_goes_through_closing() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::established(&mut t);
+    // Both FINs are sent before either arrives: each acknowledges only data.
+    let (c_fin, s_fin) = (f.c_nxt, f.s_nxt);
+    let d = t.tcp(f.c, f.s, FIN | ACK, c_fin, s_fin, b"");
+    assert_eq!(show(&d), "ESTABLISHED:ESTABLISHED -> FIN_WAIT_1:CLOSE_WAIT");
+    let d = t.tcp(f.s, f.c, FIN | ACK, s_fin, c_fin, b"");
+    assert_eq!(show(&d), "FIN_WAIT_1:CLOSE_WAIT -> CLOSING:CLOSING");
+    let d = t.tcp(
+        f.c,
+        f.s,
+        ACK,
+        c_fin.wrapping_add(1),
+        s_fin.wrapping_add(1),
+        b"",
+    );
+    assert_eq!(show(&d), "CLOSING:CLOSING -> CLOSING:TIME_WAIT");
+    let d = t.tcp(
+        f.s,
+        f.c,
+        ACK,
+        s_fin.wrapping_add(1),
+        c_fin.wrapping_add(1),
+        b"",
+    );
+    assert_eq!(show(&d), "CLOSING:TIME_WAIT -> TIME_WAIT:TIME_WAIT");
+}
+
+#[test]
+fn half_close_lets_the_other_side_keep_sending() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::established(&mut t);
+    f.client(&mut t, FIN | ACK, b"");
+    f.server(&mut t, ACK, b"");
+    for _ in 0..5 {
+        assert_eq!(
+            f.server(&mut t, ACK | PSH, &[7; 500]).reason,
+            Reason::Tracked
+        );
+        let d = f.client(&mut t, ACK, b"");
+        assert_eq!(
+            (d.reason, d.after.to_string().as_str()),
+            (Reason::Tracked, "FIN_WAIT_2:CLOSE_WAIT")
+        );
+    }
+    assert_eq!(
+        show(&f.server(&mut t, FIN | ACK, b"")),
+        "FIN_WAIT_2:CLOSE_WAIT -> TIME_WAIT:LAST_ACK"
+    );
+    assert_eq!(
+        show(&f.client(&mut t, ACK, b"")),
+        "TIME_WAIT:LAST_ACK -> TIME_WAIT:CLOSED"
+    );
+}
+
+#[test]
+fn no_new_data_after_fin_but_retransmissions_pass() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::established(&mut t);
+    let data_seq = f.c_nxt;
+    f.client(&mut t, ACK | PSH, &[1; 100]);
+    let fin_seq = f.c_nxt;
+    f.client(&mut t, FIN | ACK, b"");
+    // New data after the FIN.
+    let d = t.tcp(f.c, f.s, ACK | PSH, f.c_nxt, f.s_nxt, &[2; 10]);
+    assert_eq!(d.reason, Reason::DataAfterFin);
+    // Retransmissions of the data and of the FIN itself are fine.
+    let d = t.tcp(f.c, f.s, ACK | PSH, data_seq, f.s_nxt, &[1; 100]);
+    assert_eq!(d.reason, Reason::Tracked);
+    let d = t.tcp(f.c, f.s, FIN | ACK, fin_seq, f.s_nxt, b"");
+    assert_eq!(d.reason, Reason::Tracked);
+    assert_eq!(d.after.to_string(), "FIN_WAIT_1:CLOSE_WAIT");
+    // A FIN that claims more data than the first one is new data too.
+    let d = t.tcp(f.c, f.s, FIN | ACK, fin_seq, f.s_nxt, &[3; 5]);
+    assert_eq!(d.reason, Reason::DataAfterFin);
+}
+
+// ---- RST ------------------------------------------------------------------------
+
+#[test]
+fn rst_at_the_exact_sequence_closes_the_connection() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::established(&mut t);
+    let d = f.server(&mut t, RST | ACK, b"");
+    assert_eq!(
+        (d.reason, show(&d)),
+        (
+            Reason::Tracked,
+            "ESTABLISHED:ESTABLISHED -> CLOSED:CLOSED".into()
+        )
+    );
+    // Nothing more passes on a reset connection.
+    assert_eq!(f.client(&mut t, ACK, b"").reason, Reason::BadTransition);
+}
+
+#[test]
+fn rst_outside_the_window_is_dropped() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::established(&mut t);
+    for off in [100_000u32, 1 << 30, (1u32 << 31) + 5] {
+        let d = t.tcp(f.s, f.c, RST, f.s_nxt.wrapping_add(off), 0, b"");
+        assert_eq!(d.reason, Reason::RstOutOfWindow, "offset {off}");
+    }
+    assert_eq!(
+        f.client(&mut t, ACK, b"").after.to_string(),
+        "ESTABLISHED:ESTABLISHED"
+    );
+}
+
+#[test]
+fn inexact_rst_in_window_gets_a_challenge_and_keeps_state() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::established(&mut t);
+    let d = t.tcp(f.s, f.c, RST, f.s_nxt.wrapping_add(1000), 0, b"");
+    assert_eq!(d.reason, Reason::RstChallenged);
+    assert_eq!(d.after.to_string(), "ESTABLISHED:ESTABLISHED");
+    assert_eq!(f.client(&mut t, ACK, b"").reason, Reason::Tracked);
+}
+
+#[test]
+fn responder_refusing_the_syn_with_rst_ack() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::v4();
+    f.client(&mut t, SYN, b"");
+    // Wrong ack: not an answer to our SYN.
+    let d = t.tcp(f.s, f.c, RST | ACK, 0, f.c_nxt.wrapping_add(7), b"");
+    assert_eq!(d.reason, Reason::RstOutOfWindow);
+    let d = t.tcp(f.s, f.c, RST | ACK, 0, f.c_nxt, b"");
+    assert_eq!(show(&d), "SYN_SENT:LISTEN -> CLOSED:CLOSED");
+}
+
+// ---- TIME_WAIT and timeouts ----------------------------------------------------
+
+#[test]
+fn time_wait_lasts_2msl_and_a_new_syn_reopens() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::established(&mut t);
+    f.client(&mut t, FIN | ACK, b"");
+    f.server(&mut t, FIN | ACK, b"");
+    f.client(&mut t, ACK, b"");
+    let closed_at = t.now_secs;
+    // The last ACK retransmitted within 2MSL (default 120 s) still belongs to the connection.
+    t.now_secs = closed_at + 119;
+    let d = t.tcp(f.c, f.s, ACK, f.c_nxt, f.s_nxt, b"");
+    assert_eq!(
+        (d.reason, d.after.to_string().as_str()),
+        (Reason::Tracked, "TIME_WAIT:CLOSED")
+    );
+    // A new SYN on the same ports reopens it as a new connection.
+    let mut g = Flow::v4();
+    g.c_nxt = f.c_nxt.wrapping_add(100_000);
+    let d = g.client(&mut t, SYN, b"");
+    assert_eq!(
+        (d.reason, show(&d)),
+        (Reason::NewByDefault, "NONE -> SYN_SENT:LISTEN".into())
+    );
+}
+
+#[test]
+fn fin_retransmitted_after_the_last_ack_is_heard_in_time_wait() {
+    // The last ACK is lost beyond the gateway: the server sends its FIN again
+    // and the client, in TIME_WAIT, acknowledges it again.
+    let mut t = Lab::allow_all();
+    let mut f = Flow::established(&mut t);
+    f.client(&mut t, FIN | ACK, b"");
+    f.server(&mut t, ACK, b"");
+    let fin = f.s_nxt;
+    f.server(&mut t, FIN | ACK, b"");
+    f.client(&mut t, ACK, b"");
+    let d = t.tcp(f.s, f.c, FIN | ACK, fin, f.c_nxt, b"");
+    assert_eq!(
+        (d.reason, d.after.to_string().as_str()),
+        (Reason::Tracked, "TIME_WAIT:CLOSED")
+    );
+    let d = t.tcp(f.c, f.s, ACK, f.c_nxt, f.s_nxt, b"");
+    assert_eq!(
+        (d.reason, d.after.to_string().as_str()),
+        (Reason::Tracked, "TIME_WAIT:CLOSED")
+    );
+    // But the closed side may send nothing new.
+    let d = t.tcp(f.s, f.c, ACK | PSH, f.s_nxt, f.c_nxt, b"more");
+    assert_eq!(d.reason.verdict(), conntrackd::Verdict::Drop);
+}
+
+#[test]
+fn time_wait_expires_after_2msl() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::established(&mut t);
+    f.client(&mut t, FIN | ACK, b"");
+    f.server(&mut t, FIN | ACK, b"");
+    f.client(&mut t, ACK, b"");
+    t.now_secs += 121;
+    assert_eq!(t.engine.expire(t.now()), 1);
+    assert!(t.engine.table().is_empty());
+    assert_eq!(
+        t.tcp(f.c, f.s, ACK, f.c_nxt, f.s_nxt, b"").reason,
+        Reason::NoConnection
+    );
+}
+
+#[test]
+fn time_wait_is_configurable() {
+    let mut settings = conntrackd::EngineSettings::default();
+    settings.timeouts.time_wait = 5;
+    let mut t = Lab::with(settings, conntrackd::policy::Policy::allow_all());
+    let mut f = Flow::established(&mut t);
+    f.client(&mut t, FIN | ACK, b"");
+    f.server(&mut t, FIN | ACK, b"");
+    f.client(&mut t, ACK, b"");
+    t.now_secs += 4;
+    assert_eq!(t.engine.expire(t.now()), 0);
+    t.now_secs += 2;
+    assert_eq!(t.engine.expire(t.now()), 1);
+}
+
+#[test]
+fn each_state_has_its_own_timeout() {
+    // A half-open connection dies after syn_sent; an established one lives on.
+    let mut t = Lab::allow_all();
+    let mut half = Flow::v4_port(42000);
+    half.client(&mut t, SYN, b"");
+    let _est = Flow::established(&mut t);
+    t.now_secs += 121;
+    assert_eq!(t.engine.expire(t.now()), 1);
+    assert_eq!(t.engine.table().len(), 1);
+    assert_eq!(t.engine.table().half_open(), 0);
+}
+
+#[test]
+fn syn_on_an_established_connection_is_passed_unchanged() {
+    let mut t = Lab::allow_all();
+    let f = Flow::established(&mut t);
+    let d = t.tcp(f.c, f.s, SYN, 5, 0, b"");
+    assert_eq!(
+        (d.reason, d.after.to_string().as_str()),
+        (Reason::TcpIgnored, "ESTABLISHED:ESTABLISHED")
+    );
+}
+
+// ---- IPv6 ------------------------------------------------------------------------
+
+#[test]
+fn ipv6_connection_lifecycle() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::v6();
+    assert_eq!(f.client(&mut t, SYN, b"").reason, Reason::NewByDefault);
+    f.server(&mut t, SYN | ACK, b"");
+    assert_eq!(
+        f.client(&mut t, ACK, b"").after.to_string(),
+        "ESTABLISHED:ESTABLISHED"
+    );
+    assert_eq!(
+        f.client(&mut t, ACK | PSH, b"GET /").reason,
+        Reason::Tracked
+    );
+    f.client(&mut t, FIN | ACK, b"");
+    f.server(&mut t, FIN | ACK, b"");
+    assert_eq!(
+        f.client(&mut t, ACK, b"").after.to_string(),
+        "TIME_WAIT:CLOSED"
+    );
+    // The client sent its FIN: it may send no more data.
+    let d = t.tcp(f.c, f.s, ACK, f.c_nxt, f.s_nxt, b"late");
+    assert_eq!(d.reason, Reason::DataAfterFin);
+}
