@@ -14,8 +14,9 @@ use dashmap::DashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// How many occupied-or-empty buckets one eviction attempt looks at.
+/// Buckets one eviction attempt looks at per shard, and in all.
 const EVICTION_SCAN: usize = 128;
+const EVICTION_BUDGET: usize = 1024;
 
 /// Protocol-specific state of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -279,40 +280,49 @@ impl Table {
     }
 
     /// Early drop: removes one expired or never-assured entry found in a
-    /// bounded scan of `key`'s shard, starting at a bucket the key's hash picks.
+    /// bounded scan, starting in `key`'s shard at a bucket the key's hash
+    /// picks and moving on to the next shards, at most `EVICTION_BUDGET`
+    /// buckets in all (nf_conntrack scans a bounded range of buckets too).
     fn evict_one(&self, key: &FlowKey, now: Timestamp) -> bool {
-        let shard_index = self.map.determine_map(key);
+        let shards = self.map.shards();
+        let first = self.map.determine_map(key);
         let hash = self.map.hash_usize(key);
-        let mut shard = self.map.shards()[shard_index].write();
-        let buckets = shard.buckets();
-        let start = hash.rotate_left(23) & (buckets - 1);
-        let mut victim = None;
-        for i in 0..buckets.min(EVICTION_SCAN) {
-            let index = (start + i) & (buckets - 1);
-            // SAFETY: `index < buckets`, we hold the shard's write lock, and a
-            // bucket is dereferenced only after `is_bucket_full` says it holds
-            // an initialised element.
-            unsafe {
-                if shard.is_bucket_full(index) {
-                    let bucket = shard.bucket(index);
-                    let conn = bucket.as_ref().1.get();
-                    if conn.expired(now) || !conn.assured() {
-                        victim = Some(bucket);
-                        break;
+        let mut budget = EVICTION_BUDGET;
+        for n in 0..shards.len() {
+            if budget == 0 {
+                break;
+            }
+            let mut shard = shards[(first + n) % shards.len()].write();
+            let buckets = shard.buckets();
+            let start = hash.rotate_left(23) & (buckets - 1);
+            let scan = buckets.min(EVICTION_SCAN).min(budget);
+            budget -= scan;
+            let mut victim = None;
+            for i in 0..scan {
+                let index = (start + i) & (buckets - 1);
+                // SAFETY: `index < buckets`, we hold the shard's write lock, and a
+                // bucket is dereferenced only after `is_bucket_full` says it holds
+                // an initialised element.
+                unsafe {
+                    if shard.is_bucket_full(index) {
+                        let bucket = shard.bucket(index);
+                        let conn = bucket.as_ref().1.get();
+                        if conn.expired(now) || !conn.assured() {
+                            victim = Some(bucket);
+                            break;
+                        }
                     }
                 }
             }
-        }
-        match victim {
-            Some(bucket) => {
-                // SAFETY: the bucket is full and belongs to this table, and the
+            if let Some(bucket) = victim {
+                // SAFETY: the bucket is full and belongs to this shard, whose
                 // write lock is still held.
                 let ((_, conn), _) = unsafe { shard.remove(bucket) };
                 self.account_removed(conn.get());
-                true
+                return true;
             }
-            None => false,
         }
+        false
     }
 
     /// A snapshot of every connection (for listings and replay summaries).

@@ -1,1 +1,89 @@
+use crate::config::{Config, ConfigError};
+use std::path::Path;
 
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("rules.toml"))
+}
+
+fn error(text: &str) -> String {
+    parse(text).expect_err("should be refused").to_string()
+}
+
+#[test]
+fn errors_name_file_line_and_column() {
+    let e = error("[policy]\ndefault = \"maybe\"\n");
+    assert!(e.starts_with("rules.toml:2:11: "), "{e}");
+    assert!(e.contains("accept") && e.contains("drop"), "{e}");
+
+    let e = error("[policy]\ndefault = \"drop\"\n\n[[rule]]\nname = \"x\"\naction = \"accept\"\nsrc = \"10.0.0.0/33\"\n");
+    assert!(e.starts_with("rules.toml:7:7: "), "{e}");
+    assert!(e.contains("prefix length"), "{e}");
+
+    let e = error("[policy]\ndefault = \"drop\"\n[[rule]]\nname = \"x\"\naction = \"accept\"\nproto = \"tcp\"\ndst_ports = [\"90-80\"]\n");
+    assert!(e.starts_with("rules.toml:7:"), "{e}");
+    assert!(e.contains("reversed"), "{e}");
+}
+
+#[test]
+fn unknown_fields_are_refused() {
+    let e = error(
+        "[policy]\ndefault = \"drop\"\n[[rule]]\nname = \"x\"\naction = \"accept\"\ndport = 22\n",
+    );
+    assert!(e.starts_with("rules.toml:6:1: "), "{e}");
+    assert!(e.contains("dport"), "{e}");
+    let e = error("[policy]\ndefault = \"drop\"\n[engine]\nmax_conns = 5\n");
+    assert!(
+        e.contains("max_conns") && e.starts_with("rules.toml:4:"),
+        "{e}"
+    );
+}
+
+#[test]
+fn rule_consistency_is_checked() {
+    let e = error("[policy]\ndefault = \"drop\"\n[[rule]]\nname = \"p\"\naction = \"accept\"\ndst_ports = 22\n");
+    assert!(e.contains("ports need proto"), "{e}");
+    assert!(e.starts_with("rules.toml:3:"), "{e}");
+    let e = error("[policy]\ndefault = \"drop\"\n[[rule]]\nname = \"a\"\naction = \"drop\"\n[[rule]]\nname = \"a\"\naction = \"drop\"\n");
+    assert!(e.contains("duplicate rule name"), "{e}");
+    assert!(e.starts_with("rules.toml:6:"), "{e}");
+    let e = error("[policy]\ndefault = \"drop\"\n[[rule]]\nname = \"i\"\naction = \"drop\"\nproto = \"tcp\"\nicmp_type = 8\n");
+    assert!(e.contains("icmp_type needs proto"), "{e}");
+    let e = error("[policy]\ndefault = \"drop\"\n[daemon]\nqueues = \"3-1\"\n");
+    assert!(
+        e.contains("bad queue spec") && e.starts_with("rules.toml:4:"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_policy_and_missing_file_are_clear() {
+    let e = error("[engine]\nloose_pickup = true\n");
+    assert!(e.contains("policy"), "{e}");
+    let e = Config::load(Path::new("/nonexistent/rules.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("/nonexistent/rules.toml: "), "{e}");
+}
+
+#[test]
+fn shipped_rules_files_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let mut files = vec![root.join("default.toml")];
+    for entry in std::fs::read_dir(root.join("examples")).unwrap() {
+        files.push(entry.unwrap().path());
+    }
+    assert!(files.len() >= 3, "default plus a few examples");
+    for f in files {
+        Config::load(&f).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[test]
+fn values_accept_one_or_many_and_names_or_numbers() {
+    let c = parse(
+        "[policy]\ndefault = \"drop\"\n[[rule]]\nname = \"r\"\naction = \"accept\"\nproto = 6\nsrc = \"2001:db8::/32\"\ndst = [\"198.18.0.0/15\", \"10.1.2.3\"]\nsrc_ports = \"1024-65535\"\ndst_ports = [22, \"80\", \"8000-8080\"]\n",
+    )
+    .unwrap();
+    let shown = c.policy.to_string();
+    assert!(shown.contains("proto=6 src=2001:db8::/32 dst=198.18.0.0/15,10.1.2.3/32 src_ports=1024-65535 dst_ports=22,80,8000-8080"), "{shown}");
+}

@@ -1,0 +1,430 @@
+//! UDP, ICMP, other protocols, the policy, table limits and malformed input,
+//! on the sans-IO engine with a virtual clock.
+
+mod engine_support;
+
+use conntrackd::engine::Context;
+use conntrackd::policy::Interfaces;
+use conntrackd::wire::build;
+use conntrackd::wire::{Checksums, Framing};
+use conntrackd::{EngineSettings, Reason, Verdict};
+use engine_support::*;
+use std::net::{IpAddr, SocketAddr};
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+// ---- UDP --------------------------------------------------------------------
+
+#[test]
+fn udp_flow_new_then_replied_with_its_timeouts() {
+    let mut t = Lab::allow_all();
+    let (c, s) = (sa("198.18.0.2:5353"), sa("198.19.0.2:53"));
+    let d = t.send(build::udp(c, s, b"query"));
+    assert_eq!(
+        (d.reason, d.after.to_string().as_str()),
+        (Reason::NewByDefault, "UDP_UNREPLIED")
+    );
+    let d = t.send(build::udp(s, c, b"answer"));
+    assert_eq!(
+        (d.reason, show(&d).as_str()),
+        (Reason::Tracked, "UDP_UNREPLIED -> UDP_REPLIED")
+    );
+    // Replied flows live 120 s without traffic.
+    t.now_secs += 119;
+    assert_eq!(t.engine.expire(t.now()), 0);
+    t.now_secs += 2;
+    assert_eq!(t.engine.expire(t.now()), 1);
+}
+
+#[test]
+fn unreplied_udp_expires_after_30s_and_a_late_reply_is_a_new_flow() {
+    let mut t = Lab::from_toml(
+        r#"
+        [policy]
+        default = "drop"
+        [[rule]]
+        name = "dns-out"
+        action = "accept"
+        proto = "udp"
+        src = "198.18.0.0/24"
+        dst_ports = 53
+        "#,
+    );
+    let (c, s) = (sa("198.18.0.2:5353"), sa("198.19.0.2:53"));
+    assert_eq!(t.send(build::udp(c, s, b"q")).reason, Reason::NewByRule);
+    t.now_secs += 31;
+    // The reply arrives after the flow expired: it is a new flow from outside, refused.
+    assert_eq!(t.send(build::udp(s, c, b"a")).reason, Reason::DropByDefault);
+}
+
+// ---- ICMP -------------------------------------------------------------------
+
+#[test]
+fn icmp_echo_is_tracked_by_id() {
+    let mut t = Lab::allow_all();
+    let (c, s) = (ip("198.18.0.2"), ip("198.19.0.2"));
+    assert_eq!(
+        t.send(build::icmp_echo(c, s, 7, 1, true)).reason,
+        Reason::NewByDefault
+    );
+    assert_eq!(
+        t.send(build::icmp_echo(s, c, 7, 1, false)).reason,
+        Reason::Tracked
+    );
+    // A reply with another id matches no request.
+    assert_eq!(
+        t.send(build::icmp_echo(s, c, 8, 1, false)).reason,
+        Reason::NoConnection
+    );
+    // So does a reply to nobody.
+    assert_eq!(
+        t.send(build::icmp_echo(ip("198.19.0.9"), c, 7, 1, false))
+            .reason,
+        Reason::NoConnection
+    );
+}
+
+#[test]
+fn icmpv6_echo_is_tracked_by_id() {
+    let mut t = Lab::allow_all();
+    let (c, s) = (ip("2001:db8:1::2"), ip("2001:db8:2::2"));
+    assert_eq!(
+        t.send(build::icmp_echo(c, s, 9, 1, true)).reason,
+        Reason::NewByDefault
+    );
+    let d = t.send(build::icmp_echo(s, c, 9, 1, false));
+    assert_eq!(
+        (d.reason, d.after.to_string().as_str()),
+        (Reason::Tracked, "ICMP_REPLIED")
+    );
+}
+
+#[test]
+fn icmp_errors_are_related_only_to_tracked_flows() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::v4();
+    let syn = f.syn_builder().build();
+    t.send(syn.clone());
+    let router = ip("198.19.0.1");
+    // Unreachable from a router back to the client, quoting the client's SYN: related.
+    let d = t.send(build::icmp_unreachable(router, f.c.ip(), &syn));
+    assert_eq!(d.reason, Reason::Related);
+    // The same error sent to the server instead of the flow's sender: unrelated.
+    let d = t.send(build::icmp_unreachable(router, f.s.ip(), &syn));
+    assert_eq!(d.reason, Reason::IcmpErrorUnrelated);
+    // An error quoting a connection nobody opened: unrelated.
+    f.c = sa("198.18.0.2:40001");
+    let other = f.syn_builder().build();
+    let d = t.send(build::icmp_unreachable(router, f.c.ip(), &other));
+    assert_eq!(d.reason, Reason::IcmpErrorUnrelated);
+    // UDP, over IPv6.
+    let (c, s) = (sa("[2001:db8:1::2]:5000"), sa("[2001:db8:2::2]:53"));
+    let q = build::udp(c, s, b"q");
+    t.send(q.clone());
+    let d = t.send(build::icmp_unreachable(s.ip(), c.ip(), &q));
+    assert_eq!(d.reason, Reason::Related);
+}
+
+// ---- other protocols --------------------------------------------------------
+
+#[test]
+fn other_protocols_are_tracked_by_address_pair() {
+    let mut t = Lab::allow_all();
+    let (a, b) = (ip("198.18.0.2"), ip("198.19.0.2"));
+    let d = t.send(build::other(a, b, 47, b"gre"));
+    assert_eq!(
+        (d.reason, d.after.to_string().as_str()),
+        (Reason::NewByDefault, "OTHER_UNREPLIED")
+    );
+    let d = t.send(build::other(b, a, 47, b"gre"));
+    assert_eq!(
+        (d.reason, d.after.to_string().as_str()),
+        (Reason::Tracked, "OTHER_REPLIED")
+    );
+}
+
+// ---- policy -----------------------------------------------------------------
+
+const GATEWAY: &str = r#"
+[policy]
+default = "drop"
+
+[[rule]]
+name = "no-telnet"
+action = "drop"
+proto = "tcp"
+dst_ports = 23
+log = true
+
+[[rule]]
+name = "lan-out"
+action = "accept"
+src = ["198.18.0.0/24", "2001:db8:1::/64"]
+in_iface = "veth-c+"
+
+[[rule]]
+name = "web-in"
+action = "accept"
+proto = "tcp"
+dst = "198.18.0.10"
+dst_ports = [80, "8000-8080"]
+"#;
+
+#[test]
+fn first_matching_rule_decides_new_connections() {
+    let mut t = Lab::from_toml(GATEWAY);
+    t.ctx = Context {
+        ifaces: Interfaces {
+            input: Some("veth-c0"),
+            output: Some("veth-s0"),
+        },
+        ..Context::default()
+    };
+    let syn = |from: &str, to: &str| build::tcp(sa(from), sa(to)).flags(0x02).seq(1).build();
+    let d = t.send(syn("198.18.0.2:40000", "198.19.0.2:23"));
+    assert_eq!(
+        (d.reason, d.rule, d.log),
+        (Reason::DropByRule, Some(0), true)
+    );
+    let d = t.send(syn("198.18.0.2:40000", "198.19.0.2:22"));
+    assert_eq!(
+        (d.reason, d.rule, d.log),
+        (Reason::NewByRule, Some(1), false)
+    );
+    let d = t.send(syn("198.19.0.2:40000", "198.18.0.10:8080"));
+    assert_eq!((d.reason, d.rule), (Reason::NewByRule, Some(2)));
+    let d = t.send(syn("198.19.0.2:40000", "198.18.0.10:8081"));
+    assert_eq!((d.reason, d.rule), (Reason::DropByDefault, None));
+    // Input interface must match the prefix.
+    t.ctx.ifaces.input = Some("eth0");
+    let d = t.send(syn("198.18.0.2:40001", "198.19.0.2:22"));
+    assert_eq!(d.reason, Reason::DropByDefault);
+    t.ctx.ifaces.input = None;
+    let d = t.send(syn("[2001:db8:1::2]:40001", "[2001:db8:2::2]:22"));
+    assert_eq!(
+        d.reason,
+        Reason::DropByDefault,
+        "no input interface known: in_iface cannot match"
+    );
+}
+
+#[test]
+fn rules_decide_only_new_connections_and_reload_keeps_state() {
+    let mut t = Lab::from_toml(
+        r#"
+        [policy]
+        default = "accept"
+        "#,
+    );
+    let mut f = Flow::established(&mut t);
+    // New policy refuses everything: the tracked connection keeps going.
+    let strict = conntrackd::Config::parse(
+        "[policy]\ndefault = \"drop\"\n",
+        std::path::Path::new("x.toml"),
+    )
+    .unwrap();
+    t.engine.set_policy(strict.policy);
+    assert_eq!(
+        f.client(&mut t, 0x18, b"still here").reason,
+        Reason::Tracked
+    );
+    let mut g = Flow::v4_port(41000);
+    assert_eq!(g.client(&mut t, 0x02, b"").reason, Reason::DropByDefault);
+}
+
+// ---- table limits -----------------------------------------------------------
+
+#[test]
+fn full_table_evicts_unestablished_first_then_refuses() {
+    let settings = EngineSettings {
+        max_connections: 4,
+        ..EngineSettings::default()
+    };
+    let mut t = Lab::with(settings, conntrackd::policy::Policy::allow_all());
+    // Two established, two half-open.
+    for port in [1000, 1001] {
+        let mut f = Flow::v4_port(port);
+        f.client(&mut t, 0x02, b"");
+        f.server(&mut t, 0x12, b"");
+        f.client(&mut t, 0x10, b"");
+    }
+    for port in [2000, 2001] {
+        Flow::v4_port(port).client(&mut t, 0x02, b"");
+    }
+    assert_eq!(t.engine.table().len(), 4);
+    // A fifth connection evicts a half-open one (twice), never an established one.
+    for port in [3000, 3001] {
+        let d = Flow::v4_port(port).client(&mut t, 0x02, b"");
+        assert_eq!(d.reason, Reason::NewByDefault);
+        assert_eq!(t.engine.table().len(), 4);
+    }
+    // Now two established + two half-open again (3000, 3001): complete them.
+    for port in [3000, 3001] {
+        let mut f = Flow::v4_port(port);
+        f.c_nxt = f.c_nxt.wrapping_add(1);
+        f.server(&mut t, 0x12, b"");
+        f.client(&mut t, 0x10, b"");
+    }
+    // Everything is established: a new connection does not fit.
+    let d = Flow::v4_port(4000).client(&mut t, 0x02, b"");
+    assert_eq!(d.reason, Reason::TableFull);
+    for port in [1000, 1001] {
+        let mut f = Flow::v4_port(port);
+        f.c_nxt = f.c_nxt.wrapping_add(1);
+        f.s_nxt = f.s_nxt.wrapping_add(1);
+        assert_eq!(
+            f.client(&mut t, 0x10, b"").reason,
+            Reason::Tracked,
+            "established {port} survived"
+        );
+    }
+}
+
+#[test]
+fn half_open_cap_stops_a_syn_flood() {
+    let settings = EngineSettings {
+        max_half_open: 3,
+        ..EngineSettings::default()
+    };
+    let mut t = Lab::with(settings, conntrackd::policy::Policy::allow_all());
+    for port in 0..3 {
+        assert_eq!(
+            Flow::v4_port(10_000 + port)
+                .client(&mut t, 0x02, b"")
+                .reason,
+            Reason::NewByDefault
+        );
+    }
+    assert_eq!(
+        Flow::v4_port(20_000).client(&mut t, 0x02, b"").reason,
+        Reason::HalfOpenLimit
+    );
+    // Completing a handshake frees a slot.
+    let mut f = Flow::v4_port(10_000);
+    f.c_nxt = f.c_nxt.wrapping_add(1);
+    f.server(&mut t, 0x12, b"");
+    f.client(&mut t, 0x10, b"");
+    assert_eq!(t.engine.table().half_open(), 2);
+    assert_eq!(
+        Flow::v4_port(20_000).client(&mut t, 0x02, b"").reason,
+        Reason::NewByDefault
+    );
+    // UDP is not half-open.
+    let d = t.send(build::udp(sa("198.18.0.2:1"), sa("198.19.0.2:2"), b""));
+    assert_eq!(d.reason, Reason::NewByDefault);
+}
+
+// ---- malformed packets --------------------------------------------------------
+
+#[test]
+fn checksums_are_verified_unless_not_computed() {
+    let mut t = Lab::allow_all();
+    let mut syn = Flow::v4().syn_builder().build();
+    let last = syn.len() - 1;
+    syn[last] ^= 0x40; // in the TCP header (options/window area)
+    assert_eq!(
+        t.engine.decide(&syn, &t.ctx, t.now()).reason,
+        Reason::BadChecksum
+    );
+    let offloaded = Context {
+        framing: Framing {
+            checksums: Checksums::NotComputed,
+            ..Framing::default()
+        },
+        ..Context::default()
+    };
+    assert_eq!(
+        t.engine.decide(&syn, &offloaded, t.now()).reason,
+        Reason::NewByDefault
+    );
+    let mut udp = build::udp(sa("198.18.0.2:1"), sa("198.19.0.2:2"), b"payload");
+    *udp.last_mut().unwrap() ^= 1;
+    assert_eq!(t.send(udp).reason, Reason::BadChecksum);
+    let mut ping = build::icmp_echo(ip("2001:db8:1::2"), ip("2001:db8:2::2"), 1, 1, true);
+    *ping.last_mut().unwrap() ^= 1;
+    assert_eq!(t.send(ping).reason, Reason::BadChecksum);
+}
+
+#[test]
+fn truncated_and_inconsistent_headers_have_their_own_reasons() {
+    let mut t = Lab::allow_all();
+    let good = build::tcp(sa("198.18.0.2:1"), sa("198.19.0.2:2"))
+        .flags(0x02)
+        .payload(b"abcd")
+        .build();
+    let mut cases: Vec<(Vec<u8>, Reason)> = Vec::new();
+    cases.push((vec![], Reason::Truncated));
+    cases.push((good[..10].to_vec(), Reason::Truncated));
+    cases.push((good[..good.len() - 1].to_vec(), Reason::Truncated));
+    let mut v = good.clone();
+    v[0] = 0x45 & 0x0f | 0x50; // version 5
+    cases.push((v, Reason::BadIpHeader));
+    let mut v = good.clone();
+    v[0] = 0x44; // IHL 4 words
+    cases.push((v, Reason::BadIpHeader));
+    let mut v = good.clone();
+    v[2..4].copy_from_slice(&18u16.to_be_bytes()); // total length < header
+    cases.push((v, Reason::BadIpLength));
+    let mut v = good.clone();
+    v[2..4].copy_from_slice(&30u16.to_be_bytes()); // total length cuts the TCP header
+    cases.push((v, Reason::BadIpLength));
+    let mut v = good.clone();
+    v[32] = 0x40; // data offset 4 words
+    cases.push((v, Reason::BadTcpOffset));
+    let mut v = good.clone();
+    v[32] = 0xf0; // data offset 60 bytes, past the end of the segment
+    cases.push((v, Reason::BadTcpOffset));
+    let mut v = good.clone();
+    v[6] = 0x20; // more fragments
+    cases.push((v, Reason::Fragment));
+    for (i, (bytes, reason)) in cases.into_iter().enumerate() {
+        let d = t.engine.decide(&bytes, &Context::default(), t.now());
+        assert_eq!(d.reason, reason, "case {i}");
+        assert_eq!(d.verdict(), Verdict::Drop);
+    }
+    assert!(t.engine.table().is_empty());
+}
+
+#[test]
+fn headers_only_copy_uses_the_ip_length() {
+    // NFQUEUE with a copy range hands over only the first bytes.
+    let mut t = Lab::allow_all();
+    let syn = build::tcp(sa("198.18.0.2:1"), sa("198.19.0.2:2"))
+        .flags(0x02)
+        .payload(&[9; 1000])
+        .build();
+    let ctx = Context {
+        framing: Framing {
+            wire_len: Some(syn.len() as u32),
+            checksums: Checksums::Verify,
+        },
+        ..Context::default()
+    };
+    let d = t.engine.decide(&syn[..128], &ctx, t.now());
+    assert_eq!(d.reason, Reason::NewByDefault);
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked() {
+    // IPv6 + hop-by-hop (8 bytes of padding options) + UDP.
+    let udp = build::udp(sa("[2001:db8:1::2]:1000"), sa("[2001:db8:2::2]:53"), b"q");
+    let mut v = Vec::new();
+    v.extend_from_slice(&udp[..40]);
+    v[6] = 0; // next header: hop-by-hop
+    let payload_len = u16::from_be_bytes([udp[4], udp[5]]) + 8;
+    v[4..6].copy_from_slice(&payload_len.to_be_bytes());
+    v.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]); // next=UDP, len 0, PadN
+    v.extend_from_slice(&udp[40..]);
+    let mut t = Lab::allow_all();
+    let d = t.send(v.clone());
+    assert_eq!(d.reason, Reason::NewByDefault);
+    // A hop-by-hop header anywhere but first is malformed.
+    let mut bad = v.clone();
+    bad[40] = 0;
+    assert_eq!(t.send(bad).reason, Reason::BadExtensionHeader);
+}
