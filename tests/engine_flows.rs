@@ -352,7 +352,7 @@ fn checksums_are_verified_unless_not_computed() {
 
 #[test]
 fn truncated_and_inconsistent_headers_have_their_own_reasons() {
-    let mut t = Lab::allow_all();
+    let t = Lab::allow_all();
     let good = build::tcp(sa("198.18.0.2:1"), sa("198.19.0.2:2"))
         .flags(0x02)
         .payload(b"abcd")
@@ -393,7 +393,7 @@ fn truncated_and_inconsistent_headers_have_their_own_reasons() {
 #[test]
 fn headers_only_copy_uses_the_ip_length() {
     // NFQUEUE with a copy range hands over only the first bytes.
-    let mut t = Lab::allow_all();
+    let t = Lab::allow_all();
     let syn = build::tcp(sa("198.18.0.2:1"), sa("198.19.0.2:2"))
         .flags(0x02)
         .payload(&[9; 1000])

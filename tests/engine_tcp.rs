@@ -304,8 +304,10 @@ fn packets_without_a_connection_are_dropped_and_create_nothing() {
 
 #[test]
 fn loose_pickup_adopts_mid_stream_connections_only_when_enabled() {
-    let mut settings = conntrackd::EngineSettings::default();
-    settings.loose_pickup = true;
+    let settings = conntrackd::EngineSettings {
+        loose_pickup: true,
+        ..Default::default()
+    };
     let mut t = Lab::with(settings, conntrackd::policy::Policy::allow_all());
     let f = Flow::v4();
     let d = t.tcp(f.c, f.s, ACK | PSH, 1000, 2000, b"data");
@@ -433,7 +435,7 @@ fn merged_ack_and_fin_close_in_three_segments() {
 #[test]
 fn simultaneous_close_goes_through_closing() {
     let mut t = Lab::allow_all();
-    let mut f = Flow::established(&mut t);
+    let f = Flow::established(&mut t);
     // Both FINs are sent before either arrives: each acknowledges only data.
     let (c_fin, s_fin) = (f.c_nxt, f.s_nxt);
     let d = t.tcp(f.c, f.s, FIN | ACK, c_fin, s_fin, b"");
@@ -634,8 +636,13 @@ fn time_wait_expires_after_2msl() {
 
 #[test]
 fn time_wait_is_configurable() {
-    let mut settings = conntrackd::EngineSettings::default();
-    settings.timeouts.time_wait = 5;
+    let settings = conntrackd::EngineSettings {
+        timeouts: conntrackd::config::Timeouts {
+            time_wait: 5,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     let mut t = Lab::with(settings, conntrackd::policy::Policy::allow_all());
     let mut f = Flow::established(&mut t);
     f.client(&mut t, FIN | ACK, b"");

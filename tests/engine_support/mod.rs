@@ -6,6 +6,18 @@ use conntrackd::policy::Policy;
 use conntrackd::wire::build;
 use conntrackd::{Engine, EngineSettings, Timestamp};
 use std::net::SocketAddr;
+use std::ops::Deref;
+
+/// A decision a test may ignore (setup steps); later assertions catch a bad setup.
+#[derive(Clone, Copy, Debug)]
+pub struct Out(pub Decision);
+
+impl Deref for Out {
+    type Target = Decision;
+    fn deref(&self) -> &Decision {
+        &self.0
+    }
+}
 
 pub struct Lab {
     pub engine: Engine,
@@ -36,8 +48,8 @@ impl Lab {
         Timestamp::from_secs(self.now_secs)
     }
 
-    pub fn send(&mut self, bytes: Vec<u8>) -> Decision {
-        self.engine.decide(&bytes, &self.ctx, self.now())
+    pub fn send(&mut self, bytes: Vec<u8>) -> Out {
+        Out(self.engine.decide(&bytes, &self.ctx, self.now()))
     }
 
     pub fn tcp(
@@ -48,7 +60,7 @@ impl Lab {
         seq: u32,
         ack: u32,
         payload: &[u8],
-    ) -> Decision {
+    ) -> Out {
         let bytes = build::tcp(from, to)
             .flags(flags)
             .seq(seq)
@@ -138,7 +150,7 @@ impl Flow {
 
     /// Sends from one side with its next seq and the other side's next seq as ack,
     /// then advances the sender by the sequence space the segment used.
-    pub fn send(&mut self, t: &mut Lab, side: Side, flags: u8, payload: &[u8]) -> Decision {
+    pub fn send(&mut self, t: &mut Lab, side: Side, flags: u8, payload: &[u8]) -> Out {
         let (from, to, seq, ack) = match side {
             Side::Client => (self.c, self.s, self.c_nxt, self.s_nxt),
             Side::Server => (self.s, self.c, self.s_nxt, self.c_nxt),
@@ -152,11 +164,11 @@ impl Flow {
         d
     }
 
-    pub fn client(&mut self, t: &mut Lab, flags: u8, payload: &[u8]) -> Decision {
+    pub fn client(&mut self, t: &mut Lab, flags: u8, payload: &[u8]) -> Out {
         self.send(t, Side::Client, flags, payload)
     }
 
-    pub fn server(&mut self, t: &mut Lab, flags: u8, payload: &[u8]) -> Decision {
+    pub fn server(&mut self, t: &mut Lab, flags: u8, payload: &[u8]) -> Out {
         self.send(t, Side::Server, flags, payload)
     }
 }
