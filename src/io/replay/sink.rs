@@ -31,7 +31,8 @@ enum State {
     /// Created, nothing written yet.
     Pending(Out),
     Pcap(PcapWriter<Out>, DataLink),
-    PcapNg(PcapNgWriter<Out>, Vec<DataLink>),
+    /// The interfaces written: link type and timestamp decimals.
+    PcapNg(PcapNgWriter<Out>, Vec<(DataLink, u8)>),
     Done,
 }
 
@@ -89,7 +90,7 @@ impl Sink {
     pub fn link_hint(&self) -> Option<DataLink> {
         match &self.state {
             State::Pcap(_, link) => Some(*link),
-            State::PcapNg(_, links) => links.first().copied(),
+            State::PcapNg(_, ifaces) => ifaces.first().map(|k| k.0),
             _ => self.template.map(|h| h.datalink),
         }
     }
@@ -102,8 +103,11 @@ impl Sink {
     }
 
     fn start(&mut self, datalink: DataLink) -> Result<(), ReplayError> {
-        let State::Pending(out) = std::mem::replace(&mut self.state, State::Done) else {
+        if !matches!(self.state, State::Pending(_)) {
             return Ok(());
+        }
+        let State::Pending(out) = std::mem::replace(&mut self.state, State::Done) else {
+            unreachable!("checked above");
         };
         self.state = if self.pcapng {
             let w =
@@ -151,25 +155,30 @@ impl Sink {
                 })
                 .map(drop)
             }
-            State::PcapNg(w, links) => {
-                let id = match links.iter().position(|l| *l == frame.datalink) {
+            State::PcapNg(w, ifaces) => {
+                // One interface per link type and clock resolution, so that
+                // timestamps keep the precision they had.
+                let key = (frame.datalink, frame.decimals);
+                let id = match ifaces.iter().position(|k| *k == key) {
                     Some(i) => i,
                     None => {
                         let idb = InterfaceDescriptionBlock {
                             linktype: frame.datalink,
                             snaplen: 0,
-                            options: vec![InterfaceDescriptionOption::IfTsResol(9)],
+                            options: vec![InterfaceDescriptionOption::IfTsResol(frame.decimals)],
                         };
                         if let Err(e) = w.write_pcapng_block(idb) {
                             return Err(self.err(e));
                         }
-                        links.push(frame.datalink);
-                        links.len() - 1
+                        ifaces.push(key);
+                        ifaces.len() - 1
                     }
                 };
+                let unit = 10u64.pow(9 - u32::from(frame.decimals.min(9)));
                 w.write_pcapng_block(EnhancedPacketBlock {
                     interface_id: id as u32,
-                    timestamp: Duration::from_nanos(frame.ts_ns),
+                    // pcap-file writes the Duration's nanoseconds as raw units.
+                    timestamp: Duration::from_nanos(frame.ts_ns / unit),
                     original_len: frame.orig_len,
                     data: Cow::Borrowed(frame.data),
                     options: vec![],
