@@ -103,6 +103,10 @@ pub struct DaemonSettings {
     pub log_format: LogFormat,
     /// tracing filter, e.g. `info` or `conntrackd=debug`.
     pub log_level: String,
+    /// Name of the chain `install_iptables` creates (one per running instance).
+    pub iptables_chain: String,
+    /// Seconds between two statistics lines in the log (0: only at exit).
+    pub stats_interval: u64,
 }
 
 impl Default for DaemonSettings {
@@ -117,6 +121,8 @@ impl Default for DaemonSettings {
             socket_rcvbuf: 8 << 20,
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            iptables_chain: "CONNTRACKD".into(),
+            stats_interval: 60,
         }
     }
 }

@@ -1,4 +1,8 @@
 //! The only code that touches sockets, threads and clocks.
 
 pub mod daemon;
+pub mod ifnames;
+pub mod iptables;
+pub mod logging;
+pub mod nfqueue;
 pub mod replay;

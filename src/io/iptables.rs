@@ -1,0 +1,324 @@
+//! `--install-iptables`: conntrackd's own chain in the filter table, for IPv4
+//! and IPv6, installed and removed atomically with `iptables-restore --noflush`.
+//!
+//! Installed (for queues 0-1, fail-open, hook FORWARD):
+//!
+//! ```text
+//! *filter
+//! :CONNTRACKD - [0:0]
+//! -A CONNTRACKD -j NFQUEUE --queue-balance 0:1 --queue-bypass
+//! -I FORWARD 1 -j CONNTRACKD
+//! COMMIT
+//! ```
+//!
+//! The jump is inserted first in each hook chain so that conntrackd sees every
+//! packet. An accept verdict ends the traversal of that chain (as `ACCEPT`
+//! does): rules after the jump only see what conntrackd does not queue.
+
+use anyhow::{bail, Context as _};
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn iptables(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
+    }
+
+    fn restore(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-restore",
+            Family::V6 => "ip6tables-restore",
+        }
+    }
+}
+
+/// What to install.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spec {
+    pub chain: String,
+    /// Built-in chains of the filter table that jump to `chain`.
+    pub hooks: Vec<String>,
+    pub first_queue: u16,
+    pub last_queue: u16,
+    /// Add `--queue-bypass`: accept when no program is bound to the queue.
+    pub bypass: bool,
+}
+
+impl Spec {
+    /// Checks names and the queue list (`--queue-balance` needs a contiguous range).
+    pub fn new(
+        chain: &str,
+        hooks: &[String],
+        queues: &[u16],
+        bypass: bool,
+    ) -> anyhow::Result<Spec> {
+        let valid_name = !chain.is_empty()
+            && chain.len() <= 28
+            && chain
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid_name {
+            bail!("iptables chain name {chain:?}: use 1 to 28 letters, digits, '_' or '-'");
+        }
+        if matches!(
+            chain,
+            "INPUT" | "OUTPUT" | "FORWARD" | "PREROUTING" | "POSTROUTING"
+        ) {
+            bail!("iptables chain name {chain:?} is a built-in chain");
+        }
+        let mut normalized = Vec::new();
+        for h in hooks {
+            let h = h.trim().to_ascii_uppercase();
+            if !matches!(h.as_str(), "FORWARD" | "INPUT" | "OUTPUT") {
+                bail!("hook {h:?}: expected FORWARD, INPUT or OUTPUT");
+            }
+            if !normalized.contains(&h) {
+                normalized.push(h);
+            }
+        }
+        if normalized.is_empty() {
+            bail!("install_iptables needs at least one hook (FORWARD, INPUT or OUTPUT)");
+        }
+        let (first, last) = match (queues.first(), queues.last()) {
+            (Some(f), Some(l)) => (*f, *l),
+            _ => bail!("no queue to install a rule for"),
+        };
+        if (last - first) as usize + 1 != queues.len() {
+            bail!(
+                "install_iptables needs a contiguous queue range such as 0-3 \
+                 (--queue-balance {first}:{last} would also use queues nobody serves)"
+            );
+        }
+        Ok(Spec {
+            chain: chain.to_string(),
+            hooks: normalized,
+            first_queue: first,
+            last_queue: last,
+            bypass,
+        })
+    }
+
+    /// The NFQUEUE target's arguments.
+    pub fn target(&self) -> String {
+        let mut t = if self.first_queue == self.last_queue {
+            format!("NFQUEUE --queue-num {}", self.first_queue)
+        } else {
+            format!(
+                "NFQUEUE --queue-balance {}:{}",
+                self.first_queue, self.last_queue
+            )
+        };
+        if self.bypass {
+            t.push_str(" --queue-bypass");
+        }
+        t
+    }
+
+    /// The `iptables-restore --noflush` input that installs everything.
+    pub fn install_script(&self) -> String {
+        let mut s = format!(
+            "*filter\n:{c} - [0:0]\n-A {c} -j {t}\n",
+            c = self.chain,
+            t = self.target()
+        );
+        for h in &self.hooks {
+            s.push_str(&format!("-I {h} 1 -j {}\n", self.chain));
+        }
+        s.push_str("COMMIT\n");
+        s
+    }
+
+    /// The `iptables-restore --noflush` input that removes exactly that.
+    pub fn remove_script(&self) -> String {
+        let mut s = String::from("*filter\n");
+        for h in &self.hooks {
+            s.push_str(&format!("-D {h} -j {}\n", self.chain));
+        }
+        s.push_str(&format!("-F {c}\n-X {c}\nCOMMIT\n", c = self.chain));
+        s
+    }
+}
+
+fn restore(family: Family, script: &str) -> anyhow::Result<()> {
+    let mut child = Command::new(family.restore())
+        .args(["--noflush", "--wait", "5"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", family.restore()))?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(script.as_bytes())
+        .with_context(|| format!("writing to {}", family.restore()))?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{} failed ({}): {}\ninput was:\n{script}",
+            family.restore(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn iptables(family: Family, args: &[&str]) -> anyhow::Result<bool> {
+    let status = Command::new(family.iptables())
+        .args(["-w", "5", "-t", "filter"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .with_context(|| format!("running {}", family.iptables()))?;
+    Ok(status.success())
+}
+
+fn ipv6_enabled() -> bool {
+    std::path::Path::new("/proc/sys/net/ipv6").exists()
+}
+
+/// Removes a chain of that name left by an instance that did not exit cleanly
+/// (SIGKILL, crash): the jumps from the built-in chains, then the chain.
+/// Returns whether there was one.
+fn remove_stale(family: Family, chain: &str) -> anyhow::Result<bool> {
+    if !iptables(family, &["-S", chain])? {
+        return Ok(false);
+    }
+    for hook in ["FORWARD", "INPUT", "OUTPUT"] {
+        for _ in 0..64 {
+            if !iptables(family, &["-D", hook, "-j", chain])? {
+                break;
+            }
+        }
+    }
+    iptables(family, &["-F", chain])?;
+    if !iptables(family, &["-X", chain])? {
+        bail!(
+            "{}: chain {chain} exists and cannot be deleted (is it referenced by other rules?)",
+            family.iptables()
+        );
+    }
+    Ok(true)
+}
+
+/// The installed rules; [`Installed::remove`] (or drop) takes them out again.
+#[derive(Debug)]
+pub struct Installed {
+    spec: Spec,
+    families: Vec<Family>,
+}
+
+impl Installed {
+    pub fn families(&self) -> &[Family] {
+        &self.families
+    }
+
+    /// Installs for IPv4, and for IPv6 unless the kernel has no IPv6.
+    pub fn install(spec: Spec) -> anyhow::Result<Installed> {
+        let mut installed = Installed {
+            spec,
+            families: Vec::new(),
+        };
+        let families: &[Family] = if ipv6_enabled() {
+            &[Family::V4, Family::V6]
+        } else {
+            tracing::warn!("the kernel has no IPv6: installing the iptables rule for IPv4 only");
+            &[Family::V4]
+        };
+        for &family in families {
+            if remove_stale(family, &installed.spec.chain)? {
+                tracing::warn!(
+                    chain = installed.spec.chain.as_str(),
+                    "{}: removed chain {} left by an earlier run that did not exit cleanly",
+                    family.iptables(),
+                    installed.spec.chain
+                );
+            }
+            // On error, `installed` is dropped and removes what was installed so far.
+            restore(family, &installed.spec.install_script())?;
+            installed.families.push(family);
+        }
+        Ok(installed)
+    }
+
+    /// Removes the rules; errors are reported for every family tried.
+    pub fn remove(mut self) -> anyhow::Result<()> {
+        self.remove_all()
+    }
+
+    fn remove_all(&mut self) -> anyhow::Result<()> {
+        let mut errors = Vec::new();
+        for family in std::mem::take(&mut self.families) {
+            if let Err(e) = restore(family, &self.spec.remove_script()) {
+                // The atomic removal fails as a whole if someone changed our
+                // rules meanwhile: take out whatever is left, one by one.
+                match remove_stale(family, &self.spec.chain) {
+                    Ok(_) => tracing::warn!("{e:#}; removed the remaining rules one by one"),
+                    Err(e2) => errors.push(format!("{e:#}; then: {e2:#}")),
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            bail!("removing the iptables rules: {}", errors.join("; "))
+        }
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        if !self.families.is_empty() {
+            if let Err(e) = self.remove_all() {
+                tracing::error!("{e:#}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts() {
+        let s = Spec::new("CONNTRACKD", &["forward".into()], &[0, 1], true).unwrap();
+        assert_eq!(
+            s.install_script(),
+            "*filter\n:CONNTRACKD - [0:0]\n\
+             -A CONNTRACKD -j NFQUEUE --queue-balance 0:1 --queue-bypass\n\
+             -I FORWARD 1 -j CONNTRACKD\nCOMMIT\n"
+        );
+        assert_eq!(
+            s.remove_script(),
+            "*filter\n-D FORWARD -j CONNTRACKD\n-F CONNTRACKD\n-X CONNTRACKD\nCOMMIT\n"
+        );
+        let s = Spec::new("X", &["INPUT".into(), "OUTPUT".into()], &[3], false).unwrap();
+        assert_eq!(s.target(), "NFQUEUE --queue-num 3");
+        assert!(s
+            .install_script()
+            .contains("-I INPUT 1 -j X\n-I OUTPUT 1 -j X\n"));
+    }
+
+    #[test]
+    fn refuses_bad_specs() {
+        let f = vec!["FORWARD".to_string()];
+        assert!(Spec::new("CONNTRACKD", &f, &[0, 2], true).is_err());
+        assert!(Spec::new("FORWARD", &f, &[0], true).is_err());
+        assert!(Spec::new("a b", &f, &[0], true).is_err());
+        assert!(Spec::new("C", &["PREROUTING".into()], &[0], true).is_err());
+        assert!(Spec::new("C", &[], &[0], true).is_err());
+    }
+}

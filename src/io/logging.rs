@@ -1,0 +1,525 @@
+//! Logging: the tracing subscriber, and the logging thread the workers feed.
+//!
+//! A worker never formats or writes a log line on its hot path: it copies the
+//! first bytes of a dropped (or rule-logged) packet into an [`Event`] and
+//! `try_send`s it over a bounded crossbeam channel. When the channel is full
+//! the event is counted as lost and the worker carries on. The logging thread
+//! parses the bytes for addresses and ports, resolves interface names and rule
+//! names, rate-limits the warnings, and writes through tracing.
+
+use crate::config::LogFormat;
+use crate::io::ifnames::IfNames;
+use crate::reason::Reason;
+use crate::wire::TcpFlags;
+use crate::Engine;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tracing::{debug, error, info, warn};
+
+/// Target of the per-packet drop lines (`--log-level conntrackd::drop=debug`).
+pub const DROP_TARGET: &str = "conntrackd::drop";
+/// Target of the lines for rules marked `log = true`.
+pub const RULE_TARGET: &str = "conntrackd::rule";
+
+/// Capacity of the worker → logging thread channel.
+pub const CHANNEL_CAPACITY: usize = 4096;
+/// Packet bytes copied into an event: the IP header (with IPv6 extension
+/// headers, mostly) and the transport header's first bytes.
+pub const HEAD_LEN: usize = 96;
+
+/// Installs the global tracing subscriber, writing to stderr (journald under systemd).
+pub fn init(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| anyhow::anyhow!("bad log level {filter:?}: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(true);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
+}
+
+/// What a worker tells the logging thread.
+#[derive(Clone, Debug)]
+pub enum Event {
+    Packet(PacketEvent),
+    /// `recv` on a queue socket failed (ENOBUFS: the socket buffer overflowed
+    /// and the kernel dropped or, fail-open, accepted packets meanwhile).
+    RecvError {
+        queue: u16,
+        errno: i32,
+    },
+    /// Sending a verdict failed.
+    VerdictError {
+        queue: u16,
+        errno: i32,
+    },
+}
+
+/// A packet worth a log line: dropped (debug level), or decided by a rule
+/// with `log = true`.
+#[derive(Clone, Debug)]
+pub struct PacketEvent {
+    pub queue: u16,
+    pub reason: Reason,
+    pub rule: Option<u16>,
+    /// Decided by a rule marked `log = true`.
+    pub log: bool,
+    pub in_ifindex: u32,
+    pub out_ifindex: u32,
+    pub wire_len: u32,
+    pub head_len: u8,
+    pub head: [u8; HEAD_LEN],
+}
+
+impl PacketEvent {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        queue: u16,
+        reason: Reason,
+        rule: Option<u16>,
+        log: bool,
+        in_ifindex: u32,
+        out_ifindex: u32,
+        wire_len: u32,
+        bytes: &[u8],
+    ) -> PacketEvent {
+        let n = bytes.len().min(HEAD_LEN);
+        let mut head = [0u8; HEAD_LEN];
+        head[..n].copy_from_slice(&bytes[..n]);
+        PacketEvent {
+            queue,
+            reason,
+            rule,
+            log,
+            in_ifindex,
+            out_ifindex,
+            wire_len,
+            head_len: n as u8,
+            head,
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.head[..self.head_len as usize]
+    }
+}
+
+/// Addresses, ports and flags read leniently from a packet's first bytes,
+/// for log lines only (the packet may be malformed: that can be why it was dropped).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowSummary {
+    pub protocol: Option<u8>,
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
+    pub src_port: Option<u16>,
+    pub dst_port: Option<u16>,
+    pub tcp_flags: Option<u8>,
+    pub icmp_type: Option<u8>,
+}
+
+impl FlowSummary {
+    pub fn parse(b: &[u8]) -> FlowSummary {
+        let mut s = FlowSummary::default();
+        let (protocol, l4) = match b.first().map(|v| v >> 4) {
+            Some(4) if b.len() >= 20 => {
+                let ihl = (b[0] & 0x0f) as usize * 4;
+                s.src = Some(IpAddr::V4(Ipv4Addr::new(b[12], b[13], b[14], b[15])));
+                s.dst = Some(IpAddr::V4(Ipv4Addr::new(b[16], b[17], b[18], b[19])));
+                let frag_offset = u16::from_be_bytes([b[6], b[7]]) & 0x1fff;
+                let l4 = if ihl >= 20 && frag_offset == 0 {
+                    b.get(ihl..)
+                } else {
+                    None
+                };
+                (b[9], l4)
+            }
+            Some(6) if b.len() >= 40 => {
+                let addr = |o: usize| {
+                    let mut a = [0u8; 16];
+                    a.copy_from_slice(&b[o..o + 16]);
+                    IpAddr::V6(Ipv6Addr::from(a))
+                };
+                s.src = Some(addr(8));
+                s.dst = Some(addr(24));
+                let mut next = b[6];
+                let mut off = 40;
+                let mut l4 = None;
+                // Hop-by-hop, routing, destination options: skip. Fragment: stop.
+                for _ in 0..8 {
+                    match next {
+                        0 | 43 | 60 => match b.get(off..off + 2) {
+                            Some(h) => {
+                                next = h[0];
+                                off += (h[1] as usize + 1) * 8;
+                            }
+                            None => break,
+                        },
+                        44 => {
+                            next = b.get(off).copied().unwrap_or(next);
+                            break;
+                        }
+                        _ => {
+                            l4 = b.get(off..);
+                            break;
+                        }
+                    }
+                }
+                (next, l4)
+            }
+            _ => return s,
+        };
+        s.protocol = Some(protocol);
+        let Some(l4) = l4 else { return s };
+        match protocol {
+            6 | 17 if l4.len() >= 4 => {
+                s.src_port = Some(u16::from_be_bytes([l4[0], l4[1]]));
+                s.dst_port = Some(u16::from_be_bytes([l4[2], l4[3]]));
+                if protocol == 6 {
+                    s.tcp_flags = l4.get(13).copied();
+                }
+            }
+            1 | 58 => s.icmp_type = l4.first().copied(),
+            _ => {}
+        }
+        s
+    }
+
+    fn endpoint(addr: Option<IpAddr>, port: Option<u16>) -> String {
+        match (addr, port) {
+            (Some(IpAddr::V6(a)), Some(p)) => format!("[{a}]:{p}"),
+            (Some(a), Some(p)) => format!("{a}:{p}"),
+            (Some(a), None) => a.to_string(),
+            (None, _) => "?".into(),
+        }
+    }
+
+    pub fn src_endpoint(&self) -> String {
+        Self::endpoint(self.src, self.src_port)
+    }
+
+    pub fn dst_endpoint(&self) -> String {
+        Self::endpoint(self.dst, self.dst_port)
+    }
+
+    pub fn protocol_name(&self) -> String {
+        match self.protocol {
+            Some(6) => "tcp".into(),
+            Some(17) => "udp".into(),
+            Some(1) => "icmp".into(),
+            Some(58) => "icmpv6".into(),
+            Some(n) => n.to_string(),
+            None => "?".into(),
+        }
+    }
+
+    /// `SYN,ACK`-style flag list; empty for non-TCP.
+    pub fn flags_string(&self) -> String {
+        let Some(f) = self.tcp_flags else {
+            return String::new();
+        };
+        let names = [
+            (TcpFlags::FIN, "FIN"),
+            (TcpFlags::SYN, "SYN"),
+            (TcpFlags::RST, "RST"),
+            (TcpFlags::PSH, "PSH"),
+            (TcpFlags::ACK, "ACK"),
+            (TcpFlags::URG, "URG"),
+            (TcpFlags::ECE, "ECE"),
+            (TcpFlags::CWR, "CWR"),
+        ];
+        let mut out = String::new();
+        for (bit, name) in names {
+            if f & bit != 0 {
+                if !out.is_empty() {
+                    out.push(',');
+                }
+                out.push_str(name);
+            }
+        }
+        if out.is_empty() {
+            out.push_str("NONE");
+        }
+        out
+    }
+}
+
+/// A token bucket: `rate` lines per second, bursts up to `burst`.
+#[derive(Debug)]
+pub struct RateLimit {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+    /// Lines refused since the last report.
+    pub suppressed: u64,
+}
+
+impl RateLimit {
+    pub fn new(rate: f64, burst: f64, now: Instant) -> RateLimit {
+        RateLimit {
+            rate,
+            burst,
+            tokens: burst,
+            last: now,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether a line may be written now; counts it as suppressed if not.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    /// Takes the suppressed count if a line may be written about it.
+    pub fn take_suppressed(&mut self, now: Instant) -> Option<u64> {
+        if self.suppressed == 0 {
+            return None;
+        }
+        let n = self.suppressed;
+        if self.allow(now) {
+            self.suppressed = 0;
+            Some(n)
+        } else {
+            // `allow` counted the report itself as suppressed: undo that.
+            self.suppressed = n;
+            None
+        }
+    }
+}
+
+fn errno_text(errno: i32) -> String {
+    std::io::Error::from_raw_os_error(errno).to_string()
+}
+
+/// Starts the logging thread. It ends when every sender is gone.
+pub fn spawn(rx: Receiver<Event>, engine: Arc<Engine>) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("ctd-log".into())
+        .spawn(move || Logger::new(engine).run(rx))
+}
+
+struct Logger {
+    engine: Arc<Engine>,
+    ifnames: IfNames,
+    rule_lines: RateLimit,
+    error_lines: RateLimit,
+}
+
+impl Logger {
+    fn new(engine: Arc<Engine>) -> Logger {
+        let now = Instant::now();
+        Logger {
+            engine,
+            ifnames: IfNames::default(),
+            rule_lines: RateLimit::new(10.0, 20.0, now),
+            error_lines: RateLimit::new(1.0, 5.0, now),
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Event>) {
+        loop {
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(event) => self.handle(event),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.report_suppressed(Instant::now());
+        }
+        self.report_suppressed(Instant::now() + Duration::from_secs(3600));
+    }
+
+    fn report_suppressed(&mut self, now: Instant) {
+        if let Some(n) = self.rule_lines.take_suppressed(now) {
+            warn!(
+                target: RULE_TARGET,
+                suppressed = n,
+                "rate limit: {n} log lines of rules with log = true were suppressed"
+            );
+        }
+        if let Some(n) = self.error_lines.take_suppressed(now) {
+            warn!(
+                suppressed = n,
+                "rate limit: {n} socket error lines were suppressed"
+            );
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        let now = Instant::now();
+        match event {
+            Event::Packet(p) => self.packet(&p, now),
+            Event::RecvError { queue, errno } => {
+                if self.error_lines.allow(now) {
+                    if errno == libc::ENOBUFS {
+                        warn!(
+                            queue,
+                            errno,
+                            "queue {queue}: socket receive buffer overflowed (ENOBUFS): \
+                             packets were lost to conntrackd meanwhile (accepted if fail-open, \
+                             else dropped); raise socket_rcvbuf or add queues"
+                        );
+                    } else {
+                        warn!(
+                            queue,
+                            errno,
+                            "queue {queue}: recv failed: {}",
+                            errno_text(errno)
+                        );
+                    }
+                }
+            }
+            Event::VerdictError { queue, errno } => {
+                if self.error_lines.allow(now) {
+                    error!(
+                        queue,
+                        errno,
+                        "queue {queue}: sending a verdict failed: {}",
+                        errno_text(errno)
+                    );
+                }
+            }
+        }
+    }
+
+    fn packet(&mut self, p: &PacketEvent, now: Instant) {
+        let flow = FlowSummary::parse(p.bytes());
+        self.ifnames.ensure(p.in_ifindex);
+        self.ifnames.ensure(p.out_ifindex);
+        let in_iface = self.ifnames.get(p.in_ifindex).unwrap_or("-");
+        let out_iface = self.ifnames.get(p.out_ifindex).unwrap_or("-");
+        let policy = self.engine.policy();
+        let rule = p.rule.map(|i| policy.rule_name(i).unwrap_or("?"));
+        let verdict = p.reason.verdict();
+        let proto = flow.protocol_name();
+        let src = flow.src_endpoint();
+        let dst = flow.dst_endpoint();
+        let flags = flow.tcp_flags.map(|_| flow.flags_string());
+        let flags = flags.as_deref();
+        let icmp_type = flow.icmp_type;
+        if verdict == crate::Verdict::Drop {
+            debug!(
+                target: DROP_TARGET,
+                reason = p.reason.name(),
+                proto = proto.as_str(),
+                src = src.as_str(),
+                dst = dst.as_str(),
+                flags,
+                icmp_type,
+                rule,
+                in_iface,
+                out_iface,
+                len = p.wire_len,
+                queue = p.queue,
+                "drop"
+            );
+        }
+        if p.log && self.rule_lines.allow(now) {
+            let rule = rule.unwrap_or("?");
+            if verdict == crate::Verdict::Drop {
+                warn!(
+                    target: RULE_TARGET,
+                    rule,
+                    reason = p.reason.name(),
+                    proto = proto.as_str(),
+                    src = src.as_str(),
+                    dst = dst.as_str(),
+                    flags,
+                    icmp_type,
+                    in_iface,
+                    out_iface,
+                    "rule {rule} dropped a new connection"
+                );
+            } else {
+                info!(
+                    target: RULE_TARGET,
+                    rule,
+                    reason = p.reason.name(),
+                    proto = proto.as_str(),
+                    src = src.as_str(),
+                    dst = dst.as_str(),
+                    flags,
+                    icmp_type,
+                    in_iface,
+                    out_iface,
+                    "rule {rule} accepted a new connection"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::build;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn flow_summary_reads_tcp_v4_and_v6() {
+        let a: SocketAddr = "198.18.0.2:40000".parse().unwrap();
+        let b: SocketAddr = "198.19.0.2:80".parse().unwrap();
+        let pkt = build::tcp(a, b)
+            .flags(TcpFlags::SYN | TcpFlags::FIN)
+            .build();
+        let s = FlowSummary::parse(&pkt);
+        assert_eq!(s.src_endpoint(), "198.18.0.2:40000");
+        assert_eq!(s.dst_endpoint(), "198.19.0.2:80");
+        assert_eq!(s.protocol_name(), "tcp");
+        assert_eq!(s.flags_string(), "FIN,SYN");
+
+        let a: SocketAddr = "[2001:db8:1::2]:5000".parse().unwrap();
+        let b: SocketAddr = "[2001:db8:2::2]:53".parse().unwrap();
+        let pkt = build::udp(a, b, b"x");
+        let s = FlowSummary::parse(&pkt);
+        assert_eq!(s.src_endpoint(), "[2001:db8:1::2]:5000");
+        assert_eq!(s.protocol_name(), "udp");
+        assert_eq!(s.flags_string(), "");
+    }
+
+    #[test]
+    fn flow_summary_never_panics_on_garbage() {
+        for len in 0..64 {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 0x45) as u8).collect();
+            let _ = FlowSummary::parse(&bytes);
+            let mut v6 = bytes.clone();
+            if let Some(b) = v6.first_mut() {
+                *b = 0x60;
+            }
+            let _ = FlowSummary::parse(&v6);
+        }
+    }
+
+    #[test]
+    fn rate_limit_refills() {
+        let t0 = Instant::now();
+        let mut r = RateLimit::new(1.0, 2.0, t0);
+        assert!(r.allow(t0));
+        assert!(r.allow(t0));
+        assert!(!r.allow(t0));
+        assert_eq!(r.suppressed, 1);
+        assert_eq!(r.take_suppressed(t0), None);
+        assert_eq!(r.take_suppressed(t0 + Duration::from_secs(2)), Some(1));
+        assert!(r.allow(t0 + Duration::from_secs(2)));
+    }
+}

@@ -1,0 +1,429 @@
+//! NFQUEUE sockets and the worker loop: recv → decide → verdict, one thread per queue.
+//!
+//! nfq 0.2.5 drives a queue through `&mut self`, so each worker owns one
+//! socket bound to one queue; all workers share the engine (one connection
+//! table). nfq has no accessor for the socket fd; [`open`] finds it in
+//! `/proc/self/fd` (the netlink socket that appeared across `Queue::open`) to
+//! set the receive buffer and a receive timeout, so that a worker blocked in
+//! `recv` wakes up regularly to notice a shutdown.
+
+use crate::engine::Context;
+use crate::io::ifnames::IfNames;
+use crate::io::logging::{Event, PacketEvent};
+use crate::policy::Interfaces;
+use crate::reason::{Counters, Verdict};
+use crate::time::Timestamp;
+use crate::wire::{Checksums, Framing};
+use crate::Engine;
+use anyhow::{bail, Context as _};
+use crossbeam_channel::{Sender, TrySendError};
+use std::collections::BTreeMap;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a worker blocks in `recv` before it checks for shutdown.
+pub const RECV_TIMEOUT: Duration = Duration::from_millis(100);
+/// How often a worker publishes its counters and refreshes its interface names.
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+const IFNAMES_TTL: Duration = Duration::from_secs(30);
+
+/// Per-queue settings.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueConfig {
+    pub num: u16,
+    pub copy_range: u16,
+    pub maxlen: u32,
+    pub rcvbuf: usize,
+    pub fail_open: bool,
+}
+
+/// An opened, bound and configured queue.
+pub struct BoundQueue {
+    queue: nfq::Queue,
+    fd: RawFd,
+    pub num: u16,
+    /// The kernel accepted NFQA_CFG_F_GSO.
+    pub gso: bool,
+    /// Receive buffer the kernel granted, in bytes.
+    pub rcvbuf: usize,
+}
+
+/// Open file descriptors and what they point to (`socket:[inode]`, paths...).
+fn open_fds() -> anyhow::Result<BTreeMap<RawFd, std::path::PathBuf>> {
+    let mut fds = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc/self/fd").context("listing /proc/self/fd")? {
+        let entry = entry?;
+        if let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) {
+            // The directory's own fd is gone by the time we read its link: skip failures.
+            if let Ok(target) = std::fs::read_link(entry.path()) {
+                fds.insert(fd, target);
+            }
+        }
+    }
+    Ok(fds)
+}
+
+fn getsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> std::io::Result<i32> {
+    let mut val: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: val and len are valid for the duration of the call.
+    let r = unsafe { libc::getsockopt(fd, level, name, &mut val as *mut _ as *mut _, &mut len) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(val)
+}
+
+fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &T) -> std::io::Result<()> {
+    // SAFETY: val points to a T of the given size for the duration of the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            val as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn is_nfnetlink_socket(fd: RawFd) -> bool {
+    getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).ok() == Some(libc::AF_NETLINK)
+        && getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).ok()
+            == Some(libc::NETLINK_NETFILTER)
+}
+
+/// Opens a socket, binds it to `cfg.num` and configures it. Call from one
+/// thread at a time (the fd is found by comparing `/proc/self/fd` before
+/// and after opening).
+pub fn open(cfg: &QueueConfig) -> anyhow::Result<BoundQueue> {
+    let num = cfg.num;
+    let before = open_fds()?;
+    let mut queue = nfq::Queue::open()
+        .context("opening an NFQUEUE netlink socket (conntrackd needs CAP_NET_ADMIN)")?;
+    let after = open_fds()?;
+    // New descriptors, or reused numbers pointing elsewhere (the fd that
+    // listed /proc/self/fd the first time may now be the socket).
+    let candidates: Vec<RawFd> = after
+        .iter()
+        .filter(|(fd, target)| before.get(fd) != Some(target))
+        .map(|(fd, _)| *fd)
+        .filter(|fd| is_nfnetlink_socket(*fd))
+        .collect();
+    let fd = match candidates[..] {
+        [fd] => fd,
+        _ => bail!(
+            "cannot identify the NFQUEUE socket among new file descriptors {candidates:?} \
+             (another thread opened a netlink socket at the same time)"
+        ),
+    };
+    // The receive buffer first: packets may arrive as soon as the queue is bound.
+    // SO_RCVBUFFORCE (CAP_NET_ADMIN) ignores net.core.rmem_max.
+    let want = cfg.rcvbuf.min(i32::MAX as usize / 2) as libc::c_int;
+    if setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &want).is_err() {
+        setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &want)
+            .with_context(|| format!("setting the socket receive buffer to {want} bytes"))?;
+    }
+    // The kernel doubles the value for bookkeeping and reports the doubled value.
+    let rcvbuf = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF).unwrap_or(0) as usize / 2;
+    queue.bind(num).with_context(|| {
+        format!("binding NFQUEUE queue {num} (is another program already bound to it?)")
+    })?;
+    // Between bind and the end of this configuration a packet could arrive and
+    // be swallowed by nfq's wait for the configuration ACKs; with
+    // --install-iptables the hook is installed only after every queue is
+    // configured, so this cannot happen then.
+    queue
+        .set_copy_range(num, cfg.copy_range)
+        .with_context(|| format!("queue {num}: setting the copy range"))?;
+    queue
+        .set_queue_max_len(num, cfg.maxlen)
+        .with_context(|| format!("queue {num}: setting the queue length"))?;
+    // GSO: the kernel hands over unsegmented super-packets and does not
+    // complete partial checksums; NFQA_SKB_INFO then says which packets carry
+    // a checksum that is not computed yet. Without it, the kernel segments and
+    // checksums every packet before queueing (slower, still correct).
+    let gso = queue.set_recv_gso(num, true).is_ok();
+    queue
+        .set_fail_open(num, cfg.fail_open)
+        .with_context(|| format!("queue {num}: setting fail-open"))?;
+    // Report socket overruns (ENOBUFS) so that they are counted and logged.
+    queue
+        .set_recv_enobufs(true)
+        .with_context(|| format!("queue {num}: enabling ENOBUFS reports"))?;
+    let tv = libc::timeval {
+        tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
+        tv_usec: RECV_TIMEOUT.subsec_micros() as libc::suseconds_t,
+    };
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
+        .with_context(|| format!("queue {num}: setting the receive timeout"))?;
+    Ok(BoundQueue {
+        queue,
+        fd,
+        num,
+        gso,
+        rcvbuf,
+    })
+}
+
+/// What a worker counts besides verdict reasons.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerStats {
+    pub counters: Counters,
+    /// recv failures other than timeouts (ENOBUFS included).
+    pub recv_errors: u64,
+    /// Of those, socket buffer overruns.
+    pub enobufs: u64,
+    pub verdict_errors: u64,
+    /// Log events dropped because the logging thread lagged behind.
+    pub events_lost: u64,
+    /// Packets whose checksum was not computed yet (GSO or offload).
+    pub csum_not_ready: u64,
+    /// Packets longer than the copy range (only their headers were copied).
+    pub truncated_copies: u64,
+}
+
+impl WorkerStats {
+    pub fn merge(&mut self, o: &WorkerStats) {
+        self.counters.merge(&o.counters);
+        self.recv_errors += o.recv_errors;
+        self.enobufs += o.enobufs;
+        self.verdict_errors += o.verdict_errors;
+        self.events_lost += o.events_lost;
+        self.csum_not_ready += o.csum_not_ready;
+        self.truncated_copies += o.truncated_copies;
+    }
+
+    pub fn packets(&self) -> u64 {
+        self.counters.total(Verdict::Accept) + self.counters.total(Verdict::Drop)
+    }
+}
+
+/// State shared by the daemon and its workers.
+#[derive(Debug)]
+pub struct Shared {
+    pub start: Instant,
+    pub stop: AtomicBool,
+    /// Bumped to make workers forget cached interface names (SIGHUP).
+    pub ifnames_generation: AtomicU64,
+    /// One slot per worker, refreshed about once a second.
+    pub stats: Vec<Mutex<WorkerStats>>,
+}
+
+impl Shared {
+    pub fn new(start: Instant, workers: usize) -> Shared {
+        Shared {
+            start,
+            stop: AtomicBool::new(false),
+            ifnames_generation: AtomicU64::new(0),
+            stats: (0..workers)
+                .map(|_| Mutex::new(WorkerStats::default()))
+                .collect(),
+        }
+    }
+
+    /// The engine's clock: monotonic, since the daemon started.
+    #[inline]
+    pub fn now(&self) -> Timestamp {
+        Timestamp::from_nanos(self.start.elapsed().as_nanos() as u64)
+    }
+
+    /// Every worker's last published counters, merged.
+    pub fn totals(&self) -> WorkerStats {
+        let mut total = WorkerStats::default();
+        for slot in &self.stats {
+            total.merge(&slot.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        total
+    }
+}
+
+pub struct Worker {
+    pub queue: BoundQueue,
+    pub index: usize,
+    pub engine: Arc<Engine>,
+    pub shared: Arc<Shared>,
+    pub events: Sender<Event>,
+    /// Send an event for every dropped packet (drop lines are enabled).
+    pub log_drops: bool,
+}
+
+impl Worker {
+    /// Runs until `shared.stop`; then answers what is still queued, unbinds
+    /// and returns the final counters.
+    pub fn run(mut self) -> WorkerStats {
+        let mut stats = WorkerStats::default();
+        let mut ifnames = IfNames::default();
+        let mut generation = self.shared.ifnames_generation.load(Ordering::Relaxed);
+        let mut last_publish = Instant::now();
+        let mut last_ifnames_clear = last_publish;
+        let mut consecutive_errors = 0u32;
+        loop {
+            match self.queue.queue.recv() {
+                Ok(msg) => {
+                    consecutive_errors = 0;
+                    self.handle(msg, &mut stats, &mut ifnames);
+                }
+                Err(e) => match e.kind() {
+                    std::io::ErrorKind::WouldBlock
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::Interrupted => {}
+                    _ => {
+                        self.recv_error(&e, &mut stats);
+                        consecutive_errors += 1;
+                        if consecutive_errors > 100 {
+                            // A persistent error: do not spin.
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                },
+            }
+            if self.shared.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let now = Instant::now();
+            if now.duration_since(last_publish) >= PUBLISH_EVERY {
+                last_publish = now;
+                self.publish(&stats);
+                let g = self.shared.ifnames_generation.load(Ordering::Relaxed);
+                if g != generation || now.duration_since(last_ifnames_clear) >= IFNAMES_TTL {
+                    generation = g;
+                    last_ifnames_clear = now;
+                    ifnames.clear();
+                }
+            }
+        }
+        self.drain(&mut stats, &mut ifnames);
+        if let Err(e) = self.queue.queue.unbind(self.queue.num) {
+            tracing::debug!(queue = self.queue.num, "unbinding: {e}");
+        }
+        self.publish(&stats);
+        stats
+    }
+
+    /// Answers every packet already queued to us (shutdown), without waiting.
+    fn drain(&mut self, stats: &mut WorkerStats, ifnames: &mut IfNames) {
+        self.queue.queue.set_nonblocking(true);
+        // Bounded: with the administrator's own rule packets keep coming.
+        let limit = 2 * 65_536;
+        for _ in 0..limit {
+            match self.queue.queue.recv() {
+                Ok(msg) => self.handle(msg, stats, ifnames),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    self.recv_error(&e, stats);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn publish(&self, stats: &WorkerStats) {
+        let mut slot = self.shared.stats[self.index]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        slot.clone_from(stats);
+    }
+
+    fn recv_error(&self, e: &std::io::Error, stats: &mut WorkerStats) {
+        let errno = e.raw_os_error().unwrap_or(0);
+        stats.recv_errors += 1;
+        if errno == libc::ENOBUFS {
+            stats.enobufs += 1;
+        }
+        self.send(
+            Event::RecvError {
+                queue: self.queue.num,
+                errno,
+            },
+            stats,
+        );
+    }
+
+    #[inline]
+    fn send(&self, event: Event, stats: &mut WorkerStats) {
+        match self.events.try_send(event) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                stats.events_lost += 1
+            }
+        }
+    }
+
+    #[inline]
+    fn handle(&mut self, mut msg: nfq::Message, stats: &mut WorkerStats, ifnames: &mut IfNames) {
+        let now = self.shared.now();
+        let in_idx = msg.get_indev();
+        let out_idx = msg.get_outdev();
+        ifnames.ensure(in_idx);
+        ifnames.ensure(out_idx);
+        let payload = msg.get_payload();
+        let wire_len = msg.get_original_len();
+        if wire_len > payload.len() {
+            stats.truncated_copies += 1;
+        }
+        // NFQA_SKB_INFO (sent because the queue has NFQA_CFG_F_GSO) marks
+        // packets whose checksum is partial (CHECKSUM_PARTIAL: GSO or
+        // offloaded). Their checksum field is not final: never validate it.
+        let checksums = if msg.is_checksum_ready() {
+            Checksums::Verify
+        } else {
+            stats.csum_not_ready += 1;
+            Checksums::NotComputed
+        };
+        let ctx = Context {
+            ifaces: Interfaces {
+                input: ifnames.get(in_idx),
+                output: ifnames.get(out_idx),
+            },
+            framing: Framing {
+                wire_len: Some(wire_len.min(u32::MAX as usize) as u32),
+                checksums,
+            },
+        };
+        let d = self.engine.decide(payload, &ctx, now);
+        let verdict = d.verdict();
+        stats.counters.record(d.reason);
+        if d.log || (verdict == Verdict::Drop && self.log_drops) {
+            let event = PacketEvent::new(
+                self.queue.num,
+                d.reason,
+                d.rule,
+                d.log,
+                in_idx,
+                out_idx,
+                wire_len as u32,
+                payload,
+            );
+            self.send(Event::Packet(event), stats);
+        }
+        msg.set_verdict(match verdict {
+            Verdict::Accept => nfq::Verdict::Accept,
+            Verdict::Drop => nfq::Verdict::Drop,
+        });
+        if let Err(e) = self.queue.queue.verdict(msg) {
+            stats.verdict_errors += 1;
+            let errno = e.raw_os_error().unwrap_or(0);
+            self.send(
+                Event::VerdictError {
+                    queue: self.queue.num,
+                    errno,
+                },
+                stats,
+            );
+        }
+    }
+}
+
+impl BoundQueue {
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+}
