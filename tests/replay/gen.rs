@@ -119,6 +119,8 @@ struct Record {
     ts_ns: u64,
     frame: Vec<u8>,
     orig_len: u32,
+    /// The IP packet, for records made with `ip`.
+    ip: Option<Vec<u8>>,
 }
 
 /// A capture being built.
@@ -159,6 +161,7 @@ impl CaptureBuilder {
             ts_ns,
             frame,
             orig_len,
+            ip: None,
         });
     }
 
@@ -175,6 +178,19 @@ impl CaptureBuilder {
         };
         let frame = self.link.wrap(ethertype, &ip);
         self.frame(ts_ns, frame);
+        self.records.last_mut().unwrap().ip = Some(ip);
+    }
+
+    /// The same IP packets at the same times in another link layer and
+    /// format (other frames are left out).
+    pub fn relink(&self, link: Link, format: Format) -> CaptureBuilder {
+        let mut b = CaptureBuilder::new(link, format).snaplen(self.snaplen);
+        for r in &self.records {
+            if let Some(ip) = &r.ip {
+                b.ip_ns(r.ts_ns, ip.clone());
+            }
+        }
+        b
     }
 
     /// An ARP request (who has 10.0.0.1? tell 10.0.0.2).
