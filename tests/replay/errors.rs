@@ -632,3 +632,83 @@ fn damaged_captures_never_panic() {
         }
     }
 }
+
+#[test]
+fn pcapng_simple_and_obsolete_packet_blocks_and_several_sections() {
+    use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
+    use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionBlock;
+    use pcap_file::pcapng::blocks::packet::PacketBlock;
+    use pcap_file::pcapng::blocks::section_header::SectionHeaderBlock;
+    use pcap_file::pcapng::blocks::simple_packet::SimplePacketBlock;
+    use pcap_file::pcapng::{PcapNgBlock, PcapNgWriter};
+    use pcap_file::Endianness;
+    use std::borrow::Cow;
+    use std::time::Duration;
+
+    let mut f = Conv::new("10.0.0.2:40000", "203.0.113.5:80", 100, 200);
+    let eth = |ip: Vec<u8>| Link::Ethernet.wrap(0x0800, &ip);
+    let (syn, synack, ack) = (
+        eth(f.c(SYN, b"")),
+        eth(f.s(SYN | ACK, b"")),
+        eth(f.c(ACK, b"")),
+    );
+    let t = 1_700_000_000u64 * 1_000_000; // microseconds (the default resolution)
+    let mut w = PcapNgWriter::with_endianness(Vec::new(), Endianness::Big).unwrap();
+    w.write_pcapng_block(InterfaceDescriptionBlock::new(DataLink::ETHERNET, 0))
+        .unwrap();
+    w.write_pcapng_block(EnhancedPacketBlock {
+        interface_id: 0,
+        timestamp: Duration::from_nanos(t),
+        original_len: syn.len() as u32,
+        data: Cow::Borrowed(&syn),
+        options: vec![],
+    })
+    .unwrap();
+    w.write_pcapng_block(PacketBlock {
+        interface_id: 0,
+        drop_count: 0,
+        timestamp: t + 2_500,
+        captured_len: synack.len() as u32,
+        original_len: synack.len() as u32,
+        data: Cow::Borrowed(&synack),
+        options: vec![],
+    })
+    .unwrap();
+    // No timestamp: it takes the previous packet's; its padding is not data.
+    w.write_pcapng_block(SimplePacketBlock {
+        original_len: ack.len() as u32,
+        data: Cow::Borrowed(&ack),
+    })
+    .unwrap();
+    // A second section (as `cat a.pcapng b.pcapng` makes): interfaces start over.
+    w.write_pcapng_block(SectionHeaderBlock {
+        endianness: Endianness::Little,
+        ..Default::default()
+    })
+    .unwrap();
+    w.write_pcapng_block(InterfaceDescriptionBlock::new(DataLink::RAW, 0))
+        .unwrap();
+    let data = f.c(ACK | crate::gen::PSH, b"hi");
+    w.write_pcapng_block(EnhancedPacketBlock {
+        interface_id: 0,
+        timestamp: Duration::from_nanos(t + 3_000_000),
+        original_len: data.len() as u32,
+        data: Cow::Borrowed(&data),
+        options: vec![],
+    })
+    .unwrap();
+    let dir = tmp();
+    let p = dir.path().join("blocks.pcapng");
+    std::fs::write(&p, w.into_inner()).unwrap();
+    let (ok, stdout, stderr) = replay(&[path_str(&p)]);
+    assert!(ok, "{stderr}");
+    let lines = packet_lines(&stdout);
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert!(lines[0].starts_with("    1  0.000000  10.0.0.2:40000 > 203.0.113.5:80 TCP [S] "));
+    assert!(lines[1].starts_with("    2  0.002500  203.0.113.5:80 > 10.0.0.2:40000 TCP [S.] "));
+    assert!(lines[1].ends_with("SYN_SENT:LISTEN -> SYN_SENT:SYN_RECV"));
+    assert!(lines[2].starts_with("    3  0.002500  10.0.0.2:40000 > 203.0.113.5:80 TCP [.] "));
+    assert!(lines[2].ends_with("-> ESTABLISHED:ESTABLISHED"));
+    assert!(lines[3].starts_with("    4  3.000000  10.0.0.2:40000 > 203.0.113.5:80 TCP [P.] "));
+    assert!(lines[3].contains("len=2  accept tracked"), "{}", lines[3]);
+}
