@@ -640,7 +640,7 @@ fn pcapng_simple_and_obsolete_packet_blocks_and_several_sections() {
     use pcap_file::pcapng::blocks::packet::PacketBlock;
     use pcap_file::pcapng::blocks::section_header::SectionHeaderBlock;
     use pcap_file::pcapng::blocks::simple_packet::SimplePacketBlock;
-    use pcap_file::pcapng::{PcapNgBlock, PcapNgWriter};
+    use pcap_file::pcapng::PcapNgWriter;
     use pcap_file::Endianness;
     use std::borrow::Cow;
     use std::time::Duration;
