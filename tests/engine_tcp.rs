@@ -73,6 +73,24 @@ fn final_ack_must_acknowledge_responder_isn_plus_one() {
 }
 
 #[test]
+fn fast_open_synack_may_acknowledge_the_syn_without_its_data() {
+    // RFC 7413 §4.2.2: the server refuses the SYN's data and acks only the SYN.
+    let mut t = Lab::allow_all();
+    let mut f = Flow::v4();
+    let isn = f.c_nxt;
+    assert_eq!(f.client(&mut t, SYN, &[5; 20]).reason, Reason::NewByDefault);
+    let d = t.tcp(f.s, f.c, SYN | ACK, f.s_nxt, isn.wrapping_add(1), b"");
+    assert_eq!(d.reason, Reason::Tracked);
+    // Beyond the SYN's data is still wrong.
+    let d = t.tcp(f.s, f.c, SYN | ACK, f.s_nxt, isn.wrapping_add(22), b"");
+    assert_eq!(d.reason, Reason::SynAckBadAck);
+    f.s_nxt = f.s_nxt.wrapping_add(1);
+    // The client sends the refused data again after the handshake.
+    let d = t.tcp(f.c, f.s, ACK | PSH, isn.wrapping_add(1), f.s_nxt, &[5; 20]);
+    assert_eq!(show(&d), "SYN_SENT:SYN_RECV -> ESTABLISHED:ESTABLISHED");
+}
+
+#[test]
 fn ack_before_synack_is_dropped() {
     let mut t = Lab::allow_all();
     let mut f = Flow::v4();

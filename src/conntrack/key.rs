@@ -21,10 +21,12 @@ pub enum Side {
     Hi,
 }
 
-fn octets(addr: IpAddr) -> [u8; 16] {
+/// The address as an IPv4-mapped IPv6 number (one comparison orders it).
+#[inline]
+fn number(addr: IpAddr) -> u128 {
     match addr {
-        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-        IpAddr::V6(a) => a.octets(),
+        IpAddr::V4(a) => 0xffff_0000_0000 | u32::from(a) as u128,
+        IpAddr::V6(a) => u128::from(a),
     }
 }
 
@@ -38,12 +40,13 @@ impl FlowKey {
         dst: IpAddr,
         dst_port: u16,
     ) -> (FlowKey, Side) {
-        let (s, d) = (octets(src), octets(dst));
-        if (s, src_port) <= (d, dst_port) {
+        let (s, d) = (number(src), number(dst));
+        // Compare as numbers: byte-array ordering is a slow element-wise loop.
+        if s < d || (s == d && src_port <= dst_port) {
             (
                 FlowKey {
-                    lo_addr: s,
-                    hi_addr: d,
+                    lo_addr: s.to_be_bytes(),
+                    hi_addr: d.to_be_bytes(),
                     lo_port: src_port,
                     hi_port: dst_port,
                     protocol,
@@ -53,8 +56,8 @@ impl FlowKey {
         } else {
             (
                 FlowKey {
-                    lo_addr: d,
-                    hi_addr: s,
+                    lo_addr: d.to_be_bytes(),
+                    hi_addr: s.to_be_bytes(),
                     lo_port: dst_port,
                     hi_port: src_port,
                     protocol,

@@ -184,7 +184,7 @@ impl TcpConn {
             // Simultaneous open: this side is ESTABLISHED by the peer's SYN+ACK,
             // but its own SYN+ACK was already on the way and completes the peer.
             (Sent::SynAck, Established) if self.peers[to].state == SynRecv => {
-                if seg.ack != peers[to].end {
+                if !peers[to].acks_syn(seg.ack) {
                     return Err(TcpOutcome::drop(Reason::SynAckBadAck));
                 }
                 *next_sender = Next::Stay;
@@ -200,10 +200,11 @@ impl TcpConn {
                 }
             }
             // The responder's SYN+ACK must acknowledge exactly the ISN+1 of the
-            // SYN it answers (seeds: ack = j+1). Before the originator's final
-            // ACK its end is still ISN+1.
+            // SYN it answers (seeds: ack = j+1), or with TCP Fast Open any part
+            // of the SYN's data. Before the originator's final ACK its end is
+            // still ISN+1 (+ SYN data).
             (Sent::SynAck, _) => {
-                if seg.ack != peers[to].end {
+                if !peers[to].acks_syn(seg.ack) {
                     return Err(TcpOutcome::drop(Reason::SynAckBadAck));
                 }
                 // A responder that restarted answers with a new ISN: start over

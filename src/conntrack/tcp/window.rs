@@ -28,6 +28,10 @@ const F_WINDOW_SCALE: u8 = 1 << 0;
 const F_SACK_PERM: u8 = 1 << 1;
 const F_UNACKNOWLEDGED: u8 = 1 << 2;
 const F_LIBERAL: u8 = 1 << 3;
+/// The SYN carried data (TCP Fast Open): the SYN+ACK may acknowledge it or not.
+const F_SYN_DATA: u8 = 1 << 4;
+/// Largest payload a SYN can carry (one segment).
+const MAX_SYN_DATA: u32 = 65535;
 
 /// What the observer knows of one endpoint (nf_conntrack's ip_ct_tcp_state).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +67,16 @@ impl Peer {
         self.flags & F_UNACKNOWLEDGED != 0
     }
 
+    /// Whether `ack` acknowledges this side's SYN: exactly ISN+1, or, when the
+    /// SYN carried data (TCP Fast Open, RFC 7413), anything from ISN+1 up to
+    /// the end of that data (the server may refuse the data and ack only the SYN).
+    pub fn acks_syn(&self, ack: SeqNum) -> bool {
+        if self.flags & F_SYN_DATA == 0 {
+            return ack == self.end;
+        }
+        !ack.after(self.end) && ack.after(self.end - MAX_SYN_DATA - 2)
+    }
+
     pub fn set_liberal(&mut self) {
         self.flags |= F_LIBERAL;
     }
@@ -94,6 +108,9 @@ fn init_from_syn(peers: &mut [Peer; 2], from: usize, seg: &TcpSegment, end: SeqN
     }
     if seg.options.sack_permitted {
         p.flags |= F_SACK_PERM;
+    }
+    if seg.payload_len > 0 {
+        p.flags |= F_SYN_DATA;
     }
     // RFC 1323: scaling applies only when both SYNs carried the option.
     let both = peers[from].flags & F_WINDOW_SCALE != 0 && peers[to].flags & F_WINDOW_SCALE != 0;
