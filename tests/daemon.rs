@@ -1,0 +1,621 @@
+//! The built `conntrackd` filtering a real gateway: client, gateway and
+//! server network namespaces (tests/common/lab.rs), an iptables NFQUEUE rule
+//! in the gateway, real sockets and crafted packets.
+//!
+//! Needs root: without it each test prints why and passes as skipped; under
+//! `CI=true` a skip is a failure. The tests are independent (each has its own
+//! namespaces) and run in parallel.
+
+mod common;
+
+use common::lab::{self, Lab, Ns, RawSender, Sniffer, TcpEcho, UdpEcho};
+use conntrackd::wire::build;
+use conntrackd::wire::TcpFlags as F;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+const SHORT: Duration = Duration::from_millis(700);
+
+fn v4(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(lab::SERVER4), port)
+}
+
+fn v6(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(lab::SERVER6), port)
+}
+
+fn client_v4(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(lab::CLIENT4), port)
+}
+
+fn client_v6(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(lab::CLIENT6), port)
+}
+
+/// Connecting must fail (the SYN is dropped: the connect times out).
+fn assert_blocked(ns: &Ns, to: SocketAddr, what: &str) {
+    match lab::connect(ns, to, SHORT) {
+        Ok(_) => panic!("{what}: connection to {to} succeeded, expected it blocked"),
+        Err(e) => assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::TimedOut,
+            "{what}: connection to {to} failed, but not by a timeout: {e}"
+        ),
+    }
+}
+
+fn assert_session(ns: &Ns, to: SocketAddr, n: usize, what: &str) {
+    if let Err(e) = lab::tcp_session(ns, to, n) {
+        panic!("{what}: TCP session to {to} ({n} bytes each way) failed: {e}");
+    }
+}
+
+/// Only new connections from the client side; 8081 denied (and logged).
+const CLIENT_OUT_RULES: &str = r#"
+[policy]
+default = "drop"
+
+[[rule]]
+name = "deny-8081"
+action = "drop"
+proto = "tcp"
+dst_ports = [8081]
+log = true
+
+[[rule]]
+name = "client-out"
+action = "accept"
+in_iface = "cli"
+out_iface = "srv"
+src = ["198.18.0.0/24", "2001:db8:1::/64"]
+
+[daemon]
+stats_interval = 1
+"#;
+
+#[test]
+fn real_tcp_udp_and_ping_pass_over_ipv4_and_ipv6_with_two_queues() {
+    let Some(lab) = Lab::new("real_traffic") else {
+        return;
+    };
+    lab.add_nfqueue_rule("0:1", true);
+    let rules = lab.write_rules("rules.toml", CLIENT_OUT_RULES);
+    let mut d = lab.start_daemon(&[
+        "--rules",
+        rules.to_str().unwrap(),
+        "--queue",
+        "0-1",
+        "--log-level",
+        "info,conntrackd::drop=debug",
+    ]);
+    let _e4 = TcpEcho::start(&lab.server, v4(8080));
+    let _e6 = TcpEcho::start(&lab.server, v6(8080));
+    let _u4 = UdpEcho::start(&lab.server, v4(5353));
+    let _u6 = UdpEcho::start(&lab.server, v6(5353));
+    let _back = TcpEcho::start(&lab.client, client_v4(9090));
+    let _back6 = TcpEcho::start(&lab.client, client_v6(9090));
+
+    // Bulk both ways at once (GSO super-packets, window growth), then close.
+    assert_session(&lab.client, v4(8080), 4 << 20, "IPv4 bulk");
+    assert_session(&lab.client, v6(8080), 4 << 20, "IPv6 bulk");
+    // Many short connections: open, 4 bytes each way, close.
+    for i in 0..30 {
+        let to = if i % 2 == 0 { v4(8080) } else { v6(8080) };
+        assert_session(&lab.client, to, 4, "short connection");
+    }
+    assert!(
+        lab::udp_roundtrip(&lab.client, v4(5353), Duration::from_secs(3)),
+        "UDP over IPv4"
+    );
+    assert!(
+        lab::udp_roundtrip(&lab.client, v6(5353), Duration::from_secs(3)),
+        "UDP over IPv6"
+    );
+    assert!(
+        lab::ping(
+            &lab.client,
+            IpAddr::V4(lab::SERVER4),
+            Duration::from_secs(3)
+        ),
+        "ping"
+    );
+    assert!(
+        lab::ping(
+            &lab.client,
+            IpAddr::V6(lab::SERVER6),
+            Duration::from_secs(3)
+        ),
+        "ping6"
+    );
+    // The policy: nothing new from the server side, and 8081 denied.
+    assert_blocked(
+        &lab.server,
+        client_v4(9090),
+        "server-initiated (default drop)",
+    );
+    assert_blocked(
+        &lab.server,
+        client_v6(9090),
+        "server-initiated IPv6 (default drop)",
+    );
+    let _e8081 = TcpEcho::start(&lab.server, v4(8081));
+    assert_blocked(&lab.client, v4(8081), "denied port");
+    // ...while the allowed traffic still flows.
+    assert_session(&lab.client, v4(8080), 64 << 10, "after the refused ones");
+
+    d.wait_log("stats", Duration::from_secs(5));
+    assert!(d.stop().success(), "exit status; log:\n{}", d.log());
+    let log = d.log();
+    // Every dropped packet is one the policy refused: nothing of the valid
+    // connections was dropped on the way (no retransmission was needed).
+    let drops = d.log_lines("drop reason=");
+    assert!(!drops.is_empty(), "no drop line; log:\n{log}");
+    for line in &drops {
+        assert!(
+            line.contains("drop_by_default") || line.contains("drop_by_rule"),
+            "unexpected drop of valid traffic: {line}\nlog:\n{log}"
+        );
+    }
+    let stopped = d.wait_log("stopped", Duration::from_secs(1));
+    assert!(stopped.contains("verdict_errors=0"), "{stopped}");
+}
+
+/// Accepts every new connection: only tracking decides.
+const ALLOW_ALL: &str = r#"
+[policy]
+default = "accept"
+"#;
+
+/// (source port, destination port, flags, seq, ack, payload) of a TCP packet.
+fn tcp_fields(p: &[u8]) -> Option<(u16, u16, u8, u32, u32, &[u8])> {
+    let (proto, l4) = match p.first()? >> 4 {
+        4 => {
+            let ihl = (p[0] & 0x0f) as usize * 4;
+            let total = u16::from_be_bytes([*p.get(2)?, *p.get(3)?]) as usize;
+            (p[9], p.get(ihl..total.min(p.len()))?)
+        }
+        6 => (*p.get(6)?, p.get(40..)?),
+        _ => return None,
+    };
+    if proto != 6 || l4.len() < 20 {
+        return None;
+    }
+    let be16 = |i: usize| u16::from_be_bytes([l4[i], l4[i + 1]]);
+    let be32 = |i: usize| u32::from_be_bytes([l4[i], l4[i + 1], l4[i + 2], l4[i + 3]]);
+    let off = (l4[12] >> 4) as usize * 4;
+    Some((be16(0), be16(2), l4[13], be32(4), be32(8), l4.get(off..)?))
+}
+
+fn from_port(port: u16) -> impl Fn(&[u8]) -> bool {
+    move |p| tcp_fields(p).is_some_and(|t| t.0 == port)
+}
+
+#[test]
+fn crafted_invalid_packets_never_reach_the_server() {
+    let Some(lab) = Lab::new("crafted") else {
+        return;
+    };
+    lab.add_nfqueue_rule("0", false);
+    lab.drop_crafted_at_hosts();
+    let rules = lab.write_rules("rules.toml", ALLOW_ALL);
+    let mut d = lab.start_daemon(&[
+        "--rules",
+        rules.to_str().unwrap(),
+        "--fail-closed",
+        "--log-level",
+        "info,conntrackd::drop=debug",
+    ]);
+    let _echo = TcpEcho::start(&lab.server, v4(8080));
+    let real = lab::connect(&lab.client, v4(8080), Duration::from_secs(3)).expect("connect");
+    lab::exchange(&real, 100_000, 1).expect("real connection before");
+
+    let at_server = Sniffer::new(&lab.server, lab::HOST_IF);
+    let at_client = Sniffer::new(&lab.client, lab::HOST_IF);
+    let from_client = RawSender::new(&lab.client);
+    let from_server = RawSender::new(&lab.server);
+    let c = |port: u16| client_v4(port);
+    let s = |port: u16| v4(port);
+
+    // 1. Flag combinations no correct stack sends, and an ACK out of nowhere.
+    let invalid = [
+        ("SYN+FIN", F::SYN | F::FIN, 40001u16),
+        ("NULL", 0, 40002),
+        ("FIN without ACK", F::FIN, 40003),
+        ("XMAS", F::FIN | F::PSH | F::URG, 40004),
+        ("ACK without connection", F::ACK, 40005),
+        ("SYN+RST", F::SYN | F::RST, 40006),
+    ];
+    for (_, flags, port) in invalid {
+        from_client.send(
+            &build::tcp(c(port), s(port - 33000))
+                .flags(flags)
+                .seq(777)
+                .ack(if flags & F::ACK != 0 { 999 } else { 0 })
+                .build(),
+        );
+    }
+    let xmas6 = build::tcp(client_v6(40007), v6(7007))
+        .flags(F::FIN | F::PSH | F::URG)
+        .seq(1)
+        .build();
+    from_client.send(&xmas6);
+    // A valid SYN after them, through the same queue: once it arrived, the
+    // invalid ones would have too.
+    from_client.send(&build::tcp(c(40010), s(7010)).flags(F::SYN).seq(1).build());
+    from_client.send(
+        &build::tcp(client_v6(40011), v6(7011))
+            .flags(F::SYN)
+            .seq(1)
+            .build(),
+    );
+    assert!(
+        at_server.wait_for(Duration::from_secs(3), from_port(40010)),
+        "marker SYN"
+    );
+    assert!(
+        at_server.wait_for(Duration::from_secs(3), from_port(40011)),
+        "marker SYN v6"
+    );
+    for (what, _, port) in invalid {
+        assert!(!at_server.saw(from_port(port)), "{what} reached the server");
+    }
+    assert!(
+        !at_server.saw(from_port(40007)),
+        "IPv6 XMAS reached the server"
+    );
+
+    // 2. A handshake whose final ACK acknowledges the wrong number.
+    let (cp, sp) = (40020, 7020);
+    let (cisn, sisn) = (1000u32, 5000u32);
+    from_client.send(&build::tcp(c(cp), s(sp)).flags(F::SYN).seq(cisn).build());
+    assert!(
+        at_server.wait_for(Duration::from_secs(3), from_port(cp)),
+        "SYN"
+    );
+    from_server.send(
+        &build::tcp(s(sp), c(cp))
+            .flags(F::SYN | F::ACK)
+            .seq(sisn)
+            .ack(cisn + 1)
+            .build(),
+    );
+    assert!(
+        at_client.wait_for(Duration::from_secs(3), from_port(sp)),
+        "SYN+ACK"
+    );
+    let ack = |a: u32| build::tcp(c(cp), s(sp)).seq(cisn + 1).ack(a).build();
+    from_client.send(&ack(sisn + 4242));
+    from_client.send(&ack(sisn + 1));
+    let acked = |a: u32| move |p: &[u8]| tcp_fields(p).is_some_and(|t| t.0 == cp && t.4 == a);
+    assert!(
+        at_server.wait_for(Duration::from_secs(3), acked(sisn + 1)),
+        "right ACK"
+    );
+    assert!(
+        !at_server.saw(acked(sisn + 4242)),
+        "handshake ACK with the wrong ack number reached the server"
+    );
+
+    // 3. Data far beyond the receiver's window, then in-window data.
+    let data = |seq: u32, payload: &[u8]| {
+        build::tcp(c(cp), s(sp))
+            .flags(F::ACK | F::PSH)
+            .seq(seq)
+            .ack(sisn + 1)
+            .payload(payload)
+            .build()
+    };
+    from_client.send(&data(cisn + 1 + 10_000_000, b"FAR!"));
+    from_client.send(&data(cisn + 1, b"GOOD"));
+    let carrying = |m: &'static [u8]| move |p: &[u8]| tcp_fields(p).is_some_and(|t| t.5 == m);
+    assert!(
+        at_server.wait_for(Duration::from_secs(3), carrying(b"GOOD")),
+        "in-window data"
+    );
+    assert!(
+        !at_server.saw(carrying(b"FAR!")),
+        "out-of-window data reached the server"
+    );
+
+    // The real connection around all that kept working, and closes cleanly.
+    lab::exchange(&real, 100_000, 2).expect("real connection after");
+    lab::close(real).expect("close");
+    assert!(d.stop().success());
+    let log = d.log();
+    for reason in [
+        "syn_fin",
+        "null_flags",
+        "fin_without_ack",
+        "xmas",
+        "no_connection",
+        "syn_rst",
+        "handshake_bad_ack",
+        "seq_above_window",
+    ] {
+        assert!(
+            log.contains(&format!("reason=\"{reason}\""))
+                || log.contains(&format!("reason={reason}")),
+            "no drop line with reason {reason}; log:\n{log}"
+        );
+    }
+}
+
+const DENY_8081: &str = r#"
+[policy]
+default = "accept"
+
+[[rule]]
+name = "deny-8081"
+action = "drop"
+proto = "tcp"
+dst_ports = [8081]
+log = true
+"#;
+
+const DENY_8080: &str = r#"
+[policy]
+default = "accept"
+
+[[rule]]
+name = "deny-8080"
+action = "drop"
+proto = "tcp"
+dst_ports = [8080]
+"#;
+
+#[test]
+fn sighup_reloads_rules_keeps_connections_and_refuses_broken_files() {
+    let Some(lab) = Lab::new("reload") else {
+        return;
+    };
+    lab.add_nfqueue_rule("0", true);
+    let rules = lab.write_rules("rules.toml", DENY_8081);
+    let d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
+    let _e0 = TcpEcho::start(&lab.server, v4(8080));
+    let _e1 = TcpEcho::start(&lab.server, v4(8081));
+
+    assert_blocked(&lab.client, v4(8081), "denied port");
+    d.wait_log(
+        "rule deny-8081 dropped a new connection",
+        Duration::from_secs(3),
+    );
+    let open = lab::connect(&lab.client, v4(8080), Duration::from_secs(3)).expect("8080");
+    lab::exchange(&open, 50_000, 3).expect("open connection");
+
+    // Now 8080 is denied and 8081 allowed.
+    lab::replace_file(&rules, DENY_8080);
+    d.signal(libc::SIGHUP);
+    d.wait_log("rules reloaded", Duration::from_secs(3));
+    assert_session(&lab.client, v4(8081), 10_000, "allowed after reload");
+    assert_blocked(&lab.client, v4(8080), "denied after reload");
+    lab::exchange(&open, 50_000, 4).expect("the open connection survives the reload");
+
+    // A broken file is refused; the rules in force stay.
+    lab::replace_file(
+        &rules,
+        "[policy]\ndefault = \"accept\"\n\n[[rule]]\nname = \"x\"\naction = \"maybe\"\n",
+    );
+    d.signal(libc::SIGHUP);
+    let err = d.wait_log("reload failed", Duration::from_secs(3));
+    assert!(
+        err.contains("rules.toml:6:"),
+        "error names file:line:column: {err}"
+    );
+    assert_session(
+        &lab.client,
+        v4(8081),
+        10_000,
+        "still allowed after a failed reload",
+    );
+    assert_blocked(&lab.client, v4(8080), "still denied after a failed reload");
+    lab::exchange(&open, 50_000, 5).expect("the open connection survives everything");
+    lab::close(open).expect("close");
+    let mut d = d;
+    assert!(d.stop().success());
+}
+
+/// Rules an administrator had before conntrackd came.
+fn preexisting_rules(gw: &Ns) {
+    for v6 in [false, true] {
+        gw.iptables(v6, "-N ADMIN");
+        gw.iptables(v6, "-A ADMIN -p udp --dport 9 -j DROP");
+        gw.iptables(v6, "-A FORWARD -j ADMIN");
+        gw.iptables(v6, "-A INPUT -p tcp --dport 22 -j ACCEPT");
+    }
+}
+
+#[test]
+fn install_iptables_filters_and_leaves_the_ruleset_as_it_found_it() {
+    let Some(lab) = Lab::new("install") else {
+        return;
+    };
+    preexisting_rules(&lab.gw);
+    let before4 = lab.gw.ruleset(false);
+    let before6 = lab.gw.ruleset(true);
+    let rules = lab.write_rules("rules.toml", DENY_8081);
+    let mut d = lab.start_daemon(&[
+        "--rules",
+        rules.to_str().unwrap(),
+        "--install-iptables",
+        "--queue",
+        "0-1",
+    ]);
+    for v6 in [false, true] {
+        let now = lab.gw.ruleset(v6);
+        assert!(
+            now.contains("-A CONNTRACKD -j NFQUEUE --queue-balance 0:1 --queue-bypass"),
+            "{now}"
+        );
+        let first_forward = now.lines().find(|l| l.starts_with("-A FORWARD"));
+        assert_eq!(first_forward, Some("-A FORWARD -j CONNTRACKD"), "{now}");
+    }
+    let _e4 = TcpEcho::start(&lab.server, v4(8080));
+    let _e6 = TcpEcho::start(&lab.server, v6(8080));
+    let _d4 = TcpEcho::start(&lab.server, v4(8081));
+    let _d6 = TcpEcho::start(&lab.server, v6(8081));
+    assert_session(
+        &lab.client,
+        v4(8080),
+        100_000,
+        "IPv4 through the installed hook",
+    );
+    assert_session(
+        &lab.client,
+        v6(8080),
+        100_000,
+        "IPv6 through the installed hook",
+    );
+    assert_blocked(&lab.client, v4(8081), "IPv4 denied port");
+    assert_blocked(&lab.client, v6(8081), "IPv6 denied port");
+
+    assert!(d.stop().success(), "log:\n{}", d.log());
+    d.wait_log("removed iptables chain", Duration::from_secs(1));
+    assert_eq!(lab.gw.ruleset(false), before4, "IPv4 ruleset changed");
+    assert_eq!(lab.gw.ruleset(true), before6, "IPv6 ruleset changed");
+    // Without conntrackd and its chain, the kernel forwards everything again.
+    assert_session(&lab.client, v4(8081), 1000, "after removal");
+}
+
+#[test]
+fn killed_daemon_fail_open_lets_traffic_pass() {
+    let Some(lab) = Lab::new("fail_open") else {
+        return;
+    };
+    lab.add_nfqueue_rule("0", true);
+    let rules = lab.write_rules("rules.toml", DENY_8081);
+    let mut d = lab.start_daemon(&["--rules", rules.to_str().unwrap(), "--fail-open"]);
+    let _e0 = TcpEcho::start(&lab.server, v4(8080));
+    let _e1 = TcpEcho::start(&lab.server, v4(8081));
+    assert_session(&lab.client, v4(8080), 10_000, "with the daemon");
+    assert_blocked(&lab.client, v4(8081), "denied with the daemon");
+    d.kill9();
+    // --queue-bypass: with nobody bound to the queue, the kernel accepts.
+    assert_session(&lab.client, v4(8080), 10_000, "daemon killed, fail-open");
+    assert_session(
+        &lab.client,
+        v4(8081),
+        10_000,
+        "daemon killed, fail-open, no rules",
+    );
+    assert!(lab::ping(
+        &lab.client,
+        IpAddr::V4(lab::SERVER4),
+        Duration::from_secs(3)
+    ));
+}
+
+#[test]
+fn killed_daemon_fail_closed_blocks_traffic_until_restarted() {
+    let Some(lab) = Lab::new("fail_closed") else {
+        return;
+    };
+    preexisting_rules(&lab.gw);
+    let before4 = lab.gw.ruleset(false);
+    let before6 = lab.gw.ruleset(true);
+    let rules = lab.write_rules("rules.toml", ALLOW_ALL);
+    let args = [
+        "--rules",
+        rules.to_str().unwrap(),
+        "--install-iptables",
+        "--fail-closed",
+    ];
+    let mut d = lab.start_daemon(&args);
+    assert!(lab
+        .gw
+        .ruleset(false)
+        .contains("-A CONNTRACKD -j NFQUEUE --queue-num 0\n"));
+    let _e0 = TcpEcho::start(&lab.server, v4(8080));
+    let _e6 = TcpEcho::start(&lab.server, v6(8080));
+    assert_session(&lab.client, v4(8080), 10_000, "with the daemon");
+    d.kill9();
+    // No --queue-bypass: with nobody bound to the queue, the kernel drops.
+    assert_blocked(&lab.client, v4(8080), "daemon killed, fail-closed");
+    assert_blocked(&lab.client, v6(8080), "daemon killed, fail-closed, IPv6");
+    assert!(!lab::ping(&lab.client, IpAddr::V4(lab::SERVER4), SHORT));
+
+    // A new instance removes the chain the killed one left, and works.
+    let mut d2 = lab.start_daemon(&args);
+    d2.wait_log("left by an earlier run", Duration::from_secs(1));
+    assert_session(&lab.client, v4(8080), 10_000, "restarted");
+    assert_session(&lab.client, v6(8080), 10_000, "restarted, IPv6");
+    assert!(d2.stop().success());
+    assert_eq!(lab.gw.ruleset(false), before4);
+    assert_eq!(lab.gw.ruleset(true), before6);
+}
+
+#[test]
+fn warns_in_json_when_no_packet_arrives() {
+    let Some(lab) = Lab::new("idle") else {
+        return;
+    };
+    // No NFQUEUE rule at all: the administrator forgot it.
+    let rules = lab.write_rules("rules.toml", ALLOW_ALL);
+    let mut d = lab.start_daemon(&["--rules", rules.to_str().unwrap(), "--log-format", "json"]);
+    let line = d.wait_log("NFQUEUE rule seems missing", Duration::from_secs(15));
+    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(v["level"], "WARN", "{line}");
+    assert!(d.stop().success());
+    for line in d.log().lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["message"].is_string(), "{line}");
+    }
+}
+
+// ---- no namespace needed ----
+
+fn conntrackd(args: &[&str]) -> std::process::Output {
+    lab::run_timeout(
+        std::process::Command::new(env!("CARGO_BIN_EXE_conntrackd")).args(args),
+        Duration::from_secs(10),
+    )
+}
+
+#[test]
+fn refuses_to_start_with_a_broken_rules_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.toml");
+    std::fs::write(
+        &path,
+        "[policy]\ndefault = \"accept\"\n\n[[rule]]\nname = \"x\"\nactoin = \"drop\"\n",
+    )
+    .unwrap();
+    let out = conntrackd(&["--rules", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.toml:"), "{err}");
+    assert!(
+        err.contains(":4:") || err.contains(":6:"),
+        "file:line:column: {err}"
+    );
+
+    let out = conntrackd(&["--rules", "/nonexistent/rules.toml"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/rules.toml"));
+
+    let out = conntrackd(&["--rules", "rules/default.toml", "--queue", "5-1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("queue"));
+}
+
+#[test]
+fn help_and_version() {
+    let out = conntrackd(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for opt in [
+        "--rules",
+        "--queue",
+        "--install-iptables",
+        "--fail-open",
+        "--fail-closed",
+        "--log-format",
+        "--log-level",
+        "check",
+    ] {
+        assert!(help.contains(opt), "--help lacks {opt}:\n{help}");
+    }
+    let out = conntrackd(&["--version"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
