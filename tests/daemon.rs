@@ -167,7 +167,9 @@ default = "accept"
 "#;
 
 /// (source port, destination port, flags, seq, ack, payload) of a TCP packet.
-fn tcp_fields(p: &[u8]) -> Option<(u16, u16, u8, u32, u32, &[u8])> {
+type TcpFields<'a> = (u16, u16, u8, u32, u32, &'a [u8]);
+
+fn tcp_fields(p: &[u8]) -> Option<TcpFields<'_>> {
     let (proto, l4) = match p.first()? >> 4 {
         4 => {
             let ihl = (p[0] & 0x0f) as usize * 4;

@@ -267,40 +267,23 @@ impl Lab {
             sh(&["ip", "netns", "add", &ns.name]);
         }
         let (c, g, s) = (&lab.client, &lab.gw, &lab.server);
-        sh(&[
-            "ip",
-            "-n",
-            &c.name,
-            "link",
-            "add",
-            HOST_IF,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            GW_CLIENT_IF,
-            "netns",
-            &g.name,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &s.name,
-            "link",
-            "add",
-            HOST_IF,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            GW_SERVER_IF,
-            "netns",
-            &g.name,
-        ]);
+        let ip = |args: String| {
+            sh(&std::iter::once("ip")
+                .chain(args.split_whitespace())
+                .collect::<Vec<_>>())
+        };
+        ip(format!(
+            "-n {} link add {HOST_IF} type veth peer name {GW_CLIENT_IF} netns {}",
+            c.name, g.name
+        ));
+        ip(format!(
+            "-n {} link add {HOST_IF} type veth peer name {GW_SERVER_IF} netns {}",
+            s.name, g.name
+        ));
         for ns in [c, g, s] {
             ns.sysctl("net.ipv6.conf.all.accept_ra", "0");
             ns.sysctl("net.ipv6.conf.default.accept_ra", "0");
-            sh(&["ip", "-n", &ns.name, "link", "set", "lo", "up"]);
+            ip(format!("-n {} link set lo up", ns.name));
         }
         g.sysctl("net.ipv4.ip_forward", "1");
         g.sysctl("net.ipv6.conf.all.forwarding", "1");
@@ -316,52 +299,20 @@ impl Lab {
             (g, GW_SERVER_IF, "198.19.0.1/24", "2001:db8:2::1/64"),
             (s, HOST_IF, "198.19.0.2/24", "2001:db8:2::2/64"),
         ] {
-            sh(&["ip", "-n", &ns.name, "addr", "add", v4, "dev", dev]);
-            sh(&["ip", "-n", &ns.name, "addr", "add", v6, "dev", dev, "nodad"]);
-            sh(&["ip", "-n", &ns.name, "link", "set", dev, "up"]);
+            ip(format!("-n {} addr add {v4} dev {dev}", ns.name));
+            ip(format!("-n {} addr add {v6} dev {dev} nodad", ns.name));
+            ip(format!("-n {} link set {dev} up", ns.name));
         }
-        sh(&[
-            "ip",
-            "-n",
-            &c.name,
-            "route",
-            "add",
-            "default",
-            "via",
-            "198.18.0.1",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &c.name,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "2001:db8:1::1",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &s.name,
-            "route",
-            "add",
-            "default",
-            "via",
-            "198.19.0.1",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &s.name,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "2001:db8:2::1",
-        ]);
+        ip(format!("-n {} route add default via {GW_CLIENT4}", c.name));
+        ip(format!(
+            "-n {} -6 route add default via 2001:db8:1::1",
+            c.name
+        ));
+        ip(format!("-n {} route add default via {GW_SERVER4}", s.name));
+        ip(format!(
+            "-n {} -6 route add default via 2001:db8:2::1",
+            s.name
+        ));
         Some(lab)
     }
 
@@ -974,7 +925,7 @@ impl Sniffer {
                     &mut len,
                 )
             };
-            if n > 0 && sll.sll_pkttype != libc::PACKET_OUTGOING as u8 {
+            if n > 0 && sll.sll_pkttype != libc::PACKET_OUTGOING {
                 let packet = buf[..n as usize].to_vec();
                 let matched = pred(&packet);
                 self.seen.lock().unwrap().push(packet);
