@@ -107,6 +107,9 @@ pub struct DaemonSettings {
     pub iptables_chain: String,
     /// Seconds between two statistics lines in the log (0: only at exit).
     pub stats_interval: u64,
+    /// Without `install_iptables`: warn when no packet arrived this many
+    /// seconds after start (the NFQUEUE rule is probably missing; 0: never).
+    pub idle_warning: u64,
 }
 
 impl Default for DaemonSettings {
@@ -123,6 +126,7 @@ impl Default for DaemonSettings {
             log_level: "info".into(),
             iptables_chain: "CONNTRACKD".into(),
             stats_interval: 60,
+            idle_warning: 10,
         }
     }
 }

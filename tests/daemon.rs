@@ -551,9 +551,12 @@ fn warns_in_json_when_no_packet_arrives() {
         return;
     };
     // No NFQUEUE rule at all: the administrator forgot it.
-    let rules = lab.write_rules("rules.toml", ALLOW_ALL);
+    let rules = lab.write_rules(
+        "rules.toml",
+        &format!("{ALLOW_ALL}\n[daemon]\nidle_warning = 1\n"),
+    );
     let mut d = lab.start_daemon(&["--rules", rules.to_str().unwrap(), "--log-format", "json"]);
-    let line = d.wait_log("NFQUEUE rule seems missing", Duration::from_secs(15));
+    let line = d.wait_log("NFQUEUE rule seems missing", Duration::from_secs(5));
     let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
     assert_eq!(v["level"], "WARN", "{line}");
     assert!(d.stop().success());

@@ -27,8 +27,6 @@ use tracing::{error, info, warn};
 
 /// Where the rules are looked for when `--rules` is not given.
 pub const DEFAULT_RULES: &[&str] = &["rules/default.toml", "/etc/conntrackd/rules.toml"];
-/// Without installed hooks, warn when no packet arrived after this long.
-const NO_PACKET_WARNING_AFTER: Duration = Duration::from_secs(10);
 /// Smallest copy range that holds an IPv4 header and a TCP header, both with
 /// maximal options.
 const MIN_COPY_RANGE: u16 = 128;
@@ -88,6 +86,8 @@ pub struct Settings {
     pub log_level: String,
     pub iptables_chain: String,
     pub stats_interval: Duration,
+    /// Zero: never warn.
+    pub idle_warning: Duration,
 }
 
 impl Settings {
@@ -120,6 +120,7 @@ impl Settings {
                 .unwrap_or_else(|| file.log_level.clone()),
             iptables_chain: file.iptables_chain.clone(),
             stats_interval: Duration::from_secs(file.stats_interval),
+            idle_warning: Duration::from_secs(file.idle_warning),
         };
         if s.copy_range < MIN_COPY_RANGE {
             bail!(
@@ -292,7 +293,11 @@ impl Daemon {
             engine: engine.clone(),
             shared: shared.clone(),
             stats_interval: settings.stats_interval,
-            warn_if_idle: installed.is_none(),
+            idle_warning: if installed.is_none() {
+                settings.idle_warning
+            } else {
+                Duration::ZERO
+            },
             queues: settings.queue_list(),
         };
         let hk_handle = std::thread::Builder::new()
@@ -472,14 +477,15 @@ struct Housekeeping {
     engine: Arc<Engine>,
     shared: Arc<Shared>,
     stats_interval: Duration,
-    warn_if_idle: bool,
+    /// Zero: no warning.
+    idle_warning: Duration,
     queues: String,
 }
 
 impl Housekeeping {
     fn run(self, stop: crossbeam_channel::Receiver<()>) {
         let mut last_stats = Instant::now();
-        let mut idle_warned = !self.warn_if_idle;
+        let mut idle_warned = self.idle_warning.is_zero();
         // Runs until the daemon sends the stop message (or goes away).
         while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
             stop.recv_timeout(Duration::from_secs(1))
@@ -488,7 +494,7 @@ impl Housekeeping {
             if expired > 0 {
                 tracing::trace!(expired, "expired connections");
             }
-            if !idle_warned && self.shared.start.elapsed() >= NO_PACKET_WARNING_AFTER {
+            if !idle_warned && self.shared.start.elapsed() >= self.idle_warning {
                 idle_warned = true;
                 if self.shared.totals().packets() == 0 {
                     warn!(
@@ -498,7 +504,7 @@ impl Housekeeping {
                          --queue-bypass` (and the same with ip6tables), or run with \
                          --install-iptables",
                         self.queues,
-                        NO_PACKET_WARNING_AFTER.as_secs(),
+                        self.idle_warning.as_secs(),
                         self.queues.split(',').next().unwrap_or("0")
                     );
                 }

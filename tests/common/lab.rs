@@ -207,8 +207,14 @@ impl Ns {
     }
 
     /// Writes a sysctl inside the namespace (`net.ipv4.ip_forward`, ...).
+    /// Through /proc/sys from a thread in the namespace (net.* entries are
+    /// per namespace), so that no `sysctl` binary (procps) is needed.
     pub fn sysctl(&self, key: &str, value: &str) {
-        self.sh(&["sysctl", "-qw", &format!("{key}={value}")]);
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let value = value.to_string();
+        self.enter(move || {
+            std::fs::write(&path, value).unwrap_or_else(|e| panic!("writing {path}: {e}"))
+        });
     }
 }
 
