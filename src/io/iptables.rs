@@ -185,8 +185,17 @@ fn iptables(family: Family, args: &[&str]) -> anyhow::Result<bool> {
     Ok(status.success())
 }
 
+/// Whether the kernel has IPv6 (an AF_INET6 socket can be created; this
+/// works where /proc/sys is hidden, as under systemd's ProtectProc).
 fn ipv6_enabled() -> bool {
-    std::path::Path::new("/proc/sys/net/ipv6").exists()
+    // SAFETY: plain socket(2); the fd is closed right away.
+    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    true
 }
 
 /// Removes a chain of that name left by an instance that did not exit cleanly
