@@ -199,6 +199,18 @@ pub fn run(args: DaemonArgs) -> ExitCode {
     }
 }
 
+/// Ends the signal loop (and so the daemon, with a failure status, for
+/// systemd to restart it) when the worker thread holding it panics.
+struct StopOnPanic(signal_hook::iterator::Handle);
+
+impl Drop for StopOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.close();
+        }
+    }
+}
+
 struct Daemon {
     path: PathBuf,
     config: Config,
@@ -281,9 +293,13 @@ impl Daemon {
                 events: tx.clone(),
                 log_drops,
             };
+            let guard = StopOnPanic(signals.handle());
             let handle = std::thread::Builder::new()
                 .name(format!("ctd-q{num}"))
-                .spawn(move || worker.run())
+                .spawn(move || {
+                    let _guard = guard;
+                    worker.run()
+                })
                 .context("starting a worker thread")?;
             workers.push(handle);
         }
@@ -350,13 +366,16 @@ impl Daemon {
                 }
             }
         }
-        let name = match stop_signal {
-            Some(SIGINT) => "SIGINT",
-            Some(SIGTERM) => "SIGTERM",
-            _ => "signal",
-        };
-        info!("{name} received: stopping");
-        self.stop()
+        match stop_signal {
+            Some(SIGINT) => info!("SIGINT received: stopping"),
+            Some(SIGTERM) => info!("SIGTERM received: stopping"),
+            _ => error!("a worker thread died: stopping"),
+        }
+        let ok = stop_signal.is_some();
+        match self.stop() {
+            code if ok => code,
+            _ => ExitCode::FAILURE,
+        }
     }
 
     fn reload(&mut self) {
@@ -468,6 +487,7 @@ fn log_stats(message: &str, s: &WorkerStats, engine: &Engine, top: Option<usize>
         log_events_lost = s.events_lost,
         csum_not_ready = s.csum_not_ready,
         headers_only = s.truncated_copies,
+        engine_panics = s.engine_panics,
         reasons = reasons(s, top).as_str(),
         "{message}"
     );

@@ -187,6 +187,8 @@ pub struct WorkerStats {
     pub csum_not_ready: u64,
     /// Packets longer than the copy range (only their headers were copied).
     pub truncated_copies: u64,
+    /// Packets whose decision panicked (an engine bug): dropped.
+    pub engine_panics: u64,
 }
 
 impl WorkerStats {
@@ -198,6 +200,7 @@ impl WorkerStats {
         self.events_lost += o.events_lost;
         self.csum_not_ready += o.csum_not_ready;
         self.truncated_copies += o.truncated_copies;
+        self.engine_panics += o.engine_panics;
     }
 
     pub fn packets(&self) -> u64 {
@@ -388,7 +391,27 @@ impl Worker {
                 checksums,
             },
         };
-        let d = self.engine.decide(payload, &ctx, now);
+        // A panic in the engine (a bug) must not take the firewall down with
+        // it, or a packet that triggers it would switch filtering off (or, fail-
+        // closed, cut the network) at will: that packet is dropped and counted,
+        // the panic message is on stderr, and the worker carries on.
+        let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.engine.decide(payload, &ctx, now)
+        }));
+        let d = match decided {
+            Ok(d) => d,
+            Err(_) => {
+                stats.engine_panics += 1;
+                msg.set_verdict(nfq::Verdict::Drop);
+                if let Err(e) = self.queue.queue.verdict(msg) {
+                    stats.verdict_errors += 1;
+                    let errno = e.raw_os_error().unwrap_or(0);
+                    let queue = self.queue.num;
+                    self.send(Event::VerdictError { queue, errno }, stats);
+                }
+                return;
+            }
+        };
         let verdict = d.verdict();
         stats.counters.record(d.reason);
         if d.log || (verdict == Verdict::Drop && self.log_drops) {
