@@ -127,6 +127,20 @@ fn real_tcp_udp_and_ping_pass_over_ipv4_and_ipv6_with_two_queues() {
         ),
         "ping6"
     );
+    // Refusals travel back: a RST for a closed TCP port, an ICMP port
+    // unreachable (related to the UDP flow) for a closed UDP port.
+    for to in [v4(8099), v6(8099)] {
+        match lab::connect(&lab.client, to, Duration::from_secs(3)) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            other => panic!("closed port {to}: expected connection refused, got {other:?}"),
+        }
+    }
+    for to in [v4(5399), v6(5399)] {
+        assert!(
+            lab::udp_refused(&lab.client, to, Duration::from_secs(3)),
+            "closed UDP port {to}: no ICMP port unreachable came back"
+        );
+    }
     // The policy: nothing new from the server side, and 8081 denied.
     assert_blocked(
         &lab.server,

@@ -734,6 +734,38 @@ pub fn udp_roundtrip(ns: &Ns, to: SocketAddr, timeout: Duration) -> bool {
     false
 }
 
+/// Sends datagrams from a connected UDP socket in `ns` to a closed port until
+/// the ICMP port unreachable comes back (as ECONNREFUSED).
+pub fn udp_refused(ns: &Ns, to: SocketAddr, timeout: Duration) -> bool {
+    let sock = ns.enter(move || {
+        let any: SocketAddr = if to.is_ipv4() {
+            "0.0.0.0:0".parse().unwrap()
+        } else {
+            "[::]:0".parse().unwrap()
+        };
+        let s = UdpSocket::bind(any).expect("bind udp");
+        s.connect(to).expect("connect udp");
+        s
+    });
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 64];
+    while Instant::now() < deadline {
+        if let Err(e) = sock.send(b"anyone?") {
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        if let Err(e) = sock.recv(&mut buf) {
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 /// ICMP (v4 or v6) echo from `ns` through a ping socket; true when answered.
 pub fn ping(ns: &Ns, to: IpAddr, timeout: Duration) -> bool {
     let v6 = to.is_ipv6();
