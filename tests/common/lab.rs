@@ -367,8 +367,43 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Neighbour tables, links and the gateway's rule counters, for a failing
+    /// test. Never panics (it runs while a test unwinds).
+    pub fn diagnostics(&self) -> String {
+        let run = |ns: &Ns, args: &[&str]| -> String {
+            let o = Command::new("ip")
+                .args(["netns", "exec", &ns.name])
+                .args(args)
+                .stdin(Stdio::null())
+                .output();
+            match o {
+                Ok(o) => format!(
+                    "--- {} {}\n{}",
+                    ns.name,
+                    args.join(" "),
+                    String::from_utf8_lossy(&o.stdout)
+                ),
+                Err(e) => format!("--- {} {}: {e}\n", ns.name, args.join(" ")),
+            }
+        };
+        let mut out = String::new();
+        for ns in [&self.client, &self.gw, &self.server] {
+            out.push_str(&run(ns, &["ip", "neigh", "show"]));
+            out.push_str(&run(ns, &["ip", "-6", "neigh", "show"]));
+            out.push_str(&run(ns, &["ip", "-s", "link", "show"]));
+        }
+        out.push_str(&run(&self.gw, &["iptables-save", "-c"]));
+        out.push_str(&run(&self.gw, &["ip6tables-save", "-c"]));
+        out
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- lab {} ----\n{}", self.id, self.diagnostics());
+        }
         for ns in [&self.client, &self.gw, &self.server] {
             // Processes still running in a namespace are ours (daemons).
             if let Ok(out) = Command::new("ip")
@@ -523,6 +558,22 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if std::thread::panicking() && self.status.is_none() {
+            // For the post-mortem: a graceful stop logs the final counters,
+            // and the reader gets to the end of the log.
+            self.signal(libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(s)) = self.child.try_wait() {
+                    self.status = Some(s);
+                    if let Some(r) = self.reader.take() {
+                        let _ = r.join();
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         if self.status.is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -667,7 +718,8 @@ pub fn close(stream: TcpStream) -> std::io::Result<()> {
 
 /// Connect, exchange `n` bytes both ways, close: the whole life of a connection.
 pub fn tcp_session(ns: &Ns, to: SocketAddr, n: usize) -> std::io::Result<()> {
-    let s = connect(ns, to, Duration::from_secs(3))?;
+    // 5 s: room for two lost SYNs (retransmitted after 1 and 3 s).
+    let s = connect(ns, to, Duration::from_secs(5))?;
     exchange(&s, n, 0x5a)?;
     close(s)
 }
