@@ -493,6 +493,28 @@ fn install_iptables_filters_and_leaves_the_ruleset_as_it_found_it() {
 }
 
 #[test]
+fn install_iptables_in_a_namespace_without_rules_leaves_nothing_behind() {
+    let Some(lab) = Lab::new("install_pristine") else {
+        return;
+    };
+    // No iptables rule ever: with iptables-nft there is no filter table yet.
+    let before4 = lab.gw.ruleset(false);
+    let before6 = lab.gw.ruleset(true);
+    let rules = lab.write_rules("rules.toml", ALLOW_ALL);
+    let mut d = lab.start_daemon(&["--rules", rules.to_str().unwrap(), "--install-iptables"]);
+    let _echo = TcpEcho::start(&lab.server, v4(8080));
+    assert_session(&lab.client, v4(8080), 10_000, "through the installed hook");
+    assert!(d.stop().success(), "log:\n{}", d.log());
+    let (after4, after6) = (lab.gw.ruleset(false), lab.gw.ruleset(true));
+    assert!(!after4.contains("CONNTRACKD") && !after6.contains("CONNTRACKD"));
+    // The empty filter table iptables-nft created is deleted with `nft`.
+    if lab::have_nft() {
+        assert_eq!(after4, before4, "IPv4 ruleset changed");
+        assert_eq!(after6, before6, "IPv6 ruleset changed");
+    }
+}
+
+#[test]
 fn killed_daemon_fail_open_lets_traffic_pass() {
     let Some(lab) = Lab::new("fail_open") else {
         return;

@@ -39,6 +39,64 @@ impl Family {
             Family::V6 => "ip6tables-restore",
         }
     }
+
+    fn save(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-save",
+            Family::V6 => "ip6tables-save",
+        }
+    }
+
+    /// nftables' name of the family's filter table.
+    fn nft_family(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+}
+
+/// The filter table as `iptables-save` prints it: `Some("")` when there is
+/// no filter table (`iptables-save -t filter` would print an empty one
+/// either way with iptables-nft), `None` if iptables-save fails.
+fn save_filter(family: Family) -> Option<String> {
+    let out = Command::new(family.save())
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Tables are printed from `*name` to `COMMIT`.
+    let mut filter = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line.starts_with('*') {
+            inside = line == "*filter";
+        }
+        if inside {
+            filter.push_str(line);
+            filter.push('\n');
+            if line == "COMMIT" {
+                inside = false;
+            }
+        }
+    }
+    Some(filter)
+}
+
+/// Whether a saved filter table holds nothing but built-in chains with the
+/// ACCEPT policy (what iptables-nft creates on first use).
+fn is_pristine(save: &str) -> bool {
+    save.lines().all(|l| {
+        l.is_empty()
+            || l.starts_with('#')
+            || l == "*filter"
+            || l == "COMMIT"
+            || (l.starts_with(':') && l.contains(" ACCEPT"))
+    }) && save.lines().any(|l| l == "*filter")
 }
 
 /// What to install.
@@ -227,6 +285,9 @@ fn remove_stale(family: Family, chain: &str) -> anyhow::Result<bool> {
 pub struct Installed {
     spec: Spec,
     families: Vec<Family>,
+    /// Families whose filter table did not exist before (iptables-nft
+    /// creates it, with its built-in chains, on first use).
+    created_table: Vec<Family>,
 }
 
 impl Installed {
@@ -239,6 +300,7 @@ impl Installed {
         let mut installed = Installed {
             spec,
             families: Vec::new(),
+            created_table: Vec::new(),
         };
         let families: &[Family] = if ipv6_enabled() {
             &[Family::V4, Family::V6]
@@ -254,6 +316,9 @@ impl Installed {
                     family.iptables(),
                     installed.spec.chain
                 );
+            }
+            if save_filter(family).is_some_and(|t| t.trim().is_empty()) {
+                installed.created_table.push(family);
             }
             // On error, `installed` is dropped and removes what was installed so far.
             restore(family, &installed.spec.install_script())?;
@@ -278,12 +343,38 @@ impl Installed {
                     Err(e2) => errors.push(format!("{e:#}; then: {e2:#}")),
                 }
             }
+            if self.created_table.contains(&family) {
+                remove_created_table(family);
+            }
         }
         if errors.is_empty() {
             Ok(())
         } else {
             bail!("removing the iptables rules: {}", errors.join("; "))
         }
+    }
+}
+
+/// With iptables-nft, installing into a namespace or host that had no
+/// filter table created one; once it is back to empty built-in chains,
+/// delete it (with `nft`, when present) so that the ruleset is as it was.
+fn remove_created_table(family: Family) {
+    if !save_filter(family).is_some_and(|t| is_pristine(&t)) {
+        return;
+    }
+    let deleted = Command::new("nft")
+        .args(["delete", "table", family.nft_family(), "filter"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !deleted {
+        tracing::info!(
+            "{}: the filter table conntrackd's chain needed did not exist before; its empty \
+             built-in chains remain (install nftables' `nft` to have them removed)",
+            family.iptables()
+        );
     }
 }
 
@@ -319,6 +410,21 @@ mod tests {
         assert!(s
             .install_script()
             .contains("-I INPUT 1 -j X\n-I OUTPUT 1 -j X\n"));
+    }
+
+    #[test]
+    fn pristine_tables() {
+        let empty = "# Generated\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [3:180]\n\
+                     :OUTPUT ACCEPT [0:0]\nCOMMIT\n# Completed\n";
+        assert!(is_pristine(empty));
+        assert!(!is_pristine(""));
+        assert!(!is_pristine(
+            &empty.replace(":FORWARD ACCEPT", ":FORWARD DROP")
+        ));
+        assert!(!is_pristine(
+            &empty.replace("COMMIT", "-A FORWARD -j ACCEPT\nCOMMIT")
+        ));
+        assert!(!is_pristine(&empty.replace("COMMIT", ":X - [0:0]\nCOMMIT")));
     }
 
     #[test]

@@ -87,6 +87,16 @@ pub fn skip(test: &str) -> bool {
     }
 }
 
+/// Whether nftables' `nft` is installed.
+pub fn have_nft() -> bool {
+    Command::new("nft")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Runs a command with a timeout; kills it when the time is up.
 pub fn run_timeout(cmd: &mut Command, timeout: Duration) -> Output {
     let desc = format!("{cmd:?}");
