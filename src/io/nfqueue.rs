@@ -449,4 +449,10 @@ impl BoundQueue {
     pub fn fd(&self) -> RawFd {
         self.fd
     }
+
+    /// The configured nfq queue (for the NFQUEUE-ceiling bench helper, which
+    /// must use exactly conntrackd's queue settings).
+    pub fn queue_mut(&mut self) -> &mut nfq::Queue {
+        &mut self.queue
+    }
 }

@@ -1,0 +1,48 @@
+//! The NFQUEUE ceiling for the end-to-end benchmark: accepts every packet,
+//! with exactly the queue settings conntrackd uses (same `open`, same
+//! defaults: GSO, copy range, queue length, receive buffer, fail-open), one
+//! thread per queue, one verdict per packet. What conntrackd costs on top of
+//! this is the price of deciding.
+//!
+//!   nfq_ceiling QUEUES        e.g. `0` or `0-1`; runs until SIGINT/SIGTERM
+
+use conntrackd::config::DaemonSettings;
+use conntrackd::io::nfqueue::{open, QueueConfig};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+fn main() -> anyhow::Result<()> {
+    let spec = std::env::args().nth(1).unwrap_or_else(|| "0".into());
+    let queues = conntrackd::io_support::parse_queue_spec(&spec).map_err(anyhow::Error::msg)?;
+    let d = DaemonSettings::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    let mut threads = Vec::new();
+    for num in queues {
+        let mut q = open(&QueueConfig {
+            num,
+            copy_range: d.copy_range,
+            maxlen: d.queue_maxlen,
+            rcvbuf: d.socket_rcvbuf,
+            fail_open: d.fail_open,
+        })?;
+        let stop = stop.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut packets = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // recv times out regularly (the socket has SO_RCVTIMEO) so that stop is seen.
+                if let Ok(mut msg) = q.queue_mut().recv() {
+                    msg.set_verdict(nfq::Verdict::Accept);
+                    let _ = q.queue_mut().verdict(msg);
+                    packets += 1;
+                }
+            }
+            packets
+        }));
+    }
+    let total: u64 = threads.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+    eprintln!("nfq_ceiling: {total} packets accepted");
+    Ok(())
+}
