@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: client -- gateway -- server network namespaces
+# (design.md §5), each workload through each gateway mode, interleaved and
+# repeated, one table of medians and ratios at the end.
+#
+#   benches/e2e.sh [ROUNDS] [SECONDS]      (defaults: 3 rounds, 5 s per run)
+#
+# Modes (gateway namespace):
+#   kernel      plain forwarding, no rules
+#   kernel-ct   nf_conntrack, strict: INVALID dropped, ESTABLISHED/RELATED
+#               accepted, NEW only by SYN, nf_conntrack_tcp_loose=0
+#   nfq-ceil    NFQUEUE with the queue settings conntrackd uses, answered by
+#               a minimal accept-everything program (examples/nfq_ceiling)
+#   conntrackd  conntrackd with a rules/default.toml-like policy
+#   conntrackd-bypass  the same with bypass = true (established bulk data
+#               handed to the kernel by connmark; see README)
+# Workloads: iperf3 bulk TCP with 1 and 4 streams (Gbit/s), short TCP
+# connections per second (examples/shortconn, 4 client threads), UDP 64-byte
+# datagrams delivered per second (iperf3 -u), and the CPU time of the whole
+# machine during each run. Every load is bounded by SECONDS.
+#
+# Needs root, iproute2, iptables, iperf3, python3. Cleans up on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${1:-3}
+SECS=${2:-5}
+QUEUES=${QUEUES:-0:1}            # --queue-balance range for both NFQUEUE modes
+MODES=${MODES:-"kernel kernel-ct nfq-ceil conntrackd conntrackd-bypass"}
+WORKLOADS=${WORKLOADS:-"tcp1 tcp4 conns udp64"}
+ID=e2e$$
+C=$ID-c; G=$ID-g; S=$ID-s
+OUT=$(mktemp -d)
+PIDS=()
+
+[ "$(id -u)" -eq 0 ] || { echo "e2e.sh needs root" >&2; exit 1; }
+for t in ip iptables iperf3 python3; do
+    command -v $t >/dev/null || { echo "e2e.sh needs $t" >&2; exit 1; }
+done
+
+cleanup() {
+    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+    sleep 0.2
+    for n in $C $G $S; do ip netns del $n 2>/dev/null || true; done
+    rm -rf "$OUT"
+}
+trap cleanup EXIT
+
+cargo build --release --quiet --bin conntrackd --example shortconn --example nfq_ceiling
+BIN=target/release
+FIRST=${QUEUES%:*}; LAST=${QUEUES#*:}
+
+# ---- the lab ----------------------------------------------------------------
+for n in $C $G $S; do ip netns add $n; ip -n $n link set lo up; done
+ip -n $C link add eth0 type veth peer name cli netns $G
+ip -n $S link add eth0 type veth peer name srv netns $G
+ip -n $C addr add 198.18.0.2/24 dev eth0; ip -n $C link set eth0 up
+ip -n $S addr add 198.19.0.2/24 dev eth0; ip -n $S link set eth0 up
+ip -n $G addr add 198.18.0.1/24 dev cli;  ip -n $G link set cli up
+ip -n $G addr add 198.19.0.1/24 dev srv;  ip -n $G link set srv up
+ip -n $C route add default via 198.18.0.1
+ip -n $S route add default via 198.19.0.1
+ip netns exec $G sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward'
+# Thousands of short connections a second: without reuse of TIME_WAIT ports
+# the client runs out of ports and measures itself, not the gateway.
+ip netns exec $C sh -c 'echo 1 > /proc/sys/net/ipv4/tcp_tw_reuse; echo "1024 65000" > /proc/sys/net/ipv4/ip_local_port_range'
+
+ip netns exec $S iperf3 -s -D -p 5201 >/dev/null
+ip netns exec $S $BIN/examples/shortconn server 198.19.0.2:7000 & PIDS+=($!)
+sleep 0.5
+
+cat > "$OUT/rules.toml" <<RULES
+[policy]
+default = "drop"
+[[rule]]
+name = "lan-out"
+action = "accept"
+src = ["198.18.0.0/15"]
+[daemon]
+queues = "$FIRST-$LAST"
+RULES
+sed 's/^\[daemon\]/[daemon]\nbypass = true/' "$OUT/rules.toml" > "$OUT/rules-bypass.toml"
+
+gw_reset() {
+    ip netns exec $G iptables -F; ip netns exec $G iptables -X 2>/dev/null || true
+    ip netns exec $G iptables -t mangle -F
+    ip netns exec $G iptables -P FORWARD ACCEPT
+}
+
+HELPER=""
+mode_up() {
+    gw_reset
+    case $1 in
+    kernel) ;;
+    kernel-ct)
+        ip netns exec $G sh -c 'echo 0 > /proc/sys/net/netfilter/nf_conntrack_tcp_loose' 2>/dev/null || true
+        ip netns exec $G iptables -A FORWARD -m conntrack --ctstate INVALID -j DROP
+        ip netns exec $G iptables -A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+        ip netns exec $G iptables -A FORWARD -p tcp --syn -m conntrack --ctstate NEW -j ACCEPT
+        ip netns exec $G iptables -A FORWARD -p udp -m conntrack --ctstate NEW -j ACCEPT
+        ip netns exec $G iptables -A FORWARD -j DROP ;;
+    nfq-ceil)
+        ip netns exec $G iptables -A FORWARD -j NFQUEUE --queue-balance $QUEUES
+        ip netns exec $G $BIN/examples/nfq_ceiling $FIRST-$LAST & HELPER=$! ;;
+    conntrackd)
+        ip netns exec $G iptables -A FORWARD -j NFQUEUE --queue-balance $QUEUES
+        ip netns exec $G $BIN/conntrackd --rules "$OUT/rules.toml" --log-level warn & HELPER=$! ;;
+    conntrackd-bypass)
+        ip netns exec $G $BIN/conntrackd --rules "$OUT/rules-bypass.toml" --install-iptables --log-level warn & HELPER=$! ;;
+    esac
+    [ -n "$HELPER" ] && PIDS+=($HELPER)
+    sleep 1
+}
+
+mode_down() {
+    if [ -n "$HELPER" ]; then kill -TERM $HELPER 2>/dev/null || true; wait $HELPER 2>/dev/null || true; HELPER=""; fi
+    gw_reset
+}
+
+busy_jiffies() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
+
+# Prints the workload's figure (higher is better).
+run_workload() {
+    case $1 in
+    tcp1|tcp4)
+        local p=${1#tcp}
+        ip netns exec $C timeout $((SECS + 10)) iperf3 -c 198.19.0.2 -p 5201 -t $SECS -P $p -J 2>/dev/null \
+          | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.2f" % (d["end"]["sum_received"]["bits_per_second"]/1e9))' \
+          || echo 0 ;;
+    conns)
+        ip netns exec $C timeout $((SECS + 10)) $BIN/examples/shortconn client 198.19.0.2:7000 4 $SECS \
+          | awk '{print $2}' || echo 0 ;;
+    udp64)
+        ip netns exec $C timeout $((SECS + 10)) iperf3 -c 198.19.0.2 -p 5201 -u -l 64 -b 0 -t $SECS -J 2>/dev/null \
+          | python3 -c 'import json,sys; d=json.load(sys.stdin); s=d["end"]["sum"]; print("%.0f" % ((s["packets"]-s["lost_packets"])/s["seconds"]))' \
+          || echo 0 ;;
+    esac
+}
+
+echo "# round workload mode value cpu_seconds" > "$OUT/results"
+for round in $(seq 1 "$ROUNDS"); do
+    for w in $WORKLOADS; do
+        for m in $MODES; do
+            mode_up $m
+            j0=$(busy_jiffies)
+            v=$(run_workload $w)
+            j1=$(busy_jiffies)
+            mode_down
+            cpu=$(python3 -c "print('%.1f' % (($j1-$j0)/$(getconf CLK_TCK)))")
+            echo "$round $w $m $v $cpu" | tee -a "$OUT/results" >&2
+        done
+    done
+done
+
+python3 - "$OUT/results" <<'PY'
+import sys, statistics, collections
+rows = [l.split() for l in open(sys.argv[1]) if not l.startswith('#')]
+val = collections.defaultdict(list); cpu = collections.defaultdict(list)
+for _, w, m, v, c in rows:
+    val[(w, m)].append(float(v)); cpu[(w, m)].append(float(c))
+units = {"tcp1": "Gbit/s", "tcp4": "Gbit/s", "conns": "conn/s", "udp64": "pkt/s"}
+modes = []
+for _, _, m, _, _ in rows:
+    if m not in modes: modes.append(m)
+works = []
+for _, w, _, _, _ in rows:
+    if w not in works: works.append(w)
+med = lambda xs: statistics.median(xs) if xs else float('nan')
+print("\nmedians of %d rounds (cpu: machine-wide CPU seconds during the run)" % len({r[0] for r in rows}))
+print("%-8s %-18s %12s %8s %10s %10s" % ("workload", "mode", "median", "cpu_s", "/ceiling", "/kernel-ct"))
+for w in works:
+    for m in modes:
+        v = med(val[(w, m)]); c = med(cpu[(w, m)])
+        ceil = med(val.get((w, "nfq-ceil"), [])); kct = med(val.get((w, "kernel-ct"), []))
+        r1 = "%.2f" % (v / ceil) if ceil == ceil and ceil > 0 else "-"
+        r2 = "%.2f" % (v / kct) if kct == kct and kct > 0 else "-"
+        print("%-8s %-18s %12s %8.1f %10s %10s" % (w, m, ("%.2f %s" % (v, units[w])) if v < 1000 else ("%.0f %s" % (v, units[w])), c, r1, r2))
+PY
