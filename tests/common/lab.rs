@@ -41,6 +41,11 @@ pub const GW_SERVER_IF: &str = "srv";
 /// End hosts' interface name.
 pub const HOST_IF: &str = "eth0";
 
+const MAC_CLIENT: &str = "02:c7:d0:00:01:02";
+const MAC_GW_CLIENT: &str = "02:c7:d0:00:01:01";
+const MAC_GW_SERVER: &str = "02:c7:d0:00:02:01";
+const MAC_SERVER: &str = "02:c7:d0:00:02:02";
+
 /// Client ports the crafted-packet tests use; real connections get their
 /// ephemeral ports elsewhere (ip_local_port_range in the client).
 pub const CRAFTED_CLIENT_PORTS: (u16, u16) = (40000, 40999);
@@ -288,12 +293,16 @@ impl Lab {
                 .chain(args.split_whitespace())
                 .collect::<Vec<_>>())
         };
+        // Fixed MAC addresses, so that neighbours can be entered statically:
+        // neighbour discovery under load is not what these tests are about.
         ip(format!(
-            "-n {} link add {HOST_IF} type veth peer name {GW_CLIENT_IF} netns {}",
+            "-n {} link add {HOST_IF} address {MAC_CLIENT} type veth \
+             peer name {GW_CLIENT_IF} address {MAC_GW_CLIENT} netns {}",
             c.name, g.name
         ));
         ip(format!(
-            "-n {} link add {HOST_IF} type veth peer name {GW_SERVER_IF} netns {}",
+            "-n {} link add {HOST_IF} address {MAC_SERVER} type veth \
+             peer name {GW_SERVER_IF} address {MAC_GW_SERVER} netns {}",
             s.name, g.name
         ));
         for ns in [c, g, s] {
@@ -318,6 +327,19 @@ impl Lab {
             ip(format!("-n {} addr add {v4} dev {dev}", ns.name));
             ip(format!("-n {} addr add {v6} dev {dev} nodad", ns.name));
             ip(format!("-n {} link set {dev} up", ns.name));
+        }
+        for (ns, dev, addrs, mac) in [
+            (c, HOST_IF, ["198.18.0.1", "2001:db8:1::1"], MAC_GW_CLIENT),
+            (g, GW_CLIENT_IF, ["198.18.0.2", "2001:db8:1::2"], MAC_CLIENT),
+            (g, GW_SERVER_IF, ["198.19.0.2", "2001:db8:2::2"], MAC_SERVER),
+            (s, HOST_IF, ["198.19.0.1", "2001:db8:2::1"], MAC_GW_SERVER),
+        ] {
+            for addr in addrs {
+                ip(format!(
+                    "-n {} neigh replace {addr} lladdr {mac} dev {dev} nud permanent",
+                    ns.name
+                ));
+            }
         }
         ip(format!("-n {} route add default via {GW_CLIENT4}", c.name));
         ip(format!(
@@ -543,9 +565,10 @@ impl Daemon {
                 return s;
             }
             if Instant::now() > deadline {
+                let threads = thread_states(self.pid);
                 let _ = self.child.kill();
                 panic!(
-                    "conntrackd did not exit within {timeout:?}; log:\n{}",
+                    "conntrackd did not exit within {timeout:?}; threads:\n{threads}\nlog:\n{}",
                     self.log()
                 );
             }
@@ -564,6 +587,34 @@ impl Daemon {
         self.signal(libc::SIGKILL);
         self.wait_exit(Duration::from_secs(10));
     }
+}
+
+/// Name, state and kernel wait channel of each thread of a process (for a hang).
+fn thread_states(pid: i32) -> String {
+    let mut out = String::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("(no /proc/{pid}/task)");
+    };
+    for task in tasks.flatten() {
+        let p = task.path();
+        let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+        let stat = read("stat");
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or("?")
+            .to_string();
+        out.push_str(&format!(
+            "{} {} state={} wchan={}\n{}",
+            task.file_name().to_string_lossy(),
+            read("comm").trim(),
+            state,
+            read("wchan"),
+            read("stack")
+        ));
+    }
+    out
 }
 
 impl Drop for Daemon {
