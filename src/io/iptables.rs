@@ -16,8 +16,9 @@
 //! does): rules after the jump only see what conntrackd does not queue.
 
 use anyhow::{bail, Context as _};
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::io::{Read as _, Write as _};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
@@ -60,15 +61,11 @@ impl Family {
 /// no filter table (`iptables-save -t filter` would print an empty one
 /// either way with iptables-nft), `None` if iptables-save fails.
 fn save_filter(family: Family) -> Option<String> {
-    let out = Command::new(family.save())
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
+    let out = run(&mut Command::new(family.save()), "").ok()?;
     if !out.status.success() {
         return None;
     }
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = out.stdout;
     // Tables are printed from `*name` to `COMMIT`.
     let mut filter = String::new();
     let mut inside = false;
@@ -206,41 +203,84 @@ impl Spec {
     }
 }
 
-fn restore(family: Family, script: &str) -> anyhow::Result<()> {
-    let mut child = Command::new(family.restore())
-        .args(["--noflush", "--wait", "5"])
+/// How long one iptables command may take before it is killed: a hung
+/// iptables must not hang conntrackd's start or shutdown with it.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a command printed.
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `cmd` with `input` on stdin, or fails if it cannot run or outlives
+/// [`COMMAND_TIMEOUT`] (then it is killed).
+fn run(cmd: &mut Command, input: &str) -> anyhow::Result<Output> {
+    let name = format!("{:?}", cmd.get_program());
+    let mut child = cmd
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("running {}", family.restore()))?;
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(script.as_bytes())
-        .with_context(|| format!("writing to {}", family.restore()))?;
-    let out = child.wait_with_output()?;
+        .with_context(|| format!("running {name}"))?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = input.to_string();
+    // Writer and reader threads: a full pipe must not block us.
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let read_all = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = read_all(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{name} did not finish within {COMMAND_TIMEOUT:?} and was killed");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let _ = writer.join();
+    Ok(Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
+fn restore(family: Family, script: &str) -> anyhow::Result<()> {
+    let out = run(
+        Command::new(family.restore()).args(["--noflush", "--wait", "5"]),
+        script,
+    )?;
     if !out.status.success() {
         bail!(
             "{} failed ({}): {}\ninput was:\n{script}",
             family.restore(),
             out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            out.stderr.trim()
         );
     }
     Ok(())
 }
 
 fn iptables(family: Family, args: &[&str]) -> anyhow::Result<bool> {
-    let status = Command::new(family.iptables())
-        .args(["-w", "5", "-t", "filter"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .with_context(|| format!("running {}", family.iptables()))?;
-    Ok(status.success())
+    let out = run(
+        Command::new(family.iptables())
+            .args(["-w", "5", "-t", "filter"])
+            .args(args),
+        "",
+    )?;
+    Ok(out.status.success())
 }
 
 /// Whether the kernel has IPv6 (an AF_INET6 socket can be created; this
@@ -362,13 +402,11 @@ fn remove_created_table(family: Family) {
     if !save_filter(family).is_some_and(|t| is_pristine(&t)) {
         return;
     }
-    let deleted = Command::new("nft")
-        .args(["delete", "table", family.nft_family(), "filter"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let deleted = run(
+        Command::new("nft").args(["delete", "table", family.nft_family(), "filter"]),
+        "",
+    )
+    .is_ok_and(|o| o.status.success());
     if !deleted {
         tracing::info!(
             "{}: the filter table conntrackd's chain needed did not exist before; its empty \

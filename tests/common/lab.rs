@@ -394,7 +394,8 @@ impl Lab {
     /// says it started.
     pub fn start_daemon(&self, args: &[&str]) -> Daemon {
         let d = Daemon::spawn(&self.gw, args);
-        d.wait_log("conntrackd started", Duration::from_secs(10));
+        // Generous: under a loaded machine iptables alone can take seconds.
+        d.wait_log("conntrackd started", Duration::from_secs(20));
         d
     }
 }
@@ -579,7 +580,7 @@ impl Daemon {
     /// SIGTERM, then the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         self.signal(libc::SIGTERM);
-        self.wait_exit(Duration::from_secs(10))
+        self.wait_exit(Duration::from_secs(20))
     }
 
     /// SIGKILL: the daemon gets no chance to clean up.
@@ -690,6 +691,7 @@ fn echo(mut conn: TcpStream) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match conn.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 if conn.write_all(&buf[..n]).is_err() {
@@ -748,7 +750,11 @@ pub fn exchange(stream: &TcpStream, n: usize, salt: u8) -> std::io::Result<()> {
                 format!("only {got} of {n} bytes came back within 15 s"),
             ));
         }
-        let k = r.read(&mut buf)?;
+        let k = match r.read(&mut buf) {
+            Ok(k) => k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         if k == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
