@@ -282,6 +282,27 @@ fn window_scaling_counts_only_when_both_syns_carry_it() {
     );
     assert_eq!(d.reason, Reason::Tracked, "scaled window");
 
+    // The originator's own scale counts too: the server may send up to the
+    // client's 1024 << 7.
+    let d = t.send(
+        conntrackd::wire::build::tcp(f.c, f.s)
+            .flags(ACK)
+            .seq(f.c_nxt)
+            .ack(f.s_nxt)
+            .window(1024)
+            .build(),
+    );
+    assert_eq!(d.reason, Reason::Tracked);
+    let d = t.tcp(
+        f.s,
+        f.c,
+        ACK | PSH,
+        f.s_nxt.wrapping_add(100_000),
+        f.c_nxt,
+        b"x",
+    );
+    assert_eq!(d.reason, Reason::Tracked, "originator's scaled window");
+
     // Only the client offers it: windows are unscaled and +100000 is past 1024.
     let mut t = Lab::allow_all();
     let mut f = Flow::v4();

@@ -112,11 +112,15 @@ fn init_from_syn(peers: &mut [Peer; 2], from: usize, seg: &TcpSegment, end: SeqN
     if seg.payload_len > 0 {
         p.flags |= F_SYN_DATA;
     }
-    // RFC 1323: scaling applies only when both SYNs carried the option.
-    let both = peers[from].flags & F_WINDOW_SCALE != 0 && peers[to].flags & F_WINDOW_SCALE != 0;
-    if !both {
-        peers[from].scale = 0;
-        peers[to].scale = 0;
+    // RFC 1323: scaling applies only when both SYNs carried the option. Only
+    // the second SYN (the peer already seen) can tell; after the first, the
+    // shift stays pending.
+    if peers[to].has_window() {
+        let both = peers[from].flags & F_WINDOW_SCALE != 0 && peers[to].flags & F_WINDOW_SCALE != 0;
+        if !both {
+            peers[from].scale = 0;
+            peers[to].scale = 0;
+        }
     }
 }
 
