@@ -239,50 +239,60 @@ fn rules_decide_only_new_connections_and_reload_keeps_state() {
 
 // ---- table limits -----------------------------------------------------------
 
+fn established_on(t: &mut Lab, port: u16) {
+    let mut f = Flow::v4_port(port);
+    f.client(t, 0x02, b"");
+    f.server(t, 0x12, b"");
+    assert_eq!(f.client(t, 0x10, b"").reason, Reason::Tracked);
+}
+
+/// An ACK on an established fixture connection: still tracked?
+fn still_tracked(t: &mut Lab, port: u16) -> bool {
+    let mut f = Flow::v4_port(port);
+    f.c_nxt = f.c_nxt.wrapping_add(1);
+    f.s_nxt = f.s_nxt.wrapping_add(1);
+    f.client(t, 0x10, b"").reason == Reason::Tracked
+}
+
 #[test]
-fn full_table_evicts_unestablished_first_then_refuses() {
+fn full_table_evicts_unestablished_entries_never_established_ones() {
     let settings = EngineSettings {
         max_connections: 4,
         ..EngineSettings::default()
     };
     let mut t = Lab::with(settings, conntrackd::policy::Policy::allow_all());
-    // Two established, two half-open.
-    for port in [1000, 1001] {
-        let mut f = Flow::v4_port(port);
-        f.client(&mut t, 0x02, b"");
-        f.server(&mut t, 0x12, b"");
-        f.client(&mut t, 0x10, b"");
-    }
+    established_on(&mut t, 1000);
+    established_on(&mut t, 1001);
     for port in [2000, 2001] {
         Flow::v4_port(port).client(&mut t, 0x02, b"");
     }
     assert_eq!(t.engine.table().len(), 4);
-    // A fifth connection evicts a half-open one (twice), never an established one.
-    for port in [3000, 3001] {
+    // Each new connection evicts a half-open one, never an established one.
+    for port in 3000..3010 {
         let d = Flow::v4_port(port).client(&mut t, 0x02, b"");
         assert_eq!(d.reason, Reason::NewByDefault);
         assert_eq!(t.engine.table().len(), 4);
+        assert_eq!(t.engine.table().half_open(), 2);
     }
-    // Now two established + two half-open again (3000, 3001): complete them.
-    for port in [3000, 3001] {
-        let mut f = Flow::v4_port(port);
-        f.c_nxt = f.c_nxt.wrapping_add(1);
-        f.server(&mut t, 0x12, b"");
-        f.client(&mut t, 0x10, b"");
-    }
-    // Everything is established: a new connection does not fit.
+    assert!(still_tracked(&mut t, 1000) && still_tracked(&mut t, 1001));
+}
+
+#[test]
+fn full_table_of_established_connections_refuses_new_ones() {
+    let settings = EngineSettings {
+        max_connections: 2,
+        ..EngineSettings::default()
+    };
+    let mut t = Lab::with(settings, conntrackd::policy::Policy::allow_all());
+    established_on(&mut t, 1000);
+    established_on(&mut t, 1001);
     let d = Flow::v4_port(4000).client(&mut t, 0x02, b"");
     assert_eq!(d.reason, Reason::TableFull);
-    for port in [1000, 1001] {
-        let mut f = Flow::v4_port(port);
-        f.c_nxt = f.c_nxt.wrapping_add(1);
-        f.s_nxt = f.s_nxt.wrapping_add(1);
-        assert_eq!(
-            f.client(&mut t, 0x10, b"").reason,
-            Reason::Tracked,
-            "established {port} survived"
-        );
-    }
+    assert!(still_tracked(&mut t, 1000) && still_tracked(&mut t, 1001));
+    // An expired entry makes room.
+    t.now_secs += 432_001;
+    let d = Flow::v4_port(4001).client(&mut t, 0x02, b"");
+    assert_eq!(d.reason, Reason::NewByDefault);
 }
 
 #[test]
