@@ -110,6 +110,12 @@ pub struct DaemonSettings {
     /// Without `install_iptables`: warn when no packet arrived this many
     /// seconds after start (the NFQUEUE rule is probably missing; 0: never).
     pub idle_warning: u64,
+    /// Bypass mode: hand established TCP connections to the kernel (their
+    /// verdicts carry `bypass_mark`, saved to the connmark; the chain accepts
+    /// their packets without SYN, FIN or RST before queueing). See README.
+    pub bypass: bool,
+    /// The mark bit(s) bypass mode sets; must not be used by other rules.
+    pub bypass_mark: u32,
 }
 
 impl Default for DaemonSettings {
@@ -127,6 +133,8 @@ impl Default for DaemonSettings {
             iptables_chain: "CONNTRACKD".into(),
             stats_interval: 60,
             idle_warning: 10,
+            bypass: false,
+            bypass_mark: 0x2000_0000,
         }
     }
 }

@@ -1,18 +1,24 @@
 //! The NFQUEUE ceiling for the end-to-end benchmark: accepts every packet,
 //! with exactly the queue settings conntrackd uses (same `open`, same
 //! defaults: GSO, copy range, queue length, receive buffer, fail-open), one
-//! thread per queue, one verdict per packet. What conntrackd costs on top of
-//! this is the price of deciding.
+//! thread per queue, and conntrackd's own I/O path (a batch of packets per
+//! `recvmmsg`, batch verdicts, one `send` per batch). What conntrackd costs on
+//! top of this is the price of deciding.
 //!
-//!   nfq_ceiling QUEUES        e.g. `0` or `0-1`; runs until SIGINT/SIGTERM
+//!   nfq_ceiling QUEUES [--naive]    e.g. `0` or `0-1`; runs until SIGINT/SIGTERM
+//!
+//! `--naive`: nfq's own path instead, one `recv` and one verdict `sendto`
+//! per packet (what conntrackd did before batching).
 
 use conntrackd::config::DaemonSettings;
+use conntrackd::io::netlink::{Item, Receiver, Verdict, Verdicts};
 use conntrackd::io::nfqueue::{open, QueueConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 fn main() -> anyhow::Result<()> {
     let spec = std::env::args().nth(1).unwrap_or_else(|| "0".into());
+    let naive = std::env::args().any(|a| a == "--naive");
     let queues = conntrackd::io_support::parse_queue_spec(&spec).map_err(anyhow::Error::msg)?;
     let d = DaemonSettings::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -31,12 +37,24 @@ fn main() -> anyhow::Result<()> {
         let stop = stop.clone();
         threads.push(std::thread::spawn(move || {
             let mut packets = 0u64;
+            let mut rx = Receiver::new(q.fd(), q.copy_range);
+            let mut tx = Verdicts::new(q.fd(), q.num);
+            // recv times out regularly (the socket has SO_RCVTIMEO) so that stop is seen.
             while !stop.load(Ordering::Relaxed) {
-                // recv times out regularly (the socket has SO_RCVTIMEO) so that stop is seen.
-                if let Ok(mut msg) = q.queue_mut().recv() {
-                    msg.set_verdict(nfq::Verdict::Accept);
-                    let _ = q.queue_mut().verdict(msg);
-                    packets += 1;
+                if naive {
+                    if let Ok(mut msg) = q.queue_mut().recv() {
+                        msg.set_verdict(nfq::Verdict::Accept);
+                        let _ = q.queue_mut().verdict(msg);
+                        packets += 1;
+                    }
+                } else if rx.recv(false).is_ok() {
+                    rx.for_each(|item| {
+                        if let Item::Packet(p) = item {
+                            tx.push(p.id, Verdict::Accept, None);
+                            packets += 1;
+                        }
+                    });
+                    let _ = tx.flush();
                 }
             }
             packets

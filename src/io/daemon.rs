@@ -9,7 +9,7 @@
 use crate::config::{Config, DaemonSettings, LogFormat};
 use crate::io::iptables::{self, Installed};
 use crate::io::logging;
-use crate::io::nfqueue::{self, QueueConfig, Shared, Worker, WorkerStats};
+use crate::io::nfqueue::{self, Bypass, QueueConfig, Shared, Worker, WorkerStats};
 use crate::io_support::parse_queue_spec;
 use crate::reason::Verdict;
 use crate::Engine;
@@ -69,6 +69,10 @@ pub struct DaemonArgs {
     /// or tracing directives such as info,conntrackd::drop=debug [daemon.log_level].
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Bypass mode: hand established TCP connections to the kernel by
+    /// connmark; their SYN, FIN and RST packets are still queued [daemon.bypass].
+    #[arg(long)]
+    pub bypass: bool,
 }
 
 /// The daemon's settings after merging the rules file's `[daemon]` table
@@ -88,6 +92,8 @@ pub struct Settings {
     pub stats_interval: Duration,
     /// Zero: never warn.
     pub idle_warning: Duration,
+    /// Bypass mode's mark bit(s), when it is on.
+    pub bypass: Option<u32>,
 }
 
 impl Settings {
@@ -121,7 +127,11 @@ impl Settings {
             iptables_chain: file.iptables_chain.clone(),
             stats_interval: Duration::from_secs(file.stats_interval),
             idle_warning: Duration::from_secs(file.idle_warning),
+            bypass: (args.bypass || file.bypass).then_some(file.bypass_mark),
         };
+        if s.bypass == Some(0) {
+            bail!("daemon.bypass_mark must have at least one bit set");
+        }
         if s.copy_range < MIN_COPY_RANGE {
             bail!(
                 "daemon.copy_range = {} is too small: at least {MIN_COPY_RANGE} bytes are \
@@ -146,6 +156,20 @@ impl Settings {
         }
         s
     }
+}
+
+/// Bypass mode: how long a handed-off connection lives in the engine without
+/// queued packets. Its traffic flows in the kernel, which refreshes only its
+/// own conntrack entry: at least the kernel's established timeout, so that the
+/// engine does not forget a connection (and then refuse its FIN) the kernel
+/// still passes.
+fn bypass_timeout(config: &Config) -> u32 {
+    let kernel =
+        std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(432_000);
+    kernel.max(config.engine.timeouts.established)
 }
 
 fn resolve_rules(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -258,12 +282,13 @@ impl Daemon {
         let rcvbuf = queues.first().map_or(0, |q| q.rcvbuf);
 
         let installed = if settings.install_iptables {
-            let spec = iptables::Spec::new(
+            let mut spec = iptables::Spec::new(
                 &settings.iptables_chain,
                 &settings.hooks,
                 &settings.queues,
                 settings.fail_open,
             )?;
+            spec.connmark_bypass = settings.bypass;
             let target = spec.target();
             let installed = Installed::install(spec)?;
             info!(
@@ -282,6 +307,26 @@ impl Daemon {
         let logger = logging::spawn(rx, engine.clone()).context("starting the log thread")?;
         let log_drops = tracing::enabled!(target: logging::DROP_TARGET, tracing::Level::DEBUG);
 
+        let bypass = settings.bypass.map(|mark| {
+            let b = Bypass {
+                mark,
+                timeout: bypass_timeout(&config),
+            };
+            if installed.is_none() {
+                warn!(
+                    mark = format!("{mark:#x}").as_str(),
+                    "bypass mode without --install-iptables: the rules that save the mark to \
+                     the connmark and accept marked connections must be in place (see README), \
+                     or the engine stops checking windows of established connections for nothing"
+                );
+            }
+            info!(
+                mark = format!("{mark:#x}").as_str(),
+                timeout = b.timeout,
+                "bypass mode: established TCP connections are handed to the kernel"
+            );
+            b
+        });
         let mut workers = Vec::new();
         for (index, queue) in queues.into_iter().enumerate() {
             let num = queue.num;
@@ -292,6 +337,7 @@ impl Daemon {
                 shared: shared.clone(),
                 events: tx.clone(),
                 log_drops,
+                bypass,
             };
             let guard = StopOnPanic(signals.handle());
             let handle = std::thread::Builder::new()
@@ -488,6 +534,9 @@ fn log_stats(message: &str, s: &WorkerStats, engine: &Engine, top: Option<usize>
         csum_not_ready = s.csum_not_ready,
         headers_only = s.truncated_copies,
         engine_panics = s.engine_panics,
+        reads = s.reads,
+        verdict_messages = s.verdict_messages,
+        bypass_marked = s.bypass_marked,
         reasons = reasons(s, top).as_str(),
         "{message}"
     );

@@ -57,10 +57,11 @@ impl Family {
     }
 }
 
-/// The filter table as `iptables-save` prints it: `Some("")` when there is
-/// no filter table (`iptables-save -t filter` would print an empty one
+/// A table (`filter`, `mangle`) as `iptables-save` prints it: `Some("")` when
+/// there is no such table (`iptables-save -t filter` would print an empty one
 /// either way with iptables-nft), `None` if iptables-save fails.
-fn save_filter(family: Family) -> Option<String> {
+fn save_table(family: Family, table: &str) -> Option<String> {
+    let start = format!("*{table}");
     let out = run(&mut Command::new(family.save()), "").ok()?;
     if !out.status.success() {
         return None;
@@ -71,7 +72,7 @@ fn save_filter(family: Family) -> Option<String> {
     let mut inside = false;
     for line in text.lines() {
         if line.starts_with('*') {
-            inside = line == "*filter";
+            inside = line == start;
         }
         if inside {
             filter.push_str(line);
@@ -86,14 +87,19 @@ fn save_filter(family: Family) -> Option<String> {
 
 /// Whether a saved filter table holds nothing but built-in chains with the
 /// ACCEPT policy (what iptables-nft creates on first use).
+#[cfg(test)]
 fn is_pristine(save: &str) -> bool {
+    is_pristine_table(save, "*filter")
+}
+
+fn is_pristine_table(save: &str, start: &str) -> bool {
     save.lines().all(|l| {
         l.is_empty()
             || l.starts_with('#')
-            || l == "*filter"
+            || l == start
             || l == "COMMIT"
             || (l.starts_with(':') && l.contains(" ACCEPT"))
-    }) && save.lines().any(|l| l == "*filter")
+    }) && save.lines().any(|l| l == start)
 }
 
 /// What to install.
@@ -106,6 +112,10 @@ pub struct Spec {
     pub last_queue: u16,
     /// Add `--queue-bypass`: accept when no program is bound to the queue.
     pub bypass: bool,
+    /// Bypass mode's mark bit(s): save them from the packet mark to the
+    /// connmark (mangle POSTROUTING), and accept TCP packets without SYN,
+    /// FIN or RST whose connmark has them before queueing.
+    pub connmark_bypass: Option<u32>,
 }
 
 impl Spec {
@@ -159,6 +169,7 @@ impl Spec {
             first_queue: first,
             last_queue: last,
             bypass,
+            connmark_bypass: None,
         })
     }
 
@@ -178,17 +189,43 @@ impl Spec {
         t
     }
 
+    /// Bypass mode: the filter rule that lets handed-off connections' packets
+    /// through before the NFQUEUE rule.
+    fn bypass_accept_rule(&self, m: u32) -> String {
+        format!("-p tcp --tcp-flags SYN,FIN,RST NONE -m connmark --mark {m:#x}/{m:#x} -j ACCEPT",)
+    }
+
+    /// Bypass mode: the mangle POSTROUTING rule that saves the verdict's mark bit
+    /// to the connmark.
+    fn bypass_save_rule(m: u32) -> String {
+        format!(
+            "-m mark --mark {m:#x}/{m:#x} -j CONNMARK --save-mark --nfmask {m:#x} --ctmask {m:#x}"
+        )
+    }
+
     /// The `iptables-restore --noflush` input that installs everything.
     pub fn install_script(&self) -> String {
-        let mut s = format!(
-            "*filter\n:{c} - [0:0]\n-A {c} -j {t}\n",
+        let mut s = format!("*filter\n:{c} - [0:0]\n", c = self.chain);
+        if let Some(m) = self.connmark_bypass {
+            s.push_str(&format!(
+                "-A {} {}\n",
+                self.chain,
+                self.bypass_accept_rule(m)
+            ));
+        }
+        s.push_str(&format!(
+            "-A {c} -j {t}\n",
             c = self.chain,
             t = self.target()
-        );
+        ));
         for h in &self.hooks {
             s.push_str(&format!("-I {h} 1 -j {}\n", self.chain));
         }
         s.push_str("COMMIT\n");
+        if let Some(m) = self.connmark_bypass {
+            let rule = Self::bypass_save_rule(m);
+            s.push_str(&format!("*mangle\n-I POSTROUTING 1 {rule}\nCOMMIT\n"));
+        }
         s
     }
 
@@ -199,6 +236,10 @@ impl Spec {
             s.push_str(&format!("-D {h} -j {}\n", self.chain));
         }
         s.push_str(&format!("-F {c}\n-X {c}\nCOMMIT\n", c = self.chain));
+        if let Some(m) = self.connmark_bypass {
+            let rule = Self::bypass_save_rule(m);
+            s.push_str(&format!("*mangle\n-D POSTROUTING {rule}\nCOMMIT\n"));
+        }
         s
     }
 }
@@ -274,9 +315,13 @@ fn restore(family: Family, script: &str) -> anyhow::Result<()> {
 }
 
 fn iptables(family: Family, args: &[&str]) -> anyhow::Result<bool> {
+    iptables_t(family, "filter", args)
+}
+
+fn iptables_t(family: Family, table: &str, args: &[&str]) -> anyhow::Result<bool> {
     let out = run(
         Command::new(family.iptables())
-            .args(["-w", "5", "-t", "filter"])
+            .args(["-w", "5", "-t", table])
             .args(args),
         "",
     )?;
@@ -299,9 +344,23 @@ fn ipv6_enabled() -> bool {
 /// Removes a chain of that name left by an instance that did not exit cleanly
 /// (SIGKILL, crash): the jumps from the built-in chains, then the chain.
 /// Returns whether there was one.
-fn remove_stale(family: Family, chain: &str) -> anyhow::Result<bool> {
+fn remove_stale(family: Family, chain: &str, connmark_bypass: Option<u32>) -> anyhow::Result<bool> {
+    let mut found = false;
+    if let Some(m) = connmark_bypass {
+        let rule = Spec::bypass_save_rule(m);
+        let args: Vec<&str> = ["-D", "POSTROUTING"]
+            .into_iter()
+            .chain(rule.split(' '))
+            .collect();
+        for _ in 0..64 {
+            if !iptables_t(family, "mangle", &args)? {
+                break;
+            }
+            found = true;
+        }
+    }
     if !iptables(family, &["-S", chain])? {
-        return Ok(false);
+        return Ok(found);
     }
     for hook in ["FORWARD", "INPUT", "OUTPUT"] {
         for _ in 0..64 {
@@ -325,9 +384,9 @@ fn remove_stale(family: Family, chain: &str) -> anyhow::Result<bool> {
 pub struct Installed {
     spec: Spec,
     families: Vec<Family>,
-    /// Families whose filter table did not exist before (iptables-nft
-    /// creates it, with its built-in chains, on first use).
-    created_table: Vec<Family>,
+    /// Tables (filter, mangle) that did not exist before (iptables-nft
+    /// creates them, with their built-in chains, on first use).
+    created_table: Vec<(Family, &'static str)>,
 }
 
 impl Installed {
@@ -349,7 +408,11 @@ impl Installed {
             &[Family::V4]
         };
         for &family in families {
-            if remove_stale(family, &installed.spec.chain)? {
+            if remove_stale(
+                family,
+                &installed.spec.chain,
+                installed.spec.connmark_bypass,
+            )? {
                 tracing::warn!(
                     chain = installed.spec.chain.as_str(),
                     "{}: removed chain {} left by an earlier run that did not exit cleanly",
@@ -357,8 +420,14 @@ impl Installed {
                     installed.spec.chain
                 );
             }
-            if save_filter(family).is_some_and(|t| t.trim().is_empty()) {
-                installed.created_table.push(family);
+            let mut tables = vec!["filter"];
+            if installed.spec.connmark_bypass.is_some() {
+                tables.push("mangle");
+            }
+            for table in tables {
+                if save_table(family, table).is_some_and(|t| t.trim().is_empty()) {
+                    installed.created_table.push((family, table));
+                }
             }
             // On error, `installed` is dropped and removes what was installed so far.
             restore(family, &installed.spec.install_script())?;
@@ -378,13 +447,15 @@ impl Installed {
             if let Err(e) = restore(family, &self.spec.remove_script()) {
                 // The atomic removal fails as a whole if someone changed our
                 // rules meanwhile: take out whatever is left, one by one.
-                match remove_stale(family, &self.spec.chain) {
+                match remove_stale(family, &self.spec.chain, self.spec.connmark_bypass) {
                     Ok(_) => tracing::warn!("{e:#}; removed the remaining rules one by one"),
                     Err(e2) => errors.push(format!("{e:#}; then: {e2:#}")),
                 }
             }
-            if self.created_table.contains(&family) {
-                remove_created_table(family);
+            for &(f, table) in &self.created_table {
+                if f == family {
+                    remove_created_table(family, table);
+                }
             }
         }
         if errors.is_empty() {
@@ -398,12 +469,13 @@ impl Installed {
 /// With iptables-nft, installing into a namespace or host that had no
 /// filter table created one; once it is back to empty built-in chains,
 /// delete it (with `nft`, when present) so that the ruleset is as it was.
-fn remove_created_table(family: Family) {
-    if !save_filter(family).is_some_and(|t| is_pristine(&t)) {
+fn remove_created_table(family: Family, table: &str) {
+    let start = format!("*{table}");
+    if !save_table(family, table).is_some_and(|t| is_pristine_table(&t, &start)) {
         return;
     }
     let deleted = run(
-        Command::new("nft").args(["delete", "table", family.nft_family(), "filter"]),
+        Command::new("nft").args(["delete", "table", family.nft_family(), table]),
         "",
     )
     .is_ok_and(|o| o.status.success());

@@ -4,5 +4,6 @@ pub mod daemon;
 pub mod ifnames;
 pub mod iptables;
 pub mod logging;
+pub mod netlink;
 pub mod nfqueue;
 pub mod replay;

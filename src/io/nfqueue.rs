@@ -1,15 +1,22 @@
 //! NFQUEUE sockets and the worker loop: recv → decide → verdict, one thread per queue.
 //!
-//! nfq 0.2.5 drives a queue through `&mut self`, so each worker owns one
+//! nfq 0.2.5 opens, binds and configures each queue; each worker owns one
 //! socket bound to one queue; all workers share the engine (one connection
 //! table). nfq has no accessor for the socket fd; [`open`] finds it in
 //! `/proc/self/fd` (the netlink socket that appeared across `Queue::open`) to
 //! set the receive buffer and a receive timeout, so that a worker blocked in
-//! `recv` wakes up regularly to notice a shutdown.
+//! `recv` wakes up regularly to notice a shutdown. The packets themselves
+//! are read and answered on that fd by [`super::netlink`]: a batch of
+//! packets per `recvmmsg`, one clock reading per batch, and the batch's
+//! verdicts coalesced into batch verdicts and sent with one `send`.
 
+use crate::conntrack::table::Proto;
+use crate::conntrack::tcp::{EndpointState, TcpConn};
+use crate::conntrack::{ConnState, FlowKey};
 use crate::engine::Context;
 use crate::io::ifnames::IfNames;
 use crate::io::logging::{Event, PacketEvent};
+use crate::io::netlink::{self, Item, Receiver, Verdicts};
 use crate::policy::Interfaces;
 use crate::reason::{Counters, Verdict};
 use crate::time::Timestamp;
@@ -44,6 +51,7 @@ pub struct BoundQueue {
     queue: nfq::Queue,
     fd: RawFd,
     pub num: u16,
+    pub copy_range: u16,
     /// The kernel accepted NFQA_CFG_F_GSO.
     pub gso: bool,
     /// Receive buffer the kernel granted, in bytes.
@@ -167,6 +175,7 @@ pub fn open(cfg: &QueueConfig) -> anyhow::Result<BoundQueue> {
         queue,
         fd,
         num,
+        copy_range: cfg.copy_range,
         gso,
         rcvbuf,
     })
@@ -189,6 +198,13 @@ pub struct WorkerStats {
     pub truncated_copies: u64,
     /// Packets whose decision panicked (an engine bug): dropped.
     pub engine_panics: u64,
+    /// Receive system calls that returned packets.
+    pub reads: u64,
+    /// Verdict messages sent (a batch verdict answers several packets).
+    pub verdict_messages: u64,
+    /// Bypass mode: packets whose verdict carried the bypass mark (their
+    /// connection was handed to the kernel).
+    pub bypass_marked: u64,
 }
 
 impl WorkerStats {
@@ -201,6 +217,9 @@ impl WorkerStats {
         self.csum_not_ready += o.csum_not_ready;
         self.truncated_copies += o.truncated_copies;
         self.engine_panics += o.engine_panics;
+        self.reads += o.reads;
+        self.verdict_messages += o.verdict_messages;
+        self.bypass_marked += o.bypass_marked;
     }
 
     pub fn packets(&self) -> u64 {
@@ -247,6 +266,17 @@ impl Shared {
     }
 }
 
+/// Bypass mode (see README "Bypass mode"): established TCP connections are
+/// handed to the kernel by marking their packets' verdicts.
+#[derive(Clone, Copy, Debug)]
+pub struct Bypass {
+    /// The mark bit(s) OR-ed into the packet mark; iptables saves them to the connmark.
+    pub mark: u32,
+    /// Seconds a handed-off connection lives in the engine without
+    /// queued packets (at least the kernel's established timeout).
+    pub timeout: u32,
+}
+
 pub struct Worker {
     pub queue: BoundQueue,
     pub index: usize,
@@ -255,6 +285,7 @@ pub struct Worker {
     pub events: Sender<Event>,
     /// Send an event for every dropped packet (drop lines are enabled).
     pub log_drops: bool,
+    pub bypass: Option<Bypass>,
 }
 
 impl Worker {
@@ -267,11 +298,13 @@ impl Worker {
         let mut last_publish = Instant::now();
         let mut last_ifnames_clear = last_publish;
         let mut consecutive_errors = 0u32;
+        let mut rx = Receiver::new(self.queue.fd, self.queue.copy_range);
+        let mut tx = Verdicts::new(self.queue.fd, self.queue.num);
         loop {
-            match self.queue.queue.recv() {
-                Ok(msg) => {
+            match rx.recv(false) {
+                Ok(_) => {
                     consecutive_errors = 0;
-                    self.handle(msg, &mut stats, &mut ifnames);
+                    self.process(&rx, &mut tx, &mut stats, &mut ifnames);
                 }
                 Err(e) => match e.kind() {
                     std::io::ErrorKind::WouldBlock
@@ -302,7 +335,7 @@ impl Worker {
                 }
             }
         }
-        self.drain(&mut stats, &mut ifnames);
+        self.drain(&mut rx, &mut tx, &mut stats, &mut ifnames);
         if let Err(e) = self.queue.queue.unbind(self.queue.num) {
             tracing::debug!(queue = self.queue.num, "unbinding: {e}");
         }
@@ -311,13 +344,17 @@ impl Worker {
     }
 
     /// Answers every packet already queued to us (shutdown), without waiting.
-    fn drain(&mut self, stats: &mut WorkerStats, ifnames: &mut IfNames) {
-        self.queue.queue.set_nonblocking(true);
+    fn drain(
+        &mut self,
+        rx: &mut Receiver,
+        tx: &mut Verdicts,
+        stats: &mut WorkerStats,
+        ifnames: &mut IfNames,
+    ) {
         // Bounded: with the administrator's own rule packets keep coming.
-        let limit = 2 * 65_536;
-        for _ in 0..limit {
-            match self.queue.queue.recv() {
-                Ok(msg) => self.handle(msg, stats, ifnames),
+        for _ in 0..(2 * 65_536 / netlink::BATCH) {
+            match rx.recv(true) {
+                Ok(_) => self.process(rx, tx, stats, ifnames),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
@@ -326,6 +363,37 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Decides every packet of the batch just read, then sends the verdicts.
+    fn process(
+        &self,
+        rx: &Receiver,
+        tx: &mut Verdicts,
+        stats: &mut WorkerStats,
+        ifnames: &mut IfNames,
+    ) {
+        stats.reads += 1;
+        // One clock reading per batch: the engine's timeouts are in seconds.
+        let now = self.shared.now();
+        rx.for_each(|item| match item {
+            Item::Packet(p) => {
+                let (verdict, mark) = self.handle(&p, now, stats, ifnames);
+                tx.push(p.id, verdict, mark);
+            }
+            Item::Error(errno) => self.verdict_error(errno, stats),
+        });
+        let before = tx.messages;
+        if let Err(e) = tx.flush() {
+            self.verdict_error(e.raw_os_error().unwrap_or(0), stats);
+        }
+        stats.verdict_messages += tx.messages - before;
+    }
+
+    fn verdict_error(&self, errno: i32, stats: &mut WorkerStats) {
+        stats.verdict_errors += 1;
+        let queue = self.queue.num;
+        self.send(Event::VerdictError { queue, errno }, stats);
     }
 
     fn publish(&self, stats: &WorkerStats) {
@@ -360,36 +428,42 @@ impl Worker {
         }
     }
 
+    /// Decides one packet: its verdict, and the mark to set with it.
     #[inline]
-    fn handle(&mut self, mut msg: nfq::Message, stats: &mut WorkerStats, ifnames: &mut IfNames) {
-        let now = self.shared.now();
-        let in_idx = msg.get_indev();
-        let out_idx = msg.get_outdev();
+    fn handle(
+        &self,
+        p: &netlink::Packet<'_>,
+        now: Timestamp,
+        stats: &mut WorkerStats,
+        ifnames: &mut IfNames,
+    ) -> (netlink::Verdict, Option<u32>) {
+        let (in_idx, out_idx) = (p.indev, p.outdev);
         ifnames.ensure(in_idx);
         ifnames.ensure(out_idx);
-        let payload = msg.get_payload();
-        let wire_len = msg.get_original_len();
+        let payload = p.payload;
+        let wire_len = p.wire_len;
         if wire_len > payload.len() {
             stats.truncated_copies += 1;
         }
         // NFQA_SKB_INFO (sent because the queue has NFQA_CFG_F_GSO) marks
         // packets whose checksum is partial (CHECKSUM_PARTIAL: GSO or
         // offloaded). Their checksum field is not final: never validate it.
-        let checksums = if msg.is_checksum_ready() {
+        let checksums = if p.checksum_ready {
             Checksums::Verify
         } else {
             stats.csum_not_ready += 1;
             Checksums::NotComputed
+        };
+        let framing = Framing {
+            wire_len: Some(wire_len.min(u32::MAX as usize) as u32),
+            checksums,
         };
         let ctx = Context {
             ifaces: Interfaces {
                 input: ifnames.get(in_idx),
                 output: ifnames.get(out_idx),
             },
-            framing: Framing {
-                wire_len: Some(wire_len.min(u32::MAX as usize) as u32),
-                checksums,
-            },
+            framing,
         };
         // A panic in the engine (a bug) must not take the firewall down with
         // it, or a packet that triggers it would switch filtering off (or, fail-
@@ -402,14 +476,7 @@ impl Worker {
             Ok(d) => d,
             Err(_) => {
                 stats.engine_panics += 1;
-                msg.set_verdict(nfq::Verdict::Drop);
-                if let Err(e) = self.queue.queue.verdict(msg) {
-                    stats.verdict_errors += 1;
-                    let errno = e.raw_os_error().unwrap_or(0);
-                    let queue = self.queue.num;
-                    self.send(Event::VerdictError { queue, errno }, stats);
-                }
-                return;
+                return (netlink::Verdict::Drop, None);
             }
         };
         let verdict = d.verdict();
@@ -427,21 +494,69 @@ impl Worker {
             );
             self.send(Event::Packet(event), stats);
         }
-        msg.set_verdict(match verdict {
-            Verdict::Accept => nfq::Verdict::Accept,
-            Verdict::Drop => nfq::Verdict::Drop,
-        });
-        if let Err(e) = self.queue.queue.verdict(msg) {
-            stats.verdict_errors += 1;
-            let errno = e.raw_os_error().unwrap_or(0);
-            self.send(
-                Event::VerdictError {
-                    queue: self.queue.num,
-                    errno,
-                },
-                stats,
-            );
+        match verdict {
+            Verdict::Drop => (netlink::Verdict::Drop, None),
+            Verdict::Accept => {
+                let mut mark = None;
+                if let Some(b) = &self.bypass {
+                    if d.after
+                        == ConnState::Tcp(EndpointState::Established, EndpointState::Established)
+                        && self.hand_off(payload, framing, now, b)
+                    {
+                        stats.bypass_marked += 1;
+                        mark = Some(p.mark | b.mark);
+                    }
+                }
+                (netlink::Verdict::Accept, mark)
+            }
         }
+    }
+
+    /// Bypass: hands an established TCP connection to the kernel. Called for
+    /// an accepted packet whose connection is ESTABLISHED:ESTABLISHED; true
+    /// when its verdict is to carry the bypass mark.
+    ///
+    /// From then on the engine sees only the connection's SYN, FIN and RST
+    /// packets (and any packet the kernel sends while it has no connmark),
+    /// so its view of the windows goes stale: the connection is re-anchored
+    /// as if picked up mid-stream (both sides ESTABLISHED, liberal windows,
+    /// as nf_conntrack's loose pickup), so that the FIN or RST that ends it
+    /// is still tracked through the closing states instead of being refused
+    /// as out of window; and it gets the bypass timeout, since the kernel,
+    /// not the engine, sees its traffic.
+    fn hand_off(&self, payload: &[u8], framing: Framing, now: Timestamp, b: &Bypass) -> bool {
+        let Ok(packet) = crate::wire::parse(payload, framing) else {
+            return false;
+        };
+        let Some(seg) = packet.tcp() else {
+            return false;
+        };
+        // SYN, FIN and RST stay queued anyway: do not mark them.
+        if seg.flags.syn() || seg.flags.fin() || seg.flags.rst() {
+            return false;
+        }
+        let (key, side) = FlowKey::new(
+            packet.protocol,
+            packet.src,
+            seg.src_port,
+            packet.dst,
+            seg.dst_port,
+        );
+        let Some(mut entry) = self.engine.table().map().get_mut(&key) else {
+            return false;
+        };
+        let conn = entry.value_mut();
+        // Only from the originator: the re-anchored connection keeps its sides.
+        if conn.originator != side {
+            return false;
+        }
+        match &conn.proto {
+            Proto::Tcp(t) if t.is_established() => {}
+            _ => return false,
+        }
+        conn.proto = Proto::Tcp(TcpConn::from_midstream(seg));
+        conn.set_timeout(now, b.timeout);
+        true
     }
 }
 
