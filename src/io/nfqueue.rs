@@ -11,7 +11,7 @@
 //! verdicts coalesced into batch verdicts and sent with one `send`.
 
 use crate::conntrack::table::Proto;
-use crate::conntrack::tcp::{EndpointState, TcpConn};
+use crate::conntrack::tcp::{EndpointState, TcpConn, RESPONDER};
 use crate::conntrack::{ConnState, FlowKey};
 use crate::engine::Context;
 use crate::io::ifnames::IfNames;
@@ -20,7 +20,7 @@ use crate::io::netlink::{self, Item, Receiver, Verdicts};
 use crate::policy::Interfaces;
 use crate::reason::{Counters, Verdict};
 use crate::time::Timestamp;
-use crate::wire::{Checksums, Framing};
+use crate::wire::{Checksums, Framing, TcpFlags, TcpSegment};
 use crate::Engine;
 use anyhow::{bail, Context as _};
 use crossbeam_channel::{Sender, TrySendError};
@@ -554,7 +554,22 @@ impl Worker {
             Proto::Tcp(t) if t.is_established() => {}
             _ => return false,
         }
-        conn.proto = Proto::Tcp(TcpConn::from_midstream(seg));
+        let mut tcp = TcpConn::from_midstream(seg);
+        // The responder's side too, from what this segment tells of it (its
+        // next sequence number is what the originator acknowledges), so that
+        // its FIN or RST finds a window to be judged (liberally) against.
+        let reply = TcpSegment {
+            src_port: seg.dst_port,
+            dst_port: seg.src_port,
+            flags: TcpFlags(TcpFlags::ACK),
+            seq: seg.ack,
+            ack: seg.seq + seg.seq_len(),
+            window: seg.window,
+            payload_len: 0,
+            options: Default::default(),
+        };
+        let _ = tcp.handle(RESPONDER, &reply);
+        conn.proto = Proto::Tcp(tcp);
         conn.set_timeout(now, b.timeout);
         true
     }
