@@ -364,7 +364,12 @@ impl Engine {
     }
 
     fn policy_only(&self, p: &Packet, ctx: &Context<'_>) -> Decision {
-        let m = self.policy().evaluate(p, &ctx.ifaces);
+        // Evaluate under the read guard: no Arc clone on the new-connection path.
+        let m = self
+            .policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .evaluate(p, &ctx.ifaces);
         let reason = match (m.action, m.rule) {
             (Action::Accept, Some(_)) => Reason::NewByRule,
             (Action::Accept, None) => Reason::NewByDefault,
