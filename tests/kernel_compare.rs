@@ -93,7 +93,7 @@ impl KernelGateway {
         }
         ns(c, &["ip", "route", "add", "default", "via", "198.18.0.1"]);
         ns(s, &["ip", "route", "add", "default", "via", "198.19.0.1"]);
-        ns(gw, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        ns(gw, &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
         // The end hosts must not answer crafted packets themselves.
         ns(
             c,
