@@ -128,7 +128,11 @@ impl KernelGateway {
         }
         ns(
             gw,
-            &["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=0"],
+            &[
+                "sh",
+                "-c",
+                "echo 0 > /proc/sys/net/netfilter/nf_conntrack_tcp_loose",
+            ],
         );
         g
     }
