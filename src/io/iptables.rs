@@ -195,12 +195,21 @@ impl Spec {
         format!("-p tcp --tcp-flags SYN,FIN,RST NONE -m connmark --mark {m:#x}/{m:#x} -j ACCEPT",)
     }
 
-    /// Bypass mode: the mangle POSTROUTING rule that saves the verdict's mark bit
-    /// to the connmark.
-    fn bypass_save_rule(m: u32) -> String {
-        format!(
-            "-m mark --mark {m:#x}/{m:#x} -j CONNMARK --save-mark --nfmask {m:#x} --ctmask {m:#x}"
-        )
+    /// Bypass mode: the mangle POSTROUTING rules. The first saves the
+    /// verdict's mark bit to the connmark; the second clears it again once a
+    /// FIN or RST (always queued, so accepted by conntrackd) passed, so that
+    /// the rest of the teardown (the last ACKs) is queued too and the engine
+    /// follows the connection to TIME_WAIT, from where a SYN may reopen it.
+    fn bypass_mangle_rules(m: u32) -> [String; 2] {
+        [
+            format!(
+                "-m mark --mark {m:#x}/{m:#x} -j CONNMARK --save-mark --nfmask {m:#x} --ctmask {m:#x}"
+            ),
+            format!(
+                "-p tcp -m tcp ! --tcp-flags FIN,RST NONE -j CONNMARK --and-mark {:#x}",
+                !m
+            ),
+        ]
     }
 
     /// The `iptables-restore --noflush` input that installs everything.
@@ -223,8 +232,10 @@ impl Spec {
         }
         s.push_str("COMMIT\n");
         if let Some(m) = self.connmark_bypass {
-            let rule = Self::bypass_save_rule(m);
-            s.push_str(&format!("*mangle\n-I POSTROUTING 1 {rule}\nCOMMIT\n"));
+            let [save, clear] = Self::bypass_mangle_rules(m);
+            s.push_str(&format!(
+                "*mangle\n-I POSTROUTING 1 {save}\n-I POSTROUTING 2 {clear}\nCOMMIT\n"
+            ));
         }
         s
     }
@@ -237,8 +248,10 @@ impl Spec {
         }
         s.push_str(&format!("-F {c}\n-X {c}\nCOMMIT\n", c = self.chain));
         if let Some(m) = self.connmark_bypass {
-            let rule = Self::bypass_save_rule(m);
-            s.push_str(&format!("*mangle\n-D POSTROUTING {rule}\nCOMMIT\n"));
+            let [save, clear] = Self::bypass_mangle_rules(m);
+            s.push_str(&format!(
+                "*mangle\n-D POSTROUTING {save}\n-D POSTROUTING {clear}\nCOMMIT\n"
+            ));
         }
         s
     }
@@ -347,16 +360,17 @@ fn ipv6_enabled() -> bool {
 fn remove_stale(family: Family, chain: &str, connmark_bypass: Option<u32>) -> anyhow::Result<bool> {
     let mut found = false;
     if let Some(m) = connmark_bypass {
-        let rule = Spec::bypass_save_rule(m);
-        let args: Vec<&str> = ["-D", "POSTROUTING"]
-            .into_iter()
-            .chain(rule.split(' '))
-            .collect();
-        for _ in 0..64 {
-            if !iptables_t(family, "mangle", &args)? {
-                break;
+        for rule in Spec::bypass_mangle_rules(m) {
+            let args: Vec<&str> = ["-D", "POSTROUTING"]
+                .into_iter()
+                .chain(rule.split(' '))
+                .collect();
+            for _ in 0..64 {
+                if !iptables_t(family, "mangle", &args)? {
+                    break;
+                }
+                found = true;
             }
-            found = true;
         }
     }
     if !iptables(family, &["-S", chain])? {
