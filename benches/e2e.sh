@@ -40,6 +40,8 @@ done
 
 cleanup() {
     for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+    # iperf3 -D daemonizes: it outlives its namespace unless killed by its pid file.
+    [ -s "$OUT/iperf3.pid" ] && kill "$(cat "$OUT/iperf3.pid")" 2>/dev/null || true
     sleep 0.2
     for n in $C $G $S; do ip netns del $n 2>/dev/null || true; done
     rm -rf "$OUT"
@@ -65,7 +67,7 @@ ip netns exec $G sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward'
 # the client runs out of ports and measures itself, not the gateway.
 ip netns exec $C sh -c 'echo 1 > /proc/sys/net/ipv4/tcp_tw_reuse; echo "1024 65000" > /proc/sys/net/ipv4/ip_local_port_range'
 
-ip netns exec $S iperf3 -s -D -p 5201 >/dev/null
+ip netns exec $S iperf3 -s -D -p 5201 -I "$OUT/iperf3.pid" >/dev/null
 ip netns exec $S $BIN/examples/shortconn server 198.19.0.2:7000 & PIDS+=($!)
 sleep 0.5
 
