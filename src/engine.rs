@@ -144,6 +144,45 @@ impl Engine {
         }
     }
 
+    /// Bypass mode: hands an ESTABLISHED:ESTABLISHED TCP connection to the
+    /// kernel, given one of its plain (no SYN, FIN or RST) packets from the
+    /// originator. The connection is re-anchored with liberal windows (see
+    /// `TcpConn::hand_off`) and lives `timeout` seconds without queued
+    /// packets. Returns whether the connection was handed off (the caller
+    /// then marks the packet's verdict).
+    pub fn hand_off(&self, bytes: &[u8], framing: Framing, now: Timestamp, timeout: u32) -> bool {
+        let Ok(packet) = wire::parse(bytes, framing) else {
+            return false;
+        };
+        let Some(seg) = packet.tcp() else {
+            return false;
+        };
+        if seg.flags.syn() || seg.flags.fin() || seg.flags.rst() {
+            return false;
+        }
+        let (key, side) = FlowKey::new(
+            packet.protocol,
+            packet.src,
+            seg.src_port,
+            packet.dst,
+            seg.dst_port,
+        );
+        let Some(mut entry) = self.table.map().get_mut(&key) else {
+            return false;
+        };
+        let conn = entry.value_mut();
+        let Proto::Tcp(mut tcp) = conn.proto else {
+            return false;
+        };
+        if conn.originator != side || !tcp.is_established() {
+            return false;
+        }
+        tcp.hand_off(ORIGINATOR, seg);
+        conn.proto = Proto::Tcp(tcp);
+        conn.set_timeout(now, timeout);
+        true
+    }
+
     /// Removes expired connections; returns how many.
     pub fn expire(&self, now: Timestamp) -> usize {
         self.table.expire(now)

@@ -717,6 +717,60 @@ fn syn_on_an_established_connection_is_passed_unchanged() {
     );
 }
 
+// ---- bypass hand-off ----------------------------------------------------------
+
+#[test]
+fn handed_off_connection_still_follows_its_teardown() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::established(&mut t);
+    let plain = conntrackd::wire::build::tcp(f.c, f.s)
+        .flags(ACK)
+        .seq(f.c_nxt)
+        .ack(f.s_nxt)
+        .build();
+    let now = t.now();
+    // Only plain packets from the originator of an established connection.
+    let fin = conntrackd::wire::build::tcp(f.c, f.s)
+        .flags(FIN | ACK)
+        .seq(f.c_nxt)
+        .ack(f.s_nxt)
+        .build();
+    assert!(!t.engine.hand_off(&fin, Default::default(), now, 600));
+    assert!(t.engine.hand_off(&plain, Default::default(), now, 600));
+    // The kernel carried 50 MB each way meanwhile: the engine never saw it.
+    f.c_nxt = f.c_nxt.wrapping_add(50_000_000);
+    f.s_nxt = f.s_nxt.wrapping_add(50_000_000);
+    let d = f.client(&mut t, FIN | ACK, b"");
+    assert_eq!(
+        (d.reason, show(&d).as_str()),
+        (
+            Reason::Tracked,
+            "ESTABLISHED:ESTABLISHED -> FIN_WAIT_1:CLOSE_WAIT"
+        )
+    );
+    // An in-window RST ends it even though the engine's view was stale.
+    let mut g = Flow::v4_port(41000);
+    for (side, flags) in [
+        (Side::Client, SYN),
+        (Side::Server, SYN | ACK),
+        (Side::Client, ACK),
+    ] {
+        g.send(&mut t, side, flags, b"");
+    }
+    let plain = conntrackd::wire::build::tcp(g.c, g.s)
+        .flags(ACK)
+        .seq(g.c_nxt)
+        .ack(g.s_nxt)
+        .build();
+    assert!(t.engine.hand_off(&plain, Default::default(), now, 600));
+    g.s_nxt = g.s_nxt.wrapping_add(7_000);
+    let d = g.server(&mut t, RST | ACK, b"");
+    assert_eq!(
+        (d.reason, d.after.to_string().as_str()),
+        (Reason::Tracked, "CLOSED:CLOSED")
+    );
+}
+
 // ---- IPv6 ------------------------------------------------------------------------
 
 #[test]

@@ -10,9 +10,8 @@
 //! packets per `recvmmsg`, one clock reading per batch, and the batch's
 //! verdicts coalesced into batch verdicts and sent with one `send`.
 
-use crate::conntrack::table::Proto;
-use crate::conntrack::tcp::{EndpointState, TcpConn, RESPONDER};
-use crate::conntrack::{ConnState, FlowKey};
+use crate::conntrack::tcp::EndpointState;
+use crate::conntrack::ConnState;
 use crate::engine::Context;
 use crate::io::ifnames::IfNames;
 use crate::io::logging::{Event, PacketEvent};
@@ -20,7 +19,7 @@ use crate::io::netlink::{self, Item, Receiver, Verdicts};
 use crate::policy::Interfaces;
 use crate::reason::{Counters, Verdict};
 use crate::time::Timestamp;
-use crate::wire::{Checksums, Framing, TcpFlags, TcpSegment};
+use crate::wire::{Checksums, Framing};
 use crate::Engine;
 use anyhow::{bail, Context as _};
 use crossbeam_channel::{Sender, TrySendError};
@@ -512,66 +511,10 @@ impl Worker {
         }
     }
 
-    /// Bypass: hands an established TCP connection to the kernel. Called for
-    /// an accepted packet whose connection is ESTABLISHED:ESTABLISHED; true
-    /// when its verdict is to carry the bypass mark.
-    ///
-    /// From then on the engine sees only the connection's SYN, FIN and RST
-    /// packets (and any packet the kernel sends while it has no connmark),
-    /// so its view of the windows goes stale: the connection is re-anchored
-    /// as if picked up mid-stream (both sides ESTABLISHED, liberal windows,
-    /// as nf_conntrack's loose pickup), so that the FIN or RST that ends it
-    /// is still tracked through the closing states instead of being refused
-    /// as out of window; and it gets the bypass timeout, since the kernel,
-    /// not the engine, sees its traffic.
+    /// Bypass: hands an established TCP connection to the kernel (see
+    /// `Engine::hand_off`); true when its verdict is to carry the bypass mark.
     fn hand_off(&self, payload: &[u8], framing: Framing, now: Timestamp, b: &Bypass) -> bool {
-        let Ok(packet) = crate::wire::parse(payload, framing) else {
-            return false;
-        };
-        let Some(seg) = packet.tcp() else {
-            return false;
-        };
-        // SYN, FIN and RST stay queued anyway: do not mark them.
-        if seg.flags.syn() || seg.flags.fin() || seg.flags.rst() {
-            return false;
-        }
-        let (key, side) = FlowKey::new(
-            packet.protocol,
-            packet.src,
-            seg.src_port,
-            packet.dst,
-            seg.dst_port,
-        );
-        let Some(mut entry) = self.engine.table().map().get_mut(&key) else {
-            return false;
-        };
-        let conn = entry.value_mut();
-        // Only from the originator: the re-anchored connection keeps its sides.
-        if conn.originator != side {
-            return false;
-        }
-        match &conn.proto {
-            Proto::Tcp(t) if t.is_established() => {}
-            _ => return false,
-        }
-        let mut tcp = TcpConn::from_midstream(seg);
-        // The responder's side too, from what this segment tells of it (its
-        // next sequence number is what the originator acknowledges), so that
-        // its FIN or RST finds a window to be judged (liberally) against.
-        let reply = TcpSegment {
-            src_port: seg.dst_port,
-            dst_port: seg.src_port,
-            flags: TcpFlags(TcpFlags::ACK),
-            seq: seg.ack,
-            ack: seg.seq + seg.seq_len(),
-            window: seg.window,
-            payload_len: 0,
-            options: Default::default(),
-        };
-        let _ = tcp.handle(RESPONDER, &reply);
-        conn.proto = Proto::Tcp(tcp);
-        conn.set_timeout(now, b.timeout);
-        true
+        self.engine.hand_off(payload, framing, now, b.timeout)
     }
 }
 

@@ -90,6 +90,37 @@ impl TcpConn {
         conn
     }
 
+    /// Bypass hand-off: the kernel carries the connection's data from now on
+    /// and the engine will see only its SYN, FIN and RST, so its windows go
+    /// stale. Re-anchor both sides on this segment (from `from`) with liberal
+    /// windows, as a loose pickup would, so that the FIN or RST that ends the
+    /// connection is still followed through the closing states.
+    pub fn hand_off(&mut self, from: usize, seg: &TcpSegment) {
+        let mut fresh = TcpConn::from_midstream(seg);
+        if from == RESPONDER {
+            fresh.peers.swap(0, 1);
+        }
+        // The other side's next sequence number is what this segment acknowledges.
+        let to = 1 - from;
+        let reply = TcpSegment {
+            src_port: seg.dst_port,
+            dst_port: seg.src_port,
+            flags: crate::wire::TcpFlags(crate::wire::TcpFlags::ACK),
+            seq: seg.ack,
+            ack: seg.seq + seg.seq_len(),
+            window: seg.window,
+            payload_len: 0,
+            options: Default::default(),
+        };
+        let _ = fresh.handle(to, &reply);
+        *self = fresh;
+    }
+
+    /// Windows are judged liberally (picked up mid-stream or handed off).
+    pub fn is_liberal(&self) -> bool {
+        self.peers[0].liberal()
+    }
+
     pub fn states(&self) -> (EndpointState, EndpointState) {
         (self.peers[ORIGINATOR].state, self.peers[RESPONDER].state)
     }

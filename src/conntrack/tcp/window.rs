@@ -81,7 +81,7 @@ impl Peer {
         self.flags |= F_LIBERAL;
     }
 
-    fn liberal(&self) -> bool {
+    pub fn liberal(&self) -> bool {
         self.flags & F_LIBERAL != 0
     }
 
@@ -225,7 +225,9 @@ pub(super) fn check(
     // RST exactness (RFC 5961 §3.2): in ESTABLISHED an in-window RST that is
     // not at the exact next sequence number gets a challenge ACK from the
     // receiver; the connection stays.
-    if is_rst && established && seq != sender.end {
+    // A liberal connection's `end` may be stale (handed off to the kernel):
+    // an in-window RST ends it.
+    if is_rst && established && seq != sender.end && !liberal {
         return Err(TcpOutcome {
             reason: Reason::RstChallenged,
             refresh: false,
