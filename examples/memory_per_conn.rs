@@ -18,7 +18,7 @@
 #[path = "../benches/support/mod.rs"]
 mod support;
 
-use conntrackd::conntrack::{Conn, FlowKey};
+use conntrackd::conntrack::{Conn, Key4, Key6};
 use conntrackd::{Config, Context, Engine, Timestamp};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
@@ -105,10 +105,13 @@ fn main() {
     let now = Timestamp::from_secs(1_000);
 
     println!(
-        "entry: FlowKey {} B + Conn {} B = (FlowKey, Conn) {} B, plus 1 control byte per bucket",
-        size_of::<FlowKey>(),
+        "entry: IPv4 (Key4 {} B, Conn {} B) = {} B, IPv6 (Key6 {} B, Conn {} B) = {} B, plus 1 control byte per bucket",
+        size_of::<Key4>(),
         size_of::<Conn>(),
-        size_of::<(FlowKey, Conn)>()
+        size_of::<(Key4, Conn)>(),
+        size_of::<Key6>(),
+        size_of::<Conn>(),
+        size_of::<(Key6, Conn)>()
     );
     let (heap0, rss0) = (heap(), rss());
     let engine = Engine::new(settings, config.policy);

@@ -167,10 +167,10 @@ impl Engine {
             packet.dst,
             seg.dst_port,
         );
-        let Some(mut entry) = self.table.map().get_mut(&key) else {
+        let Some(mut entry) = self.table.get_mut(&key) else {
             return false;
         };
-        let conn = entry.value_mut();
+        let conn = &mut *entry;
         let Proto::Tcp(mut tcp) = conn.proto else {
             return false;
         };
@@ -246,11 +246,10 @@ impl Engine {
         bare_syn: bool,
         now: Timestamp,
     ) -> Lookup {
-        let map = self.table.map();
-        let Some(mut entry) = map.get_mut(key) else {
+        let Some(mut entry) = self.table.get_mut(key) else {
             return Lookup::Absent;
         };
-        let conn = entry.value_mut();
+        let conn = &mut *entry;
         let Proto::Tcp(mut tcp) = conn.proto else {
             return Lookup::Absent;
         };
@@ -333,8 +332,8 @@ impl Engine {
     ) -> Decision {
         let (key, side) = FlowKey::new(p.protocol, p.src, ports.0, p.dst, ports.1);
         for _ in 0..2 {
-            if let Some(mut entry) = self.table.map().get_mut(&key) {
-                let conn = entry.value_mut();
+            if let Some(mut entry) = self.table.get_mut(&key) {
+                let conn = &mut *entry;
                 if !conn.expired(now) {
                     let before = conn.state();
                     if side != conn.originator && !conn.replied() {
@@ -387,7 +386,7 @@ impl Engine {
             return Decision::stateless(Reason::IcmpErrorUnrelated);
         }
         let (key, _) = FlowKey::new(e.protocol, e.src, e.src_port, e.dst, e.dst_port);
-        match self.table.map().get(&key) {
+        match self.table.get(&key) {
             Some(conn) if !conn.expired(now) => {
                 let state = conn.state();
                 Decision {

@@ -438,3 +438,33 @@ fn ipv6_extension_headers_are_walked() {
     bad[40] = 0;
     assert_eq!(t.send(bad).reason, Reason::BadExtensionHeader);
 }
+
+#[test]
+fn eviction_crosses_address_families() {
+    // IPv4 and IPv6 connections live in separate maps; the limit and the
+    // early drop cover both.
+    let settings = EngineSettings {
+        max_connections: 2,
+        ..EngineSettings::default()
+    };
+    let mut t = Lab::with(settings, conntrackd::policy::Policy::allow_all());
+    for port in [1, 2] {
+        let syn = build::tcp(
+            sa(&format!("[2001:db8:1::2]:{port}")),
+            sa("[2001:db8:2::2]:80"),
+        )
+        .flags(0x02)
+        .build();
+        assert_eq!(t.send(syn).reason, Reason::NewByDefault);
+    }
+    let d = Flow::v4().client(&mut t, 0x02, b"");
+    assert_eq!(d.reason, Reason::NewByDefault);
+    assert_eq!(t.engine.table().len(), 2);
+    let v6_left = t
+        .engine
+        .connections()
+        .iter()
+        .filter(|c| c.originator.0.is_ipv6())
+        .count();
+    assert_eq!(v6_left, 1, "one IPv6 half-open connection was evicted");
+}

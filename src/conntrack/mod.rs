@@ -5,5 +5,5 @@ pub mod seq;
 pub mod table;
 pub mod tcp;
 
-pub use key::{FlowKey, Side};
+pub use key::{FlowKey, Key4, Key6, Side};
 pub use table::{Conn, ConnState, Table};

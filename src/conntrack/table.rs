@@ -7,11 +7,14 @@
 //! completed its handshake (or has expired) from a bounded scan of the new
 //! key's shard, as nf_conntrack's early drop does.
 
-use super::key::{FlowKey, Side};
+use super::key::{FlowKey, Key4, Key6, Side};
 use super::tcp::{EndpointState, TcpConn};
 use crate::time::Timestamp;
+use dashmap::mapref::one::{Ref, RefMut};
 use dashmap::DashMap;
 use std::fmt;
+use std::hash::Hash;
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Buckets one eviction attempt looks at per shard, and in all.
@@ -148,11 +151,57 @@ pub struct Limits {
     pub max_half_open: usize,
 }
 
+type Map<K> = DashMap<K, Conn, ahash::RandomState>;
+
+/// IPv4 and IPv6 connections live in two maps: an IPv4 entry is 56 bytes
+/// (16-byte key), an IPv6 one 80.
 pub struct Table {
-    map: DashMap<FlowKey, Conn, ahash::RandomState>,
+    v4: Map<Key4>,
+    v6: Map<Key6>,
     len: AtomicUsize,
     half_open: AtomicUsize,
     limits: Limits,
+}
+
+/// A connection locked for update (its shard's write lock is held).
+pub enum ConnMut<'a> {
+    V4(RefMut<'a, Key4, Conn>),
+    V6(RefMut<'a, Key6, Conn>),
+}
+
+impl Deref for ConnMut<'_> {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        match self {
+            ConnMut::V4(r) => r.value(),
+            ConnMut::V6(r) => r.value(),
+        }
+    }
+}
+
+impl DerefMut for ConnMut<'_> {
+    fn deref_mut(&mut self) -> &mut Conn {
+        match self {
+            ConnMut::V4(r) => r.value_mut(),
+            ConnMut::V6(r) => r.value_mut(),
+        }
+    }
+}
+
+/// A connection locked for reading.
+pub enum ConnRef<'a> {
+    V4(Ref<'a, Key4, Conn>),
+    V6(Ref<'a, Key6, Conn>),
+}
+
+impl Deref for ConnRef<'_> {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        match self {
+            ConnRef::V4(r) => r.value(),
+            ConnRef::V6(r) => r.value(),
+        }
+    }
 }
 
 /// Why a new connection could not be inserted.
@@ -171,9 +220,15 @@ impl Table {
         // Pre-size for a quarter of the limit: growth beyond is amortised, and a
         // small limit does not reserve memory it never uses.
         let capacity = (limits.max_connections / 4).min(1 << 20);
+        // IPv6 is pre-sized smaller: it grows when a network uses it.
         Table {
-            map: DashMap::with_capacity_and_hasher_and_shard_amount(
+            v4: DashMap::with_capacity_and_hasher_and_shard_amount(
                 capacity,
+                ahash::RandomState::new(),
+                shards,
+            ),
+            v6: DashMap::with_capacity_and_hasher_and_shard_amount(
+                capacity / 8,
                 ahash::RandomState::new(),
                 shards,
             ),
@@ -199,8 +254,21 @@ impl Table {
         self.half_open.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn map(&self) -> &DashMap<FlowKey, Conn, ahash::RandomState> {
-        &self.map
+    /// The connection under `key`, locked for update.
+    #[inline]
+    pub fn get_mut(&self, key: &FlowKey) -> Option<ConnMut<'_>> {
+        match key {
+            FlowKey::V4(k) => self.v4.get_mut(k).map(ConnMut::V4),
+            FlowKey::V6(k) => self.v6.get_mut(k).map(ConnMut::V6),
+        }
+    }
+
+    /// The connection under `key`, locked for reading.
+    pub fn get(&self, key: &FlowKey) -> Option<ConnRef<'_>> {
+        match key {
+            FlowKey::V4(k) => self.v4.get(k).map(ConnRef::V4),
+            FlowKey::V6(k) => self.v6.get(k).map(ConnRef::V6),
+        }
     }
 
     /// Checks room for a new connection, evicting one unassured or expired
@@ -221,9 +289,16 @@ impl Table {
 
     /// Inserts a new connection (the caller checked `make_room`). If another
     /// thread inserted the same key meanwhile, that entry wins and is returned.
-    pub fn insert_new(&self, key: FlowKey, mut conn: Conn) -> Result<(), Conn> {
+    pub fn insert_new(&self, key: FlowKey, conn: Conn) -> Result<(), Conn> {
+        match key {
+            FlowKey::V4(k) => self.insert_in(&self.v4, k, conn),
+            FlowKey::V6(k) => self.insert_in(&self.v6, k, conn),
+        }
+    }
+
+    fn insert_in<K: Hash + Eq>(&self, map: &Map<K>, key: K, mut conn: Conn) -> Result<(), Conn> {
         use dashmap::mapref::entry::Entry;
-        match self.map.entry(key) {
+        match map.entry(key) {
             Entry::Occupied(o) => Err(*o.get()),
             Entry::Vacant(v) => {
                 self.account_half_open(&mut conn);
@@ -259,15 +334,22 @@ impl Table {
 
     /// Removes an entry if `pred` holds for it.
     pub fn remove_if(&self, key: &FlowKey, pred: impl FnOnce(&Conn) -> bool) -> Option<Conn> {
-        let (_, conn) = self.map.remove_if(key, |_, c| pred(c))?;
+        let conn = match key {
+            FlowKey::V4(k) => self.v4.remove_if(k, |_, c| pred(c))?.1,
+            FlowKey::V6(k) => self.v6.remove_if(k, |_, c| pred(c))?.1,
+        };
         self.account_removed(&conn);
         Some(conn)
     }
 
     /// Removes every expired entry; returns how many.
     pub fn expire(&self, now: Timestamp) -> usize {
+        self.expire_in(&self.v4, now) + self.expire_in(&self.v6, now)
+    }
+
+    fn expire_in<K: Hash + Eq>(&self, map: &Map<K>, now: Timestamp) -> usize {
         let mut removed = 0;
-        self.map.retain(|_, conn| {
+        map.retain(|_, conn| {
             if conn.expired(now) {
                 self.account_removed(conn);
                 removed += 1;
@@ -281,22 +363,42 @@ impl Table {
 
     /// Early drop: removes one expired or never-assured entry found in a
     /// bounded scan, starting in `key`'s shard at a bucket the key's hash
-    /// picks and moving on to the next shards, at most `EVICTION_BUDGET`
-    /// buckets in all (nf_conntrack scans a bounded range of buckets too).
+    /// picks and moving on to the next shards (and the other family's map),
+    /// at most `EVICTION_BUDGET` buckets in all (nf_conntrack scans a bounded
+    /// range of buckets too).
     fn evict_one(&self, key: &FlowKey, now: Timestamp) -> bool {
-        let shards = self.map.shards();
-        let first = self.map.determine_map(key);
-        let hash = self.map.hash_usize(key);
         let mut budget = EVICTION_BUDGET;
+        match key {
+            FlowKey::V4(k) => {
+                self.evict_in(&self.v4, k, now, &mut budget)
+                    || self.evict_in(&self.v6, &Default::default(), now, &mut budget)
+            }
+            FlowKey::V6(k) => {
+                self.evict_in(&self.v6, k, now, &mut budget)
+                    || self.evict_in(&self.v4, &Default::default(), now, &mut budget)
+            }
+        }
+    }
+
+    fn evict_in<K: Hash + Eq>(
+        &self,
+        map: &Map<K>,
+        key: &K,
+        now: Timestamp,
+        budget: &mut usize,
+    ) -> bool {
+        let shards = map.shards();
+        let first = map.determine_map(key);
+        let hash = map.hash_usize(key);
         for n in 0..shards.len() {
-            if budget == 0 {
+            if *budget == 0 {
                 break;
             }
             let mut shard = shards[(first + n) % shards.len()].write();
             let buckets = shard.buckets();
             let start = hash.rotate_left(23) & (buckets - 1);
-            let scan = buckets.min(EVICTION_SCAN).min(budget);
-            budget -= scan;
+            let scan = buckets.min(EVICTION_SCAN).min(*budget);
+            *budget -= scan;
             let mut victim = None;
             for i in 0..scan {
                 let index = (start + i) & (buckets - 1);
@@ -327,6 +429,8 @@ impl Table {
 
     /// A snapshot of every connection (for listings and replay summaries).
     pub fn snapshot(&self) -> Vec<(FlowKey, Conn)> {
-        self.map.iter().map(|e| (*e.key(), *e.value())).collect()
+        let v4 = self.v4.iter().map(|e| (FlowKey::V4(*e.key()), *e.value()));
+        let v6 = self.v6.iter().map(|e| (FlowKey::V6(*e.key()), *e.value()));
+        v4.chain(v6).collect()
     }
 }
