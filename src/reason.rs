@@ -226,4 +226,33 @@ mod tests {
             assert_eq!(Reason::ALL[r.index()], *r);
         }
     }
+
+    #[test]
+    fn counters_count_per_reason_and_merge() {
+        let mut a = Counters::default();
+        a.record(Reason::Tracked);
+        a.record(Reason::Tracked);
+        a.record(Reason::SynFin);
+        let mut b = Counters::default();
+        b.record(Reason::SynFin);
+        b.record(Reason::OldRetransmission);
+        a.merge(&b);
+        assert_eq!(a.get(Reason::Tracked), 2);
+        assert_eq!(a.get(Reason::SynFin), 2);
+        assert_eq!(
+            a.total(Verdict::Accept),
+            3,
+            "old_retransmission is an accept"
+        );
+        assert_eq!(a.total(Verdict::Drop), 2);
+        let listed: Vec<_> = a.iter().collect();
+        assert_eq!(
+            listed,
+            vec![
+                (Reason::Tracked, 2),
+                (Reason::OldRetransmission, 1),
+                (Reason::SynFin, 2)
+            ]
+        );
+    }
 }

@@ -16,7 +16,7 @@ use crate::conntrack::seq::SeqNum;
 use crate::reason::Reason;
 use etherparse::err::{ipv4, ipv6, ipv6_exts, tcp, Layer, LenError};
 use etherparse::LenSource;
-use etherparse::{IpNumber, Ipv4HeaderSlice, Ipv6ExtensionsSlice, Ipv6HeaderSlice, TcpHeaderSlice};
+use etherparse::{Ipv4HeaderSlice, Ipv6ExtensionsSlice, Ipv6HeaderSlice, TcpHeaderSlice};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// How checksums are treated.
@@ -143,11 +143,10 @@ pub const PROTO_ICMPV6: u8 = 58;
 
 /// Parses one IP packet. Malformed input is an `Err` with the reason to drop it.
 pub fn parse(bytes: &[u8], framing: Framing) -> Result<Packet, Reason> {
-    let wire_len = framing.wire_len.map_or(bytes.len(), |n| n as usize);
-    if wire_len < bytes.len() {
-        // A buffer longer than the packet it claims to be is a caller bug; trust the buffer.
-        return parse_inner(bytes, bytes.len(), framing.checksums);
-    }
+    // A buffer longer than the length it claims is a caller bug: trust the buffer.
+    let wire_len = framing
+        .wire_len
+        .map_or(bytes.len(), |n| (n as usize).max(bytes.len()));
     parse_inner(bytes, wire_len, framing.checksums)
 }
 
@@ -418,7 +417,6 @@ fn embedded(bytes: &[u8]) -> Option<Embedded> {
         }
         _ => (0, 0),
     };
-    let _ = IpNumber::TCP; // etherparse's names for protocol numbers match ours
     Some(Embedded {
         src,
         dst,

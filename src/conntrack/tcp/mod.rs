@@ -32,13 +32,9 @@ pub struct TcpOutcome {
 }
 
 impl TcpOutcome {
-    fn drop(reason: Reason) -> Self {
-        TcpOutcome {
-            reason,
-            refresh: false,
-        }
-    }
-    fn pass_unchanged(reason: Reason) -> Self {
+    /// The packet changes nothing (dropped, or passed without a state change);
+    /// the reason says which.
+    pub(super) fn unchanged(reason: Reason) -> Self {
         TcpOutcome {
             reason,
             refresh: false,
@@ -143,10 +139,7 @@ impl TcpConn {
     pub fn is_reopenable(&self) -> bool {
         use EndpointState::*;
         let (a, b) = self.states();
-        a == TimeWait
-            || b == TimeWait
-            || (a == Closed && b == Closed)
-            || (a == Closed && b == Listen)
+        a == TimeWait || b == TimeWait || (a == Closed && b == Closed)
     }
 
     /// Whether either side has data in flight not yet acknowledged.
@@ -175,7 +168,7 @@ impl TcpConn {
         };
         let (mut next_sender, next_receiver) = grid::lookup(sent, sender, received, receiver);
         if next_sender == Next::Invalid || next_receiver == Next::Invalid {
-            return TcpOutcome::drop(Reason::BadTransition);
+            return TcpOutcome::unchanged(Reason::BadTransition);
         }
         let mut peers = self.peers;
         match self.refine(from, seg, sent, acks_fin, &mut peers, &mut next_sender) {
@@ -211,12 +204,12 @@ impl TcpConn {
         match (sent, sender) {
             // A SYN on an established connection: the peer answers with a
             // challenge ACK; nothing here changes.
-            (Sent::Syn, Established) => Err(TcpOutcome::pass_unchanged(Reason::TcpIgnored)),
+            (Sent::Syn, Established) => Err(TcpOutcome::unchanged(Reason::TcpIgnored)),
             // Simultaneous open: this side is ESTABLISHED by the peer's SYN+ACK,
             // but its own SYN+ACK was already on the way and completes the peer.
             (Sent::SynAck, Established) if self.peers[to].state == SynRecv => {
                 if !peers[to].acks_syn(seg.ack) {
-                    return Err(TcpOutcome::drop(Reason::SynAckBadAck));
+                    return Err(TcpOutcome::unchanged(Reason::SynAckBadAck));
                 }
                 *next_sender = Next::Stay;
                 Ok(())
@@ -225,9 +218,9 @@ impl TcpConn {
             // beyond us): pass it only if it is the same SYN+ACK (seq = ISN).
             (Sent::SynAck, Established) => {
                 if seg.seq + 1 == self.peers[from].end && !seg.ack.after(self.peers[to].end) {
-                    Err(TcpOutcome::pass_unchanged(Reason::TcpIgnored))
+                    Err(TcpOutcome::unchanged(Reason::TcpIgnored))
                 } else {
-                    Err(TcpOutcome::drop(Reason::SynAckSeqMismatch))
+                    Err(TcpOutcome::unchanged(Reason::SynAckSeqMismatch))
                 }
             }
             // The responder's SYN+ACK must acknowledge exactly the ISN+1 of the
@@ -236,7 +229,7 @@ impl TcpConn {
             // still ISN+1 (+ SYN data).
             (Sent::SynAck, _) => {
                 if !peers[to].acks_syn(seg.ack) {
-                    return Err(TcpOutcome::drop(Reason::SynAckBadAck));
+                    return Err(TcpOutcome::unchanged(Reason::SynAckBadAck));
                 }
                 // A responder that restarted answers with a new ISN: start over
                 // on its window (as nf_conntrack does in SYN_RECV).
@@ -257,7 +250,7 @@ impl TcpConn {
             // (seeds: ack = k+1); a FIN may ride on it.
             (Sent::Ack | Sent::Fin, SynSent) => {
                 if !peers[to].has_window() || seg.ack != peers[to].end {
-                    return Err(TcpOutcome::drop(Reason::HandshakeBadAck));
+                    return Err(TcpOutcome::unchanged(Reason::HandshakeBadAck));
                 }
                 Ok(())
             }

@@ -150,21 +150,15 @@ pub(super) fn check(
     let end = seq + seg.seq_len();
     let win = seg.window as u32;
     let is_rst = sent == Sent::Rst;
-    let drop = |r: Reason| {
-        Err(TcpOutcome {
-            reason: if is_rst { Reason::RstOutOfWindow } else { r },
-            refresh: false,
-        })
-    };
-    let ignore = |r: Reason| {
-        if is_rst {
-            drop(r)
+    // Every early return leaves the connection unchanged; whether the packet
+    // passes follows from the reason (`old_retransmission` and `delayed_ack`
+    // pass, the rest drop). A RST that fails any check is out of window.
+    let reject = |r: Reason| {
+        Err(TcpOutcome::unchanged(if is_rst {
+            Reason::RstOutOfWindow
         } else {
-            Err(TcpOutcome {
-                reason: r,
-                refresh: false,
-            })
-        }
+            r
+        }))
     };
 
     if !peers[from].has_window() {
@@ -180,19 +174,19 @@ pub(super) fn check(
             return if seg.flags.ack() && seg.ack == peers[to].end {
                 Ok(())
             } else {
-                drop(Reason::RstOutOfWindow)
+                reject(Reason::RstOutOfWindow)
             };
         } else if peers[from].liberal() {
             // Picked up mid-stream: this side's first packet tells its window.
             init_midstream(peers, from, seg);
         } else {
-            return drop(Reason::BadTransition);
+            return reject(Reason::BadTransition);
         }
     }
 
     // No data (nor a new FIN) from a side after its FIN: only retransmissions.
     if peers[from].state.fin_sent() && end.after(peers[from].end) {
-        return drop(Reason::DataAfterFin);
+        return reject(Reason::DataAfterFin);
     }
 
     let ack = if !seg.flags.ack() || (is_rst && seg.ack == SeqNum(0)) {
@@ -206,21 +200,21 @@ pub(super) fn check(
 
     // I. The segment starts inside the receiver's window.
     if !seq.before(sender.maxend + 1) && !liberal {
-        return drop(Reason::SeqAboveWindow);
+        return reject(Reason::SeqAboveWindow);
     }
     // III. It acknowledges only data that was sent.
     if !ack.before(receiver.end + 1) && !liberal {
-        return drop(Reason::AckAboveSent);
+        return reject(Reason::AckAboveSent);
     }
     // II. Its end is not below what the receiver has already acknowledged.
     let in_receive_window = !receiver.has_window() || end.after(sender.end - receiver.maxwin - 1);
     if !in_receive_window && !liberal {
-        return ignore(Reason::OldRetransmission);
+        return reject(Reason::OldRetransmission);
     }
     // IV. Its ACK is not older than the largest window allows.
     let ack_slack = sender.maxwin.max(MIN_ACK_WINDOW);
     if !ack.after(receiver.end - ack_slack - 1) && !liberal {
-        return ignore(Reason::DelayedAck);
+        return reject(Reason::DelayedAck);
     }
     // RST exactness (RFC 5961 §3.2): in ESTABLISHED an in-window RST that is
     // not at the exact next sequence number gets a challenge ACK from the
@@ -228,10 +222,7 @@ pub(super) fn check(
     // A liberal connection's `end` may be stale (handed off to the kernel):
     // an in-window RST ends it.
     if is_rst && established && seq != sender.end && !liberal {
-        return Err(TcpOutcome {
-            reason: Reason::RstChallenged,
-            refresh: false,
-        });
+        return Err(TcpOutcome::unchanged(Reason::RstChallenged));
     }
 
     // Update the sender.
