@@ -185,7 +185,7 @@ fn first_matching_rule_decides_new_connections() {
         },
         ..Context::default()
     };
-    let syn = |from: &str, to: &str| build::tcp(sa(from), sa(to)).flags(0x02).seq(1).build();
+    let syn = |from: &str, to: &str| build::tcp(sa(from), sa(to)).flags(SYN).seq(1).build();
     let d = t.send(syn("198.18.0.2:40000", "198.19.0.2:23"));
     assert_eq!(
         (d.reason, d.rule, d.log),
@@ -230,20 +230,20 @@ fn rules_decide_only_new_connections_and_reload_keeps_state() {
     .unwrap();
     t.engine.set_policy(strict.policy);
     assert_eq!(
-        f.client(&mut t, 0x18, b"still here").reason,
+        f.client(&mut t, ACK | PSH, b"still here").reason,
         Reason::Tracked
     );
     let mut g = Flow::v4_port(41000);
-    assert_eq!(g.client(&mut t, 0x02, b"").reason, Reason::DropByDefault);
+    assert_eq!(g.client(&mut t, SYN, b"").reason, Reason::DropByDefault);
 }
 
 // ---- table limits -----------------------------------------------------------
 
 fn established_on(t: &mut Lab, port: u16) {
     let mut f = Flow::v4_port(port);
-    f.client(t, 0x02, b"");
-    f.server(t, 0x12, b"");
-    assert_eq!(f.client(t, 0x10, b"").reason, Reason::Tracked);
+    f.client(t, SYN, b"");
+    f.server(t, SYN | ACK, b"");
+    assert_eq!(f.client(t, ACK, b"").reason, Reason::Tracked);
 }
 
 /// An ACK on an established fixture connection: still tracked?
@@ -251,7 +251,7 @@ fn still_tracked(t: &mut Lab, port: u16) -> bool {
     let mut f = Flow::v4_port(port);
     f.c_nxt = f.c_nxt.wrapping_add(1);
     f.s_nxt = f.s_nxt.wrapping_add(1);
-    f.client(t, 0x10, b"").reason == Reason::Tracked
+    f.client(t, ACK, b"").reason == Reason::Tracked
 }
 
 #[test]
@@ -264,12 +264,12 @@ fn full_table_evicts_unestablished_entries_never_established_ones() {
     established_on(&mut t, 1000);
     established_on(&mut t, 1001);
     for port in [2000, 2001] {
-        Flow::v4_port(port).client(&mut t, 0x02, b"");
+        Flow::v4_port(port).client(&mut t, SYN, b"");
     }
     assert_eq!(t.engine.table().len(), 4);
     // Each new connection evicts a half-open one, never an established one.
     for port in 3000..3010 {
-        let d = Flow::v4_port(port).client(&mut t, 0x02, b"");
+        let d = Flow::v4_port(port).client(&mut t, SYN, b"");
         assert_eq!(d.reason, Reason::NewByDefault);
         assert_eq!(t.engine.table().len(), 4);
         assert_eq!(t.engine.table().half_open(), 2);
@@ -286,12 +286,12 @@ fn full_table_of_established_connections_refuses_new_ones() {
     let mut t = Lab::with(settings, conntrackd::policy::Policy::allow_all());
     established_on(&mut t, 1000);
     established_on(&mut t, 1001);
-    let d = Flow::v4_port(4000).client(&mut t, 0x02, b"");
+    let d = Flow::v4_port(4000).client(&mut t, SYN, b"");
     assert_eq!(d.reason, Reason::TableFull);
     assert!(still_tracked(&mut t, 1000) && still_tracked(&mut t, 1001));
     // An expired entry makes room.
     t.now_secs += 432_001;
-    let d = Flow::v4_port(4001).client(&mut t, 0x02, b"");
+    let d = Flow::v4_port(4001).client(&mut t, SYN, b"");
     assert_eq!(d.reason, Reason::NewByDefault);
 }
 
@@ -304,24 +304,22 @@ fn half_open_cap_stops_a_syn_flood() {
     let mut t = Lab::with(settings, conntrackd::policy::Policy::allow_all());
     for port in 0..3 {
         assert_eq!(
-            Flow::v4_port(10_000 + port)
-                .client(&mut t, 0x02, b"")
-                .reason,
+            Flow::v4_port(10_000 + port).client(&mut t, SYN, b"").reason,
             Reason::NewByDefault
         );
     }
     assert_eq!(
-        Flow::v4_port(20_000).client(&mut t, 0x02, b"").reason,
+        Flow::v4_port(20_000).client(&mut t, SYN, b"").reason,
         Reason::HalfOpenLimit
     );
     // Completing a handshake frees a slot.
     let mut f = Flow::v4_port(10_000);
     f.c_nxt = f.c_nxt.wrapping_add(1);
-    f.server(&mut t, 0x12, b"");
-    f.client(&mut t, 0x10, b"");
+    f.server(&mut t, SYN | ACK, b"");
+    f.client(&mut t, ACK, b"");
     assert_eq!(t.engine.table().half_open(), 2);
     assert_eq!(
-        Flow::v4_port(20_000).client(&mut t, 0x02, b"").reason,
+        Flow::v4_port(20_000).client(&mut t, SYN, b"").reason,
         Reason::NewByDefault
     );
     // UDP is not half-open.
@@ -364,7 +362,7 @@ fn checksums_are_verified_unless_not_computed() {
 fn truncated_and_inconsistent_headers_have_their_own_reasons() {
     let t = Lab::allow_all();
     let good = build::tcp(sa("198.18.0.2:1"), sa("198.19.0.2:2"))
-        .flags(0x02)
+        .flags(SYN)
         .payload(b"abcd")
         .build();
     let mut cases: Vec<(Vec<u8>, Reason)> = Vec::new();
@@ -372,7 +370,7 @@ fn truncated_and_inconsistent_headers_have_their_own_reasons() {
     cases.push((good[..10].to_vec(), Reason::Truncated));
     cases.push((good[..good.len() - 1].to_vec(), Reason::Truncated));
     let mut v = good.clone();
-    v[0] = 0x45 & 0x0f | 0x50; // version 5
+    v[0] = 0x55; // version 5, IHL 5
     cases.push((v, Reason::BadIpHeader));
     let mut v = good.clone();
     v[0] = 0x44; // IHL 4 words
@@ -405,7 +403,7 @@ fn headers_only_copy_uses_the_ip_length() {
     // NFQUEUE with a copy range hands over only the first bytes.
     let t = Lab::allow_all();
     let syn = build::tcp(sa("198.18.0.2:1"), sa("198.19.0.2:2"))
-        .flags(0x02)
+        .flags(SYN)
         .payload(&[9; 1000])
         .build();
     let ctx = Context {
@@ -453,11 +451,11 @@ fn eviction_crosses_address_families() {
             sa(&format!("[2001:db8:1::2]:{port}")),
             sa("[2001:db8:2::2]:80"),
         )
-        .flags(0x02)
+        .flags(SYN)
         .build();
         assert_eq!(t.send(syn).reason, Reason::NewByDefault);
     }
-    let d = Flow::v4().client(&mut t, 0x02, b"");
+    let d = Flow::v4().client(&mut t, SYN, b"");
     assert_eq!(d.reason, Reason::NewByDefault);
     assert_eq!(t.engine.table().len(), 2);
     let v6_left = t

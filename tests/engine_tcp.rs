@@ -5,16 +5,8 @@
 
 mod engine_support;
 
-use conntrackd::wire::TcpFlags as F;
 use conntrackd::Reason;
 use engine_support::*;
-
-const SYN: u8 = F::SYN;
-const ACK: u8 = F::ACK;
-const FIN: u8 = F::FIN;
-const RST: u8 = F::RST;
-const PSH: u8 = F::PSH;
-const URG: u8 = F::URG;
 
 // ---- the three-way handshake ----------------------------------------------
 
@@ -419,13 +411,7 @@ fn four_way_close_from_the_client() {
         ),
         (Side::Client, ACK, "TIME_WAIT:LAST_ACK -> TIME_WAIT:CLOSED"),
     ];
-    for (side, flags, expected) in steps {
-        let d = f.send(&mut t, side, flags, b"");
-        assert_eq!(
-            (d.reason, show(&d)),
-            (Reason::Tracked, expected.to_string())
-        );
-    }
+    f.assert_steps(&mut t, &steps);
 }
 
 #[test]
@@ -450,13 +436,7 @@ fn four_way_close_from_the_server() {
         ),
         (Side::Server, ACK, "LAST_ACK:TIME_WAIT -> CLOSED:TIME_WAIT"),
     ];
-    for (side, flags, expected) in steps {
-        let d = f.send(&mut t, side, flags, b"");
-        assert_eq!(
-            (d.reason, show(&d)),
-            (Reason::Tracked, expected.to_string())
-        );
-    }
+    f.assert_steps(&mut t, &steps);
 }
 
 #[test]

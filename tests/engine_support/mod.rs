@@ -8,6 +8,14 @@ use conntrackd::{Engine, EngineSettings, Timestamp};
 use std::net::SocketAddr;
 use std::ops::Deref;
 
+pub use conntrackd::wire::TcpFlags as F;
+pub const SYN: u8 = F::SYN;
+pub const ACK: u8 = F::ACK;
+pub const FIN: u8 = F::FIN;
+pub const RST: u8 = F::RST;
+pub const PSH: u8 = F::PSH;
+pub const URG: u8 = F::URG;
+
 /// A decision a test may ignore (setup steps); later assertions catch a bad setup.
 #[derive(Clone, Copy, Debug)]
 pub struct Out(pub Decision);
@@ -134,13 +142,13 @@ impl Flow {
     }
 
     pub fn syn_builder(&self) -> build::Tcp {
-        build::tcp(self.c, self.s).flags(0x02).seq(self.c_nxt)
+        build::tcp(self.c, self.s).flags(SYN).seq(self.c_nxt)
     }
 
     /// The SYN+ACK answering `syn_builder` (call after sending the SYN).
     pub fn synack_builder(&mut self) -> build::Tcp {
         let b = build::tcp(self.s, self.c)
-            .flags(0x12)
+            .flags(SYN | ACK)
             .seq(self.s_nxt)
             .ack(self.c_nxt.wrapping_add(1));
         self.c_nxt = self.c_nxt.wrapping_add(1);
@@ -156,7 +164,7 @@ impl Flow {
             Side::Server => (self.s, self.c, self.s_nxt, self.c_nxt),
         };
         let d = t.tcp(from, to, flags, seq, ack, payload);
-        let used = payload.len() as u32 + (flags & 0x02 != 0) as u32 + (flags & 0x01 != 0) as u32;
+        let used = payload.len() as u32 + (flags & SYN != 0) as u32 + (flags & FIN != 0) as u32;
         match side {
             Side::Client => self.c_nxt = self.c_nxt.wrapping_add(used),
             Side::Server => self.s_nxt = self.s_nxt.wrapping_add(used),
@@ -170,5 +178,19 @@ impl Flow {
 
     pub fn server(&mut self, t: &mut Lab, flags: u8, payload: &[u8]) -> Out {
         self.send(t, Side::Server, flags, payload)
+    }
+
+    /// Sends each step with the sides' next sequence numbers and checks that
+    /// it is tracked with the expected `before -> after` transition.
+    pub fn assert_steps(&mut self, t: &mut Lab, steps: &[(Side, u8, &str)]) {
+        for (side, flags, expected) in steps {
+            let d = self.send(t, *side, *flags, b"");
+            assert_eq!(
+                (d.reason, show(&d)),
+                (conntrackd::Reason::Tracked, expected.to_string()),
+                "{side:?} {}",
+                F(*flags)
+            );
+        }
     }
 }
