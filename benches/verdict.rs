@@ -78,14 +78,24 @@ fn engine(adjust: impl FnOnce(&mut EngineSettings)) -> Engine {
     Engine::new(settings, config.policy)
 }
 
-/// Decides `iters` segments of `stream`, timing only the decisions.
-fn timed_stream(engine: &Engine, ctx: &Context<'_>, stream: &mut Stream, iters: u64) -> Duration {
+/// Decides `iters` segments of `stream`, timing only the decisions. With a
+/// barrier, each batch starts when every thread sharing it has produced its own.
+fn timed_stream(
+    engine: &Engine,
+    ctx: &Context<'_>,
+    stream: &mut Stream,
+    iters: u64,
+    barrier: Option<&Barrier>,
+) -> Duration {
     let now = now();
     let mut total = Duration::ZERO;
     let mut left = iters;
     while left > 0 {
         let n = left.min(BATCH as u64) as usize;
         let batch = stream.fill(n);
+        if let Some(barrier) = barrier {
+            barrier.wait();
+        }
         let start = Instant::now();
         let mut tracked = 0usize;
         for packet in batch {
@@ -120,7 +130,7 @@ fn established(c: &mut Criterion) {
 
     let mut stream = Stream::new(flows, Order::RoundRobin, BATCH);
     c.bench_function("established", |b| {
-        b.iter_custom(|iters| timed_stream(&engine, &ctx, &mut stream, iters))
+        b.iter_custom(|iters| timed_stream(&engine, &ctx, &mut stream, iters, None))
     });
     still_tracked(&engine, &ctx, &mut stream);
 
@@ -224,11 +234,11 @@ fn established_big(c: &mut Criterion) {
     let ctx = Context::default();
     c.bench_function("established_1m", |b| {
         let Big { engine, one, .. } = big.get_or_insert_with(fill_big);
-        b.iter_custom(|iters| timed_stream(engine, &ctx, one, iters))
+        b.iter_custom(|iters| timed_stream(engine, &ctx, one, iters, None))
     });
     c.bench_function("established_1m_random", |b| {
         let Big { engine, random, .. } = big.get_or_insert_with(fill_big);
-        b.iter_custom(|iters| timed_stream(engine, &ctx, random, iters))
+        b.iter_custom(|iters| timed_stream(engine, &ctx, random, iters, None))
     });
     if let Some(Big {
         engine,
@@ -249,7 +259,7 @@ fn established_small_random(c: &mut Criterion) {
     let mut random = Stream::new(flows, Order::Random, BATCH);
     still_tracked(&engine, &ctx, &mut random);
     c.bench_function("established_1k_random", |b| {
-        b.iter_custom(|iters| timed_stream(&engine, &ctx, &mut random, iters))
+        b.iter_custom(|iters| timed_stream(&engine, &ctx, &mut random, iters, None))
     });
     still_tracked(&engine, &ctx, &mut random);
 }
@@ -273,26 +283,8 @@ fn two_threads(c: &mut Criterion) {
             let [a, b] = &mut streams;
             let (engine, ctx, barrier) = (&engine, &ctx, &barrier);
             std::thread::scope(|s| {
-                let worker = |stream: &mut Stream| {
-                    let now = now();
-                    let mut total = Duration::ZERO;
-                    let mut left = iters;
-                    while left > 0 {
-                        let n = left.min(BATCH as u64) as usize;
-                        let batch = stream.fill(n);
-                        barrier.wait();
-                        let start = Instant::now();
-                        let mut tracked = 0usize;
-                        for packet in batch {
-                            let d = engine.decide(black_box(packet), ctx, now);
-                            tracked += (d.reason == Reason::Tracked) as usize;
-                        }
-                        total += start.elapsed();
-                        assert_eq!(tracked, n, "every segment of the stream is Tracked");
-                        left -= n as u64;
-                    }
-                    total
-                };
+                let worker =
+                    |stream: &mut Stream| timed_stream(engine, ctx, stream, iters, Some(barrier));
                 let ta = s.spawn(move || worker(a));
                 let tb = s.spawn(move || worker(b));
                 let (ta, tb) = (ta.join().unwrap(), tb.join().unwrap());
