@@ -14,10 +14,14 @@
 #   conntrackd  conntrackd with a rules/default.toml-like policy
 #   conntrackd-bypass  the same with bypass = true (established bulk data
 #               handed to the kernel by connmark; see README)
-# Workloads: iperf3 bulk TCP with 1 and 4 streams (Gbit/s), short TCP
-# connections per second (examples/shortconn, 4 client threads), UDP 64-byte
-# datagrams delivered per second (iperf3 -u), and the CPU time of the whole
-# machine during each run. Every load is bounded by SECONDS.
+#   conntrackd-1q  conntrackd on one queue (the queue-scaling comparison)
+# Workloads: iperf3 bulk TCP with 1 stream and with 4 streams from 4 client
+# addresses (Gbit/s), short TCP connections per second (examples/shortconn,
+# 4 client threads, one client address each), UDP 64-byte datagrams
+# delivered per second (iperf3 -u), and the CPU time of the whole machine
+# during each run. Every load is bounded by SECONDS. The client has 4
+# addresses because --queue-balance hashes addresses, not ports: from one
+# address every flow would land on one queue.
 #
 # Needs root, iproute2, iptables, iperf3, python3. Cleans up on exit.
 set -euo pipefail
@@ -26,7 +30,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 SECS=${2:-5}
 QUEUES=${QUEUES:-0:1}            # --queue-balance range for both NFQUEUE modes
-MODES=${MODES:-"kernel kernel-ct nfq-ceil conntrackd conntrackd-bypass"}
+MODES=${MODES:-"kernel kernel-ct nfq-ceil conntrackd conntrackd-1q conntrackd-bypass"}
 WORKLOADS=${WORKLOADS:-"tcp1 tcp4 conns udp64"}
 ID=e2e$$
 C=$ID-c; G=$ID-g; S=$ID-s
@@ -41,7 +45,7 @@ done
 cleanup() {
     for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
     # iperf3 -D daemonizes: it outlives its namespace unless killed by its pid file.
-    [ -s "$OUT/iperf3.pid" ] && kill "$(cat "$OUT/iperf3.pid")" 2>/dev/null || true
+    for f in "$OUT"/iperf3-*.pid; do [ -s "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
     sleep 0.2
     for n in $C $G $S; do ip netns del $n 2>/dev/null || true; done
     rm -rf "$OUT"
@@ -56,7 +60,8 @@ FIRST=${QUEUES%:*}; LAST=${QUEUES#*:}
 for n in $C $G $S; do ip netns add $n; ip -n $n link set lo up; done
 ip -n $C link add eth0 type veth peer name cli netns $G
 ip -n $S link add eth0 type veth peer name srv netns $G
-ip -n $C addr add 198.18.0.2/24 dev eth0; ip -n $C link set eth0 up
+CLIENTS="198.18.0.2 198.18.0.3 198.18.0.4 198.18.0.5"
+for a in $CLIENTS; do ip -n $C addr add $a/24 dev eth0; done; ip -n $C link set eth0 up
 ip -n $S addr add 198.19.0.2/24 dev eth0; ip -n $S link set eth0 up
 ip -n $G addr add 198.18.0.1/24 dev cli;  ip -n $G link set cli up
 ip -n $G addr add 198.19.0.1/24 dev srv;  ip -n $G link set srv up
@@ -67,7 +72,8 @@ ip netns exec $G sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward'
 # the client runs out of ports and measures itself, not the gateway.
 ip netns exec $C sh -c 'echo 1 > /proc/sys/net/ipv4/tcp_tw_reuse; echo "1024 65000" > /proc/sys/net/ipv4/ip_local_port_range'
 
-ip netns exec $S iperf3 -s -D -p 5201 -I "$OUT/iperf3.pid" >/dev/null
+# One iperf3 server per client address (an iperf3 server runs one test at a time).
+for p in 5201 5202 5203 5204; do ip netns exec $S iperf3 -s -D -p $p -I "$OUT/iperf3-$p.pid" >/dev/null; done
 ip netns exec $S $BIN/examples/shortconn server 198.19.0.2:7000 & PIDS+=($!)
 sleep 0.5
 
@@ -107,6 +113,9 @@ mode_up() {
     conntrackd)
         ip netns exec $G iptables -A FORWARD -j NFQUEUE --queue-balance $QUEUES
         ip netns exec $G $BIN/conntrackd --rules "$OUT/rules.toml" --log-level warn & HELPER=$! ;;
+    conntrackd-1q)
+        ip netns exec $G iptables -A FORWARD -j NFQUEUE --queue-num $FIRST
+        ip netns exec $G $BIN/conntrackd --rules "$OUT/rules.toml" --queue $FIRST --log-level warn & HELPER=$! ;;
     conntrackd-bypass)
         ip netns exec $G $BIN/conntrackd --rules "$OUT/rules-bypass.toml" --install-iptables --log-level warn & HELPER=$! ;;
     esac
@@ -124,13 +133,30 @@ busy_jiffies() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
 # Prints the workload's figure (higher is better).
 run_workload() {
     case $1 in
-    tcp1|tcp4)
-        local p=${1#tcp}
-        ip netns exec $C timeout $((SECS + 10)) iperf3 -c 198.19.0.2 -p 5201 -t $SECS -P $p -J 2>/dev/null \
+    tcp1)
+        ip netns exec $C timeout $((SECS + 10)) iperf3 -c 198.19.0.2 -p 5201 -t $SECS -J 2>/dev/null \
           | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.2f" % (d["end"]["sum_received"]["bits_per_second"]/1e9))' \
           || echo 0 ;;
+    tcp4)
+        # Four single-stream clients at once, one per client address and server port.
+        local i=0 a
+        for a in $CLIENTS; do
+            ip netns exec $C timeout $((SECS + 10)) iperf3 -c 198.19.0.2 -p $((5201 + i)) -B $a -t $SECS -J \
+              > "$OUT/tcp4-$i.json" 2>/dev/null &
+            i=$((i + 1))
+        done
+        wait
+        python3 - "$OUT"/tcp4-*.json <<'PY' || echo 0
+import json, sys
+total = 0.0
+for f in sys.argv[1:]:
+    try: total += json.load(open(f))["end"]["sum_received"]["bits_per_second"]
+    except Exception: pass
+print("%.2f" % (total / 1e9))
+PY
+        ;;
     conns)
-        ip netns exec $C timeout $((SECS + 10)) $BIN/examples/shortconn client 198.19.0.2:7000 4 $SECS \
+        ip netns exec $C timeout $((SECS + 10)) $BIN/examples/shortconn client 198.19.0.2:7000 4 $SECS "$(echo $CLIENTS | tr ' ' ,)" \
           | awk '{print $2}' || echo 0 ;;
     udp64)
         ip netns exec $C timeout $((SECS + 10)) iperf3 -c 198.19.0.2 -p 5201 -u -l 64 -b 0 -t $SECS -J 2>/dev/null \

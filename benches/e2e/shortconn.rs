@@ -1,13 +1,20 @@
 //! Short TCP connections per second, for the end-to-end benchmark.
 //!
 //!   shortconn server ADDR                      accept, echo 4 bytes, close
-//!   shortconn client ADDR THREADS SECONDS      connect, send 4 bytes, read 4, close; repeat
+//!   shortconn client ADDR THREADS SECONDS [SRC,...]
+//!                                              connect, send 4 bytes, read 4, close; repeat
+//!
+//! With source addresses, thread i binds its connections to SRC[i % n]: the
+//! kernel's `--queue-balance` hashes addresses only, so one address pair
+//! would put every connection on one queue.
 //!
 //! The client prints `connections_per_second N errors E`. Every load is
 //! bounded by SECONDS; each connection by a 2 s timeout.
 
+use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,18 +33,45 @@ fn server(addr: SocketAddr) {
     }
 }
 
-fn client(addr: SocketAddr, threads: usize, seconds: u64) {
+/// One connection from `src` (any port), or from the kernel's choice.
+fn connect(addr: SocketAddr, src: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if let Some(ip) = src {
+        // IP_BIND_ADDRESS_NO_PORT: the port is chosen at connect() with the
+        // whole 4-tuple known, so TIME_WAIT ports are reused as without bind.
+        let one: libc::c_int = 1;
+        // SAFETY: `one` outlives the call and its size is passed.
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                &one as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        socket.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    socket.connect_timeout(&addr.into(), Duration::from_secs(2))?;
+    Ok(socket.into())
+}
+
+fn client(addr: SocketAddr, threads: usize, seconds: u64, sources: Vec<IpAddr>) {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let handles: Vec<_> = (0..threads)
-        .map(|_| {
+        .map(|i| {
             let (stop, done, errors) = (stop.clone(), done.clone(), errors.clone());
+            let src = (!sources.is_empty()).then(|| sources[i % sources.len()]);
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let ok = (|| -> std::io::Result<()> {
-                        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+                        let mut s = connect(addr, src)?;
                         s.set_read_timeout(Some(Duration::from_secs(2)))?;
                         s.set_nodelay(true)?;
                         s.write_all(b"ping")?;
@@ -68,7 +102,7 @@ fn client(addr: SocketAddr, threads: usize, seconds: u64) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: shortconn server ADDR | shortconn client ADDR THREADS SECONDS";
+    let usage = "usage: shortconn server ADDR | shortconn client ADDR THREADS SECONDS [SRC,...]";
     match args.get(1).map(String::as_str) {
         Some("server") => server(args.get(2).expect(usage).parse().expect("ADDR")),
         Some("client") => client(
@@ -79,6 +113,9 @@ fn main() {
                 .parse::<u64>()
                 .expect("SECONDS")
                 .min(600),
+            args.get(5)
+                .map(|list| list.split(',').map(|a| a.parse().expect("SRC")).collect())
+                .unwrap_or_default(),
         ),
         _ => {
             eprintln!("{usage}");
