@@ -32,6 +32,7 @@ SECS=${2:-5}
 QUEUES=${QUEUES:-0:1}            # --queue-balance range for both NFQUEUE modes
 MODES=${MODES:-"kernel kernel-ct nfq-ceil conntrackd conntrackd-1q conntrackd-bypass"}
 WORKLOADS=${WORKLOADS:-"tcp1 tcp4 conns udp64"}
+CONN_THREADS=${CONN_THREADS:-4}          # client threads of the short-connection workload
 ID=e2e$$
 C=$ID-c; G=$ID-g; S=$ID-s
 OUT=$(mktemp -d)
@@ -60,8 +61,11 @@ FIRST=${QUEUES%:*}; LAST=${QUEUES#*:}
 for n in $C $G $S; do ip netns add $n; ip -n $n link set lo up; done
 ip -n $C link add eth0 type veth peer name cli netns $G
 ip -n $S link add eth0 type veth peer name srv netns $G
-CLIENTS="198.18.0.2 198.18.0.3 198.18.0.4 198.18.0.5"
-for a in $CLIENTS; do ip -n $C addr add $a/24 dev eth0; done; ip -n $C link set eth0 up
+CLIENTS="198.18.0.2 198.18.0.3 198.18.0.4 198.18.0.5"          # tcp4: one stream each
+# conns: round robin over 64 addresses, so that --queue-balance's address hash
+# spreads connections over the queues as a gateway's many clients would.
+CONN_CLIENTS=$(for i in $(seq 2 65); do echo -n "198.18.0.$i "; done)
+for a in $CONN_CLIENTS; do ip -n $C addr add $a/24 dev eth0; done; ip -n $C link set eth0 up
 ip -n $S addr add 198.19.0.2/24 dev eth0; ip -n $S link set eth0 up
 ip -n $G addr add 198.18.0.1/24 dev cli;  ip -n $G link set cli up
 ip -n $G addr add 198.19.0.1/24 dev srv;  ip -n $G link set srv up
@@ -112,10 +116,10 @@ mode_up() {
         ip netns exec $G $BIN/examples/nfq_ceiling $FIRST-$LAST & HELPER=$! ;;
     conntrackd)
         ip netns exec $G iptables -A FORWARD -j NFQUEUE --queue-balance $QUEUES
-        ip netns exec $G $BIN/conntrackd --rules "$OUT/rules.toml" --log-level warn & HELPER=$! ;;
+        ip netns exec $G $BIN/conntrackd --rules "$OUT/rules.toml" --log-level ${CTD_LOG:-warn} & HELPER=$! ;;
     conntrackd-1q)
         ip netns exec $G iptables -A FORWARD -j NFQUEUE --queue-num $FIRST
-        ip netns exec $G $BIN/conntrackd --rules "$OUT/rules.toml" --queue $FIRST --log-level warn & HELPER=$! ;;
+        ip netns exec $G $BIN/conntrackd --rules "$OUT/rules.toml" --queue $FIRST --log-level ${CTD_LOG:-warn} & HELPER=$! ;;
     conntrackd-bypass)
         ip netns exec $G $BIN/conntrackd --rules "$OUT/rules-bypass.toml" --install-iptables --log-level warn & HELPER=$! ;;
     esac
@@ -156,8 +160,8 @@ print("%.2f" % (total / 1e9))
 PY
         ;;
     conns)
-        ip netns exec $C timeout $((SECS + 10)) $BIN/examples/shortconn client 198.19.0.2:7000 4 $SECS "$(echo $CLIENTS | tr ' ' ,)" \
-          | awk '{print $2}' || echo 0 ;;
+        ip netns exec $C timeout $((SECS + 10)) $BIN/examples/shortconn client 198.19.0.2:7000 $CONN_THREADS $SECS "$(echo $CONN_CLIENTS | tr ' ' ,)" \
+          | awk '{print $2; if ($4 != 0) print "shortconn: " $4 " failed connections" | "cat >&2"}' || echo 0 ;;
     udp64)
         ip netns exec $C timeout $((SECS + 10)) iperf3 -c 198.19.0.2 -p 5201 -u -l 64 -b 0 -t $SECS -J 2>/dev/null \
           | python3 -c 'import json,sys; d=json.load(sys.stdin); s=d["end"]["sum"]; print("%.0f" % ((s["packets"]-s["lost_packets"])/s["seconds"]))' \
@@ -180,27 +184,33 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
+# Ratios are paired: each round runs every mode back to back, so the ratio is
+# taken within a round and the table shows the median over rounds (the
+# machine's drift between rounds cancels; medians of values are shown too).
 python3 - "$OUT/results" <<'PY'
 import sys, statistics, collections
 rows = [l.split() for l in open(sys.argv[1]) if not l.startswith('#')]
 val = collections.defaultdict(list); cpu = collections.defaultdict(list)
-for _, w, m, v, c in rows:
-    val[(w, m)].append(float(v)); cpu[(w, m)].append(float(c))
+by_round = {}
+for r, w, m, v, c in rows:
+    val[(w, m)].append(float(v)); cpu[(w, m)].append(float(c)); by_round[(r, w, m)] = float(v)
 units = {"tcp1": "Gbit/s", "tcp4": "Gbit/s", "conns": "conn/s", "udp64": "pkt/s"}
-modes = []
-for _, _, m, _, _ in rows:
-    if m not in modes: modes.append(m)
-works = []
-for _, w, _, _, _ in rows:
-    if w not in works: works.append(w)
+modes = list(dict.fromkeys(m for _, _, m, _, _ in rows))
+works = list(dict.fromkeys(w for _, w, _, _, _ in rows))
+rounds = list(dict.fromkeys(r for r, _, _, _, _ in rows))
 med = lambda xs: statistics.median(xs) if xs else float('nan')
-print("\nmedians of %d rounds (cpu: machine-wide CPU seconds during the run)" % len({r[0] for r in rows}))
-print("%-8s %-18s %12s %8s %10s %10s" % ("workload", "mode", "median", "cpu_s", "/ceiling", "/kernel-ct"))
+def ratio(w, m, base):
+    rs = [by_round[(r, w, m)] / by_round[(r, w, base)] for r in rounds
+          if (r, w, base) in by_round and (r, w, m) in by_round and by_round[(r, w, base)] > 0]
+    return "%.2f" % med(rs) if rs else "-"
+print("\nmedians of %d rounds; ratios are medians of per-round ratios (cpu: machine-wide CPU seconds during the run)" % len(rounds))
+print("%-8s %-18s %14s %8s %10s %10s" % ("workload", "mode", "median", "cpu_s", "/ceiling", "/kernel-ct"))
 for w in works:
     for m in modes:
         v = med(val[(w, m)]); c = med(cpu[(w, m)])
-        ceil = med(val.get((w, "nfq-ceil"), [])); kct = med(val.get((w, "kernel-ct"), []))
-        r1 = "%.2f" % (v / ceil) if ceil == ceil and ceil > 0 else "-"
-        r2 = "%.2f" % (v / kct) if kct == kct and kct > 0 else "-"
-        print("%-8s %-18s %12s %8.1f %10s %10s" % (w, m, ("%.2f %s" % (v, units[w])) if v < 1000 else ("%.0f %s" % (v, units[w])), c, r1, r2))
+        shown = ("%.2f %s" % (v, units[w])) if v < 1000 else ("%.0f %s" % (v, units[w]))
+        print("%-8s %-18s %14s %8.1f %10s %10s" % (w, m, shown, c, ratio(w, m, "nfq-ceil"), ratio(w, m, "kernel-ct")))
+if "conntrackd" in modes and "conntrackd-1q" in modes:
+    print("\nqueue scaling (conntrackd on the QUEUES range / on one queue):",
+          ", ".join("%s %s" % (w, ratio(w, "conntrackd", "conntrackd-1q")) for w in works))
 PY

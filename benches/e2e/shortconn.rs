@@ -1,12 +1,13 @@
 //! Short TCP connections per second, for the end-to-end benchmark.
 //!
-//!   shortconn server ADDR                      accept, echo 4 bytes, close
+//!   shortconn server ADDR                      accept, echo 4 bytes, wait for the client's close
 //!   shortconn client ADDR THREADS SECONDS [SRC,...]
 //!                                              connect, send 4 bytes, read 4, close; repeat
 //!
-//! With source addresses, thread i binds its connections to SRC[i % n]: the
-//! kernel's `--queue-balance` hashes addresses only, so one address pair
-//! would put every connection on one queue.
+//! With source addresses, thread i binds its k-th connection to
+//! SRC[(i + k) % n]: the kernel's `--queue-balance` hashes addresses only, so
+//! one address pair would put every connection on one queue, and a fixed
+//! address per thread would load the queues as unevenly as the hash falls.
 //!
 //! The client prints `connections_per_second N errors E`. Every load is
 //! bounded by SECONDS; each connection by a 2 s timeout.
@@ -19,17 +20,31 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Threads that accept: more than the client's, since each serves one
+/// connection at a time until the client closes it.
+const SERVER_THREADS: usize = 16;
+
 fn server(addr: SocketAddr) {
-    let listener = TcpListener::bind(addr).expect("bind");
-    for stream in listener.incoming() {
-        let Ok(mut s) = stream else { continue };
-        std::thread::spawn(move || {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut buf = [0u8; 4];
-            if s.read_exact(&mut buf).is_ok() {
-                let _ = s.write_all(&buf);
-            }
-        });
+    let listener = Arc::new(TcpListener::bind(addr).expect("bind"));
+    let workers: Vec<_> = (0..SERVER_THREADS)
+        .map(|_| {
+            let listener = listener.clone();
+            std::thread::spawn(move || loop {
+                let Ok((mut s, _)) = listener.accept() else {
+                    continue;
+                };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut buf = [0u8; 4];
+                if s.read_exact(&mut buf).is_ok() && s.write_all(&buf).is_ok() {
+                    // The client closes first, so TIME_WAIT stays on its side,
+                    // where tcp_tw_reuse lets new connections reuse its ports.
+                    let _ = s.read(&mut buf);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
     }
 }
 
@@ -67,9 +82,13 @@ fn client(addr: SocketAddr, threads: usize, seconds: u64, sources: Vec<IpAddr>) 
     let handles: Vec<_> = (0..threads)
         .map(|i| {
             let (stop, done, errors) = (stop.clone(), done.clone(), errors.clone());
-            let src = (!sources.is_empty()).then(|| sources[i % sources.len()]);
+            let sources = sources.clone();
             std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
+                for k in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let src = (!sources.is_empty()).then(|| sources[(i + k) % sources.len()]);
                     let ok = (|| -> std::io::Result<()> {
                         let mut s = connect(addr, src)?;
                         s.set_read_timeout(Some(Duration::from_secs(2)))?;
