@@ -170,9 +170,14 @@ PY
 }
 
 echo "# round workload mode value cpu_seconds" > "$OUT/results"
+# Each round starts the mode order one further along, so that no mode always
+# runs right after the same other one (a run leaves TIME_WAIT sockets, warm
+# caches and a hot or cold CPU behind).
+read -r -a MODE_LIST <<< "$MODES"
 for round in $(seq 1 "$ROUNDS"); do
     for w in $WORKLOADS; do
-        for m in $MODES; do
+        for i in "${!MODE_LIST[@]}"; do
+            m=${MODE_LIST[$(( (i + round - 1) % ${#MODE_LIST[@]} ))]}
             mode_up $m
             j0=$(busy_jiffies)
             v=$(run_workload $w)
