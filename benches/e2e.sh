@@ -17,11 +17,11 @@
 #   conntrackd-1q  conntrackd on one queue (the queue-scaling comparison)
 # Workloads: iperf3 bulk TCP with 1 stream and with 4 streams from 4 client
 # addresses (Gbit/s), short TCP connections per second (examples/shortconn,
-# 4 client threads, one client address each), UDP 64-byte datagrams
-# delivered per second (iperf3 -u), and the CPU time of the whole machine
-# during each run. Every load is bounded by SECONDS. The client has 4
-# addresses because --queue-balance hashes addresses, not ports: from one
-# address every flow would land on one queue.
+# CONN_THREADS client threads, each connection from the next of 64 client
+# addresses), UDP 64-byte datagrams delivered per second (iperf3 -u), and the
+# CPU time of the whole machine during each run. Every load is bounded by
+# SECONDS. The client has several addresses because --queue-balance hashes
+# addresses, not ports: from one address every flow would land on one queue.
 #
 # Needs root, iproute2, iptables, iperf3, python3. Cleans up on exit.
 set -euo pipefail
@@ -29,7 +29,7 @@ cd "$(dirname "$0")/.."
 
 ROUNDS=${1:-3}
 SECS=${2:-5}
-QUEUES=${QUEUES:-0:1}            # --queue-balance range for both NFQUEUE modes
+QUEUES=${QUEUES:-0:1}            # --queue-balance range for the NFQUEUE modes (not -1q)
 MODES=${MODES:-"kernel kernel-ct nfq-ceil conntrackd conntrackd-1q conntrackd-bypass"}
 WORKLOADS=${WORKLOADS:-"tcp1 tcp4 conns udp64"}
 CONN_THREADS=${CONN_THREADS:-4}          # client threads of the short-connection workload
