@@ -116,6 +116,10 @@ pub struct DaemonSettings {
     pub bypass: bool,
     /// The mark bit(s) bypass mode sets; must not be used by other rules.
     pub bypass_mark: u32,
+    /// Bypass mode: seconds between two reads of the kernel's conntrack
+    /// entries that carry `bypass_mark` (over ctnetlink); the engine keeps
+    /// those connections, whose data it no longer sees (0: never read).
+    pub bypass_refresh: u64,
 }
 
 impl Default for DaemonSettings {
@@ -135,6 +139,7 @@ impl Default for DaemonSettings {
             idle_warning: 10,
             bypass: false,
             bypass_mark: 0x2000_0000,
+            bypass_refresh: 30,
         }
     }
 }

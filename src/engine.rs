@@ -12,7 +12,7 @@ use crate::conntrack::{Conn, ConnState, FlowKey, Side, Table};
 use crate::policy::{Action, Interfaces, Policy};
 use crate::reason::{Reason, Verdict};
 use crate::time::Timestamp;
-use crate::wire::{self, Embedded, Framing, IcmpKind, Packet, TcpSegment, Transport};
+use crate::wire::{self, Embedded, Framing, IcmpKind, Packet, TcpSegment, Transport, PROTO_TCP};
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
@@ -180,6 +180,35 @@ impl Engine {
         tcp.hand_off(ORIGINATOR, seg);
         conn.proto = Proto::Tcp(tcp);
         conn.set_timeout(now, timeout);
+        true
+    }
+
+    /// Bypass mode: the kernel still carries this handed-off TCP connection
+    /// (its conntrack entry has the bypass mark; `src` is the originator). The
+    /// engine sees none of its data, so it keeps the connection `timeout`
+    /// more seconds from `now` instead (never less than it had). Returns
+    /// whether such a connection was found; one that is closing is not kept.
+    pub fn keep_handed_off(
+        &self,
+        src: (IpAddr, u16),
+        dst: (IpAddr, u16),
+        now: Timestamp,
+        timeout: u32,
+    ) -> bool {
+        let (key, side) = FlowKey::new(PROTO_TCP, src.0, src.1, dst.0, dst.1);
+        let Some(mut entry) = self.table.get_mut(&key) else {
+            return false;
+        };
+        let conn = &mut *entry;
+        let Proto::Tcp(tcp) = conn.proto else {
+            return false;
+        };
+        if conn.originator != side || !tcp.is_established() || !tcp.is_liberal() {
+            return false;
+        }
+        let before = conn.expires_at_secs();
+        conn.set_timeout(now, timeout);
+        conn.set_expires_at_secs(conn.expires_at_secs().max(before));
         true
     }
 

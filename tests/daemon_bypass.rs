@@ -170,3 +170,86 @@ fn bypass_hands_bulk_data_to_the_kernel_and_still_tracks_teardown() {
         assert_eq!(after6, before6, "IPv6 ruleset changed");
     }
 }
+
+/// Rules whose engine forgets an established connection after 3 s without
+/// queued packets; `refresh` is `daemon.bypass_refresh`.
+fn short_lived_rules(refresh: u64) -> String {
+    format!(
+        r#"
+[engine.timeouts]
+established = 3
+time_wait = 1
+
+[policy]
+default = "drop"
+
+[[rule]]
+name = "lan-out"
+action = "accept"
+src = ["198.18.0.0/15"]
+
+[daemon]
+bypass = true
+bypass_refresh = {refresh}
+stats_interval = 1
+"#
+    )
+}
+
+/// A handed-off connection that carries data for longer than the engine's
+/// timeout: the engine sees none of it, and keeps the connection only
+/// because it reads the kernel's marked conntrack entries (ctnetlink). With
+/// that off (the control) it forgets the connection.
+#[test]
+fn bypassed_connections_outlive_the_engine_timeout_while_the_kernel_carries_them() {
+    let Some(lab) = Lab::new("bypasskeep") else {
+        return;
+    };
+    // The kernel's own established timeout is what conntrackd also waits at
+    // least (see daemon::bypass_timeout): short here, in this namespace only.
+    lab.gw.sh(&[
+        "sysctl",
+        "-qw",
+        "net.netfilter.nf_conntrack_tcp_timeout_established=3",
+    ]);
+    let _echo = TcpEcho::start(&lab.server, v4(8081));
+    for refresh in [1, 0] {
+        let rules = lab.write_rules("rules.toml", &short_lived_rules(refresh));
+        let mut d = lab.start_daemon(&[
+            "--rules",
+            rules.to_str().unwrap(),
+            "--install-iptables",
+            "--log-level",
+            "info,conntrackd::io::daemon=debug",
+        ]);
+        let s = lab::connect(&lab.client, v4(8081), Duration::from_secs(5)).expect("connect");
+        // 8 s of traffic, each piece through the kernel once handed off.
+        for i in 0..8 {
+            lab::exchange(&s, 64 << 10, i).expect("exchange through the bypass gateway");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        std::thread::sleep(Duration::from_millis(1500)); // a fresh stats line
+        let log = d.log();
+        let tracked = field(&log, "stats", "connections");
+        if refresh > 0 {
+            assert_eq!(
+                tracked,
+                Some(1),
+                "the engine forgot a live connection:\n{log}"
+            );
+            assert!(log.contains("kept handed-off connections"), "{log}");
+            lab::close(s).expect("clean close: both FINs known to the engine and passed");
+            assert!(d.stop().success(), "log:\n{}", d.log());
+            let log = d.log();
+            assert_eq!(field(&log, "stopped", "dropped"), Some(0), "{log}");
+        } else {
+            assert_eq!(
+                tracked,
+                Some(0),
+                "without reading the kernel's table the engine should forget it:\n{log}"
+            );
+            drop(s);
+            assert!(d.stop().success(), "log:\n{}", d.log());
+        }
+    }
+}

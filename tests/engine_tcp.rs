@@ -751,6 +751,47 @@ fn handed_off_connection_still_follows_its_teardown() {
     );
 }
 
+#[test]
+fn the_kernel_keeps_handed_off_connections_alive_in_the_engine() {
+    let mut t = Lab::allow_all();
+    let mut f = Flow::established(&mut t);
+    let (c, s) = (f.c, f.s);
+    let keep = |t: &Lab, src: std::net::SocketAddr, dst: std::net::SocketAddr, timeout| {
+        t.engine.keep_handed_off(
+            (src.ip(), src.port()),
+            (dst.ip(), dst.port()),
+            t.now(),
+            timeout,
+        )
+    };
+    let expires = |t: &Lab| t.engine.connections()[0].expires_at_secs as u64;
+    // Not handed off yet: its own packets keep it, not the kernel.
+    assert!(!keep(&t, c, s, 600));
+    let plain = conntrackd::wire::build::tcp(c, s)
+        .flags(ACK)
+        .seq(f.c_nxt)
+        .ack(f.s_nxt)
+        .build();
+    assert!(t.engine.hand_off(&plain, Default::default(), t.now(), 600));
+    assert_eq!(expires(&t), t.now_secs + 600);
+    t.now_secs += 500;
+    // The kernel's entry names the originator first; the reverse tuple is not it.
+    assert!(!keep(&t, s, c, 600));
+    assert!(keep(&t, c, s, 600));
+    assert_eq!(expires(&t), t.now_secs + 600);
+    // Never shortened.
+    assert!(keep(&t, c, s, 10));
+    assert_eq!(expires(&t), t.now_secs + 600);
+    // Nothing to keep for an unknown connection...
+    let other: std::net::SocketAddr = "198.18.0.2:40001".parse().unwrap();
+    assert!(!keep(&t, other, s, 600));
+    // ...nor once it is closing: the teardown's own timeouts apply.
+    f.c_nxt = f.c_nxt.wrapping_add(1_000_000);
+    f.s_nxt = f.s_nxt.wrapping_add(1_000_000);
+    assert_eq!(f.client(&mut t, FIN | ACK, b"").reason, Reason::Tracked);
+    assert!(!keep(&t, c, s, 600));
+}
+
 // ---- IPv6 ------------------------------------------------------------------------
 
 #[test]

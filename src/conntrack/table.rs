@@ -68,6 +68,10 @@ impl Conn {
         self.expires
     }
 
+    pub fn set_expires_at_secs(&mut self, secs: u32) {
+        self.expires = secs;
+    }
+
     pub fn replied(&self) -> bool {
         self.flags & F_REPLIED != 0
     }

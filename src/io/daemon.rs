@@ -7,11 +7,14 @@
 //! for signals: SIGHUP reloads the rules, SIGINT/SIGTERM stop gracefully.
 
 use crate::config::{Config, DaemonSettings, LogFormat};
+use crate::io::ctnetlink::Conntrack;
 use crate::io::iptables::{self, Installed};
 use crate::io::logging;
 use crate::io::nfqueue::{self, Bypass, QueueConfig, Shared, Worker, WorkerStats};
 use crate::io_support::parse_queue_spec;
 use crate::reason::Verdict;
+use crate::time::Timestamp;
+use crate::wire::PROTO_TCP;
 use crate::Engine;
 use anyhow::{bail, Context as _};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -94,6 +97,8 @@ pub struct Settings {
     pub idle_warning: Duration,
     /// Bypass mode's mark bit(s), when it is on.
     pub bypass: Option<u32>,
+    /// Bypass mode: how often the kernel's marked connections are read (zero: never).
+    pub bypass_refresh: Duration,
 }
 
 impl Settings {
@@ -128,6 +133,7 @@ impl Settings {
             stats_interval: Duration::from_secs(file.stats_interval),
             idle_warning: Duration::from_secs(file.idle_warning),
             bypass: (args.bypass || file.bypass).then_some(file.bypass_mark),
+            bypass_refresh: Duration::from_secs(file.bypass_refresh),
         };
         if s.bypass == Some(0) {
             bail!("daemon.bypass_mark must have at least one bit set");
@@ -361,6 +367,13 @@ impl Daemon {
                 Duration::ZERO
             },
             queues: settings.queue_list(),
+            bypass: bypass.map(|b| KeepHandedOff {
+                mark: b.mark,
+                timeout: b.timeout,
+                every: settings.bypass_refresh,
+                conntrack: None,
+                warned: false,
+            }),
         };
         let hk_handle = std::thread::Builder::new()
             .name("ctd-housekeeping".into())
@@ -549,16 +562,79 @@ struct Housekeeping {
     /// Zero: no warning.
     idle_warning: Duration,
     queues: String,
+    bypass: Option<KeepHandedOff>,
+}
+
+/// Bypass mode: keeps the engine's handed-off connections alive while the
+/// kernel's conntrack still carries them (see `io::ctnetlink`).
+struct KeepHandedOff {
+    mark: u32,
+    timeout: u32,
+    /// Zero: never.
+    every: Duration,
+    conntrack: Option<Conntrack>,
+    warned: bool,
+}
+
+impl KeepHandedOff {
+    fn run(&mut self, engine: &Engine, now: Timestamp) {
+        let result = (|| -> anyhow::Result<(usize, usize)> {
+            if self.conntrack.is_none() {
+                self.conntrack = Some(Conntrack::open()?);
+            }
+            let ct = self.conntrack.as_mut().expect("opened above");
+            let (mut marked, mut kept) = (0, 0);
+            for family in [libc::AF_INET, libc::AF_INET6] {
+                for e in ct.dump_marked(family, self.mark)? {
+                    marked += 1;
+                    if e.protocol == PROTO_TCP
+                        && engine.keep_handed_off(e.src, e.dst, now, self.timeout)
+                    {
+                        kept += 1;
+                    }
+                }
+            }
+            Ok((marked, kept))
+        })();
+        match result {
+            Ok((marked, kept)) => {
+                tracing::debug!(
+                    marked,
+                    kept,
+                    "kept handed-off connections the kernel carries"
+                )
+            }
+            Err(e) => {
+                // A broken socket is reopened next time.
+                self.conntrack = None;
+                if !std::mem::replace(&mut self.warned, true) {
+                    warn!(
+                        "bypass mode: cannot read the kernel's conntrack table ({e:#}); \
+                         handed-off connections live {} s in the engine without queued \
+                         packets, then their FIN or RST is refused",
+                        self.timeout
+                    );
+                }
+            }
+        }
+    }
 }
 
 impl Housekeeping {
-    fn run(self, stop: crossbeam_channel::Receiver<()>) {
+    fn run(mut self, stop: crossbeam_channel::Receiver<()>) {
         let mut last_stats = Instant::now();
+        let mut last_keep = Instant::now();
         let mut idle_warned = self.idle_warning.is_zero();
         // Runs until the daemon sends the stop message (or goes away).
         while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
             stop.recv_timeout(Duration::from_secs(1))
         {
+            if let Some(keep) = self.bypass.as_mut() {
+                if !keep.every.is_zero() && last_keep.elapsed() >= keep.every {
+                    last_keep = Instant::now();
+                    keep.run(&self.engine, self.shared.now());
+                }
+            }
             let expired = self.engine.expire(self.shared.now());
             if expired > 0 {
                 tracing::trace!(expired, "expired connections");

@@ -1,5 +1,6 @@
 //! The only code that touches sockets, threads and clocks.
 
+pub mod ctnetlink;
 pub mod daemon;
 pub mod ifnames;
 pub mod iptables;
