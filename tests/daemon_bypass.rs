@@ -248,6 +248,7 @@ fn bypassed_connections_outlive_the_engine_timeout_while_the_kernel_carries_them
                 Some(0),
                 "without reading the kernel's table the engine should forget it:\n{log}"
             );
+            assert!(log.contains("not read often enough"), "no warning:\n{log}");
             drop(s);
             assert!(d.stop().success(), "log:\n{}", d.log());
         }

@@ -326,9 +326,21 @@ impl Daemon {
                      or the engine stops checking windows of established connections for nothing"
                 );
             }
+            let refresh = settings.bypass_refresh.as_secs();
+            if refresh == 0 || refresh >= u64::from(b.timeout) {
+                warn!(
+                    bypass_refresh = refresh,
+                    timeout = b.timeout,
+                    "bypass mode: the kernel's conntrack is not read often enough \
+                     (daemon.bypass_refresh) to keep handed-off connections: one that lives \
+                     longer than {} s after its hand-off is forgotten and its FIN refused",
+                    b.timeout
+                );
+            }
             info!(
                 mark = format!("{mark:#x}").as_str(),
                 timeout = b.timeout,
+                bypass_refresh = refresh,
                 "bypass mode: established TCP connections are handed to the kernel"
             );
             b
