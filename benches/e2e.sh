@@ -133,6 +133,16 @@ mode_down() {
 }
 
 busy_jiffies() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
+# CPU time (user + system, all threads) of the gateway's userspace program so
+# far; 0 for the kernel modes. Its system time includes the forwarding the
+# kernel does inside its verdict sendto.
+helper_jiffies() {
+    if [ -n "$HELPER" ] && [ -r /proc/$HELPER/stat ]; then
+        awk '{sub(/^.*\) /, ""); print $12 + $13}' /proc/$HELPER/stat
+    else
+        echo 0
+    fi
+}
 
 # Prints the workload's figure (higher is better).
 run_workload() {
@@ -169,7 +179,7 @@ PY
     esac
 }
 
-echo "# round workload mode value cpu_seconds" > "$OUT/results"
+echo "# round workload mode value cpu_seconds gateway_program_cpu_seconds" > "$OUT/results"
 # Each round starts the mode order one further along, so that no mode always
 # runs right after the same other one (a run leaves TIME_WAIT sockets, warm
 # caches and a hot or cold CPU behind).
@@ -179,12 +189,13 @@ for round in $(seq 1 "$ROUNDS"); do
         for i in "${!MODE_LIST[@]}"; do
             m=${MODE_LIST[$(( (i + round - 1) % ${#MODE_LIST[@]} ))]}
             mode_up $m
-            j0=$(busy_jiffies)
+            j0=$(busy_jiffies); h0=$(helper_jiffies)
             v=$(run_workload $w)
-            j1=$(busy_jiffies)
+            j1=$(busy_jiffies); h1=$(helper_jiffies)
             mode_down
             cpu=$(python3 -c "print('%.1f' % (($j1-$j0)/$(getconf CLK_TCK)))")
-            echo "$round $w $m $v $cpu" | tee -a "$OUT/results" >&2
+            gw=$(python3 -c "print('%.1f' % (($h1-$h0)/$(getconf CLK_TCK)))")
+            echo "$round $w $m $v $cpu $gw" | tee -a "$OUT/results" >&2
         done
     done
 done
@@ -197,24 +208,29 @@ import sys, statistics, collections
 rows = [l.split() for l in open(sys.argv[1]) if not l.startswith('#')]
 val = collections.defaultdict(list); cpu = collections.defaultdict(list)
 by_round = {}
-for r, w, m, v, c in rows:
-    val[(w, m)].append(float(v)); cpu[(w, m)].append(float(c)); by_round[(r, w, m)] = float(v)
+gw = collections.defaultdict(list)
+for r, w, m, v, c, g in rows:
+    val[(w, m)].append(float(v)); cpu[(w, m)].append(float(c)); gw[(w, m)].append(float(g))
+    by_round[(r, w, m)] = float(v)
 units = {"tcp1": "Gbit/s", "tcp4": "Gbit/s", "conns": "conn/s", "udp64": "pkt/s"}
-modes = list(dict.fromkeys(m for _, _, m, _, _ in rows))
-works = list(dict.fromkeys(w for _, w, _, _, _ in rows))
-rounds = list(dict.fromkeys(r for r, _, _, _, _ in rows))
+modes = list(dict.fromkeys(r[2] for r in rows))
+works = list(dict.fromkeys(r[1] for r in rows))
+rounds = list(dict.fromkeys(r[0] for r in rows))
 med = lambda xs: statistics.median(xs) if xs else float('nan')
 def ratio(w, m, base):
     rs = [by_round[(r, w, m)] / by_round[(r, w, base)] for r in rounds
           if (r, w, base) in by_round and (r, w, m) in by_round and by_round[(r, w, base)] > 0]
     return "%.2f" % med(rs) if rs else "-"
-print("\nmedians of %d rounds; ratios are medians of per-round ratios (cpu: machine-wide CPU seconds during the run)" % len(rounds))
-print("%-8s %-18s %14s %8s %10s %10s" % ("workload", "mode", "median", "cpu_s", "/ceiling", "/kernel-ct"))
+print("\nmedians of %d rounds; ratios are medians of per-round ratios" % len(rounds))
+print("cpu_s: machine-wide CPU seconds during the run; gw_s: CPU seconds of the gateway's program")
+print("%-8s %-18s %14s %6s %6s %9s %10s" % ("workload", "mode", "median", "cpu_s", "gw_s", "/ceiling", "/kernel-ct"))
 for w in works:
     for m in modes:
         v = med(val[(w, m)]); c = med(cpu[(w, m)])
         shown = ("%.2f %s" % (v, units[w])) if v < 1000 else ("%.0f %s" % (v, units[w]))
-        print("%-8s %-18s %14s %8.1f %10s %10s" % (w, m, shown, c, ratio(w, m, "nfq-ceil"), ratio(w, m, "kernel-ct")))
+        g = med(gw[(w, m)])
+        print("%-8s %-18s %14s %6.1f %6s %9s %10s" % (w, m, shown, c, ("%.1f" % g) if g > 0 else "-",
+                                                      ratio(w, m, "nfq-ceil"), ratio(w, m, "kernel-ct")))
 if "conntrackd" in modes and "conntrackd-1q" in modes:
     print("\nqueue scaling (conntrackd on the QUEUES range / on one queue):",
           ", ".join("%s %s" % (w, ratio(w, "conntrackd", "conntrackd-1q")) for w in works))
