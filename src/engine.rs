@@ -184,10 +184,12 @@ impl Engine {
     }
 
     /// Bypass mode: the kernel still carries this handed-off TCP connection
-    /// (its conntrack entry has the bypass mark; `src` is the originator). The
-    /// engine sees none of its data, so it keeps the connection `timeout`
-    /// more seconds from `now` instead (never less than it had). Returns
-    /// whether such a connection was found; one that is closing is not kept.
+    /// (its conntrack entry has the bypass mark). The engine sees none of its
+    /// data, so it keeps the connection `timeout` more seconds from `now`
+    /// instead (never less than it had). Either direction: the kernel's
+    /// entry may have been re-created from the responder's side after it
+    /// expired there first. Returns whether such a connection was found; one
+    /// that is closing, or was never handed off, is not kept.
     pub fn keep_handed_off(
         &self,
         src: (IpAddr, u16),
@@ -195,7 +197,7 @@ impl Engine {
         now: Timestamp,
         timeout: u32,
     ) -> bool {
-        let (key, side) = FlowKey::new(PROTO_TCP, src.0, src.1, dst.0, dst.1);
+        let (key, _) = FlowKey::new(PROTO_TCP, src.0, src.1, dst.0, dst.1);
         let Some(mut entry) = self.table.get_mut(&key) else {
             return false;
         };
@@ -203,7 +205,7 @@ impl Engine {
         let Proto::Tcp(tcp) = conn.proto else {
             return false;
         };
-        if conn.originator != side || !tcp.is_established() || !tcp.is_liberal() {
+        if !tcp.is_established() || !tcp.is_liberal() {
             return false;
         }
         let before = conn.expires_at_secs();

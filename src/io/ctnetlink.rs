@@ -26,6 +26,7 @@ const NLMSG_DONE: u16 = 3;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
 const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
 const CTA_MARK: u16 = 8;
 const CTA_MARK_MASK: u16 = 21;
 const CTA_TUPLE_IP: u16 = 1;
@@ -41,7 +42,12 @@ const CTA_PROTO_DST_PORT: u16 = 3;
 /// A dump never waits longer than this for the kernel.
 const RECV_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// One kernel conntrack entry: its original-direction tuple and its connmark.
+/// One kernel conntrack entry as a forwarding hook sees it, and its connmark.
+///
+/// `src` is the original direction's source (before any SNAT, which happens
+/// after FORWARD) and `dst` the reply direction's source (after any DNAT,
+/// which happens before): the addresses conntrackd's packets carry. Without
+/// NAT, `dst` is simply the original destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub protocol: u8,
@@ -106,9 +112,10 @@ fn ip(v: &[u8]) -> Option<IpAddr> {
     }
 }
 
-/// One `IPCTNL_MSG_CT_NEW` message body (after nlmsghdr and nfgenmsg).
-fn parse_entry(body: &[u8]) -> Option<Entry> {
-    let tuple = attr(body, CTA_TUPLE_ORIG)?;
+/// A tuple's (protocol, source, destination).
+type Tuple = (u8, (IpAddr, u16), (IpAddr, u16));
+
+fn parse_tuple(tuple: &[u8]) -> Option<Tuple> {
     let addrs = attr(tuple, CTA_TUPLE_IP)?;
     let (mut src, mut dst) = (None, None);
     for (ty, v) in attrs(addrs) {
@@ -123,10 +130,19 @@ fn parse_entry(body: &[u8]) -> Option<Entry> {
     // Port-less protocols have none: 0.
     let sport = attr(proto, CTA_PROTO_SRC_PORT).and_then(be16).unwrap_or(0);
     let dport = attr(proto, CTA_PROTO_DST_PORT).and_then(be16).unwrap_or(0);
+    Some((protocol, (src?, sport), (dst?, dport)))
+}
+
+/// One `IPCTNL_MSG_CT_NEW` message body (after nlmsghdr and nfgenmsg).
+fn parse_entry(body: &[u8]) -> Option<Entry> {
+    let (protocol, src, orig_dst) = parse_tuple(attr(body, CTA_TUPLE_ORIG)?)?;
+    let dst = attr(body, CTA_TUPLE_REPLY)
+        .and_then(parse_tuple)
+        .map_or(orig_dst, |(_, reply_src, _)| reply_src);
     Some(Entry {
         protocol,
-        src: (src?, sport),
-        dst: (dst?, dport),
+        src,
+        dst,
         mark: attr(body, CTA_MARK).and_then(be32).unwrap_or(0),
     })
 }
@@ -147,7 +163,17 @@ fn parse_batch(mut buf: &[u8], seq: u32, out: &mut Vec<Entry>) -> anyhow::Result
             continue; // an answer to an earlier, abandoned dump
         }
         match ty {
-            NLMSG_DONE => return Ok(true),
+            NLMSG_DONE => {
+                // A dump that failed midway says so in NLMSG_DONE's payload.
+                let errno = msg
+                    .get(16..20)
+                    .map_or(0, |b| i32::from_ne_bytes(b.try_into().expect("4 bytes")));
+                if errno < 0 {
+                    return Err(io::Error::from_raw_os_error(-errno))
+                        .context("the conntrack dump ended with an error");
+                }
+                return Ok(true);
+            }
             NLMSG_ERROR => {
                 let errno = i32::from_ne_bytes(msg.get(16..20).context("short error")?.try_into()?);
                 if errno != 0 {
@@ -247,7 +273,10 @@ impl Conntrack {
                 }
                 return Err(e).context("reading the conntrack dump");
             }
-            if n == 0 || parse_batch(&buf[..n as usize], self.seq, &mut out)? {
+            if n == 0 {
+                bail!("the ctnetlink socket closed during a dump");
+            }
+            if parse_batch(&buf[..n as usize], self.seq, &mut out)? {
                 // The kernel rechecks the mark per entry; so do we (an old
                 // kernel may ignore the filter).
                 out.retain(|e| e.mark & mark == mark);
@@ -276,9 +305,9 @@ mod tests {
         nla(ty | 0x8000, &parts.concat())
     }
 
-    fn entry_msg(seq: u32, src: [u8; 4], dst: [u8; 4], ports: (u16, u16), mark: u32) -> Vec<u8> {
-        let tuple = nested(
-            CTA_TUPLE_ORIG,
+    fn tuple(ty: u16, src: [u8; 4], dst: [u8; 4], ports: (u16, u16)) -> Vec<u8> {
+        nested(
+            ty,
             &[
                 nested(
                     CTA_TUPLE_IP,
@@ -293,8 +322,19 @@ mod tests {
                     ],
                 ),
             ],
-        );
-        let body = [tuple, nla(CTA_MARK, &mark.to_be_bytes())].concat();
+        )
+    }
+
+    fn entry_msg(seq: u32, src: [u8; 4], dst: [u8; 4], ports: (u16, u16), mark: u32) -> Vec<u8> {
+        let body = [
+            tuple(CTA_TUPLE_ORIG, src, dst, ports),
+            nla(CTA_MARK, &mark.to_be_bytes()),
+        ]
+        .concat();
+        entry_msg_body(seq, body)
+    }
+
+    fn entry_msg_body(seq: u32, body: Vec<u8>) -> Vec<u8> {
         let mut m = Vec::new();
         m.extend_from_slice(&((20 + body.len()) as u32).to_ne_bytes());
         m.extend_from_slice(&(NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW).to_ne_bytes());
@@ -345,6 +385,40 @@ mod tests {
         // Without NLMSG_DONE the dump goes on.
         let mut more = Vec::new();
         assert!(!parse_batch(&batch[..batch.len() - 20], 7, &mut more).unwrap());
+    }
+
+    #[test]
+    fn nat_entries_give_the_addresses_a_forwarding_hook_sees() {
+        let client = [198, 18, 0, 2];
+        let server = [198, 19, 0, 2];
+        let one = |orig: Vec<u8>, reply: Vec<u8>| {
+            let msg = entry_msg_body(
+                1,
+                [orig, reply, nla(CTA_MARK, &1u32.to_be_bytes())].concat(),
+            );
+            let mut out = Vec::new();
+            parse_batch(&msg, 1, &mut out).unwrap();
+            let e = out.pop().expect("one entry");
+            (e.src, e.dst)
+        };
+        let addr = |a: [u8; 4], port| (IpAddr::from(a), port);
+        // DNAT (a published address 198.19.0.100:80 to the server's :8080):
+        // FORWARD sees the server's own address.
+        assert_eq!(
+            one(
+                tuple(CTA_TUPLE_ORIG, client, [198, 19, 0, 100], (40000, 80)),
+                tuple(CTA_TUPLE_REPLY, server, client, (8080, 40000)),
+            ),
+            (addr(client, 40000), addr(server, 8080))
+        );
+        // SNAT happens after FORWARD: the client's own address.
+        assert_eq!(
+            one(
+                tuple(CTA_TUPLE_ORIG, client, server, (40000, 80)),
+                tuple(CTA_TUPLE_REPLY, server, [198, 19, 0, 1], (80, 61000)),
+            ),
+            (addr(client, 40000), addr(server, 80))
+        );
     }
 
     #[test]
