@@ -35,6 +35,10 @@ fn v4(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(lab::SERVER4), port)
 }
 
+fn v6(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(lab::SERVER6), port)
+}
+
 /// `name=value` from the last log line containing `needle`.
 fn field(log: &str, needle: &str, name: &str) -> Option<u64> {
     let line = log.lines().rev().find(|l| l.contains(needle))?;
@@ -186,7 +190,7 @@ default = "drop"
 [[rule]]
 name = "lan-out"
 action = "accept"
-src = ["198.18.0.0/15"]
+src = ["198.18.0.0/15", "2001:db8:1::/48"]
 
 [daemon]
 bypass = true
@@ -196,10 +200,10 @@ stats_interval = 1
     )
 }
 
-/// A handed-off connection that carries data for longer than the engine's
-/// timeout: the engine sees none of it, and keeps the connection only
-/// because it reads the kernel's marked conntrack entries (ctnetlink). With
-/// that off (the control) it forgets the connection.
+/// Handed-off connections (IPv4 and IPv6) that carry data for longer than
+/// the engine's timeout: the engine sees none of it, and keeps them only
+/// because it reads the kernel's marked conntrack entries (ctnetlink, one
+/// dump per family). With that off (the control) it forgets them.
 #[test]
 fn bypassed_connections_outlive_the_engine_timeout_while_the_kernel_carries_them() {
     let Some(lab) = Lab::new("bypasskeep") else {
@@ -213,6 +217,7 @@ fn bypassed_connections_outlive_the_engine_timeout_while_the_kernel_carries_them
         "net.netfilter.nf_conntrack_tcp_timeout_established=3",
     ]);
     let _echo = TcpEcho::start(&lab.server, v4(8081));
+    let _echo6 = TcpEcho::start(&lab.server, v6(8081));
     for refresh in [1, 0] {
         let rules = lab.write_rules("rules.toml", &short_lived_rules(refresh));
         let mut d = lab.start_daemon(&[
@@ -223,9 +228,11 @@ fn bypassed_connections_outlive_the_engine_timeout_while_the_kernel_carries_them
             "info,conntrackd::io::daemon=debug",
         ]);
         let s = lab::connect(&lab.client, v4(8081), Duration::from_secs(5)).expect("connect");
+        let s6 = lab::connect(&lab.client, v6(8081), Duration::from_secs(5)).expect("connect v6");
         // 8 s of traffic, each piece through the kernel once handed off.
         for i in 0..8 {
             lab::exchange(&s, 64 << 10, i).expect("exchange through the bypass gateway");
+            lab::exchange(&s6, 64 << 10, i).expect("IPv6 exchange through the bypass gateway");
             std::thread::sleep(Duration::from_secs(1));
         }
         std::thread::sleep(Duration::from_millis(1500)); // a fresh stats line
@@ -234,11 +241,13 @@ fn bypassed_connections_outlive_the_engine_timeout_while_the_kernel_carries_them
         if refresh > 0 {
             assert_eq!(
                 tracked,
-                Some(1),
+                Some(2),
                 "the engine forgot a live connection:\n{log}"
             );
-            assert!(log.contains("kept handed-off connections"), "{log}");
+            let kept = field(&log, "kept handed-off connections", "kept");
+            assert_eq!(kept, Some(2), "the kernel's entries were not read:\n{log}");
             lab::close(s).expect("clean close: both FINs known to the engine and passed");
+            lab::close(s6).expect("IPv6 clean close");
             assert!(d.stop().success(), "log:\n{}", d.log());
             let log = d.log();
             assert_eq!(field(&log, "stopped", "dropped"), Some(0), "{log}");
@@ -249,7 +258,7 @@ fn bypassed_connections_outlive_the_engine_timeout_while_the_kernel_carries_them
                 "without reading the kernel's table the engine should forget it:\n{log}"
             );
             assert!(log.contains("not read often enough"), "no warning:\n{log}");
-            drop(s);
+            drop((s, s6));
             assert!(d.stop().success(), "log:\n{}", d.log());
         }
     }

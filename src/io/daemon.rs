@@ -327,7 +327,8 @@ impl Daemon {
                 );
             }
             let refresh = settings.bypass_refresh.as_secs();
-            if refresh == 0 || refresh >= u64::from(b.timeout) {
+            // Room for the housekeeping tick (1 s), the dump itself and whole-second expiry.
+            if refresh == 0 || refresh + 2 > u64::from(b.timeout) {
                 warn!(
                     bypass_refresh = refresh,
                     timeout = b.timeout,
@@ -610,6 +611,9 @@ impl KeepHandedOff {
         })();
         match result {
             Ok((marked, kept)) => {
+                if std::mem::replace(&mut self.warned, false) {
+                    info!("bypass mode: reading the kernel's conntrack table works again");
+                }
                 tracing::debug!(
                     marked,
                     kept,
@@ -619,6 +623,7 @@ impl KeepHandedOff {
             Err(e) => {
                 // A broken socket is reopened next time.
                 self.conntrack = None;
+                tracing::debug!("reading the kernel's conntrack table: {e:#}");
                 if !std::mem::replace(&mut self.warned, true) {
                     warn!(
                         "bypass mode: cannot read the kernel's conntrack table ({e:#}); \
