@@ -9,6 +9,7 @@
 //! entries of those connections, so that their FIN or RST is still known when
 //! it comes, however long the connection lived.
 
+use super::netlink::{attributes, set_recv_timeout, NLMSG_ERROR, NLM_F_REQUEST};
 use anyhow::{bail, Context as _};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -19,11 +20,8 @@ const NETLINK_NETFILTER: libc::c_int = 12;
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_NEW: u16 = 0;
 const IPCTNL_MSG_CT_GET: u16 = 1;
-const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
@@ -75,25 +73,8 @@ fn dump_request(family: u8, mark: u32, seq: u32) -> Vec<u8> {
     m
 }
 
-/// Netlink attributes of `b`: (type without flags, value).
-fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > b.len() {
-            return None;
-        }
-        let value = &b[4..len];
-        b = &b[((len + 3) & !3).min(b.len())..];
-        Some((ty, value))
-    })
-}
-
 fn attr(b: &[u8], want: u16) -> Option<&[u8]> {
-    attrs(b).find(|&(ty, _)| ty == want).map(|(_, v)| v)
+    attributes(b).find(|&(ty, _)| ty == want).map(|(_, v)| v)
 }
 
 fn be16(v: &[u8]) -> Option<u16> {
@@ -118,7 +99,7 @@ type Tuple = (u8, (IpAddr, u16), (IpAddr, u16));
 fn parse_tuple(tuple: &[u8]) -> Option<Tuple> {
     let addrs = attr(tuple, CTA_TUPLE_IP)?;
     let (mut src, mut dst) = (None, None);
-    for (ty, v) in attrs(addrs) {
+    for (ty, v) in attributes(addrs) {
         match ty {
             CTA_IP_V4_SRC | CTA_IP_V6_SRC => src = ip(v),
             CTA_IP_V4_DST | CTA_IP_V6_DST => dst = ip(v),
@@ -213,23 +194,7 @@ impl Conntrack {
         }
         // SAFETY: fd is a new descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let tv = libc::timeval {
-            tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
-            tv_usec: 0,
-        };
-        // SAFETY: tv outlives the call and its size is passed.
-        let r = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error()).context("setting SO_RCVTIMEO");
-        }
+        set_recv_timeout(fd.as_raw_fd(), RECV_TIMEOUT).context("setting SO_RCVTIMEO")?;
         Ok(Conntrack { fd, seq: 0 })
     }
 
@@ -450,7 +415,7 @@ mod tests {
         assert_eq!(u16::from_ne_bytes([r[4], r[5]]), 0x101);
         assert_eq!(u16::from_ne_bytes([r[6], r[7]]), 0x301);
         assert_eq!(r[16], libc::AF_INET as u8);
-        let body: Vec<_> = attrs(&r[20..]).collect();
+        let body: Vec<_> = attributes(&r[20..]).collect();
         assert_eq!(
             body,
             vec![

@@ -19,8 +19,10 @@ const NFNL_SUBSYS_QUEUE: u16 = 3;
 const NFQNL_MSG_PACKET: u16 = 0;
 const NFQNL_MSG_VERDICT: u16 = 1;
 const NFQNL_MSG_VERDICT_BATCH: u16 = 3;
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 1;
+pub(crate) const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLM_F_REQUEST: u16 = 1;
+/// An attribute's type without its NLA_F_NESTED and NLA_F_NET_BYTEORDER flags.
+const NLA_TYPE_MASK: u16 = 0x3fff;
 
 const NFQA_PACKET_HDR: u16 = 1;
 const NFQA_VERDICT_HDR: u16 = 2;
@@ -78,6 +80,57 @@ const fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
+/// The attributes of a netlink message body, as (type, value); ends at the
+/// first malformed one.
+#[inline]
+pub(crate) fn attributes(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if b.len() < 4 {
+            return None;
+        }
+        let len = u16_ne(b, 0) as usize;
+        let ty = u16_ne(b, 2) & NLA_TYPE_MASK;
+        if len < 4 || len > b.len() {
+            return None;
+        }
+        let value = &b[4..len];
+        b = &b[align4(len).min(b.len())..];
+        Some((ty, value))
+    })
+}
+
+/// `setsockopt(2)` with a value of any plain type.
+pub(crate) fn setsockopt<T>(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    val: &T,
+) -> io::Result<()> {
+    // SAFETY: val points to a T of the given size for the duration of the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            val as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// SO_RCVTIMEO: a blocking receive returns EAGAIN after `d`.
+pub(crate) fn set_recv_timeout(fd: RawFd, d: std::time::Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_usec: d.subsec_micros() as libc::suseconds_t,
+    };
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
+}
+
 /// Parses one netlink message of the queue subsystem (`msg` is exactly its bytes).
 fn parse_message(msg: &[u8]) -> Option<Item<'_>> {
     let ty = u16_ne(msg, 4);
@@ -103,31 +156,23 @@ fn parse_message(msg: &[u8]) -> Option<Item<'_>> {
     };
     let mut have_id = false;
     let mut cap_len = None;
-    let mut at = 20; // nlmsghdr (16) + nfgenmsg (4)
-    while at + 4 <= msg.len() {
-        let len = u16_ne(msg, at) as usize;
-        let ty = u16_ne(msg, at + 2) & 0x3fff;
-        if len < 4 || at + len > msg.len() {
-            break;
-        }
-        let v = at + 4;
-        let vlen = len - 4;
+    // After nlmsghdr (16 bytes) and nfgenmsg (4).
+    for (ty, v) in attributes(&msg[20..]) {
         match ty {
-            NFQA_PACKET_HDR if vlen >= 4 => {
-                p.id = u32_be(msg, v);
+            NFQA_PACKET_HDR if v.len() >= 4 => {
+                p.id = u32_be(v, 0);
                 have_id = true;
             }
-            NFQA_MARK if vlen >= 4 => p.mark = u32_be(msg, v),
-            NFQA_IFINDEX_INDEV if vlen >= 4 => p.indev = u32_be(msg, v),
-            NFQA_IFINDEX_OUTDEV if vlen >= 4 => p.outdev = u32_be(msg, v),
-            NFQA_CAP_LEN if vlen >= 4 => cap_len = Some(u32_be(msg, v) as usize),
-            NFQA_SKB_INFO if vlen >= 4 => {
-                p.checksum_ready = u32_be(msg, v) & NFQA_SKB_CSUMNOTREADY == 0
+            NFQA_MARK if v.len() >= 4 => p.mark = u32_be(v, 0),
+            NFQA_IFINDEX_INDEV if v.len() >= 4 => p.indev = u32_be(v, 0),
+            NFQA_IFINDEX_OUTDEV if v.len() >= 4 => p.outdev = u32_be(v, 0),
+            NFQA_CAP_LEN if v.len() >= 4 => cap_len = Some(u32_be(v, 0) as usize),
+            NFQA_SKB_INFO if v.len() >= 4 => {
+                p.checksum_ready = u32_be(v, 0) & NFQA_SKB_CSUMNOTREADY == 0
             }
-            NFQA_PAYLOAD => p.payload = &msg[v..v + vlen],
+            NFQA_PAYLOAD => p.payload = v,
             _ => {}
         }
-        at += align4(len);
     }
     if !have_id {
         return None;

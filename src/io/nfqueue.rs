@@ -15,7 +15,7 @@ use crate::conntrack::ConnState;
 use crate::engine::Context;
 use crate::io::ifnames::IfNames;
 use crate::io::logging::{Event, PacketEvent};
-use crate::io::netlink::{self, Item, Receiver, Verdicts};
+use crate::io::netlink::{self, setsockopt, Item, Receiver, Verdicts};
 use crate::policy::Interfaces;
 use crate::reason::{Counters, Verdict};
 use crate::time::Timestamp;
@@ -83,23 +83,6 @@ fn getsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> std::io::
     Ok(val)
 }
 
-fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &T) -> std::io::Result<()> {
-    // SAFETY: val points to a T of the given size for the duration of the call.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            val as *const T as *const libc::c_void,
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 fn is_nfnetlink_socket(fd: RawFd) -> bool {
     getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).ok() == Some(libc::AF_NETLINK)
         && getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).ok()
@@ -164,11 +147,7 @@ pub fn open(cfg: &QueueConfig) -> anyhow::Result<BoundQueue> {
     queue
         .set_recv_enobufs(true)
         .with_context(|| format!("queue {num}: enabling ENOBUFS reports"))?;
-    let tv = libc::timeval {
-        tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
-        tv_usec: RECV_TIMEOUT.subsec_micros() as libc::suseconds_t,
-    };
-    setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
+    netlink::set_recv_timeout(fd, RECV_TIMEOUT)
         .with_context(|| format!("queue {num}: setting the receive timeout"))?;
     Ok(BoundQueue {
         queue,
