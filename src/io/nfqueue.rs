@@ -231,7 +231,12 @@ impl Shared {
     /// The engine's clock: monotonic, since the daemon started.
     #[inline]
     pub fn now(&self) -> Timestamp {
-        Timestamp::from_nanos(self.start.elapsed().as_nanos() as u64)
+        self.timestamp(Instant::now())
+    }
+
+    /// The engine's time at `at`.
+    pub fn timestamp(&self, at: Instant) -> Timestamp {
+        Timestamp::from_nanos(at.saturating_duration_since(self.start).as_nanos() as u64)
     }
 
     /// Every worker's last published counters, merged.
@@ -279,10 +284,14 @@ impl Worker {
         let mut rx = Receiver::new(self.queue.fd, self.queue.copy_range);
         let mut tx = Verdicts::new(self.queue.fd, self.queue.num);
         loop {
-            match rx.recv(false) {
+            let received = rx.recv(false);
+            // One clock reading per read, for the engine and for the publishing below.
+            let now = Instant::now();
+            match received {
                 Ok(_) => {
                     consecutive_errors = 0;
-                    self.process(&rx, &mut tx, &mut stats, &mut ifnames);
+                    let at = self.shared.timestamp(now);
+                    self.process(&rx, &mut tx, &mut stats, &mut ifnames, at);
                 }
                 Err(e) => match e.kind() {
                     std::io::ErrorKind::WouldBlock
@@ -301,7 +310,6 @@ impl Worker {
             if self.shared.stop.load(Ordering::Relaxed) {
                 break;
             }
-            let now = Instant::now();
             if now.duration_since(last_publish) >= PUBLISH_EVERY {
                 last_publish = now;
                 self.publish(&stats);
@@ -332,7 +340,7 @@ impl Worker {
         // Bounded: with the administrator's own rule packets keep coming.
         for _ in 0..(2 * 65_536 / netlink::BATCH) {
             match rx.recv(true) {
-                Ok(_) => self.process(rx, tx, stats, ifnames),
+                Ok(_) => self.process(rx, tx, stats, ifnames, self.shared.now()),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
@@ -343,17 +351,18 @@ impl Worker {
         }
     }
 
-    /// Decides every packet of the batch just read, then sends the verdicts.
+    /// Decides every packet of the batch just read at `now` (one clock
+    /// reading per batch: the engine's timeouts are in seconds), then sends
+    /// the verdicts.
     fn process(
         &self,
         rx: &Receiver,
         tx: &mut Verdicts,
         stats: &mut WorkerStats,
         ifnames: &mut IfNames,
+        now: Timestamp,
     ) {
         stats.reads += 1;
-        // One clock reading per batch: the engine's timeouts are in seconds.
-        let now = self.shared.now();
         rx.for_each(|item| match item {
             Item::Packet(p) => {
                 let (verdict, mark) = self.handle(&p, now, stats, ifnames);
