@@ -7,16 +7,15 @@ mod common;
 
 use common::lab::{self, Lab, TcpEcho};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-const RULES: &str = r#"
+/// Bypass rules for the lab's client networks, with these engine timeouts
+/// and extra `[daemon]` lines.
+fn bypass_rules(timeouts: &str, daemon: &str) -> String {
+    format!(
+        r#"
 [engine.timeouts]
-time_wait = 1
-close = 1
-fin_wait = 1
-close_wait = 1
-last_ack = 1
+{timeouts}
 
 [policy]
 default = "drop"
@@ -29,7 +28,10 @@ src = ["198.18.0.0/15", "2001:db8:1::/48"]
 [daemon]
 bypass = true
 stats_interval = 1
-"#;
+{daemon}
+"#
+    )
+}
 
 fn v4(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(lab::SERVER4), port)
@@ -69,7 +71,9 @@ fn bypass_hands_bulk_data_to_the_kernel_and_still_tracks_teardown() {
     };
     let before4 = lab.gw.ruleset(false);
     let before6 = lab.gw.ruleset(true);
-    let rules = lab.write_rules("rules.toml", RULES);
+    // Short closing timeouts: a tracked teardown leaves the table quickly.
+    let timeouts = "time_wait = 1\nclose = 1\nfin_wait = 1\nclose_wait = 1\nlast_ack = 1";
+    let rules = lab.write_rules("rules.toml", &bypass_rules(timeouts, ""));
     let mut d = lab.start_daemon(&[
         "--rules",
         rules.to_str().unwrap(),
@@ -102,22 +106,7 @@ fn bypass_hands_bulk_data_to_the_kernel_and_still_tracks_teardown() {
     // A second connection aborted with a RST (SO_LINGER 0).
     let s = lab::connect(&lab.client, v4(8080), Duration::from_secs(5)).expect("connect");
     lab::exchange(&s, 1 << 20, 0x22).expect("exchange");
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket and a linger struct for the call.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0);
-    drop(s);
+    lab::abort(s);
 
     let bypassed = bypass_rule_packets(&lab);
     // Teardown tracked: the FIN-closed connection went through the closing
@@ -175,31 +164,6 @@ fn bypass_hands_bulk_data_to_the_kernel_and_still_tracks_teardown() {
     }
 }
 
-/// Rules whose engine forgets an established connection after 3 s without
-/// queued packets; `refresh` is `daemon.bypass_refresh`.
-fn short_lived_rules(refresh: u64) -> String {
-    format!(
-        r#"
-[engine.timeouts]
-established = 3
-time_wait = 1
-
-[policy]
-default = "drop"
-
-[[rule]]
-name = "lan-out"
-action = "accept"
-src = ["198.18.0.0/15", "2001:db8:1::/48"]
-
-[daemon]
-bypass = true
-bypass_refresh = {refresh}
-stats_interval = 1
-"#
-    )
-}
-
 /// Handed-off connections (IPv4 and IPv6) that carry data for longer than
 /// the engine's timeout: the engine sees none of it, and keeps them only
 /// because it reads the kernel's marked conntrack entries (ctnetlink, one
@@ -219,7 +183,14 @@ fn bypassed_connections_outlive_the_engine_timeout_while_the_kernel_carries_them
     let _echo = TcpEcho::start(&lab.server, v4(8081));
     let _echo6 = TcpEcho::start(&lab.server, v6(8081));
     for refresh in [1, 0] {
-        let rules = lab.write_rules("rules.toml", &short_lived_rules(refresh));
+        // The engine forgets an established connection after 3 s without queued packets.
+        let rules = lab.write_rules(
+            "rules.toml",
+            &bypass_rules(
+                "established = 3\ntime_wait = 1",
+                &format!("bypass_refresh = {refresh}"),
+            ),
+        );
         let mut d = lab.start_daemon(&[
             "--rules",
             rules.to_str().unwrap(),

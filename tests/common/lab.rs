@@ -783,6 +783,13 @@ pub fn close(stream: TcpStream) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Ends a connection with a RST instead of a FIN (SO_LINGER 0, then close).
+pub fn abort(stream: TcpStream) {
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER");
+}
+
 /// Connect, exchange `n` bytes both ways, close: the whole life of a connection.
 pub fn tcp_session(ns: &Ns, to: SocketAddr, n: usize) -> std::io::Result<()> {
     // 5 s: room for two lost SYNs (retransmitted after 1 and 3 s).
@@ -921,20 +928,9 @@ pub fn ping(ns: &Ns, to: IpAddr, timeout: Duration) -> bool {
 }
 
 pub fn set_rcvtimeo(fd: &OwnedFd, d: Duration) {
-    let tv = libc::timeval {
-        tv_sec: d.as_secs() as libc::time_t,
-        tv_usec: d.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: tv is a valid timeval.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
+    socket2::SockRef::from(fd)
+        .set_read_timeout(Some(d))
+        .expect("SO_RCVTIMEO");
 }
 
 fn send_to(fd: &OwnedFd, bytes: &[u8], to: IpAddr) {
