@@ -46,8 +46,15 @@ done
 cleanup() {
     for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
     # iperf3 -D daemonizes: it outlives its namespace unless killed by its pid file.
-    for f in "$OUT"/iperf3-*.pid; do [ -s "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
-    sleep 0.2
+    local daemons=()
+    for f in "$OUT"/iperf3-*.pid; do [ -s "$f" ] && daemons+=("$(cat "$f")"); done
+    [ ${#daemons[@]} -gt 0 ] && { kill "${daemons[@]}" 2>/dev/null || true; }
+    wait 2>/dev/null || true   # our own children
+    # The daemons are not our children: up to 2 s for them to go.
+    for _ in $(seq 20); do
+        [ ${#daemons[@]} -gt 0 ] && kill -0 "${daemons[@]}" 2>/dev/null || break
+        sleep 0.1
+    done
     for n in $C $G $S; do ip netns del $n 2>/dev/null || true; done
     rm -rf "$OUT"
 }
