@@ -256,14 +256,7 @@ fn window_scaling_counts_only_when_both_syns_carry_it() {
     assert_eq!(d.reason, Reason::Tracked);
     f.client(&mut t, ACK, b"");
     // The server's first scaled window update.
-    t.send(
-        conntrackd::wire::build::tcp(f.s, f.c)
-            .flags(ACK)
-            .seq(f.s_nxt)
-            .ack(f.c_nxt)
-            .window(1024)
-            .build(),
-    );
+    t.send(f.builder(Side::Server, ACK).window(1024).build());
     let d = t.tcp(
         f.c,
         f.s,
@@ -276,14 +269,7 @@ fn window_scaling_counts_only_when_both_syns_carry_it() {
 
     // The originator's own scale counts too: the server may send up to the
     // client's 1024 << 7.
-    let d = t.send(
-        conntrackd::wire::build::tcp(f.c, f.s)
-            .flags(ACK)
-            .seq(f.c_nxt)
-            .ack(f.s_nxt)
-            .window(1024)
-            .build(),
-    );
+    let d = t.send(f.builder(Side::Client, ACK).window(1024).build());
     assert_eq!(d.reason, Reason::Tracked);
     let d = t.tcp(
         f.s,
@@ -301,14 +287,7 @@ fn window_scaling_counts_only_when_both_syns_carry_it() {
     t.send(f.syn_builder().window_scale(7).build());
     t.send(f.synack_builder().window(1024).build());
     f.client(&mut t, ACK, b"");
-    t.send(
-        conntrackd::wire::build::tcp(f.s, f.c)
-            .flags(ACK)
-            .seq(f.s_nxt)
-            .ack(f.c_nxt)
-            .window(1024)
-            .build(),
-    );
+    t.send(f.builder(Side::Server, ACK).window(1024).build());
     let d = t.tcp(
         f.c,
         f.s,
@@ -703,18 +682,10 @@ fn syn_on_an_established_connection_is_passed_unchanged() {
 fn handed_off_connection_still_follows_its_teardown() {
     let mut t = Lab::allow_all();
     let mut f = Flow::established(&mut t);
-    let plain = conntrackd::wire::build::tcp(f.c, f.s)
-        .flags(ACK)
-        .seq(f.c_nxt)
-        .ack(f.s_nxt)
-        .build();
+    let plain = f.builder(Side::Client, ACK).build();
     let now = t.now();
     // Only plain packets from the originator of an established connection.
-    let fin = conntrackd::wire::build::tcp(f.c, f.s)
-        .flags(FIN | ACK)
-        .seq(f.c_nxt)
-        .ack(f.s_nxt)
-        .build();
+    let fin = f.builder(Side::Client, FIN | ACK).build();
     assert!(!t.engine.hand_off(&fin, Default::default(), now, 600));
     assert!(t.engine.hand_off(&plain, Default::default(), now, 600));
     // The kernel carried 50 MB each way meanwhile: the engine never saw it.
@@ -737,11 +708,7 @@ fn handed_off_connection_still_follows_its_teardown() {
     ] {
         g.send(&mut t, side, flags, b"");
     }
-    let plain = conntrackd::wire::build::tcp(g.c, g.s)
-        .flags(ACK)
-        .seq(g.c_nxt)
-        .ack(g.s_nxt)
-        .build();
+    let plain = g.builder(Side::Client, ACK).build();
     assert!(t.engine.hand_off(&plain, Default::default(), now, 600));
     g.s_nxt = g.s_nxt.wrapping_add(7_000);
     let d = g.server(&mut t, RST | ACK, b"");
@@ -767,11 +734,7 @@ fn the_kernel_keeps_handed_off_connections_alive_in_the_engine() {
     let expires = |t: &Lab| t.engine.connections()[0].expires_at_secs as u64;
     // Not handed off yet: its own packets keep it, not the kernel.
     assert!(!keep(&t, c, s, 600));
-    let plain = conntrackd::wire::build::tcp(c, s)
-        .flags(ACK)
-        .seq(f.c_nxt)
-        .ack(f.s_nxt)
-        .build();
+    let plain = f.builder(Side::Client, ACK).build();
     assert!(t.engine.hand_off(&plain, Default::default(), t.now(), 600));
     assert_eq!(expires(&t), t.now_secs + 600);
     t.now_secs += 500;

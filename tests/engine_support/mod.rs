@@ -156,6 +156,16 @@ impl Flow {
         b
     }
 
+    /// A segment from one side with its next seq and the other side's next
+    /// seq as ack (options and window to add), without advancing either.
+    pub fn builder(&self, side: Side, flags: u8) -> build::Tcp {
+        let (from, to, seq, ack) = match side {
+            Side::Client => (self.c, self.s, self.c_nxt, self.s_nxt),
+            Side::Server => (self.s, self.c, self.s_nxt, self.c_nxt),
+        };
+        build::tcp(from, to).flags(flags).seq(seq).ack(ack)
+    }
+
     /// Sends from one side with its next seq and the other side's next seq as ack,
     /// then advances the sender by the sequence space the segment used.
     pub fn send(&mut self, t: &mut Lab, side: Side, flags: u8, payload: &[u8]) -> Out {
