@@ -61,7 +61,7 @@ cleanup() {
 trap cleanup EXIT
 
 cargo build --release --quiet --bin conntrackd --example shortconn --example nfq_ceiling
-BIN=target/release
+BIN=${CARGO_TARGET_DIR:-target}/release
 FIRST=${QUEUES%:*}; LAST=${QUEUES#*:}
 
 # ---- the lab ----------------------------------------------------------------
