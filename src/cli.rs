@@ -16,7 +16,7 @@ use std::path::PathBuf;
 )]
 pub struct Cli {
     #[command(flatten)]
-    pub daemon: crate::io::daemon::DaemonArgs,
+    pub daemon: crate::daemon::DaemonArgs,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -30,5 +30,5 @@ pub enum Command {
         rules: PathBuf,
     },
     /// Replay captures through the engine and show each packet's verdict and reason.
-    Replay(crate::io::replay::ReplayArgs),
+    Replay(crate::replay::ReplayArgs),
 }

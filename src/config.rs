@@ -2,76 +2,12 @@
 //!
 //! Unknown keys are refused, and every error names `file:line:column`.
 
+pub use crate::engine::settings::{EngineSettings, Timeouts};
 use crate::policy::{PolicySpec, RuleSpec};
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
-
-/// Seconds each connection state lives without traffic. Defaults are
-/// nf_conntrack's.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct Timeouts {
-    pub syn_sent: u32,
-    pub syn_recv: u32,
-    pub established: u32,
-    pub fin_wait: u32,
-    pub close_wait: u32,
-    pub last_ack: u32,
-    /// 2MSL.
-    pub time_wait: u32,
-    pub close: u32,
-    /// Cap while data is in flight unacknowledged (nf_conntrack's "unacknowledged").
-    pub unacknowledged: u32,
-    pub udp_unreplied: u32,
-    pub udp_replied: u32,
-    pub icmp: u32,
-    pub other: u32,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            syn_sent: 120,
-            syn_recv: 60,
-            established: 432_000,
-            fin_wait: 120,
-            close_wait: 60,
-            last_ack: 30,
-            time_wait: 120,
-            close: 10,
-            unacknowledged: 300,
-            udp_unreplied: 30,
-            udp_replied: 120,
-            icmp: 30,
-            other: 600,
-        }
-    }
-}
-
-/// `[engine]`: the connection tracker's limits and behaviour.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct EngineSettings {
-    /// Most connections tracked at once (nf_conntrack_max).
-    pub max_connections: usize,
-    /// Most connections still in the handshake (SYN-flood cap).
-    pub max_half_open: usize,
-    /// Pick up TCP connections mid-stream from a non-SYN packet (nf_conntrack_tcp_loose).
-    pub loose_pickup: bool,
-    pub timeouts: Timeouts,
-}
-
-impl Default for EngineSettings {
-    fn default() -> Self {
-        EngineSettings {
-            max_connections: 262_144,
-            max_half_open: 65_536,
-            loose_pickup: false,
-            timeouts: Timeouts::default(),
-        }
-    }
-}
+use std::str::FromStr;
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -81,12 +17,87 @@ pub enum LogFormat {
     Json,
 }
 
+/// NFQUEUE queue numbers, sorted and without duplicates, parsed from `"0"`,
+/// `"0-3"`, `"0,2"` or mixes like `"0-1,4"`; at most 64.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct QueueSpec(Vec<u16>);
+
+impl QueueSpec {
+    pub fn as_slice(&self) -> &[u16] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn first(&self) -> u16 {
+        self.0[0]
+    }
+}
+
+impl FromStr for QueueSpec {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<QueueSpec, String> {
+        let bad = || format!("bad queue spec {spec:?}: expected N, N-M or N,M (0..=65535)");
+        let mut queues = Vec::new();
+        for part in spec.split(',') {
+            let part = part.trim();
+            if let Some((a, b)) = part.split_once('-') {
+                let a: u16 = a.trim().parse().map_err(|_| bad())?;
+                let b: u16 = b.trim().parse().map_err(|_| bad())?;
+                if a > b {
+                    return Err(bad());
+                }
+                if usize::from(b - a) >= 64 {
+                    return Err(format!("queue spec {spec:?} asks for more than 64 queues"));
+                }
+                queues.extend(a..=b);
+            } else {
+                queues.push(part.parse().map_err(|_| bad())?);
+            }
+        }
+        queues.sort_unstable();
+        queues.dedup();
+        if queues.len() > 64 {
+            return Err(format!("queue spec {spec:?} asks for more than 64 queues"));
+        }
+        Ok(QueueSpec(queues))
+    }
+}
+
+impl TryFrom<String> for QueueSpec {
+    type Error = String;
+    fn try_from(s: String) -> Result<QueueSpec, String> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for QueueSpec {
+    /// Comma-separated queue numbers: `0,1,2`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, q) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{q}")?;
+        }
+        Ok(())
+    }
+}
+
 /// `[daemon]`: how the NFQUEUE daemon runs. Command-line options override these.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DaemonSettings {
     /// Queue numbers: `"0"`, `"0-3"` or `"0,2"`; one worker thread per queue.
-    pub queues: String,
+    pub queues: QueueSpec,
     /// When a queue overflows (or conntrackd is not running, with
     /// `--queue-bypass`): accept (true) or drop (false).
     pub fail_open: bool,
@@ -125,7 +136,7 @@ pub struct DaemonSettings {
 impl Default for DaemonSettings {
     fn default() -> Self {
         DaemonSettings {
-            queues: "0".into(),
+            queues: QueueSpec(vec![0]),
             fail_open: true,
             install_iptables: false,
             hooks: vec!["FORWARD".into()],
@@ -227,8 +238,6 @@ impl Config {
                 "engine.max_connections must be at least 1".into(),
             ));
         }
-        crate::io_support::parse_queue_spec(&file.daemon.queues)
-            .map_err(|m| invalid(text.find("queues").unwrap_or(0), m))?;
         Ok(Config {
             path: path.to_path_buf(),
             engine: file.engine,
@@ -266,6 +275,38 @@ impl fmt::Display for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_specs() {
+        let q = |s: &str| s.parse::<QueueSpec>().map(|q| q.as_slice().to_vec());
+        assert_eq!(q("0").unwrap(), vec![0]);
+        assert_eq!(q("0-3").unwrap(), vec![0, 1, 2, 3]);
+        assert_eq!(q("0,2").unwrap(), vec![0, 2]);
+        assert_eq!(q("2,0-1").unwrap(), vec![0, 1, 2]);
+        assert!(q("3-1").is_err());
+        assert!(q("x").is_err());
+        assert!(q("").is_err());
+        assert!(q("0-100").is_err());
+        assert!(q("0-65535").is_err());
+        assert_eq!("2,0-1".parse::<QueueSpec>().unwrap().to_string(), "0,1,2");
+    }
+
+    #[test]
+    fn a_bad_queue_spec_is_refused_where_it_is_written() {
+        let text = "[daemon]\nqueues = \"0-x\"\n[policy]\ndefault = \"accept\"\n";
+        match Config::parse(text, Path::new("r.toml")) {
+            Err(ConfigError::Invalid {
+                line,
+                column,
+                message,
+                ..
+            }) => {
+                assert_eq!((line, column), (2, 10), "{message}");
+                assert!(message.contains("bad queue spec"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn line_and_column_are_one_based() {

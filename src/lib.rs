@@ -11,16 +11,20 @@
 //! over the same engine, which is why a replayed capture is a faithful oracle
 //! of the live path.
 
-pub mod cli;
+// The sans-IO core, each layer using only those listed before it.
 pub mod config;
 pub mod conntrack;
 pub mod engine;
-pub mod io;
-pub mod io_support;
 pub mod policy;
 pub mod reason;
 pub mod time;
 pub mod wire;
+
+// The shells: the only code with sockets, threads, files and clocks.
+pub mod cli;
+pub mod daemon;
+pub mod kernel;
+pub mod replay;
 
 pub use config::{Config, ConfigError, EngineSettings};
 pub use engine::{Context, Decision, Engine};

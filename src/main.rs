@@ -6,7 +6,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        None => conntrackd::io::daemon::run(cli.daemon),
+        None => conntrackd::daemon::run(cli.daemon),
         Some(Command::Check { rules }) => match Config::load(&rules) {
             Ok(config) => {
                 print!("{config}");
@@ -18,6 +18,6 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(Command::Replay(args)) => conntrackd::io::replay::run(args),
+        Some(Command::Replay(args)) => conntrackd::replay::run(args),
     }
 }

@@ -196,7 +196,7 @@ fn bypassed_connections_outlive_the_engine_timeout_while_the_kernel_carries_them
             rules.to_str().unwrap(),
             "--install-iptables",
             "--log-level",
-            "info,conntrackd::io::daemon=debug",
+            "info,conntrackd::daemon=debug",
         ]);
         let s = lab::connect(&lab.client, v4(8081), Duration::from_secs(5)).expect("connect");
         let s6 = lab::connect(&lab.client, v6(8081), Duration::from_secs(5)).expect("connect v6");

@@ -9,7 +9,7 @@
 mod common;
 
 use common::lab::{self, Lab, RawSender, Sniffer};
-use conntrackd::io::replay::replay_capture;
+use conntrackd::replay::replay_capture;
 use conntrackd::wire::build;
 use conntrackd::wire::{Checksums, TcpFlags as F};
 use conntrackd::{Config, Engine, Verdict};
@@ -229,7 +229,7 @@ fn live_verdicts_equal_replayed_verdicts() {
     daemon.stop();
 
     let config = Config::parse(RULES, std::path::Path::new("rules.toml")).unwrap();
-    let engine = Engine::from_config(&config);
+    let engine = Engine::new(config.engine, config.policy.clone());
     let rows = replay_capture(&engine, &capture_path, Checksums::Verify).expect("replay");
     assert_eq!(rows.len(), steps.len());
 

@@ -10,23 +10,26 @@
 //! `--naive`: nfq's own path instead, one `recv` and one verdict `sendto`
 //! per packet (what conntrackd did before batching).
 
-use conntrackd::config::DaemonSettings;
-use conntrackd::io::netlink::{Item, Receiver, Verdict, Verdicts};
-use conntrackd::io::nfqueue::{open, QueueConfig};
+#![allow(clippy::disallowed_methods)] // a shell: threads
+
+use conntrackd::config::{DaemonSettings, QueueSpec};
+use conntrackd::kernel::nfqueue::codec::{Item, Receiver, Verdicts};
+use conntrackd::kernel::nfqueue::{open, QueueConfig};
+use conntrackd::Verdict;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 fn main() -> anyhow::Result<()> {
     let spec = std::env::args().nth(1).unwrap_or_else(|| "0".into());
     let naive = std::env::args().any(|a| a == "--naive");
-    let queues = conntrackd::io_support::parse_queue_spec(&spec).map_err(anyhow::Error::msg)?;
+    let queues: QueueSpec = spec.parse().map_err(anyhow::Error::msg)?;
     let d = DaemonSettings::default();
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())?;
     }
     let mut threads = Vec::new();
-    for num in queues {
+    for &num in queues.as_slice() {
         let mut q = open(&QueueConfig {
             num,
             copy_range: d.copy_range,
@@ -37,17 +40,21 @@ fn main() -> anyhow::Result<()> {
         let stop = stop.clone();
         threads.push(std::thread::spawn(move || {
             let mut packets = 0u64;
-            let mut rx = Receiver::new(q.fd(), q.copy_range);
-            let mut tx = Verdicts::new(q.fd(), q.num);
             // recv times out regularly (the socket has SO_RCVTIMEO) so that stop is seen.
-            while !stop.load(Ordering::Relaxed) {
-                if naive {
+            if naive {
+                while !stop.load(Ordering::Relaxed) {
                     if let Ok(mut msg) = q.queue_mut().recv() {
                         msg.set_verdict(nfq::Verdict::Accept);
                         let _ = q.queue_mut().verdict(msg);
                         packets += 1;
                     }
-                } else if rx.recv(false).is_ok() {
+                }
+                return packets;
+            }
+            let mut rx = Receiver::new(q.fd(), q.copy_range);
+            let mut tx = Verdicts::new(q.fd(), q.num);
+            while !stop.load(Ordering::Relaxed) {
+                if rx.recv(false).is_ok() {
                     rx.for_each(|item| {
                         if let Item::Packet(p) = item {
                             tx.push(p.id, Verdict::Accept, None);

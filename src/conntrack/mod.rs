@@ -1,7 +1,6 @@
 //! Connection tracking: the key, the table, and per-protocol state.
 
 pub mod key;
-pub mod seq;
 pub mod table;
 pub mod tcp;
 

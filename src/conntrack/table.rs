@@ -1,7 +1,9 @@
 //! The connection table: sharded, flood-resistant, bounded.
 //!
-//! A `DashMap` keyed by [`FlowKey`] with a randomly seeded `ahash` (an attacker
-//! choosing addresses and ports cannot aim entries at one bucket). The table
+//! A `DashMap` keyed by [`FlowKey`] with a seeded `ahash`: the daemon passes a
+//! random seed (an attacker choosing addresses and ports cannot aim entries at
+//! one bucket), replay and tests a fixed one ([`Layout::FIXED`]), so that which
+//! entry an eviction picks depends only on the packets. The table
 //! counts entries and half-open connections itself so that the limits cost one
 //! atomic load per new connection. When full, it evicts an entry that never
 //! completed its handshake (or has expired) from a bounded scan of the new
@@ -155,6 +157,42 @@ pub struct Limits {
     pub max_half_open: usize,
 }
 
+/// How the table lies in memory: its shard count and hash seed. Both decide
+/// where an entry lands, and so which entry a full table's eviction scan
+/// finds; the caller chooses them, the table reads nothing of the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// A power of two, at least 1 (DashMap's requirement).
+    pub shards: usize,
+    pub seed: u64,
+}
+
+impl Layout {
+    /// The same on every machine and run: replay and tests.
+    pub const FIXED: Layout = Layout {
+        shards: 64,
+        seed: 0x5eed_c0de_0fc7_d0d0,
+    };
+
+    /// Shards for `cores` threads: a power of two well above the core count
+    /// keeps writers apart.
+    pub fn for_cores(cores: usize, seed: u64) -> Layout {
+        Layout {
+            shards: (cores.max(1) * 16).next_power_of_two().max(16),
+            seed,
+        }
+    }
+
+    fn hasher(&self, family: u64) -> ahash::RandomState {
+        ahash::RandomState::with_seeds(
+            self.seed,
+            self.seed.rotate_left(32) ^ family,
+            0x243f_6a88_85a3_08d3,
+            0x1319_8a2e_0370_7344,
+        )
+    }
+}
+
 type Map<K> = DashMap<K, Conn, ahash::RandomState>;
 
 /// IPv4 and IPv6 connections live in two maps: an IPv4 entry is 56 bytes
@@ -216,11 +254,14 @@ pub enum Full {
 }
 
 impl Table {
-    pub fn new(limits: Limits) -> Table {
-        // Shards: a power of two well above the core count keeps writers apart.
-        let shards = (std::thread::available_parallelism().map_or(4, |n| n.get()) * 16)
-            .next_power_of_two()
-            .max(16);
+    /// Panics when `layout.shards` is not a power of two.
+    pub fn new(limits: Limits, layout: Layout) -> Table {
+        assert!(
+            layout.shards.is_power_of_two(),
+            "table shards must be a power of two, not {}",
+            layout.shards
+        );
+        let shards = layout.shards;
         // Pre-size for a quarter of the limit: growth beyond is amortised, and a
         // small limit does not reserve memory it never uses.
         let capacity = (limits.max_connections / 4).min(1 << 20);
@@ -228,12 +269,12 @@ impl Table {
         Table {
             v4: DashMap::with_capacity_and_hasher_and_shard_amount(
                 capacity,
-                ahash::RandomState::new(),
+                layout.hasher(4),
                 shards,
             ),
             v6: DashMap::with_capacity_and_hasher_and_shard_amount(
                 capacity / 8,
-                ahash::RandomState::new(),
+                layout.hasher(6),
                 shards,
             ),
             len: AtomicUsize::new(0),

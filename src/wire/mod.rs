@@ -9,14 +9,15 @@
 pub mod build;
 mod checksum;
 mod flags;
+pub mod seq;
 
 pub use flags::TcpFlags;
 
-use crate::conntrack::seq::SeqNum;
 use crate::reason::Reason;
 use etherparse::err::{ipv4, ipv6, ipv6_exts, tcp, Layer, LenError};
 use etherparse::LenSource;
 use etherparse::{Ipv4HeaderSlice, Ipv6ExtensionsSlice, Ipv6HeaderSlice, TcpHeaderSlice};
+pub use seq::SeqNum;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// How checksums are treated.

@@ -4,7 +4,7 @@
 
 use crate::gen::{at_ms, CaptureBuilder, Conv, Format, Link, ACK, SYN};
 use crate::{conntrackd, path_str, root, text, tmp};
-use conntrackd::io::replay::{replay_capture, replay_packets, RowKind};
+use conntrackd::replay::{replay_capture, replay_packets, RowKind};
 use conntrackd::wire::Checksums;
 use conntrackd::{Config, Engine, Timestamp, Verdict};
 use pcap_file::pcap::PcapReader;
@@ -460,7 +460,8 @@ fn rules_with_interfaces_get_a_note() {
 }
 
 fn engine(rules: &str) -> Engine {
-    Engine::from_config(&Config::load(&root().join(rules)).unwrap())
+    let config = Config::load(&root().join(rules)).unwrap();
+    Engine::new(config.engine, config.policy)
 }
 
 #[test]

@@ -15,8 +15,8 @@
 //! NFCT_TCP_IGNORE). A RST must pass all four.
 
 use super::{EndpointState, Sent, TcpOutcome};
-use crate::conntrack::seq::SeqNum;
 use crate::reason::Reason;
+use crate::wire::seq::SeqNum;
 use crate::wire::TcpSegment;
 
 /// RFC 1323: the largest window shift.

@@ -1,10 +1,11 @@
-//! The NFQUEUE hot path on the queue's own netlink socket: many packets per
-//! `recvmmsg`, and verdicts coalesced into `NFQNL_MSG_VERDICT_BATCH` runs,
-//! all of a batch's verdicts in one `send`.
+//! The NFQUEUE protocol on the hot path, on the queue's own netlink socket:
+//! many packets per `recvmmsg`, and verdicts coalesced into
+//! `NFQNL_MSG_VERDICT_BATCH` runs, all of a batch's verdicts in one `send`.
 //!
-//! nfq 0.2.5 still opens and configures the queue ([`super::nfqueue::open`]);
-//! it reads one packet per `recv` system call and sends one verdict per
-//! `sendto`, and has no batch verdict. This module uses the same socket fd.
+//! Hand-written because it is the per-packet path: nfq 0.2.5 (which opens and
+//! configures the queue, [`super::open`]) reads one packet per `recv` system
+//! call, allocates per packet, sends one verdict per `sendto`, and has no batch
+//! verdict. This module reads and answers on the same socket.
 //!
 //! Batch verdicts: `NFQNL_MSG_VERDICT_BATCH` with id N applies to *every*
 //! packet of the queue still waiting with an id up to N. The kernel numbers a
@@ -12,17 +13,16 @@
 //! so a run of consecutive packets with the same verdict and mark, flushed
 //! after every earlier run, is exactly one batch verdict.
 
+use crate::kernel::netlink::{align4, attributes, send_to_kernel, u16_ne, u32_be, u32_ne};
+use crate::kernel::netlink::{NLMSG_ERROR, NLM_F_REQUEST};
+use crate::reason::Verdict;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 const NFNL_SUBSYS_QUEUE: u16 = 3;
 const NFQNL_MSG_PACKET: u16 = 0;
 const NFQNL_MSG_VERDICT: u16 = 1;
 const NFQNL_MSG_VERDICT_BATCH: u16 = 3;
-pub(crate) const NLMSG_ERROR: u16 = 2;
-pub(crate) const NLM_F_REQUEST: u16 = 1;
-/// An attribute's type without its NLA_F_NESTED and NLA_F_NET_BYTEORDER flags.
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 const NFQA_PACKET_HDR: u16 = 1;
 const NFQA_VERDICT_HDR: u16 = 2;
@@ -40,9 +40,10 @@ const NF_ACCEPT: u32 = 1;
 /// Packets read per `recvmmsg` at most.
 pub const BATCH: usize = 64;
 
-/// One queued packet, borrowed from the receive buffer.
+/// One packet the kernel queued, borrowed from the receive buffer: its
+/// queue id and metadata around the IP packet the engine judges.
 #[derive(Clone, Copy, Debug)]
-pub struct Packet<'a> {
+pub struct QueuedPacket<'a> {
     pub id: u32,
     pub indev: u32,
     pub outdev: u32,
@@ -58,77 +59,9 @@ pub struct Packet<'a> {
 /// What a received datagram held.
 #[derive(Debug)]
 pub enum Item<'a> {
-    Packet(Packet<'a>),
+    Packet(QueuedPacket<'a>),
     /// An error report for an earlier verdict (errno), or another netlink error.
     Error(i32),
-}
-
-#[inline]
-fn u16_ne(b: &[u8], at: usize) -> u16 {
-    u16::from_ne_bytes([b[at], b[at + 1]])
-}
-#[inline]
-fn u32_ne(b: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-#[inline]
-fn u32_be(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-#[inline]
-const fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// The attributes of a netlink message body, as (type, value); ends at the
-/// first malformed one.
-#[inline]
-pub(crate) fn attributes(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = u16_ne(b, 0) as usize;
-        let ty = u16_ne(b, 2) & NLA_TYPE_MASK;
-        if len < 4 || len > b.len() {
-            return None;
-        }
-        let value = &b[4..len];
-        b = &b[align4(len).min(b.len())..];
-        Some((ty, value))
-    })
-}
-
-/// `setsockopt(2)` with a value of any plain type.
-pub(crate) fn setsockopt<T>(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    val: &T,
-) -> io::Result<()> {
-    // SAFETY: val points to a T of the given size for the duration of the call.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            val as *const T as *const libc::c_void,
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// SO_RCVTIMEO: a blocking receive returns EAGAIN after `d`.
-pub(crate) fn set_recv_timeout(fd: RawFd, d: std::time::Duration) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: d.as_secs() as libc::time_t,
-        tv_usec: d.subsec_micros() as libc::suseconds_t,
-    };
-    setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
 }
 
 /// Parses one netlink message of the queue subsystem (`msg` is exactly its bytes).
@@ -145,7 +78,7 @@ fn parse_message(msg: &[u8]) -> Option<Item<'_>> {
     if ty != (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET || msg.len() < 20 {
         return None;
     }
-    let mut p = Packet {
+    let mut p = QueuedPacket {
         id: 0,
         indev: 0,
         outdev: 0,
@@ -182,8 +115,8 @@ fn parse_message(msg: &[u8]) -> Option<Item<'_>> {
 }
 
 /// Reads many queued packets per system call.
-pub struct Receiver {
-    fd: RawFd,
+pub struct Receiver<'fd> {
+    fd: BorrowedFd<'fd>,
     slot: usize,
     buf: Vec<u64>,
     lens: [usize; BATCH],
@@ -191,12 +124,9 @@ pub struct Receiver {
     count: usize,
 }
 
-// SAFETY: the raw pointers are only built inside `recv` from owned buffers.
-unsafe impl Send for Receiver {}
-
-impl Receiver {
+impl<'fd> Receiver<'fd> {
     /// `copy_range`: the queue's copy range; each slot holds one packet message.
-    pub fn new(fd: RawFd, copy_range: u16) -> Receiver {
+    pub fn new(fd: BorrowedFd<'fd>, copy_range: u16) -> Receiver<'fd> {
         let slot = align4(copy_range as usize + 1024).next_multiple_of(64);
         Receiver {
             fd,
@@ -213,10 +143,14 @@ impl Receiver {
     /// Returns how many datagrams were read.
     pub fn recv(&mut self, nonblocking: bool) -> io::Result<usize> {
         let base = self.buf.as_mut_ptr() as *mut u8;
+        // SAFETY: iovec and mmsghdr are plain old data (pointers, lengths,
+        // flags), for which all-zero bytes are a valid value.
         let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
         for i in 0..BATCH {
-            // SAFETY: slot i lies inside buf.
+            // SAFETY: buf holds BATCH slots of self.slot bytes, so slot i
+            // starts inside it.
             iovs[i].iov_base = unsafe { base.add(i * self.slot) } as *mut libc::c_void;
             iovs[i].iov_len = self.slot;
             hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
@@ -227,10 +161,11 @@ impl Receiver {
         } else {
             libc::MSG_WAITFORONE
         };
-        // SAFETY: hdrs and iovs point into buffers that outlive the call.
+        // SAFETY: hdrs holds BATCH headers, each pointing at its own iovec,
+        // each iovec at its own slot of buf; all outlive the call.
         let n = unsafe {
             libc::recvmmsg(
-                self.fd,
+                self.fd.as_raw_fd(),
                 hdrs.as_mut_ptr(),
                 BATCH as libc::c_uint,
                 flags,
@@ -252,7 +187,8 @@ impl Receiver {
 
     /// Calls `f` for every message of the datagrams last read, in order.
     pub fn for_each(&self, mut f: impl FnMut(Item<'_>)) {
-        // SAFETY: buf is plain bytes; u64 storage only aligns it.
+        // SAFETY: buf is an initialised Vec<u64>: its bytes are valid u8s,
+        // and u8 needs no alignment; u64 storage only aligns the slots.
         let bytes = unsafe {
             std::slice::from_raw_parts(self.buf.as_ptr() as *const u8, self.buf.len() * 8)
         };
@@ -278,16 +214,9 @@ impl Receiver {
     }
 }
 
-/// A verdict as the kernel knows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Accept,
-    Drop,
-}
-
 /// Verdicts of one batch, coalesced into runs, sent with one `send`.
-pub struct Verdicts {
-    fd: RawFd,
+pub struct Verdicts<'fd> {
+    fd: Option<BorrowedFd<'fd>>,
     queue: u16,
     buf: Vec<u8>,
     /// The open run: (last id, verdict, mark to set, length).
@@ -296,8 +225,13 @@ pub struct Verdicts {
     pub messages: u64,
 }
 
-impl Verdicts {
-    pub fn new(fd: RawFd, queue: u16) -> Verdicts {
+impl<'fd> Verdicts<'fd> {
+    pub fn new(fd: BorrowedFd<'fd>, queue: u16) -> Verdicts<'fd> {
+        Verdicts::unsent(Some(fd), queue)
+    }
+
+    /// `fd` None: verdicts are only encoded (tests).
+    fn unsent(fd: Option<BorrowedFd<'fd>>, queue: u16) -> Verdicts<'fd> {
         Verdicts {
             fd,
             queue,
@@ -368,30 +302,13 @@ impl Verdicts {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        let r = loop {
-            // SAFETY: buf and addr are valid for the call.
-            let r = unsafe {
-                libc::sendto(
-                    self.fd,
-                    self.buf.as_ptr() as *const libc::c_void,
-                    self.buf.len(),
-                    0,
-                    &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
-                    std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-                )
-            };
-            if r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            break r;
+        let Some(fd) = self.fd else {
+            self.buf.clear();
+            return Ok(());
         };
+        let sent = send_to_kernel(fd, &self.buf);
         self.buf.clear();
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        sent.map(|_| ())
     }
 }
 
@@ -451,7 +368,7 @@ mod tests {
 
     #[test]
     fn coalesces_runs() {
-        let mut v = Verdicts::new(-1, 5);
+        let mut v = Verdicts::unsent(None, 5);
         for id in 1..=3 {
             v.push(id, Verdict::Accept, None);
         }

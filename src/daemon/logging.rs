@@ -8,7 +8,7 @@
 //! names, rate-limits the warnings, and writes through tracing.
 
 use crate::config::LogFormat;
-use crate::io::ifnames::IfNames;
+use crate::kernel::ifnames::IfNames;
 use crate::reason::Reason;
 use crate::wire::TcpFlags;
 use crate::Engine;

@@ -379,7 +379,7 @@ pub fn run(args: ReplayArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let engine = Engine::from_config(&config);
+    let engine = Engine::new(config.engine, config.policy.clone());
     let with_ifaces = interface_rules(&engine);
     if !with_ifaces.is_empty() {
         eprintln!(

@@ -1,163 +1,30 @@
-//! NFQUEUE sockets and the worker loop: recv → decide → verdict, one thread per queue.
+//! The worker loop: recv → decide → verdict, one thread per queue.
 //!
-//! nfq 0.2.5 opens, binds and configures each queue; each worker owns one
-//! socket bound to one queue; all workers share the engine (one connection
-//! table). nfq has no accessor for the socket fd; [`open`] finds it in
-//! `/proc/self/fd` (the netlink socket that appeared across `Queue::open`) to
-//! set the receive buffer and a receive timeout, so that a worker blocked in
-//! `recv` wakes up regularly to notice a shutdown. The packets themselves
-//! are read and answered on that fd by [`super::netlink`]: a batch of
-//! packets per `recvmmsg`, one clock reading per batch, and the batch's
-//! verdicts coalesced into batch verdicts and sent with one `send`.
+//! Each worker owns one queue ([`crate::kernel::nfqueue`]); all workers share
+//! the engine (one connection table). A worker reads a batch of packets per
+//! `recvmmsg`, reads the clock once per batch, and sends the batch's verdicts
+//! coalesced into batch verdicts with one `send`.
 
 use crate::conntrack::tcp::EndpointState;
 use crate::conntrack::ConnState;
+use crate::daemon::logging::{Event, PacketEvent};
 use crate::engine::Context;
-use crate::io::ifnames::IfNames;
-use crate::io::logging::{Event, PacketEvent};
-use crate::io::netlink::{self, setsockopt, Item, Receiver, Verdicts};
+use crate::kernel::ifnames::IfNames;
+use crate::kernel::nfqueue::codec::{self, Item, QueuedPacket, Receiver, Verdicts};
+use crate::kernel::nfqueue::BoundQueue;
 use crate::policy::Interfaces;
 use crate::reason::{Counters, Verdict};
 use crate::time::Timestamp;
 use crate::wire::{Checksums, Framing};
 use crate::Engine;
-use anyhow::{bail, Context as _};
 use crossbeam_channel::{Sender, TrySendError};
-use std::collections::BTreeMap;
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long a worker blocks in `recv` before it checks for shutdown.
-pub const RECV_TIMEOUT: Duration = Duration::from_millis(100);
 /// How often a worker publishes its counters and refreshes its interface names.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 const IFNAMES_TTL: Duration = Duration::from_secs(30);
-
-/// Per-queue settings.
-#[derive(Clone, Copy, Debug)]
-pub struct QueueConfig {
-    pub num: u16,
-    pub copy_range: u16,
-    pub maxlen: u32,
-    pub rcvbuf: usize,
-    pub fail_open: bool,
-}
-
-/// An opened, bound and configured queue.
-pub struct BoundQueue {
-    queue: nfq::Queue,
-    fd: RawFd,
-    pub num: u16,
-    pub copy_range: u16,
-    /// The kernel accepted NFQA_CFG_F_GSO.
-    pub gso: bool,
-    /// Receive buffer the kernel granted, in bytes.
-    pub rcvbuf: usize,
-}
-
-/// Open file descriptors and what they point to (`socket:[inode]`, paths...).
-fn open_fds() -> anyhow::Result<BTreeMap<RawFd, std::path::PathBuf>> {
-    let mut fds = BTreeMap::new();
-    for entry in std::fs::read_dir("/proc/self/fd").context("listing /proc/self/fd")? {
-        let entry = entry?;
-        if let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) {
-            // The directory's own fd is gone by the time we read its link: skip failures.
-            if let Ok(target) = std::fs::read_link(entry.path()) {
-                fds.insert(fd, target);
-            }
-        }
-    }
-    Ok(fds)
-}
-
-fn getsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> std::io::Result<i32> {
-    let mut val: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: val and len are valid for the duration of the call.
-    let r = unsafe { libc::getsockopt(fd, level, name, &mut val as *mut _ as *mut _, &mut len) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(val)
-}
-
-fn is_nfnetlink_socket(fd: RawFd) -> bool {
-    getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).ok() == Some(libc::AF_NETLINK)
-        && getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).ok()
-            == Some(libc::NETLINK_NETFILTER)
-}
-
-/// Opens a socket, binds it to `cfg.num` and configures it. Call from one
-/// thread at a time (the fd is found by comparing `/proc/self/fd` before
-/// and after opening).
-pub fn open(cfg: &QueueConfig) -> anyhow::Result<BoundQueue> {
-    let num = cfg.num;
-    let before = open_fds()?;
-    let mut queue = nfq::Queue::open()
-        .context("opening an NFQUEUE netlink socket (conntrackd needs CAP_NET_ADMIN)")?;
-    let after = open_fds()?;
-    // New descriptors, or reused numbers pointing elsewhere (the fd that
-    // listed /proc/self/fd the first time may now be the socket).
-    let candidates: Vec<RawFd> = after
-        .iter()
-        .filter(|(fd, target)| before.get(fd) != Some(target))
-        .map(|(fd, _)| *fd)
-        .filter(|fd| is_nfnetlink_socket(*fd))
-        .collect();
-    let fd = match candidates[..] {
-        [fd] => fd,
-        _ => bail!(
-            "cannot identify the NFQUEUE socket among new file descriptors {candidates:?} \
-             (another thread opened a netlink socket at the same time)"
-        ),
-    };
-    // The receive buffer first: packets may arrive as soon as the queue is bound.
-    // SO_RCVBUFFORCE (CAP_NET_ADMIN) ignores net.core.rmem_max.
-    let want = cfg.rcvbuf.min(i32::MAX as usize / 2) as libc::c_int;
-    if setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &want).is_err() {
-        setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &want)
-            .with_context(|| format!("setting the socket receive buffer to {want} bytes"))?;
-    }
-    // The kernel doubles the value for bookkeeping and reports the doubled value.
-    let rcvbuf = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF).unwrap_or(0) as usize / 2;
-    queue.bind(num).with_context(|| {
-        format!("binding NFQUEUE queue {num} (is another program already bound to it?)")
-    })?;
-    // Between bind and the end of this configuration a packet could arrive and
-    // be swallowed by nfq's wait for the configuration ACKs; with
-    // --install-iptables the hook is installed only after every queue is
-    // configured, so this cannot happen then.
-    queue
-        .set_copy_range(num, cfg.copy_range)
-        .with_context(|| format!("queue {num}: setting the copy range"))?;
-    queue
-        .set_queue_max_len(num, cfg.maxlen)
-        .with_context(|| format!("queue {num}: setting the queue length"))?;
-    // GSO: the kernel hands over unsegmented super-packets and does not
-    // complete partial checksums; NFQA_SKB_INFO then says which packets carry
-    // a checksum that is not computed yet. Without it, the kernel segments and
-    // checksums every packet before queueing (slower, still correct).
-    let gso = queue.set_recv_gso(num, true).is_ok();
-    queue
-        .set_fail_open(num, cfg.fail_open)
-        .with_context(|| format!("queue {num}: setting fail-open"))?;
-    // Report socket overruns (ENOBUFS) so that they are counted and logged.
-    queue
-        .set_recv_enobufs(true)
-        .with_context(|| format!("queue {num}: enabling ENOBUFS reports"))?;
-    netlink::set_recv_timeout(fd, RECV_TIMEOUT)
-        .with_context(|| format!("queue {num}: setting the receive timeout"))?;
-    Ok(BoundQueue {
-        queue,
-        fd,
-        num,
-        copy_range: cfg.copy_range,
-        gso,
-        rcvbuf,
-    })
-}
 
 /// What a worker counts besides verdict reasons.
 #[derive(Clone, Debug, Default)]
@@ -281,8 +148,8 @@ impl Worker {
         let mut last_publish = Instant::now();
         let mut last_ifnames_clear = last_publish;
         let mut consecutive_errors = 0u32;
-        let mut rx = Receiver::new(self.queue.fd, self.queue.copy_range);
-        let mut tx = Verdicts::new(self.queue.fd, self.queue.num);
+        let mut rx = Receiver::new(self.queue.fd(), self.queue.copy_range);
+        let mut tx = Verdicts::new(self.queue.fd(), self.queue.num);
         loop {
             let received = rx.recv(false);
             // One clock reading per read, for the engine and for the publishing below.
@@ -322,7 +189,8 @@ impl Worker {
             }
         }
         self.drain(&mut rx, &mut tx, &mut stats, &mut ifnames);
-        if let Err(e) = self.queue.queue.unbind(self.queue.num) {
+        drop((rx, tx));
+        if let Err(e) = self.queue.unbind() {
             tracing::debug!(queue = self.queue.num, "unbinding: {e}");
         }
         self.publish(&stats);
@@ -331,14 +199,14 @@ impl Worker {
 
     /// Answers every packet already queued to us (shutdown), without waiting.
     fn drain(
-        &mut self,
+        &self,
         rx: &mut Receiver,
         tx: &mut Verdicts,
         stats: &mut WorkerStats,
         ifnames: &mut IfNames,
     ) {
         // Bounded: with the administrator's own rule packets keep coming.
-        for _ in 0..(2 * 65_536 / netlink::BATCH) {
+        for _ in 0..(2 * 65_536 / codec::BATCH) {
             match rx.recv(true) {
                 Ok(_) => self.process(rx, tx, stats, ifnames, self.shared.now()),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -419,11 +287,11 @@ impl Worker {
     #[inline]
     fn handle(
         &self,
-        p: &netlink::Packet<'_>,
+        p: &QueuedPacket<'_>,
         now: Timestamp,
         stats: &mut WorkerStats,
         ifnames: &mut IfNames,
-    ) -> (netlink::Verdict, Option<u32>) {
+    ) -> (Verdict, Option<u32>) {
         let (in_idx, out_idx) = (p.indev, p.outdev);
         ifnames.ensure(in_idx);
         ifnames.ensure(out_idx);
@@ -463,7 +331,7 @@ impl Worker {
             Ok(d) => d,
             Err(_) => {
                 stats.engine_panics += 1;
-                return (netlink::Verdict::Drop, None);
+                return (Verdict::Drop, None);
             }
         };
         let verdict = d.verdict();
@@ -482,7 +350,7 @@ impl Worker {
             self.send(Event::Packet(event), stats);
         }
         match verdict {
-            Verdict::Drop => (netlink::Verdict::Drop, None),
+            Verdict::Drop => (Verdict::Drop, None),
             Verdict::Accept => {
                 let mut mark = None;
                 if let Some(b) = &self.bypass {
@@ -494,7 +362,7 @@ impl Worker {
                         mark = Some(p.mark | b.mark);
                     }
                 }
-                (netlink::Verdict::Accept, mark)
+                (Verdict::Accept, mark)
             }
         }
     }
@@ -503,17 +371,5 @@ impl Worker {
     /// `Engine::hand_off`); true when its verdict is to carry the bypass mark.
     fn hand_off(&self, payload: &[u8], framing: Framing, now: Timestamp, b: &Bypass) -> bool {
         self.engine.hand_off(payload, framing, now, b.timeout)
-    }
-}
-
-impl BoundQueue {
-    pub fn fd(&self) -> RawFd {
-        self.fd
-    }
-
-    /// The configured nfq queue (for the NFQUEUE-ceiling bench helper, which
-    /// must use exactly conntrackd's queue settings).
-    pub fn queue_mut(&mut self) -> &mut nfq::Queue {
-        &mut self.queue
     }
 }

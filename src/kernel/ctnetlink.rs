@@ -9,11 +9,12 @@
 //! entries of those connections, so that their FIN or RST is still known when
 //! it comes, however long the connection lived.
 
-use super::netlink::{attributes, set_recv_timeout, NLMSG_ERROR, NLM_F_REQUEST};
+use crate::kernel::netlink::{attributes, send_to_kernel, set_recv_timeout};
+use crate::kernel::netlink::{NLMSG_ERROR, NLM_F_REQUEST};
 use anyhow::{bail, Context as _};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 const NETLINK_NETFILTER: libc::c_int = 12;
@@ -192,9 +193,9 @@ impl Conntrack {
         if fd < 0 {
             return Err(io::Error::last_os_error()).context("opening a ctnetlink socket");
         }
-        // SAFETY: fd is a new descriptor we own.
+        // SAFETY: fd is a new descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        set_recv_timeout(fd.as_raw_fd(), RECV_TIMEOUT).context("setting SO_RCVTIMEO")?;
+        set_recv_timeout(fd.as_fd(), RECV_TIMEOUT).context("setting SO_RCVTIMEO")?;
         Ok(Conntrack { fd, seq: 0 })
     }
 
@@ -203,26 +204,11 @@ impl Conntrack {
     pub fn dump_marked(&mut self, family: libc::c_int, mark: u32) -> anyhow::Result<Vec<Entry>> {
         self.seq = self.seq.wrapping_add(1);
         let req = dump_request(family as u8, mark, self.seq);
-        // SAFETY: req is a valid buffer of req.len() bytes; the address is zeroed (the kernel).
-        let sent = unsafe {
-            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-            addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                req.as_ptr() as *const libc::c_void,
-                req.len(),
-                0,
-                &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error()).context("sending the conntrack dump request");
-        }
+        send_to_kernel(self.fd.as_fd(), &req).context("sending the conntrack dump request")?;
         let mut out = Vec::new();
         let mut buf = vec![0u8; 64 << 10];
         loop {
-            // SAFETY: buf is valid for buf.len() bytes.
+            // SAFETY: buf is valid for writes of buf.len() bytes for the call.
             let n = unsafe {
                 libc::recv(
                     self.fd.as_raw_fd(),

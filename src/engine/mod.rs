@@ -5,7 +5,9 @@
 //! connections, and answers. It reads no clock and touches no socket: the
 //! NFQUEUE workers and the pcap replay are the only callers that do.
 
-use crate::config::{Config, EngineSettings};
+pub mod settings;
+
+pub use crate::conntrack::table::Layout;
 use crate::conntrack::table::{Full, Limits, Proto};
 use crate::conntrack::tcp::{EndpointState, TcpConn, ORIGINATOR, RESPONDER};
 use crate::conntrack::{Conn, ConnState, FlowKey, Side, Table};
@@ -13,6 +15,7 @@ use crate::policy::{Action, Interfaces, Policy};
 use crate::reason::{Reason, Verdict};
 use crate::time::Timestamp;
 use crate::wire::{self, Embedded, Framing, IcmpKind, Packet, TcpSegment, Transport, PROTO_TCP};
+use settings::EngineSettings;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
@@ -80,19 +83,24 @@ enum Lookup {
 }
 
 impl Engine {
+    /// An engine whose table has the [`Layout::FIXED`] layout: the same
+    /// decisions for the same packets on every machine (replay, tests).
     pub fn new(settings: EngineSettings, policy: Policy) -> Engine {
+        Engine::with_layout(settings, policy, Layout::FIXED)
+    }
+
+    /// An engine whose table has the given shard count and hash seed (the
+    /// daemon passes a random seed).
+    pub fn with_layout(settings: EngineSettings, policy: Policy, layout: Layout) -> Engine {
+        let limits = Limits {
+            max_connections: settings.max_connections,
+            max_half_open: settings.max_half_open,
+        };
         Engine {
-            table: Table::new(Limits {
-                max_connections: settings.max_connections,
-                max_half_open: settings.max_half_open,
-            }),
+            table: Table::new(limits, layout),
             policy: RwLock::new(Arc::new(policy)),
             settings,
         }
-    }
-
-    pub fn from_config(config: &Config) -> Engine {
-        Engine::new(config.engine, config.policy.clone())
     }
 
     pub fn settings(&self) -> &EngineSettings {

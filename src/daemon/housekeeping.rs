@@ -1,0 +1,177 @@
+//! Housekeeping, once a second off the packet path: expiry, the periodic
+//! statistics line, the warning when no packet arrives, and (bypass mode)
+//! keeping handed-off connections the kernel still carries.
+
+use super::worker::{Shared, WorkerStats};
+use crate::config::QueueSpec;
+use crate::kernel::ctnetlink::Conntrack;
+use crate::reason::Verdict;
+use crate::time::Timestamp;
+use crate::wire::PROTO_TCP;
+use crate::Engine;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// `reason=count` for the non-zero reasons (the `top` largest, or all).
+fn reasons(s: &WorkerStats, top: Option<usize>) -> String {
+    let mut reasons: Vec<_> = s.counters.iter().collect();
+    if let Some(n) = top {
+        reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
+        reasons.truncate(n);
+    }
+    let mut out = String::new();
+    for (r, n) in reasons {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        let _ = write!(out, "{}={n}", r.name());
+    }
+    out
+}
+
+/// One log line of counters (periodic, and the final summary).
+pub(super) fn log_stats(message: &str, s: &WorkerStats, engine: &Engine, top: Option<usize>) {
+    info!(
+        packets = s.packets(),
+        accepted = s.counters.total(Verdict::Accept),
+        dropped = s.counters.total(Verdict::Drop),
+        connections = engine.table().len(),
+        half_open = engine.table().half_open(),
+        recv_errors = s.recv_errors,
+        enobufs = s.enobufs,
+        verdict_errors = s.verdict_errors,
+        log_events_lost = s.events_lost,
+        csum_not_ready = s.csum_not_ready,
+        headers_only = s.truncated_copies,
+        engine_panics = s.engine_panics,
+        reads = s.reads,
+        verdict_messages = s.verdict_messages,
+        bypass_marked = s.bypass_marked,
+        reasons = reasons(s, top).as_str(),
+        "{message}"
+    );
+}
+
+pub(super) struct Housekeeping {
+    pub engine: Arc<Engine>,
+    pub shared: Arc<Shared>,
+    pub stats_interval: Duration,
+    /// Zero: no warning.
+    pub idle_warning: Duration,
+    pub queues: QueueSpec,
+    pub bypass: Option<KeepHandedOff>,
+}
+
+/// Bypass mode: keeps the engine's handed-off connections alive while the
+/// kernel's conntrack still carries them (see [`crate::kernel::ctnetlink`]).
+pub(super) struct KeepHandedOff {
+    mark: u32,
+    timeout: u32,
+    /// Zero: never.
+    every: Duration,
+    conntrack: Option<Conntrack>,
+    warned: bool,
+}
+
+impl KeepHandedOff {
+    pub(super) fn new(mark: u32, timeout: u32, every: Duration) -> KeepHandedOff {
+        KeepHandedOff {
+            mark,
+            timeout,
+            every,
+            conntrack: None,
+            warned: false,
+        }
+    }
+
+    fn run(&mut self, engine: &Engine, now: Timestamp) {
+        let result = (|| -> anyhow::Result<(usize, usize)> {
+            if self.conntrack.is_none() {
+                self.conntrack = Some(Conntrack::open()?);
+            }
+            let ct = self.conntrack.as_mut().expect("opened above");
+            let (mut marked, mut kept) = (0, 0);
+            for family in [libc::AF_INET, libc::AF_INET6] {
+                for e in ct.dump_marked(family, self.mark)? {
+                    marked += 1;
+                    if e.protocol == PROTO_TCP
+                        && engine.keep_handed_off(e.src, e.dst, now, self.timeout)
+                    {
+                        kept += 1;
+                    }
+                }
+            }
+            Ok((marked, kept))
+        })();
+        match result {
+            Ok((marked, kept)) => {
+                if std::mem::replace(&mut self.warned, false) {
+                    info!("bypass mode: reading the kernel's conntrack table works again");
+                }
+                tracing::debug!(
+                    marked,
+                    kept,
+                    "kept handed-off connections the kernel carries"
+                )
+            }
+            Err(e) => {
+                // A broken socket is reopened next time.
+                self.conntrack = None;
+                tracing::debug!("reading the kernel's conntrack table: {e:#}");
+                if !std::mem::replace(&mut self.warned, true) {
+                    warn!(
+                        "bypass mode: cannot read the kernel's conntrack table ({e:#}); \
+                         handed-off connections live {} s in the engine without queued \
+                         packets, then their FIN or RST is refused",
+                        self.timeout
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Housekeeping {
+    /// Runs until `stop` receives a message or is dropped.
+    pub(super) fn run(mut self, stop: crossbeam_channel::Receiver<()>) {
+        let mut last_stats = Instant::now();
+        let mut last_keep = Instant::now();
+        let mut idle_warned = self.idle_warning.is_zero();
+        // Runs until the daemon sends the stop message (or goes away).
+        while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+            stop.recv_timeout(Duration::from_secs(1))
+        {
+            if let Some(keep) = self.bypass.as_mut() {
+                if !keep.every.is_zero() && last_keep.elapsed() >= keep.every {
+                    last_keep = Instant::now();
+                    keep.run(&self.engine, self.shared.now());
+                }
+            }
+            let expired = self.engine.expire(self.shared.now());
+            if expired > 0 {
+                tracing::trace!(expired, "expired connections");
+            }
+            if !idle_warned && self.shared.start.elapsed() >= self.idle_warning {
+                idle_warned = true;
+                if self.shared.totals().packets() == 0 {
+                    warn!(
+                        queues = %self.queues,
+                        "no packet received on queue(s) {} in {} s: the NFQUEUE rule seems \
+                         missing. Add one, e.g. `iptables -I FORWARD -j NFQUEUE --queue-num {} \
+                         --queue-bypass` (and the same with ip6tables), or run with \
+                         --install-iptables",
+                        self.queues,
+                        self.idle_warning.as_secs(),
+                        self.queues.first()
+                    );
+                }
+            }
+            if !self.stats_interval.is_zero() && last_stats.elapsed() >= self.stats_interval {
+                last_stats = Instant::now();
+                log_stats("stats", &self.shared.totals(), &self.engine, Some(8));
+            }
+        }
+    }
+}

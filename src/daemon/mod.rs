@@ -1,0 +1,434 @@
+//! The running firewall: settings, start and stop, the workers,
+//! housekeeping, signals, logging.
+//!
+//! Threads: one worker per queue (recv → decide → verdict), a housekeeping
+//! thread (expiry once a second, periodic statistics), a logging thread fed
+//! by the workers over a bounded channel, and the main thread, which waits
+//! for signals: SIGHUP reloads the rules, SIGINT/SIGTERM stop gracefully.
+//!
+//! Start-up order matters: signals first (a SIGTERM during start-up still
+//! stops cleanly), the engine, every queue bound, only then the iptables
+//! hooks (no packet is queued to a queue nobody serves), then the threads.
+//! Stopping runs the other way: hooks removed, queues answered and unbound,
+//! threads joined.
+
+mod housekeeping;
+pub mod logging;
+pub mod settings;
+pub mod worker;
+
+pub use settings::{resolve_rules, DaemonArgs, LogFormatArg, Settings, DEFAULT_RULES};
+
+use crate::config::Config;
+use crate::engine::Layout;
+use crate::kernel::iptables::{self, Installed};
+use crate::kernel::nfqueue::{self, BoundQueue, QueueConfig};
+use crate::Engine;
+use anyhow::Context as _;
+use housekeeping::{log_stats, Housekeeping, KeepHandedOff};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::hash::BuildHasher;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+use worker::{Bypass, Shared, Worker, WorkerStats};
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub fn run(args: DaemonArgs) -> ExitCode {
+    let path = match resolve_rules(args.rules.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("conntrackd: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("conntrackd: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let settings = match Settings::merge(&config.daemon, &args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("conntrackd: {}: {e:#}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = logging::init(settings.log_format, &settings.log_level) {
+        eprintln!("conntrackd: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    match Daemon::start(config, settings) {
+        Ok(daemon) => daemon.serve(),
+        Err(e) => {
+            error!("cannot start: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Daemon {
+    path: PathBuf,
+    config: Config,
+    settings: Settings,
+    engine: Arc<Engine>,
+    shared: Arc<Shared>,
+    signals: Option<Signals>,
+    workers: Vec<JoinHandle<WorkerStats>>,
+    events: Option<crossbeam_channel::Sender<logging::Event>>,
+    logger: Option<JoinHandle<()>>,
+    housekeeping: Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>,
+    installed: Option<Installed>,
+}
+
+impl Daemon {
+    fn start(config: Config, settings: Settings) -> anyhow::Result<Daemon> {
+        let signals =
+            Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
+        let engine = Arc::new(new_engine(&config, settings.queues.len()));
+        let shared = Arc::new(Shared::new(Instant::now(), settings.queues.len()));
+        let queues = bind_queues(&settings)?;
+        let rcvbuf = queues.first().map_or(0, |q| q.rcvbuf);
+        let installed = install_hooks(&settings)?;
+        let (events, logger) = start_logger(&engine)?;
+        let bypass = settings
+            .bypass
+            .map(|mark| bypass_mode(mark, &config, &settings, installed.is_some()));
+        let workers = start_workers(queues, &engine, &shared, &events, bypass, &signals)?;
+        let housekeeping = start_housekeeping(&engine, &shared, &settings, &installed, bypass)?;
+
+        let policy = engine.policy();
+        info!(
+            version = env!("CARGO_PKG_VERSION"),
+            rules_file = %config.path.display(),
+            rules = policy.rules.len(),
+            default = %policy.default,
+            queues = %settings.queues,
+            workers = settings.queues.len(),
+            fail_open = settings.fail_open,
+            hooks_installed = installed.is_some(),
+            table_max = config.engine.max_connections,
+            half_open_max = config.engine.max_half_open,
+            copy_range = settings.copy_range,
+            queue_maxlen = settings.queue_maxlen,
+            socket_rcvbuf = rcvbuf,
+            "conntrackd started"
+        );
+        Ok(Daemon {
+            path: config.path.clone(),
+            config,
+            settings,
+            engine,
+            shared,
+            signals: Some(signals),
+            workers,
+            events: Some(events),
+            logger: Some(logger),
+            housekeeping: Some(housekeeping),
+            installed,
+        })
+    }
+
+    /// Waits for signals, then stops.
+    fn serve(mut self) -> ExitCode {
+        let mut stop_signal = None;
+        let mut signals = self.signals.take().expect("signals are set at start");
+        for sig in signals.forever() {
+            match sig {
+                SIGHUP => self.reload(),
+                _ => {
+                    stop_signal = Some(sig);
+                    break;
+                }
+            }
+        }
+        match stop_signal {
+            Some(SIGINT) => info!("SIGINT received: stopping"),
+            Some(SIGTERM) => info!("SIGTERM received: stopping"),
+            _ => error!("a worker thread died: stopping"),
+        }
+        let ok = stop_signal.is_some();
+        match self.stop() {
+            code if ok => code,
+            _ => ExitCode::FAILURE,
+        }
+    }
+
+    fn reload(&mut self) {
+        // Interface indices may have changed too.
+        self.shared
+            .ifnames_generation
+            .fetch_add(1, Ordering::Relaxed);
+        match Config::load(&self.path) {
+            Ok(new) => {
+                let rules = new.policy.rules.len();
+                let default = new.policy.default;
+                if new.engine != self.config.engine {
+                    warn!(
+                        "reload: [engine] settings changed; they take effect at the next restart"
+                    );
+                }
+                if new.daemon != self.config.daemon {
+                    warn!(
+                        "reload: [daemon] settings changed; they take effect at the next restart"
+                    );
+                }
+                self.engine.set_policy(new.policy.clone());
+                self.config.policy = new.policy;
+                info!(
+                    rules_file = %self.path.display(),
+                    rules,
+                    default = %default,
+                    "rules reloaded; tracked connections keep their state"
+                );
+            }
+            Err(e) => {
+                error!("reload failed, keeping the rules in force: {e}");
+            }
+        }
+    }
+
+    fn stop(mut self) -> ExitCode {
+        let mut ok = true;
+        // 1. No new packets are queued to us...
+        if let Some(installed) = self.installed.take() {
+            match installed.remove() {
+                Ok(()) => info!(
+                    chain = self.settings.iptables_chain.as_str(),
+                    "removed iptables chain {}", self.settings.iptables_chain
+                ),
+                Err(e) => {
+                    error!("{e:#}");
+                    ok = false;
+                }
+            }
+        }
+        // 2. ...the workers answer what is queued, unbind and return.
+        self.shared.stop.store(true, Ordering::Relaxed);
+        let mut total = WorkerStats::default();
+        for handle in self.workers.drain(..) {
+            match handle.join() {
+                Ok(stats) => total.merge(&stats),
+                Err(_) => {
+                    error!("a worker thread panicked");
+                    ok = false;
+                }
+            }
+        }
+        if let Some((tx, handle)) = self.housekeeping.take() {
+            let _ = tx.send(());
+            let _ = handle.join();
+        }
+        log_stats("stopped", &total, &self.engine, None);
+        self.events.take();
+        if let Some(logger) = self.logger.take() {
+            let _ = logger.join();
+        }
+        if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The engine, its table laid out for this machine's cores with a random
+/// hash seed (an attacker who cannot predict the seed cannot aim entries at
+/// one bucket or shard).
+fn new_engine(config: &Config, workers: usize) -> Engine {
+    let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+    let seed = std::collections::hash_map::RandomState::new().hash_one(workers);
+    Engine::with_layout(
+        config.engine,
+        config.policy.clone(),
+        Layout::for_cores(cores.max(workers), seed),
+    )
+}
+
+/// Opens, binds and configures every queue.
+fn bind_queues(settings: &Settings) -> anyhow::Result<Vec<BoundQueue>> {
+    let mut queues = Vec::new();
+    for &num in settings.queues.as_slice() {
+        let q = nfqueue::open(&QueueConfig {
+            num,
+            copy_range: settings.copy_range,
+            maxlen: settings.queue_maxlen,
+            rcvbuf: settings.socket_rcvbuf,
+            fail_open: settings.fail_open,
+        })?;
+        if !q.gso {
+            warn!(
+                queue = num,
+                "the kernel refused NFQA_CFG_F_GSO: it segments large packets before \
+                 queueing them (slower)"
+            );
+        }
+        queues.push(q);
+    }
+    Ok(queues)
+}
+
+/// With `install_iptables`: conntrackd's own chain and the jumps to it.
+fn install_hooks(settings: &Settings) -> anyhow::Result<Option<Installed>> {
+    if !settings.install_iptables {
+        return Ok(None);
+    }
+    let mut spec = iptables::Spec::new(
+        &settings.iptables_chain,
+        &settings.hooks,
+        settings.queues.as_slice(),
+        settings.fail_open,
+    )?;
+    spec.connmark_bypass = settings.bypass;
+    let target = spec.target();
+    let installed = Installed::install(spec)?;
+    info!(
+        chain = settings.iptables_chain.as_str(),
+        hooks = settings.hooks.join(",").as_str(),
+        target = target.as_str(),
+        families = ?installed.families(),
+        "installed iptables chain"
+    );
+    Ok(Some(installed))
+}
+
+/// The logging thread, and the channel the workers feed it through.
+fn start_logger(
+    engine: &Arc<Engine>,
+) -> anyhow::Result<(crossbeam_channel::Sender<logging::Event>, JoinHandle<()>)> {
+    let (tx, rx) = crossbeam_channel::bounded(logging::CHANNEL_CAPACITY);
+    let logger = logging::spawn(rx, engine.clone()).context("starting the log thread")?;
+    Ok((tx, logger))
+}
+
+/// Bypass mode's parameters, with warnings for settings that cannot work.
+fn bypass_mode(mark: u32, config: &Config, settings: &Settings, hooks_installed: bool) -> Bypass {
+    let b = Bypass {
+        mark,
+        timeout: bypass_timeout(config),
+    };
+    if !hooks_installed {
+        warn!(
+            mark = format!("{mark:#x}").as_str(),
+            "bypass mode without --install-iptables: the rules that save the mark to \
+             the connmark and accept marked connections must be in place (see README), \
+             or the engine stops checking windows of established connections for nothing"
+        );
+    }
+    let refresh = settings.bypass_refresh.as_secs();
+    // Room for the housekeeping tick (1 s), the dump itself and whole-second expiry.
+    if refresh == 0 || refresh + 2 > u64::from(b.timeout) {
+        warn!(
+            bypass_refresh = refresh,
+            timeout = b.timeout,
+            "bypass mode: the kernel's conntrack is not read often enough \
+             (daemon.bypass_refresh) to keep handed-off connections: one that lives \
+             longer than {} s after its hand-off is forgotten and its FIN refused",
+            b.timeout
+        );
+    }
+    info!(
+        mark = format!("{mark:#x}").as_str(),
+        timeout = b.timeout,
+        bypass_refresh = refresh,
+        "bypass mode: established TCP connections are handed to the kernel"
+    );
+    b
+}
+
+/// Bypass mode: how long a handed-off connection lives in the engine without
+/// queued packets. Its traffic flows in the kernel, which refreshes only its
+/// own conntrack entry: at least the kernel's established timeout, so that the
+/// engine does not forget a connection (and then refuse its FIN) the kernel
+/// still passes.
+fn bypass_timeout(config: &Config) -> u32 {
+    let kernel =
+        std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(432_000);
+    kernel.max(config.engine.timeouts.established)
+}
+
+/// Ends the signal loop (and so the daemon, with a failure status, for
+/// systemd to restart it) when the worker thread holding it panics.
+struct StopOnPanic(signal_hook::iterator::Handle);
+
+impl Drop for StopOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.close();
+        }
+    }
+}
+
+/// One worker thread per queue.
+fn start_workers(
+    queues: Vec<BoundQueue>,
+    engine: &Arc<Engine>,
+    shared: &Arc<Shared>,
+    events: &crossbeam_channel::Sender<logging::Event>,
+    bypass: Option<Bypass>,
+    signals: &Signals,
+) -> anyhow::Result<Vec<JoinHandle<WorkerStats>>> {
+    let log_drops = tracing::enabled!(target: logging::DROP_TARGET, tracing::Level::DEBUG);
+    let mut workers = Vec::new();
+    for (index, queue) in queues.into_iter().enumerate() {
+        let num = queue.num;
+        let worker = Worker {
+            queue,
+            index,
+            engine: engine.clone(),
+            shared: shared.clone(),
+            events: events.clone(),
+            log_drops,
+            bypass,
+        };
+        let guard = StopOnPanic(signals.handle());
+        let handle = std::thread::Builder::new()
+            .name(format!("ctd-q{num}"))
+            .spawn(move || {
+                let _guard = guard;
+                worker.run()
+            })
+            .context("starting a worker thread")?;
+        workers.push(handle);
+    }
+    Ok(workers)
+}
+
+/// The housekeeping thread, and the channel that stops it.
+fn start_housekeeping(
+    engine: &Arc<Engine>,
+    shared: &Arc<Shared>,
+    settings: &Settings,
+    installed: &Option<Installed>,
+    bypass: Option<Bypass>,
+) -> anyhow::Result<(crossbeam_channel::Sender<()>, JoinHandle<()>)> {
+    let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+    let hk = Housekeeping {
+        engine: engine.clone(),
+        shared: shared.clone(),
+        stats_interval: settings.stats_interval,
+        // With its own hooks installed, conntrackd knows packets are sent.
+        idle_warning: if installed.is_none() {
+            settings.idle_warning
+        } else {
+            Duration::ZERO
+        },
+        queues: settings.queues.clone(),
+        bypass: bypass.map(|b| KeepHandedOff::new(b.mark, b.timeout, settings.bypass_refresh)),
+    };
+    let handle = std::thread::Builder::new()
+        .name("ctd-housekeeping".into())
+        .spawn(move || hk.run(rx))
+        .context("starting the housekeeping thread")?;
+    Ok((tx, handle))
+}

@@ -1,0 +1,211 @@
+//! The daemon's settings: the command line, merged over the rules file's
+//! `[daemon]` table.
+
+use crate::config::{DaemonSettings, LogFormat, QueueSpec};
+use anyhow::bail;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the rules are looked for when `--rules` is not given.
+pub const DEFAULT_RULES: &[&str] = &["rules/default.toml", "/etc/conntrackd/rules.toml"];
+/// Smallest copy range that holds an IPv4 header and a TCP header, both with
+/// maximal options.
+const MIN_COPY_RANGE: u16 = 128;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+/// Options of the daemon (no subcommand). Each overrides its `[daemon]` key.
+#[derive(Debug, Default, clap::Args)]
+pub struct DaemonArgs {
+    /// Rules file [default: rules/default.toml, else /etc/conntrackd/rules.toml].
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
+    /// Queues to serve, one worker thread each: 0, 0-3 or 0,2 [daemon.queues].
+    #[arg(long, value_name = "SPEC")]
+    pub queue: Option<QueueSpec>,
+    /// Install conntrackd's own iptables and ip6tables chain (jumped to from
+    /// FORWARD) and remove it on exit [daemon.install_iptables].
+    #[arg(long)]
+    pub install_iptables: bool,
+    /// Built-in chains that jump to conntrackd's chain with --install-iptables:
+    /// FORWARD, INPUT, OUTPUT, comma-separated [daemon.hooks].
+    #[arg(long, value_name = "CHAINS", value_delimiter = ',')]
+    pub hooks: Option<Vec<String>>,
+    /// Accept packets when a queue overflows (and, with --install-iptables,
+    /// when conntrackd is not running) [daemon.fail_open = true].
+    #[arg(long, conflicts_with = "fail_closed")]
+    pub fail_open: bool,
+    /// Drop packets when a queue overflows or conntrackd is not running
+    /// [daemon.fail_open = false].
+    #[arg(long)]
+    pub fail_closed: bool,
+    /// Log format [daemon.log_format].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormatArg>,
+    /// Log filter: error, warn, info, debug (one line per dropped packet),
+    /// or tracing directives such as info,conntrackd::drop=debug [daemon.log_level].
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Bypass mode: hand established TCP connections to the kernel by
+    /// connmark; their SYN, FIN and RST packets are still queued [daemon.bypass].
+    #[arg(long)]
+    pub bypass: bool,
+}
+
+/// The daemon's settings after merging the rules file's `[daemon]` table
+/// with the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub queues: QueueSpec,
+    pub fail_open: bool,
+    pub install_iptables: bool,
+    pub hooks: Vec<String>,
+    pub queue_maxlen: u32,
+    pub copy_range: u16,
+    pub socket_rcvbuf: usize,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub iptables_chain: String,
+    pub stats_interval: Duration,
+    /// Zero: never warn.
+    pub idle_warning: Duration,
+    /// Bypass mode's mark bit(s), when it is on.
+    pub bypass: Option<u32>,
+    /// Bypass mode: how often the kernel's marked connections are read (zero: never).
+    pub bypass_refresh: Duration,
+}
+
+impl Settings {
+    pub fn merge(file: &DaemonSettings, args: &DaemonArgs) -> anyhow::Result<Settings> {
+        let queues = args.queue.clone().unwrap_or_else(|| file.queues.clone());
+        let fail_open = if args.fail_open {
+            true
+        } else if args.fail_closed {
+            false
+        } else {
+            file.fail_open
+        };
+        let s = Settings {
+            queues,
+            fail_open,
+            install_iptables: args.install_iptables || file.install_iptables,
+            hooks: args.hooks.clone().unwrap_or_else(|| file.hooks.clone()),
+            queue_maxlen: file.queue_maxlen,
+            copy_range: file.copy_range,
+            socket_rcvbuf: file.socket_rcvbuf,
+            log_format: match args.log_format {
+                Some(LogFormatArg::Text) => LogFormat::Text,
+                Some(LogFormatArg::Json) => LogFormat::Json,
+                None => file.log_format,
+            },
+            log_level: args
+                .log_level
+                .clone()
+                .unwrap_or_else(|| file.log_level.clone()),
+            iptables_chain: file.iptables_chain.clone(),
+            stats_interval: Duration::from_secs(file.stats_interval),
+            idle_warning: Duration::from_secs(file.idle_warning),
+            bypass: (args.bypass || file.bypass).then_some(file.bypass_mark),
+            bypass_refresh: Duration::from_secs(file.bypass_refresh),
+        };
+        if s.bypass == Some(0) {
+            bail!("daemon.bypass_mark must have at least one bit set");
+        }
+        if s.copy_range < MIN_COPY_RANGE {
+            bail!(
+                "daemon.copy_range = {} is too small: at least {MIN_COPY_RANGE} bytes are \
+                 needed for the IP and TCP headers",
+                s.copy_range
+            );
+        }
+        if s.queue_maxlen == 0 {
+            bail!("daemon.queue_maxlen must be at least 1");
+        }
+        Ok(s)
+    }
+}
+
+/// The rules file: `--rules`, else the first of [`DEFAULT_RULES`] that exists.
+pub fn resolve_rules(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = arg {
+        return Ok(p);
+    }
+    for candidate in DEFAULT_RULES {
+        if Path::new(candidate).exists() {
+            return Ok(PathBuf::from(candidate));
+        }
+    }
+    bail!(
+        "no rules file: pass --rules FILE (looked for {})",
+        DEFAULT_RULES.join(" and ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        d: DaemonArgs,
+    }
+
+    fn args(a: &[&str]) -> DaemonArgs {
+        T::try_parse_from(std::iter::once("conntrackd").chain(a.iter().copied()))
+            .unwrap()
+            .d
+    }
+
+    #[test]
+    fn command_line_overrides_the_file() {
+        let file = DaemonSettings::default();
+        let s = Settings::merge(&file, &args(&[])).unwrap();
+        assert_eq!(s.queues.as_slice(), [0]);
+        assert!(s.fail_open);
+        assert!(!s.install_iptables);
+        let s = Settings::merge(
+            &file,
+            &args(&[
+                "--queue",
+                "0-3",
+                "--fail-closed",
+                "--install-iptables",
+                "--hooks",
+                "FORWARD,INPUT",
+                "--log-format",
+                "json",
+                "--log-level",
+                "debug",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.queues.as_slice(), [0, 1, 2, 3]);
+        assert!(!s.fail_open);
+        assert!(s.install_iptables);
+        assert_eq!(s.hooks, vec!["FORWARD", "INPUT"]);
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.log_level, "debug");
+        let closed = DaemonSettings {
+            fail_open: false,
+            ..DaemonSettings::default()
+        };
+        assert!(
+            Settings::merge(&closed, &args(&["--fail-open"]))
+                .unwrap()
+                .fail_open
+        );
+        assert!(T::try_parse_from(["c", "--fail-open", "--fail-closed"]).is_err());
+        assert!(T::try_parse_from(["c", "--queue", "x"]).is_err());
+        let tiny = DaemonSettings {
+            copy_range: 40,
+            ..DaemonSettings::default()
+        };
+        assert!(Settings::merge(&tiny, &args(&[])).is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! Adapters to the kernel, and nothing else: the NFQUEUE queues and their
+//! protocol, the conntrack table over ctnetlink, iptables, interface names.
+//!
+//! These modules speak the kernel's protocols; they know nothing of the
+//! daemon that runs them. They may use the sans-IO core's types (a verdict,
+//! a protocol number), never the other way round.
+
+pub mod ctnetlink;
+pub mod ifnames;
+pub mod iptables;
+pub mod netlink;
+pub mod nfqueue;
