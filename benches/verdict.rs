@@ -40,6 +40,8 @@
 //! Run: `cargo bench --bench verdict` (about 2-3 minutes), or one case with
 //! `cargo bench --bench verdict -- established`.
 
+#![allow(clippy::disallowed_methods)] // not the core: tests, benchmarks and tools read clocks and start threads
+
 #[path = "support/mod.rs"]
 mod support;
 

@@ -15,6 +15,8 @@
 //! counts too. Checkpoints along the fill show how the figure moves with the
 //! hash tables' load factor.
 
+#![allow(clippy::disallowed_methods)] // not the core: tests, benchmarks and tools read clocks and start threads
+
 #[path = "../benches/support/mod.rs"]
 mod support;
 
@@ -31,6 +33,9 @@ struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
+// SAFETY: every method forwards to the system allocator with the caller's
+// arguments unchanged, so it keeps GlobalAlloc's contract; the counter is
+// only bookkeeping.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.

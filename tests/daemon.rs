@@ -6,6 +6,8 @@
 //! `CI=true` a skip is a failure. The tests are independent (each has its own
 //! namespaces) and run in parallel.
 
+#![allow(clippy::disallowed_methods)] // not the core: tests, benchmarks and tools read clocks and start threads
+
 mod common;
 
 use common::lab::{self, Lab, Ns, RawSender, Sniffer, TcpEcho, UdpEcho};

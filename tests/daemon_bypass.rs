@@ -3,6 +3,8 @@
 //!
 //! Needs root: without it the test prints why and passes as skipped.
 
+#![allow(clippy::disallowed_methods)] // not the core: tests, benchmarks and tools read clocks and start threads
+
 mod common;
 
 use common::lab::{self, Lab, TcpEcho};

@@ -8,6 +8,8 @@
 //! Needs root (network namespaces). Skips with a message otherwise; under
 //! CI=true a skip is a failure.
 
+#![allow(clippy::disallowed_methods)] // not the core: tests, benchmarks and tools read clocks and start threads
+
 mod common;
 
 use common::lab::{self, Lab, RawSender, Sniffer};

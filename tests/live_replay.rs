@@ -6,6 +6,8 @@
 //!
 //! Needs root; skips with a message otherwise, and fails under CI=true.
 
+#![allow(clippy::disallowed_methods)] // not the core: tests, benchmarks and tools read clocks and start threads
+
 mod common;
 
 use common::lab::{self, Lab, RawSender, Sniffer};

@@ -12,6 +12,8 @@
 //! The client prints `connections_per_second N errors E`. Every load is
 //! bounded by SECONDS; each connection by a 2 s timeout.
 
+#![allow(clippy::disallowed_methods)] // not the core: tests, benchmarks and tools read clocks and start threads
+
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
