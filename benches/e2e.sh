@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end benchmark: client -- gateway -- server network namespaces
-# (design.md §5), each workload through each gateway mode, interleaved and
+# (three hosts, two veth links, forwarding in the middle one), each workload through each gateway mode, interleaved and
 # repeated, one table of medians and ratios at the end.
 #
 #   benches/e2e.sh [ROUNDS] [SECONDS]      (defaults: 3 rounds, 5 s per run)
@@ -12,7 +12,7 @@
 #   nfq-ceil    NFQUEUE with the queue settings conntrackd uses, answered by
 #               a minimal accept-everything program (examples/nfq_ceiling)
 #   conntrackd  conntrackd with a rules/default.toml-like policy
-#   conntrackd-bypass  the same with bypass = true (established bulk data
+#   conntrackd-handoff  the same with handoff = true (established bulk data
 #               handed to the kernel by connmark; see README)
 #   conntrackd-1q  conntrackd on one queue (the queue-scaling comparison)
 # Workloads: iperf3 bulk TCP with 1 stream and with 4 streams from 4 client
@@ -30,7 +30,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 SECS=${2:-5}
 QUEUES=${QUEUES:-0:1}            # --queue-balance range for the NFQUEUE modes (not -1q)
-MODES=${MODES:-"kernel kernel-ct nfq-ceil conntrackd conntrackd-1q conntrackd-bypass"}
+MODES=${MODES:-"kernel kernel-ct nfq-ceil conntrackd conntrackd-1q conntrackd-handoff"}
 WORKLOADS=${WORKLOADS:-"tcp1 tcp4 conns udp64"}
 CONN_THREADS=${CONN_THREADS:-4}          # client threads of the short-connection workload
 ID=e2e$$
@@ -98,7 +98,7 @@ src = ["198.18.0.0/15"]
 [daemon]
 queues = "$FIRST-$LAST"
 RULES
-sed 's/^\[daemon\]/[daemon]\nbypass = true/' "$OUT/rules.toml" > "$OUT/rules-bypass.toml"
+sed 's/^\[daemon\]/[daemon]\nhandoff = true/' "$OUT/rules.toml" > "$OUT/rules-handoff.toml"
 
 gw_reset() {
     ip netns exec $G iptables -F; ip netns exec $G iptables -X 2>/dev/null || true
@@ -127,8 +127,8 @@ mode_up() {
     conntrackd-1q)
         ip netns exec $G iptables -A FORWARD -j NFQUEUE --queue-num $FIRST
         ip netns exec $G $BIN/conntrackd --rules "$OUT/rules.toml" --queue $FIRST --log-level ${CTD_LOG:-warn} & HELPER=$! ;;
-    conntrackd-bypass)
-        ip netns exec $G $BIN/conntrackd --rules "$OUT/rules-bypass.toml" --install-iptables --log-level warn & HELPER=$! ;;
+    conntrackd-handoff)
+        ip netns exec $G $BIN/conntrackd --rules "$OUT/rules-handoff.toml" --install-iptables --log-level warn & HELPER=$! ;;
     esac
     [ -n "$HELPER" ] && PIDS+=($HELPER)
     sleep 1

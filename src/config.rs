@@ -121,16 +121,26 @@ pub struct DaemonSettings {
     /// Without `install_iptables`: warn when no packet arrived this many
     /// seconds after start (the NFQUEUE rule is probably missing; 0: never).
     pub idle_warning: u64,
-    /// Bypass mode: hand established TCP connections to the kernel (their
-    /// verdicts carry `bypass_mark`, saved to the connmark; the chain accepts
+    /// Hand-off mode: hand established TCP connections to the kernel (their
+    /// verdicts carry `handoff_mark`, saved to the connmark; the chain accepts
     /// their packets without SYN, FIN or RST before queueing). See README.
-    pub bypass: bool,
-    /// The mark bit(s) bypass mode sets; must not be used by other rules.
-    pub bypass_mark: u32,
-    /// Bypass mode: seconds between two reads of the kernel's conntrack
-    /// entries that carry `bypass_mark` (over ctnetlink); the engine keeps
+    pub handoff: bool,
+    /// The mark bit(s) hand-off mode sets; must not be used by other rules.
+    pub handoff_mark: u32,
+    /// Hand-off mode: seconds between two reads of the kernel's conntrack
+    /// entries that carry `handoff_mark` (over ctnetlink); the engine keeps
     /// those connections, whose data it no longer sees (0: never read).
-    pub bypass_refresh: u64,
+    pub handoff_refresh: u64,
+    /// The hand-off keys' old names (`bypass`, `bypass_mark`,
+    /// `bypass_refresh`), from when "bypass" also meant this mode; still read,
+    /// moved to the new keys with a warning. "bypass" now means only the
+    /// kernel's `--queue-bypass`.
+    #[serde(rename = "bypass")]
+    pub(crate) old_handoff: Option<toml::Spanned<bool>>,
+    #[serde(rename = "bypass_mark")]
+    pub(crate) old_handoff_mark: Option<toml::Spanned<u32>>,
+    #[serde(rename = "bypass_refresh")]
+    pub(crate) old_handoff_refresh: Option<toml::Spanned<u64>>,
 }
 
 impl Default for DaemonSettings {
@@ -148,9 +158,12 @@ impl Default for DaemonSettings {
             iptables_chain: "CONNTRACKD".into(),
             stats_interval: 60,
             idle_warning: 10,
-            bypass: false,
-            bypass_mark: 0x2000_0000,
-            bypass_refresh: 30,
+            handoff: false,
+            handoff_mark: 0x2000_0000,
+            handoff_refresh: 30,
+            old_handoff: None,
+            old_handoff_mark: None,
+            old_handoff_refresh: None,
         }
     }
 }
@@ -174,6 +187,9 @@ pub struct Config {
     pub engine: EngineSettings,
     pub daemon: DaemonSettings,
     pub policy: crate::policy::Policy,
+    /// What the file should change but that does not stop it from loading
+    /// (deprecated keys), each as `file:line:column: message`.
+    pub warnings: Vec<String>,
 }
 
 /// A rules file that could not be used, with where and why.
@@ -225,10 +241,13 @@ impl Config {
                 message,
             }
         };
-        let file: RulesFile = toml::from_str(text).map_err(|e| {
+        let mut file: RulesFile = toml::from_str(text).map_err(|e| {
             let offset = e.span().map_or(0, |s| s.start);
             invalid(offset, e.message().trim().to_string())
         })?;
+        let mut warnings = Vec::new();
+        rename_old_handoff_keys(&mut file.daemon, text, &name, &mut warnings)
+            .map_err(|(offset, message)| invalid(offset, message))?;
         let policy = crate::policy::Policy::compile(&file.policy, &file.rules)
             .map_err(|(offset, message)| invalid(offset, message))?;
         let e = &file.engine;
@@ -243,8 +262,53 @@ impl Config {
             engine: file.engine,
             daemon: file.daemon,
             policy,
+            warnings,
         })
     }
+}
+
+/// Moves the deprecated `bypass*` keys of `[daemon]` to their `handoff*`
+/// names, with one warning each; both names at once is an error (at the old key).
+fn rename_old_handoff_keys(
+    d: &mut DaemonSettings,
+    text: &str,
+    path: &str,
+    warnings: &mut Vec<String>,
+) -> Result<(), (usize, String)> {
+    // Which new keys the file sets (serde has filled in defaults for the others).
+    let given: Vec<String> = text
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|t| t.get("daemon").and_then(|d| d.as_table()).cloned())
+        .map(|d| d.keys().cloned().collect())
+        .unwrap_or_default();
+    let mut rename = |old: &str, new: &str, span: std::ops::Range<usize>| {
+        if given.iter().any(|k| k == new) {
+            return Err((
+                span.start,
+                format!("daemon.{old} is the old name of daemon.{new}: give only daemon.{new}"),
+            ));
+        }
+        let (line, column) = line_column(text, span.start);
+        warnings.push(format!(
+            "{path}:{line}:{column}: daemon.{old} is deprecated, use daemon.{new} \
+             (\"bypass\" now means only the kernel's --queue-bypass)"
+        ));
+        Ok(())
+    };
+    if let Some(v) = d.old_handoff.take() {
+        rename("bypass", "handoff", v.span())?;
+        d.handoff = v.into_inner();
+    }
+    if let Some(v) = d.old_handoff_mark.take() {
+        rename("bypass_mark", "handoff_mark", v.span())?;
+        d.handoff_mark = v.into_inner();
+    }
+    if let Some(v) = d.old_handoff_refresh.take() {
+        rename("bypass_refresh", "handoff_refresh", v.span())?;
+        d.handoff_refresh = v.into_inner();
+    }
+    Ok(())
 }
 
 impl fmt::Display for Config {
@@ -303,6 +367,37 @@ mod tests {
             }) => {
                 assert_eq!((line, column), (2, 10), "{message}");
                 assert!(message.contains("bad queue spec"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn old_handoff_keys_are_read_with_a_warning() {
+        let text = "[daemon]\nbypass = true\nbypass_mark = 0x10\nbypass_refresh = 5\n\
+                    [policy]\ndefault = \"accept\"\n";
+        let c = Config::parse(text, Path::new("r.toml")).unwrap();
+        assert!(c.daemon.handoff);
+        assert_eq!(c.daemon.handoff_mark, 0x10);
+        assert_eq!(c.daemon.handoff_refresh, 5);
+        assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
+        assert!(
+            c.warnings[0]
+                .starts_with("r.toml:2:10: daemon.bypass is deprecated, use daemon.handoff"),
+            "{:?}",
+            c.warnings
+        );
+        // The same settings under the new names compare equal (reload).
+        let new = "[daemon]\nhandoff = true\nhandoff_mark = 0x10\nhandoff_refresh = 5\n\
+                   [policy]\ndefault = \"accept\"\n";
+        let n = Config::parse(new, Path::new("r.toml")).unwrap();
+        assert_eq!(n.daemon, c.daemon);
+        assert!(n.warnings.is_empty());
+        let both = "[daemon]\nhandoff = true\nbypass = true\n[policy]\ndefault = \"accept\"\n";
+        match Config::parse(both, Path::new("r.toml")) {
+            Err(ConfigError::Invalid { line, message, .. }) => {
+                assert_eq!(line, 3, "{message}");
+                assert!(message.contains("give only daemon.handoff"), "{message}");
             }
             other => panic!("{other:?}"),
         }

@@ -9,6 +9,9 @@ fn main() -> ExitCode {
         None => conntrackd::daemon::run(cli.daemon),
         Some(Command::Check { rules }) => match Config::load(&rules) {
             Ok(config) => {
+                for w in &config.warnings {
+                    eprintln!("warning: {w}");
+                }
                 print!("{config}");
                 println!("ok");
                 ExitCode::SUCCESS

@@ -1,5 +1,5 @@
 //! Housekeeping, once a second off the packet path: expiry, the periodic
-//! statistics line, the warning when no packet arrives, and (bypass mode)
+//! statistics line, the warning when no packet arrives, and (hand-off mode)
 //! keeping handed-off connections the kernel still carries.
 
 use super::worker::{Shared, WorkerStats};
@@ -48,7 +48,7 @@ pub(super) fn log_stats(message: &str, s: &WorkerStats, engine: &Engine, top: Op
         engine_panics = s.engine_panics,
         reads = s.reads,
         verdict_messages = s.verdict_messages,
-        bypass_marked = s.bypass_marked,
+        handoff_marked = s.handoff_marked,
         reasons = reasons(s, top).as_str(),
         "{message}"
     );
@@ -61,10 +61,10 @@ pub(super) struct Housekeeping {
     /// Zero: no warning.
     pub idle_warning: Duration,
     pub queues: QueueSpec,
-    pub bypass: Option<KeepHandedOff>,
+    pub handoff: Option<KeepHandedOff>,
 }
 
-/// Bypass mode: keeps the engine's handed-off connections alive while the
+/// Hand-off mode: keeps the engine's handed-off connections alive while the
 /// kernel's conntrack still carries them (see [`crate::kernel::ctnetlink`]).
 pub(super) struct KeepHandedOff {
     mark: u32,
@@ -108,7 +108,7 @@ impl KeepHandedOff {
         match result {
             Ok((marked, kept)) => {
                 if std::mem::replace(&mut self.warned, false) {
-                    info!("bypass mode: reading the kernel's conntrack table works again");
+                    info!("hand-off mode: reading the kernel's conntrack table works again");
                 }
                 tracing::debug!(
                     marked,
@@ -122,7 +122,7 @@ impl KeepHandedOff {
                 tracing::debug!("reading the kernel's conntrack table: {e:#}");
                 if !std::mem::replace(&mut self.warned, true) {
                     warn!(
-                        "bypass mode: cannot read the kernel's conntrack table ({e:#}); \
+                        "hand-off mode: cannot read the kernel's conntrack table ({e:#}); \
                          handed-off connections live {} s in the engine without queued \
                          packets, then their FIN or RST is refused",
                         self.timeout
@@ -143,7 +143,7 @@ impl Housekeeping {
         while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
             stop.recv_timeout(Duration::from_secs(1))
         {
-            if let Some(keep) = self.bypass.as_mut() {
+            if let Some(keep) = self.handoff.as_mut() {
                 if !keep.every.is_zero() && last_keep.elapsed() >= keep.every {
                     last_keep = Instant::now();
                     keep.run(&self.engine, self.shared.now());

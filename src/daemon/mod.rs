@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
-use worker::{Bypass, Shared, Worker, WorkerStats};
+use worker::{Handoff, Shared, Worker, WorkerStats};
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub fn run(args: DaemonArgs) -> ExitCode {
@@ -64,6 +64,15 @@ pub fn run(args: DaemonArgs) -> ExitCode {
     if let Err(e) = logging::init(settings.log_format, &settings.log_level) {
         eprintln!("conntrackd: {e:#}");
         return ExitCode::FAILURE;
+    }
+    for w in &config.warnings {
+        warn!("{w}");
+    }
+    if args.old_handoff {
+        warn!(
+            "--bypass is deprecated, use --handoff (\"bypass\" now means only the kernel's \
+             --queue-bypass)"
+        );
     }
     match Daemon::start(config, settings) {
         Ok(daemon) => daemon.serve(),
@@ -98,11 +107,11 @@ impl Daemon {
         let rcvbuf = queues.first().map_or(0, |q| q.rcvbuf);
         let installed = install_hooks(&settings)?;
         let (events, logger) = start_logger(&engine)?;
-        let bypass = settings
-            .bypass
-            .map(|mark| bypass_mode(mark, &config, &settings, installed.is_some()));
-        let workers = start_workers(queues, &engine, &shared, &events, bypass, &signals)?;
-        let housekeeping = start_housekeeping(&engine, &shared, &settings, &installed, bypass)?;
+        let handoff = settings
+            .handoff
+            .map(|mark| handoff_mode(mark, &config, &settings, installed.is_some()));
+        let workers = start_workers(queues, &engine, &shared, &events, handoff, &signals)?;
+        let housekeeping = start_housekeeping(&engine, &shared, &settings, &installed, handoff)?;
 
         let policy = engine.policy();
         info!(
@@ -168,6 +177,9 @@ impl Daemon {
             .fetch_add(1, Ordering::Relaxed);
         match Config::load(&self.path) {
             Ok(new) => {
+                for w in &new.warnings {
+                    warn!("reload: {w}");
+                }
                 let rules = new.policy.rules.len();
                 let default = new.policy.default;
                 if new.engine != self.config.engine {
@@ -286,7 +298,7 @@ fn install_hooks(settings: &Settings) -> anyhow::Result<Option<Installed>> {
         settings.queues.as_slice(),
         settings.fail_open,
     )?;
-    spec.connmark_bypass = settings.bypass;
+    spec.handoff_mark = settings.handoff;
     let target = spec.target();
     let installed = Installed::install(spec)?;
     info!(
@@ -308,28 +320,28 @@ fn start_logger(
     Ok((tx, logger))
 }
 
-/// Bypass mode's parameters, with warnings for settings that cannot work.
-fn bypass_mode(mark: u32, config: &Config, settings: &Settings, hooks_installed: bool) -> Bypass {
-    let b = Bypass {
+/// Hand-off mode's parameters, with warnings for settings that cannot work.
+fn handoff_mode(mark: u32, config: &Config, settings: &Settings, hooks_installed: bool) -> Handoff {
+    let b = Handoff {
         mark,
-        timeout: bypass_timeout(config),
+        timeout: handoff_timeout(config),
     };
     if !hooks_installed {
         warn!(
             mark = format!("{mark:#x}").as_str(),
-            "bypass mode without --install-iptables: the rules that save the mark to \
+            "hand-off mode without --install-iptables: the rules that save the mark to \
              the connmark and accept marked connections must be in place (see README), \
              or the engine stops checking windows of established connections for nothing"
         );
     }
-    let refresh = settings.bypass_refresh.as_secs();
+    let refresh = settings.handoff_refresh.as_secs();
     // Room for the housekeeping tick (1 s), the dump itself and whole-second expiry.
     if refresh == 0 || refresh + 2 > u64::from(b.timeout) {
         warn!(
-            bypass_refresh = refresh,
+            handoff_refresh = refresh,
             timeout = b.timeout,
-            "bypass mode: the kernel's conntrack is not read often enough \
-             (daemon.bypass_refresh) to keep handed-off connections: one that lives \
+            "hand-off mode: the kernel's conntrack is not read often enough \
+             (daemon.handoff_refresh) to keep handed-off connections: one that lives \
              longer than {} s after its hand-off is forgotten and its FIN refused",
             b.timeout
         );
@@ -337,18 +349,18 @@ fn bypass_mode(mark: u32, config: &Config, settings: &Settings, hooks_installed:
     info!(
         mark = format!("{mark:#x}").as_str(),
         timeout = b.timeout,
-        bypass_refresh = refresh,
-        "bypass mode: established TCP connections are handed to the kernel"
+        handoff_refresh = refresh,
+        "hand-off mode: established TCP connections are handed to the kernel"
     );
     b
 }
 
-/// Bypass mode: how long a handed-off connection lives in the engine without
+/// Hand-off mode: how long a handed-off connection lives in the engine without
 /// queued packets. Its traffic flows in the kernel, which refreshes only its
 /// own conntrack entry: at least the kernel's established timeout, so that the
 /// engine does not forget a connection (and then refuse its FIN) the kernel
 /// still passes.
-fn bypass_timeout(config: &Config) -> u32 {
+fn handoff_timeout(config: &Config) -> u32 {
     let kernel =
         std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established")
             .ok()
@@ -375,7 +387,7 @@ fn start_workers(
     engine: &Arc<Engine>,
     shared: &Arc<Shared>,
     events: &crossbeam_channel::Sender<logging::Event>,
-    bypass: Option<Bypass>,
+    handoff: Option<Handoff>,
     signals: &Signals,
 ) -> anyhow::Result<Vec<JoinHandle<WorkerStats>>> {
     let log_drops = tracing::enabled!(target: logging::DROP_TARGET, tracing::Level::DEBUG);
@@ -389,7 +401,7 @@ fn start_workers(
             shared: shared.clone(),
             events: events.clone(),
             log_drops,
-            bypass,
+            handoff,
         };
         let guard = StopOnPanic(signals.handle());
         let handle = std::thread::Builder::new()
@@ -410,7 +422,7 @@ fn start_housekeeping(
     shared: &Arc<Shared>,
     settings: &Settings,
     installed: &Option<Installed>,
-    bypass: Option<Bypass>,
+    handoff: Option<Handoff>,
 ) -> anyhow::Result<(crossbeam_channel::Sender<()>, JoinHandle<()>)> {
     let (tx, rx) = crossbeam_channel::bounded::<()>(1);
     let hk = Housekeeping {
@@ -424,7 +436,7 @@ fn start_housekeeping(
             Duration::ZERO
         },
         queues: settings.queues.clone(),
-        bypass: bypass.map(|b| KeepHandedOff::new(b.mark, b.timeout, settings.bypass_refresh)),
+        handoff: handoff.map(|b| KeepHandedOff::new(b.mark, b.timeout, settings.handoff_refresh)),
     };
     let handle = std::thread::Builder::new()
         .name("ctd-housekeeping".into())

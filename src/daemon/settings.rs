@@ -50,10 +50,14 @@ pub struct DaemonArgs {
     /// or tracing directives such as info,conntrackd::drop=debug [daemon.log_level].
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
-    /// Bypass mode: hand established TCP connections to the kernel by
-    /// connmark; their SYN, FIN and RST packets are still queued [daemon.bypass].
+    /// Hand-off mode: hand established TCP connections to the kernel by
+    /// connmark; their SYN, FIN and RST packets are still queued [daemon.handoff].
     #[arg(long)]
-    pub bypass: bool,
+    pub handoff: bool,
+    /// The old name of --handoff (deprecated: "bypass" now means only the
+    /// kernel's --queue-bypass).
+    #[arg(long = "bypass", hide = true)]
+    pub old_handoff: bool,
 }
 
 /// The daemon's settings after merging the rules file's `[daemon]` table
@@ -73,10 +77,10 @@ pub struct Settings {
     pub stats_interval: Duration,
     /// Zero: never warn.
     pub idle_warning: Duration,
-    /// Bypass mode's mark bit(s), when it is on.
-    pub bypass: Option<u32>,
-    /// Bypass mode: how often the kernel's marked connections are read (zero: never).
-    pub bypass_refresh: Duration,
+    /// Hand-off mode's mark bit(s), when it is on.
+    pub handoff: Option<u32>,
+    /// Hand-off mode: how often the kernel's marked connections are read (zero: never).
+    pub handoff_refresh: Duration,
 }
 
 impl Settings {
@@ -109,11 +113,12 @@ impl Settings {
             iptables_chain: file.iptables_chain.clone(),
             stats_interval: Duration::from_secs(file.stats_interval),
             idle_warning: Duration::from_secs(file.idle_warning),
-            bypass: (args.bypass || file.bypass).then_some(file.bypass_mark),
-            bypass_refresh: Duration::from_secs(file.bypass_refresh),
+            handoff: (args.handoff || args.old_handoff || file.handoff)
+                .then_some(file.handoff_mark),
+            handoff_refresh: Duration::from_secs(file.handoff_refresh),
         };
-        if s.bypass == Some(0) {
-            bail!("daemon.bypass_mark must have at least one bit set");
+        if s.handoff == Some(0) {
+            bail!("daemon.handoff_mark must have at least one bit set");
         }
         if s.copy_range < MIN_COPY_RANGE {
             bail!(
@@ -207,5 +212,11 @@ mod tests {
             ..DaemonSettings::default()
         };
         assert!(Settings::merge(&tiny, &args(&[])).is_err());
+        // Hand-off mode, under its name and its deprecated one.
+        assert_eq!(Settings::merge(&file, &args(&[])).unwrap().handoff, None);
+        for flag in ["--handoff", "--bypass"] {
+            let s = Settings::merge(&file, &args(&[flag])).unwrap();
+            assert_eq!(s.handoff, Some(file.handoff_mark), "{flag}");
+        }
     }
 }

@@ -47,9 +47,9 @@ pub struct WorkerStats {
     pub reads: u64,
     /// Verdict messages sent (a batch verdict answers several packets).
     pub verdict_messages: u64,
-    /// Bypass mode: packets whose verdict carried the bypass mark (their
+    /// Hand-off mode: packets whose verdict carried the hand-off mark (their
     /// connection was handed to the kernel).
-    pub bypass_marked: u64,
+    pub handoff_marked: u64,
 }
 
 impl WorkerStats {
@@ -64,7 +64,7 @@ impl WorkerStats {
         self.engine_panics += o.engine_panics;
         self.reads += o.reads;
         self.verdict_messages += o.verdict_messages;
-        self.bypass_marked += o.bypass_marked;
+        self.handoff_marked += o.handoff_marked;
     }
 
     pub fn packets(&self) -> u64 {
@@ -116,10 +116,10 @@ impl Shared {
     }
 }
 
-/// Bypass mode (see README "Bypass mode"): established TCP connections are
+/// Hand-off mode (see README "Hand-off mode"): established TCP connections are
 /// handed to the kernel by marking their packets' verdicts.
 #[derive(Clone, Copy, Debug)]
-pub struct Bypass {
+pub struct Handoff {
     /// The mark bit(s) OR-ed into the packet mark; iptables saves them to the connmark.
     pub mark: u32,
     /// Seconds a handed-off connection lives in the engine without
@@ -135,7 +135,7 @@ pub struct Worker {
     pub events: Sender<Event>,
     /// Send an event for every dropped packet (drop lines are enabled).
     pub log_drops: bool,
-    pub bypass: Option<Bypass>,
+    pub handoff: Option<Handoff>,
 }
 
 impl Worker {
@@ -353,12 +353,12 @@ impl Worker {
             Verdict::Drop => (Verdict::Drop, None),
             Verdict::Accept => {
                 let mut mark = None;
-                if let Some(b) = &self.bypass {
+                if let Some(b) = &self.handoff {
                     if d.after
                         == ConnState::Tcp(EndpointState::Established, EndpointState::Established)
                         && self.hand_off(payload, framing, now, b)
                     {
-                        stats.bypass_marked += 1;
+                        stats.handoff_marked += 1;
                         mark = Some(p.mark | b.mark);
                     }
                 }
@@ -367,9 +367,9 @@ impl Worker {
         }
     }
 
-    /// Bypass: hands an established TCP connection to the kernel (see
-    /// `Engine::hand_off`); true when its verdict is to carry the bypass mark.
-    fn hand_off(&self, payload: &[u8], framing: Framing, now: Timestamp, b: &Bypass) -> bool {
+    /// Hand-off: hands an established TCP connection to the kernel (see
+    /// `Engine::hand_off`); true when its verdict is to carry the hand-off mark.
+    fn hand_off(&self, payload: &[u8], framing: Framing, now: Timestamp, b: &Handoff) -> bool {
         self.engine.hand_off(payload, framing, now, b.timeout)
     }
 }

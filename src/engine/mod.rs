@@ -152,7 +152,7 @@ impl Engine {
         }
     }
 
-    /// Bypass mode: hands an ESTABLISHED:ESTABLISHED TCP connection to the
+    /// Hand-off mode: hands an ESTABLISHED:ESTABLISHED TCP connection to the
     /// kernel, given one of its plain (no SYN, FIN or RST) packets from the
     /// originator. The connection is re-anchored with liberal windows (see
     /// `TcpConn::hand_off`) and lives `timeout` seconds without queued
@@ -191,8 +191,8 @@ impl Engine {
         true
     }
 
-    /// Bypass mode: the kernel still carries this handed-off TCP connection
-    /// (its conntrack entry has the bypass mark). The engine sees none of its
+    /// Hand-off mode: the kernel still carries this handed-off TCP connection
+    /// (its conntrack entry has the hand-off mark). The engine sees none of its
     /// data, so it keeps the connection `timeout` more seconds from `now`
     /// instead (never less than it had). Either direction: the kernel's
     /// entry may have been re-created from the responder's side after it

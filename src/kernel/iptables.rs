@@ -111,11 +111,11 @@ pub struct Spec {
     pub first_queue: u16,
     pub last_queue: u16,
     /// Add `--queue-bypass`: accept when no program is bound to the queue.
-    pub bypass: bool,
-    /// Bypass mode's mark bit(s): save them from the packet mark to the
+    pub queue_bypass: bool,
+    /// Hand-off mode's mark bit(s): save them from the packet mark to the
     /// connmark (mangle POSTROUTING), and accept TCP packets without SYN,
     /// FIN or RST whose connmark has them before queueing.
-    pub connmark_bypass: Option<u32>,
+    pub handoff_mark: Option<u32>,
 }
 
 impl Spec {
@@ -124,7 +124,7 @@ impl Spec {
         chain: &str,
         hooks: &[String],
         queues: &[u16],
-        bypass: bool,
+        queue_bypass: bool,
     ) -> anyhow::Result<Spec> {
         let valid_name = !chain.is_empty()
             && chain.len() <= 28
@@ -168,8 +168,8 @@ impl Spec {
             hooks: normalized,
             first_queue: first,
             last_queue: last,
-            bypass,
-            connmark_bypass: None,
+            queue_bypass,
+            handoff_mark: None,
         })
     }
 
@@ -183,24 +183,24 @@ impl Spec {
                 self.first_queue, self.last_queue
             )
         };
-        if self.bypass {
+        if self.queue_bypass {
             t.push_str(" --queue-bypass");
         }
         t
     }
 
-    /// Bypass mode: the filter rule that lets handed-off connections' packets
+    /// Hand-off mode: the filter rule that lets handed-off connections' packets
     /// through before the NFQUEUE rule.
-    fn bypass_accept_rule(&self, m: u32) -> String {
+    fn handoff_accept_rule(&self, m: u32) -> String {
         format!("-p tcp --tcp-flags SYN,FIN,RST NONE -m connmark --mark {m:#x}/{m:#x} -j ACCEPT",)
     }
 
-    /// Bypass mode: the mangle POSTROUTING rules. The first saves the
+    /// Hand-off mode: the mangle POSTROUTING rules. The first saves the
     /// verdict's mark bit to the connmark; the second clears it again once a
     /// FIN or RST (always queued, so accepted by conntrackd) passed, so that
     /// the rest of the teardown (the last ACKs) is queued too and the engine
     /// follows the connection to TIME_WAIT, from where a SYN may reopen it.
-    fn bypass_mangle_rules(m: u32) -> [String; 2] {
+    fn handoff_mangle_rules(m: u32) -> [String; 2] {
         [
             format!(
                 "-m mark --mark {m:#x}/{m:#x} -j CONNMARK --save-mark --nfmask {m:#x} --ctmask {m:#x}"
@@ -215,11 +215,11 @@ impl Spec {
     /// The `iptables-restore --noflush` input that installs everything.
     pub fn install_script(&self) -> String {
         let mut s = format!("*filter\n:{c} - [0:0]\n", c = self.chain);
-        if let Some(m) = self.connmark_bypass {
+        if let Some(m) = self.handoff_mark {
             s.push_str(&format!(
                 "-A {} {}\n",
                 self.chain,
-                self.bypass_accept_rule(m)
+                self.handoff_accept_rule(m)
             ));
         }
         s.push_str(&format!(
@@ -231,8 +231,8 @@ impl Spec {
             s.push_str(&format!("-I {h} 1 -j {}\n", self.chain));
         }
         s.push_str("COMMIT\n");
-        if let Some(m) = self.connmark_bypass {
-            let [save, clear] = Self::bypass_mangle_rules(m);
+        if let Some(m) = self.handoff_mark {
+            let [save, clear] = Self::handoff_mangle_rules(m);
             s.push_str(&format!(
                 "*mangle\n-I POSTROUTING 1 {save}\n-I POSTROUTING 2 {clear}\nCOMMIT\n"
             ));
@@ -247,8 +247,8 @@ impl Spec {
             s.push_str(&format!("-D {h} -j {}\n", self.chain));
         }
         s.push_str(&format!("-F {c}\n-X {c}\nCOMMIT\n", c = self.chain));
-        if let Some(m) = self.connmark_bypass {
-            let [save, clear] = Self::bypass_mangle_rules(m);
+        if let Some(m) = self.handoff_mark {
+            let [save, clear] = Self::handoff_mangle_rules(m);
             s.push_str(&format!(
                 "*mangle\n-D POSTROUTING {save}\n-D POSTROUTING {clear}\nCOMMIT\n"
             ));
@@ -357,10 +357,10 @@ fn ipv6_enabled() -> bool {
 /// Removes a chain of that name left by an instance that did not exit cleanly
 /// (SIGKILL, crash): the jumps from the built-in chains, then the chain.
 /// Returns whether there was one.
-fn remove_stale(family: Family, chain: &str, connmark_bypass: Option<u32>) -> anyhow::Result<bool> {
+fn remove_stale(family: Family, chain: &str, handoff_mark: Option<u32>) -> anyhow::Result<bool> {
     let mut found = false;
-    if let Some(m) = connmark_bypass {
-        for rule in Spec::bypass_mangle_rules(m) {
+    if let Some(m) = handoff_mark {
+        for rule in Spec::handoff_mangle_rules(m) {
             let args: Vec<&str> = ["-D", "POSTROUTING"]
                 .into_iter()
                 .chain(rule.split(' '))
@@ -422,11 +422,7 @@ impl Installed {
             &[Family::V4]
         };
         for &family in families {
-            if remove_stale(
-                family,
-                &installed.spec.chain,
-                installed.spec.connmark_bypass,
-            )? {
+            if remove_stale(family, &installed.spec.chain, installed.spec.handoff_mark)? {
                 tracing::warn!(
                     chain = installed.spec.chain.as_str(),
                     "{}: removed chain {} left by an earlier run that did not exit cleanly",
@@ -435,7 +431,7 @@ impl Installed {
                 );
             }
             let mut tables = vec!["filter"];
-            if installed.spec.connmark_bypass.is_some() {
+            if installed.spec.handoff_mark.is_some() {
                 tables.push("mangle");
             }
             for table in tables {
@@ -461,7 +457,7 @@ impl Installed {
             if let Err(e) = restore(family, &self.spec.remove_script()) {
                 // The atomic removal fails as a whole if someone changed our
                 // rules meanwhile: take out whatever is left, one by one.
-                match remove_stale(family, &self.spec.chain, self.spec.connmark_bypass) {
+                match remove_stale(family, &self.spec.chain, self.spec.handoff_mark) {
                     Ok(_) => tracing::warn!("{e:#}; removed the remaining rules one by one"),
                     Err(e2) => errors.push(format!("{e:#}; then: {e2:#}")),
                 }

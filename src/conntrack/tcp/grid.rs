@@ -1,7 +1,7 @@
 //! The TCP state machine as one auditable table.
 //!
-//! conntrackd tracks each endpoint separately, as pf does and as the seeds
-//! teach (`FIN_WAIT_2:CLOSE_WAIT`). Every packet moves two endpoints: the one
+//! conntrackd tracks each endpoint separately, as pf does and as RFC 9293
+//! describes TCP (each end has its own state: `FIN_WAIT_2:CLOSE_WAIT`). Every packet moves two endpoints: the one
 //! that sent it (by what it sent, [`SENT`]) and the one it goes to (by what it
 //! receives, [`RECEIVED`]). A packet passes the state machine when neither cell
 //! says `IV`; `IG` means "pass it, change nothing".
@@ -234,8 +234,8 @@ pub const RECEIVED: [[Next; 11]; 7] = [
  *  SS: simultaneous open: a SYN reaches a side that sent its own SYN. */
 /* SYN+ACK */     [ IV, IV, __, ES, __, __, __, __, __, __, __ ],
 /*  LI: a SYN+ACK to a side that never sent a SYN.
- *  SS: the originator waits in SYN_SENT until its ACK passes (seeds: it is
- *      ESTABLISHED once its ACK is sent).
+ *  SS: the originator waits in SYN_SENT until its ACK passes (RFC 9293:
+ *      it is ESTABLISHED once it sends the handshake's third segment).
  *  SR: simultaneous open: our SYN is acknowledged. */
 /* FIN     */     [ IV, IV, CW, CW, CW, CG, TW, __, __, __, __ ],
 /*  SS, SR: the peer closes right after the handshake.
@@ -246,8 +246,8 @@ pub const RECEIVED: [[Next; 11]; 7] = [
 /* FIN,acks-my-FIN */
                   [ __, IV, CW, CW, CW, TW, TW, TW, __, __, CL ],
 /*  CL: the TIME_WAIT side retransmits its FIN to a side already CLOSED.
- *  F1: the peer's ACK of our FIN and its own FIN in one segment (seeds: the
- *      second and third teardown segments merged): TIME_WAIT.
+ *  F1: the peer's ACK of our FIN and its own FIN in one segment (the
+ *      four-way teardown's second and third segments merged): TIME_WAIT.
  *  CG: simultaneous close, and our FIN is now acknowledged: TIME_WAIT.
  *  LA: the peer's FIN retransmitted with the ACK of ours: CLOSED. */
 /* ACK     */     [ IV, IV, __, ES, __, __, __, __, __, __, __ ],

@@ -86,7 +86,7 @@ impl TcpConn {
         conn
     }
 
-    /// Bypass hand-off: the kernel carries the connection's data from now on
+    /// Hand-off: the kernel carries the connection's data from now on
     /// and the engine will see only its SYN, FIN and RST, so its windows go
     /// stale. Re-anchor both sides on this segment (from `from`) with liberal
     /// windows, as a loose pickup would, so that the FIN or RST that ends the
@@ -224,7 +224,7 @@ impl TcpConn {
                 }
             }
             // The responder's SYN+ACK must acknowledge exactly the ISN+1 of the
-            // SYN it answers (seeds: ack = j+1), or with TCP Fast Open any part
+            // SYN it answers (the SYN's seq j: ack = j+1), or with TCP Fast Open any part
             // of the SYN's data. Before the originator's final ACK its end is
             // still ISN+1 (+ SYN data).
             (Sent::SynAck, _) => {
@@ -247,7 +247,7 @@ impl TcpConn {
                 Ok(())
             }
             // The handshake's final ACK must acknowledge the responder's ISN+1
-            // (seeds: ack = k+1); a FIN may ride on it.
+            // (the SYN+ACK's seq k: ack = k+1); a FIN may ride on it.
             (Sent::Ack | Sent::Fin, SynSent) => {
                 if !peers[to].has_window() || seg.ack != peers[to].end {
                     return Err(TcpOutcome::unchanged(Reason::HandshakeBadAck));
