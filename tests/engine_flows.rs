@@ -22,7 +22,7 @@ fn ip(s: &str) -> IpAddr {
 
 #[test]
 fn udp_flow_new_then_replied_with_its_timeouts() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let (c, s) = (sa("198.18.0.2:5353"), sa("198.19.0.2:53"));
     let d = t.send(build::udp(c, s, b"query"));
     assert_eq!(
@@ -43,7 +43,7 @@ fn udp_flow_new_then_replied_with_its_timeouts() {
 
 #[test]
 fn unreplied_udp_expires_after_30s_and_a_late_reply_is_a_new_flow() {
-    let mut t = Lab::from_toml(
+    let mut t = Harness::from_toml(
         r#"
         [policy]
         default = "drop"
@@ -66,7 +66,7 @@ fn unreplied_udp_expires_after_30s_and_a_late_reply_is_a_new_flow() {
 
 #[test]
 fn icmp_echo_is_tracked_by_id() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let (c, s) = (ip("198.18.0.2"), ip("198.19.0.2"));
     assert_eq!(
         t.send(build::icmp_echo(c, s, 7, 1, true)).reason,
@@ -91,7 +91,7 @@ fn icmp_echo_is_tracked_by_id() {
 
 #[test]
 fn icmpv6_echo_is_tracked_by_id() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let (c, s) = (ip("2001:db8:1::2"), ip("2001:db8:2::2"));
     assert_eq!(
         t.send(build::icmp_echo(c, s, 9, 1, true)).reason,
@@ -106,7 +106,7 @@ fn icmpv6_echo_is_tracked_by_id() {
 
 #[test]
 fn icmp_errors_are_related_only_to_tracked_flows() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::v4();
     let syn = f.syn_builder().build();
     t.send(syn.clone());
@@ -134,7 +134,7 @@ fn icmp_errors_are_related_only_to_tracked_flows() {
 
 #[test]
 fn other_protocols_are_tracked_by_address_pair() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let (a, b) = (ip("198.18.0.2"), ip("198.19.0.2"));
     let d = t.send(build::other(a, b, 47, b"gre"));
     assert_eq!(
@@ -177,7 +177,7 @@ dst_ports = [80, "8000-8080"]
 
 #[test]
 fn first_matching_rule_decides_new_connections() {
-    let mut t = Lab::from_toml(GATEWAY);
+    let mut t = Harness::from_toml(GATEWAY);
     t.ctx = Context {
         ifaces: Interfaces {
             input: Some("veth-c0"),
@@ -215,7 +215,7 @@ fn first_matching_rule_decides_new_connections() {
 
 #[test]
 fn rules_decide_only_new_connections_and_reload_keeps_state() {
-    let mut t = Lab::from_toml(
+    let mut t = Harness::from_toml(
         r#"
         [policy]
         default = "accept"
@@ -239,7 +239,7 @@ fn rules_decide_only_new_connections_and_reload_keeps_state() {
 
 // ---- table limits -----------------------------------------------------------
 
-fn established_on(t: &mut Lab, port: u16) {
+fn established_on(t: &mut Harness, port: u16) {
     let mut f = Flow::v4_port(port);
     f.client(t, SYN, b"");
     f.server(t, SYN | ACK, b"");
@@ -247,7 +247,7 @@ fn established_on(t: &mut Lab, port: u16) {
 }
 
 /// An ACK on an established fixture connection: still tracked?
-fn still_tracked(t: &mut Lab, port: u16) -> bool {
+fn still_tracked(t: &mut Harness, port: u16) -> bool {
     let mut f = Flow::v4_port(port);
     f.c_nxt = f.c_nxt.wrapping_add(1);
     f.s_nxt = f.s_nxt.wrapping_add(1);
@@ -260,7 +260,7 @@ fn full_table_evicts_unestablished_entries_never_established_ones() {
         max_connections: 4,
         ..EngineSettings::default()
     };
-    let mut t = Lab::with(settings, conntrackd::policy::Policy::allow_all());
+    let mut t = Harness::with(settings, conntrackd::policy::Policy::allow_all());
     established_on(&mut t, 1000);
     established_on(&mut t, 1001);
     for port in [2000, 2001] {
@@ -283,7 +283,7 @@ fn full_table_of_established_connections_refuses_new_ones() {
         max_connections: 2,
         ..EngineSettings::default()
     };
-    let mut t = Lab::with(settings, conntrackd::policy::Policy::allow_all());
+    let mut t = Harness::with(settings, conntrackd::policy::Policy::allow_all());
     established_on(&mut t, 1000);
     established_on(&mut t, 1001);
     let d = Flow::v4_port(4000).client(&mut t, SYN, b"");
@@ -301,7 +301,7 @@ fn half_open_cap_stops_a_syn_flood() {
         max_half_open: 3,
         ..EngineSettings::default()
     };
-    let mut t = Lab::with(settings, conntrackd::policy::Policy::allow_all());
+    let mut t = Harness::with(settings, conntrackd::policy::Policy::allow_all());
     for port in 0..3 {
         assert_eq!(
             Flow::v4_port(10_000 + port).client(&mut t, SYN, b"").reason,
@@ -331,7 +331,7 @@ fn half_open_cap_stops_a_syn_flood() {
 
 #[test]
 fn checksums_are_verified_unless_not_computed() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut syn = Flow::v4().syn_builder().build();
     let last = syn.len() - 1;
     syn[last] ^= 0x40; // in the TCP header (options/window area)
@@ -360,7 +360,7 @@ fn checksums_are_verified_unless_not_computed() {
 
 #[test]
 fn truncated_and_inconsistent_headers_have_their_own_reasons() {
-    let t = Lab::allow_all();
+    let t = Harness::allow_all();
     let good = build::tcp(sa("198.18.0.2:1"), sa("198.19.0.2:2"))
         .flags(SYN)
         .payload(b"abcd")
@@ -401,7 +401,7 @@ fn truncated_and_inconsistent_headers_have_their_own_reasons() {
 #[test]
 fn headers_only_copy_uses_the_ip_length() {
     // NFQUEUE with a copy range hands over only the first bytes.
-    let t = Lab::allow_all();
+    let t = Harness::allow_all();
     let syn = build::tcp(sa("198.18.0.2:1"), sa("198.19.0.2:2"))
         .flags(SYN)
         .payload(&[9; 1000])
@@ -428,7 +428,7 @@ fn ipv6_extension_headers_are_walked() {
     v[4..6].copy_from_slice(&payload_len.to_be_bytes());
     v.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]); // next=UDP, len 0, PadN
     v.extend_from_slice(&udp[40..]);
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let d = t.send(v.clone());
     assert_eq!(d.reason, Reason::NewByDefault);
     // A hop-by-hop header anywhere but first is malformed.
@@ -445,7 +445,7 @@ fn eviction_crosses_address_families() {
         max_connections: 2,
         ..EngineSettings::default()
     };
-    let mut t = Lab::with(settings, conntrackd::policy::Policy::allow_all());
+    let mut t = Harness::with(settings, conntrackd::policy::Policy::allow_all());
     for port in [1, 2] {
         let syn = build::tcp(
             sa(&format!("[2001:db8:1::2]:{port}")),

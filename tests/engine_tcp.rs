@@ -12,7 +12,7 @@ use engine_support::*;
 
 #[test]
 fn handshake_moves_each_endpoint_as_the_seeds_teach() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::v4();
     let d = f.client(&mut t, SYN, b"");
     assert_eq!(d.reason, Reason::NewByDefault);
@@ -29,7 +29,7 @@ fn handshake_moves_each_endpoint_as_the_seeds_teach() {
 
 #[test]
 fn synack_must_acknowledge_isn_plus_one() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::v4();
     f.client(&mut t, SYN, b"");
     for wrong in [f.c_nxt.wrapping_sub(1), f.c_nxt.wrapping_add(1), 0] {
@@ -46,7 +46,7 @@ fn synack_must_acknowledge_isn_plus_one() {
 
 #[test]
 fn final_ack_must_acknowledge_responder_isn_plus_one() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::v4();
     f.client(&mut t, SYN, b"");
     f.server(&mut t, SYN | ACK, b"");
@@ -67,7 +67,7 @@ fn final_ack_must_acknowledge_responder_isn_plus_one() {
 #[test]
 fn fast_open_synack_may_acknowledge_the_syn_without_its_data() {
     // RFC 7413 §4.2.2: the server refuses the SYN's data and acks only the SYN.
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::v4();
     let isn = f.c_nxt;
     assert_eq!(f.client(&mut t, SYN, &[5; 20]).reason, Reason::NewByDefault);
@@ -84,7 +84,7 @@ fn fast_open_synack_may_acknowledge_the_syn_without_its_data() {
 
 #[test]
 fn ack_before_synack_is_dropped() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::v4();
     f.client(&mut t, SYN, b"");
     let d = t.tcp(f.c, f.s, ACK, f.c_nxt, 12345, b"");
@@ -93,7 +93,7 @@ fn ack_before_synack_is_dropped() {
 
 #[test]
 fn synack_from_the_originator_is_dropped() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::v4();
     f.client(&mut t, SYN, b"");
     let d = t.tcp(f.c, f.s, SYN | ACK, f.c_nxt, 1, b"");
@@ -102,7 +102,7 @@ fn synack_from_the_originator_is_dropped() {
 
 #[test]
 fn retransmitted_syn_and_synack_pass() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::v4();
     let isn = f.c_nxt;
     f.client(&mut t, SYN, b"");
@@ -126,7 +126,7 @@ fn retransmitted_syn_and_synack_pass() {
 
 #[test]
 fn simultaneous_open() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::v4();
     f.client(&mut t, SYN, b"");
     // The responder's own SYN crosses ours.
@@ -151,7 +151,7 @@ fn simultaneous_open() {
 
 #[test]
 fn data_flows_both_ways_across_the_sequence_wrap() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::established(&mut t);
     let start = f.c_nxt;
     for i in 0..200u32 {
@@ -177,7 +177,7 @@ fn data_flows_both_ways_across_the_sequence_wrap() {
 
 #[test]
 fn data_beyond_the_receivers_window_is_dropped() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::established(&mut t);
     // The server advertised 65535 bytes (no scaling): a segment starting past that is invalid.
     let d = t.tcp(
@@ -213,7 +213,7 @@ fn data_beyond_the_receivers_window_is_dropped() {
 
 #[test]
 fn ack_of_data_never_sent_is_dropped() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::established(&mut t);
     let d = t.tcp(f.c, f.s, ACK, f.c_nxt, f.s_nxt.wrapping_add(10), b"");
     assert_eq!(d.reason, Reason::AckAboveSent);
@@ -222,7 +222,7 @@ fn ack_of_data_never_sent_is_dropped() {
 
 #[test]
 fn old_retransmission_passes_without_state_change() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::established(&mut t);
     let first = f.c_nxt;
     // Move the client ~150 KB forward in 1000-byte steps, each acknowledged.
@@ -249,7 +249,7 @@ fn old_retransmission_passes_without_state_change() {
 #[test]
 fn window_scaling_counts_only_when_both_syns_carry_it() {
     // Both offer scaling: the server's 1024 << 7 = 131072-byte window admits data at +100000.
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::v4();
     t.send(f.syn_builder().window_scale(7).build());
     let d = t.send(f.synack_builder().window_scale(7).window(1024).build());
@@ -282,7 +282,7 @@ fn window_scaling_counts_only_when_both_syns_carry_it() {
     assert_eq!(d.reason, Reason::Tracked, "originator's scaled window");
 
     // Only the client offers it: windows are unscaled and +100000 is past 1024.
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::v4();
     t.send(f.syn_builder().window_scale(7).build());
     t.send(f.synack_builder().window(1024).build());
@@ -303,7 +303,7 @@ fn window_scaling_counts_only_when_both_syns_carry_it() {
 
 #[test]
 fn packets_without_a_connection_are_dropped_and_create_nothing() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let f = Flow::v4();
     for flags in [ACK, ACK | PSH, FIN | ACK, RST, RST | ACK, SYN | ACK] {
         let d = t.tcp(f.c, f.s, flags, 1000, 2000, b"data");
@@ -318,7 +318,7 @@ fn loose_pickup_adopts_mid_stream_connections_only_when_enabled() {
         loose_pickup: true,
         ..Default::default()
     };
-    let mut t = Lab::with(settings, conntrackd::policy::Policy::allow_all());
+    let mut t = Harness::with(settings, conntrackd::policy::Policy::allow_all());
     let f = Flow::v4();
     let d = t.tcp(f.c, f.s, ACK | PSH, 1000, 2000, b"data");
     assert_eq!(d.reason, Reason::NewByDefault);
@@ -339,7 +339,7 @@ fn loose_pickup_adopts_mid_stream_connections_only_when_enabled() {
 
 #[test]
 fn invalid_flag_combinations_are_dropped_before_lookup() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::established(&mut t);
     let cases = [
         (SYN | FIN, Reason::SynFin),
@@ -370,7 +370,7 @@ fn invalid_flag_combinations_are_dropped_before_lookup() {
 
 #[test]
 fn four_way_close_from_the_client() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::established(&mut t);
     let steps = [
         (
@@ -395,7 +395,7 @@ fn four_way_close_from_the_client() {
 
 #[test]
 fn four_way_close_from_the_server() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::established(&mut t);
     let steps = [
         (
@@ -421,7 +421,7 @@ fn four_way_close_from_the_server() {
 #[test]
 fn merged_ack_and_fin_close_in_three_segments() {
     // Seed 004: the server's ACK of the FIN and its own FIN travel in one segment.
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::established(&mut t);
     f.client(&mut t, FIN | ACK, b"");
     let d = f.server(&mut t, FIN | ACK, b"");
@@ -432,7 +432,7 @@ fn merged_ack_and_fin_close_in_three_segments() {
 
 #[test]
 fn simultaneous_close_goes_through_closing() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let f = Flow::established(&mut t);
     // Both FINs are sent before either arrives: each acknowledges only data.
     let (c_fin, s_fin) = (f.c_nxt, f.s_nxt);
@@ -462,7 +462,7 @@ fn simultaneous_close_goes_through_closing() {
 
 #[test]
 fn half_close_lets_the_other_side_keep_sending() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::established(&mut t);
     f.client(&mut t, FIN | ACK, b"");
     f.server(&mut t, ACK, b"");
@@ -489,7 +489,7 @@ fn half_close_lets_the_other_side_keep_sending() {
 
 #[test]
 fn no_new_data_after_fin_but_retransmissions_pass() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::established(&mut t);
     let data_seq = f.c_nxt;
     f.client(&mut t, ACK | PSH, &[1; 100]);
@@ -513,7 +513,7 @@ fn no_new_data_after_fin_but_retransmissions_pass() {
 
 #[test]
 fn rst_at_the_exact_sequence_closes_the_connection() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::established(&mut t);
     let d = f.server(&mut t, RST | ACK, b"");
     assert_eq!(
@@ -529,7 +529,7 @@ fn rst_at_the_exact_sequence_closes_the_connection() {
 
 #[test]
 fn rst_outside_the_window_is_dropped() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::established(&mut t);
     for off in [100_000u32, 1 << 30, (1u32 << 31) + 5] {
         let d = t.tcp(f.s, f.c, RST, f.s_nxt.wrapping_add(off), 0, b"");
@@ -543,7 +543,7 @@ fn rst_outside_the_window_is_dropped() {
 
 #[test]
 fn inexact_rst_in_window_gets_a_challenge_and_keeps_state() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::established(&mut t);
     let d = t.tcp(f.s, f.c, RST, f.s_nxt.wrapping_add(1000), 0, b"");
     assert_eq!(d.reason, Reason::RstChallenged);
@@ -553,7 +553,7 @@ fn inexact_rst_in_window_gets_a_challenge_and_keeps_state() {
 
 #[test]
 fn responder_refusing_the_syn_with_rst_ack() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::v4();
     f.client(&mut t, SYN, b"");
     // Wrong ack: not an answer to our SYN.
@@ -567,7 +567,7 @@ fn responder_refusing_the_syn_with_rst_ack() {
 
 #[test]
 fn time_wait_lasts_2msl_and_a_new_syn_reopens() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::established(&mut t);
     f.client(&mut t, FIN | ACK, b"");
     f.server(&mut t, FIN | ACK, b"");
@@ -594,7 +594,7 @@ fn time_wait_lasts_2msl_and_a_new_syn_reopens() {
 fn fin_retransmitted_after_the_last_ack_is_heard_in_time_wait() {
     // The last ACK is lost beyond the gateway: the server sends its FIN again
     // and the client, in TIME_WAIT, acknowledges it again.
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::established(&mut t);
     f.client(&mut t, FIN | ACK, b"");
     f.server(&mut t, ACK, b"");
@@ -618,7 +618,7 @@ fn fin_retransmitted_after_the_last_ack_is_heard_in_time_wait() {
 
 #[test]
 fn time_wait_expires_after_2msl() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::established(&mut t);
     f.client(&mut t, FIN | ACK, b"");
     f.server(&mut t, FIN | ACK, b"");
@@ -641,7 +641,7 @@ fn time_wait_is_configurable() {
         },
         ..Default::default()
     };
-    let mut t = Lab::with(settings, conntrackd::policy::Policy::allow_all());
+    let mut t = Harness::with(settings, conntrackd::policy::Policy::allow_all());
     let mut f = Flow::established(&mut t);
     f.client(&mut t, FIN | ACK, b"");
     f.server(&mut t, FIN | ACK, b"");
@@ -655,7 +655,7 @@ fn time_wait_is_configurable() {
 #[test]
 fn each_state_has_its_own_timeout() {
     // A half-open connection dies after syn_sent; an established one lives on.
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut half = Flow::v4_port(42000);
     half.client(&mut t, SYN, b"");
     let _est = Flow::established(&mut t);
@@ -667,7 +667,7 @@ fn each_state_has_its_own_timeout() {
 
 #[test]
 fn syn_on_an_established_connection_is_passed_unchanged() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let f = Flow::established(&mut t);
     let d = t.tcp(f.c, f.s, SYN, 5, 0, b"");
     assert_eq!(
@@ -680,7 +680,7 @@ fn syn_on_an_established_connection_is_passed_unchanged() {
 
 #[test]
 fn handed_off_connection_still_follows_its_teardown() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::established(&mut t);
     let plain = f.builder(Side::Client, ACK).build();
     let now = t.now();
@@ -720,10 +720,10 @@ fn handed_off_connection_still_follows_its_teardown() {
 
 #[test]
 fn the_kernel_keeps_handed_off_connections_alive_in_the_engine() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::established(&mut t);
     let (c, s) = (f.c, f.s);
-    let keep = |t: &Lab, src: std::net::SocketAddr, dst: std::net::SocketAddr, timeout| {
+    let keep = |t: &Harness, src: std::net::SocketAddr, dst: std::net::SocketAddr, timeout| {
         t.engine.keep_handed_off(
             (src.ip(), src.port()),
             (dst.ip(), dst.port()),
@@ -731,7 +731,7 @@ fn the_kernel_keeps_handed_off_connections_alive_in_the_engine() {
             timeout,
         )
     };
-    let expires = |t: &Lab| t.engine.connections()[0].expires_at_secs as u64;
+    let expires = |t: &Harness| t.engine.connections()[0].expires_at_secs as u64;
     // Not handed off yet: its own packets keep it, not the kernel.
     assert!(!keep(&t, c, s, 600));
     let plain = f.builder(Side::Client, ACK).build();
@@ -761,7 +761,7 @@ fn the_kernel_keeps_handed_off_connections_alive_in_the_engine() {
 
 #[test]
 fn ipv6_connection_lifecycle() {
-    let mut t = Lab::allow_all();
+    let mut t = Harness::allow_all();
     let mut f = Flow::v6();
     assert_eq!(f.client(&mut t, SYN, b"").reason, Reason::NewByDefault);
     f.server(&mut t, SYN | ACK, b"");

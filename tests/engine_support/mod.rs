@@ -27,29 +27,29 @@ impl Deref for Out {
     }
 }
 
-pub struct Lab {
+pub struct Harness {
     pub engine: Engine,
     pub now_secs: u64,
     pub ctx: Context<'static>,
 }
 
-impl Lab {
-    pub fn allow_all() -> Lab {
-        Lab::with(EngineSettings::default(), Policy::allow_all())
+impl Harness {
+    pub fn allow_all() -> Harness {
+        Harness::with(EngineSettings::default(), Policy::allow_all())
     }
 
-    pub fn with(settings: EngineSettings, policy: Policy) -> Lab {
-        Lab {
+    pub fn with(settings: EngineSettings, policy: Policy) -> Harness {
+        Harness {
             engine: Engine::new(settings, policy),
             now_secs: 1_000,
             ctx: Context::default(),
         }
     }
 
-    pub fn from_toml(text: &str) -> Lab {
+    pub fn from_toml(text: &str) -> Harness {
         let config = conntrackd::Config::parse(text, std::path::Path::new("test.toml"))
             .unwrap_or_else(|e| panic!("{e}"));
-        Lab::with(config.engine, config.policy)
+        Harness::with(config.engine, config.policy)
     }
 
     pub fn now(&self) -> Timestamp {
@@ -123,7 +123,7 @@ impl Flow {
     }
 
     /// A connection through its three-way handshake.
-    pub fn established(t: &mut Lab) -> Flow {
+    pub fn established(t: &mut Harness) -> Flow {
         let mut f = Flow::v4();
         for (side, flags) in [
             (Side::Client, 0x02),
@@ -168,7 +168,7 @@ impl Flow {
 
     /// Sends from one side with its next seq and the other side's next seq as ack,
     /// then advances the sender by the sequence space the segment used.
-    pub fn send(&mut self, t: &mut Lab, side: Side, flags: u8, payload: &[u8]) -> Out {
+    pub fn send(&mut self, t: &mut Harness, side: Side, flags: u8, payload: &[u8]) -> Out {
         let (from, to, seq, ack) = match side {
             Side::Client => (self.c, self.s, self.c_nxt, self.s_nxt),
             Side::Server => (self.s, self.c, self.s_nxt, self.c_nxt),
@@ -182,17 +182,17 @@ impl Flow {
         d
     }
 
-    pub fn client(&mut self, t: &mut Lab, flags: u8, payload: &[u8]) -> Out {
+    pub fn client(&mut self, t: &mut Harness, flags: u8, payload: &[u8]) -> Out {
         self.send(t, Side::Client, flags, payload)
     }
 
-    pub fn server(&mut self, t: &mut Lab, flags: u8, payload: &[u8]) -> Out {
+    pub fn server(&mut self, t: &mut Harness, flags: u8, payload: &[u8]) -> Out {
         self.send(t, Side::Server, flags, payload)
     }
 
     /// Sends each step with the sides' next sequence numbers and checks that
     /// it is tracked with the expected `before -> after` transition.
-    pub fn assert_steps(&mut self, t: &mut Lab, steps: &[(Side, u8, &str)]) {
+    pub fn assert_steps(&mut self, t: &mut Harness, steps: &[(Side, u8, &str)]) {
         for (side, flags, expected) in steps {
             let d = self.send(t, *side, *flags, b"");
             assert_eq!(
