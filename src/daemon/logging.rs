@@ -10,10 +10,10 @@
 use crate::config::LogFormat;
 use crate::kernel::ifnames::IfNames;
 use crate::reason::Reason;
-use crate::wire::TcpFlags;
+use crate::wire;
 use crate::Engine;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -116,142 +116,12 @@ impl PacketEvent {
     }
 }
 
-/// Addresses, ports and flags read leniently from a packet's first bytes,
-/// for log lines only (the packet may be malformed: that can be why it was dropped).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FlowSummary {
-    pub protocol: Option<u8>,
-    pub src: Option<IpAddr>,
-    pub dst: Option<IpAddr>,
-    pub src_port: Option<u16>,
-    pub dst_port: Option<u16>,
-    pub tcp_flags: Option<u8>,
-    pub icmp_type: Option<u8>,
-}
-
-impl FlowSummary {
-    pub fn parse(b: &[u8]) -> FlowSummary {
-        let mut s = FlowSummary::default();
-        let (protocol, l4) = match b.first().map(|v| v >> 4) {
-            Some(4) if b.len() >= 20 => {
-                let ihl = (b[0] & 0x0f) as usize * 4;
-                s.src = Some(IpAddr::V4(Ipv4Addr::new(b[12], b[13], b[14], b[15])));
-                s.dst = Some(IpAddr::V4(Ipv4Addr::new(b[16], b[17], b[18], b[19])));
-                let frag_offset = u16::from_be_bytes([b[6], b[7]]) & 0x1fff;
-                let l4 = if ihl >= 20 && frag_offset == 0 {
-                    b.get(ihl..)
-                } else {
-                    None
-                };
-                (b[9], l4)
-            }
-            Some(6) if b.len() >= 40 => {
-                let addr = |o: usize| {
-                    let mut a = [0u8; 16];
-                    a.copy_from_slice(&b[o..o + 16]);
-                    IpAddr::V6(Ipv6Addr::from(a))
-                };
-                s.src = Some(addr(8));
-                s.dst = Some(addr(24));
-                let mut next = b[6];
-                let mut off = 40;
-                let mut l4 = None;
-                // Hop-by-hop, routing, destination options: skip. Fragment: stop.
-                for _ in 0..8 {
-                    match next {
-                        0 | 43 | 60 => match b.get(off..off + 2) {
-                            Some(h) => {
-                                next = h[0];
-                                off += (h[1] as usize + 1) * 8;
-                            }
-                            None => break,
-                        },
-                        44 => {
-                            next = b.get(off).copied().unwrap_or(next);
-                            break;
-                        }
-                        _ => {
-                            l4 = b.get(off..);
-                            break;
-                        }
-                    }
-                }
-                (next, l4)
-            }
-            _ => return s,
-        };
-        s.protocol = Some(protocol);
-        let Some(l4) = l4 else { return s };
-        match protocol {
-            6 | 17 if l4.len() >= 4 => {
-                s.src_port = Some(u16::from_be_bytes([l4[0], l4[1]]));
-                s.dst_port = Some(u16::from_be_bytes([l4[2], l4[3]]));
-                if protocol == 6 {
-                    s.tcp_flags = l4.get(13).copied();
-                }
-            }
-            1 | 58 => s.icmp_type = l4.first().copied(),
-            _ => {}
-        }
-        s
-    }
-
-    fn endpoint(addr: Option<IpAddr>, port: Option<u16>) -> String {
-        match (addr, port) {
-            (Some(IpAddr::V6(a)), Some(p)) => format!("[{a}]:{p}"),
-            (Some(a), Some(p)) => format!("{a}:{p}"),
-            (Some(a), None) => a.to_string(),
-            (None, _) => "?".into(),
-        }
-    }
-
-    pub fn src_endpoint(&self) -> String {
-        Self::endpoint(self.src, self.src_port)
-    }
-
-    pub fn dst_endpoint(&self) -> String {
-        Self::endpoint(self.dst, self.dst_port)
-    }
-
-    pub fn protocol_name(&self) -> String {
-        match self.protocol {
-            Some(6) => "tcp".into(),
-            Some(17) => "udp".into(),
-            Some(1) => "icmp".into(),
-            Some(58) => "icmpv6".into(),
-            Some(n) => n.to_string(),
-            None => "?".into(),
-        }
-    }
-
-    /// `SYN,ACK`-style flag list; empty for non-TCP.
-    pub fn flags_string(&self) -> String {
-        let Some(f) = self.tcp_flags else {
-            return String::new();
-        };
-        let names = [
-            (TcpFlags::FIN, "FIN"),
-            (TcpFlags::SYN, "SYN"),
-            (TcpFlags::RST, "RST"),
-            (TcpFlags::PSH, "PSH"),
-            (TcpFlags::ACK, "ACK"),
-            (TcpFlags::URG, "URG"),
-            (TcpFlags::ECE, "ECE"),
-            (TcpFlags::CWR, "CWR"),
-        ];
-        let mut out = String::new();
-        for (bit, name) in names {
-            if f & bit != 0 {
-                if !out.is_empty() {
-                    out.push(',');
-                }
-                out.push_str(name);
-            }
-        }
-        if out.is_empty() {
-            out.push_str("NONE");
-        }
-        out
+/// `addr:port`, `[v6]:port`, the address alone, or `?`.
+fn endpoint(addr: Option<IpAddr>, port: Option<u16>) -> String {
+    match (addr, port) {
+        (Some(a), Some(p)) => SocketAddr::new(a, p).to_string(),
+        (Some(a), None) => a.to_string(),
+        (None, _) => "?".into(),
     }
 }
 
@@ -403,7 +273,8 @@ impl Logger {
     }
 
     fn packet(&mut self, p: &PacketEvent, now: Instant) {
-        let flow = FlowSummary::parse(p.bytes());
+        // The packet may be malformed (that can be why it was dropped): read leniently.
+        let flow = wire::lax::headers(p.bytes());
         self.ifnames.ensure(p.in_ifindex);
         self.ifnames.ensure(p.out_ifindex);
         let in_iface = self.ifnames.get(p.in_ifindex).unwrap_or("-");
@@ -411,17 +282,18 @@ impl Logger {
         let policy = self.engine.policy();
         let rule = p.rule.map(|i| policy.rule_name(i).unwrap_or("?"));
         let verdict = p.reason.verdict();
-        let proto = flow.protocol_name();
-        let src = flow.src_endpoint();
-        let dst = flow.dst_endpoint();
-        let flags = flow.tcp_flags.map(|_| flow.flags_string());
+        let proto = flow.protocol.map_or("?".into(), wire::protocol_name);
+        let (src_port, dst_port) = flow.ports.unzip();
+        let src = endpoint(flow.src, src_port);
+        let dst = endpoint(flow.dst, dst_port);
+        let flags = flow.tcp.map(|t| t.flags.to_string());
         let flags = flags.as_deref();
         let icmp_type = flow.icmp_type;
         if verdict == crate::Verdict::Drop {
             debug!(
                 target: DROP_TARGET,
                 reason = p.reason.name(),
-                proto = proto.as_str(),
+                proto = &*proto,
                 src = src.as_str(),
                 dst = dst.as_str(),
                 flags,
@@ -441,7 +313,7 @@ impl Logger {
                     target: RULE_TARGET,
                     rule,
                     reason = p.reason.name(),
-                    proto = proto.as_str(),
+                    proto = &*proto,
                     src = src.as_str(),
                     dst = dst.as_str(),
                     flags,
@@ -455,7 +327,7 @@ impl Logger {
                     target: RULE_TARGET,
                     rule,
                     reason = p.reason.name(),
-                    proto = proto.as_str(),
+                    proto = &*proto,
                     src = src.as_str(),
                     dst = dst.as_str(),
                     flags,
@@ -472,42 +344,15 @@ impl Logger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::build;
-    use std::net::SocketAddr;
 
     #[test]
-    fn flow_summary_reads_tcp_v4_and_v6() {
-        let a: SocketAddr = "198.18.0.2:40000".parse().unwrap();
-        let b: SocketAddr = "198.19.0.2:80".parse().unwrap();
-        let pkt = build::tcp(a, b)
-            .flags(TcpFlags::SYN | TcpFlags::FIN)
-            .build();
-        let s = FlowSummary::parse(&pkt);
-        assert_eq!(s.src_endpoint(), "198.18.0.2:40000");
-        assert_eq!(s.dst_endpoint(), "198.19.0.2:80");
-        assert_eq!(s.protocol_name(), "tcp");
-        assert_eq!(s.flags_string(), "FIN,SYN");
-
-        let a: SocketAddr = "[2001:db8:1::2]:5000".parse().unwrap();
-        let b: SocketAddr = "[2001:db8:2::2]:53".parse().unwrap();
-        let pkt = build::udp(a, b, b"x");
-        let s = FlowSummary::parse(&pkt);
-        assert_eq!(s.src_endpoint(), "[2001:db8:1::2]:5000");
-        assert_eq!(s.protocol_name(), "udp");
-        assert_eq!(s.flags_string(), "");
-    }
-
-    #[test]
-    fn flow_summary_never_panics_on_garbage() {
-        for len in 0..64 {
-            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 0x45) as u8).collect();
-            let _ = FlowSummary::parse(&bytes);
-            let mut v6 = bytes.clone();
-            if let Some(b) = v6.first_mut() {
-                *b = 0x60;
-            }
-            let _ = FlowSummary::parse(&v6);
-        }
+    fn endpoints_as_in_log_lines() {
+        let v4: IpAddr = "198.18.0.2".parse().unwrap();
+        let v6: IpAddr = "2001:db8:1::2".parse().unwrap();
+        assert_eq!(endpoint(Some(v4), Some(40000)), "198.18.0.2:40000");
+        assert_eq!(endpoint(Some(v6), Some(5000)), "[2001:db8:1::2]:5000");
+        assert_eq!(endpoint(Some(v4), None), "198.18.0.2");
+        assert_eq!(endpoint(None, Some(1)), "?");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Text and JSON-lines output of a replay.
 
 use super::book::{ConnRecord, End};
-use super::view::{proto_name, PacketView};
+use super::view::PacketView;
 use super::{transition, OutputFormat, ReplayError, Row, RowKind, Step, Summary};
 use crate::policy::Policy;
 use crate::reason::{Reason, Verdict};
@@ -46,7 +46,9 @@ fn relative(ns: u64, first: Option<u64>) -> i128 {
 fn conn_text(c: &ConnRecord) -> String {
     let proto = match c.protocol {
         wire::PROTO_TCP | wire::PROTO_UDP | wire::PROTO_ICMP | wire::PROTO_ICMPV6 => {
-            proto_name(c.protocol).to_uppercase().replace("V6", "v6")
+            wire::protocol_name(c.protocol)
+                .to_uppercase()
+                .replace("V6", "v6")
         }
         p => format!("proto {p}"),
     };
@@ -454,7 +456,7 @@ fn json_summary(s: &Summary, first: Option<u64>, error: Option<&ReplayError>) ->
         .map(|r| {
             let icmp = matches!(r.protocol, wire::PROTO_ICMP | wire::PROTO_ICMPV6);
             JsonConn {
-                proto: proto_name(r.protocol),
+                proto: wire::protocol_name(r.protocol).into_owned(),
                 src: r.originator.0.to_string(),
                 dst: r.responder.0.to_string(),
                 sport: r.has_ports().then_some(r.originator.1),

@@ -4,7 +4,7 @@
 
 use crate::wire::{self, Checksums, Embedded, Framing, IcmpKind, TcpFlags, Transport};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpView {
@@ -90,76 +90,34 @@ impl PacketView {
 
     /// Whatever the first bytes say, without validation.
     fn lax(b: &[u8]) -> PacketView {
-        let mut v = PacketView::default();
-        let l4 = match b.first().map(|x| x >> 4) {
-            Some(4) if b.len() >= 20 => {
-                v.src = Some(IpAddr::V4(Ipv4Addr::new(b[12], b[13], b[14], b[15])));
-                v.dst = Some(IpAddr::V4(Ipv4Addr::new(b[16], b[17], b[18], b[19])));
-                v.protocol = Some(b[9]);
-                let ihl = (b[0] & 0x0f) as usize * 4;
-                let fragment_offset = u16::from_be_bytes([b[6], b[7]]) & 0x1fff;
-                if ihl >= 20 && fragment_offset == 0 {
-                    b.get(ihl..)
-                } else {
-                    None
-                }
-            }
-            Some(6) if b.len() >= 40 => {
-                let addr = |at: usize| {
-                    let mut a = [0u8; 16];
-                    a.copy_from_slice(&b[at..at + 16]);
-                    IpAddr::V6(Ipv6Addr::from(a))
-                };
-                v.src = Some(addr(8));
-                v.dst = Some(addr(24));
-                v.protocol = Some(b[6]);
-                b.get(40..)
-            }
-            _ => None,
-        };
-        let Some(l4) = l4 else {
-            return v;
-        };
-        let be16 = |at: usize| l4.get(at..at + 2).map(|s| u16::from_be_bytes([s[0], s[1]]));
-        let be32 = |at: usize| {
-            l4.get(at..at + 4)
-                .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
-        };
-        match v.protocol {
-            Some(wire::PROTO_TCP) | Some(wire::PROTO_UDP) => {
-                if let (Some(s), Some(d)) = (be16(0), be16(2)) {
-                    v.ports = Some((s, d));
-                }
-                if v.protocol == Some(wire::PROTO_TCP) {
-                    if let (Some(seq), Some(ack), Some(&flags)) = (be32(4), be32(8), l4.get(13)) {
-                        v.tcp = Some(TcpView {
-                            flags: TcpFlags(flags),
-                            seq,
-                            ack,
-                            len: None,
-                        });
-                    }
-                }
-            }
-            Some(p @ (wire::PROTO_ICMP | wire::PROTO_ICMPV6)) => {
-                if let (Some(&t), Some(&c)) = (l4.first(), l4.get(1)) {
-                    v.icmp = Some(IcmpView {
-                        v6: p == wire::PROTO_ICMPV6,
-                        icmp_type: t,
-                        code: c,
-                        id: None,
-                        quoted: None,
-                    });
-                }
-            }
-            _ => {}
+        let h = wire::lax::headers(b);
+        PacketView {
+            src: h.src,
+            dst: h.dst,
+            protocol: h.protocol,
+            ports: h.ports,
+            tcp: h.tcp.map(|t| TcpView {
+                flags: t.flags,
+                seq: t.seq,
+                ack: t.ack,
+                len: None,
+            }),
+            icmp: match (h.icmp_type, h.icmp_code) {
+                (Some(icmp_type), Some(code)) => Some(IcmpView {
+                    v6: h.protocol == Some(wire::PROTO_ICMPV6),
+                    icmp_type,
+                    code,
+                    id: None,
+                    quoted: None,
+                }),
+                _ => None,
+            },
         }
-        v
     }
 
     /// `tcp`, `udp`, `icmp`, `icmpv6` or the protocol number.
     pub fn proto_name(&self) -> Option<String> {
-        self.protocol.map(proto_name)
+        self.protocol.map(|p| wire::protocol_name(p).into_owned())
     }
 
     /// `ICMP echo-request id=7`, `ICMPv6 unreachable code=4 quoting ...`.
@@ -188,20 +146,10 @@ impl PacketView {
             };
             s.push_str(&format!(
                 " quoting {} {quoted}",
-                proto_name(q.protocol).to_uppercase()
+                wire::protocol_name(q.protocol).to_uppercase()
             ));
         }
         s
-    }
-}
-
-pub fn proto_name(p: u8) -> String {
-    match p {
-        wire::PROTO_TCP => "tcp".into(),
-        wire::PROTO_UDP => "udp".into(),
-        wire::PROTO_ICMP => "icmp".into(),
-        wire::PROTO_ICMPV6 => "icmpv6".into(),
-        other => other.to_string(),
     }
 }
 
@@ -245,9 +193,9 @@ impl fmt::Display for PacketView {
         }
         match self.protocol {
             Some(p @ (wire::PROTO_TCP | wire::PROTO_UDP)) => {
-                write!(f, " {}", proto_name(p).to_uppercase())?
+                write!(f, " {}", wire::protocol_name(p).to_uppercase())?
             }
-            Some(p) => write!(f, " proto {}", proto_name(p))?,
+            Some(p) => write!(f, " proto {}", wire::protocol_name(p))?,
             None => {}
         }
         if let Some(t) = &self.tcp {

@@ -9,6 +9,7 @@
 pub mod build;
 mod checksum;
 mod flags;
+pub mod lax;
 pub mod seq;
 
 pub use flags::TcpFlags;
@@ -141,6 +142,17 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
+
+/// `tcp`, `udp`, `icmp`, `icmpv6`, or the protocol number.
+pub fn protocol_name(p: u8) -> std::borrow::Cow<'static, str> {
+    match p {
+        PROTO_TCP => "tcp".into(),
+        PROTO_UDP => "udp".into(),
+        PROTO_ICMP => "icmp".into(),
+        PROTO_ICMPV6 => "icmpv6".into(),
+        other => other.to_string().into(),
+    }
+}
 
 /// Parses one IP packet. Malformed input is an `Err` with the reason to drop it.
 pub fn parse(bytes: &[u8], framing: Framing) -> Result<Packet, Reason> {

@@ -1001,7 +1001,7 @@ impl RawSender {
 
     /// Sends `packet` (an IP packet as built by `conntrackd::wire::build`).
     pub fn send(&self, packet: &[u8]) {
-        let summary = conntrackd::daemon::logging::FlowSummary::parse(packet);
+        let summary = conntrackd::wire::lax::headers(packet);
         let dst = summary.dst.expect("packet with a destination");
         match dst {
             IpAddr::V4(_) => send_to(&self.v4, packet, dst),
