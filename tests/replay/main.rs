@@ -11,7 +11,9 @@
 //!     UPDATE_GOLDEN=1 cargo test --test replay
 //!
 //! then review `git diff tests/golden` line by line: every changed verdict
-//! or reason is a behaviour change of the firewall.
+//! or reason is a behaviour change of the firewall. An updating run writes
+//! the files and fails (each scenario test names what it wrote), so that it
+//! can never pass for a comparison: rerun without UPDATE_GOLDEN to compare.
 
 mod errors;
 mod gen;
@@ -41,43 +43,70 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8(bytes.to_vec()).expect("utf-8 output")
 }
 
-/// Compares `actual` with the checked-in file, or rewrites it under UPDATE_GOLDEN.
-pub fn golden(rel: &str, actual: &[u8]) {
-    let path = root().join(rel);
-    if updating() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; generate it with UPDATE_GOLDEN=1 cargo test --test replay",
-            path.display()
-        )
-    });
-    if expected != actual {
-        let (e, a) = (
-            String::from_utf8_lossy(&expected),
-            String::from_utf8_lossy(actual),
-        );
-        let mut diff = String::new();
-        for (i, (el, al)) in e.lines().zip(a.lines()).enumerate() {
-            if el != al {
-                diff.push_str(&format!("line {}:\n- {el}\n+ {al}\n", i + 1));
-            }
-        }
-        if e.lines().count() != a.lines().count() {
-            diff.push_str(&format!(
-                "{} lines expected, {} produced\n",
-                e.lines().count(),
-                a.lines().count()
+/// The golden files of one test: each is compared with the output, or
+/// rewritten under UPDATE_GOLDEN. An update never passes: [`Golden::finish`]
+/// then fails the test, naming the files written.
+#[derive(Default)]
+pub struct Golden {
+    written: Vec<String>,
+}
+
+impl Golden {
+    /// Compares `actual` with the checked-in file, or rewrites it under UPDATE_GOLDEN.
+    pub fn check(&mut self, rel: &str, actual: &[u8]) {
+        let path = root().join(rel);
+        if updating() {
+            let changed = std::fs::read(&path).ok().as_deref() != Some(actual);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, actual).unwrap();
+            self.written.push(format!(
+                "{rel} ({})",
+                if changed { "changed" } else { "unchanged" }
             ));
+            return;
         }
-        panic!(
-            "{} differs from the output:\n{diff}\nIf the change is intended, regenerate with \
-             UPDATE_GOLDEN=1 cargo test --test replay and review the diff.",
-            path.display()
-        );
+        let expected = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; generate it with UPDATE_GOLDEN=1 cargo test --test replay",
+                path.display()
+            )
+        });
+        if expected != actual {
+            let (e, a) = (
+                String::from_utf8_lossy(&expected),
+                String::from_utf8_lossy(actual),
+            );
+            let mut diff = String::new();
+            for (i, (el, al)) in e.lines().zip(a.lines()).enumerate() {
+                if el != al {
+                    diff.push_str(&format!("line {}:\n- {el}\n+ {al}\n", i + 1));
+                }
+            }
+            if e.lines().count() != a.lines().count() {
+                diff.push_str(&format!(
+                    "{} lines expected, {} produced\n",
+                    e.lines().count(),
+                    a.lines().count()
+                ));
+            }
+            panic!(
+                "{} differs from the output:\n{diff}\nIf the change is intended, regenerate with \
+                 UPDATE_GOLDEN=1 cargo test --test replay and review the diff.",
+                path.display()
+            );
+        }
+    }
+
+    /// Ends the test: under UPDATE_GOLDEN it fails, saying what was written
+    /// (nothing was compared).
+    pub fn finish(self) {
+        if updating() {
+            panic!(
+                "updated {}; review git diff tests/, then rerun without UPDATE_GOLDEN \
+                 (an updating run compares nothing)",
+                self.written.join(", ")
+            );
+        }
     }
 }
 
@@ -93,14 +122,14 @@ fn extension(b: &gen::CaptureBuilder) -> &'static str {
 }
 
 /// The checked-in capture of a scenario, checked against the generator.
-fn scenario_capture(name: &str) -> String {
+fn scenario_capture(golden: &mut Golden, name: &str) -> String {
     let (_, build) = scenarios::all()
         .into_iter()
         .find(|(n, _)| *n == name)
         .unwrap();
     let b = build();
     let rel = capture_path(name, extension(&b));
-    golden(&rel, &b.bytes());
+    golden.check(&rel, &b.bytes());
     rel
 }
 
@@ -113,7 +142,8 @@ fn rules_for(name: &str) -> &'static str {
 }
 
 fn check_scenario(name: &str) {
-    let capture = scenario_capture(name);
+    let mut golden = Golden::default();
+    let capture = scenario_capture(&mut golden, name);
     let rules = rules_for(name);
     for (format, ext) in [("text", "txt"), ("jsonl", "jsonl")] {
         let out = conntrackd(&["replay", "--rules", rules, "--format", format, &capture]);
@@ -123,11 +153,12 @@ fn check_scenario(name: &str) {
             out.status,
             text(&out.stderr)
         );
-        golden(&format!("tests/golden/{name}.{ext}"), &out.stdout);
+        golden.check(&format!("tests/golden/{name}.{ext}"), &out.stdout);
         if format == "jsonl" {
             check_jsonl(name, &out.stdout);
         }
     }
+    golden.finish();
 }
 
 /// Every line is an object; packets carry the documented fields; the summary comes last.
