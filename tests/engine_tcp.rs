@@ -1,5 +1,10 @@
-//! TCP scenarios on the sans-IO engine: every sequence from the seeds and
-//! design.md §2, driven with crafted packets and a virtual clock.
+//! TCP scenarios on the sans-IO engine, driven with crafted packets and a
+//! virtual clock: the three-way handshake (with simultaneous open and TCP Fast
+//! Open), data within each direction's window, the four-way teardown (and its
+//! merged, simultaneous and half-closed variants), RST, TIME_WAIT and the
+//! per-state timeouts. States print as `CLIENT:SERVER`: each endpoint's state
+//! in RFC 9293 §3.3.2 (`SYN_SENT` for SYN-SENT, `SYN_RECV` for SYN-RECEIVED,
+//! as nf_conntrack spells them; `NONE` before the endpoint's first segment).
 //!
 //! ISNs sit just below 2^32 so every connection crosses the wrap.
 
@@ -11,7 +16,7 @@ use engine_support::*;
 // ---- the three-way handshake ----------------------------------------------
 
 #[test]
-fn handshake_moves_each_endpoint_as_the_seeds_teach() {
+fn handshake_moves_each_endpoint_through_rfc9293_states() {
     let mut t = Harness::allow_all();
     let mut f = Flow::v4();
     let d = f.client(&mut t, SYN, b"");
@@ -676,7 +681,7 @@ fn syn_on_an_established_connection_is_passed_unchanged() {
     );
 }
 
-// ---- bypass hand-off ----------------------------------------------------------
+// ---- connmark hand-off --------------------------------------------------------
 
 #[test]
 fn handed_off_connection_still_follows_its_teardown() {
