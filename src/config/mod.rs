@@ -336,6 +336,10 @@ impl fmt::Display for Config {
     }
 }
 
+/// The `[policy]` and `[[rule]]` tables as a rules file gives them.
+#[cfg(test)]
+mod policy_tests;
+
 #[cfg(test)]
 mod tests {
     use super::*;

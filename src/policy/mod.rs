@@ -351,6 +351,3 @@ impl fmt::Display for Policy {
         Ok(())
     }
 }
-
-#[cfg(test)]
-mod tests;
