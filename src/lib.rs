@@ -6,10 +6,15 @@
 //! does no I/O and reads no clock. [`Engine::decide`] takes one IP packet as
 //! bytes, what the caller knows about it, and the current time, and returns a
 //! [`Decision`]: accept or drop, with a [`Reason`] and the state transition.
-//! [`Engine::expire`] takes the time too. Only [`io`] touches sockets,
-//! threads and clocks: the NFQUEUE workers and the pcap replay are thin shells
-//! over the same engine, which is why a replayed capture is a faithful oracle
-//! of the live path.
+//! [`Engine::expire`] takes the time too. Only the shells touch sockets,
+//! threads and clocks: [`kernel`] (adapters to the kernel's NFQUEUE,
+//! ctnetlink and iptables), [`daemon`] (the running firewall, whose workers
+//! call the engine) and [`replay`] (captures through the same engine, which
+//! is why a replayed capture is a faithful oracle of the live path).
+//!
+//! Arrows point down only: the core never names a shell, `tests/layers.rs`
+//! checks every module's imports, and `clippy.toml` bans reading a clock or
+//! starting a thread outside the shells.
 
 // The sans-IO core. Layers, each using only those below it:
 // config → engine → policy → conntrack → wire, with reason and time beside.
