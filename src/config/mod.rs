@@ -326,11 +326,12 @@ impl fmt::Display for Config {
         )?;
         writeln!(
             f,
-            "daemon: queues={} fail_open={} install_iptables={} hooks={}",
+            "daemon: queues={} fail_open={} install_iptables={} hooks={} handoff={}",
             self.daemon.queues,
             self.daemon.fail_open,
             self.daemon.install_iptables,
-            self.daemon.hooks.join(",")
+            self.daemon.hooks.join(","),
+            self.daemon.handoff
         )?;
         write!(f, "{}", self.policy)
     }
