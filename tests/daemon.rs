@@ -1,5 +1,5 @@
 //! The built `conntrackd` filtering a real gateway: client, gateway and
-//! server network namespaces (tests/common/lab.rs), an iptables NFQUEUE rule
+//! server network namespaces (tests/common/lab/), an iptables NFQUEUE rule
 //! in the gateway, real sockets and crafted packets.
 //!
 //! Needs root: without it each test prints why and passes as skipped; under

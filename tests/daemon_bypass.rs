@@ -1,4 +1,4 @@
-//! Bypass mode in the lab (tests/common/lab.rs): established TCP connections
+//! Bypass mode in the lab (tests/common/lab/): established TCP connections
 //! handed to the kernel by connmark, their FIN and RST still queued.
 //!
 //! Needs root: without it the test prints why and passes as skipped.

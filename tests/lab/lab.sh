@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A manual lab: client -- gateway -- server network namespaces joined by veth
-# (the same topology as the integration tests in tests/common/lab.rs), for
+# (the same topology as the integration tests in tests/common/lab/), for
 # trying conntrackd by hand and measuring it.
 #
 #   tests/lab/lab.sh up [PREFIX]       create namespaces PREFIX-{client,gw,server}
