@@ -2,9 +2,12 @@
 //! server network namespaces (tests/common/lab/), an iptables NFQUEUE rule
 //! in the gateway, real sockets and crafted packets.
 //!
-//! Needs root: without it each test prints why and passes as skipped; under
-//! `CI=true` a skip is a failure. The tests are independent (each has its own
-//! namespaces) and run in parallel.
+//! The namespace tests need root, so they are `#[ignore]`d: a plain `cargo
+//! test` lists them as ignored. Run them as root with
+//! `CI=true cargo test --all-targets -- --include-ignored`; run without root,
+//! each prints why it skips, and under `CI=true` fails instead. The two tests
+//! at the end need no namespace and always run. The tests are independent
+//! (each has its own namespaces) and run in parallel.
 
 #![allow(clippy::disallowed_methods)] // not the core: tests, benchmarks and tools read clocks and start threads
 
@@ -76,6 +79,7 @@ stats_interval = 1
 "#;
 
 #[test]
+#[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
 fn real_tcp_udp_and_ping_pass_over_ipv4_and_ipv6_with_two_queues() {
     let Some(lab) = Lab::new("real_traffic") else {
         return;
@@ -209,6 +213,7 @@ fn from_port(port: u16) -> impl Fn(&[u8]) -> bool {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
 fn crafted_invalid_packets_never_reach_the_server() {
     let Some(lab) = Lab::new("crafted") else {
         return;
@@ -382,6 +387,7 @@ dst_ports = [8080]
 "#;
 
 #[test]
+#[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
 fn sighup_reloads_rules_keeps_connections_and_refuses_broken_files() {
     let Some(lab) = Lab::new("reload") else {
         return;
@@ -443,6 +449,7 @@ fn preexisting_rules(gw: &Ns) {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
 fn install_iptables_filters_and_leaves_the_ruleset_as_it_found_it() {
     let Some(lab) = Lab::new("install") else {
         return;
@@ -495,6 +502,7 @@ fn install_iptables_filters_and_leaves_the_ruleset_as_it_found_it() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
 fn install_iptables_in_a_namespace_without_rules_leaves_nothing_behind() {
     let Some(lab) = Lab::new("install_pristine") else {
         return;
@@ -517,6 +525,7 @@ fn install_iptables_in_a_namespace_without_rules_leaves_nothing_behind() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
 fn killed_daemon_fail_open_lets_traffic_pass() {
     let Some(lab) = Lab::new("fail_open") else {
         return;
@@ -545,6 +554,7 @@ fn killed_daemon_fail_open_lets_traffic_pass() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
 fn killed_daemon_fail_closed_blocks_traffic_until_restarted() {
     let Some(lab) = Lab::new("fail_closed") else {
         return;
@@ -584,6 +594,7 @@ fn killed_daemon_fail_closed_blocks_traffic_until_restarted() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
 fn warns_in_json_when_no_packet_arrives() {
     let Some(lab) = Lab::new("idle") else {
         return;
