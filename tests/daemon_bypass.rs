@@ -135,7 +135,7 @@ fn bypass_hands_bulk_data_to_the_kernel_and_still_tracks_teardown() {
         "a closed connection is still in the table ({connections}):\n{log}"
     );
     let packets = field(&log, "stopped", "packets").expect("final stats");
-    let marked = field(&log, "stopped", "bypass_marked").expect("final stats");
+    let marked = field(&log, "stopped", "handoff_marked").expect("final stats");
     assert!(marked >= 2, "no connection was handed off:\n{log}");
     // Far fewer packets than were transferred: the kernel passed the bulk.
     assert!(
