@@ -50,6 +50,7 @@ pub use self::{
     traffic::{abort, close, connect, exchange, ping, tcp_session, udp_refused, udp_roundtrip},
 };
 
+use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -114,7 +115,9 @@ pub fn skip(test: &str) -> bool {
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("{test}: {why}; CI=true forbids skipping this test");
             }
-            eprintln!("SKIP {test}: {why}");
+            // Straight to stderr, not eprintln!: the test harness captures
+            // the latter for passing tests, and a skip must be seen.
+            let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
             true
         }
     }
