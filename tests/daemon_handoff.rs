@@ -1,4 +1,4 @@
-//! Bypass mode in the lab (tests/common/lab/): established TCP connections
+//! Hand-off mode in the lab (tests/common/lab/): established TCP connections
 //! handed to the kernel by connmark, their FIN and RST still queued.
 //!
 //! Needs root, so the tests are `#[ignore]`d: run them as root with
@@ -13,9 +13,9 @@ use common::lab::{self, Lab, TcpEcho};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-/// Bypass rules for the lab's client networks, with these engine timeouts
+/// Hand-off rules for the lab's client networks, with these engine timeouts
 /// and extra `[daemon]` lines.
-fn bypass_rules(timeouts: &str, daemon: &str) -> String {
+fn handoff_rules(timeouts: &str, daemon: &str) -> String {
     format!(
         r#"
 [engine.timeouts]
@@ -30,7 +30,7 @@ action = "accept"
 src = ["198.18.0.0/15", "2001:db8:1::/48"]
 
 [daemon]
-bypass = true
+handoff = true
 stats_interval = 1
 {daemon}
 "#
@@ -56,29 +56,29 @@ fn field(log: &str, needle: &str, name: &str) -> Option<u64> {
         .ok()
 }
 
-/// Packets counted by the first rule of the CONNTRACKD chain (the bypass accept).
-fn bypass_rule_packets(lab: &Lab) -> u64 {
+/// Packets counted by the first rule of the CONNTRACKD chain (the hand-off accept).
+fn handoff_rule_packets(lab: &Lab) -> u64 {
     let out = lab
         .gw
         .sh(&["iptables", "-w", "5", "-L", "CONNTRACKD", "-v", "-x", "-n"]);
     let line = out
         .lines()
         .find(|l| l.contains("ACCEPT") && l.contains("connmark"))
-        .unwrap_or_else(|| panic!("no bypass rule in\n{out}"));
+        .unwrap_or_else(|| panic!("no hand-off rule in\n{out}"));
     line.split_whitespace().next().unwrap().parse().unwrap()
 }
 
 #[test]
 #[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
-fn bypass_hands_bulk_data_to_the_kernel_and_still_tracks_teardown() {
-    let Some(lab) = Lab::new("bypass") else {
+fn handoff_hands_bulk_data_to_the_kernel_and_still_tracks_teardown() {
+    let Some(lab) = Lab::new("handoff") else {
         return;
     };
     let before4 = lab.gw.ruleset(false);
     let before6 = lab.gw.ruleset(true);
     // Short closing timeouts: a tracked teardown leaves the table quickly.
     let timeouts = "time_wait = 1\nclose = 1\nfin_wait = 1\nclose_wait = 1\nlast_ack = 1";
-    let rules = lab.write_rules("rules.toml", &bypass_rules(timeouts, ""));
+    let rules = lab.write_rules("rules.toml", &handoff_rules(timeouts, ""));
     let mut d = lab.start_daemon(&[
         "--rules",
         rules.to_str().unwrap(),
@@ -105,7 +105,7 @@ fn bypass_hands_bulk_data_to_the_kernel_and_still_tracks_teardown() {
     // A bulk exchange (16 MB each way), then a clean close (FIN both ways).
     const BULK: usize = 16 << 20;
     let s = lab::connect(&lab.client, v4(8080), Duration::from_secs(5)).expect("connect");
-    lab::exchange(&s, BULK, 0x11).expect("bulk exchange through the bypass gateway");
+    lab::exchange(&s, BULK, 0x11).expect("bulk exchange through the hand-off gateway");
     lab::close(s).expect("clean close: both FINs crossed the gateway");
 
     // A second connection aborted with a RST (SO_LINGER 0).
@@ -113,10 +113,10 @@ fn bypass_hands_bulk_data_to_the_kernel_and_still_tracks_teardown() {
     lab::exchange(&s, 1 << 20, 0x22).expect("exchange");
     lab::abort(s);
 
-    let bypassed = bypass_rule_packets(&lab);
+    let handed_off = handoff_rule_packets(&lab);
     // Teardown tracked: the FIN-closed connection went through the closing
     // states to TIME_WAIT (1 s here) and expired; untracked, it would stay
-    // ESTABLISHED for the bypass timeout (days). The RST-aborted one closes
+    // ESTABLISHED for the hand-off timeout (days). The RST-aborted one closes
     // too: a handed-off connection's windows are liberal, so its in-window
     // RST ends it although the engine's view of the sequence is stale.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -139,8 +139,8 @@ fn bypass_hands_bulk_data_to_the_kernel_and_still_tracks_teardown() {
     assert!(marked >= 2, "no connection was handed off:\n{log}");
     // Far fewer packets than were transferred: the kernel passed the bulk.
     assert!(
-        bypassed > 10 * packets,
-        "the daemon saw {packets} packets, the bypass rule passed only {bypassed}:\n{log}"
+        handed_off > 10 * packets,
+        "the daemon saw {packets} packets, the hand-off rule passed only {handed_off}:\n{log}"
     );
     // The teardown packets reached the engine and none was refused.
     let reasons = log
@@ -175,12 +175,12 @@ fn bypass_hands_bulk_data_to_the_kernel_and_still_tracks_teardown() {
 /// dump per family). With that off (the control) it forgets them.
 #[test]
 #[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
-fn bypassed_connections_outlive_the_engine_timeout_while_the_kernel_carries_them() {
-    let Some(lab) = Lab::new("bypasskeep") else {
+fn handed_off_connections_outlive_the_engine_timeout_while_the_kernel_carries_them() {
+    let Some(lab) = Lab::new("handoffkeep") else {
         return;
     };
     // The kernel's own established timeout is what conntrackd also waits at
-    // least (see daemon::bypass_timeout): short here, in this namespace only.
+    // least (see daemon::handoff_timeout): short here, in this namespace only.
     lab.gw.sh(&[
         "sysctl",
         "-qw",
@@ -192,9 +192,9 @@ fn bypassed_connections_outlive_the_engine_timeout_while_the_kernel_carries_them
         // The engine forgets an established connection after 3 s without queued packets.
         let rules = lab.write_rules(
             "rules.toml",
-            &bypass_rules(
+            &handoff_rules(
                 "established = 3\ntime_wait = 1",
-                &format!("bypass_refresh = {refresh}"),
+                &format!("handoff_refresh = {refresh}"),
             ),
         );
         let mut d = lab.start_daemon(&[
@@ -208,8 +208,8 @@ fn bypassed_connections_outlive_the_engine_timeout_while_the_kernel_carries_them
         let s6 = lab::connect(&lab.client, v6(8081), Duration::from_secs(5)).expect("connect v6");
         // 8 s of traffic, each piece through the kernel once handed off.
         for i in 0..8 {
-            lab::exchange(&s, 64 << 10, i).expect("exchange through the bypass gateway");
-            lab::exchange(&s6, 64 << 10, i).expect("IPv6 exchange through the bypass gateway");
+            lab::exchange(&s, 64 << 10, i).expect("exchange through the hand-off gateway");
+            lab::exchange(&s6, 64 << 10, i).expect("IPv6 exchange through the hand-off gateway");
             std::thread::sleep(Duration::from_secs(1));
         }
         std::thread::sleep(Duration::from_millis(1500)); // a fresh stats line
