@@ -12,6 +12,7 @@ mod flags;
 pub mod lax;
 pub mod seq;
 
+pub use checksum::offloaded_checksum;
 pub use flags::TcpFlags;
 
 use crate::reason::Reason;
