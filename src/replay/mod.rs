@@ -7,6 +7,15 @@
 //! TIME_WAIT behave as they did on the wire. The output depends only on the
 //! captures and the rules.
 //!
+//! Checksums: the daemon has the kernel's word on whether a packet's checksum
+//! is final (NFQA_SKB_INFO); a capture has none. A capture taken on a sending
+//! host with checksum offload holds that host's packets with only the
+//! pseudo-header sum in the TCP/UDP checksum field. [`ChecksumMode::Auto`]
+//! (the default) recognises that value ([`wire::offloaded_checksum`]) and
+//! judges such a packet as the daemon judges a `CHECKSUM_PARTIAL` one,
+//! without its checksum, counting it in [`Summary::offloaded_checksums`];
+//! any other wrong checksum is still a `bad_checksum` drop.
+//!
 //! The library side ([`Replayer`], [`replay_packets`], [`replay_capture`])
 //! serves tests that compare the live path with a replay.
 
@@ -27,7 +36,7 @@ use crate::engine::{Context, Decision, Engine};
 use crate::policy::Interfaces;
 use crate::reason::{Counters, Reason, Verdict};
 use crate::time::Timestamp;
-use crate::wire::{Checksums, Framing};
+use crate::wire::{self, Checksums, Framing};
 use book::ConnBook;
 use link::Decoded;
 use output::Printer;
@@ -44,6 +53,30 @@ pub enum OutputFormat {
     Text,
     /// One JSON object per packet, then {"summary": {...}}.
     Jsonl,
+}
+
+/// How replay treats checksums.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ChecksumMode {
+    /// Verify every TCP/UDP/ICMP checksum: an unfinished one is a bad_checksum drop.
+    Verify,
+    /// Verify, except that a TCP/UDP checksum holding only the pseudo-header
+    /// sum (what a sending host with checksum offload leaves for its NIC) is
+    /// not verified: the packet is judged without it, and counted.
+    #[default]
+    Auto,
+    /// Verify no checksum.
+    Off,
+}
+
+impl From<Checksums> for ChecksumMode {
+    /// `Verify` verifies every checksum, `NotComputed` none.
+    fn from(c: Checksums) -> ChecksumMode {
+        match c {
+            Checksums::Verify => ChecksumMode::Verify,
+            Checksums::NotComputed => ChecksumMode::Off,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -66,10 +99,24 @@ pub struct ReplayArgs {
     /// Write the accepted packets to this file (pcap; pcapng if the name ends in .pcapng).
     #[arg(long, value_name = "OUT.pcap")]
     pub write_accepted: Option<PathBuf>,
-    /// Do not verify TCP/UDP/ICMP checksums: for captures taken on a host that
-    /// offloads checksums to its NIC, where outgoing packets carry unfinished ones.
-    #[arg(long)]
+    /// Which checksums to verify. A capture taken on a host that offloads
+    /// checksums to its NIC holds that host's packets with unfinished ones.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = ChecksumMode::Auto)]
+    pub checksums: ChecksumMode,
+    /// Deprecated: the same as --checksums off.
+    #[arg(long, conflicts_with = "checksums")]
     pub no_checksums: bool,
+}
+
+impl ReplayArgs {
+    /// `--checksums`, or `off` for the old `--no-checksums`.
+    pub fn checksum_mode(&self) -> ChecksumMode {
+        if self.no_checksums {
+            ChecksumMode::Off
+        } else {
+            self.checksums
+        }
+    }
 }
 
 /// Why a replay stopped.
@@ -173,6 +220,9 @@ pub struct Summary {
     pub connections: Vec<ConnRecord>,
     /// Frames whose timestamp was earlier than the latest one before them.
     pub out_of_order: u64,
+    /// Packets judged without verifying their checksum because it was only
+    /// the pseudo-header sum (`--checksums auto`).
+    pub offloaded_checksums: u64,
     /// From the first frame's time to the latest time seen.
     pub duration_ns: u64,
 }
@@ -180,7 +230,7 @@ pub struct Summary {
 /// Drives an engine with frames and timestamps, and keeps the books.
 pub struct Replayer<'e> {
     engine: &'e Engine,
-    checksums: Checksums,
+    checksums: ChecksumMode,
     /// The engine's clock: the latest frame time seen (ns).
     clock: Option<u64>,
     first_ns: Option<u64>,
@@ -190,16 +240,17 @@ pub struct Replayer<'e> {
     counters: Counters,
     skips: BTreeMap<&'static str, u64>,
     out_of_order: u64,
+    offloaded_checksums: u64,
     book: ConnBook,
 }
 
 impl<'e> Replayer<'e> {
-    /// `checksums`: `Verify` as the daemon does, or `NotComputed` for
-    /// captures with offloaded checksums.
-    pub fn new(engine: &'e Engine, checksums: Checksums) -> Replayer<'e> {
+    /// `checksums`: a [`ChecksumMode`], or a [`Checksums`] (`Verify`, as the
+    /// daemon does; `NotComputed`, the same as [`ChecksumMode::Off`]).
+    pub fn new(engine: &'e Engine, checksums: impl Into<ChecksumMode>) -> Replayer<'e> {
         Replayer {
             engine,
-            checksums,
+            checksums: checksums.into(),
             clock: None,
             first_ns: None,
             expired_in: None,
@@ -207,6 +258,7 @@ impl<'e> Replayer<'e> {
             counters: Counters::default(),
             skips: BTreeMap::new(),
             out_of_order: 0,
+            offloaded_checksums: 0,
             book: ConnBook::default(),
         }
     }
@@ -253,11 +305,22 @@ impl<'e> Replayer<'e> {
     /// length when the capture kept only its first bytes.
     pub fn ip_packet(&mut self, ts_ns: u64, ip: &[u8], wire_len: Option<u32>) -> Step {
         let (now, expired) = self.advance(ts_ns);
+        let checksums = match self.checksums {
+            ChecksumMode::Verify => Checksums::Verify,
+            ChecksumMode::Off => Checksums::NotComputed,
+            ChecksumMode::Auto if wire::offloaded_checksum(ip, wire_len) => {
+                // The sender's NIC completes it: judged as the daemon judges a
+                // packet the kernel marks CHECKSUM_PARTIAL.
+                self.offloaded_checksums += 1;
+                Checksums::NotComputed
+            }
+            ChecksumMode::Auto => Checksums::Verify,
+        };
         let ctx = Context {
             ifaces: Interfaces::default(),
             framing: Framing {
                 wire_len,
-                checksums: self.checksums,
+                checksums,
             },
         };
         let decision = self.engine.decide(ip, &ctx, now);
@@ -316,6 +379,7 @@ impl<'e> Replayer<'e> {
             skips: self.skips.clone(),
             connections: self.book.records().to_vec(),
             out_of_order: self.out_of_order,
+            offloaded_checksums: self.offloaded_checksums,
             duration_ns: match (self.first_ns, self.clock) {
                 (Some(a), Some(b)) => b.saturating_sub(a),
                 _ => 0,
@@ -346,7 +410,7 @@ where
 pub fn replay_capture(
     engine: &Engine,
     path: &Path,
-    checksums: Checksums,
+    checksums: impl Into<ChecksumMode>,
 ) -> Result<Vec<Row>, ReplayError> {
     let mut capture = Capture::open(path)?;
     let mut r = Replayer::new(engine, checksums);
@@ -402,11 +466,7 @@ pub fn run(args: ReplayArgs) -> ExitCode {
             }
         }
     }
-    let checksums = if args.no_checksums {
-        Checksums::NotComputed
-    } else {
-        Checksums::Verify
-    };
+    let checksums = args.checksum_mode();
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let policy = engine.policy();
@@ -447,12 +507,21 @@ pub fn run(args: ReplayArgs) -> ExitCode {
         eprintln!("error: {e}");
     }
     let bad = summary.reasons.get(Reason::BadChecksum);
-    if bad > 0 && checksums == Checksums::Verify {
-        eprintln!(
-            "hint: {bad} packet(s) dropped for bad_checksum. A capture taken on a host that offloads \
-             checksums to its NIC shows outgoing packets with unfinished checksums; if this \
-             capture was taken on a sending host, replay it with --no-checksums."
-        );
+    if bad > 0 {
+        match checksums {
+            ChecksumMode::Verify => eprintln!(
+                "hint: {bad} packet(s) dropped for bad_checksum. A capture taken on a host that \
+                 offloads checksums to its NIC shows outgoing packets with unfinished checksums \
+                 (only the pseudo-header sum); --checksums auto (the default) does not verify \
+                 those, --checksums off verifies none."
+            ),
+            ChecksumMode::Auto => eprintln!(
+                "hint: {bad} packet(s) dropped for bad_checksum: their checksums are wrong, and \
+                 not the pseudo-header sum that checksum offload leaves. If the capture is known \
+                 to hold unfinished checksums of another kind, replay it with --checksums off."
+            ),
+            ChecksumMode::Off => {}
+        }
     }
     if failed {
         ExitCode::FAILURE

@@ -171,12 +171,20 @@ struct JsonSummary {
     skipped: u64,
     duration: f64,
     out_of_order: u64,
+    /// Present only when some were seen, so that captures without any give
+    /// the same summary as before `--checksums auto`.
+    #[serde(skip_serializing_if = "is_zero")]
+    offloaded_checksums: u64,
     reasons: Ordered<&'static str, u64>,
     skip_reasons: Ordered<&'static str, u64>,
     connections: JsonConnections,
     complete: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn count_ends(conns: &[ConnRecord], name: &str) -> usize {
@@ -377,6 +385,13 @@ impl<'w, 'p> Printer<'w, 'p> {
                 s.out_of_order
             )?;
         }
+        if s.offloaded_checksums > 0 {
+            writeln!(
+                out,
+                "  {} packets with offloaded checksums, not verified",
+                s.offloaded_checksums
+            )?;
+        }
         let c = &s.connections;
         writeln!(
             out,
@@ -486,6 +501,7 @@ fn json_summary(s: &Summary, first: Option<u64>, error: Option<&ReplayError>) ->
         skipped: s.skipped,
         duration: s.duration_ns as f64 / 1e9,
         out_of_order: s.out_of_order,
+        offloaded_checksums: s.offloaded_checksums,
         reasons: Ordered(
             s.reasons
                 .iter()

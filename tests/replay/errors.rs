@@ -1,6 +1,6 @@
 //! Errors (missing file, unsupported link type, truncated and corrupt
 //! captures) and the options: --quiet, --write-accepted/--write-dropped,
-//! --no-checksums, several captures; and the library entry points.
+//! --checksums and --no-checksums, several captures; and the library entry points.
 
 use crate::gen::{at_ms, CaptureBuilder, Conv, Format, Link, ACK, SYN};
 use crate::{conntrackd, path_str, root, text, tmp};
@@ -414,7 +414,7 @@ fn several_captures_go_through_one_engine() {
 }
 
 #[test]
-fn bad_checksums_give_a_hint_and_no_checksums_skips_them() {
+fn bad_checksums_give_a_hint_and_checksums_off_skips_them() {
     let (ok, stdout, stderr) = replay(&["tests/captures/malformed.pcap"]);
     assert!(ok);
     assert!(stdout.contains("drop bad_checksum"));
@@ -422,17 +422,33 @@ fn bad_checksums_give_a_hint_and_no_checksums_skips_them() {
         stderr.contains("hint: 1 packet(s) dropped for bad_checksum"),
         "{stderr}"
     );
-    assert!(stderr.contains("--no-checksums"), "{stderr}");
-    let (ok, stdout, stderr) = replay(&["--no-checksums", "tests/captures/malformed.pcap"]);
+    // Its checksum is not the pseudo-header sum: auto mode says so, and names the way out.
+    assert!(stderr.contains("not the pseudo-header sum"), "{stderr}");
+    assert!(stderr.contains("--checksums off"), "{stderr}");
+    assert!(!stdout.contains("offloaded checksums"), "{stdout}");
+    let (ok, strict, stderr) = replay(&["--checksums", "verify", "tests/captures/malformed.pcap"]);
     assert!(ok);
-    assert!(!stdout.contains("bad_checksum"), "{stdout}");
+    assert_eq!(strict, stdout, "nothing in it is offloaded");
     assert!(
-        stdout.contains(
-            "    4  0.010000  10.0.0.2:40008 > 203.0.113.5:80 TCP [S] seq=1000 ack=0 len=0  accept new_by_rule rule=lan-out  NONE -> SYN_SENT:LISTEN"
-        ),
-        "{stdout}"
+        stderr.contains("hint: 1 packet(s) dropped for bad_checksum"),
+        "{stderr}"
     );
-    assert!(!stderr.contains("hint"), "{stderr}");
+    assert!(stderr.contains("--checksums auto"), "{stderr}");
+    // The old flag is `--checksums off`.
+    for flag in [&["--no-checksums"][..], &["--checksums", "off"][..]] {
+        let mut args = flag.to_vec();
+        args.push("tests/captures/malformed.pcap");
+        let (ok, stdout, stderr) = replay(&args);
+        assert!(ok);
+        assert!(!stdout.contains("bad_checksum"), "{stdout}");
+        assert!(
+            stdout.contains(
+                "    4  0.010000  10.0.0.2:40008 > 203.0.113.5:80 TCP [S] seq=1000 ack=0 len=0  accept new_by_rule rule=lan-out  NONE -> SYN_SENT:LISTEN"
+            ),
+            "{flag:?}: {stdout}"
+        );
+        assert!(!stderr.contains("hint"), "{stderr}");
+    }
 }
 
 #[test]
