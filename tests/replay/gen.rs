@@ -328,3 +328,70 @@ impl Conv {
         p
     }
 }
+
+/// Where the transport header of `ip` starts and its protocol (packets as
+/// `build` makes them: no IPv6 extension headers).
+fn transport(ip: &[u8]) -> (usize, u8) {
+    if ip[0] >> 4 == 4 {
+        ((ip[0] & 0x0f) as usize * 4, ip[9])
+    } else {
+        (40, ip[6])
+    }
+}
+
+/// Offset of the TCP or UDP checksum field in `ip`.
+fn checksum_at(ip: &[u8]) -> usize {
+    let (l4, protocol) = transport(ip);
+    match protocol {
+        6 => l4 + 16,
+        17 => l4 + 6,
+        p => panic!("protocol {p} has no checksum offload"),
+    }
+}
+
+/// The TCP or UDP checksum field of `ip`.
+pub fn l4_checksum(ip: &[u8]) -> u16 {
+    let at = checksum_at(ip);
+    u16::from_be_bytes([ip[at], ip[at + 1]])
+}
+
+/// Sets the TCP or UDP checksum field of `ip`.
+pub fn set_l4_checksum(ip: &mut [u8], value: u16) {
+    let at = checksum_at(ip);
+    ip[at..at + 2].copy_from_slice(&value.to_be_bytes());
+}
+
+/// The folded pseudo-header sum of `ip` (RFC 793 3.1, RFC 8200 8.1:
+/// addresses, protocol, transport length), not complemented.
+pub fn pseudo_header_sum(ip: &[u8]) -> u16 {
+    let (l4, protocol) = transport(ip);
+    let len = ip.len() - l4;
+    let mut words: Vec<u8> = Vec::new();
+    if ip[0] >> 4 == 4 {
+        words.extend_from_slice(&ip[12..20]);
+        words.extend_from_slice(&[0, protocol]);
+        words.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        words.extend_from_slice(&ip[8..40]);
+        words.extend_from_slice(&(len as u32).to_be_bytes());
+        words.extend_from_slice(&[0, 0, 0, protocol]);
+    }
+    let mut sum: u32 = words
+        .chunks(2)
+        .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// `ip` as a capture on its sending host shows it when the NIC computes
+/// checksums: the TCP/UDP checksum field holds only the pseudo-header sum,
+/// which Linux stores for a CHECKSUM_PARTIAL packet
+/// (`th->check = ~tcp_v4_check(len, saddr, daddr, 0)`) for the NIC to finish.
+pub fn offloaded(mut ip: Vec<u8>) -> Vec<u8> {
+    let sum = pseudo_header_sum(&ip);
+    set_l4_checksum(&mut ip, sum);
+    ip
+}

@@ -17,6 +17,7 @@
 
 mod errors;
 mod gen;
+mod offload;
 mod scenarios;
 
 use std::path::{Path, PathBuf};
