@@ -76,6 +76,20 @@ reasons! {
     /// retransmitted after the handshake completed, a SYN on an established
     /// connection that the peer will answer with a challenge ACK).
     TcpIgnored = "tcp_ignored" => Accept,
+    /// A bare ACK from the responder while the originator is in SYN_SENT: the
+    /// RFC 5961 challenge ACK of a server that still holds an older connection
+    /// on these ports (client reboot, NAT port reuse), or a split handshake.
+    /// Passed without a state change, as nf_conntrack does.
+    ChallengeAck = "challenge_ack" => Accept,
+    /// The originator's RST answering such a challenge ACK (its seq is the
+    /// ACK's ack number): passed so that the server drops its old connection;
+    /// the new attempt stays in SYN_SENT and its retransmitted SYN goes on.
+    ChallengeAckRst = "challenge_ack_rst" => Accept,
+    /// A segment that starts past the receiver's advertised window, by no more
+    /// than the receiver's largest window (window probes, a shrinking window,
+    /// TSO bursts): passed without a state change, but its data counts as
+    /// sent, so that its ACK passes (as nf_conntrack since Linux 6.1).
+    WindowOvershoot = "window_overshoot" => Accept,
 
     // ---- dropped: the packet itself is broken ----
     /// Shorter than the headers it announces, or than the IP length says.
@@ -132,6 +146,9 @@ reasons! {
     DataAfterFin = "data_after_fin" => Drop,
     /// A RST whose sequence number is outside the window.
     RstOutOfWindow = "rst_out_of_window" => Drop,
+    /// A RST whose sequence number lies before what its receiver has already
+    /// acknowledged (nf_conntrack's "invalid rst"): stale or injected.
+    RstBehindAck = "rst_behind_ack" => Drop,
     /// A SYN+ACK retransmission whose sequence number differs from the first.
     SynAckSeqMismatch = "synack_seq_mismatch" => Drop,
     /// An ICMP/ICMPv6 error that matches no tracked flow.

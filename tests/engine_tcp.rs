@@ -184,12 +184,13 @@ fn data_flows_both_ways_across_the_sequence_wrap() {
 fn data_beyond_the_receivers_window_is_dropped() {
     let mut t = Harness::allow_all();
     let mut f = Flow::established(&mut t);
-    // The server advertised 65535 bytes (no scaling): a segment starting past that is invalid.
+    // The server advertised 65535 bytes (no scaling): a segment starting past
+    // that edge by more than the server's largest window is invalid...
     let d = t.tcp(
         f.c,
         f.s,
         ACK | PSH,
-        f.c_nxt.wrapping_add(70_000),
+        f.c_nxt.wrapping_add(65_535 + 65_536),
         f.s_nxt,
         b"x",
     );
@@ -536,9 +537,14 @@ fn rst_at_the_exact_sequence_closes_the_connection() {
 fn rst_outside_the_window_is_dropped() {
     let mut t = Harness::allow_all();
     let mut f = Flow::established(&mut t);
-    for off in [100_000u32, 1 << 30, (1u32 << 31) + 5] {
+    for off in [100_000u32, 1 << 30] {
         let d = t.tcp(f.s, f.c, RST, f.s_nxt.wrapping_add(off), 0, b"");
         assert_eq!(d.reason, Reason::RstOutOfWindow, "offset {off}");
+    }
+    // Behind what the client acknowledged: stale or forged (nf_conntrack's "invalid rst").
+    for off in [(1u32 << 31) + 5, u32::MAX] {
+        let d = t.tcp(f.s, f.c, RST, f.s_nxt.wrapping_add(off), 0, b"");
+        assert_eq!(d.reason, Reason::RstBehindAck, "offset {off}");
     }
     assert_eq!(
         f.client(&mut t, ACK, b"").after.to_string(),
@@ -787,4 +793,189 @@ fn ipv6_connection_lifecycle() {
     // The client sent its FIN: it may send no more data.
     let d = t.tcp(f.c, f.s, ACK, f.c_nxt, f.s_nxt, b"late");
     assert_eq!(d.reason, Reason::DataAfterFin);
+}
+
+// ---- Corner cases real stacks produce, as nf_conntrack decides them -------------
+
+/// A client reconnects on ports for which the server still holds an older
+/// connection (client reboot, NAT port reuse). The server answers the new SYN
+/// with an RFC 5961 challenge ACK for the old connection; the client answers
+/// that with a RST at the ACK's ack number, which makes the server drop the
+/// old connection; the client's retransmitted SYN then opens the new one.
+#[test]
+fn challenge_ack_in_syn_sent_and_the_rst_answering_it_let_a_reconnect_through() {
+    for mut f in [Flow::v4(), Flow::v6()] {
+        let mut t = Harness::allow_all();
+        let isn = f.c_nxt;
+        f.client(&mut t, SYN, b"");
+        // The old connection's numbers: nothing to do with this SYN.
+        let (old_seq, old_ack) = (145_824_453u32, 643_160_523u32);
+        let d = t.tcp(f.s, f.c, ACK, old_seq, old_ack, b"");
+        assert_eq!(
+            (d.reason, show(&d)),
+            (
+                Reason::ChallengeAck,
+                "SYN_SENT:LISTEN -> SYN_SENT:LISTEN".into()
+            )
+        );
+        let d = t.tcp(f.c, f.s, RST, old_ack, 0, b"");
+        assert_eq!(
+            (d.reason, show(&d)),
+            (
+                Reason::ChallengeAckRst,
+                "SYN_SENT:LISTEN -> SYN_SENT:LISTEN".into()
+            )
+        );
+        // A RST at any other sequence number is not that answer.
+        let d = t.tcp(f.c, f.s, RST, old_ack.wrapping_add(1), 0, b"");
+        assert_eq!(d.verdict(), conntrackd::Verdict::Drop, "{:?}", d.reason);
+        // The retransmitted SYN and the real handshake.
+        f.c_nxt = isn;
+        let d = f.client(&mut t, SYN, b"");
+        assert_eq!(d.reason, Reason::Tracked);
+        f.assert_steps(
+            &mut t,
+            &[
+                (
+                    Side::Server,
+                    SYN | ACK,
+                    "SYN_SENT:LISTEN -> SYN_SENT:SYN_RECV",
+                ),
+                (
+                    Side::Client,
+                    ACK,
+                    "SYN_SENT:SYN_RECV -> ESTABLISHED:ESTABLISHED",
+                ),
+            ],
+        );
+    }
+}
+
+/// A "split handshake": the server sends a bare ACK, then its own SYN, as in
+/// a simultaneous open. Both pass.
+#[test]
+fn split_handshake_passes_like_a_simultaneous_open() {
+    let mut t = Harness::allow_all();
+    let mut f = Flow::v4();
+    f.client(&mut t, SYN, b"");
+    let d = t.tcp(f.s, f.c, ACK, f.s_nxt, f.c_nxt, b"");
+    assert_eq!(d.reason, Reason::ChallengeAck);
+    let d = f.server(&mut t, SYN, b"");
+    assert_eq!(
+        (d.reason, show(&d)),
+        (
+            Reason::Tracked,
+            "SYN_SENT:LISTEN -> SYN_RECV:SYN_RECV".into()
+        )
+    );
+}
+
+/// A connection through its handshake on `f`.
+fn handshake(mut f: Flow) -> (Harness, Flow) {
+    let mut t = Harness::allow_all();
+    for (side, flags) in [
+        (Side::Client, SYN),
+        (Side::Server, SYN | ACK),
+        (Side::Client, ACK),
+    ] {
+        assert_eq!(
+            f.send(&mut t, side, flags, b"").reason.verdict(),
+            conntrackd::Verdict::Accept
+        );
+    }
+    (t, f)
+}
+
+/// RFC 5961 and nf_conntrack: a RST that starts before what its receiver has
+/// already acknowledged cannot be the peer's (it knows what was acknowledged):
+/// dropped, down to one byte short of the acknowledged point (the kernel's
+/// selftest uses seq 0 and 42 on a connection whose ISN is near 0: the IPv6
+/// flow here); at the acknowledged point it closes.
+#[test]
+fn rst_behind_what_the_receiver_acknowledged_is_dropped() {
+    for flow in [Flow::v4(), Flow::v6()] {
+        let (mut t, mut f) = handshake(flow);
+        // The client sends 100 bytes; the server acknowledges them.
+        f.client(&mut t, ACK | PSH, &[7; 100]);
+        f.server(&mut t, ACK, b"");
+        let mut behind = vec![f.c_nxt.wrapping_sub(100), f.c_nxt.wrapping_sub(1)];
+        if f.c.is_ipv6() {
+            assert!(f.c_nxt > 42 && f.c_nxt < 1000, "ISN near 0: {}", f.c_nxt);
+            behind.extend([0, 42]);
+        }
+        for seq in behind {
+            for flags in [RST, RST | ACK] {
+                let d = t.tcp(f.c, f.s, flags, seq, f.s_nxt, b"");
+                assert_eq!(d.reason, Reason::RstBehindAck, "seq {seq} flags {flags:#x}");
+            }
+        }
+        let d = t.tcp(f.c, f.s, RST, f.c_nxt, 0, b"");
+        assert_eq!(
+            (d.reason, show(&d)),
+            (
+                Reason::Tracked,
+                "ESTABLISHED:ESTABLISHED -> CLOSED:CLOSED".into()
+            )
+        );
+    }
+}
+
+/// After a RST that answers the SYN (the server refuses), the connection is
+/// forgotten, as nf_conntrack does: a further RST finds nothing, and a new
+/// SYN opens a new connection.
+#[test]
+fn a_rst_refusing_the_syn_forgets_the_connection() {
+    let mut t = Harness::allow_all();
+    let mut f = Flow::v4();
+    f.client(&mut t, SYN, b"");
+    let d = t.tcp(f.s, f.c, RST | ACK, 0, f.c_nxt, b"");
+    assert_eq!(
+        (d.reason, show(&d)),
+        (Reason::Tracked, "SYN_SENT:LISTEN -> CLOSED:CLOSED".into())
+    );
+    assert_eq!(t.engine.table().len(), 0);
+    let d = t.tcp(f.s, f.c, RST | ACK, 0, f.c_nxt, b"");
+    assert_eq!(d.reason, Reason::NoConnection);
+    let d = f.client(&mut t, SYN, b"");
+    assert_eq!(
+        (d.reason, show(&d)),
+        (Reason::NewByDefault, "NONE -> SYN_SENT:LISTEN".into())
+    );
+}
+
+/// Linux 6.1 and later: a segment that starts past the receiver's advertised
+/// right edge by no more than the receiver's largest window passes (window
+/// probes, a shrinking window, TSO bursts), and the ACK of its data passes
+/// too; further out it is dropped.
+#[test]
+fn a_segment_a_little_past_the_window_passes_and_so_does_its_ack() {
+    let mut t = Harness::allow_all();
+    let mut f = Flow::established(&mut t);
+    // The server advertised 65535 bytes: the client fills them exactly, then
+    // probes at the edge (inside: seq = right edge), then sends 100 bytes
+    // starting one byte past it.
+    f.client(&mut t, ACK | PSH, &vec![1; 40_000]);
+    f.client(&mut t, ACK | PSH, &vec![2; 25_535]);
+    assert_eq!(f.client(&mut t, ACK, &[3]).reason, Reason::Tracked);
+    let d = f.client(&mut t, ACK | PSH, &[4; 100]);
+    assert_eq!(
+        (d.reason, show(&d)),
+        (
+            Reason::WindowOvershoot,
+            "ESTABLISHED:ESTABLISHED -> ESTABLISHED:ESTABLISHED".into()
+        )
+    );
+    // The server acknowledges all of it.
+    let d = f.server(&mut t, ACK, b"");
+    assert_eq!(d.reason, Reason::Tracked);
+    // Past the edge by more than the largest window: dropped.
+    let d = t.tcp(
+        f.c,
+        f.s,
+        ACK | PSH,
+        f.c_nxt.wrapping_add(65_535 + 65_536 + 1),
+        f.s_nxt,
+        b"x",
+    );
+    assert_eq!(d.reason, Reason::SeqAboveWindow);
 }

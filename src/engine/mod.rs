@@ -310,6 +310,18 @@ impl Engine {
         let before = conn.state();
         let outcome = tcp.handle(from, seg);
         conn.proto = Proto::Tcp(tcp);
+        if outcome.forget {
+            let after = conn.state();
+            drop(entry);
+            self.table.remove_if(key, |_| true);
+            return Lookup::Found(Decision {
+                reason: outcome.reason,
+                before,
+                after,
+                rule: None,
+                log: false,
+            });
+        }
         if outcome.refresh {
             let timeout = self.tcp_timeout(&tcp);
             let established = tcp.is_established();

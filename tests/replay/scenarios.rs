@@ -185,13 +185,15 @@ pub fn out_of_window() -> CaptureBuilder {
     cap.ip(0, f.c(SYN, b""));
     cap.ip(10, f.s(SYN | ACK, b""));
     cap.ip(11, f.c(ACK, b""));
-    // The server advertised 65535 bytes (no scaling).
+    // The server advertised 65535 bytes (no scaling): this starts past that
+    // edge by more than the server's largest window (a little past, it would
+    // pass as window_overshoot).
     cap.ip(
         20,
         f.raw(
             true,
             ACK | PSH,
-            f.c_nxt.wrapping_add(70_000),
+            f.c_nxt.wrapping_add(140_000),
             f.s_nxt,
             b"far",
         ),
@@ -425,13 +427,14 @@ pub fn snaplen() -> CaptureBuilder {
     cap.ip(11, f.c(ACK, b""));
     cap.ip(12, f.c(ACK | PSH, &[b'd'; 1400]));
     cap.ip(20, f.s(ACK | PSH, &[b'e'; 1400]));
-    // Past the window, though only 64 bytes were kept.
+    // Past the window (by more than the largest window), though only 64
+    // bytes were kept.
     cap.ip(
         21,
         f.raw(
             true,
             ACK | PSH,
-            f.c_nxt.wrapping_add(66_000),
+            f.c_nxt.wrapping_add(140_000),
             f.s_nxt,
             &[b'f'; 1400],
         ),

@@ -4,14 +4,15 @@
 //! describes TCP (each end has its own state: `FIN_WAIT_2:CLOSE_WAIT`). Every packet moves two endpoints: the one
 //! that sent it (by what it sent, [`SENT`]) and the one it goes to (by what it
 //! receives, [`RECEIVED`]). A packet passes the state machine when neither cell
-//! says `IV`; `IG` means "pass it, change nothing".
+//! says `IV`; where either says `IG` the packet passes and changes nothing.
 //!
 //! The observer assumes a packet it lets through arrives: the receiver's state
 //! changes as the packet passes (a FIN moves its receiver to CLOSE_WAIT).
 //!
-//! Exceptions the grid cannot express (the handshake's exact ACK numbers,
-//! reopening a closed connection, RST exactness) live in `super::refine` and in
-//! the window check, each commented. `tests/snapshots/tcp_grid.txt` holds the
+//! Exceptions the grid cannot express (the handshake's exact ACK numbers, the
+//! RST that answers a challenge ACK, a simultaneous close seen from
+//! CLOSE_WAIT) live in `super::TcpConn::refine`, each commented; sequence
+//! numbers are the window check's ([`super::window`]). `tests/snapshots/tcp_grid.txt` holds the
 //! rendered grid: a change here is a reviewed diff there.
 
 use std::fmt;
@@ -215,9 +216,13 @@ pub const SENT: [[Next; 11]; 5] = [
  *  F1, F2, CG, TW, LA: a retransmitted FIN; the window check drops it if it
  *      carries new data ("no data after FIN").
  *  CW: the passive closer sends its FIN: LAST_ACK. */
-/* ACK     */     [ IV, IV, ES, __, __, __, __, __, __, __, __ ],
+/* ACK     */     [ IV, IG, ES, __, __, __, __, __, __, __, __ ],
 /*  CL: after a RST nothing is left to acknowledge.
- *  LI: the responder cannot ACK before it has sent its SYN+ACK.
+ *  LI: a bare ACK from the responder before its SYN+ACK: the RFC 5961
+ *      challenge ACK of a server that still holds an older connection on
+ *      these ports (client reboot, NAT port reuse), or a split handshake.
+ *      Pass it, change nothing, as nf_conntrack does; the client's RST that
+ *      answers it must not end the new attempt (refine).
  *  SS: the handshake's final ACK (refine checks ack == responder ISN+1).
  *  TW: the active closer's last ACK of the peer's FIN. */
 /* RST     */     [ __, CL, CL, CL, CL, CL, CL, CL, CL, CL, CL ],

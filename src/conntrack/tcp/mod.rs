@@ -29,6 +29,10 @@ pub struct TcpOutcome {
     pub reason: Reason,
     /// Whether the packet refreshes the connection's timeout.
     pub refresh: bool,
+    /// The connection is over before it began (a RST before any reply, as
+    /// when the server refuses the SYN): remove it now, as nf_conntrack
+    /// does, so that a further RST finds nothing; a new SYN opens afresh.
+    pub forget: bool,
 }
 
 impl TcpOutcome {
@@ -38,6 +42,7 @@ impl TcpOutcome {
         TcpOutcome {
             reason,
             refresh: false,
+            forget: false,
         }
     }
 }
@@ -171,12 +176,24 @@ impl TcpConn {
             return TcpOutcome::unchanged(Reason::BadTransition);
         }
         let mut peers = self.peers;
-        match self.refine(from, seg, sent, acks_fin, &mut peers, &mut next_sender) {
-            Ok(()) => {}
-            Err(outcome) => return outcome,
-        }
-        if let Err(outcome) = window::check(&mut peers, from, seg, sent, self.is_established()) {
+        if let Err(outcome) = self.refine(from, seg, sent, acks_fin, &mut peers, &mut next_sender) {
             return outcome;
+        }
+        // An `IG` cell: pass, change no state (refine may have noted what the
+        // packet acknowledged).
+        if next_sender == Next::Ignore || next_receiver == Next::Ignore {
+            self.peers = peers;
+            return TcpOutcome::unchanged(ignored_as(sent, sender));
+        }
+        let replied = self.peers[RESPONDER].has_window();
+        match window::check(&mut peers, from, seg, sent, self.is_established()) {
+            Ok(()) => {}
+            // The segment's data counts as sent; the states stay.
+            Err(outcome) if outcome.reason == Reason::WindowOvershoot => {
+                self.peers = peers;
+                return outcome;
+            }
+            Err(outcome) => return outcome,
         }
         peers[from].state = apply(next_sender, sender);
         peers[to].state = apply(next_receiver, receiver);
@@ -184,6 +201,7 @@ impl TcpConn {
         TcpOutcome {
             reason: Reason::Tracked,
             refresh: true,
+            forget: sent == Sent::Rst && !replied,
         }
     }
 
@@ -202,9 +220,24 @@ impl TcpConn {
         let sender = self.peers[from].state;
         use EndpointState::*;
         match (sent, sender) {
-            // A SYN on an established connection: the peer answers with a
-            // challenge ACK; nothing here changes.
-            (Sent::Syn, Established) => Err(TcpOutcome::unchanged(Reason::TcpIgnored)),
+            // The `IG` cell of an ACK from a responder still in LISTEN: a
+            // challenge ACK. Remember what it acknowledges: the client's RST
+            // answering it starts there.
+            (Sent::Ack, Listen) => {
+                if seg.flags.ack() {
+                    peers[from].note_ack(seg.ack);
+                }
+                Ok(())
+            }
+            // The client's RST answering that challenge ACK (seq = its ack):
+            // it tells the server to drop its old connection and must not end
+            // this new attempt, whose retransmitted SYN follows (nf_conntrack:
+            // "reset in response to a challenge-ack we let through earlier").
+            (Sent::Rst, SynSent)
+                if !self.peers[to].has_window() && self.peers[to].maxack() == Some(seg.seq) =>
+            {
+                Err(TcpOutcome::unchanged(Reason::ChallengeAckRst))
+            }
             // Simultaneous open: this side is ESTABLISHED by the peer's SYN+ACK,
             // but its own SYN+ACK was already on the way and completes the peer.
             (Sent::SynAck, Established) if self.peers[to].state == SynRecv => {
@@ -216,9 +249,10 @@ impl TcpConn {
             }
             // A retransmitted SYN+ACK after the handshake (our ACK was lost
             // beyond us): pass it only if it is the same SYN+ACK (seq = ISN).
+            // (The grid's `IG` then passes it.)
             (Sent::SynAck, Established) => {
                 if seg.seq + 1 == self.peers[from].end && !seg.ack.after(self.peers[to].end) {
-                    Err(TcpOutcome::unchanged(Reason::TcpIgnored))
+                    Ok(())
                 } else {
                     Err(TcpOutcome::unchanged(Reason::SynAckSeqMismatch))
                 }
@@ -256,13 +290,23 @@ impl TcpConn {
             }
             // The passive side's FIN that does not acknowledge the active side's
             // FIN was sent before it arrived: a simultaneous close, so this side
-            // is CLOSING, not LAST_ACK (the grid moves the peer to CLOSING).
+            // is CLOSING, not LAST_ACK as SENT's CW cell says (SENT has no
+            // "FIN, acks my FIN" class to tell the two apart; the receiver's
+            // cell, which has it, moves the peer to CLOSING).
             (Sent::Fin, CloseWait) if !acks_fin => {
                 *next_sender = Next::To(Closing);
                 Ok(())
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// What a packet that an `IG` cell passes is called.
+fn ignored_as(sent: Sent, sender: EndpointState) -> Reason {
+    match (sent, sender) {
+        (Sent::Ack, EndpointState::Listen) => Reason::ChallengeAck,
+        _ => Reason::TcpIgnored,
     }
 }
 

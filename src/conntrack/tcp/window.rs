@@ -12,7 +12,11 @@
 //! I and III failing drop the segment. II and IV failing pass it without any
 //! state change (old retransmissions and overly delayed ACKs happen on real
 //! networks; dropping them stalls connections, see nf_conntrack's
-//! NFCT_TCP_IGNORE). A RST must pass all four.
+//! NFCT_TCP_IGNORE). A segment failing only I, whose end lies past the right
+//! edge by no more than the receiver's largest window, passes too, and its
+//! data counts as sent (window probes, shrinking windows, TSO bursts; Linux
+//! 6.1's "N bytes more than expected"). A RST must pass all four, and must not
+//! start before what its receiver already acknowledged (`maxack`).
 
 use super::{EndpointState, Sent, TcpOutcome};
 use crate::reason::Reason;
@@ -25,7 +29,8 @@ const MAX_WINDOW_SCALE: u8 = 14;
 const MIN_ACK_WINDOW: u32 = 66000;
 
 const F_WINDOW_SCALE: u8 = 1 << 0;
-const F_SACK_PERM: u8 = 1 << 1;
+/// `maxack` holds an ACK this endpoint sent (nf_conntrack's MAXACK_SET).
+const F_MAXACK: u8 = 1 << 1;
 const F_UNACKNOWLEDGED: u8 = 1 << 2;
 const F_LIBERAL: u8 = 1 << 3;
 /// The SYN carried data (TCP Fast Open): the SYN+ACK may acknowledge it or not.
@@ -42,6 +47,9 @@ pub(super) struct Peer {
     pub maxend: SeqNum,
     /// Largest window this endpoint has advertised, scaled (td_maxwin); 0 = nothing seen yet.
     pub maxwin: u32,
+    /// Highest ACK this endpoint has sent (td_maxack), when `F_MAXACK` is set:
+    /// a RST to it must not start before this.
+    pub maxack: SeqNum,
     pub scale: u8,
     flags: u8,
     pub state: EndpointState,
@@ -53,6 +61,7 @@ impl Peer {
             end: SeqNum(0),
             maxend: SeqNum(0),
             maxwin: 0,
+            maxack: SeqNum(0),
             scale: 0,
             flags: 0,
             state,
@@ -85,6 +94,19 @@ impl Peer {
         self.flags & F_LIBERAL != 0
     }
 
+    /// The highest ACK this endpoint has sent, if it sent one.
+    pub fn maxack(&self) -> Option<SeqNum> {
+        (self.flags & F_MAXACK != 0).then_some(self.maxack)
+    }
+
+    /// Records an ACK this endpoint sent.
+    pub fn note_ack(&mut self, ack: SeqNum) {
+        if self.flags & F_MAXACK == 0 || ack.after(self.maxack) {
+            self.maxack = ack;
+            self.flags |= F_MAXACK;
+        }
+    }
+
     /// Forget the window so the next SYN initialises it again.
     pub fn reset_window(&mut self) {
         let state = self.state;
@@ -105,9 +127,6 @@ fn init_from_syn(peers: &mut [Peer; 2], from: usize, seg: &TcpSegment, end: SeqN
     if let Some(shift) = seg.options.window_scale {
         p.flags |= F_WINDOW_SCALE;
         p.scale = shift.min(MAX_WINDOW_SCALE);
-    }
-    if seg.options.sack_permitted {
-        p.flags |= F_SACK_PERM;
     }
     if seg.payload_len > 0 {
         p.flags |= F_SYN_DATA;
@@ -198,30 +217,63 @@ pub(super) fn check(
     let (sender, receiver) = (peers[from], peers[to]);
     let liberal = sender.liberal();
 
-    // I. The segment starts inside the receiver's window.
-    if !seq.before(sender.maxend + 1) && !liberal {
-        return reject(Reason::SeqAboveWindow);
+    // A RST that starts before what its receiver already acknowledged is
+    // stale or forged (nf_conntrack's "invalid rst"). Outside ESTABLISHED a
+    // RST with seq 0 answers a SYN we let through and is judged below.
+    if is_rst && !liberal {
+        if let Some(maxack) = receiver.maxack() {
+            if seq.before(maxack) && (seq != SeqNum(0) || established) {
+                return Err(TcpOutcome::unchanged(Reason::RstBehindAck));
+            }
+        }
     }
+
     // III. It acknowledges only data that was sent.
-    if !ack.before(receiver.end + 1) && !liberal {
-        return reject(Reason::AckAboveSent);
-    }
+    let ack_ok = ack.before(receiver.end + 1);
     // II. Its end is not below what the receiver has already acknowledged.
     let in_receive_window = !receiver.has_window() || end.after(sender.end - receiver.maxwin - 1);
+    // IV. Its ACK is not older than the largest window allows.
+    let ack_slack = sender.maxwin.max(MIN_ACK_WINDOW);
+    let ack_recent = ack.after(receiver.end - ack_slack - 1);
+    // I. The segment starts inside the receiver's window.
+    if !seq.before(sender.maxend + 1) && !liberal {
+        // Past the right edge by at most the receiver's largest window, and
+        // every other check passes: the data counts as sent (so that its ACK
+        // passes), nothing else changes.
+        let overshoot = end.distance_from(sender.maxend).wrapping_add(1);
+        if !is_rst
+            && ack_ok
+            && in_receive_window
+            && ack_recent
+            && receiver.has_window()
+            && overshoot <= receiver.maxwin
+        {
+            let s = &mut peers[from];
+            if end.after(s.end) {
+                s.end = end;
+                s.flags |= F_UNACKNOWLEDGED;
+            }
+            return Err(TcpOutcome::unchanged(Reason::WindowOvershoot));
+        }
+        return reject(Reason::SeqAboveWindow);
+    }
+    if !ack_ok && !liberal {
+        return reject(Reason::AckAboveSent);
+    }
     if !in_receive_window && !liberal {
         return reject(Reason::OldRetransmission);
     }
-    // IV. Its ACK is not older than the largest window allows.
-    let ack_slack = sender.maxwin.max(MIN_ACK_WINDOW);
-    if !ack.after(receiver.end - ack_slack - 1) && !liberal {
+    if !ack_recent && !liberal {
         return reject(Reason::DelayedAck);
     }
     // RST exactness (RFC 5961 §3.2): in ESTABLISHED an in-window RST that is
-    // not at the exact next sequence number gets a challenge ACK from the
-    // receiver; the connection stays.
+    // neither at what the receiver acknowledged last (its RCV.NXT) nor at the
+    // sender's next sequence number (a RST right after its data) gets a
+    // challenge ACK from the receiver; the connection stays.
     // A liberal connection's `end` may be stale (handed off to the kernel):
     // an in-window RST ends it.
-    if is_rst && established && seq != sender.end && !liberal {
+    let exact = seq == sender.end || receiver.maxack() == Some(seq);
+    if is_rst && established && !exact && !liberal {
         return Err(TcpOutcome::unchanged(Reason::RstChallenged));
     }
 
@@ -234,6 +286,9 @@ pub(super) fn check(
     let s = &mut peers[from];
     if s.maxwin < scaled_win {
         s.maxwin = scaled_win;
+    }
+    if seg.flags.ack() {
+        s.note_ack(ack);
     }
     if end.after(s.end) {
         s.end = end;
