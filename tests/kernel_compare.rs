@@ -35,6 +35,7 @@ fn kernel_gateway(test: &str) -> Option<Lab> {
         "-A FORWARD -j DROP",
     ] {
         lab.gw.iptables(false, rule);
+        lab.gw.iptables(true, rule);
     }
     // The conntrack rules loaded nf_conntrack: no mid-stream pickup.
     lab.gw.sysctl("net.netfilter.nf_conntrack_tcp_loose", "0");
@@ -44,10 +45,11 @@ fn kernel_gateway(test: &str) -> Option<Lab> {
 /// The transport header bytes that identify a crafted packet end to end
 /// (ports, seq, ack, offset and flags; the gateway changes only the TTL).
 fn identity(p: &[u8]) -> Option<&[u8]> {
-    if p.first()? >> 4 != 4 || *p.get(9)? != 6 {
-        return None;
-    }
-    let l4 = ((p[0] & 0x0f) as usize) * 4;
+    let l4 = match p.first()? >> 4 {
+        4 if *p.get(9)? == 6 => ((p[0] & 0x0f) as usize) * 4,
+        6 if *p.get(6)? == 6 => 40,
+        _ => return None,
+    };
     p.get(l4..l4 + 14)
 }
 
@@ -74,13 +76,21 @@ fn run(test: &str, steps: &[Step]) -> Option<Vec<(&'static str, bool, bool)>> {
     let at_client = Sniffer::new(&lab.client, lab::HOST_IF);
     let engine = Engine::new(EngineSettings::default(), Policy::allow_all());
     let mut out = Vec::new();
+    let mut sent = std::collections::HashSet::new();
     for step in steps {
+        // The sniffers keep what they saw: a step identical to an earlier one
+        // would be found passed whatever the gateway did with it.
+        assert!(
+            sent.insert(identity(&step.packet).map(<[u8]>::to_vec)),
+            "{}: same ports, numbers and flags as an earlier step",
+            step.what
+        );
         let (tx, rx) = match step.dir {
             Dir::ToServer => (&client_tx, &at_server),
             Dir::ToClient => (&server_tx, &at_client),
         };
         tx.send(&step.packet);
-        let want = identity(&step.packet).expect("a crafted IPv4 TCP packet");
+        let want = identity(&step.packet).expect("a crafted TCP packet");
         let kernel = rx.wait_for(Duration::from_millis(300), |p| identity(p) == Some(want));
         let ours = engine
             .decide(&step.packet, &Context::default(), Timestamp::from_secs(1))
@@ -253,6 +263,243 @@ fn conntrackd_is_stricter_than_the_kernel_where_documented() {
         let (_, kernel, ours) = find(what);
         assert!(kernel && ours, "{what}: both should pass: {table:?}");
     }
+}
+
+/// A crafted segment between the lab's client and server on ports `port`
+/// (client side) and the first crafted server port, over IPv4 or IPv6.
+#[allow(clippy::too_many_arguments)]
+fn seg(
+    what: &'static str,
+    v6: bool,
+    port: u16,
+    dir: Dir,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    window: u16,
+    payload: &[u8],
+) -> Step {
+    let (ca, sa): (IpAddr, IpAddr) = if v6 {
+        (lab::CLIENT6.into(), lab::SERVER6.into())
+    } else {
+        (lab::CLIENT4.into(), lab::SERVER4.into())
+    };
+    let c = SocketAddr::new(ca, port);
+    let s = SocketAddr::new(sa, lab::CRAFTED_SERVER_PORTS.0);
+    let (from, to) = match dir {
+        Dir::ToServer => (c, s),
+        Dir::ToClient => (s, c),
+    };
+    Step {
+        what,
+        dir,
+        packet: build::tcp(from, to)
+            .flags(flags)
+            .seq(seq)
+            .ack(ack)
+            .window(window)
+            .payload(payload)
+            .build(),
+    }
+}
+
+/// The corner cases where conntrackd used to disagree with the kernel, as
+/// packet sequences, each on its own client port: the challenge ACK while
+/// the client is in SYN_SENT and the RST that answers it (a reconnect on
+/// ports the server still holds), RSTs behind what the receiver acknowledged,
+/// a further RST after a RST refused the SYN, and a segment a little past the
+/// receiver's window with the ACK of its data.
+fn corner_cases(v6: bool) -> Vec<Step> {
+    use Dir::{ToClient as C, ToServer as S};
+    let base = lab::CRAFTED_CLIENT_PORTS.0 + if v6 { 20 } else { 10 };
+    let w = 65535;
+    let mut steps = Vec::new();
+    // 1. Reconnect: challenge ACK in SYN_SENT, the client's RST, the SYN again.
+    let (p, ci, si) = (base, 10_000u32, 900_000u32);
+    let (old_seq, old_ack) = (145_824_453u32, 643_160_523u32);
+    steps.extend([
+        seg("1 SYN", v6, p, S, SYN, ci, 0, w, b""),
+        seg("1 challenge ACK", v6, p, C, ACK, old_seq, old_ack, 240, b""),
+        seg("1 RST answering it", v6, p, S, RST, old_ack, 0, 0, b""),
+        // The same SYN again (its ack field, unused without ACK, tells the
+        // sniffer the two copies apart).
+        seg("1 SYN again", v6, p, S, SYN, ci, 1, w, b""),
+        seg("1 SYN+ACK", v6, p, C, SYN | ACK, si, ci + 1, w, b""),
+        seg("1 final ACK", v6, p, S, ACK, ci + 1, si + 1, w, b""),
+        seg("1 data", v6, p, S, ACK | PSH, ci + 1, si + 1, w, &[1; 10]),
+    ]);
+    // 2. RSTs behind the acknowledged point (ISN near 0, as the kernel's selftest).
+    let (p, ci, si) = (base + 1, 0u32, 5_000u32);
+    let acked = ci + 1 + 100;
+    steps.extend([
+        seg("2 SYN", v6, p, S, SYN, ci, 0, w, b""),
+        seg("2 SYN+ACK", v6, p, C, SYN | ACK, si, ci + 1, w, b""),
+        seg("2 final ACK", v6, p, S, ACK, ci + 1, si + 1, w, b""),
+        seg("2 data", v6, p, S, ACK | PSH, ci + 1, si + 1, w, &[2; 100]),
+        seg("2 ACK of it", v6, p, C, ACK, si + 1, acked, w, b""),
+        seg("2 RST seq 0", v6, p, S, RST, 0, 0, 0, b""),
+        seg("2 RST seq 42", v6, p, S, RST, 42, 0, 0, b""),
+        seg(
+            "2 RST one short",
+            v6,
+            p,
+            S,
+            RST | ACK,
+            acked - 1,
+            si + 1,
+            0,
+            b"",
+        ),
+        seg(
+            "2 RST at the ACK",
+            v6,
+            p,
+            S,
+            RST | ACK,
+            acked,
+            si + 1,
+            0,
+            b"",
+        ),
+    ]);
+    // 3. The server refuses the SYN; a second RST; a new SYN.
+    let (p, ci) = (base + 2, 70_000u32);
+    steps.extend([
+        seg("3 SYN", v6, p, S, SYN, ci, 0, w, b""),
+        seg("3 RST refusing it", v6, p, C, RST | ACK, 0, ci + 1, 0, b""),
+        // (PSH, which neither tracker weighs, tells the two RSTs apart.)
+        seg("3 RST again", v6, p, C, RST | ACK | PSH, 0, ci + 1, 0, b""),
+        seg("3 SYN again", v6, p, S, SYN, ci + 1000, 0, w, b""),
+    ]);
+    // 4. The server advertises 1000 bytes; the client fills them, probes at
+    //    the edge, then sends 100 bytes starting one past it; the server
+    //    acknowledges everything; then a segment far past the window.
+    let (p, ci, si) = (base + 3, 2_000_000u32, 3_000_000u32);
+    let c1 = ci + 1;
+    steps.extend([
+        seg("4 SYN", v6, p, S, SYN, ci, 0, w, b""),
+        seg(
+            "4 SYN+ACK (window 1000)",
+            v6,
+            p,
+            C,
+            SYN | ACK,
+            si,
+            c1,
+            1000,
+            b"",
+        ),
+        seg("4 final ACK", v6, p, S, ACK, c1, si + 1, w, b""),
+        seg(
+            "4 data up to the edge",
+            v6,
+            p,
+            S,
+            ACK | PSH,
+            c1,
+            si + 1,
+            w,
+            &[4; 1000],
+        ),
+        seg(
+            "4 probe at the edge",
+            v6,
+            p,
+            S,
+            ACK,
+            c1 + 1000,
+            si + 1,
+            w,
+            &[5],
+        ),
+        seg(
+            "4 data past the edge",
+            v6,
+            p,
+            S,
+            ACK | PSH,
+            c1 + 1001,
+            si + 1,
+            w,
+            &[6; 100],
+        ),
+        seg(
+            "4 ACK of all of it",
+            v6,
+            p,
+            C,
+            ACK,
+            si + 1,
+            c1 + 1101,
+            1000,
+            b"",
+        ),
+        seg(
+            "4 data far past",
+            v6,
+            p,
+            S,
+            ACK | PSH,
+            c1 + 1101 + 5000,
+            si + 1,
+            w,
+            b"x",
+        ),
+    ]);
+    steps
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, iptables, the kernel's nf_conntrack"]
+fn conntrackd_agrees_with_the_kernel_on_corner_cases_real_stacks_produce() {
+    const TEST: &str = "conntrackd_agrees_with_the_kernel_on_corner_cases";
+    let mut steps = corner_cases(false);
+    steps.extend(corner_cases(true));
+    let Some(results) = run(TEST, &steps) else {
+        return;
+    };
+    let mut report = String::new();
+    for (i, (what, kernel, ours)) in results.iter().enumerate() {
+        let family = if i < results.len() / 2 { "v4" } else { "v6" };
+        report.push_str(&format!(
+            "{family} {what:<32} kernel={} conntrackd={}\n",
+            pass(*kernel),
+            pass(*ours)
+        ));
+    }
+    eprintln!("{report}");
+    for (what, kernel, ours) in &results {
+        assert_eq!(
+            kernel, ours,
+            "{what}: kernel and conntrackd disagree\n{report}"
+        );
+    }
+    // What the kernel decides, so that agreeing is not vacuous: each case has
+    // packets it passes and packets it drops.
+    let kernel = |what: &str| results.iter().filter(|r| r.0 == what).all(|r| r.1);
+    let dropped = |what: &str| results.iter().filter(|r| r.0 == what).all(|r| !r.1);
+    for what in [
+        "1 challenge ACK",
+        "1 RST answering it",
+        "1 SYN+ACK",
+        "1 data",
+    ] {
+        assert!(kernel(what), "{what} should pass\n{report}");
+    }
+    for what in ["2 RST seq 0", "2 RST seq 42", "2 RST one short"] {
+        assert!(dropped(what), "{what} should be dropped\n{report}");
+    }
+    assert!(kernel("2 RST at the ACK"), "{report}");
+    assert!(
+        kernel("3 RST refusing it") && dropped("3 RST again"),
+        "{report}"
+    );
+    assert!(kernel("3 SYN again"), "{report}");
+    assert!(
+        kernel("4 data past the edge") && kernel("4 ACK of all of it"),
+        "{report}"
+    );
+    assert!(dropped("4 data far past"), "{report}");
 }
 
 fn pass(b: bool) -> &'static str {
