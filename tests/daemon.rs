@@ -673,3 +673,82 @@ fn help_and_version() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
+
+/// A client reconnects from the same port to a server that still holds the
+/// old connection, after conntrackd has forgotten it (its timeout passed):
+/// the client forgot its socket without a RST reaching anyone (a reboot, a
+/// NAT mapping reused). The server answers the new SYN with a challenge ACK,
+/// the client answers that with a RST, the server drops its old connection,
+/// and the client's SYN, sent again (Linux does at once), connects. A
+/// firewall that drops the challenge ACK or that RST keeps the client out
+/// until the server's old connection dies.
+#[test]
+#[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
+fn a_client_reconnects_to_a_server_that_still_holds_the_old_connection() {
+    let Some(lab) = Lab::new("reconnect") else {
+        return;
+    };
+    lab.add_nfqueue_rule("0", true);
+    let rules = lab.write_rules(
+        "rules.toml",
+        "[engine.timeouts]\nestablished = 2\n\n[policy]\ndefault = \"accept\"\n",
+    );
+    let d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
+    let _echo = TcpEcho::start(&lab.server, v4(8080));
+    let local = SocketAddr::new(IpAddr::V4(lab::CLIENT4), 41_234);
+    let open_from = |port_addr: SocketAddr, timeout: Duration| {
+        lab.client
+            .enter(move || -> std::io::Result<std::net::TcpStream> {
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+                s.set_reuse_address(true)?;
+                s.bind(&port_addr.into())?;
+                s.connect_timeout(&v4(8080).into(), timeout)?;
+                let s: std::net::TcpStream = s.into();
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                Ok(s)
+            })
+    };
+    let old = open_from(local, Duration::from_secs(3)).expect("first connection");
+    lab::exchange(&old, 1000, 1).expect("first connection carries data");
+    // The client forgets its socket: its RST never leaves the client.
+    lab.client
+        .iptables(false, "-A OUTPUT -p tcp --tcp-flags RST RST -j DROP");
+    lab::abort(old);
+    std::thread::sleep(Duration::from_millis(200));
+    lab.client
+        .iptables(false, "-D OUTPUT -p tcp --tcp-flags RST RST -j DROP");
+    // conntrackd forgets the connection (established = 2 s, expiry every second).
+    std::thread::sleep(Duration::from_millis(3500));
+    let held = lab
+        .server
+        .sh(&["ss", "-tnH", "state", "established", "sport", "= :8080"]);
+    assert!(
+        held.contains("198.18.0.2:41234"),
+        "the server should still hold the old connection: {held:?}"
+    );
+    let started = std::time::Instant::now();
+    let new = open_from(local, Duration::from_secs(8)).unwrap_or_else(|e| {
+        panic!(
+            "the reconnect failed after {:?}: {e}\n{}\n{}",
+            started.elapsed(),
+            d.log(),
+            lab.diagnostics()
+        )
+    });
+    let took = started.elapsed();
+    lab::exchange(&new, 1000, 2).expect("the new connection carries data");
+    assert!(
+        took < Duration::from_secs(5),
+        "the reconnect took {took:?} (expected one more SYN, at most about 1 s later)"
+    );
+    let mut d = d;
+    d.stop();
+    let stopped = d.wait_log("stopped", Duration::from_secs(3));
+    for reason in ["challenge_ack=", "challenge_ack_rst="] {
+        assert!(
+            stopped.contains(reason),
+            "the reconnect went another way (no {reason}): {stopped}"
+        );
+    }
+    eprintln!("reconnected in {took:?}: {stopped}");
+}
