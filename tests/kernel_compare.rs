@@ -239,6 +239,14 @@ fn conntrackd_is_stricter_than_the_kernel_where_documented() {
             0,
             b"",
         ),
+        // The same a little past the right edge (the client advertised 65535).
+        to_client(
+            "RST a little past the window",
+            RST,
+            s1.wrapping_add(65_535 + 100),
+            0,
+            b"",
+        ),
     ];
     let Some(results) = run(TEST, &steps) else {
         return;
@@ -252,6 +260,7 @@ fn conntrackd_is_stricter_than_the_kernel_where_documented() {
         "final ACK one below ISN+1",
         "new data after FIN",
         "RST far out of window",
+        "RST a little past the window",
     ] {
         let (_, kernel, ours) = find(what);
         assert!(
