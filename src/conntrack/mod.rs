@@ -3,6 +3,8 @@
 pub mod key;
 pub mod table;
 pub mod tcp;
+mod timeouts;
 
 pub use key::{FlowKey, Key4, Key6, Side};
 pub use table::{Conn, ConnState, Table};
+pub use timeouts::Timeouts;

@@ -9,7 +9,7 @@ pub mod settings;
 
 pub use crate::conntrack::table::Layout;
 use crate::conntrack::table::{Full, Limits, Proto};
-use crate::conntrack::tcp::{EndpointState, TcpConn, ORIGINATOR, RESPONDER};
+use crate::conntrack::tcp::{TcpConn, ORIGINATOR, RESPONDER};
 use crate::conntrack::{Conn, ConnState, FlowKey, Side, Table};
 use crate::policy::{Action, Interfaces, Policy};
 use crate::reason::{Reason, Verdict};
@@ -323,7 +323,7 @@ impl Engine {
             });
         }
         if outcome.refresh {
-            let timeout = self.tcp_timeout(&tcp);
+            let timeout = tcp.timeout(&self.settings.timeouts);
             let established = tcp.is_established();
             conn.set_timeout(now, timeout);
             if established {
@@ -338,37 +338,6 @@ impl Engine {
             rule: None,
             log: false,
         })
-    }
-
-    /// The timeout for a TCP connection's pair of states (nf_conntrack's
-    /// per-state timeouts, mapped from the two endpoint states).
-    fn tcp_timeout(&self, t: &TcpConn) -> u32 {
-        use EndpointState::*;
-        let to = &self.settings.timeouts;
-        let (a, b) = t.states();
-        let any = |s: EndpointState| a == s || b == s;
-        let base = if any(SynRecv) {
-            to.syn_recv
-        } else if any(SynSent) || any(Listen) {
-            to.syn_sent
-        } else if any(LastAck) {
-            to.last_ack
-        } else if any(TimeWait) {
-            to.time_wait
-        } else if any(Closed) {
-            to.close
-        } else if any(FinWait1) || any(Closing) {
-            to.fin_wait
-        } else if any(CloseWait) || any(FinWait2) {
-            to.close_wait
-        } else {
-            to.established
-        };
-        if t.has_unacknowledged_data() {
-            base.min(to.unacknowledged)
-        } else {
-            base
-        }
     }
 
     // ---- UDP, ICMP echo, other protocols ----
@@ -499,7 +468,7 @@ impl Engine {
         }
         let mut conn = Conn::new(proto, side, decision.log);
         let timeout = match proto {
-            Proto::Tcp(t) => self.tcp_timeout(&t),
+            Proto::Tcp(t) => t.timeout(&self.settings.timeouts),
             _ => self.datagram_timeout(p.protocol, false),
         };
         conn.set_timeout(now, timeout);

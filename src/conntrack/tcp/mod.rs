@@ -7,6 +7,7 @@
 pub mod grid;
 mod window;
 
+use crate::conntrack::Timeouts;
 use crate::reason::Reason;
 use crate::wire::TcpSegment;
 pub use grid::{EndpointState, Next, Received, Sent};
@@ -150,6 +151,36 @@ impl TcpConn {
     /// Whether either side has data in flight not yet acknowledged.
     pub fn has_unacknowledged_data(&self) -> bool {
         self.peers[0].unacknowledged() || self.peers[1].unacknowledged()
+    }
+
+    /// The timeout for a TCP connection's pair of states (nf_conntrack's
+    /// per-state timeouts, mapped from the two endpoint states).
+    pub fn timeout(&self, to: &Timeouts) -> u32 {
+        use EndpointState::*;
+        let (a, b) = self.states();
+        let any = |s: EndpointState| a == s || b == s;
+        let base = if any(SynRecv) {
+            to.syn_recv
+        } else if any(SynSent) || any(Listen) {
+            to.syn_sent
+        } else if any(LastAck) {
+            to.last_ack
+        } else if any(TimeWait) {
+            to.time_wait
+        } else if any(Closed) {
+            to.close
+        } else if any(FinWait1) || any(Closing) {
+            to.fin_wait
+        } else if any(CloseWait) || any(FinWait2) {
+            to.close_wait
+        } else {
+            to.established
+        };
+        if self.has_unacknowledged_data() {
+            base.min(to.unacknowledged)
+        } else {
+            base
+        }
     }
 
     /// Processes one segment from endpoint `from` (ORIGINATOR or RESPONDER).
