@@ -311,3 +311,129 @@ pub(super) fn check(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! Each of the four inequalities at its edge: the last value that passes
+    //! and the first that fails, with and without window scaling, on
+    //! numbers that cross 2^32.
+    use super::*;
+    use crate::wire::TcpFlags;
+
+    const SENDER: usize = 0;
+    const RECEIVER: usize = 1;
+
+    /// Sender and receiver, both established, with `end`s at `base` and
+    /// `base + 7_000`, the receiver's window `rwin` (scaled) open from the
+    /// sender's end, and the sender's largest window `swin`.
+    fn peers(base: u32, rwin: u32, swin: u32) -> [Peer; 2] {
+        let mut s = Peer::new(EndpointState::Established);
+        let mut r = Peer::new(EndpointState::Established);
+        s.end = SeqNum(base);
+        s.maxend = SeqNum(base) + rwin;
+        s.maxwin = swin;
+        r.end = SeqNum(base.wrapping_add(7_000));
+        r.maxend = r.end + swin;
+        r.maxwin = rwin;
+        [s, r]
+    }
+
+    fn ack_segment(seq: SeqNum, ack: SeqNum, len: u32) -> TcpSegment {
+        TcpSegment {
+            src_port: 1,
+            dst_port: 2,
+            flags: TcpFlags(TcpFlags::ACK),
+            seq,
+            ack,
+            window: 1000,
+            payload_len: len,
+            options: Default::default(),
+        }
+    }
+
+    fn judge(p: [Peer; 2], seq: SeqNum, ack: SeqNum, len: u32) -> Reason {
+        let mut p = p;
+        match check(&mut p, SENDER, &ack_segment(seq, ack, len), Sent::Ack, true) {
+            Ok(()) => Reason::Tracked,
+            Err(o) => o.reason,
+        }
+    }
+
+    /// Bases that put every edge below, across and above the wrap.
+    const BASES: [u32; 3] = [1_000, u32::MAX - 30_000, u32::MAX];
+    /// (receiver's window, sender's largest window): unscaled, and scaled by 2^7.
+    const WINDOWS: [(u32, u32); 2] = [(65_535, 65_535), (65_535 << 7, 3_000 << 7)];
+
+    #[test]
+    fn i_the_segment_starts_at_most_at_the_right_edge() {
+        for base in BASES {
+            for (rwin, swin) in WINDOWS {
+                let p = peers(base, rwin, swin);
+                let (edge, ack) = (p[SENDER].maxend, p[RECEIVER].end);
+                assert_eq!(judge(p, edge, ack, 0), Reason::Tracked, "{base} {rwin}");
+                // One past: within the receiver's largest window, an overshoot...
+                assert_eq!(judge(p, edge + 1, ack, 10), Reason::WindowOvershoot);
+                // ...beyond it, invalid.
+                assert_eq!(judge(p, edge + 1, ack, rwin), Reason::SeqAboveWindow);
+                let mut tiny = p;
+                tiny[RECEIVER].maxwin = 1;
+                assert_eq!(judge(tiny, edge + 1, ack, 0), Reason::SeqAboveWindow);
+            }
+        }
+    }
+
+    #[test]
+    fn ii_the_segment_ends_no_lower_than_the_receivers_window_allows() {
+        for base in BASES {
+            for (rwin, swin) in WINDOWS {
+                let p = peers(base, rwin, swin);
+                let ack = p[RECEIVER].end;
+                // end = seq + len; the lowest end that passes is sender.end - rwin.
+                let lowest = p[SENDER].end - rwin;
+                assert_eq!(
+                    judge(p, lowest - 10, ack, 10),
+                    Reason::Tracked,
+                    "{base} {rwin}"
+                );
+                assert_eq!(judge(p, lowest - 11, ack, 10), Reason::OldRetransmission);
+            }
+        }
+    }
+
+    #[test]
+    fn iii_the_ack_covers_only_data_sent() {
+        for base in BASES {
+            for (rwin, swin) in WINDOWS {
+                let p = peers(base, rwin, swin);
+                let (seq, sent) = (p[SENDER].end, p[RECEIVER].end);
+                assert_eq!(judge(p, seq, sent, 0), Reason::Tracked, "{base} {rwin}");
+                assert_eq!(judge(p, seq, sent + 1, 0), Reason::AckAboveSent);
+            }
+        }
+    }
+
+    #[test]
+    fn iv_the_ack_is_no_older_than_the_largest_window_allows() {
+        for base in BASES {
+            for (rwin, swin) in WINDOWS {
+                let p = peers(base, rwin, swin);
+                let seq = p[SENDER].end;
+                // Slack: the sender's largest window, at least 66000.
+                let oldest = p[RECEIVER].end - swin.max(MIN_ACK_WINDOW);
+                assert_eq!(judge(p, seq, oldest, 0), Reason::Tracked, "{base} {swin}");
+                assert_eq!(judge(p, seq, oldest - 1, 0), Reason::DelayedAck);
+            }
+        }
+    }
+
+    #[test]
+    fn an_overshoot_counts_its_data_as_sent() {
+        let mut p = peers(u32::MAX - 100, 65_535, 65_535);
+        let edge = p[SENDER].maxend;
+        let seg = ack_segment(edge + 1, p[RECEIVER].end, 100);
+        let outcome = check(&mut p, SENDER, &seg, Sent::Ack, true).unwrap_err();
+        assert_eq!(outcome.reason, Reason::WindowOvershoot);
+        assert_eq!(p[SENDER].end, edge + 101);
+        assert!(p[SENDER].unacknowledged());
+    }
+}
