@@ -263,7 +263,6 @@ fn ack_loss_stall_passes_already_acknowledged_retransmission() {
 /// nf_conntrack"), so the same moments read `CLOSE_WAIT:FIN_WAIT_1`,
 /// `CLOSE_WAIT:FIN_WAIT_2` and `CLOSED:CLOSED`. The verdicts are the same.
 #[test]
-#[ignore = "fails until issue 10 §2: the rst_behind_ack check also runs once the connection is closing (CLOSED:CLOSED here) and drops the peer's RST, where nf_conntrack skips its RST checks in a closing state"]
 fn inexact_rst_in_a_closing_connection_passes() {
     for family in FAMILIES {
         let mut s = Script::new("conntrack_inexact_rst.pkt", family, Role::Client);

@@ -219,8 +219,14 @@ pub(super) fn check(
 
     // A RST that starts before what its receiver already acknowledged is
     // stale or forged (nf_conntrack's "invalid rst"). Outside ESTABLISHED a
-    // RST with seq 0 answers a SYN we let through and is judged below.
-    if is_rst && !liberal {
+    // RST with seq 0 answers a SYN we let through and is judged below. Once
+    // the connection is closing the check is off, as in the kernel: stacks
+    // send inexact RSTs while closing (the kernel's conntrack_inexact_rst
+    // selftest), and the window check below still applies.
+    let closing = [sender.state, receiver.state]
+        .iter()
+        .any(|s| s.fin_sent() || *s == EndpointState::CloseWait);
+    if is_rst && !liberal && !closing {
         if let Some(maxack) = receiver.maxack() {
             if seq.before(maxack) && (seq != SeqNum(0) || established) {
                 return Err(TcpOutcome::unchanged(Reason::RstBehindAck));
