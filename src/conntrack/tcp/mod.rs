@@ -347,3 +347,87 @@ fn apply(next: Next, current: EndpointState) -> EndpointState {
         Next::Stay | Next::Ignore | Next::Invalid => current,
     }
 }
+
+/// What `TcpConn::handle` decides for every (sender, originator state,
+/// responder state, flag class, ack relation), one line each, for the
+/// checked-in outcome table (`tests/snapshots/tcp_outcomes.txt`): a change to
+/// the grid, to `refine` or to the window check shows up there as a reviewed
+/// diff.
+///
+/// The connection is built in the two states with windows as after a
+/// handshake (an endpoint in LISTEN has sent nothing). The sender sends at
+/// its next sequence number (a FIN from a side that already sent one is its
+/// retransmission), acknowledging either everything the other side sent
+/// ("end") or one less ("end-1": not its FIN, when it sent one).
+pub fn render_outcomes() -> String {
+    use crate::wire::{SeqNum, TcpFlags};
+    use std::fmt::Write as _;
+    let mut out = String::from(
+        "from originator responder  sent     ack      -> originator responder  reason\n",
+    );
+    for from in [ORIGINATOR, RESPONDER] {
+        for a in EndpointState::ALL {
+            for b in EndpointState::ALL {
+                for sent in Sent::ALL {
+                    for acks_all in [true, false] {
+                        let mut conn = TcpConn {
+                            peers: [Peer::new(a), Peer::new(b)],
+                        };
+                        for (p, end) in conn.peers.iter_mut().zip([1_000_000u32, 5_000_000]) {
+                            if p.state != EndpointState::Listen {
+                                p.end = SeqNum(end);
+                                p.maxwin = 65_535;
+                            }
+                        }
+                        for i in 0..2 {
+                            let other = conn.peers[1 - i];
+                            conn.peers[i].maxend = other.end + 65_535;
+                        }
+                        let (sender, receiver) = (conn.peers[from], conn.peers[1 - from]);
+                        let flags = match sent {
+                            Sent::Syn => TcpFlags::SYN,
+                            Sent::SynAck => TcpFlags::SYN | TcpFlags::ACK,
+                            Sent::Fin => TcpFlags::FIN | TcpFlags::ACK,
+                            Sent::Ack => TcpFlags::ACK,
+                            Sent::Rst => TcpFlags::RST,
+                        };
+                        let retransmitted_fin = sent == Sent::Fin && sender.state.fin_sent();
+                        let seg = TcpSegment {
+                            src_port: 40_000,
+                            dst_port: 80,
+                            flags: TcpFlags(flags),
+                            seq: if retransmitted_fin {
+                                sender.end - 1
+                            } else {
+                                sender.end
+                            },
+                            ack: if acks_all {
+                                receiver.end
+                            } else {
+                                receiver.end - 1
+                            },
+                            window: 65_535,
+                            payload_len: 0,
+                            options: Default::default(),
+                        };
+                        let outcome = conn.handle(from, &seg);
+                        let (x, y) = conn.states();
+                        let _ = writeln!(
+                            out,
+                            "{:<4} {:<10} {:<11} {:<8} {:<8} -> {:<10} {:<11} {}",
+                            if from == ORIGINATOR { "orig" } else { "resp" },
+                            a.name(),
+                            b.name(),
+                            sent.name(),
+                            if acks_all { "end" } else { "end-1" },
+                            x.name(),
+                            y.name(),
+                            outcome.reason.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    out
+}
