@@ -195,8 +195,8 @@ impl Layout {
 
 type Map<K> = DashMap<K, Conn, ahash::RandomState>;
 
-/// IPv4 and IPv6 connections live in two maps: an IPv4 entry is 56 bytes
-/// (16-byte key), an IPv6 one 80.
+/// IPv4 and IPv6 connections live in two maps: an IPv4 entry is 64 bytes
+/// (16-byte key), an IPv6 one 88.
 pub struct Table {
     v4: Map<Key4>,
     v6: Map<Key6>,

@@ -18,7 +18,7 @@ pub const ORIGINATOR: usize = 0;
 /// Index of the endpoint the first SYN went to.
 pub const RESPONDER: usize = 1;
 
-/// Both endpoints' states and windows. 32 bytes.
+/// Both endpoints' states and windows. 40 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpConn {
     peers: [Peer; 2],
