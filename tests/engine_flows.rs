@@ -289,14 +289,19 @@ fn full_table_of_established_connections_refuses_new_ones() {
     let d = Flow::v4_port(4000).client(&mut t, SYN, b"");
     assert_eq!(d.reason, Reason::TableFull);
     assert!(still_tracked(&mut t, 1000) && still_tracked(&mut t, 1001));
-    // An expired entry makes room.
+    // An expired entry makes room once expiry has run (every second in the daemon).
     t.now_secs += 432_001;
+    t.engine.expire(t.now());
     let d = Flow::v4_port(4001).client(&mut t, SYN, b"");
     assert_eq!(d.reason, Reason::NewByDefault);
 }
 
+/// A SYN flood fills the half-open cap; each new SYN then evicts the oldest
+/// half-open entry instead of being refused (nf_conntrack's early drop), so a
+/// real client's SYN always gets in, and a connection that completed its
+/// handshake is never evicted for one.
 #[test]
-fn half_open_cap_stops_a_syn_flood() {
+fn half_open_cap_evicts_the_oldest_half_open_entry() {
     let settings = EngineSettings {
         max_half_open: 3,
         ..EngineSettings::default()
@@ -308,23 +313,52 @@ fn half_open_cap_stops_a_syn_flood() {
             Reason::NewByDefault
         );
     }
-    assert_eq!(
-        Flow::v4_port(20_000).client(&mut t, SYN, b"").reason,
-        Reason::HalfOpenLimit
-    );
-    // Completing a handshake frees a slot.
-    let mut f = Flow::v4_port(10_000);
-    f.c_nxt = f.c_nxt.wrapping_add(1);
-    f.server(&mut t, SYN | ACK, b"");
-    f.client(&mut t, ACK, b"");
-    assert_eq!(t.engine.table().half_open(), 2);
+    // The cap is full: the next SYN evicts the oldest (port 10000).
     assert_eq!(
         Flow::v4_port(20_000).client(&mut t, SYN, b"").reason,
         Reason::NewByDefault
     );
+    assert_eq!(t.engine.table().half_open(), 3);
+    assert_eq!(t.engine.table().evictions().half_open, 1);
+    let mut evicted = Flow::v4_port(10_000);
+    evicted.c_nxt = evicted.c_nxt.wrapping_add(1);
+    assert_eq!(
+        evicted.server(&mut t, SYN | ACK, b"").reason,
+        Reason::NoConnection
+    );
+    // Port 10001 completes its handshake: it is no longer a candidate.
+    let mut f = Flow::v4_port(10_001);
+    f.c_nxt = f.c_nxt.wrapping_add(1);
+    f.server(&mut t, SYN | ACK, b"");
+    f.client(&mut t, ACK, b"");
+    assert_eq!(t.engine.table().half_open(), 2);
+    // A flood of 50 more SYNs: each gets in, the established one stays.
+    for port in 0..50 {
+        let d = Flow::v4_port(30_000 + port).client(&mut t, SYN, b"");
+        assert_eq!(d.reason, Reason::NewByDefault, "SYN {port}");
+        assert!(t.engine.table().half_open() <= 3);
+    }
+    assert_eq!(f.client(&mut t, ACK, b"").reason, Reason::Tracked);
+    assert_eq!(t.engine.table().evictions().half_open, 1 + 49);
     // UDP is not half-open.
     let d = t.send(build::udp(sa("198.18.0.2:1"), sa("198.19.0.2:2"), b""));
     assert_eq!(d.reason, Reason::NewByDefault);
+}
+
+/// When every entry is assured, nothing is evicted for a newcomer: the
+/// half-open cap refuses it only if no half-open entry is left to evict.
+#[test]
+fn the_half_open_cap_refuses_only_when_nothing_half_open_is_left() {
+    let settings = EngineSettings {
+        max_half_open: 0,
+        ..EngineSettings::default()
+    };
+    let mut t = Harness::with(settings, conntrackd::policy::Policy::allow_all());
+    assert_eq!(
+        Flow::v4_port(10_000).client(&mut t, SYN, b"").reason,
+        Reason::HalfOpenLimit
+    );
+    assert_eq!(t.engine.table().len(), 0);
 }
 
 // ---- malformed packets --------------------------------------------------------

@@ -5,9 +5,18 @@
 //! one bucket), replay and tests a fixed one ([`Layout::FIXED`]), so that which
 //! entry an eviction picks depends only on the packets. The table
 //! counts entries and half-open connections itself so that the limits cost one
-//! atomic load per new connection. When full, it evicts an entry that never
-//! completed its handshake (or has expired) from a bounded scan of the new
-//! key's shard, as nf_conntrack's early drop does.
+//! atomic load per new connection.
+//!
+//! Early drop: when the half-open cap or the table is full, a new connection
+//! evicts the oldest unassured entry (a handshake never completed, a flow
+//! never replied to) instead of being refused, so that a SYN flood cannot
+//! lock real clients out (nf_conntrack's `early_drop`). The table keeps the
+//! keys of unassured entries in creation order in two bounded FIFO queues
+//! (half-open TCP, and the rest); an eviction pops keys until one still names
+//! an unassured entry. Every key is pushed once and popped at most once, so
+//! the work is O(1) amortised, and each eviction is bounded
+//! (`EVICTION_TRIES`). An assured entry is never evicted for a new one; a new
+//! connection is refused only when no unassured entry is left to evict.
 
 use super::key::{FlowKey, Key4, Key6, Side};
 use super::tcp::{EndpointState, TcpConn};
@@ -17,11 +26,11 @@ use dashmap::DashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// Buckets one eviction attempt looks at per shard, and in all.
-const EVICTION_SCAN: usize = 128;
-const EVICTION_BUDGET: usize = 1024;
+/// Keys one eviction may pop before it gives up (stale keys, whose entries
+/// were assured or removed since, are skipped).
+const EVICTION_TRIES: usize = 64;
 
 /// Protocol-specific state of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,6 +204,42 @@ impl Layout {
 
 type Map<K> = DashMap<K, Conn, ahash::RandomState>;
 
+/// Keys of unassured entries, oldest first (see the module doc).
+struct Fifo {
+    tx: crossbeam_channel::Sender<FlowKey>,
+    rx: crossbeam_channel::Receiver<FlowKey>,
+}
+
+impl Fifo {
+    fn new(capacity: usize) -> Fifo {
+        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        Fifo { tx, rx }
+    }
+
+    /// Adds a key; when full, the oldest key is dropped to make room (its
+    /// entry, if still unassured, is left to its timeout).
+    fn push(&self, key: FlowKey) {
+        if let Err(crossbeam_channel::TrySendError::Full(key)) = self.tx.try_send(key) {
+            let _ = self.rx.try_recv();
+            let _ = self.tx.try_send(key);
+        }
+    }
+
+    fn pop(&self) -> Option<FlowKey> {
+        self.rx.try_recv().ok()
+    }
+}
+
+/// Evictions so far, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evictions {
+    /// Half-open TCP connections (a handshake never completed).
+    pub half_open: u64,
+    /// Other unassured entries (UDP, ICMP, other protocols never replied to,
+    /// TCP picked up mid-stream and not yet answered).
+    pub unreplied: u64,
+}
+
 /// IPv4 and IPv6 connections live in two maps: an IPv4 entry is 64 bytes
 /// (16-byte key), an IPv6 one 88.
 pub struct Table {
@@ -203,6 +248,11 @@ pub struct Table {
     len: AtomicUsize,
     half_open: AtomicUsize,
     limits: Limits,
+    /// Early-drop candidates: half-open TCP, and the other unassured entries.
+    young_half_open: Fifo,
+    young_other: Fifo,
+    evicted_half_open: AtomicU64,
+    evicted_unreplied: AtomicU64,
 }
 
 /// A connection locked for update (its shard's write lock is held).
@@ -280,6 +330,10 @@ impl Table {
             len: AtomicUsize::new(0),
             half_open: AtomicUsize::new(0),
             limits,
+            young_half_open: Fifo::new(limits.max_half_open.min(limits.max_connections)),
+            young_other: Fifo::new(limits.max_half_open.min(limits.max_connections)),
+            evicted_half_open: AtomicU64::new(0),
+            evicted_unreplied: AtomicU64::new(0),
         }
     }
 
@@ -316,29 +370,77 @@ impl Table {
         }
     }
 
-    /// Checks room for a new connection, evicting one unassured or expired
-    /// entry if the table is full. Call without holding any entry of the table.
-    pub fn make_room(&self, key: &FlowKey, half_open: bool, now: Timestamp) -> Result<(), Full> {
-        if half_open && self.half_open() >= self.limits.max_half_open {
+    /// Checks room for a new connection, evicting the oldest unassured entry
+    /// when the half-open cap (for a half-open newcomer) or the table is full.
+    /// Call without holding any entry of the table.
+    pub fn make_room(&self, half_open: bool) -> Result<(), Full> {
+        if half_open
+            && self.half_open() >= self.limits.max_half_open
+            && !self.evict_from(&self.young_half_open, true)
+        {
             return Err(Full::HalfOpen);
         }
         if self.len() < self.limits.max_connections {
             return Ok(());
         }
-        if self.evict_one(key, now) {
+        // The newcomer's own kind first: a SYN flood evicts its own kind.
+        let (first, second) = if half_open {
+            (&self.young_half_open, &self.young_other)
+        } else {
+            (&self.young_other, &self.young_half_open)
+        };
+        if self.evict_from(first, false) || self.evict_from(second, false) {
             Ok(())
         } else {
             Err(Full::Table)
         }
     }
 
+    /// Evictions so far, by kind.
+    pub fn evictions(&self) -> Evictions {
+        Evictions {
+            half_open: self.evicted_half_open.load(Ordering::Relaxed),
+            unreplied: self.evicted_unreplied.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Pops keys from `fifo` until one names an entry that is still
+    /// unassured (and half-open, when `half_open_only`), and removes it.
+    fn evict_from(&self, fifo: &Fifo, half_open_only: bool) -> bool {
+        for _ in 0..EVICTION_TRIES {
+            let Some(key) = fifo.pop() else {
+                return false;
+            };
+            let victim = |c: &Conn| !c.assured() && (!half_open_only || c.counted_half_open());
+            if let Some(conn) = self.remove_if(&key, victim) {
+                let counter = if conn.counted_half_open() {
+                    &self.evicted_half_open
+                } else {
+                    &self.evicted_unreplied
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+        }
+        false
+    }
+
     /// Inserts a new connection (the caller checked `make_room`). If another
     /// thread inserted the same key meanwhile, that entry wins and is returned.
     pub fn insert_new(&self, key: FlowKey, conn: Conn) -> Result<(), Conn> {
-        match key {
+        let inserted = match key {
             FlowKey::V4(k) => self.insert_in(&self.v4, k, conn),
             FlowKey::V6(k) => self.insert_in(&self.v6, k, conn),
+        };
+        if inserted.is_ok() && !conn.assured() {
+            let half_open = matches!(conn.proto, Proto::Tcp(t) if t.is_half_open());
+            if half_open {
+                self.young_half_open.push(key);
+            } else {
+                self.young_other.push(key);
+            }
         }
+        inserted
     }
 
     fn insert_in<K: Hash + Eq>(&self, map: &Map<K>, key: K, mut conn: Conn) -> Result<(), Conn> {
@@ -404,72 +506,6 @@ impl Table {
             }
         });
         removed
-    }
-
-    /// Early drop: removes one expired or never-assured entry found in a
-    /// bounded scan, starting in `key`'s shard at a bucket the key's hash
-    /// picks and moving on to the next shards (and the other family's map),
-    /// at most `EVICTION_BUDGET` buckets in all (nf_conntrack scans a bounded
-    /// range of buckets too).
-    fn evict_one(&self, key: &FlowKey, now: Timestamp) -> bool {
-        let mut budget = EVICTION_BUDGET;
-        match key {
-            FlowKey::V4(k) => {
-                self.evict_in(&self.v4, k, now, &mut budget)
-                    || self.evict_in(&self.v6, &Default::default(), now, &mut budget)
-            }
-            FlowKey::V6(k) => {
-                self.evict_in(&self.v6, k, now, &mut budget)
-                    || self.evict_in(&self.v4, &Default::default(), now, &mut budget)
-            }
-        }
-    }
-
-    fn evict_in<K: Hash + Eq>(
-        &self,
-        map: &Map<K>,
-        key: &K,
-        now: Timestamp,
-        budget: &mut usize,
-    ) -> bool {
-        let shards = map.shards();
-        let first = map.determine_map(key);
-        let hash = map.hash_usize(key);
-        for n in 0..shards.len() {
-            if *budget == 0 {
-                break;
-            }
-            let mut shard = shards[(first + n) % shards.len()].write();
-            let buckets = shard.buckets();
-            let start = hash.rotate_left(23) & (buckets - 1);
-            let scan = buckets.min(EVICTION_SCAN).min(*budget);
-            *budget -= scan;
-            let mut victim = None;
-            for i in 0..scan {
-                let index = (start + i) & (buckets - 1);
-                // SAFETY: `index < buckets`, we hold the shard's write lock, and a
-                // bucket is dereferenced only after `is_bucket_full` says it holds
-                // an initialised element.
-                unsafe {
-                    if shard.is_bucket_full(index) {
-                        let bucket = shard.bucket(index);
-                        let conn = bucket.as_ref().1.get();
-                        if conn.expired(now) || !conn.assured() {
-                            victim = Some(bucket);
-                            break;
-                        }
-                    }
-                }
-            }
-            if let Some(bucket) = victim {
-                // SAFETY: the bucket is full and belongs to this shard, whose
-                // write lock is still held.
-                let ((_, conn), _) = unsafe { shard.remove(bucket) };
-                self.account_removed(conn.get());
-                return true;
-            }
-        }
-        false
     }
 
     /// A snapshot of every connection (for listings and replay summaries).

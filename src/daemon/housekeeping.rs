@@ -39,6 +39,8 @@ pub(super) fn log_stats(message: &str, s: &WorkerStats, engine: &Engine, top: Op
         dropped = s.counters.total(Verdict::Drop),
         connections = engine.table().len(),
         half_open = engine.table().half_open(),
+        evicted_half_open = engine.table().evictions().half_open,
+        evicted_unreplied = engine.table().evictions().unreplied,
         recv_errors = s.recv_errors,
         enobufs = s.enobufs,
         verdict_errors = s.verdict_errors,

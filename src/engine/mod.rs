@@ -459,7 +459,7 @@ impl Engine {
         if decision.verdict() == Verdict::Drop {
             return Some(decision);
         }
-        if let Err(full) = self.table.make_room(&key, half_open, now) {
+        if let Err(full) = self.table.make_room(half_open) {
             let reason = match full {
                 Full::Table => Reason::TableFull,
                 Full::HalfOpen => Reason::HalfOpenLimit,
@@ -504,25 +504,25 @@ mod tests {
     }
 
     #[test]
-    fn which_entries_a_full_table_evicts_depends_only_on_the_layout() {
+    fn a_full_table_evicts_the_oldest_unassured_entries_whatever_the_layout() {
         let settings = EngineSettings {
             // The table fills before the half-open cap: evictions, not refusals.
             max_connections: 8,
             max_half_open: 1024,
             ..EngineSettings::default()
         };
-        let fixed = || Engine::new(settings, Policy::allow_all());
-        let first = survivors(&fixed());
-        assert_eq!(first.len(), 8);
-        assert_eq!(survivors(&fixed()), first);
-        // Another seed picks other victims (so the check above can fail).
-        let other = (1..=8u64).any(|seed| {
+        let fixed = survivors(&Engine::new(settings, Policy::allow_all()));
+        let newest: Vec<_> = (56..64u16)
+            .map(|i| (IpAddr::from([198, 18, 0, 2]), 40_000 + i))
+            .collect();
+        assert_eq!(fixed, newest);
+        for seed in 1..=4u64 {
             let layout = Layout {
                 seed,
                 ..Layout::FIXED
             };
-            survivors(&Engine::with_layout(settings, Policy::allow_all(), layout)) != first
-        });
-        assert!(other, "no seed changed the evictions");
+            let engine = Engine::with_layout(settings, Policy::allow_all(), layout);
+            assert_eq!(survivors(&engine), newest, "seed {seed}");
+        }
     }
 }
