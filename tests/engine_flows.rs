@@ -500,3 +500,38 @@ fn eviction_crosses_address_families() {
         .count();
     assert_eq!(v6_left, 1, "one IPv6 half-open connection was evicted");
 }
+
+/// Adaptive timeouts: SYNs opened while the half-open cap fills past
+/// `adaptive.start` (0.5) get shorter timeouts, down to the floor (5 s) at
+/// `adaptive.end` (0.9); an established connection keeps its own.
+#[test]
+fn adaptive_timeouts_shorten_unassured_entries_as_the_table_fills() {
+    let settings = EngineSettings {
+        max_half_open: 10,
+        ..EngineSettings::default()
+    };
+    let mut t = Harness::with(settings, conntrackd::policy::Policy::allow_all());
+    established_on(&mut t, 1000);
+    let opened = t.now_secs;
+    // SYNs opened at half-open fill 0.0 .. 0.9: timeouts 120 (up to 0.5),
+    // then 91, 62, 33 and 5 s.
+    for port in 0..10 {
+        Flow::v4_port(20_000 + port).client(&mut t, SYN, b"");
+    }
+    let alive_after = |t: &mut Harness, secs: u64| {
+        t.now_secs = opened + secs;
+        t.engine.expire(t.now());
+        t.engine.table().half_open()
+    };
+    assert_eq!(alive_after(&mut t, 4), 10);
+    assert_eq!(alive_after(&mut t, 5), 9, "the floor (5 s) at fill 0.9");
+    assert_eq!(alive_after(&mut t, 33), 8);
+    assert_eq!(alive_after(&mut t, 62), 7);
+    assert_eq!(alive_after(&mut t, 91), 6);
+    assert_eq!(alive_after(&mut t, 119), 6);
+    assert_eq!(alive_after(&mut t, 120), 0);
+    assert!(
+        still_tracked(&mut t, 1000),
+        "the established connection keeps its timeout"
+    );
+}

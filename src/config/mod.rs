@@ -257,6 +257,18 @@ impl Config {
                 "engine.max_connections must be at least 1".into(),
             ));
         }
+        let a = &e.adaptive;
+        let ordered = a.start.partial_cmp(&a.end) == Some(std::cmp::Ordering::Less);
+        if !(0.0..=1.0).contains(&a.start) || !ordered || a.floor == 0 {
+            return Err(invalid(
+                text.find("[engine.adaptive]").unwrap_or(0),
+                format!(
+                    "engine.adaptive: need 0 <= start < end and floor >= 1 (start = {}, \
+                     end = {}, floor = {})",
+                    a.start, a.end, a.floor
+                ),
+            ));
+        }
         Ok(Config {
             path: path.to_path_buf(),
             engine: file.engine,
@@ -405,6 +417,24 @@ mod tests {
                 assert!(message.contains("give only daemon.handoff"), "{message}");
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn adaptive_timeouts_are_checked() {
+        let ok =
+            "[engine.adaptive]\nstart = 0.6\nend = 0.8\nfloor = 3\n[policy]\ndefault = \"drop\"\n";
+        let c = Config::parse(ok, Path::new("r.toml")).unwrap();
+        assert_eq!((c.engine.adaptive.start, c.engine.adaptive.floor), (0.6, 3));
+        for bad in ["start = 0.9\nend = 0.5", "start = -1.0", "floor = 0"] {
+            let text = format!("[engine.adaptive]\n{bad}\n[policy]\ndefault = \"drop\"\n");
+            match Config::parse(&text, Path::new("r.toml")) {
+                Err(ConfigError::Invalid { line, message, .. }) => {
+                    assert_eq!(line, 1, "{message}");
+                    assert!(message.contains("engine.adaptive"), "{message}");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
         }
     }
 

@@ -323,12 +323,14 @@ impl Engine {
             });
         }
         if outcome.refresh {
-            let timeout = tcp.timeout(&self.settings.timeouts);
-            let established = tcp.is_established();
-            conn.set_timeout(now, timeout);
-            if established {
+            if tcp.is_established() {
                 conn.set_assured();
             }
+            let mut timeout = tcp.timeout(&self.settings.timeouts);
+            if !conn.assured() {
+                timeout = self.adapt(timeout, tcp.is_half_open());
+            }
+            conn.set_timeout(now, timeout);
             self.table.account_half_open(conn);
         }
         Lookup::Found(Decision {
@@ -338,6 +340,19 @@ impl Engine {
             rule: None,
             log: false,
         })
+    }
+
+    /// An unassured entry's timeout under adaptive timeouts (see
+    /// [`settings::Adaptive`]), from the table's fill.
+    #[inline]
+    fn adapt(&self, base: u32, half_open: bool) -> u32 {
+        let t = &self.table;
+        let limits = t.limits();
+        let mut fill = t.len() as f64 / limits.max_connections.max(1) as f64;
+        if half_open {
+            fill = fill.max(t.half_open() as f64 / limits.max_half_open.max(1) as f64);
+        }
+        self.settings.adaptive.scale(base, fill)
     }
 
     // ---- UDP, ICMP echo, other protocols ----
@@ -360,7 +375,10 @@ impl Engine {
                         conn.set_replied();
                         conn.set_assured();
                     }
-                    let timeout = self.datagram_timeout(p.protocol, conn.replied());
+                    let mut timeout = self.datagram_timeout(p.protocol, conn.replied());
+                    if !conn.assured() {
+                        timeout = self.adapt(timeout, false);
+                    }
                     conn.set_timeout(now, timeout);
                     return Decision {
                         reason: Reason::Tracked,
@@ -471,6 +489,7 @@ impl Engine {
             Proto::Tcp(t) => t.timeout(&self.settings.timeouts),
             _ => self.datagram_timeout(p.protocol, false),
         };
+        let timeout = self.adapt(timeout, half_open);
         conn.set_timeout(now, timeout);
         let state = conn.state();
         match self.table.insert_new(key, conn) {
