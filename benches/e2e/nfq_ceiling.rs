@@ -35,7 +35,7 @@ fn main() -> anyhow::Result<()> {
             copy_range: d.copy_range,
             maxlen: d.queue_maxlen,
             rcvbuf: d.socket_rcvbuf,
-            fail_open: d.fail_open,
+            accept_on_overflow: d.queue_overflow == conntrackd::config::Overflow::Accept,
         })?;
         let stop = stop.clone();
         threads.push(std::thread::spawn(move || {

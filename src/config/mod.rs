@@ -92,15 +92,44 @@ impl fmt::Display for QueueSpec {
     }
 }
 
+/// What the kernel does with packets that do not fit in a full queue.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Overflow {
+    #[default]
+    Drop,
+    Accept,
+}
+
+impl fmt::Display for Overflow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Overflow::Drop => "drop",
+            Overflow::Accept => "accept",
+        })
+    }
+}
+
 /// `[daemon]`: how the NFQUEUE daemon runs. Command-line options override these.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DaemonSettings {
     /// Queue numbers: `"0"`, `"0-3"` or `"0,2"`; one worker thread per queue.
     pub queues: QueueSpec,
-    /// When a queue overflows (or conntrackd is not running, with
-    /// `--queue-bypass`): accept (true) or drop (false).
-    pub fail_open: bool,
+    /// While no conntrackd is bound to the queue (stopped, crashed,
+    /// restarting): the kernel accepts the traffic unfiltered (true) or drops
+    /// it (false): iptables' `--queue-bypass`, in the rule `install_iptables`
+    /// installs (or in the administrator's own).
+    pub queue_bypass: bool,
+    /// When a queue is full (conntrackd cannot keep up, or a flood fills
+    /// it): the kernel drops the packets that do not fit (default, as its own
+    /// overload does) or accepts them unfiltered (`accept`, which lets an
+    /// attacker who floods the queue through).
+    pub queue_overflow: Overflow,
+    /// `fail_open`, the old single key for both: still read (true = both
+    /// accept), with a warning.
+    #[serde(rename = "fail_open")]
+    pub(crate) old_fail_open: Option<toml::Spanned<bool>>,
     /// Install conntrackd's own iptables chain, and remove it on exit.
     pub install_iptables: bool,
     /// Built-in chains of the filter table to hook when installing.
@@ -147,7 +176,9 @@ impl Default for DaemonSettings {
     fn default() -> Self {
         DaemonSettings {
             queues: QueueSpec(vec![0]),
-            fail_open: true,
+            queue_bypass: true,
+            queue_overflow: Overflow::Drop,
+            old_fail_open: None,
             install_iptables: false,
             hooks: vec!["FORWARD".into()],
             queue_maxlen: 8192,
@@ -246,7 +277,7 @@ impl Config {
             invalid(offset, e.message().trim().to_string())
         })?;
         let mut warnings = Vec::new();
-        rename_old_handoff_keys(&mut file.daemon, text, &name, &mut warnings)
+        rename_old_keys(&mut file.daemon, text, &name, &mut warnings)
             .map_err(|(offset, message)| invalid(offset, message))?;
         let policy = crate::policy::Policy::compile(&file.policy, &file.rules)
             .map_err(|(offset, message)| invalid(offset, message))?;
@@ -279,9 +310,10 @@ impl Config {
     }
 }
 
-/// Moves the deprecated `bypass*` keys of `[daemon]` to their `handoff*`
-/// names, with one warning each; both names at once is an error (at the old key).
-fn rename_old_handoff_keys(
+/// Moves the deprecated keys of `[daemon]` to their new names (`bypass*` to
+/// `handoff*`, `fail_open` to `queue_bypass` and `queue_overflow`), with one
+/// warning each; old and new names at once is an error (at the old key).
+fn rename_old_keys(
     d: &mut DaemonSettings,
     text: &str,
     path: &str,
@@ -294,6 +326,38 @@ fn rename_old_handoff_keys(
         .and_then(|t| t.get("daemon").and_then(|d| d.as_table()).cloned())
         .map(|d| d.keys().cloned().collect())
         .unwrap_or_default();
+    if let Some(v) = d.old_fail_open.take() {
+        let span = v.span();
+        for new in ["queue_bypass", "queue_overflow"] {
+            if given.iter().any(|k| k == new) {
+                return Err((
+                    span.start,
+                    "daemon.fail_open is the old name of daemon.queue_bypass and \
+                     daemon.queue_overflow: give only those"
+                        .to_string(),
+                ));
+            }
+        }
+        let (line, column) = line_column(text, span.start);
+        let open = v.into_inner();
+        warnings.push(format!(
+            "{path}:{line}:{column}: daemon.fail_open is deprecated; read as queue_bypass = \
+             {open} and queue_overflow = \"{}\". Write those instead{}",
+            if open { "accept" } else { "drop" },
+            if open {
+                ": queue_overflow = \"accept\" lets a flood that fills the queue through \
+                 unfiltered; \"drop\" is the default"
+            } else {
+                ""
+            }
+        ));
+        d.queue_bypass = open;
+        d.queue_overflow = if open {
+            Overflow::Accept
+        } else {
+            Overflow::Drop
+        };
+    }
     let mut rename = |old: &str, new: &str, span: std::ops::Range<usize>| {
         if given.iter().any(|k| k == new) {
             return Err((
@@ -338,9 +402,10 @@ impl fmt::Display for Config {
         )?;
         writeln!(
             f,
-            "daemon: queues={} fail_open={} install_iptables={} hooks={} handoff={}",
+            "daemon: queues={} queue_bypass={} queue_overflow={} install_iptables={} hooks={} handoff={}",
             self.daemon.queues,
-            self.daemon.fail_open,
+            self.daemon.queue_bypass,
+            self.daemon.queue_overflow,
             self.daemon.install_iptables,
             self.daemon.hooks.join(","),
             self.daemon.handoff
@@ -436,6 +501,35 @@ mod tests {
                 other => panic!("{bad}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn fail_open_is_read_as_both_new_keys_with_a_warning() {
+        let parse = |t: &str| Config::parse(t, Path::new("r.toml"));
+        let d = parse("[policy]\ndefault = \"drop\"\n").unwrap().daemon;
+        assert!(d.queue_bypass);
+        assert_eq!(d.queue_overflow, Overflow::Drop);
+        let c = parse("[daemon]\nfail_open = true\n[policy]\ndefault = \"drop\"\n").unwrap();
+        assert!(c.daemon.queue_bypass);
+        assert_eq!(c.daemon.queue_overflow, Overflow::Accept);
+        assert!(
+            c.warnings[0].starts_with("r.toml:2:13: daemon.fail_open is deprecated"),
+            "{:?}",
+            c.warnings
+        );
+        let c = parse("[daemon]\nfail_open = false\n[policy]\ndefault = \"drop\"\n").unwrap();
+        assert!(!c.daemon.queue_bypass);
+        assert_eq!(c.daemon.queue_overflow, Overflow::Drop);
+        let both =
+            "[daemon]\nfail_open = true\nqueue_overflow = \"drop\"\n[policy]\ndefault = \"drop\"\n";
+        assert!(parse(both)
+            .unwrap_err()
+            .to_string()
+            .contains("give only those"));
+        let new = "[daemon]\nqueue_bypass = false\nqueue_overflow = \"accept\"\n[policy]\ndefault = \"drop\"\n";
+        let c = parse(new).unwrap();
+        assert!(!c.daemon.queue_bypass && c.daemon.queue_overflow == Overflow::Accept);
+        assert!(c.warnings.is_empty());
     }
 
     #[test]

@@ -121,7 +121,8 @@ impl Daemon {
             default = %policy.default,
             queues = %settings.queues,
             workers = settings.queues.len(),
-            fail_open = settings.fail_open,
+            queue_bypass = settings.queue_bypass,
+            queue_overflow = %settings.queue_overflow,
             hooks_installed = installed.is_some(),
             table_max = config.engine.max_connections,
             half_open_max = config.engine.max_half_open,
@@ -273,7 +274,7 @@ fn bind_queues(settings: &Settings) -> anyhow::Result<Vec<BoundQueue>> {
             copy_range: settings.copy_range,
             maxlen: settings.queue_maxlen,
             rcvbuf: settings.socket_rcvbuf,
-            fail_open: settings.fail_open,
+            accept_on_overflow: settings.queue_overflow == crate::config::Overflow::Accept,
         })?;
         if !q.gso {
             warn!(
@@ -296,7 +297,7 @@ fn install_hooks(settings: &Settings) -> anyhow::Result<Option<Installed>> {
         &settings.iptables_chain,
         &settings.hooks,
         settings.queues.as_slice(),
-        settings.fail_open,
+        settings.queue_bypass,
     )?;
     spec.handoff_mark = settings.handoff;
     let target = spec.target();

@@ -1,7 +1,7 @@
 //! The daemon's settings: the command line, merged over the rules file's
 //! `[daemon]` table.
 
-use crate::config::{DaemonSettings, LogFormat, QueueSpec};
+use crate::config::{DaemonSettings, LogFormat, Overflow, QueueSpec};
 use anyhow::bail;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,6 +11,12 @@ pub const DEFAULT_RULES: &[&str] = &["rules/default.toml", "/etc/conntrackd/rule
 /// Smallest copy range that holds an IPv4 header and a TCP header, both with
 /// maximal options.
 const MIN_COPY_RANGE: u16 = 128;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OverflowArg {
+    Drop,
+    Accept,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormatArg {
@@ -35,14 +41,18 @@ pub struct DaemonArgs {
     /// FORWARD, INPUT, OUTPUT, comma-separated [daemon.hooks].
     #[arg(long, value_name = "CHAINS", value_delimiter = ',')]
     pub hooks: Option<Vec<String>>,
-    /// Accept packets when a queue overflows (and, with --install-iptables,
-    /// when conntrackd is not running) [daemon.fail_open = true].
+    /// While conntrackd is not running, the kernel accepts queued traffic
+    /// (iptables --queue-bypass) [daemon.queue_bypass = true].
     #[arg(long, conflicts_with = "fail_closed")]
     pub fail_open: bool,
-    /// Drop packets when a queue overflows or conntrackd is not running
-    /// [daemon.fail_open = false].
+    /// While conntrackd is not running, the kernel drops queued traffic
+    /// [daemon.queue_bypass = false].
     #[arg(long)]
     pub fail_closed: bool,
+    /// When a queue is full: drop what does not fit, or accept it unfiltered
+    /// (lets a flood that fills the queue through) [daemon.queue_overflow = "drop"].
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub queue_overflow: Option<OverflowArg>,
     /// Log format [daemon.log_format].
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormatArg>,
@@ -65,7 +75,9 @@ pub struct DaemonArgs {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     pub queues: QueueSpec,
-    pub fail_open: bool,
+    /// While no conntrackd is bound: accept (iptables --queue-bypass).
+    pub queue_bypass: bool,
+    pub queue_overflow: Overflow,
     pub install_iptables: bool,
     pub hooks: Vec<String>,
     pub queue_maxlen: u32,
@@ -86,16 +98,21 @@ pub struct Settings {
 impl Settings {
     pub fn merge(file: &DaemonSettings, args: &DaemonArgs) -> anyhow::Result<Settings> {
         let queues = args.queue.clone().unwrap_or_else(|| file.queues.clone());
-        let fail_open = if args.fail_open {
+        let queue_bypass = if args.fail_open {
             true
         } else if args.fail_closed {
             false
         } else {
-            file.fail_open
+            file.queue_bypass
         };
         let s = Settings {
             queues,
-            fail_open,
+            queue_bypass,
+            queue_overflow: match args.queue_overflow {
+                Some(OverflowArg::Drop) => Overflow::Drop,
+                Some(OverflowArg::Accept) => Overflow::Accept,
+                None => file.queue_overflow,
+            },
             install_iptables: args.install_iptables || file.install_iptables,
             hooks: args.hooks.clone().unwrap_or_else(|| file.hooks.clone()),
             queue_maxlen: file.queue_maxlen,
@@ -172,7 +189,8 @@ mod tests {
         let file = DaemonSettings::default();
         let s = Settings::merge(&file, &args(&[])).unwrap();
         assert_eq!(s.queues.as_slice(), [0]);
-        assert!(s.fail_open);
+        assert!(s.queue_bypass);
+        assert_eq!(s.queue_overflow, Overflow::Drop);
         assert!(!s.install_iptables);
         let s = Settings::merge(
             &file,
@@ -191,20 +209,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.queues.as_slice(), [0, 1, 2, 3]);
-        assert!(!s.fail_open);
+        assert!(!s.queue_bypass);
         assert!(s.install_iptables);
         assert_eq!(s.hooks, vec!["FORWARD", "INPUT"]);
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.log_level, "debug");
         let closed = DaemonSettings {
-            fail_open: false,
+            queue_bypass: false,
             ..DaemonSettings::default()
         };
         assert!(
             Settings::merge(&closed, &args(&["--fail-open"]))
                 .unwrap()
-                .fail_open
+                .queue_bypass
         );
+        let accept = Settings::merge(&file, &args(&["--queue-overflow", "accept"])).unwrap();
+        assert_eq!(accept.queue_overflow, Overflow::Accept);
         assert!(T::try_parse_from(["c", "--fail-open", "--fail-closed"]).is_err());
         assert!(T::try_parse_from(["c", "--queue", "x"]).is_err());
         let tiny = DaemonSettings {

@@ -26,7 +26,9 @@ pub struct QueueConfig {
     pub copy_range: u16,
     pub maxlen: u32,
     pub rcvbuf: usize,
-    pub fail_open: bool,
+    /// A full queue accepts what does not fit (NFQA_CFG_F_FAIL_OPEN), instead
+    /// of dropping it.
+    pub accept_on_overflow: bool,
 }
 
 /// An opened, bound and configured queue.
@@ -118,8 +120,8 @@ pub fn open(cfg: &QueueConfig) -> anyhow::Result<BoundQueue> {
     // checksums every packet before queueing (slower, still correct).
     let gso = queue.set_recv_gso(num, true).is_ok();
     queue
-        .set_fail_open(num, cfg.fail_open)
-        .with_context(|| format!("queue {num}: setting fail-open"))?;
+        .set_fail_open(num, cfg.accept_on_overflow)
+        .with_context(|| format!("queue {num}: setting the overflow action"))?;
     // Report socket overruns (ENOBUFS) so that they are counted and logged.
     queue
         .set_recv_enobufs(true)
