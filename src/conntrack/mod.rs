@@ -1,6 +1,7 @@
 //! Connection tracking: the key, the table, and per-protocol state.
 
 pub mod key;
+pub mod sources;
 pub mod table;
 pub mod tcp;
 mod timeouts;
