@@ -300,6 +300,40 @@ fn two_threads(c: &mut Criterion) {
     }
 }
 
+/// A new SYN into a full half-open table: each one evicts the oldest
+/// half-open entry (early drop). Compare with `new_syn`.
+fn new_syn_evicting(c: &mut Criterion) {
+    const CAP: usize = 4_096;
+    let engine = engine(|s| s.max_half_open = CAP);
+    let ctx = Context::default();
+    // Many more SYNs than the cap: a SYN's key was evicted long before it
+    // comes round again, so every one opens a new connection.
+    let syns: Vec<Vec<u8>> = (SYN_BASE..SYN_BASE + SYN_SET)
+        .map(|i| Flow::new(i).syn())
+        .collect();
+    let now = now();
+    for syn in &syns[..CAP] {
+        let _ = engine.decide(syn, &ctx, now);
+    }
+    assert_eq!(engine.table().half_open(), CAP);
+    let mut next = CAP;
+    c.bench_function("new_syn_evicting", |b| {
+        b.iter_custom(|iters| {
+            let mut opened = 0u64;
+            let start = Instant::now();
+            for _ in 0..iters {
+                let d = engine.decide(black_box(&syns[next]), &ctx, now);
+                opened += (d.reason == Reason::NewByDefault) as u64;
+                next = (next + 1) % syns.len();
+            }
+            let took = start.elapsed();
+            assert_eq!(opened, iters, "every SYN opens a connection");
+            assert_eq!(engine.table().half_open(), CAP);
+            took
+        })
+    });
+}
+
 fn config_criterion() -> Criterion {
     Criterion::default()
         .sample_size(50)
@@ -310,7 +344,7 @@ fn config_criterion() -> Criterion {
 criterion_group! {
     name = benches;
     config = config_criterion();
-    targets = established, new_syn, invalid_flags, established_big,
+    targets = established, new_syn, new_syn_evicting, invalid_flags, established_big,
         established_small_random, two_threads
 }
 /// `criterion_main!`, except for libtest's `--include-ignored`. The test
