@@ -155,6 +155,13 @@ reasons! {
     IcmpErrorUnrelated = "icmp_error_unrelated" => Drop,
 
     // ---- dropped: policy and resources ----
+    /// The source already holds its rule's `max_src_conn` connections.
+    SourceConnLimit = "source_conn_limit" => Drop,
+    /// The source opened connections faster than its rule's `max_src_conn_rate`.
+    SourceRateLimit = "source_rate_limit" => Drop,
+    /// The source exceeded a limit and is on the overload list for its rule's
+    /// `overload_secs`: every new connection from it is refused meanwhile.
+    SourceOverloaded = "source_overloaded" => Drop,
     /// A new connection refused by a named rule.
     DropByRule = "drop_by_rule" => Drop,
     /// A new connection refused by the policy's default action.

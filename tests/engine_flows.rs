@@ -535,3 +535,98 @@ fn adaptive_timeouts_shorten_unassured_entries_as_the_table_fills() {
         "the established connection keeps its timeout"
     );
 }
+
+// ---- per-source limits ----------------------------------------------------------
+
+const SOURCE_LIMITS: &str = r#"
+[policy]
+default = "drop"
+
+[[rule]]
+name = "web"
+action = "accept"
+proto = "tcp"
+dst_ports = [80]
+max_src_conn = 3
+
+[[rule]]
+name = "api"
+action = "accept"
+proto = "tcp"
+dst_ports = [81]
+max_src_conn_rate = "2/10"
+overload_secs = 30
+"#;
+
+fn syn_from(t: &mut Harness, src: &str, sport: u16, dport: u16) -> Reason {
+    let src = SocketAddr::new(ip(src), sport);
+    let dst = SocketAddr::new(ip("198.19.0.2"), dport);
+    t.tcp(src, dst, SYN, 1000, 0, b"").reason
+}
+
+/// pf's `max-src-conn`: a source holding its rule's limit is refused new
+/// connections; other sources are not; a connection that ends frees a slot.
+#[test]
+fn a_source_over_max_src_conn_is_refused_others_are_not() {
+    let mut t = Harness::from_toml(SOURCE_LIMITS);
+    for port in 1..=3 {
+        assert_eq!(syn_from(&mut t, "198.18.0.2", port, 80), Reason::NewByRule);
+    }
+    assert_eq!(
+        syn_from(&mut t, "198.18.0.2", 4, 80),
+        Reason::SourceConnLimit
+    );
+    assert_eq!(syn_from(&mut t, "198.18.0.3", 4, 80), Reason::NewByRule);
+    // The server refuses port 1's SYN: that connection is over, a slot is free.
+    let (c, s) = (sa("198.18.0.2:1"), sa("198.19.0.2:80"));
+    assert_eq!(t.tcp(s, c, RST | ACK, 0, 1001, b"").reason, Reason::Tracked);
+    assert_eq!(syn_from(&mut t, "198.18.0.2", 5, 80), Reason::NewByRule);
+    assert_eq!(
+        syn_from(&mut t, "198.18.0.2", 6, 80),
+        Reason::SourceConnLimit
+    );
+    // Expiry frees them all.
+    t.now_secs += 121;
+    t.engine.expire(t.now());
+    assert_eq!(syn_from(&mut t, "198.18.0.2", 7, 80), Reason::NewByRule);
+}
+
+/// pf's `max-src-conn-rate` with an overload list: a source opening
+/// connections faster than the rate is refused, then refused everything for
+/// `overload_secs`, then let in again.
+#[test]
+fn a_source_over_the_rate_goes_on_the_overload_list_for_a_while() {
+    let mut t = Harness::from_toml(SOURCE_LIMITS);
+    assert_eq!(syn_from(&mut t, "198.18.0.9", 1, 81), Reason::NewByRule);
+    assert_eq!(syn_from(&mut t, "198.18.0.9", 2, 81), Reason::NewByRule);
+    assert_eq!(
+        syn_from(&mut t, "198.18.0.9", 3, 81),
+        Reason::SourceRateLimit
+    );
+    // Overloaded: refused on every rule with source limits, for 30 s.
+    t.now_secs += 20;
+    assert_eq!(
+        syn_from(&mut t, "198.18.0.9", 4, 81),
+        Reason::SourceOverloaded
+    );
+    assert_eq!(
+        syn_from(&mut t, "198.18.0.9", 5, 80),
+        Reason::SourceOverloaded
+    );
+    // Others are not.
+    assert_eq!(syn_from(&mut t, "198.18.0.10", 1, 81), Reason::NewByRule);
+    t.now_secs += 11;
+    assert_eq!(syn_from(&mut t, "198.18.0.9", 6, 81), Reason::NewByRule);
+}
+
+#[test]
+fn a_bad_rate_is_refused_with_its_rule() {
+    for bad in ["0/10", "5", "5/0", "x/y"] {
+        let text = format!(
+            "[policy]\ndefault = \"drop\"\n[[rule]]\nname = \"r\"\naction = \"accept\"\nmax_src_conn_rate = \"{bad}\"\n"
+        );
+        let e = conntrackd::Config::parse(&text, std::path::Path::new("r.toml")).unwrap_err();
+        assert!(e.to_string().contains("max_src_conn_rate"), "{bad}: {e}");
+        assert!(e.to_string().starts_with("r.toml:"), "{e}");
+    }
+}

@@ -13,7 +13,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("reason", &[]),
     ("wire", &["reason"]),
     ("conntrack", &["wire", "reason", "time"]),
-    ("policy", &["wire", "reason"]),
+    ("policy", &["conntrack", "wire", "reason", "time"]),
     ("engine", &["conntrack", "policy", "wire", "reason", "time"]),
     ("config", &["engine", "policy", "wire", "reason", "time"]),
     ("kernel", &["wire", "reason", "time"]),

@@ -19,6 +19,7 @@
 //! connection is refused only when no unassured entry is left to evict.
 
 use super::key::{FlowKey, Key4, Key6, Side};
+use super::sources::Sources;
 use super::tcp::{EndpointState, TcpConn};
 use crate::time::Timestamp;
 use dashmap::mapref::one::{Ref, RefMut};
@@ -45,6 +46,8 @@ const F_REPLIED: u8 = 1 << 0;
 const F_ASSURED: u8 = 1 << 1;
 const F_HALF_OPEN: u8 = 1 << 2;
 const F_LOG: u8 = 1 << 3;
+/// Counted against its source's limits (release it when the entry goes).
+const F_SOURCE: u8 = 1 << 4;
 
 /// One tracked connection (40 bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +101,11 @@ impl Conn {
 
     pub fn set_assured(&mut self) {
         self.flags |= F_ASSURED;
+    }
+
+    /// Counted by the table's source tracker (see [`Table::sources`]).
+    pub fn set_source_counted(&mut self) {
+        self.flags |= F_SOURCE;
     }
 
     /// The rule that admitted the connection asked for logging.
@@ -253,6 +261,9 @@ pub struct Table {
     young_other: Fifo,
     evicted_half_open: AtomicU64,
     evicted_unreplied: AtomicU64,
+    /// Per-source counts and rates, made when a policy first limits sources.
+    sources: std::sync::OnceLock<Sources>,
+    seed: u64,
 }
 
 /// A connection locked for update (its shard's write lock is held).
@@ -334,6 +345,8 @@ impl Table {
             young_other: Fifo::new(limits.max_half_open.min(limits.max_connections)),
             evicted_half_open: AtomicU64::new(0),
             evicted_unreplied: AtomicU64::new(0),
+            sources: std::sync::OnceLock::new(),
+            seed: layout.seed,
         }
     }
 
@@ -394,6 +407,18 @@ impl Table {
         } else {
             Err(Full::Table)
         }
+    }
+
+    /// The per-source tracker, made on first use with room for twice the
+    /// table's connections (see `sources`: fewer than 1 % of sources go
+    /// untracked then, even if every connection has its own source).
+    pub fn sources(&self) -> &Sources {
+        self.sources.get_or_init(|| {
+            Sources::new(
+                self.limits.max_connections.saturating_mul(2).max(1024),
+                self.seed.rotate_left(17),
+            )
+        })
     }
 
     /// Evictions so far, by kind.
@@ -472,10 +497,15 @@ impl Table {
         }
     }
 
-    fn account_removed(&self, conn: &Conn) {
+    fn account_removed(&self, key: &FlowKey, conn: &Conn) {
         self.len.fetch_sub(1, Ordering::Relaxed);
         if conn.counted_half_open() {
             self.half_open.fetch_sub(1, Ordering::Relaxed);
+        }
+        if conn.flags & F_SOURCE != 0 {
+            if let Some(sources) = self.sources.get() {
+                sources.release(key.endpoint(conn.originator).0);
+            }
         }
     }
 
@@ -485,20 +515,26 @@ impl Table {
             FlowKey::V4(k) => self.v4.remove_if(k, |_, c| pred(c))?.1,
             FlowKey::V6(k) => self.v6.remove_if(k, |_, c| pred(c))?.1,
         };
-        self.account_removed(&conn);
+        self.account_removed(key, &conn);
         Some(conn)
     }
 
     /// Removes every expired entry; returns how many.
     pub fn expire(&self, now: Timestamp) -> usize {
-        self.expire_in(&self.v4, now) + self.expire_in(&self.v6, now)
+        self.expire_in(&self.v4, now, |k| FlowKey::V4(*k))
+            + self.expire_in(&self.v6, now, |k| FlowKey::V6(*k))
     }
 
-    fn expire_in<K: Hash + Eq>(&self, map: &Map<K>, now: Timestamp) -> usize {
+    fn expire_in<K: Hash + Eq>(
+        &self,
+        map: &Map<K>,
+        now: Timestamp,
+        flow: impl Fn(&K) -> FlowKey,
+    ) -> usize {
         let mut removed = 0;
-        map.retain(|_, conn| {
+        map.retain(|key, conn| {
             if conn.expired(now) {
-                self.account_removed(conn);
+                self.account_removed(&flow(key), conn);
                 removed += 1;
                 false
             } else {

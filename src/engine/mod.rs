@@ -7,6 +7,7 @@
 
 pub mod settings;
 
+use crate::conntrack::sources::{SourceLimits, SourceRefusal};
 pub use crate::conntrack::table::Layout;
 use crate::conntrack::table::{Full, Limits, Proto};
 use crate::conntrack::tcp::{TcpConn, ORIGINATOR, RESPONDER};
@@ -440,6 +441,12 @@ impl Engine {
     }
 
     fn policy_only(&self, p: &Packet, ctx: &Context<'_>) -> Decision {
+        self.policy_match(p, ctx).0
+    }
+
+    /// The policy's decision for a new connection, and the matching rule's
+    /// per-source limits.
+    fn policy_match(&self, p: &Packet, ctx: &Context<'_>) -> (Decision, SourceLimits) {
         // Evaluate under the read guard: no Arc clone on the new-connection path.
         let m = self
             .policy
@@ -452,12 +459,13 @@ impl Engine {
             (Action::Drop, Some(_)) => Reason::DropByRule,
             (Action::Drop, None) => Reason::DropByDefault,
         };
-        Decision {
+        let d = Decision {
             reason,
             rule: m.rule,
             log: m.log,
             ..Decision::stateless(reason)
-        }
+        };
+        (d, m.source_limits)
     }
 
     /// Asks the policy about a new connection and inserts it if allowed.
@@ -473,11 +481,33 @@ impl Engine {
         ctx: &Context<'_>,
         now: Timestamp,
     ) -> Option<Decision> {
-        let decision = self.policy_only(p, ctx);
+        let (decision, limits) = self.policy_match(p, ctx);
         if decision.verdict() == Verdict::Drop {
             return Some(decision);
         }
+        // Per-source limits, before any room is made for the newcomer.
+        let counted = if limits.is_off() {
+            false
+        } else {
+            match self.table.sources().admit(p.src, &limits, now) {
+                Ok(admission) => admission.counted(),
+                Err(refusal) => {
+                    let reason = match refusal {
+                        SourceRefusal::ConnLimit => Reason::SourceConnLimit,
+                        SourceRefusal::RateLimit => Reason::SourceRateLimit,
+                        SourceRefusal::Overloaded => Reason::SourceOverloaded,
+                    };
+                    return Some(Decision { reason, ..decision });
+                }
+            }
+        };
+        let release = || {
+            if counted {
+                self.table.sources().release(p.src);
+            }
+        };
         if let Err(full) = self.table.make_room(half_open) {
+            release();
             let reason = match full {
                 Full::Table => Reason::TableFull,
                 Full::HalfOpen => Reason::HalfOpenLimit,
@@ -485,6 +515,9 @@ impl Engine {
             return Some(Decision { reason, ..decision });
         }
         let mut conn = Conn::new(proto, side, decision.log);
+        if counted {
+            conn.set_source_counted();
+        }
         let timeout = match proto {
             Proto::Tcp(t) => t.timeout(&self.settings.timeouts),
             _ => self.datagram_timeout(p.protocol, false),
@@ -497,7 +530,10 @@ impl Engine {
                 after: state,
                 ..decision
             }),
-            Err(_) => None,
+            Err(_) => {
+                release();
+                None
+            }
         }
     }
 }

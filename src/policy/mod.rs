@@ -7,6 +7,7 @@
 
 mod values;
 
+use crate::conntrack::sources::{Rate, SourceLimits};
 use crate::wire::{Packet, Transport};
 use serde::Deserialize;
 use std::fmt;
@@ -62,6 +63,18 @@ pub struct RuleSpec {
     /// Log (rate-limited) each new connection this rule decides.
     #[serde(default)]
     pub log: bool,
+    /// Most connections one source address may hold through rules with
+    /// source limits (pf's `max-src-conn`).
+    #[serde(default)]
+    pub max_src_conn: Option<u32>,
+    /// `"N/S"`: most new connections one source may open in S seconds
+    /// (pf's `max-src-conn-rate`).
+    #[serde(default)]
+    pub max_src_conn_rate: Option<String>,
+    /// Seconds a source that exceeds one of those limits is refused every
+    /// new connection (pf's `overload`); 0: only the one over the limit.
+    #[serde(default)]
+    pub overload_secs: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,6 +120,8 @@ pub struct Rule {
     in_iface: Option<Iface>,
     out_iface: Option<Iface>,
     icmp_type: Option<u8>,
+    /// Per-source limits of the connections this rule admits.
+    pub source_limits: SourceLimits,
 }
 
 /// Interfaces a packet crossed (names, as the rules use them).
@@ -230,6 +245,8 @@ pub struct PolicyMatch {
     /// Index of the matching rule; `None` for the default action.
     pub rule: Option<u16>,
     pub log: bool,
+    /// The matching rule's per-source limits (off for the default action).
+    pub source_limits: SourceLimits,
 }
 
 /// A compiled policy.
@@ -294,6 +311,33 @@ impl Policy {
                     ));
                 }
             }
+            let rate = match &r.max_src_conn_rate {
+                None => None,
+                Some(text) => Some(parse_rate(text).ok_or_else(|| {
+                    (
+                        at,
+                        format!(
+                            "rule {:?}: max_src_conn_rate = {text:?}: expected \"N/S\", \
+                             N connections in S seconds, both at least 1",
+                            r.name
+                        ),
+                    )
+                })?),
+            };
+            if r.overload_secs > 0 && r.max_src_conn.is_none() && rate.is_none() {
+                return Err((
+                    at,
+                    format!(
+                        "rule {:?}: overload_secs needs max_src_conn or max_src_conn_rate",
+                        r.name
+                    ),
+                ));
+            }
+            let source_limits = SourceLimits {
+                max_conn: r.max_src_conn,
+                rate,
+                overload_secs: r.overload_secs,
+            };
             compiled.push(Rule {
                 name: r.name.clone(),
                 action: r.action,
@@ -306,12 +350,18 @@ impl Policy {
                 in_iface: r.in_iface.as_deref().map(Iface::new),
                 out_iface: r.out_iface.as_deref().map(Iface::new),
                 icmp_type: r.icmp_type,
+                source_limits,
             });
         }
         Ok(Policy {
             default: spec.default,
             rules: compiled,
         })
+    }
+
+    /// Whether any rule limits its sources.
+    pub fn limits_sources(&self) -> bool {
+        self.rules.iter().any(|r| !r.source_limits.is_off())
     }
 
     /// First matching rule, else the default.
@@ -322,11 +372,13 @@ impl Policy {
                     action: rule.action,
                     rule: Some(i as u16),
                     log: rule.log,
+                    source_limits: rule.source_limits,
                 };
             }
         }
         PolicyMatch {
             action: self.default,
+            source_limits: SourceLimits::OFF,
             rule: None,
             log: false,
         }
@@ -350,4 +402,12 @@ impl fmt::Display for Policy {
         }
         Ok(())
     }
+}
+
+/// `"N/S"` with N, S >= 1.
+fn parse_rate(text: &str) -> Option<Rate> {
+    let (n, s) = text.split_once('/')?;
+    let count: u32 = n.trim().parse().ok()?;
+    let seconds: u32 = s.trim().parse().ok()?;
+    (count >= 1 && seconds >= 1).then_some(Rate { count, seconds })
 }
