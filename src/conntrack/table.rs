@@ -29,6 +29,12 @@ use std::hash::Hash;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+/// Entries per shard the daemon's layout aims at, at most (see
+/// [`Layout::for_table`]): a walk of 2,048 entries holds a shard for tens of
+/// microseconds.
+const SHARD_ENTRIES: usize = 2_048;
+const MAX_SHARDS: usize = 4_096;
+
 /// Keys one eviction may pop before it gives up (stale keys, whose entries
 /// were assured or removed since, are skipped).
 const EVICTION_TRIES: usize = 64;
@@ -191,11 +197,16 @@ impl Layout {
         seed: 0x5eed_c0de_0fc7_d0d0,
     };
 
-    /// Shards for `cores` threads: a power of two well above the core count
-    /// keeps writers apart.
-    pub fn for_cores(cores: usize, seed: u64) -> Layout {
+    /// Shards for `cores` threads and a table of `max_connections`: a power
+    /// of two well above the core count keeps writers apart, and at most
+    /// about `SHARD_ENTRIES` entries per shard bound how long expiry (which
+    /// walks one shard at a time under its write lock) keeps a worker
+    /// waiting on one shard.
+    pub fn for_table(cores: usize, max_connections: usize, seed: u64) -> Layout {
+        let for_cores = (cores.max(1) * 16).next_power_of_two().max(16);
+        let for_size = max_connections.div_ceil(SHARD_ENTRIES).next_power_of_two();
         Layout {
-            shards: (cores.max(1) * 16).next_power_of_two().max(16),
+            shards: for_cores.max(for_size).min(MAX_SHARDS),
             seed,
         }
     }

@@ -261,7 +261,7 @@ fn new_engine(config: &Config, workers: usize) -> Engine {
     Engine::with_layout(
         config.engine,
         config.policy.clone(),
-        Layout::for_cores(cores.max(workers), seed),
+        Layout::for_table(cores.max(workers), config.engine.max_connections, seed),
     )
 }
 
