@@ -851,3 +851,97 @@ fn legitimate_connections_complete_during_a_spoofed_syn_flood() {
     assert!(!stopped.contains("half_open_limit"), "{stopped}");
     eprintln!("{stopped}");
 }
+
+/// Connections survive a restart and a crash. Long-lived TCP connections,
+/// IPv4 and IPv6, with data both ways: SIGTERM saves the table, the new
+/// process loads it before binding its queue; SIGKILL leaves the last
+/// periodic snapshot, and a connection opened while no daemon ran (passed by
+/// --queue-bypass) is picked up after the crash. The policy drops what it
+/// does not know (only the client may open connections), so a packet from
+/// the server passes only if the connection was restored. Each connection
+/// still closes through its teardown.
+#[test]
+#[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
+fn connections_survive_a_restart_and_a_crash() {
+    let Some(lab) = Lab::new("restart") else {
+        return;
+    };
+    lab.add_nfqueue_rule("0", true);
+    let state = lab.dir.path().join("table");
+    let rules = lab.write_rules(
+        "rules.toml",
+        &format!(
+            "{CLIENT_OUT_RULES}state_file = {:?}\nsnapshot_interval = 1\n",
+            state.display().to_string()
+        ),
+    );
+    let args = ["--rules", rules.to_str().unwrap()];
+    let mut d = lab.start_daemon(&args);
+    d.wait_log("no state file yet", Duration::from_secs(1));
+    let _e4 = TcpEcho::start(&lab.server, v4(8080));
+    let _e6 = TcpEcho::start(&lab.server, v6(8080));
+    let s4 = lab::connect(&lab.client, v4(8080), Duration::from_secs(3)).expect("v4");
+    let s6 = lab::connect(&lab.client, v6(8080), Duration::from_secs(3)).expect("v6");
+    lab::exchange(&s4, 100_000, 1).expect("v4 before");
+    lab::exchange(&s6, 100_000, 2).expect("v6 before");
+
+    // (a) SIGTERM and a new process.
+    assert!(d.stop().success(), "{}", d.log());
+    d.wait_log("saved the table", Duration::from_secs(1));
+    lab::exchange(&s4, 10_000, 3).expect("v4 in the gap (queue-bypass)");
+    let mut d2 = lab.start_daemon(&args);
+    d2.wait_log("restored 2 connections", Duration::from_secs(1));
+    lab::exchange(&s4, 100_000, 4).expect("v4 after the restart");
+    lab::exchange(&s6, 100_000, 5).expect("v6 after the restart");
+
+    // (b) SIGKILL after a snapshot; a connection opens while no daemon runs.
+    std::thread::sleep(Duration::from_millis(1500));
+    d2.kill9();
+    let late = lab::connect(&lab.client, v4(8080), Duration::from_secs(3)).expect("in the gap");
+    let mut d3 = lab.start_daemon(&args);
+    d3.wait_log(
+        "restored 2 connections from a periodic snapshot",
+        Duration::from_secs(1),
+    );
+    d3.wait_log("picked up mid-stream", Duration::from_secs(1));
+    lab::exchange(&s4, 100_000, 6).expect("v4 after the crash");
+    lab::exchange(&s6, 100_000, 7).expect("v6 after the crash");
+    lab::exchange(&late, 10_000, 8).expect("the connection opened during the gap");
+    for s in [s4, s6, late] {
+        lab::close(s).expect("teardown after the restarts");
+    }
+    assert!(d3.stop().success(), "{}", d3.log());
+}
+
+/// A state file that does not check out (here: truncated, then garbage) is
+/// named in one warning and ignored; the daemon starts with an empty table
+/// and serves.
+#[test]
+#[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
+fn a_bad_state_file_is_ignored_with_one_warning() {
+    let Some(lab) = Lab::new("badstate") else {
+        return;
+    };
+    lab.add_nfqueue_rule("0", true);
+    let state = lab.dir.path().join("table");
+    let rules = lab.write_rules(
+        "rules.toml",
+        &format!(
+            "{ALLOW_ALL}\n[daemon]\nstate_file = {:?}\n",
+            state.display().to_string()
+        ),
+    );
+    let _echo = TcpEcho::start(&lab.server, v4(8080));
+    for (bytes, why) in [
+        (b"CTDTABLE\x01\x00".to_vec(), "truncated"),
+        (vec![0x5a; 4096], "bad magic"),
+    ] {
+        std::fs::write(&state, &bytes).unwrap();
+        let mut d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
+        let line = d.wait_log("state file not used", Duration::from_secs(1));
+        assert!(line.contains(why), "{line}");
+        assert_eq!(d.count_log("state file not used"), 1);
+        assert_session(&lab.client, v4(8080), 10_000, "with an empty table");
+        assert!(d.stop().success());
+    }
+}

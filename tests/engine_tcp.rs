@@ -979,3 +979,95 @@ fn a_segment_a_little_past_the_window_passes_and_so_does_its_ack() {
     );
     assert_eq!(d.reason, Reason::SeqAboveWindow);
 }
+
+// ---- Restarts: the table through a state file ------------------------------------
+
+/// A connection saved by one engine and restored by another (a restart)
+/// goes on, even though both ends kept sending while no engine was judging:
+/// each side's first packet re-anchors its window; after that the window is
+/// enforced again, and the teardown goes through its states as usual.
+#[test]
+fn a_restored_connection_goes_on_after_a_gap_and_is_judged_strictly_again() {
+    for flow in [Flow::v4(), Flow::v6()] {
+        let (mut old, mut f) = handshake(flow);
+        f.client(&mut old, ACK | PSH, &[1; 500]);
+        f.server(&mut old, ACK, b"");
+        let file = old.engine.save_state(old.now(), true);
+
+        // The gap: 5000 bytes each way passed unjudged.
+        f.c_nxt = f.c_nxt.wrapping_add(5000);
+        f.s_nxt = f.s_nxt.wrapping_add(5000);
+
+        // A fresh engine without the file knows nothing of the connection...
+        let mut blank = Harness::allow_all();
+        assert_eq!(
+            f.client(&mut blank, ACK | PSH, b"x").reason,
+            Reason::NoConnection
+        );
+        f.c_nxt = f.c_nxt.wrapping_sub(1);
+        // ...one with it goes on.
+        let mut new = Harness::allow_all();
+        new.now_secs = 3; // a new process's clock
+        let r = new
+            .engine
+            .restore_state(&file, new.now())
+            .expect("the file loads");
+        assert_eq!((r.restored, r.graceful), (1, true));
+        let d = f.client(&mut new, ACK | PSH, &[2; 100]);
+        assert_eq!(
+            (d.reason, d.after.to_string()),
+            (Reason::Tracked, "ESTABLISHED:ESTABLISHED".into())
+        );
+        assert_eq!(
+            f.server(&mut new, ACK | PSH, &[3; 100]).reason,
+            Reason::Tracked
+        );
+        assert_eq!(f.client(&mut new, ACK, b"").reason, Reason::Tracked);
+        // Re-anchored: the window is enforced again.
+        let d = new.tcp(
+            f.c,
+            f.s,
+            ACK | PSH,
+            f.c_nxt.wrapping_add(10_000_000),
+            f.s_nxt,
+            b"x",
+        );
+        assert_eq!(d.reason, Reason::SeqAboveWindow);
+        let d = new.tcp(f.s, f.c, ACK, f.s_nxt, f.c_nxt.wrapping_add(1_000_000), b"");
+        assert_eq!(d.reason, Reason::AckAboveSent);
+        f.assert_steps(
+            &mut new,
+            &[
+                (
+                    Side::Client,
+                    FIN | ACK,
+                    "ESTABLISHED:ESTABLISHED -> FIN_WAIT_1:CLOSE_WAIT",
+                ),
+                (
+                    Side::Server,
+                    ACK,
+                    "FIN_WAIT_1:CLOSE_WAIT -> FIN_WAIT_2:CLOSE_WAIT",
+                ),
+                (
+                    Side::Server,
+                    FIN | ACK,
+                    "FIN_WAIT_2:CLOSE_WAIT -> TIME_WAIT:LAST_ACK",
+                ),
+                (Side::Client, ACK, "TIME_WAIT:LAST_ACK -> TIME_WAIT:CLOSED"),
+            ],
+        );
+    }
+}
+
+/// A RST gets no re-anchoring leniency: one far outside the stale window is
+/// dropped, even as the side's first packet after the restart.
+#[test]
+fn a_restored_connection_gives_a_rst_no_leniency() {
+    let (mut old, f) = handshake(Flow::v4());
+    let file = old.engine.save_state(old.now(), true);
+    let mut new = Harness::allow_all();
+    new.engine.restore_state(&file, new.now()).unwrap();
+    let d = new.tcp(f.s, f.c, RST, f.s_nxt.wrapping_add(1 << 30), 0, b"");
+    assert_eq!(d.reason, Reason::RstOutOfWindow);
+    let _ = &mut old;
+}

@@ -147,6 +147,18 @@ pub struct DaemonSettings {
     pub iptables_chain: String,
     /// Seconds between two statistics lines in the log (0: only at exit).
     pub stats_interval: u64,
+    /// Where the table is saved at a graceful stop (and every
+    /// `snapshot_interval` seconds) and read back at start, so that
+    /// connections survive a restart. Default: `table` in systemd's
+    /// `StateDirectory=` ($STATE_DIRECTORY) when there is one, else none.
+    pub state_file: Option<PathBuf>,
+    /// Seconds between two snapshots of the table to `state_file`, for a
+    /// restart after a crash (0: only at a graceful stop).
+    pub snapshot_interval: u64,
+    /// After a start from a periodic snapshot (the last stop was not
+    /// graceful), seconds during which TCP connections the snapshot missed
+    /// are picked up mid-stream (0: never; they are then `no_connection`).
+    pub crash_pickup: u64,
     /// Without `install_iptables`: warn when no packet arrived this many
     /// seconds after start (the NFQUEUE rule is probably missing; 0: never).
     pub idle_warning: u64,
@@ -188,6 +200,9 @@ impl Default for DaemonSettings {
             log_level: "info".into(),
             iptables_chain: "CONNTRACKD".into(),
             stats_interval: 60,
+            state_file: None,
+            snapshot_interval: 30,
+            crash_pickup: 30,
             idle_warning: 10,
             handoff: false,
             handoff_mark: 0x2000_0000,

@@ -2,6 +2,7 @@
 
 pub mod key;
 pub mod sources;
+pub mod state;
 pub mod table;
 pub mod tcp;
 mod timeouts;

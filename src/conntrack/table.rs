@@ -114,6 +114,68 @@ impl Conn {
         self.flags |= F_SOURCE;
     }
 
+    /// Bytes of a connection in a state file, at most.
+    pub const RECORD: usize = 1 + TcpConn::RECORD + 4 + 1 + 1;
+
+    /// The connection as a state file keeps it: kind, TCP state, seconds
+    /// left at `now`, originator, flags. The table's own bookkeeping flags
+    /// (half-open, counted by a source) are recomputed when it is restored.
+    pub fn encode(&self, now: Timestamp, out: &mut Vec<u8>) {
+        let kind = match self.proto {
+            Proto::Tcp(_) => 0u8,
+            Proto::Udp => 1,
+            Proto::Icmp => 2,
+            Proto::Other => 3,
+        };
+        out.push(kind);
+        if let Proto::Tcp(t) = self.proto {
+            t.encode(out);
+        }
+        let left = u64::from(self.expires).saturating_sub(now.as_secs());
+        out.extend_from_slice(&(left.min(u64::from(u32::MAX)) as u32).to_le_bytes());
+        out.push(match self.originator {
+            Side::Lo => 0,
+            Side::Hi => 1,
+        });
+        out.push(self.flags & (F_REPLIED | F_ASSURED | F_LOG));
+    }
+
+    /// A connection from the front of `b`, expiring relative to `now`; with
+    /// the bytes it used. `None` if they are not a valid connection.
+    pub fn decode(b: &[u8], now: Timestamp) -> Option<(Conn, usize)> {
+        let (&kind, rest) = b.split_first()?;
+        let (proto, rest) = match kind {
+            0 => {
+                let (t, rest) = rest.split_at_checked(TcpConn::RECORD)?;
+                (Proto::Tcp(TcpConn::decode(t.try_into().ok()?)?), rest)
+            }
+            1 => (Proto::Udp, rest),
+            2 => (Proto::Icmp, rest),
+            3 => (Proto::Other, rest),
+            _ => return None,
+        };
+        let (tail, _) = rest.split_at_checked(6)?;
+        let left = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+        let originator = match tail[4] {
+            0 => Side::Lo,
+            1 => Side::Hi,
+            _ => return None,
+        };
+        let flags = tail[5];
+        if flags & !(F_REPLIED | F_ASSURED | F_LOG) != 0 {
+            return None;
+        }
+        let mut conn = Conn {
+            proto,
+            expires: 0,
+            originator,
+            flags,
+        };
+        conn.set_timeout(now, left);
+        let used = b.len() - rest.len() + 6;
+        Some((conn, used))
+    }
+
     /// The rule that admitted the connection asked for logging.
     pub fn log(&self) -> bool {
         self.flags & F_LOG != 0

@@ -64,6 +64,9 @@ pub(super) struct Housekeeping {
     pub idle_warning: Duration,
     pub queues: QueueSpec,
     pub handoff: Option<KeepHandedOff>,
+    /// Periodic snapshots of the table for a restart after a crash: the
+    /// state file and how often.
+    pub snapshots: Option<(std::path::PathBuf, Duration)>,
 }
 
 /// Hand-off mode: keeps the engine's handed-off connections alive while the
@@ -139,6 +142,8 @@ impl Housekeeping {
     /// Runs until `stop` receives a message or is dropped.
     pub(super) fn run(mut self, stop: crossbeam_channel::Receiver<()>) {
         let mut last_stats = Instant::now();
+        let mut last_snapshot = Instant::now();
+        let mut snapshot_failed = false;
         let mut last_keep = Instant::now();
         let mut idle_warned = self.idle_warning.is_zero();
         // Runs until the daemon sends the stop message (or goes away).
@@ -149,6 +154,21 @@ impl Housekeeping {
                 if !keep.every.is_zero() && last_keep.elapsed() >= keep.every {
                     last_keep = Instant::now();
                     keep.run(&self.engine, self.shared.now());
+                }
+            }
+            if let Some((path, every)) = &self.snapshots {
+                if last_snapshot.elapsed() >= *every {
+                    last_snapshot = Instant::now();
+                    match super::state::save(path, &self.engine, self.shared.now(), false) {
+                        Ok((connections, bytes)) => {
+                            snapshot_failed = false;
+                            tracing::debug!(connections, bytes, "snapshot of the table written");
+                        }
+                        Err(e) if !std::mem::replace(&mut snapshot_failed, true) => {
+                            warn!("{e:#}: a restart after a crash will not find the table")
+                        }
+                        Err(_) => {}
+                    }
                 }
             }
             let expired = self.engine.expire(self.shared.now());

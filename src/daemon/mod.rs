@@ -15,6 +15,7 @@
 mod housekeeping;
 pub mod logging;
 pub mod settings;
+mod state;
 pub mod worker;
 
 pub use settings::{resolve_rules, DaemonArgs, LogFormatArg, Settings, DEFAULT_RULES};
@@ -103,6 +104,13 @@ impl Daemon {
             Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
         let engine = Arc::new(new_engine(&config, settings.queues.len()));
         let shared = Arc::new(Shared::new(Instant::now(), settings.queues.len()));
+        // The table before the queues: no packet waits while it loads.
+        match &settings.state_file {
+            Some(path) => state::load(path, &engine, shared.now(), settings.crash_pickup),
+            None => info!(
+                "no state file (daemon.state_file): tracked connections do not survive a restart"
+            ),
+        }
         let queues = bind_queues(&settings)?;
         let rcvbuf = queues.first().map_or(0, |q| q.rcvbuf);
         let installed = install_hooks(&settings)?;
@@ -238,6 +246,23 @@ impl Daemon {
         if let Some((tx, handle)) = self.housekeeping.take() {
             let _ = tx.send(());
             let _ = handle.join();
+        }
+        // 3. Nothing is delivered any more: the table is complete.
+        if let Some(path) = &self.settings.state_file {
+            let started = Instant::now();
+            match state::save(path, &self.engine, self.shared.now(), true) {
+                Ok((connections, bytes)) => info!(
+                    state_file = %path.display(),
+                    connections,
+                    bytes,
+                    ms = started.elapsed().as_secs_f64() * 1e3,
+                    "saved the table"
+                ),
+                Err(e) => {
+                    error!("{e:#}");
+                    ok = false;
+                }
+            }
         }
         log_stats("stopped", &total, &self.engine, None);
         self.events.take();
@@ -438,6 +463,11 @@ fn start_housekeeping(
         },
         queues: settings.queues.clone(),
         handoff: handoff.map(|b| KeepHandedOff::new(b.mark, b.timeout, settings.handoff_refresh)),
+        snapshots: settings
+            .state_file
+            .clone()
+            .filter(|_| !settings.snapshot_interval.is_zero())
+            .map(|path| (path, settings.snapshot_interval)),
     };
     let handle = std::thread::Builder::new()
         .name("ctd-housekeeping".into())

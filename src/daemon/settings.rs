@@ -53,6 +53,10 @@ pub struct DaemonArgs {
     /// (lets a flood that fills the queue through) [daemon.queue_overflow = "drop"].
     #[arg(long, value_enum, value_name = "ACTION")]
     pub queue_overflow: Option<OverflowArg>,
+    /// Where the table is kept across restarts [daemon.state_file; default
+    /// $STATE_DIRECTORY/table under systemd, else none].
+    #[arg(long, value_name = "FILE")]
+    pub state_file: Option<PathBuf>,
     /// Log format [daemon.log_format].
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormatArg>,
@@ -87,6 +91,12 @@ pub struct Settings {
     pub log_level: String,
     pub iptables_chain: String,
     pub stats_interval: Duration,
+    /// None: the table is not saved.
+    pub state_file: Option<PathBuf>,
+    /// Zero: only at a graceful stop.
+    pub snapshot_interval: Duration,
+    /// Mid-stream pickup after a start from a periodic snapshot (zero: none).
+    pub crash_pickup: Duration,
     /// Zero: never warn.
     pub idle_warning: Duration,
     /// Hand-off mode's mark bit(s), when it is on.
@@ -129,6 +139,19 @@ impl Settings {
                 .unwrap_or_else(|| file.log_level.clone()),
             iptables_chain: file.iptables_chain.clone(),
             stats_interval: Duration::from_secs(file.stats_interval),
+            state_file: args
+                .state_file
+                .clone()
+                .or_else(|| file.state_file.clone())
+                .or_else(|| {
+                    // systemd's StateDirectory=; the first, if it names several.
+                    std::env::var("STATE_DIRECTORY")
+                        .ok()
+                        .and_then(|d| d.split(':').next().map(|d| PathBuf::from(d).join("table")))
+                })
+                .filter(|p| !p.as_os_str().is_empty()),
+            snapshot_interval: Duration::from_secs(file.snapshot_interval),
+            crash_pickup: Duration::from_secs(file.crash_pickup),
             idle_warning: Duration::from_secs(file.idle_warning),
             handoff: (args.handoff || args.old_handoff || file.handoff)
                 .then_some(file.handoff_mark),

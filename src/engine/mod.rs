@@ -8,6 +8,8 @@
 pub mod settings;
 
 use crate::conntrack::sources::{SourceLimits, SourceRefusal};
+use crate::conntrack::state;
+pub use crate::conntrack::state::StateError;
 pub use crate::conntrack::table::Layout;
 use crate::conntrack::table::{Full, Limits, Proto};
 use crate::conntrack::tcp::{TcpConn, ORIGINATOR, RESPONDER};
@@ -62,6 +64,20 @@ impl Decision {
     }
 }
 
+/// What [`Engine::restore_state`] loaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    pub restored: u64,
+    /// Left out: already expired.
+    pub expired: u64,
+    /// Left out: beyond `max_connections`.
+    pub over_limit: u64,
+    /// Left out: the same connection twice in the file.
+    pub duplicates: u64,
+    /// Written at a graceful stop (else a periodic snapshot).
+    pub graceful: bool,
+}
+
 /// One tracked connection, for listings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnInfo {
@@ -76,6 +92,10 @@ pub struct Engine {
     table: Table,
     policy: RwLock<Arc<Policy>>,
     settings: EngineSettings,
+    /// Until this second of the engine's clock, TCP connections may be
+    /// picked up mid-stream even without `loose_pickup` (after a restart
+    /// from a periodic snapshot: see [`Engine::allow_pickup_until`]).
+    pickup_until: std::sync::atomic::AtomicU64,
 }
 
 enum Lookup {
@@ -101,6 +121,7 @@ impl Engine {
             table: Table::new(limits, layout),
             policy: RwLock::new(Arc::new(policy)),
             settings,
+            pickup_until: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -249,6 +270,45 @@ impl Engine {
             .collect()
     }
 
+    /// The table as a state file's bytes (see [`crate::conntrack::state`]):
+    /// `graceful` when the queues have stopped delivering, so that nothing
+    /// is missing from it.
+    pub fn save_state(&self, now: Timestamp, graceful: bool) -> Vec<u8> {
+        state::encode(&self.table.snapshot(), now, graceful)
+    }
+
+    /// Picks up TCP connections mid-stream until `until`, as `loose_pickup`
+    /// does (liberal windows for them). After a crash the last snapshot
+    /// misses the connections opened after it: for a short while, their
+    /// packets open them again instead of being `no_connection`.
+    pub fn allow_pickup_until(&self, until: Timestamp) {
+        self.pickup_until
+            .store(until.as_secs(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Loads a state file's connections into the (empty) table, as far as
+    /// `max_connections` allows; their windows re-anchor on each side's first
+    /// packet. Nothing is loaded from a file that does not check out.
+    pub fn restore_state(&self, bytes: &[u8], now: Timestamp) -> Result<Restored, StateError> {
+        let st = state::decode(bytes, now)?;
+        let mut r = Restored {
+            graceful: st.graceful,
+            expired: st.expired,
+            ..Restored::default()
+        };
+        for (key, conn) in st.entries {
+            if self.table.len() >= self.settings.max_connections {
+                r.over_limit += 1;
+                continue;
+            }
+            match self.table.insert_new(key, conn) {
+                Ok(()) => r.restored += 1,
+                Err(_) => r.duplicates += 1,
+            }
+        }
+        Ok(r)
+    }
+
     // ---- TCP ----
 
     fn tcp(&self, p: &Packet, seg: &TcpSegment, ctx: &Context<'_>, now: Timestamp) -> Decision {
@@ -261,7 +321,8 @@ impl Engine {
             }
             let tcp = if bare_syn {
                 TcpConn::from_syn(seg)
-            } else if self.settings.loose_pickup
+            } else if (self.settings.loose_pickup
+                || now.as_secs() < self.pickup_until.load(std::sync::atomic::Ordering::Relaxed))
                 && !seg.flags.rst()
                 && !seg.flags.fin()
                 && !seg.flags.syn()

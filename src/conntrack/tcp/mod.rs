@@ -118,6 +118,28 @@ impl TcpConn {
         *self = fresh;
     }
 
+    /// Bytes of a connection in a state file.
+    pub const RECORD: usize = 2 * Peer::RECORD;
+
+    /// The connection as a state file keeps it.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        self.peers[ORIGINATOR].encode(out);
+        self.peers[RESPONDER].encode(out);
+    }
+
+    /// A connection read back from a state file (`None` if the bytes are not
+    /// a valid one). Its windows re-anchor on each side's first packet: the
+    /// endpoints went on while no conntrackd was judging.
+    pub fn decode(b: &[u8; TcpConn::RECORD]) -> Option<TcpConn> {
+        let (a, r) = b.split_at(Peer::RECORD);
+        Some(TcpConn {
+            peers: [
+                Peer::decode(a.try_into().ok()?)?,
+                Peer::decode(r.try_into().ok()?)?,
+            ],
+        })
+    }
+
     /// Windows are judged liberally (picked up mid-stream or handed off).
     pub fn is_liberal(&self) -> bool {
         self.peers[0].liberal()

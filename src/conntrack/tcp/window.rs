@@ -35,6 +35,12 @@ const F_UNACKNOWLEDGED: u8 = 1 << 2;
 const F_LIBERAL: u8 = 1 << 3;
 /// The SYN carried data (TCP Fast Open): the SYN+ACK may acknowledge it or not.
 const F_SYN_DATA: u8 = 1 << 4;
+/// Restored from a state file: this endpoint's window is stale until its
+/// first packet after the restart re-anchors it (see `check`).
+const F_RESTORED: u8 = 1 << 5;
+/// Every flag a state file may carry.
+const F_ALL: u8 =
+    F_WINDOW_SCALE | F_MAXACK | F_UNACKNOWLEDGED | F_LIBERAL | F_SYN_DATA | F_RESTORED;
 /// Largest payload a SYN can carry (one segment).
 const MAX_SYN_DATA: u32 = 65535;
 
@@ -56,6 +62,9 @@ pub(super) struct Peer {
 }
 
 impl Peer {
+    /// Bytes of one endpoint in a state file.
+    pub const RECORD: usize = 19;
+
     pub fn new(state: EndpointState) -> Peer {
         Peer {
             end: SeqNum(0),
@@ -105,6 +114,35 @@ impl Peer {
             self.maxack = ack;
             self.flags |= F_MAXACK;
         }
+    }
+
+    /// The `RECORD` bytes a state file keeps of this endpoint.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        for v in [self.end.0, self.maxend.0, self.maxwin, self.maxack.0] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&[self.scale, self.flags, self.state as u8]);
+    }
+
+    /// An endpoint from its `RECORD` bytes, if they are valid; marked
+    /// restored (its window re-anchors on its first packet) when it has one.
+    pub fn decode(b: &[u8; Peer::RECORD]) -> Option<Peer> {
+        let u = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let (scale, flags, state) = (b[16], b[17], b[18]);
+        if scale > MAX_WINDOW_SCALE || flags & !F_ALL != 0 {
+            return None;
+        }
+        let mut p = Peer::new(*EndpointState::ALL.get(state as usize)?);
+        p.end = SeqNum(u(0));
+        p.maxend = SeqNum(u(4));
+        p.maxwin = u(8);
+        p.maxack = SeqNum(u(12));
+        p.scale = scale;
+        p.flags = flags;
+        if p.has_window() {
+            p.flags |= F_RESTORED;
+        }
+        Some(p)
     }
 
     /// Forget the window so the next SYN initialises it again.
@@ -200,6 +238,26 @@ pub(super) fn check(
             init_midstream(peers, from, seg);
         } else {
             return reject(Reason::BadTransition);
+        }
+    }
+
+    // Restored from a state file: this side went on while no conntrackd was
+    // judging (its packets passed unjudged, or waited), so our view of its
+    // window is stale. Its first packet after the restart re-anchors it:
+    // what it sends and what it acknowledges move the view forward, once,
+    // for this side only (the flag clears when the packet passes); every
+    // later packet is judged as usual. A RST gets no such leniency.
+    if peers[from].flags & F_RESTORED != 0 && !is_rst {
+        let s = &mut peers[from];
+        s.flags &= !F_RESTORED;
+        if end.after(s.end) {
+            s.end = end;
+        }
+        if end.after(s.maxend) {
+            s.maxend = end;
+        }
+        if seg.flags.ack() && seg.ack.after(peers[to].end) {
+            peers[to].end = seg.ack;
         }
     }
 

@@ -1,0 +1,104 @@
+//! The state file on disk: read at start (before any queue is bound), and
+//! written at a graceful stop (after the queues stopped delivering) and by
+//! periodic snapshots, atomically: a temporary file beside it, fsync,
+//! rename, fsync of the directory. The bytes are the engine's
+//! ([`crate::Engine::save_state`], [`crate::Engine::restore_state`]).
+
+use crate::Engine;
+use anyhow::Context as _;
+use std::io::Write as _;
+use std::path::Path;
+use std::time::Instant;
+use tracing::{info, warn};
+
+/// Loads `path` into the engine. A missing file is a first start; a file
+/// that does not check out is named in one warning and ignored (the table
+/// starts empty): never a reason not to start.
+/// After a start from a periodic snapshot, TCP connections it missed are
+/// picked up mid-stream for `crash_pickup`.
+pub fn load(
+    path: &Path,
+    engine: &Engine,
+    now: crate::time::Timestamp,
+    crash_pickup: std::time::Duration,
+) {
+    let started = Instant::now();
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            info!(state_file = %path.display(), "no state file yet: starting with an empty table");
+            return;
+        }
+        Err(e) => {
+            warn!(state_file = %path.display(), "cannot read the state file ({e}): starting with an empty table");
+            return;
+        }
+    };
+    match engine.restore_state(&bytes, now) {
+        Ok(r) => {
+            if !r.graceful && !crash_pickup.is_zero() {
+                engine.allow_pickup_until(crate::time::Timestamp::from_secs(
+                    now.as_secs() + crash_pickup.as_secs(),
+                ));
+                info!(
+                    seconds = crash_pickup.as_secs(),
+                    "the last stop was not graceful: TCP connections opened after the last \
+                     snapshot are picked up mid-stream for {} s (daemon.crash_pickup)",
+                    crash_pickup.as_secs()
+                );
+            }
+            info!(
+            state_file = %path.display(),
+            restored = r.restored,
+            expired = r.expired,
+            over_limit = r.over_limit,
+            graceful = r.graceful,
+            bytes = bytes.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "restored {} connections{}",
+            r.restored,
+            if r.graceful {
+                ""
+            } else {
+                " from a periodic snapshot (the last stop was not graceful: connections \
+                 opened after that snapshot are unknown)"
+                }
+            )
+        }
+        Err(e) => warn!(
+            state_file = %path.display(),
+            "state file not used ({e}): starting with an empty table"
+        ),
+    }
+}
+
+/// Writes the engine's table to `path` atomically; returns (connections, bytes).
+pub fn save(
+    path: &Path,
+    engine: &Engine,
+    now: crate::time::Timestamp,
+    graceful: bool,
+) -> anyhow::Result<(usize, usize)> {
+    let bytes = engine.save_state(now, graceful);
+    let count = engine.table().len();
+    write_atomically(path, &bytes)
+        .with_context(|| format!("writing the state file {}", path.display()))?;
+    Ok((count, bytes.len()))
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = Path::new(&tmp);
+    let mut f = std::fs::File::create(tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(tmp, path)?;
+    // The rename itself is durable only once the directory is.
+    std::fs::File::open(dir)?.sync_all()
+}
