@@ -143,6 +143,7 @@ impl Housekeeping {
     pub(super) fn run(mut self, stop: crossbeam_channel::Receiver<()>) {
         let mut last_stats = Instant::now();
         let mut last_snapshot = Instant::now();
+        let mut last_status = Instant::now();
         let mut snapshot_failed = false;
         let mut last_keep = Instant::now();
         let mut idle_warned = self.idle_warning.is_zero();
@@ -189,6 +190,16 @@ impl Housekeeping {
                         self.queues.first()
                     );
                 }
+            }
+            if last_status.elapsed() >= Duration::from_secs(5) {
+                last_status = Instant::now();
+                let table = self.engine.table();
+                let status = format!(
+                    "{} connections tracked, {} half-open",
+                    table.len(),
+                    table.half_open()
+                );
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&status)]);
             }
             if !self.stats_interval.is_zero() && last_stats.elapsed() >= self.stats_interval {
                 last_stats = Instant::now();

@@ -27,6 +27,7 @@ use crate::kernel::nfqueue::{self, BoundQueue, QueueConfig};
 use crate::Engine;
 use anyhow::Context as _;
 use housekeeping::{log_stats, Housekeeping, KeepHandedOff};
+use sd_notify::NotifyState;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::hash::BuildHasher;
@@ -76,7 +77,16 @@ pub fn run(args: DaemonArgs) -> ExitCode {
         );
     }
     match Daemon::start(config, settings) {
-        Ok(daemon) => daemon.serve(),
+        Ok(daemon) => {
+            // systemd (Type=notify): ready once the table is loaded and the
+            // queues are bound. A no-op without $NOTIFY_SOCKET.
+            let status = format!("{} connections tracked", daemon.engine.table().len());
+            let _ = sd_notify::notify(
+                false,
+                &[NotifyState::Ready, NotifyState::Status(&status)],
+            );
+            daemon.serve()
+        }
         Err(e) => {
             error!("cannot start: {e:#}");
             ExitCode::FAILURE
@@ -217,6 +227,7 @@ impl Daemon {
     }
 
     fn stop(mut self) -> ExitCode {
+        let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
         let mut ok = true;
         // 1. No new packets are queued to us...
         if let Some(installed) = self.installed.take() {
