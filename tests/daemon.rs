@@ -945,3 +945,51 @@ fn a_bad_state_file_is_ignored_with_one_warning() {
         assert!(d.stop().success());
     }
 }
+
+/// One source (not spoofed) opening connections far faster than its rule's
+/// `max_src_conn_rate` is refused beyond the rate, while another client on
+/// the same network keeps opening its connections.
+#[test]
+#[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
+fn a_flooding_source_is_limited_and_other_clients_are_not() {
+    let Some(lab) = Lab::new("srclimit") else {
+        return;
+    };
+    lab.client
+        .sh(&["ip", "addr", "add", "198.18.0.3/24", "dev", lab::HOST_IF]);
+    lab.add_nfqueue_rule("0", true);
+    let rules = lab.write_rules(
+        "rules.toml",
+        "[policy]\ndefault = \"drop\"\n\n[[rule]]\nname = \"web\"\naction = \"accept\"\n\
+         proto = \"tcp\"\ndst_ports = [8080]\nmax_src_conn_rate = \"50/10\"\n",
+    );
+    let mut d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
+    let _echo = TcpEcho::start(&lab.server, v4(8080));
+    // 1,000 SYNs from 198.18.0.3, as fast as the raw socket sends them.
+    let tx = RawSender::new(&lab.client);
+    for port in 0..1_000u16 {
+        let syn = build::tcp(
+            SocketAddr::new(IpAddr::V4([198, 18, 0, 3].into()), 20_000 + port),
+            v4(8080),
+        )
+        .flags(F::SYN)
+        .seq(u32::from(port) * 7919)
+        .build();
+        tx.send(&syn);
+    }
+    // The other client (198.18.0.2), on the same rule, opens 20 connections right after.
+    for i in 0..20 {
+        lab::tcp_session(&lab.client, v4(8080), 1000)
+            .unwrap_or_else(|e| panic!("connection {i} of the other client: {e}"));
+    }
+    d.stop();
+    let stopped = d.wait_log("stopped", Duration::from_secs(3));
+    let refused: u64 = stopped
+        .split("source_rate_limit=")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    // 50 in the first 10 s (a few more as tokens refill), the rest refused.
+    assert!(refused >= 900, "source_rate_limit = {refused}: {stopped}");
+}
