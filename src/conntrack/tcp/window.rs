@@ -281,10 +281,12 @@ pub(super) fn check(
     // the connection is closing the check is off, as in the kernel: stacks
     // send inexact RSTs while closing (the kernel's conntrack_inexact_rst
     // selftest), and the window check below still applies.
-    let closing = [sender.state, receiver.state]
-        .iter()
-        .any(|s| s.fin_sent() || *s == EndpointState::CloseWait);
-    if is_rst && !liberal && !closing {
+    let closing = || {
+        [sender.state, receiver.state]
+            .iter()
+            .any(|s| s.fin_sent() || *s == EndpointState::CloseWait)
+    };
+    if is_rst && !liberal && !closing() {
         if let Some(maxack) = receiver.maxack() {
             if seq.before(maxack) && (seq != SeqNum(0) || established) {
                 return Err(TcpOutcome::unchanged(Reason::RstBehindAck));
