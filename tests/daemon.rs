@@ -993,3 +993,52 @@ fn a_flooding_source_is_limited_and_other_clients_are_not() {
     // 50 in the first 10 s (a few more as tokens refill), the rest refused.
     assert!(refused >= 900, "source_rate_limit = {refused}: {stopped}");
 }
+
+/// A UDP flow survives a restart: after it, the server speaks first on the
+/// flow, which a policy that drops what it does not know passes only if the
+/// flow was restored.
+#[test]
+#[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
+fn udp_flows_survive_a_restart() {
+    let Some(lab) = Lab::new("udprestart") else {
+        return;
+    };
+    lab.add_nfqueue_rule("0", false);
+    let state = lab.dir.path().join("table");
+    let rules = lab.write_rules(
+        "rules.toml",
+        &format!(
+            "{CLIENT_OUT_RULES}state_file = {:?}\n",
+            state.display().to_string()
+        ),
+    );
+    let args = ["--rules", rules.to_str().unwrap()];
+    let client_at = SocketAddr::new(IpAddr::V4(lab::CLIENT4), 5_000);
+    let server_at = v4(5_354);
+    let bind = |ns: &Ns, at: SocketAddr| {
+        let s = ns.enter(move || std::net::UdpSocket::bind(at).expect("bind"));
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    };
+    let (client, server) = (bind(&lab.client, client_at), bind(&lab.server, server_at));
+    let mut buf = [0u8; 64];
+    let mut d = lab.start_daemon(&args);
+    client.send_to(b"hello", server_at).unwrap();
+    let (n, from) = server.recv_from(&mut buf).expect("the client's datagram");
+    assert_eq!((&buf[..n], from), (&b"hello"[..], client_at));
+    server.send_to(b"reply", client_at).unwrap();
+    assert_eq!(client.recv(&mut buf).expect("the reply"), 5);
+    assert!(d.stop().success());
+
+    let mut d2 = lab.start_daemon(&args);
+    d2.wait_log("restored 1 connections", Duration::from_secs(1));
+    server.send_to(b"server first", client_at).unwrap();
+    let n = client.recv(&mut buf).unwrap_or_else(|e| {
+        panic!(
+            "the server's datagram on the restored flow: {e}\n{}",
+            d2.log()
+        )
+    });
+    assert_eq!(&buf[..n], b"server first");
+    assert!(d2.stop().success());
+}
