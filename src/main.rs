@@ -22,5 +22,6 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Replay(args)) => conntrackd::replay::run(args),
+        Some(control) => conntrackd::cli::control(control),
     }
 }

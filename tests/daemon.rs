@@ -1042,3 +1042,82 @@ fn udp_flows_survive_a_restart() {
     assert_eq!(&buf[..n], b"server first");
     assert!(d2.stop().success());
 }
+
+/// The control socket, through the `conntrackd` client: a real connection is
+/// listed with both states; `kill` removes it and its next packet is
+/// dropped; `stats` counts; `reload` of a broken file answers the error and
+/// keeps the old rules; a garbage request gets an error and the daemon
+/// keeps serving.
+#[test]
+#[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
+fn the_control_socket_lists_kills_counts_and_reloads() {
+    let Some(lab) = Lab::new("control") else {
+        return;
+    };
+    lab.add_nfqueue_rule("0", false);
+    let rules = lab.write_rules("rules.toml", ALLOW_ALL);
+    let socket = lab.dir.path().join("control");
+    let d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_conntrackd"))
+            .args(args)
+            .args(["--socket", socket.to_str().unwrap()])
+            .output()
+            .expect("running conntrackd");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let _echo = TcpEcho::start(&lab.server, v4(8080));
+    let s = lab::connect(&lab.client, v4(8080), Duration::from_secs(3)).expect("connect");
+    lab::exchange(&s, 10_000, 1).expect("exchange");
+
+    let (ok, out) = ctl(&["flows", "--port", "8080"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("ESTABLISHED:ESTABLISHED") && out.contains("198.19.0.2:8080"),
+        "{out}"
+    );
+    assert!(out.contains("1 shown, 1 matched"), "{out}");
+    // Workers publish their counters once a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (ok, out) = ctl(&["stats", "--json"]);
+    assert!(ok, "{out}");
+    let stats: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(stats["connections"], 1, "{out}");
+    assert!(stats["reasons"]["tracked"].as_u64().unwrap() >= 5, "{out}");
+
+    // A garbage request: an error, counted, and the daemon goes on.
+    let mut raw = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    std::io::Write::write_all(&mut raw, b"{\"cmd\":\"format c:\"}\n").unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut raw, &mut answer).unwrap();
+    assert!(
+        answer.contains("\"ok\":false") && answer.contains("bad request"),
+        "{answer}"
+    );
+
+    let (ok, out) = ctl(&["kill", "--dst", "198.19.0.2", "--port", "8080"]);
+    assert!(ok && out.contains("1 connections removed"), "{out}");
+    assert!(
+        lab::exchange(&s, 1000, 2).is_err(),
+        "a killed connection's packets are no_connection"
+    );
+
+    // A broken rules file: the error, and the old rules kept.
+    lab::replace_file(&rules, "[policy]\ndefault = \"maybe\"\n");
+    let (ok, out) = ctl(&["reload"]);
+    assert!(
+        !ok && out.contains("rules.toml:2:") && out.contains("old rules kept"),
+        "{out}"
+    );
+    assert_session(&lab.client, v4(8080), 1000, "the old rules still in force");
+    lab::replace_file(&rules, ALLOW_ALL);
+    let (ok, out) = ctl(&["reload"]);
+    assert!(ok && out.contains("rules reloaded"), "{out}");
+    let (ok, out) = ctl(&["stats", "--json"]);
+    assert!(ok && out.contains("\"bad_requests\":1"), "{out}");
+    drop(d);
+}

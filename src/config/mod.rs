@@ -159,6 +159,11 @@ pub struct DaemonSettings {
     /// graceful), seconds during which TCP connections the snapshot missed
     /// are picked up mid-stream (0: never; they are then `no_connection`).
     pub crash_pickup: u64,
+    /// The control socket (`conntrackd stats`, `flows`, `kill`, `flush`,
+    /// `reload`). Default: `control` in systemd's `RuntimeDirectory=`
+    /// ($RUNTIME_DIRECTORY) when there is one, else /run/conntrackd/control;
+    /// `""` turns it off.
+    pub control_socket: Option<PathBuf>,
     /// Without `install_iptables`: warn when no packet arrived this many
     /// seconds after start (the NFQUEUE rule is probably missing; 0: never).
     pub idle_warning: u64,
@@ -203,6 +208,7 @@ impl Default for DaemonSettings {
             state_file: None,
             snapshot_interval: 30,
             crash_pickup: 30,
+            control_socket: None,
             idle_warning: 10,
             handoff: false,
             handoff_mark: 0x2000_0000,

@@ -12,6 +12,7 @@
 //! Stopping runs the other way: hooks removed, queues answered and unbound,
 //! threads joined.
 
+pub mod control;
 mod housekeeping;
 pub mod logging;
 pub mod settings;
@@ -81,10 +82,7 @@ pub fn run(args: DaemonArgs) -> ExitCode {
             // systemd (Type=notify): ready once the table is loaded and the
             // queues are bound. A no-op without $NOTIFY_SOCKET.
             let status = format!("{} connections tracked", daemon.engine.table().len());
-            let _ = sd_notify::notify(
-                false,
-                &[NotifyState::Ready, NotifyState::Status(&status)],
-            );
+            let _ = sd_notify::notify(false, &[NotifyState::Ready, NotifyState::Status(&status)]);
             daemon.serve()
         }
         Err(e) => {
@@ -94,9 +92,61 @@ pub fn run(args: DaemonArgs) -> ExitCode {
     }
 }
 
-struct Daemon {
+/// Reloads the rules (SIGHUP, or `conntrackd reload`); shared by the main
+/// thread and the control thread.
+struct Rules {
     path: PathBuf,
-    config: Config,
+    /// The configuration in force.
+    config: std::sync::Mutex<Config>,
+    engine: Arc<Engine>,
+    shared: Arc<Shared>,
+}
+
+impl Rules {
+    /// Loads the rules file anew; the summary, or why not (old rules kept).
+    fn reload(&self) -> Result<String, String> {
+        // Interface indices may have changed too.
+        self.shared
+            .ifnames_generation
+            .fetch_add(1, Ordering::Relaxed);
+        let new = Config::load(&self.path)
+            .map_err(|e| format!("reload failed, keeping the rules in force: {e}"))?;
+        for w in &new.warnings {
+            warn!("reload: {w}");
+        }
+        let mut config = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        if new.engine != config.engine {
+            warn!("reload: [engine] settings changed; they take effect at the next restart");
+        }
+        if new.daemon != config.daemon {
+            warn!("reload: [daemon] settings changed; they take effect at the next restart");
+        }
+        let old: Vec<&str> = config
+            .policy
+            .rules
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        let now: Vec<&str> = new.policy.rules.iter().map(|r| r.name.as_str()).collect();
+        let added = now.iter().filter(|n| !old.contains(n)).count();
+        let removed = old.iter().filter(|n| !now.contains(n)).count();
+        let summary = format!(
+            "{} rules ({added} added, {removed} removed), default {}",
+            now.len(),
+            new.policy.default
+        );
+        self.engine.set_policy(new.policy.clone());
+        config.policy = new.policy;
+        info!(
+            rules_file = %self.path.display(),
+            "rules reloaded: {summary}; tracked connections keep their state"
+        );
+        Ok(summary)
+    }
+}
+
+struct Daemon {
+    rules: Arc<Rules>,
     settings: Settings,
     engine: Arc<Engine>,
     shared: Arc<Shared>,
@@ -106,6 +156,7 @@ struct Daemon {
     logger: Option<JoinHandle<()>>,
     housekeeping: Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>,
     installed: Option<Installed>,
+    control: Option<(Arc<std::sync::atomic::AtomicBool>, JoinHandle<()>)>,
 }
 
 impl Daemon {
@@ -131,10 +182,19 @@ impl Daemon {
         let workers = start_workers(queues, &engine, &shared, &events, handoff, &signals)?;
         let housekeeping = start_housekeeping(&engine, &shared, &settings, &installed, handoff)?;
 
+        let (max_connections, half_open_max) =
+            (config.engine.max_connections, config.engine.max_half_open);
+        let rules = Arc::new(Rules {
+            path: config.path.clone(),
+            config: std::sync::Mutex::new(config),
+            engine: engine.clone(),
+            shared: shared.clone(),
+        });
+        let control = start_control(&settings, &rules, &engine, &shared, max_connections)?;
         let policy = engine.policy();
         info!(
             version = env!("CARGO_PKG_VERSION"),
-            rules_file = %config.path.display(),
+            rules_file = %rules.path.display(),
             rules = policy.rules.len(),
             default = %policy.default,
             queues = %settings.queues,
@@ -142,16 +202,17 @@ impl Daemon {
             queue_bypass = settings.queue_bypass,
             queue_overflow = %settings.queue_overflow,
             hooks_installed = installed.is_some(),
-            table_max = config.engine.max_connections,
-            half_open_max = config.engine.max_half_open,
+            table_max = max_connections,
+            half_open_max = half_open_max,
             copy_range = settings.copy_range,
             queue_maxlen = settings.queue_maxlen,
             socket_rcvbuf = rcvbuf,
             "conntrackd started"
         );
+
         Ok(Daemon {
-            path: config.path.clone(),
-            config,
+            rules,
+            control,
             settings,
             engine,
             shared,
@@ -190,45 +251,18 @@ impl Daemon {
     }
 
     fn reload(&mut self) {
-        // Interface indices may have changed too.
-        self.shared
-            .ifnames_generation
-            .fetch_add(1, Ordering::Relaxed);
-        match Config::load(&self.path) {
-            Ok(new) => {
-                for w in &new.warnings {
-                    warn!("reload: {w}");
-                }
-                let rules = new.policy.rules.len();
-                let default = new.policy.default;
-                if new.engine != self.config.engine {
-                    warn!(
-                        "reload: [engine] settings changed; they take effect at the next restart"
-                    );
-                }
-                if new.daemon != self.config.daemon {
-                    warn!(
-                        "reload: [daemon] settings changed; they take effect at the next restart"
-                    );
-                }
-                self.engine.set_policy(new.policy.clone());
-                self.config.policy = new.policy;
-                info!(
-                    rules_file = %self.path.display(),
-                    rules,
-                    default = %default,
-                    "rules reloaded; tracked connections keep their state"
-                );
-            }
-            Err(e) => {
-                error!("reload failed, keeping the rules in force: {e}");
-            }
+        if let Err(e) = self.rules.reload() {
+            error!("{e}");
         }
     }
 
     fn stop(mut self) -> ExitCode {
         let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
         let mut ok = true;
+        if let Some((stop, handle)) = self.control.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = handle.join();
+        }
         // 1. No new packets are queued to us...
         if let Some(installed) = self.installed.take() {
             match installed.remove() {
@@ -451,6 +485,46 @@ fn start_workers(
         workers.push(handle);
     }
     Ok(workers)
+}
+
+/// The control socket's thread, when there is a socket.
+fn start_control(
+    settings: &Settings,
+    rules: &Arc<Rules>,
+    engine: &Arc<Engine>,
+    shared: &Arc<Shared>,
+    max_connections: usize,
+) -> anyhow::Result<Option<(Arc<std::sync::atomic::AtomicBool>, JoinHandle<()>)>> {
+    let Some(path) = settings.control_socket.clone() else {
+        return Ok(None);
+    };
+    let listener = match control::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(
+                control_socket = %path.display(),
+                "cannot open the control socket ({e}): conntrackd runs without it"
+            );
+            return Ok(None);
+        }
+    };
+    let rules = rules.clone();
+    let c = control::Control {
+        engine: engine.clone(),
+        shared: shared.clone(),
+        reload: Box::new(move || rules.reload()),
+        started: Instant::now(),
+        max_connections,
+        bad_requests: std::sync::atomic::AtomicU64::new(0),
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    info!(control_socket = %path.display(), "control socket open");
+    let handle = std::thread::Builder::new()
+        .name("ctd-control".into())
+        .spawn(move || control::serve(listener, path, c, flag))
+        .context("starting the control thread")?;
+    Ok(Some((stop, handle)))
 }
 
 /// The housekeeping thread, and the channel that stops it.

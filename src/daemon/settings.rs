@@ -53,6 +53,9 @@ pub struct DaemonArgs {
     /// (lets a flood that fills the queue through) [daemon.queue_overflow = "drop"].
     #[arg(long, value_enum, value_name = "ACTION")]
     pub queue_overflow: Option<OverflowArg>,
+    /// The control socket ("" for none) [daemon.control_socket].
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
     /// Where the table is kept across restarts [daemon.state_file; default
     /// $STATE_DIRECTORY/table under systemd, else none].
     #[arg(long, value_name = "FILE")]
@@ -97,6 +100,8 @@ pub struct Settings {
     pub snapshot_interval: Duration,
     /// Mid-stream pickup after a start from a periodic snapshot (zero: none).
     pub crash_pickup: Duration,
+    /// None: no control socket.
+    pub control_socket: Option<PathBuf>,
     /// Zero: never warn.
     pub idle_warning: Duration,
     /// Hand-off mode's mark bit(s), when it is on.
@@ -152,6 +157,14 @@ impl Settings {
                 .filter(|p| !p.as_os_str().is_empty()),
             snapshot_interval: Duration::from_secs(file.snapshot_interval),
             crash_pickup: Duration::from_secs(file.crash_pickup),
+            control_socket: {
+                let path = args
+                    .control_socket
+                    .clone()
+                    .or_else(|| file.control_socket.clone())
+                    .unwrap_or_else(default_control_socket);
+                (!path.as_os_str().is_empty()).then_some(path)
+            },
             idle_warning: Duration::from_secs(file.idle_warning),
             handoff: (args.handoff || args.old_handoff || file.handoff)
                 .then_some(file.handoff_mark),
@@ -172,6 +185,18 @@ impl Settings {
         }
         Ok(s)
     }
+}
+
+/// `control` in systemd's RuntimeDirectory=, else /run/conntrackd/control.
+pub fn default_control_socket() -> PathBuf {
+    std::env::var("RUNTIME_DIRECTORY")
+        .ok()
+        .and_then(|d| {
+            d.split(':')
+                .next()
+                .map(|d| PathBuf::from(d).join("control"))
+        })
+        .unwrap_or_else(|| PathBuf::from("/run/conntrackd/control"))
 }
 
 /// The rules file: `--rules`, else the first of [`DEFAULT_RULES`] that exists.

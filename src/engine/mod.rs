@@ -88,6 +88,20 @@ pub struct ConnInfo {
     pub expires_at_secs: u32,
 }
 
+fn conn_info(key: &FlowKey, conn: &Conn) -> ConnInfo {
+    let other = match conn.originator {
+        Side::Lo => Side::Hi,
+        Side::Hi => Side::Lo,
+    };
+    ConnInfo {
+        protocol: key.protocol(),
+        originator: key.endpoint(conn.originator),
+        responder: key.endpoint(other),
+        state: conn.state(),
+        expires_at_secs: conn.expires_at_secs(),
+    }
+}
+
 pub struct Engine {
     table: Table,
     policy: RwLock<Arc<Policy>>,
@@ -254,19 +268,7 @@ impl Engine {
         self.table
             .snapshot()
             .into_iter()
-            .map(|(key, conn)| {
-                let other = match conn.originator {
-                    Side::Lo => Side::Hi,
-                    Side::Hi => Side::Lo,
-                };
-                ConnInfo {
-                    protocol: key.protocol(),
-                    originator: key.endpoint(conn.originator),
-                    responder: key.endpoint(other),
-                    state: conn.state(),
-                    expires_at_secs: conn.expires_at_secs(),
-                }
-            })
+            .map(|(key, conn)| conn_info(&key, &conn))
             .collect()
     }
 
@@ -307,6 +309,19 @@ impl Engine {
             }
         }
         Ok(r)
+    }
+
+    /// Removes every connection `pred` selects; returns how many. Their next
+    /// packets are `no_connection` (or open them anew, for a SYN). Walks a
+    /// snapshot, so it never holds a shard while deciding.
+    pub fn remove_connections(&self, pred: impl Fn(&ConnInfo) -> bool) -> usize {
+        let mut removed = 0;
+        for (key, conn) in self.table.snapshot() {
+            if pred(&conn_info(&key, &conn)) && self.table.remove_if(&key, |_| true).is_some() {
+                removed += 1;
+            }
+        }
+        removed
     }
 
     // ---- TCP ----

@@ -278,7 +278,13 @@ impl Lab {
     /// Starts `conntrackd ARGS` in the gateway namespace and waits until it
     /// says it started.
     pub fn start_daemon(&self, args: &[&str]) -> Daemon {
-        let d = Daemon::spawn(&self.gw, args);
+        // Each lab its own control socket (the default is one per machine).
+        let control = self.dir.path().join("control");
+        let mut args: Vec<&str> = args.to_vec();
+        if !args.contains(&"--control-socket") {
+            args.extend(["--control-socket", control.to_str().expect("a UTF-8 path")]);
+        }
+        let d = Daemon::spawn(&self.gw, &args);
         // Generous: under a loaded machine iptables alone can take seconds.
         d.wait_log("conntrackd started", Duration::from_secs(20));
         d
