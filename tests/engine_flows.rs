@@ -34,7 +34,17 @@ fn udp_flow_new_then_replied_with_its_timeouts() {
         (d.reason, show(&d).as_str()),
         (Reason::Tracked, "UDP_UNREPLIED -> UDP_REPLIED")
     );
-    // Replied flows live 120 s without traffic.
+    // A single query and its answer is not yet a stream: 30 s, and an
+    // early-drop candidate (as the kernel's UDP_CT_UNREPLIED until a stream).
+    t.now_secs += 29;
+    assert_eq!(t.engine.expire(t.now()), 0);
+    t.now_secs += 2;
+    assert_eq!(t.engine.expire(t.now()), 1);
+    // A flow that goes on after its answer is assured: 120 s without traffic.
+    t.send(build::udp(c, s, b"query"));
+    t.send(build::udp(s, c, b"answer"));
+    let d = t.send(build::udp(c, s, b"more"));
+    assert_eq!(d.after.to_string(), "UDP_REPLIED");
     t.now_secs += 119;
     assert_eq!(t.engine.expire(t.now()), 0);
     t.now_secs += 2;
@@ -564,44 +574,82 @@ fn syn_from(t: &mut Harness, src: &str, sport: u16, dport: u16) -> Reason {
     t.tcp(src, dst, SYN, 1000, 0, b"").reason
 }
 
+/// A whole handshake from `src:sport`; the reason of the last packet (the
+/// client's ACK, which is when the connection counts against its source),
+/// or of the SYN when it was refused.
+fn connect_from(t: &mut Harness, src: &str, sport: u16, dport: u16) -> Reason {
+    let c = SocketAddr::new(ip(src), sport);
+    let s = SocketAddr::new(ip("198.19.0.2"), dport);
+    let syn = t.tcp(c, s, SYN, 1000, 0, b"").reason;
+    if syn.verdict() == conntrackd::Verdict::Drop {
+        return syn;
+    }
+    t.tcp(s, c, SYN | ACK, 9000, 1001, b"");
+    t.tcp(c, s, ACK, 1001, 9001, b"").reason
+}
+
 /// pf's `max-src-conn`: a source holding its rule's limit is refused new
 /// connections; other sources are not; a connection that ends frees a slot.
 #[test]
 fn a_source_over_max_src_conn_is_refused_others_are_not() {
     let mut t = Harness::from_toml(SOURCE_LIMITS);
     for port in 1..=3 {
-        assert_eq!(syn_from(&mut t, "198.18.0.2", port, 80), Reason::NewByRule);
+        assert_eq!(
+            connect_from(&mut t, "198.18.0.2", port, 80),
+            Reason::Tracked
+        );
     }
+    // Holding 3: its next SYN is refused; another source is not.
     assert_eq!(
         syn_from(&mut t, "198.18.0.2", 4, 80),
         Reason::SourceConnLimit
     );
-    assert_eq!(syn_from(&mut t, "198.18.0.3", 4, 80), Reason::NewByRule);
-    // The server refuses port 1's SYN: that connection is over, a slot is free.
+    assert_eq!(connect_from(&mut t, "198.18.0.3", 4, 80), Reason::Tracked);
+    // One of its connections is reset; once its entry is gone (10 s in
+    // CLOSED), a slot is free.
     let (c, s) = (sa("198.18.0.2:1"), sa("198.19.0.2:80"));
-    assert_eq!(t.tcp(s, c, RST | ACK, 0, 1001, b"").reason, Reason::Tracked);
-    assert_eq!(syn_from(&mut t, "198.18.0.2", 5, 80), Reason::NewByRule);
+    assert_eq!(t.tcp(c, s, RST, 1001, 0, b"").reason, Reason::Tracked);
+    t.now_secs += 11;
+    t.engine.expire(t.now());
+    assert_eq!(connect_from(&mut t, "198.18.0.2", 5, 80), Reason::Tracked);
     assert_eq!(
         syn_from(&mut t, "198.18.0.2", 6, 80),
         Reason::SourceConnLimit
     );
-    // Expiry frees them all.
-    t.now_secs += 121;
-    t.engine.expire(t.now());
-    assert_eq!(syn_from(&mut t, "198.18.0.2", 7, 80), Reason::NewByRule);
 }
 
-/// pf's `max-src-conn-rate` with an overload list: a source opening
-/// connections faster than the rate is refused, then refused everything for
-/// `overload_secs`, then let in again.
+/// Spoofed SYNs carrying a victim's address never complete a handshake, so
+/// they cannot get it limited or put on the overload list (pf counts
+/// established states for the same reason).
+#[test]
+fn spoofed_syns_cannot_get_a_real_source_limited() {
+    let mut t = Harness::from_toml(SOURCE_LIMITS);
+    for port in 1..=500 {
+        assert_eq!(syn_from(&mut t, "198.18.0.9", port, 81), Reason::NewByRule);
+    }
+    assert_eq!(
+        connect_from(&mut t, "198.18.0.9", 1000, 81),
+        Reason::Tracked
+    );
+}
+
+/// pf's `max-src-conn-rate` with an overload list: a source completing
+/// connections faster than the rate is refused (the one over the rate is
+/// removed), then refused everything for `overload_secs`, then let in again.
 #[test]
 fn a_source_over_the_rate_goes_on_the_overload_list_for_a_while() {
     let mut t = Harness::from_toml(SOURCE_LIMITS);
-    assert_eq!(syn_from(&mut t, "198.18.0.9", 1, 81), Reason::NewByRule);
-    assert_eq!(syn_from(&mut t, "198.18.0.9", 2, 81), Reason::NewByRule);
+    assert_eq!(connect_from(&mut t, "198.18.0.9", 1, 81), Reason::Tracked);
+    assert_eq!(connect_from(&mut t, "198.18.0.9", 2, 81), Reason::Tracked);
     assert_eq!(
-        syn_from(&mut t, "198.18.0.9", 3, 81),
+        connect_from(&mut t, "198.18.0.9", 3, 81),
         Reason::SourceRateLimit
+    );
+    // Removed: its next packet finds nothing.
+    let (c, s) = (sa("198.18.0.9:3"), sa("198.19.0.2:81"));
+    assert_eq!(
+        t.tcp(c, s, ACK, 1001, 9001, b"").reason,
+        Reason::NoConnection
     );
     // Overloaded: refused on every rule with source limits, for 30 s.
     t.now_secs += 20;
@@ -614,9 +662,9 @@ fn a_source_over_the_rate_goes_on_the_overload_list_for_a_while() {
         Reason::SourceOverloaded
     );
     // Others are not.
-    assert_eq!(syn_from(&mut t, "198.18.0.10", 1, 81), Reason::NewByRule);
+    assert_eq!(connect_from(&mut t, "198.18.0.10", 1, 81), Reason::Tracked);
     t.now_secs += 11;
-    assert_eq!(syn_from(&mut t, "198.18.0.9", 6, 81), Reason::NewByRule);
+    assert_eq!(connect_from(&mut t, "198.18.0.9", 6, 81), Reason::Tracked);
 }
 
 #[test]

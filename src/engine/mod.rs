@@ -131,12 +131,14 @@ impl Engine {
             max_connections: settings.max_connections,
             max_half_open: settings.max_half_open,
         };
-        Engine {
+        let engine = Engine {
             table: Table::new(limits, layout),
             policy: RwLock::new(Arc::new(policy)),
             settings,
             pickup_until: std::sync::atomic::AtomicU64::new(0),
-        }
+        };
+        engine.prepare_sources();
+        engine
     }
 
     pub fn settings(&self) -> &EngineSettings {
@@ -158,6 +160,15 @@ impl Engine {
     /// Replaces the policy for new connections; tracked connections keep their state.
     pub fn set_policy(&self, policy: Policy) {
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+        self.prepare_sources();
+    }
+
+    /// Makes the per-source tracker (a fixed allocation) now, off the packet
+    /// path, when the policy limits sources.
+    fn prepare_sources(&self) {
+        if self.policy().limits_sources() {
+            let _ = self.table.sources();
+        }
     }
 
     /// Decides one packet given as bytes starting at the IP header.
@@ -331,7 +342,7 @@ impl Engine {
         let bare_syn = seg.flags.syn() && !seg.flags.ack();
         // Two rounds at most: a lost insert race is retried as an existing connection.
         for _ in 0..2 {
-            if let Lookup::Found(d) = self.tcp_existing(&key, side, seg, bare_syn, now) {
+            if let Lookup::Found(d) = self.tcp_existing(&key, side, seg, bare_syn, p, ctx, now) {
                 return d;
             }
             let tcp = if bare_syn {
@@ -354,12 +365,15 @@ impl Engine {
         Decision::stateless(Reason::NoConnection)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn tcp_existing(
         &self,
         key: &FlowKey,
         side: Side,
         seg: &TcpSegment,
         bare_syn: bool,
+        p: &Packet,
+        ctx: &Context<'_>,
         now: Timestamp,
     ) -> Lookup {
         let Some(mut entry) = self.table.get_mut(key) else {
@@ -400,8 +414,23 @@ impl Engine {
             });
         }
         if outcome.refresh {
-            if tcp.is_established() {
+            // Assured once the handshake completed with the responder seen
+            // (a loose pickup from one side alone is not).
+            if tcp.is_established() && tcp.replied() && !conn.assured() {
                 conn.set_assured();
+                if from == ORIGINATOR {
+                    if let Err(reason) = self.charge_source(p, ctx, conn, now) {
+                        drop(entry);
+                        self.table.remove_if(key, |_| true);
+                        return Lookup::Found(Decision {
+                            reason,
+                            before,
+                            after: ConnState::None,
+                            rule: None,
+                            log: false,
+                        });
+                    }
+                }
             }
             let mut timeout = tcp.timeout(&self.settings.timeouts);
             if !conn.assured() {
@@ -417,6 +446,34 @@ impl Engine {
             rule: None,
             log: false,
         })
+    }
+
+    /// Counts a TCP connection whose handshake just completed against its
+    /// source's limits (the rule that admitted it, matched again on this
+    /// packet from the originator); over a limit, the connection is refused
+    /// and removed (and the source possibly overloaded), as pf does.
+    fn charge_source(
+        &self,
+        p: &Packet,
+        ctx: &Context<'_>,
+        conn: &mut Conn,
+        now: Timestamp,
+    ) -> Result<(), Reason> {
+        let (_, limits) = self.policy_match(p, ctx);
+        if limits.is_off() {
+            return Ok(());
+        }
+        match self.table.sources().admit(p.src, &limits, now) {
+            Ok(admission) => {
+                if admission.counted() {
+                    conn.set_source_counted();
+                }
+                Ok(())
+            }
+            Err(SourceRefusal::ConnLimit) => Err(Reason::SourceConnLimit),
+            Err(SourceRefusal::RateLimit) => Err(Reason::SourceRateLimit),
+            Err(SourceRefusal::Overloaded) => Err(Reason::SourceOverloaded),
+        }
     }
 
     /// An unassured entry's timeout under adaptive timeouts (see
@@ -448,11 +505,19 @@ impl Engine {
                 let conn = &mut *entry;
                 if !conn.expired(now) {
                     let before = conn.state();
-                    if side != conn.originator && !conn.replied() {
-                        conn.set_replied();
+                    // Assured (never evicted for a newcomer, the long timeout)
+                    // only once the flow goes on after its first reply, as
+                    // the kernel's "stream": a single query and answer, or
+                    // one probe per port answered by a server, stays cheap
+                    // to evict. ICMP is never assured.
+                    if conn.replied() && !conn.assured() && !matches!(conn.proto, Proto::Icmp) {
                         conn.set_assured();
                     }
-                    let mut timeout = self.datagram_timeout(p.protocol, conn.replied());
+                    if side != conn.originator && !conn.replied() {
+                        conn.set_replied();
+                    }
+                    let mut timeout =
+                        self.datagram_timeout(p.protocol, conn.replied() && conn.assured());
                     if !conn.assured() {
                         timeout = self.adapt(timeout, false);
                     }
@@ -561,29 +626,30 @@ impl Engine {
         if decision.verdict() == Verdict::Drop {
             return Some(decision);
         }
-        // Per-source limits, before any room is made for the newcomer.
-        let counted = if limits.is_off() {
-            false
-        } else {
-            match self.table.sources().admit(p.src, &limits, now) {
-                Ok(admission) => admission.counted(),
-                Err(refusal) => {
-                    let reason = match refusal {
-                        SourceRefusal::ConnLimit => Reason::SourceConnLimit,
-                        SourceRefusal::RateLimit => Reason::SourceRateLimit,
-                        SourceRefusal::Overloaded => Reason::SourceOverloaded,
-                    };
-                    return Some(Decision { reason, ..decision });
-                }
+        // Per-source limits: a source on the overload list, or holding its
+        // limit of connections, gets no new one. Nothing is charged yet: a
+        // connection counts against its source once its handshake completes
+        // (`charge_source`), so that spoofed SYNs cannot get a real source
+        // limited or overloaded (as pf counts established states).
+        if !limits.is_off() {
+            let sources = self.table.sources();
+            if sources.is_overloaded(p.src, now) {
+                return Some(Decision {
+                    reason: Reason::SourceOverloaded,
+                    ..decision
+                });
             }
-        };
-        let release = || {
-            if counted {
-                self.table.sources().release(p.src);
+            if limits
+                .max_conn
+                .is_some_and(|max| sources.connections(p.src) >= max)
+            {
+                return Some(Decision {
+                    reason: Reason::SourceConnLimit,
+                    ..decision
+                });
             }
-        };
+        }
         if let Err(full) = self.table.make_room(half_open) {
-            release();
             let reason = match full {
                 Full::Table => Reason::TableFull,
                 Full::HalfOpen => Reason::HalfOpenLimit,
@@ -591,9 +657,6 @@ impl Engine {
             return Some(Decision { reason, ..decision });
         }
         let mut conn = Conn::new(proto, side, decision.log);
-        if counted {
-            conn.set_source_counted();
-        }
         let timeout = match proto {
             Proto::Tcp(t) => t.timeout(&self.settings.timeouts),
             _ => self.datagram_timeout(p.protocol, false),
@@ -606,10 +669,7 @@ impl Engine {
                 after: state,
                 ..decision
             }),
-            Err(_) => {
-                release();
-                None
-            }
+            Err(_) => None,
         }
     }
 }

@@ -149,6 +149,13 @@ impl TcpConn {
         (self.peers[ORIGINATOR].state, self.peers[RESPONDER].state)
     }
 
+    /// The responder has sent something the window check accepted (the
+    /// kernel's SEEN_REPLY): a connection picked up from one side only has
+    /// not been answered yet.
+    pub fn replied(&self) -> bool {
+        self.peers[RESPONDER].has_window()
+    }
+
     /// Both endpoints have been ESTABLISHED (handshake complete).
     pub fn is_established(&self) -> bool {
         self.peers[0].state == EndpointState::Established
