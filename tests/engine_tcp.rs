@@ -1071,3 +1071,47 @@ fn a_restored_connection_gives_a_rst_no_leniency() {
     assert_eq!(d.reason, Reason::RstOutOfWindow);
     let _ = &mut old;
 }
+
+/// After a restore, one forged packet may re-anchor a side (it is that
+/// side's first), but it cannot then end the connection: until the peer
+/// acknowledges within the window, that side's RST is exact only at what the
+/// peer acknowledged, and its FIN moves no state. The real traffic still
+/// passes.
+#[test]
+fn a_forged_first_packet_after_a_restore_cannot_end_the_connection() {
+    let (mut old, mut f) = handshake(Flow::v4());
+    let file = old.engine.save_state(old.now(), true);
+    let mut new = Harness::allow_all();
+    new.engine.restore_state(&file, new.now()).unwrap();
+    let far = (f.c_nxt.wrapping_add(1 << 30), f.s_nxt.wrapping_add(1 << 30));
+    // The forged re-anchor passes (it is the client's first packet)...
+    assert_eq!(
+        new.tcp(f.c, f.s, ACK, far.0, far.1, b"").reason,
+        Reason::Tracked
+    );
+    // ...but a forged RST or FIN at the forged position ends nothing.
+    let d = new.tcp(f.c, f.s, RST, far.0, 0, b"");
+    assert_eq!(
+        d.after.to_string(),
+        "ESTABLISHED:ESTABLISHED",
+        "{:?}",
+        d.reason
+    );
+    let d = new.tcp(f.c, f.s, FIN | ACK, far.0, far.1, b"");
+    assert_eq!(
+        d.after.to_string(),
+        "ESTABLISHED:ESTABLISHED",
+        "{:?}",
+        d.reason
+    );
+    // The real endpoints go on.
+    assert_eq!(
+        f.server(&mut new, ACK | PSH, b"real").verdict(),
+        conntrackd::Verdict::Accept
+    );
+    assert_eq!(
+        f.client(&mut new, ACK, b"").verdict(),
+        conntrackd::Verdict::Accept
+    );
+    let _ = &mut old;
+}

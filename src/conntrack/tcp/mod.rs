@@ -246,6 +246,7 @@ impl TcpConn {
             return TcpOutcome::unchanged(ignored_as(sent, sender));
         }
         let replied = self.peers[RESPONDER].has_window();
+        let provisional = self.peers[from].provisional();
         match window::check(&mut peers, from, seg, sent, self.is_established()) {
             Ok(()) => {}
             // The segment's data counts as sent; the states stay.
@@ -254,6 +255,13 @@ impl TcpConn {
                 return outcome;
             }
             Err(outcome) => return outcome,
+        }
+        // A restored side not yet confirmed by its peer: its FIN passes but
+        // moves no state (see window's F_PROVISIONAL); the peer's answer
+        // confirms it, and the FIN's retransmission then counts.
+        if provisional && sent == Sent::Fin {
+            self.peers = peers;
+            return TcpOutcome::unchanged(Reason::TcpIgnored);
         }
         peers[from].state = apply(next_sender, sender);
         peers[to].state = apply(next_receiver, receiver);

@@ -38,6 +38,11 @@ const F_SYN_DATA: u8 = 1 << 4;
 /// Restored from a state file: this endpoint's window is stale until its
 /// first packet after the restart re-anchors it (see `check`).
 const F_RESTORED: u8 = 1 << 5;
+/// Re-anchored from its own first packet after a restore, not yet confirmed
+/// by the other side acknowledging within the window: until then its RST
+/// is exact only at what the other side acknowledged, and its FIN moves no
+/// state (one forged packet must not re-anchor and then end a connection).
+const F_PROVISIONAL: u8 = 1 << 6;
 /// Every flag a state file may carry.
 const F_ALL: u8 =
     F_WINDOW_SCALE | F_MAXACK | F_UNACKNOWLEDGED | F_LIBERAL | F_SYN_DATA | F_RESTORED;
@@ -101,6 +106,11 @@ impl Peer {
 
     pub fn liberal(&self) -> bool {
         self.flags & F_LIBERAL != 0
+    }
+
+    /// Restored and not yet confirmed by the other side (see `F_PROVISIONAL`).
+    pub fn provisional(&self) -> bool {
+        self.flags & (F_RESTORED | F_PROVISIONAL) != 0
     }
 
     /// The highest ACK this endpoint has sent, if it sent one.
@@ -250,6 +260,7 @@ pub(super) fn check(
     if peers[from].flags & F_RESTORED != 0 && !is_rst {
         let s = &mut peers[from];
         s.flags &= !F_RESTORED;
+        s.flags |= F_PROVISIONAL;
         if end.after(s.end) {
             s.end = end;
         }
@@ -338,7 +349,7 @@ pub(super) fn check(
     // challenge ACK from the receiver; the connection stays.
     // A liberal connection's `end` may be stale (handed off to the kernel):
     // an in-window RST ends it.
-    let exact = seq == sender.end || receiver.maxack() == Some(seq);
+    let exact = (seq == sender.end && !sender.provisional()) || receiver.maxack() == Some(seq);
     if is_rst && established && !exact && !liberal {
         return Err(TcpOutcome::unchanged(Reason::RstChallenged));
     }
@@ -356,6 +367,7 @@ pub(super) fn check(
     if seg.flags.ack() {
         s.note_ack(ack);
     }
+    let acks_within_window = seg.flags.ack() && !liberal;
     if end.after(s.end) {
         s.end = end;
         s.flags |= F_UNACKNOWLEDGED;
@@ -374,6 +386,11 @@ pub(super) fn check(
     }
     if ack == r.end {
         r.flags &= !F_UNACKNOWLEDGED;
+    }
+    // The other side acknowledged within the window (checks III and IV
+    // passed): a re-anchored end is confirmed.
+    if acks_within_window {
+        r.flags &= !F_PROVISIONAL;
     }
     Ok(())
 }
