@@ -42,12 +42,12 @@ fn main() {
             Flow::new(i).handshake(&engine, &ctx, now);
         }
         let t = Instant::now();
-        let bytes = engine.save_state(now, true);
+        let bytes = engine.save_state(now, true, 1_800_000_000);
         let save = t.elapsed();
         let fresh = Engine::new(settings, config.policy.clone());
         let t = Instant::now();
         let r = fresh
-            .restore_state(&bytes, Timestamp::from_secs(1))
+            .restore_state(&bytes, Timestamp::from_secs(1), 1_800_000_000)
             .expect("the file loads");
         let load = t.elapsed();
         assert_eq!(r.restored as usize, n);

@@ -992,7 +992,7 @@ fn a_restored_connection_goes_on_after_a_gap_and_is_judged_strictly_again() {
         let (mut old, mut f) = handshake(flow);
         f.client(&mut old, ACK | PSH, &[1; 500]);
         f.server(&mut old, ACK, b"");
-        let file = old.engine.save_state(old.now(), true);
+        let file = old.engine.save_state(old.now(), true, 1_800_000_000);
 
         // The gap: 5000 bytes each way passed unjudged.
         f.c_nxt = f.c_nxt.wrapping_add(5000);
@@ -1010,7 +1010,7 @@ fn a_restored_connection_goes_on_after_a_gap_and_is_judged_strictly_again() {
         new.now_secs = 3; // a new process's clock
         let r = new
             .engine
-            .restore_state(&file, new.now())
+            .restore_state(&file, new.now(), 1_800_000_000)
             .expect("the file loads");
         assert_eq!((r.restored, r.graceful), (1, true));
         let d = f.client(&mut new, ACK | PSH, &[2; 100]);
@@ -1064,9 +1064,11 @@ fn a_restored_connection_goes_on_after_a_gap_and_is_judged_strictly_again() {
 #[test]
 fn a_restored_connection_gives_a_rst_no_leniency() {
     let (mut old, f) = handshake(Flow::v4());
-    let file = old.engine.save_state(old.now(), true);
+    let file = old.engine.save_state(old.now(), true, 1_800_000_000);
     let mut new = Harness::allow_all();
-    new.engine.restore_state(&file, new.now()).unwrap();
+    new.engine
+        .restore_state(&file, new.now(), 1_800_000_000)
+        .unwrap();
     let d = new.tcp(f.s, f.c, RST, f.s_nxt.wrapping_add(1 << 30), 0, b"");
     assert_eq!(d.reason, Reason::RstOutOfWindow);
     let _ = &mut old;
@@ -1080,9 +1082,11 @@ fn a_restored_connection_gives_a_rst_no_leniency() {
 #[test]
 fn a_forged_first_packet_after_a_restore_cannot_end_the_connection() {
     let (mut old, mut f) = handshake(Flow::v4());
-    let file = old.engine.save_state(old.now(), true);
+    let file = old.engine.save_state(old.now(), true, 1_800_000_000);
     let mut new = Harness::allow_all();
-    new.engine.restore_state(&file, new.now()).unwrap();
+    new.engine
+        .restore_state(&file, new.now(), 1_800_000_000)
+        .unwrap();
     let far = (f.c_nxt.wrapping_add(1 << 30), f.s_nxt.wrapping_add(1 << 30));
     // The forged re-anchor passes (it is the client's first packet)...
     assert_eq!(

@@ -5,13 +5,14 @@
 //! writes the file (atomically: temporary file, fsync, rename).
 //!
 //! ```text
-//! header (32 bytes, little-endian)
+//! header (40 bytes, little-endian)
 //!   magic    8  "CTDTABLE"
 //!   version  4  FORMAT_VERSION
 //!   flags    4  bit 0: written by a graceful stop (else a periodic snapshot)
 //!   count    8  connections that follow
 //!   length   4  bytes that follow
 //!   crc32    4  of those bytes
+//!   saved    8  wall-clock time of writing, Unix seconds
 //! each connection
 //!   family   1  4 or 6
 //!   protocol 1
@@ -21,7 +22,10 @@
 //! ```
 //!
 //! Expiry is stored as seconds left, since the engine's clock starts at zero
-//! in every process. A file of another version is refused, not guessed at;
+//! in every process; the time that passed since the file was written (by
+//! the wall clock the caller passes in) is taken off when it is read, and a
+//! file older than [`MAX_AGE`] is refused: its connections are long gone or
+//! went on unseen for too long to be trusted. A file of another version is refused, not guessed at;
 //! so is one whose length, checksum or any record does not add up.
 
 use super::key::{FlowKey, Side};
@@ -32,7 +36,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub const MAGIC: [u8; 8] = *b"CTDTABLE";
 /// Bumped whenever a record's layout changes.
 pub const FORMAT_VERSION: u32 = 1;
-const HEADER: usize = 32;
+const HEADER: usize = 40;
+/// The oldest state file a start uses, in seconds.
+pub const MAX_AGE: u64 = 3600;
+/// Where the flags word lies in the header (see [`mark_not_graceful`]).
+pub const FLAGS_AT: usize = 12;
 const F_GRACEFUL: u32 = 1;
 /// The most bytes one connection takes (IPv6 key and a TCP connection).
 pub const MAX_RECORD: usize = 2 + 2 * (16 + 2) + Conn::RECORD;
@@ -50,6 +58,8 @@ pub enum StateError {
     Checksum,
     #[error("connection record {0} is invalid")]
     Record(u64),
+    #[error("written {0} s ago (more than {MAX_AGE} s): its connections cannot be trusted")]
+    TooOld(u64),
 }
 
 /// A decoded state file.
@@ -65,7 +75,14 @@ pub struct State {
 
 /// The bytes of a state file holding `entries`, with their expiry counted
 /// from `now`.
-pub fn encode(entries: &[(FlowKey, Conn)], now: Timestamp, graceful: bool) -> Vec<u8> {
+///
+/// `unix_now`: the wall clock, in Unix seconds.
+pub fn encode(
+    entries: &[(FlowKey, Conn)],
+    now: Timestamp,
+    graceful: bool,
+    unix_now: u64,
+) -> Vec<u8> {
     let mut body = Vec::with_capacity(entries.len() * (MAX_RECORD / 2));
     for (key, conn) in entries {
         let (lo, hi) = (key.endpoint(Side::Lo), key.endpoint(Side::Hi));
@@ -87,13 +104,23 @@ pub fn encode(entries: &[(FlowKey, Conn)], now: Timestamp, graceful: bool) -> Ve
     out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&unix_now.to_le_bytes());
     out.extend_from_slice(&body);
     out
 }
 
-/// Reads a state file; connections expire relative to `now`, and those
-/// already expired are left out.
-pub fn decode(bytes: &[u8], now: Timestamp) -> Result<State, StateError> {
+/// The 4 flag bytes to write over [`FLAGS_AT`] once a file has been loaded:
+/// it is then no longer a graceful stop's complete table (a crash before the
+/// next snapshot must not bring back connections closed since as if nothing
+/// happened, nor skip the crash pickup).
+pub fn not_graceful_flags() -> [u8; 4] {
+    0u32.to_le_bytes()
+}
+
+/// Reads a state file; connections expire relative to `now`, less the time
+/// since the file was written (`unix_now`: the wall clock, Unix seconds),
+/// and those already expired are left out.
+pub fn decode(bytes: &[u8], now: Timestamp, unix_now: u64) -> Result<State, StateError> {
     if bytes.len() < HEADER {
         if bytes.len() >= 8 && bytes[..8] != MAGIC {
             return Err(StateError::Magic);
@@ -111,6 +138,11 @@ pub fn decode(bytes: &[u8], now: Timestamp) -> Result<State, StateError> {
     let graceful = u32_at(12) & F_GRACEFUL != 0;
     let count = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
     let length = u32_at(24) as usize;
+    let saved = u64::from_le_bytes(bytes[32..40].try_into().expect("8 bytes"));
+    let age = unix_now.saturating_sub(saved);
+    if age > MAX_AGE {
+        return Err(StateError::TooOld(age));
+    }
     let body = &bytes[HEADER..];
     if body.len() < length {
         return Err(StateError::Truncated("connections"));
@@ -119,15 +151,16 @@ pub fn decode(bytes: &[u8], now: Timestamp) -> Result<State, StateError> {
     if crc32fast::hash(body) != u32_at(28) {
         return Err(StateError::Checksum);
     }
-    // The count cannot claim more records than the bytes can hold.
-    if count > (length / 16) as u64 {
+    // The count cannot claim more records than the bytes can hold (the
+    // smallest record is 21 bytes).
+    if count > (length / 21) as u64 {
         return Err(StateError::Record(0));
     }
     let mut entries = Vec::with_capacity(count as usize);
     let mut expired = 0;
     let mut at = 0usize;
     for i in 0..count {
-        let (key, conn, used) = record(&body[at..], now).ok_or(StateError::Record(i))?;
+        let (key, conn, used) = record(&body[at..], now, age).ok_or(StateError::Record(i))?;
         at += used;
         if conn.expired(now) {
             expired += 1;
@@ -146,7 +179,7 @@ pub fn decode(bytes: &[u8], now: Timestamp) -> Result<State, StateError> {
 }
 
 /// One connection record from the front of `b`, and the bytes it used.
-fn record(b: &[u8], now: Timestamp) -> Option<(FlowKey, Conn, usize)> {
+fn record(b: &[u8], now: Timestamp, age: u64) -> Option<(FlowKey, Conn, usize)> {
     let (&family, rest) = b.split_first()?;
     let (&protocol, mut rest) = rest.split_first()?;
     let width = match family {
@@ -171,7 +204,25 @@ fn record(b: &[u8], now: Timestamp) -> Option<(FlowKey, Conn, usize)> {
     if key.endpoint(Side::Lo) != lo || key.endpoint(Side::Hi) != hi {
         return None;
     }
-    let (conn, used) = Conn::decode(rest, now)?;
+    let (mut conn, used) = Conn::decode(rest, now)?;
+    // The kind must be the key's protocol's.
+    let kind_ok = match conn.proto {
+        super::table::Proto::Tcp(_) => protocol == crate::wire::PROTO_TCP,
+        super::table::Proto::Udp => protocol == crate::wire::PROTO_UDP,
+        super::table::Proto::Icmp => {
+            protocol == crate::wire::PROTO_ICMP || protocol == crate::wire::PROTO_ICMPV6
+        }
+        super::table::Proto::Other => !matches!(protocol, 1 | 6 | 17 | 58),
+    };
+    if !kind_ok {
+        return None;
+    }
+    // Time passed since the file was written counts against each entry.
+    let left = u64::from(conn.expires_at_secs()).saturating_sub(now.as_secs());
+    conn.set_timeout(
+        now,
+        left.saturating_sub(age).min(u64::from(u32::MAX)) as u32,
+    );
     Some((key, conn, b.len() - rest.len() + used))
 }
 
@@ -182,6 +233,9 @@ mod tests {
     use crate::conntrack::tcp::TcpConn;
     use crate::wire::{build, parse, Checksums, Framing, Transport};
     use proptest::prelude::*;
+
+    /// A wall clock for the tests.
+    const T0: u64 = 1_800_000_000;
 
     fn tcp_syn(src: &str, dst: &str) -> (FlowKey, Conn) {
         let (s, d) = (src.parse().unwrap(), dst.parse().unwrap());
@@ -232,10 +286,10 @@ mod tests {
     #[test]
     fn every_kind_of_connection_round_trips() {
         let entries = sample();
-        let bytes = encode(&entries, Timestamp::from_secs(100), true);
+        let bytes = encode(&entries, Timestamp::from_secs(100), true, T0);
         // A new process: its clock starts again near zero.
         let later = Timestamp::from_secs(5);
-        let state = decode(&bytes, later).unwrap();
+        let state = decode(&bytes, later, T0).unwrap();
         assert!(state.graceful);
         assert_eq!(state.entries.len(), entries.len());
         for ((k0, c0), (k1, c1)) in entries.iter().zip(&state.entries) {
@@ -257,8 +311,8 @@ mod tests {
 
     #[test]
     fn expired_entries_are_left_out() {
-        let bytes = encode(&sample(), Timestamp::from_secs(100), false);
-        let state = decode(&bytes, Timestamp::from_secs(0)).unwrap();
+        let bytes = encode(&sample(), Timestamp::from_secs(100), false, T0);
+        let state = decode(&bytes, Timestamp::from_secs(0), T0).unwrap();
         assert!(!state.graceful);
         assert_eq!(state.expired, 0);
         // Seconds left are counted from the writer's now: 30 s UDP entries
@@ -268,32 +322,73 @@ mod tests {
             c.set_timeout(Timestamp::from_secs(0), 0);
         }
         let state = decode(
-            &encode(&old, Timestamp::from_secs(100), true),
+            &encode(&old, Timestamp::from_secs(100), true, T0),
             Timestamp::from_secs(1),
+            T0,
         )
         .unwrap();
         assert_eq!((state.entries.len(), state.expired), (0, 5));
     }
 
     #[test]
+    fn time_since_writing_counts_and_an_old_file_is_refused() {
+        let bytes = encode(&sample(), Timestamp::from_secs(100), true, T0);
+        // 20 s later: the 30 s UDP-style entries have 10 s left, TCP 100.
+        let st = decode(&bytes, Timestamp::from_secs(0), T0 + 20).unwrap();
+        let lefts: Vec<u32> = st
+            .entries
+            .iter()
+            .map(|(_, c)| c.expires_at_secs())
+            .collect();
+        assert_eq!(lefts, vec![100, 100, 10, 10, 10]);
+        // 31 s later they have expired.
+        let st = decode(&bytes, Timestamp::from_secs(0), T0 + 31).unwrap();
+        assert_eq!((st.entries.len(), st.expired), (2, 3));
+        assert_eq!(
+            decode(&bytes, Timestamp::from_secs(0), T0 + MAX_AGE + 1).unwrap_err(),
+            StateError::TooOld(MAX_AGE + 1)
+        );
+    }
+
+    #[test]
+    fn a_record_whose_kind_is_not_its_protocols_is_refused() {
+        let (key, _) = FlowKey::new(
+            17,
+            "198.19.0.9".parse().unwrap(),
+            53,
+            "198.18.0.3".parse().unwrap(),
+            5353,
+        );
+        let (_, tcp) = tcp_syn("198.18.0.2:40000", "198.19.0.2:80");
+        let bytes = encode(&[(key, tcp)], Timestamp::from_secs(100), true, T0);
+        assert_eq!(
+            decode(&bytes, Timestamp::from_secs(0), T0).unwrap_err(),
+            StateError::Record(0)
+        );
+    }
+
+    #[test]
     fn another_version_bad_magic_truncation_and_corruption_are_refused() {
-        let bytes = encode(&sample(), Timestamp::from_secs(100), true);
+        let bytes = encode(&sample(), Timestamp::from_secs(100), true, T0);
         let now = Timestamp::from_secs(1);
         let mut v2 = bytes.clone();
         v2[8] = 2;
-        assert_eq!(decode(&v2, now).unwrap_err(), StateError::Version(2));
+        assert_eq!(decode(&v2, now, T0).unwrap_err(), StateError::Version(2));
         let mut magic = bytes.clone();
         magic[0] = b'X';
-        assert_eq!(decode(&magic, now).unwrap_err(), StateError::Magic);
+        assert_eq!(decode(&magic, now, T0).unwrap_err(), StateError::Magic);
         for cut in [0, 10, HEADER, bytes.len() - 1] {
             assert!(
-                matches!(decode(&bytes[..cut], now), Err(StateError::Truncated(_))),
+                matches!(
+                    decode(&bytes[..cut], now, T0),
+                    Err(StateError::Truncated(_))
+                ),
                 "cut {cut}"
             );
         }
         let mut flipped = bytes.clone();
         *flipped.last_mut().unwrap() ^= 1;
-        assert_eq!(decode(&flipped, now).unwrap_err(), StateError::Checksum);
+        assert_eq!(decode(&flipped, now, T0).unwrap_err(), StateError::Checksum);
     }
 
     proptest! {
@@ -301,13 +396,13 @@ mod tests {
         /// with its checksum and header fixed up still has every record checked.
         #[test]
         fn garbage_never_panics(mut junk in proptest::collection::vec(any::<u8>(), 0..600), at in 0usize..600) {
-            let _ = decode(&junk, Timestamp::from_secs(1));
-            let mut file = encode(&sample(), Timestamp::from_secs(100), true);
+            let _ = decode(&junk, Timestamp::from_secs(1), T0);
+            let mut file = encode(&sample(), Timestamp::from_secs(100), true, T0);
             let i = HEADER + at % (file.len() - HEADER);
             file[i] = junk.pop().unwrap_or(0xff);
             let body_crc = crc32fast::hash(&file[HEADER..]);
             file[28..32].copy_from_slice(&body_crc.to_le_bytes());
-            let _ = decode(&file, Timestamp::from_secs(1));
+            let _ = decode(&file, Timestamp::from_secs(1), T0);
         }
     }
 }

@@ -34,8 +34,14 @@ pub fn load(
             return;
         }
     };
-    match engine.restore_state(&bytes, now) {
+    match engine.restore_state(&bytes, now, unix_now()) {
         Ok(r) => {
+            if r.graceful {
+                // Loaded: no longer a complete table (see state::not_graceful_flags).
+                if let Err(e) = mark_not_graceful(path) {
+                    warn!(state_file = %path.display(), "cannot mark the state file as loaded: {e}");
+                }
+            }
             if !r.graceful && !crash_pickup.is_zero() {
                 engine.allow_pickup_until(crate::time::Timestamp::from_secs(
                     now.as_secs() + crash_pickup.as_secs(),
@@ -79,11 +85,28 @@ pub fn save(
     now: crate::time::Timestamp,
     graceful: bool,
 ) -> anyhow::Result<(usize, usize)> {
-    let bytes = engine.save_state(now, graceful);
+    let bytes = engine.save_state(now, graceful, unix_now());
     let count = engine.table().len();
     write_atomically(path, &bytes)
         .with_context(|| format!("writing the state file {}", path.display()))?;
     Ok((count, bytes.len()))
+}
+
+/// The wall clock in Unix seconds (the state file's age is counted by it).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn mark_not_graceful(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path)?;
+    f.write_all_at(
+        &crate::conntrack::state::not_graceful_flags(),
+        crate::conntrack::state::FLAGS_AT as u64,
+    )?;
+    f.sync_all()
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -286,8 +286,10 @@ impl Engine {
     /// The table as a state file's bytes (see [`crate::conntrack::state`]):
     /// `graceful` when the queues have stopped delivering, so that nothing
     /// is missing from it.
-    pub fn save_state(&self, now: Timestamp, graceful: bool) -> Vec<u8> {
-        state::encode(&self.table.snapshot(), now, graceful)
+    /// `unix_now`: the wall clock, Unix seconds (the file's age is counted
+    /// by it when it is read).
+    pub fn save_state(&self, now: Timestamp, graceful: bool, unix_now: u64) -> Vec<u8> {
+        state::encode(&self.table.snapshot(), now, graceful, unix_now)
     }
 
     /// Picks up TCP connections mid-stream until `until`, as `loose_pickup`
@@ -302,8 +304,13 @@ impl Engine {
     /// Loads a state file's connections into the (empty) table, as far as
     /// `max_connections` allows; their windows re-anchor on each side's first
     /// packet. Nothing is loaded from a file that does not check out.
-    pub fn restore_state(&self, bytes: &[u8], now: Timestamp) -> Result<Restored, StateError> {
-        let st = state::decode(bytes, now)?;
+    pub fn restore_state(
+        &self,
+        bytes: &[u8],
+        now: Timestamp,
+        unix_now: u64,
+    ) -> Result<Restored, StateError> {
+        let st = state::decode(bytes, now, unix_now)?;
         let mut r = Restored {
             graceful: st.graceful,
             expired: st.expired,
