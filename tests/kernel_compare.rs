@@ -336,6 +336,8 @@ fn corner_cases(v6: bool) -> Vec<Step> {
         seg("1 SYN+ACK", v6, p, C, SYN | ACK, si, ci + 1, w, b""),
         seg("1 final ACK", v6, p, S, ACK, ci + 1, si + 1, w, b""),
         seg("1 data", v6, p, S, ACK | PSH, ci + 1, si + 1, w, &[1; 10]),
+        // A SYN from the responder of an established connection.
+        seg("1 responder SYN", v6, p, C, SYN, si + 7, 0, w, b""),
     ]);
     // 2. RSTs behind the acknowledged point (ISN near 0, as the kernel's selftest).
     let (p, ci, si) = (base + 1, 0u32, 5_000u32);
@@ -495,7 +497,12 @@ fn conntrackd_agrees_with_the_kernel_on_corner_cases_real_stacks_produce() {
     ] {
         assert!(kernel(what), "{what} should pass\n{report}");
     }
-    for what in ["2 RST seq 0", "2 RST seq 42", "2 RST one short"] {
+    for what in [
+        "1 responder SYN",
+        "2 RST seq 0",
+        "2 RST seq 42",
+        "2 RST one short",
+    ] {
         assert!(dropped(what), "{what} should be dropped\n{report}");
     }
     assert!(kernel("2 RST at the ACK"), "{report}");

@@ -411,7 +411,9 @@ impl Engine {
         if outcome.forget {
             let after = conn.state();
             drop(entry);
-            self.table.remove_if(key, |_| true);
+            // Only if it is still this reset connection: another worker may
+            // have reopened the key in between.
+            self.table.remove_if(key, |c| c.state() == after);
             return Lookup::Found(Decision {
                 reason: outcome.reason,
                 before,
@@ -428,7 +430,7 @@ impl Engine {
                 if from == ORIGINATOR {
                     if let Err(reason) = self.charge_source(p, ctx, conn, now) {
                         drop(entry);
-                        self.table.remove_if(key, |_| true);
+                        self.table.remove_if(key, |c| c.assured());
                         return Lookup::Found(Decision {
                             reason,
                             before,

@@ -291,6 +291,10 @@ impl TcpConn {
             // The `IG` cell of an ACK from a responder still in LISTEN: a
             // challenge ACK. Remember what it acknowledges: the client's RST
             // answering it starts there.
+            // (A challenge ACK carries no data: with data it is not one.)
+            (Sent::Ack, Listen) if seg.payload_len > 0 => {
+                Err(TcpOutcome::unchanged(Reason::BadTransition))
+            }
             (Sent::Ack, Listen) => {
                 if seg.flags.ack() {
                     peers[from].note_ack(seg.ack);
@@ -317,6 +321,12 @@ impl TcpConn {
             }
             // A retransmitted SYN+ACK after the handshake (our ACK was lost
             // beyond us): pass it only if it is the same SYN+ACK (seq = ISN).
+            // A SYN from the responder of an established connection: the
+            // grid's IG is for the originator's (a client reconnecting);
+            // the kernel drops this one (its REPLY row: sES -> sIV).
+            (Sent::Syn, Established) if from == RESPONDER => {
+                Err(TcpOutcome::unchanged(Reason::BadTransition))
+            }
             // (The grid's `IG` then passes it.)
             (Sent::SynAck, Established) => {
                 if seg.seq + 1 == self.peers[from].end && !seg.ack.after(self.peers[to].end) {
