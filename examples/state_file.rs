@@ -3,6 +3,9 @@
 //! engine and prints the file size.
 //!
 //!   cargo run --release --example state_file [N...]     (default: 100000 1000000)
+//!
+//! With STATE_OUT=FILE, the last table's state file is also written there
+//! (for benches/restart_gap.sh).
 
 #![allow(clippy::disallowed_methods)] // not the core: a measurement tool reads clocks
 
@@ -50,6 +53,9 @@ fn main() {
             .restore_state(&bytes, Timestamp::from_secs(1), 1_800_000_000)
             .expect("the file loads");
         let load = t.elapsed();
+        if let Some(out) = std::env::var_os("STATE_OUT") {
+            std::fs::write(out, &bytes).expect("writing STATE_OUT");
+        }
         assert_eq!(r.restored as usize, n);
         println!(
             "{:>10} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
