@@ -74,8 +74,14 @@ fn shipped_rules_files_are_valid() {
     }
     assert!(files.len() >= 3, "default plus a few examples");
     for f in files {
-        Config::load(&f).unwrap_or_else(|e| panic!("{e}"));
+        let c = Config::load(&f).unwrap_or_else(|e| panic!("{e}"));
+        // No deprecated key in what we ship.
+        assert!(c.warnings.is_empty(), "{}: {:?}", f.display(), c.warnings);
     }
+    // The default file's [engine] and [daemon] are the defaults it says it shows.
+    let d = Config::load(&root.join("default.toml")).unwrap();
+    assert_eq!(d.engine, crate::EngineSettings::default());
+    assert_eq!(d.daemon, crate::config::DaemonSettings::default());
 }
 
 #[test]
