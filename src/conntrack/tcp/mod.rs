@@ -184,9 +184,18 @@ impl TcpConn {
 
     /// The timeout for a TCP connection's pair of states (nf_conntrack's
     /// per-state timeouts, mapped from the two endpoint states).
+    #[inline]
     pub fn timeout(&self, to: &Timeouts) -> u32 {
         use EndpointState::*;
         let (a, b) = self.states();
+        // The common case first: an established connection.
+        if a == Established && b == Established {
+            return if self.has_unacknowledged_data() {
+                to.established.min(to.unacknowledged)
+            } else {
+                to.established
+            };
+        }
         let any = |s: EndpointState| a == s || b == s;
         let base = if any(SynRecv) {
             to.syn_recv

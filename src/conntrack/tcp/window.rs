@@ -283,7 +283,7 @@ pub(super) fn check(
     } else {
         seg.ack
     };
-    let (sender, receiver) = (peers[from], peers[to]);
+    let (sender, receiver) = (&peers[from], &peers[to]);
     let liberal = sender.liberal();
 
     // A RST that starts before what its receiver already acknowledged is
@@ -349,9 +349,11 @@ pub(super) fn check(
     // challenge ACK from the receiver; the connection stays.
     // A liberal connection's `end` may be stale (handed off to the kernel):
     // an in-window RST ends it.
-    let exact = (seq == sender.end && !sender.provisional()) || receiver.maxack() == Some(seq);
-    if is_rst && established && !exact && !liberal {
-        return Err(TcpOutcome::unchanged(Reason::RstChallenged));
+    if is_rst && established && !liberal {
+        let exact = (seq == sender.end && !sender.provisional()) || receiver.maxack() == Some(seq);
+        if !exact {
+            return Err(TcpOutcome::unchanged(Reason::RstChallenged));
+        }
     }
 
     // Update the sender.
