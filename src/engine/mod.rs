@@ -110,6 +110,10 @@ pub struct Engine {
     /// picked up mid-stream even without `loose_pickup` (after a restart
     /// from a periodic snapshot: see [`Engine::allow_pickup_until`]).
     pickup_until: std::sync::atomic::AtomicU64,
+    /// Entries and half-open connections up to which adaptive timeouts
+    /// change nothing (`adaptive.start` of each limit), precomputed so that
+    /// a new connection under them costs two integer comparisons.
+    adapt_from: (usize, usize),
 }
 
 enum Lookup {
@@ -131,11 +135,16 @@ impl Engine {
             max_connections: settings.max_connections,
             max_half_open: settings.max_half_open,
         };
+        let start = settings.adaptive.start.clamp(0.0, 1.0);
         let engine = Engine {
             table: Table::new(limits, layout),
             policy: RwLock::new(Arc::new(policy)),
             settings,
             pickup_until: std::sync::atomic::AtomicU64::new(0),
+            adapt_from: (
+                (start * limits.max_connections as f64) as usize,
+                (start * limits.max_half_open as f64) as usize,
+            ),
         };
         engine.prepare_sources();
         engine
@@ -490,6 +499,10 @@ impl Engine {
     #[inline]
     fn adapt(&self, base: u32, half_open: bool) -> u32 {
         let t = &self.table;
+        let (len_from, half_from) = self.adapt_from;
+        if t.len() <= len_from && (!half_open || t.half_open() <= half_from) {
+            return base;
+        }
         let limits = t.limits();
         let mut fill = t.len() as f64 / limits.max_connections.max(1) as f64;
         if half_open {
