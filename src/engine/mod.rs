@@ -114,6 +114,9 @@ pub struct Engine {
     /// change nothing (`adaptive.start` of each limit), precomputed so that
     /// a new connection under them costs two integer comparisons.
     adapt_from: (usize, usize),
+    /// The policy in force has a rule with source limits: only then does a
+    /// completed handshake look the policy up again (`charge_source`).
+    limits_sources: std::sync::atomic::AtomicBool,
 }
 
 enum Lookup {
@@ -145,6 +148,7 @@ impl Engine {
                 (start * limits.max_connections as f64) as usize,
                 (start * limits.max_half_open as f64) as usize,
             ),
+            limits_sources: std::sync::atomic::AtomicBool::new(false),
         };
         engine.prepare_sources();
         engine
@@ -175,9 +179,12 @@ impl Engine {
     /// Makes the per-source tracker (a fixed allocation) now, off the packet
     /// path, when the policy limits sources.
     fn prepare_sources(&self) {
-        if self.policy().limits_sources() {
+        let limits = self.policy().limits_sources();
+        if limits {
             let _ = self.table.sources();
         }
+        self.limits_sources
+            .store(limits, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Decides one packet given as bytes starting at the IP header.
@@ -477,6 +484,13 @@ impl Engine {
         conn: &mut Conn,
         now: Timestamp,
     ) -> Result<(), Reason> {
+        // No rule limits sources: no second policy lookup per connection.
+        if !self
+            .limits_sources
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(());
+        }
         let (_, limits) = self.policy_match(p, ctx);
         if limits.is_off() {
             return Ok(());
