@@ -240,12 +240,13 @@ impl TcpConn {
             (Sent::Ack, true) => Received::AckingFin,
             (Sent::Rst, _) => Received::Rst,
         };
-        let (mut next_sender, next_receiver) = grid::lookup(sent, sender, received, receiver);
+        let (mut next_sender, mut next_receiver) = grid::lookup(sent, sender, received, receiver);
         if next_sender == Next::Invalid || next_receiver == Next::Invalid {
             return TcpOutcome::unchanged(Reason::BadTransition);
         }
         let mut peers = self.peers;
-        if let Err(outcome) = self.refine(from, seg, sent, acks_fin, &mut peers, &mut next_sender) {
+        let next = (&mut next_sender, &mut next_receiver);
+        if let Err(outcome) = self.refine(from, seg, sent, acks_fin, &mut peers, next) {
             return outcome;
         }
         // An `IG` cell: pass, change no state (refine may have noted what the
@@ -255,7 +256,6 @@ impl TcpConn {
             return TcpOutcome::unchanged(ignored_as(sent, sender));
         }
         let replied = self.peers[RESPONDER].has_window();
-        let provisional = self.peers[from].provisional();
         match window::check(&mut peers, from, seg, sent, self.is_established()) {
             Ok(()) => {}
             // The segment's data counts as sent; the states stay.
@@ -264,13 +264,6 @@ impl TcpConn {
                 return outcome;
             }
             Err(outcome) => return outcome,
-        }
-        // A restored side not yet confirmed by its peer: its FIN passes but
-        // moves no state (see window's F_PROVISIONAL); the peer's answer
-        // confirms it, and the FIN's retransmission then counts.
-        if provisional && sent == Sent::Fin {
-            self.peers = peers;
-            return TcpOutcome::unchanged(Reason::TcpIgnored);
         }
         peers[from].state = apply(next_sender, sender);
         peers[to].state = apply(next_receiver, receiver);
@@ -291,12 +284,22 @@ impl TcpConn {
         sent: Sent,
         acks_fin: bool,
         peers: &mut [Peer; 2],
-        next_sender: &mut Next,
+        (next_sender, next_receiver): (&mut Next, &mut Next),
     ) -> Result<(), TcpOutcome> {
         let to = 1 - from;
         let sender = self.peers[from].state;
         use EndpointState::*;
         match (sent, sender) {
+            // A side restored from a state file and not yet confirmed by its
+            // peer (window's F_PROVISIONAL): its FIN is judged by the window
+            // but moves no state, so that one forged packet after a restart
+            // cannot start a teardown; once the peer has answered, the FIN's
+            // retransmission counts.
+            (Sent::Fin, _) if self.peers[from].provisional() => {
+                *next_sender = Next::Stay;
+                *next_receiver = Next::Stay;
+                Ok(())
+            }
             // The `IG` cell of an ACK from a responder still in LISTEN: a
             // challenge ACK. Remember what it acknowledges: the client's RST
             // answering it starts there.
