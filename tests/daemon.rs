@@ -17,6 +17,7 @@ use common::lab::{self, Lab, Ns, RawSender, Sniffer, TcpEcho, UdpEcho};
 use conntrackd::wire::build;
 use conntrackd::wire::TcpFlags as F;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 const SHORT: Duration = Duration::from_millis(700);
@@ -840,16 +841,22 @@ fn legitimate_connections_complete_during_a_spoofed_syn_flood() {
     }
     d.stop();
     let stopped = d.wait_log("stopped", Duration::from_secs(3));
-    let evicted: u64 = stopped
-        .split("evicted_half_open=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let evicted = lab::Daemon::counter(&stopped, "evicted_half_open");
     // The flood did fill the cap, many times over: not a vacuous pass.
     assert!(evicted > 10_000, "evicted_half_open = {evicted}: {stopped}");
     assert!(!stopped.contains("half_open_limit"), "{stopped}");
     eprintln!("{stopped}");
+}
+
+/// Writes `rules` (which must end inside its `[daemon]` table) with a
+/// state file in the lab's directory and `daemon` keys; (state file, rules).
+fn with_state_file(lab: &Lab, rules: &str, daemon: &str) -> (PathBuf, PathBuf) {
+    let state = lab.dir.path().join("table");
+    let text = format!(
+        "{rules}state_file = {:?}\n{daemon}",
+        state.display().to_string()
+    );
+    (state.clone(), lab.write_rules("rules.toml", &text))
 }
 
 /// Connections survive a restart and a crash. Long-lived TCP connections,
@@ -867,14 +874,7 @@ fn connections_survive_a_restart_and_a_crash() {
         return;
     };
     lab.add_nfqueue_rule("0", true);
-    let state = lab.dir.path().join("table");
-    let rules = lab.write_rules(
-        "rules.toml",
-        &format!(
-            "{CLIENT_OUT_RULES}state_file = {:?}\nsnapshot_interval = 1\n",
-            state.display().to_string()
-        ),
-    );
+    let (_, rules) = with_state_file(&lab, CLIENT_OUT_RULES, "snapshot_interval = 1\n");
     let args = ["--rules", rules.to_str().unwrap()];
     let mut d = lab.start_daemon(&args);
     d.wait_log("no state file yet", Duration::from_secs(1));
@@ -923,14 +923,7 @@ fn a_bad_state_file_is_ignored_with_one_warning() {
         return;
     };
     lab.add_nfqueue_rule("0", true);
-    let state = lab.dir.path().join("table");
-    let rules = lab.write_rules(
-        "rules.toml",
-        &format!(
-            "{ALLOW_ALL}\n[daemon]\nstate_file = {:?}\n",
-            state.display().to_string()
-        ),
-    );
+    let (state, rules) = with_state_file(&lab, &format!("{ALLOW_ALL}\n[daemon]\n"), "");
     let _echo = TcpEcho::start(&lab.server, v4(8080));
     for (bytes, why) in [
         (b"CTDTABLE\x01\x00".to_vec(), "truncated"),
@@ -992,12 +985,7 @@ fn a_flooding_source_is_limited_and_other_clients_are_not() {
     }
     d.stop();
     let stopped = d.wait_log("stopped", Duration::from_secs(3));
-    let refused: u64 = stopped
-        .split("source_rate_limit=")
-        .nth(1)
-        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let refused = lab::Daemon::counter(&stopped, "source_rate_limit");
     // 50 in the first 10 s (a few more as tokens refill), the rest refused.
     assert!(refused >= 140, "source_rate_limit = {refused}: {stopped}");
 }
@@ -1012,14 +1000,7 @@ fn udp_flows_survive_a_restart() {
         return;
     };
     lab.add_nfqueue_rule("0", false);
-    let state = lab.dir.path().join("table");
-    let rules = lab.write_rules(
-        "rules.toml",
-        &format!(
-            "{CLIENT_OUT_RULES}state_file = {:?}\n",
-            state.display().to_string()
-        ),
-    );
+    let (_, rules) = with_state_file(&lab, CLIENT_OUT_RULES, "");
     let args = ["--rules", rules.to_str().unwrap()];
     let client_at = SocketAddr::new(IpAddr::V4(lab::CLIENT4), 5_000);
     let server_at = v4(5_354);

@@ -194,21 +194,7 @@ fn conntrackd_agrees_with_kernel_conntrack_where_it_should() {
     let Some(results) = run(TEST, &steps) else {
         return;
     };
-    let mut report = String::new();
-    for (what, kernel, ours) in &results {
-        report.push_str(&format!(
-            "{what:<36} kernel={} conntrackd={}\n",
-            pass(*kernel),
-            pass(*ours)
-        ));
-    }
-    eprintln!("{report}");
-    for (what, kernel, ours) in &results {
-        assert_eq!(
-            kernel, ours,
-            "{what}: kernel and conntrackd disagree\n{report}"
-        );
-    }
+    let report = assert_agree(&results, |_| "");
     // The test would be vacuous if everything passed or everything dropped.
     assert!(results.iter().filter(|r| r.1).count() >= 8, "{report}");
     assert!(results.iter().filter(|r| !r.1).count() >= 8, "{report}");
@@ -469,22 +455,8 @@ fn conntrackd_agrees_with_the_kernel_on_corner_cases_real_stacks_produce() {
     let Some(results) = run(TEST, &steps) else {
         return;
     };
-    let mut report = String::new();
-    for (i, (what, kernel, ours)) in results.iter().enumerate() {
-        let family = if i < results.len() / 2 { "v4" } else { "v6" };
-        report.push_str(&format!(
-            "{family} {what:<32} kernel={} conntrackd={}\n",
-            pass(*kernel),
-            pass(*ours)
-        ));
-    }
-    eprintln!("{report}");
-    for (what, kernel, ours) in &results {
-        assert_eq!(
-            kernel, ours,
-            "{what}: kernel and conntrackd disagree\n{report}"
-        );
-    }
+    let half = results.len() / 2;
+    let report = assert_agree(&results, |i| if i < half { "v4 " } else { "v6 " });
     // What the kernel decides, so that agreeing is not vacuous: each case has
     // packets it passes and packets it drops.
     let kernel = |what: &str| results.iter().filter(|r| r.0 == what).all(|r| r.1);
@@ -516,6 +488,31 @@ fn conntrackd_agrees_with_the_kernel_on_corner_cases_real_stacks_produce() {
         "{report}"
     );
     assert!(dropped("4 data far past"), "{report}");
+}
+
+/// Prints the steps' verdicts, each prefixed by `label(index)`, and asserts
+/// that the kernel and conntrackd agree on every one; returns the report.
+fn assert_agree(
+    results: &[(&'static str, bool, bool)],
+    label: impl Fn(usize) -> &'static str,
+) -> String {
+    let mut report = String::new();
+    for (i, (what, kernel, ours)) in results.iter().enumerate() {
+        report.push_str(&format!(
+            "{}{what:<36} kernel={} conntrackd={}\n",
+            label(i),
+            pass(*kernel),
+            pass(*ours)
+        ));
+    }
+    eprintln!("{report}");
+    for (what, kernel, ours) in results {
+        assert_eq!(
+            kernel, ours,
+            "{what}: kernel and conntrackd disagree\n{report}"
+        );
+    }
+    report
 }
 
 fn pass(b: bool) -> &'static str {

@@ -122,15 +122,19 @@ impl Flow {
         }
     }
 
-    /// A connection through its three-way handshake.
+    /// An IPv4 connection through its three-way handshake.
     pub fn established(t: &mut Harness) -> Flow {
-        let mut f = Flow::v4();
+        Flow::v4().open(t)
+    }
+
+    /// This flow through its three-way handshake.
+    pub fn open(mut self, t: &mut Harness) -> Flow {
         for (side, flags) in [
             (Side::Client, 0x02),
             (Side::Server, 0x12),
             (Side::Client, 0x10),
         ] {
-            let d = f.send(t, side, flags, b"");
+            let d = self.send(t, side, flags, b"");
             assert_eq!(
                 d.reason.verdict(),
                 conntrackd::Verdict::Accept,
@@ -138,7 +142,7 @@ impl Flow {
                 d.reason
             );
         }
-        f
+        self
     }
 
     pub fn syn_builder(&self) -> build::Tcp {

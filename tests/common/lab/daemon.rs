@@ -66,6 +66,17 @@ impl Daemon {
             .collect()
     }
 
+    /// A counter of a log line, `name=N` or `name=N` inside `reasons="..."`
+    /// (0 when the line does not name it: reasons are listed only when
+    /// non-zero).
+    pub fn counter(line: &str, name: &str) -> u64 {
+        line.split(&format!("{name}="))
+            .nth(1)
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Number of log lines containing `needle`.
     pub fn count_log(&self, needle: &str) -> usize {
         self.log_lines(needle).len()
