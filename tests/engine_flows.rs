@@ -355,10 +355,10 @@ fn half_open_cap_evicts_the_oldest_half_open_entry() {
     assert_eq!(d.reason, Reason::NewByDefault);
 }
 
-/// When every entry is assured, nothing is evicted for a newcomer: the
-/// half-open cap refuses it only if no half-open entry is left to evict.
+/// With no half-open entry to evict (here: a cap of 0), a SYN is refused
+/// (`half_open_limit`) and nothing is inserted.
 #[test]
-fn the_half_open_cap_refuses_only_when_nothing_half_open_is_left() {
+fn a_syn_is_refused_when_no_half_open_entry_can_be_evicted() {
     let settings = EngineSettings {
         max_half_open: 0,
         ..EngineSettings::default()
@@ -677,4 +677,61 @@ fn a_bad_rate_is_refused_with_its_rule() {
         assert!(e.to_string().contains("max_src_conn_rate"), "{bad}: {e}");
         assert!(e.to_string().starts_with("r.toml:"), "{e}");
     }
+}
+
+/// A full table evicts the oldest flow never replied to for a new one, and
+/// counts it by kind; a flow that went on after its reply is kept.
+#[test]
+fn a_full_table_evicts_an_unreplied_flow_and_counts_it() {
+    let settings = EngineSettings {
+        max_connections: 3,
+        ..EngineSettings::default()
+    };
+    let mut t = Harness::with(settings, conntrackd::policy::Policy::allow_all());
+    let (c, s) = (sa("198.18.0.2:5000"), sa("198.19.0.2:53"));
+    // A stream: query, answer, more: assured.
+    for (from, to) in [(c, s), (s, c), (c, s)] {
+        t.send(build::udp(from, to, b"x"));
+    }
+    for port in [5001, 5002] {
+        t.send(build::udp(sa(&format!("198.18.0.2:{port}")), s, b"q"));
+    }
+    assert_eq!(t.engine.table().len(), 3);
+    let d = t.send(build::udp(sa("198.18.0.2:5003"), s, b"q"));
+    assert_eq!(d.reason, Reason::NewByDefault);
+    assert_eq!(t.engine.table().evictions().unreplied, 1);
+    assert_eq!(t.engine.table().evictions().half_open, 0);
+    // The oldest unreplied (5001) went; the stream stays.
+    assert_eq!(t.send(build::udp(s, c, b"y")).reason, Reason::Tracked);
+    let d = t.send(build::udp(s, sa("198.18.0.2:5001"), b"late"));
+    assert_eq!(
+        d.reason,
+        Reason::NewByDefault,
+        "5001 was evicted: a new flow"
+    );
+}
+
+/// A state file from a table larger than this one's `max_connections` loads
+/// as many as fit and counts the rest.
+#[test]
+fn a_state_file_larger_than_the_table_loads_what_fits() {
+    let mut big = Harness::allow_all();
+    for port in 0..10 {
+        Flow::v4_port(30_000 + port).client(&mut big, SYN, b"");
+    }
+    let file = big.engine.save_state(big.now(), true, 1_800_000_000);
+    let small = Harness::with(
+        EngineSettings {
+            max_connections: 4,
+            ..EngineSettings::default()
+        },
+        conntrackd::policy::Policy::allow_all(),
+    );
+    let r = small
+        .engine
+        .restore_state(&file, small.now(), 1_800_000_000)
+        .unwrap();
+    assert_eq!((r.restored, r.over_limit), (4, 6));
+    assert_eq!(small.engine.table().len(), 4);
+    assert_eq!(small.engine.table().half_open(), 4);
 }
