@@ -368,6 +368,32 @@ mod tests {
     }
 
     #[test]
+    fn an_impossible_pair_of_tcp_states_is_refused() {
+        let (key, conn) = tcp_syn("198.18.0.2:40000", "198.19.0.2:80");
+        let good = encode(&[(key, conn)], Timestamp::from_secs(100), true, T0);
+        assert!(decode(&good, Timestamp::from_secs(0), T0).is_ok());
+        // The originator's state byte (the last of its endpoint record):
+        // SYN_SENT -> ESTABLISHED makes ESTABLISHED:LISTEN.
+        let mut bad = good.clone();
+        let at = HEADER + 2 + 2 * (4 + 2) + 1 + 18;
+        assert_eq!(bad[at], EndpointStateByte::SYN_SENT);
+        bad[at] = EndpointStateByte::ESTABLISHED;
+        let crc = crc32fast::hash(&bad[HEADER..]);
+        bad[28..32].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode(&bad, Timestamp::from_secs(0), T0).unwrap_err(),
+            StateError::Record(0)
+        );
+    }
+
+    /// Endpoint states as a state file stores them.
+    struct EndpointStateByte;
+    impl EndpointStateByte {
+        const SYN_SENT: u8 = crate::conntrack::tcp::EndpointState::SynSent as u8;
+        const ESTABLISHED: u8 = crate::conntrack::tcp::EndpointState::Established as u8;
+    }
+
+    #[test]
     fn another_version_bad_magic_truncation_and_corruption_are_refused() {
         let bytes = encode(&sample(), Timestamp::from_secs(100), true, T0);
         let now = Timestamp::from_secs(1);

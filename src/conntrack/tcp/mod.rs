@@ -132,12 +132,21 @@ impl TcpConn {
     /// endpoints went on while no conntrackd was judging.
     pub fn decode(b: &[u8; TcpConn::RECORD]) -> Option<TcpConn> {
         let (a, r) = b.split_at(Peer::RECORD);
-        Some(TcpConn {
+        let conn = TcpConn {
             peers: [
                 Peer::decode(a.try_into().ok()?)?,
                 Peer::decode(r.try_into().ok()?)?,
             ],
-        })
+        };
+        // Only a responder that has not answered is in LISTEN, and only while
+        // the originator is in SYN_SENT: any other pair with LISTEN would let
+        // the grid's LISTEN cells pass packets no connection can produce.
+        use EndpointState::{Listen, SynSent};
+        match conn.states() {
+            (Listen, _) => None,
+            (o, Listen) if o != SynSent => None,
+            _ => Some(conn),
+        }
     }
 
     /// Windows are judged liberally (picked up mid-stream or handed off).
