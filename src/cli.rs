@@ -191,7 +191,7 @@ fn print_human(cmd: &serde_json::Value, lines: &[serde_json::Value]) {
         Some("stats") => {
             if let Value::Object(m) = last {
                 for (k, v) in m {
-                    if k != "ok" && k != "reasons" {
+                    if k != "ok" && k != "reasons" && !v.is_null() {
                         println!("{k:<18} {v}");
                     }
                 }

@@ -983,6 +983,14 @@ fn a_flooding_source_is_limited_and_other_clients_are_not() {
         lab::tcp_session(&lab.client, v4(8080), 1000)
             .unwrap_or_else(|e| panic!("connection {i} of the other client: {e}"));
     }
+    // The tracker shows in `conntrackd stats`: both sources.
+    let socket = lab.dir.path().join("control");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_conntrackd"))
+        .args(["stats", "--json", "--socket", socket.to_str().unwrap()])
+        .output()
+        .expect("conntrackd stats");
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats as JSON");
+    assert_eq!(stats["sources"]["tracked"], 2, "{stats}");
     d.stop();
     let stopped = d.wait_log("stopped", Duration::from_secs(3));
     let refused = lab::Daemon::counter(&stopped, "source_rate_limit");

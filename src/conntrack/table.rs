@@ -494,6 +494,11 @@ impl Table {
         })
     }
 
+    /// The per-source tracker, if a policy with source limits made it.
+    pub fn sources_made(&self) -> Option<&Sources> {
+        self.sources.get()
+    }
+
     /// Evictions so far, by kind.
     pub fn evictions(&self) -> Evictions {
         Evictions {

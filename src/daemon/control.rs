@@ -240,6 +240,14 @@ fn stats(c: &Control) -> Value {
         .map(|(r, n): (Reason, u64)| (r.name().to_string(), json!(n)))
         .collect();
     let evictions = table.evictions();
+    let sources = table.sources_made().map(|s| {
+        json!({
+            "tracked": s.len(),
+            "capacity": s.capacity(),
+            "displaced": s.displaced(),
+            "untracked": s.untracked(),
+        })
+    });
     json!({
         "ok": true,
         "uptime_s": c.started.elapsed().as_secs(),
@@ -255,6 +263,7 @@ fn stats(c: &Control) -> Value {
         "enobufs": totals.enobufs,
         "recv_errors": totals.recv_errors,
         "bad_requests": c.bad_requests.load(Ordering::Relaxed),
+        "sources": sources,
         "reasons": reasons,
     })
 }
