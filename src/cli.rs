@@ -41,7 +41,7 @@ pub enum Command {
         #[command(flatten)]
         client: Client,
         #[command(flatten)]
-        filter: FilterArgs,
+        filter: crate::daemon::control::Filter,
         /// Show at most this many.
         #[arg(long)]
         limit: Option<usize>,
@@ -52,7 +52,7 @@ pub enum Command {
         #[command(flatten)]
         client: Client,
         #[command(flatten)]
-        filter: FilterArgs,
+        filter: crate::daemon::control::Filter,
     },
     /// Remove every tracked connection; prints how many.
     Flush {
@@ -77,46 +77,6 @@ pub struct Client {
     pub json: bool,
 }
 
-/// Which connections: every given option must match.
-#[derive(Debug, Default, clap::Args)]
-pub struct FilterArgs {
-    /// The originator's address in this network (CIDR or address).
-    #[arg(long, value_name = "CIDR")]
-    pub src: Option<String>,
-    /// The responder's address in this network.
-    #[arg(long, value_name = "CIDR")]
-    pub dst: Option<String>,
-    /// Either end's port.
-    #[arg(long, value_name = "N")]
-    pub port: Option<u16>,
-    /// tcp, udp, icmp, icmpv6 or a number.
-    #[arg(long, value_name = "P")]
-    pub proto: Option<String>,
-    /// A part of the state as listed: ESTABLISHED, SYN_SENT, TIME_WAIT, UDP_REPLIED...
-    #[arg(long, value_name = "S")]
-    pub state: Option<String>,
-}
-
-impl FilterArgs {
-    pub fn is_empty(&self) -> bool {
-        self.src.is_none()
-            && self.dst.is_none()
-            && self.port.is_none()
-            && self.proto.is_none()
-            && self.state.is_none()
-    }
-
-    pub fn to_filter(&self) -> crate::daemon::control::Filter {
-        crate::daemon::control::Filter {
-            src: self.src.clone(),
-            dst: self.dst.clone(),
-            port: self.port,
-            proto: self.proto.clone(),
-            state: self.state.clone(),
-        }
-    }
-}
-
 /// Sends one control request and prints the answer; the exit status says
 /// whether the daemon answered ok.
 pub fn control(command: Command) -> std::process::ExitCode {
@@ -128,7 +88,7 @@ pub fn control(command: Command) -> std::process::ExitCode {
             filter,
             limit,
         } => {
-            let mut r = serde_json::to_value(filter.to_filter()).expect("a filter");
+            let mut r = serde_json::to_value(&filter).expect("a filter");
             r["cmd"] = json!("flows");
             if let Some(n) = limit {
                 r["limit"] = json!(n);
@@ -140,7 +100,7 @@ pub fn control(command: Command) -> std::process::ExitCode {
                 eprintln!("conntrackd kill: give a filter (--src, --dst, --port, --proto, --state), or use flush");
                 return std::process::ExitCode::from(2);
             }
-            let mut r = serde_json::to_value(filter.to_filter()).expect("a filter");
+            let mut r = serde_json::to_value(&filter).expect("a filter");
             r["cmd"] = json!("kill");
             (client, r)
         }

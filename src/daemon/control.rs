@@ -39,24 +39,43 @@ pub const MAX_REQUEST: usize = 4096;
 /// How long a client may take to send its request, or to read a reply chunk.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Which connections a listing or a kill selects; every given field must match.
-#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
+/// Which connections a listing or a kill selects; every given field must
+/// match. The same struct is the client's command-line options and the
+/// request's JSON fields.
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct Filter {
-    /// Either endpoint's address in this network (`src` the originator's).
+    /// The originator's address in this network (CIDR or address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long, value_name = "CIDR")]
     pub src: Option<String>,
+    /// The responder's address in this network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long, value_name = "CIDR")]
     pub dst: Option<String>,
-    /// Either endpoint's port.
+    /// Either end's port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long, value_name = "N")]
     pub port: Option<u16>,
-    /// `tcp`, `udp`, `icmp`, `icmpv6` or a number.
+    /// tcp, udp, icmp, icmpv6 or a number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long, value_name = "P")]
     pub proto: Option<String>,
-    /// A substring of the state as listed (`ESTABLISHED`, `SYN_SENT`, `UDP_REPLIED`...).
+    /// A part of the state as listed: ESTABLISHED, SYN_SENT, TIME_WAIT, UDP_REPLIED...
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[arg(long, value_name = "S")]
     pub state: Option<String>,
+}
+
+impl Filter {
+    /// Selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.src.is_none()
+            && self.dst.is_none()
+            && self.port.is_none()
+            && self.proto.is_none()
+            && self.state.is_none()
+    }
 }
 
 /// A filter with its values parsed.
