@@ -45,6 +45,56 @@ pub enum Command {
         /// Show at most this many.
         #[arg(long)]
         limit: Option<usize>,
+        /// Add each direction's window (end, maxend, maxwin, scale).
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Everything known about a flow: whether it is tracked and in which
+    /// state, its last drops and their reasons, and what the rules would
+    /// decide for a new connection from SRC to DST.
+    Why {
+        #[command(flatten)]
+        client: Client,
+        /// ADDR[:PORT] ([IPv6]:PORT), the connection's originator.
+        src: String,
+        /// ADDR[:PORT], its responder.
+        dst: String,
+        /// tcp, udp, icmp, icmpv6 or a number.
+        #[arg(long, default_value = "tcp")]
+        proto: String,
+        /// Input interface, for rules that name one.
+        #[arg(long = "in", value_name = "IFACE")]
+        in_iface: Option<String>,
+        /// Output interface, for rules that name one.
+        #[arg(long = "out", value_name = "IFACE")]
+        out_iface: Option<String>,
+    },
+    /// The recent drops (a bounded ring kept by the daemon), filtered.
+    Drops {
+        #[command(flatten)]
+        client: Client,
+        #[command(flatten)]
+        filter: crate::daemon::control::Filter,
+        /// Show the last N.
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        last: usize,
+        /// Then keep printing new drops as they happen (Ctrl-C to stop).
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Stream connection events (like conntrack -E): NEW, UPDATE, DESTROY
+    /// with its cause, and DROP. Ctrl-C to stop.
+    Events {
+        #[command(flatten)]
+        client: Client,
+        #[command(flatten)]
+        filter: crate::daemon::control::Filter,
+    },
+    /// Health check: exit 0 when every worker is alive and coming round,
+    /// 1 with the reason otherwise.
+    Status {
+        #[command(flatten)]
+        client: Client,
     },
     /// Remove the tracked connections the filter selects (their next packets
     /// are no_connection); prints how many.
@@ -87,14 +137,46 @@ pub fn control(command: Command) -> std::process::ExitCode {
             client,
             filter,
             limit,
+            verbose,
         } => {
             let mut r = serde_json::to_value(&filter).expect("a filter");
             r["cmd"] = json!("flows");
+            r["verbose"] = json!(verbose);
             if let Some(n) = limit {
                 r["limit"] = json!(n);
             }
             (client, r)
         }
+        Command::Why {
+            client,
+            src,
+            dst,
+            proto,
+            in_iface,
+            out_iface,
+        } => (
+            client,
+            json!({"cmd": "why", "src": src, "dst": dst, "proto": proto,
+                   "in_iface": in_iface, "out_iface": out_iface}),
+        ),
+        Command::Drops {
+            client,
+            filter,
+            last,
+            follow,
+        } => {
+            let mut r = serde_json::to_value(&filter).expect("a filter");
+            r["cmd"] = json!("drops");
+            r["last"] = json!(last);
+            r["follow"] = json!(follow);
+            (client, r)
+        }
+        Command::Events { client, filter } => {
+            let mut r = serde_json::to_value(&filter).expect("a filter");
+            r["cmd"] = json!("events");
+            (client, r)
+        }
+        Command::Status { client } => (client, json!({"cmd": "status"})),
         Command::Kill { client, filter } => {
             if filter.is_empty() {
                 eprintln!("conntrackd kill: give a filter (--src, --dst, --port, --proto, --state), or use flush");
@@ -111,6 +193,10 @@ pub fn control(command: Command) -> std::process::ExitCode {
     let socket = client
         .socket
         .unwrap_or_else(crate::daemon::settings::default_control_socket);
+    let streams = request["cmd"] == "events" || request["follow"] == true;
+    if streams {
+        return follow(&socket, &request, client.json);
+    }
     let lines = match crate::daemon::control::request(&socket, &request) {
         Ok(l) => l,
         Err(e) => {
@@ -179,19 +265,213 @@ fn print_human(cmd: &serde_json::Value, lines: &[serde_json::Value]) {
                         format!("{a}:{p}")
                     }
                 };
+                let pair = |k: &str| format!("{}/{}", f[k][0], f[k][1]);
                 println!(
-                    "{:<7} {:<45} -> {:<45} {:<26} expires in {} s",
+                    "{:<6} {} -> {} {} age {}s expires {}s rule {} pkts {} bytes {}",
                     s("proto"),
                     end(s("src"), s("sport")),
                     end(s("dst"), s("dport")),
                     s("state"),
-                    s("expires_in_s")
+                    s("age_s"),
+                    s("expires_in_s"),
+                    f["rule"].as_str().unwrap_or("(default)"),
+                    pair("packets"),
+                    pair("bytes"),
                 );
+                if let Some(Value::Array(w)) = f.get("windows") {
+                    for (side, w) in ["originator", "responder"].iter().zip(w) {
+                        println!(
+                            "       {side:<10} end {} maxend {} maxwin {} scale {}",
+                            w["end"], w["maxend"], w["maxwin"], w["scale"]
+                        );
+                    }
+                }
             }
             println!("{} shown, {} matched", last["shown"], last["matched"]);
         }
         Some("kill") | Some("flush") => println!("{} connections removed", last["killed"]),
+        Some("why") => print_why(last),
+        Some("drops") => {
+            for d in &lines[..lines.len() - 1] {
+                println!("{}", drop_line(d));
+            }
+            println!("{} shown", last["shown"]);
+        }
+        Some("status") => {
+            let workers = last["workers"].as_array().map_or(0, |w| w.len());
+            println!("ok: {workers} workers alive, up {} s", last["uptime_s"]);
+        }
         Some("reload") => println!("rules reloaded: {}", last["summary"].as_str().unwrap_or("")),
         _ => println!("{last}"),
+    }
+}
+
+/// Prints a stream (events, drops --follow) until the daemon closes it or
+/// the user interrupts.
+fn follow(
+    socket: &std::path::Path,
+    request: &serde_json::Value,
+    json: bool,
+) -> std::process::ExitCode {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "conntrackd: connecting to the control socket {}: {e} (is conntrackd running, \
+                 and may you read and write the socket?)",
+                socket.display()
+            );
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let sent = serde_json::to_writer(&mut stream, request)
+        .map_err(std::io::Error::from)
+        .and_then(|()| stream.write_all(b"\n"));
+    if let Err(e) = sent {
+        eprintln!("conntrackd: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let stdout = std::io::stdout();
+    for line in BufReader::new(stream).lines() {
+        let Ok(line) = line else { break };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if v.get("ok") == Some(&serde_json::Value::Bool(false)) {
+            eprintln!("conntrackd: {}", v["error"].as_str().unwrap_or("refused"));
+            return std::process::ExitCode::FAILURE;
+        }
+        let text = if json {
+            line
+        } else if v.get("ok").is_some() {
+            continue;
+        } else if let Some(n) = v.get("lost") {
+            format!("({n} events lost: this reader fell behind)")
+        } else if v["event"] == "DROP" {
+            drop_line(&v)
+        } else {
+            event_line(&v)
+        };
+        if writeln!(stdout.lock(), "{text}").is_err() {
+            break;
+        }
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+fn endpoint(v: &serde_json::Value, addr: &str, port: &str) -> String {
+    let a = v[addr].as_str().unwrap_or("?");
+    match v[port].as_u64() {
+        Some(p) if a.contains(':') => format!("[{a}]:{p}"),
+        Some(p) => format!("{a}:{p}"),
+        None => a.to_string(),
+    }
+}
+
+fn clock(ms: &serde_json::Value) -> String {
+    let ms = ms.as_u64().unwrap_or(0);
+    let day = ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day / 3_600_000,
+        day / 60_000 % 60,
+        day / 1000 % 60,
+        day % 1000
+    )
+}
+
+fn drop_line(d: &serde_json::Value) -> String {
+    format!(
+        "{} DROP {:<22} {} {} -> {} {}{}",
+        clock(&d["time_ms"]),
+        d["reason"].as_str().unwrap_or("?"),
+        d["proto"].as_str().unwrap_or("?"),
+        endpoint(d, "src", "sport"),
+        endpoint(d, "dst", "dport"),
+        d["flags"]
+            .as_str()
+            .map(|f| format!("[{f}] "))
+            .unwrap_or_default(),
+        d["state"].as_str().unwrap_or(""),
+    )
+}
+
+fn event_line(e: &serde_json::Value) -> String {
+    let what = e["event"].as_str().unwrap_or("?");
+    let tail = match what {
+        "UPDATE" => format!(
+            "{} -> {}",
+            e["before"].as_str().unwrap_or("?"),
+            e["state"].as_str().unwrap_or("?")
+        ),
+        "DESTROY" => format!(
+            "{} ({}) pkts {}/{} bytes {}/{}",
+            e["state"].as_str().unwrap_or("?"),
+            e["cause"].as_str().unwrap_or("?"),
+            e["packets"][0],
+            e["packets"][1],
+            e["bytes"][0],
+            e["bytes"][1]
+        ),
+        _ => e["state"].as_str().unwrap_or("?").to_string(),
+    };
+    format!(
+        "{} {:<7} {} {} -> {} {}",
+        clock(&e["time_ms"]),
+        what,
+        e["proto"].as_str().unwrap_or("?"),
+        endpoint(e, "src", "sport"),
+        endpoint(e, "dst", "dport"),
+        tail
+    )
+}
+
+fn print_why(w: &serde_json::Value) {
+    match w["tracked"].as_array() {
+        Some(t) if !t.is_empty() => {
+            for c in t {
+                println!(
+                    "tracked: {} {} -> {} {} (rule {}, expires in {} s)",
+                    c["proto"].as_str().unwrap_or("?"),
+                    c["src"].as_str().unwrap_or("?"),
+                    c["dst"].as_str().unwrap_or("?"),
+                    c["state"].as_str().unwrap_or("?"),
+                    c["rule"].as_str().unwrap_or("(default)"),
+                    c["expires_in_s"]
+                );
+            }
+        }
+        _ => println!(
+            "tracked: no (its packets other than a new connection's first are no_connection)"
+        ),
+    }
+    match w["drops"].as_array() {
+        Some(d) if !d.is_empty() => {
+            println!("recent drops:");
+            for d in d {
+                println!("  {}", drop_line(d));
+            }
+        }
+        _ => println!("recent drops: none"),
+    }
+    let n = &w["new_connection"];
+    match n["action"].as_str() {
+        Some(action) => println!(
+            "a new connection would be: {action} ({}){}{}",
+            match n["rule"].as_str() {
+                Some(r) => format!("rule {r:?}"),
+                None => "the default action".into(),
+            },
+            n["note"]
+                .as_str()
+                .map(|s| format!("; {s}"))
+                .unwrap_or_default(),
+            n["interfaces"]
+                .as_str()
+                .map(|s| format!("; interfaces {s}"))
+                .unwrap_or_default(),
+        ),
+        None => println!("a new connection: {}", n["note"].as_str().unwrap_or("?")),
     }
 }

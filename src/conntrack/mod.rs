@@ -8,5 +8,5 @@ pub mod tcp;
 mod timeouts;
 
 pub use key::{FlowKey, Key4, Key6, Side};
-pub use table::{Conn, ConnState, Table};
+pub use table::{Conn, ConnState, Table, Traffic};
 pub use timeouts::Timeouts;

@@ -55,15 +55,34 @@ const F_LOG: u8 = 1 << 3;
 /// Counted against its source's limits (release it when the entry goes).
 const F_SOURCE: u8 = 1 << 4;
 
-/// One tracked connection (40 bytes).
+/// One tracked connection (80 bytes: 48 of state, 32 of accounting).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conn {
     pub proto: Proto,
     /// Expiry, in whole seconds of the engine's clock.
     expires: u32,
+    /// When it was opened, in whole seconds of the engine's clock (its age).
+    opened: u32,
     /// Which side of the key opened the connection.
     pub originator: Side,
     flags: u8,
+    /// The rule that admitted it, plus one (0: the default action), under
+    /// the policy of `generation` (a reload renumbers rules).
+    rule: u16,
+    generation: u8,
+    /// Packets and bytes accepted per direction: [from the originator,
+    /// from the responder]. Packets saturate at 2^32 (years at the rates one
+    /// NFQUEUE connection carries), bytes at 2^64.
+    packets: [u32; 2],
+    bytes: [u64; 2],
+}
+
+/// What a connection carried, per direction: [from the originator, from
+/// the responder].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
 }
 
 impl Conn {
@@ -71,8 +90,45 @@ impl Conn {
         Conn {
             proto,
             expires: 0,
+            opened: 0,
             originator,
             flags: if log { F_LOG } else { 0 },
+            rule: 0,
+            generation: 0,
+            packets: [0; 2],
+            bytes: [0; 2],
+        }
+    }
+
+    /// Stamps when and by which rule (of policy `generation`) it was admitted.
+    pub fn set_admitted(&mut self, now: Timestamp, rule: Option<u16>, generation: u8) {
+        self.opened = now.as_secs().min(u64::from(u32::MAX)) as u32;
+        self.rule = rule.map_or(0, |r| r.saturating_add(1));
+        self.generation = generation;
+    }
+
+    /// Second of the engine's clock it was opened at.
+    pub fn opened_at_secs(&self) -> u32 {
+        self.opened
+    }
+
+    /// The rule that admitted it, if it was a rule of policy `generation`.
+    pub fn rule(&self, generation: u8) -> Option<u16> {
+        (self.rule != 0 && self.generation == generation).then(|| self.rule - 1)
+    }
+
+    /// Counts one accepted packet of `len` bytes; `from_originator` says its direction.
+    #[inline]
+    pub fn count(&mut self, from_originator: bool, len: u32) {
+        let d = usize::from(!from_originator);
+        self.packets[d] = self.packets[d].saturating_add(1);
+        self.bytes[d] = self.bytes[d].saturating_add(u64::from(len));
+    }
+
+    pub fn traffic(&self) -> Traffic {
+        Traffic {
+            packets: self.packets.map(u64::from),
+            bytes: self.bytes,
         }
     }
 
@@ -165,13 +221,11 @@ impl Conn {
         if flags & !(F_REPLIED | F_ASSURED | F_LOG) != 0 {
             return None;
         }
-        let mut conn = Conn {
-            proto,
-            expires: 0,
-            originator,
-            flags,
-        };
+        let mut conn = Conn::new(proto, originator, false);
+        conn.flags = flags;
         conn.set_timeout(now, left);
+        // Age, rule and counters are not kept in the file: they start again.
+        conn.set_admitted(now, None, 0);
         let used = b.len() - rest.len() + 6;
         Some((conn, used))
     }
@@ -202,6 +256,82 @@ impl Conn {
             },
         }
     }
+}
+
+/// Why a connection left the table (the cause an event's DESTROY names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// Timed out while open (no packet for its state's timeout).
+    Timeout,
+    /// Timed out after a FIN teardown (TIME_WAIT and the other closing states).
+    Fin,
+    /// Reset: timed out in CLOSE after a RST, or forgotten at a RST before any reply.
+    Reset,
+    /// Evicted for a newcomer (early drop: it was unassured).
+    Evicted,
+    /// Removed by an operator (`kill`, `flush`).
+    Killed,
+    /// Replaced by a new connection on the same tuple (a SYN in TIME_WAIT).
+    Reopened,
+    /// Refused at handshake completion by a per-source limit.
+    Refused,
+}
+
+impl Removal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Removal::Timeout => "timeout",
+            Removal::Fin => "fin",
+            Removal::Reset => "rst",
+            Removal::Evicted => "evicted",
+            Removal::Killed => "killed",
+            Removal::Reopened => "reopened",
+            Removal::Refused => "refused",
+        }
+    }
+
+    /// The cause of an expiry, from the state the connection was left in.
+    pub fn of_expiry(conn: &Conn) -> Removal {
+        use EndpointState::*;
+        match conn.proto {
+            Proto::Tcp(t) => {
+                let (o, r) = t.states();
+                if o == Closed || r == Closed {
+                    Removal::Reset
+                } else if [o, r].iter().any(|s| {
+                    matches!(
+                        s,
+                        FinWait1 | FinWait2 | Closing | TimeWait | CloseWait | LastAck
+                    )
+                }) {
+                    Removal::Fin
+                } else {
+                    Removal::Timeout
+                }
+            }
+            _ => Removal::Timeout,
+        }
+    }
+}
+
+/// What happened to a connection, for whoever listens (`conntrackd events`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    New,
+    /// Its state changed (the connection now holds the new one).
+    Update {
+        before: ConnState,
+    },
+    Destroy(Removal),
+}
+
+/// Told of every connection's life in the table, on the packet path: it
+/// must neither block nor allocate (the daemon's queues events into a
+/// bounded channel and counts what does not fit).
+pub trait Observer: Send + Sync {
+    /// Whether anyone listens now; when not, nothing else is called.
+    fn active(&self) -> bool;
+    fn observe(&self, change: Change, key: &FlowKey, conn: &Conn);
 }
 
 /// A connection's state as users read it.
@@ -321,8 +451,8 @@ pub struct Evictions {
     pub unreplied: u64,
 }
 
-/// IPv4 and IPv6 connections live in two maps: an IPv4 entry is 64 bytes
-/// (16-byte key), an IPv6 one 88.
+/// IPv4 and IPv6 connections live in two maps: an IPv4 entry is 96 bytes
+/// (16-byte key), an IPv6 one 120.
 pub struct Table {
     v4: Map<Key4>,
     v6: Map<Key6>,
@@ -337,6 +467,7 @@ pub struct Table {
     /// Per-source counts and rates, made when a policy first limits sources.
     sources: std::sync::OnceLock<Sources>,
     seed: u64,
+    observer: std::sync::OnceLock<std::sync::Arc<dyn Observer>>,
 }
 
 /// A connection locked for update (its shard's write lock is held).
@@ -420,6 +551,23 @@ impl Table {
             evicted_unreplied: AtomicU64::new(0),
             sources: std::sync::OnceLock::new(),
             seed: layout.seed,
+            observer: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Sets who is told of each connection's changes (once; later calls
+    /// are ignored).
+    pub fn set_observer(&self, observer: std::sync::Arc<dyn Observer>) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// Tells the observer, if one listens.
+    #[inline]
+    pub fn notify(&self, change: Change, key: &FlowKey, conn: &Conn) {
+        if let Some(o) = self.observer.get() {
+            if o.active() {
+                o.observe(change, key, conn);
+            }
         }
     }
 
@@ -515,7 +663,7 @@ impl Table {
                 return false;
             };
             let victim = |c: &Conn| !c.assured() && (!half_open_only || c.counted_half_open());
-            if let Some(conn) = self.remove_if(&key, victim) {
+            if let Some(conn) = self.remove_if(&key, Removal::Evicted, victim) {
                 let counter = if conn.counted_half_open() {
                     &self.evicted_half_open
                 } else {
@@ -535,6 +683,7 @@ impl Table {
             FlowKey::V4(k) => self.insert_in(&self.v4, k, conn),
             FlowKey::V6(k) => self.insert_in(&self.v6, k, conn),
         };
+        let inserted = inserted.map(|c| self.notify(Change::New, &key, &c));
         if inserted.is_ok() && !conn.assured() {
             let half_open = matches!(conn.proto, Proto::Tcp(t) if t.is_half_open());
             if half_open {
@@ -546,7 +695,7 @@ impl Table {
         inserted
     }
 
-    fn insert_in<K: Hash + Eq>(&self, map: &Map<K>, key: K, mut conn: Conn) -> Result<(), Conn> {
+    fn insert_in<K: Hash + Eq>(&self, map: &Map<K>, key: K, mut conn: Conn) -> Result<Conn, Conn> {
         use dashmap::mapref::entry::Entry;
         match map.entry(key) {
             Entry::Occupied(o) => Err(*o.get()),
@@ -554,7 +703,7 @@ impl Table {
                 self.account_half_open(&mut conn);
                 v.insert(conn);
                 self.len.fetch_add(1, Ordering::Relaxed);
-                Ok(())
+                Ok(conn)
             }
         }
     }
@@ -575,7 +724,8 @@ impl Table {
         }
     }
 
-    fn account_removed(&self, key: &FlowKey, conn: &Conn) {
+    fn account_removed(&self, key: &FlowKey, conn: &Conn, why: Removal) {
+        self.notify(Change::Destroy(why), key, conn);
         self.len.fetch_sub(1, Ordering::Relaxed);
         if conn.counted_half_open() {
             self.half_open.fetch_sub(1, Ordering::Relaxed);
@@ -587,13 +737,18 @@ impl Table {
         }
     }
 
-    /// Removes an entry if `pred` holds for it.
-    pub fn remove_if(&self, key: &FlowKey, pred: impl FnOnce(&Conn) -> bool) -> Option<Conn> {
+    /// Removes an entry if `pred` holds for it; `why` is told to the observer.
+    pub fn remove_if(
+        &self,
+        key: &FlowKey,
+        why: Removal,
+        pred: impl FnOnce(&Conn) -> bool,
+    ) -> Option<Conn> {
         let conn = match key {
             FlowKey::V4(k) => self.v4.remove_if(k, |_, c| pred(c))?.1,
             FlowKey::V6(k) => self.v6.remove_if(k, |_, c| pred(c))?.1,
         };
-        self.account_removed(key, &conn);
+        self.account_removed(key, &conn, why);
         Some(conn)
     }
 
@@ -612,7 +767,7 @@ impl Table {
         let mut removed = 0;
         map.retain(|key, conn| {
             if conn.expired(now) {
-                self.account_removed(&flow(key), conn);
+                self.account_removed(&flow(key), conn, Removal::of_expiry(conn));
                 removed += 1;
                 false
             } else {
@@ -620,6 +775,16 @@ impl Table {
             }
         });
         removed
+    }
+
+    /// Calls `f` for every entry, holding one shard's read lock at a time.
+    pub fn for_each(&self, mut f: impl FnMut(&FlowKey, &Conn)) {
+        for e in self.v4.iter() {
+            f(&FlowKey::V4(*e.key()), e.value());
+        }
+        for e in self.v6.iter() {
+            f(&FlowKey::V6(*e.key()), e.value());
+        }
     }
 
     /// A snapshot of every connection (for listings and replay summaries).

@@ -18,19 +18,23 @@
 //! {"cmd":"reload"}
 //! ```
 
+use super::events::{self, Interest, Record, Subscription};
 use super::worker::Shared;
+use crate::conntrack::ConnState;
 use crate::engine::ConnInfo;
-use crate::policy::Cidr;
+use crate::policy::{Cidr, Interfaces};
 use crate::reason::{Reason, Verdict};
 use crate::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
@@ -115,16 +119,57 @@ impl Selector {
     }
 
     fn matches(&self, c: &ConnInfo) -> bool {
-        self.src.map_or(true, |n| n.contains(c.originator.0))
-            && self.dst.map_or(true, |n| n.contains(c.responder.0))
-            && self
-                .port
-                .map_or(true, |p| c.originator.1 == p || c.responder.1 == p)
-            && self.proto.map_or(true, |p| c.protocol == p)
+        self.matches_parts(
+            Some(c.protocol),
+            Some(c.originator),
+            Some(c.responder),
+            c.state,
+        )
+    }
+
+    /// A drop or an event: addresses and ports as far as they are known (an
+    /// unknown one matches no filter on it).
+    fn matches_record(&self, r: &Record) -> bool {
+        match r {
+            Record::Drop(d) => {
+                let end = |a: Option<IpAddr>, p: Option<u16>| a.map(|a| (a, p.unwrap_or(0)));
+                let ports = d.ports.unzip();
+                self.matches_parts(
+                    d.protocol,
+                    end(d.src, ports.0),
+                    end(d.dst, ports.1),
+                    d.state,
+                )
+            }
+            Record::Conn(e) => self.matches_parts(
+                Some(e.protocol),
+                Some(e.originator),
+                Some(e.responder),
+                e.state,
+            ),
+        }
+    }
+
+    fn matches_parts(
+        &self,
+        protocol: Option<u8>,
+        src: Option<(IpAddr, u16)>,
+        dst: Option<(IpAddr, u16)>,
+        state: ConnState,
+    ) -> bool {
+        let addr = |net: Option<Cidr>, end: Option<(IpAddr, u16)>| {
+            net.map_or(true, |n| end.is_some_and(|e| n.contains(e.0)))
+        };
+        addr(self.src, src)
+            && addr(self.dst, dst)
+            && self.port.map_or(true, |p| {
+                src.is_some_and(|e| e.1 == p) || dst.is_some_and(|e| e.1 == p)
+            })
+            && self.proto.map_or(true, |p| protocol == Some(p))
             && self
                 .state
                 .as_ref()
-                .map_or(true, |s| c.state.to_string().contains(s.as_str()))
+                .map_or(true, |s| state.to_string().contains(s.as_str()))
     }
 }
 
@@ -137,6 +182,9 @@ pub enum Request {
         filter: Filter,
         #[serde(default)]
         limit: Option<usize>,
+        /// Add each direction's window.
+        #[serde(default)]
+        verbose: bool,
     },
     Kill {
         #[serde(flatten)]
@@ -144,7 +192,45 @@ pub enum Request {
     },
     Flush,
     Reload,
+    /// Everything known about one flow: tracked state, recent drops, and
+    /// what the policy would say to a new connection.
+    Why {
+        /// `ADDR[:PORT]` (`[v6]:PORT` for IPv6).
+        src: String,
+        dst: String,
+        #[serde(default)]
+        proto: Option<String>,
+        /// Interfaces, for rules that name them.
+        #[serde(default)]
+        in_iface: Option<String>,
+        #[serde(default)]
+        out_iface: Option<String>,
+    },
+    /// The recent-drops ring, filtered; `follow` streams new ones.
+    Drops {
+        #[serde(flatten)]
+        filter: Filter,
+        #[serde(default)]
+        last: Option<usize>,
+        #[serde(default)]
+        follow: bool,
+    },
+    /// Streams NEW, UPDATE, DESTROY and DROP events.
+    Events {
+        #[serde(flatten)]
+        filter: Filter,
+    },
+    /// Health: every worker alive and coming round.
+    Status,
 }
+
+/// A worker whose loop has not come round for this long is stuck (its loop
+/// wakes at least every receive timeout, 100 ms, packets or not).
+pub const STUCK_AFTER: Duration = Duration::from_secs(5);
+/// Drops `why` shows, at most.
+const WHY_DROPS: usize = 10;
+/// Drops `drops` shows without `--last`.
+const DEFAULT_DROPS: usize = 50;
 
 /// What the control thread needs from the daemon.
 pub struct Control {
@@ -156,6 +242,10 @@ pub struct Control {
     pub max_connections: usize,
     /// Requests that were not valid JSON or named no known command.
     pub bad_requests: AtomicU64,
+    /// Hands streaming clients to the event thread.
+    pub joins: crossbeam_channel::Sender<Subscription>,
+    /// The counters at the previous `stats`, for rates since then.
+    pub last_stats: Mutex<Option<(Instant, Value)>>,
 }
 
 /// The listening socket: created (replacing a stale one), mode 0660.
@@ -218,7 +308,63 @@ fn client(stream: UnixStream, control: &Control) -> std::io::Result<()> {
     };
     match request {
         Request::Stats => reply(&mut out, &stats(control)),
-        Request::Flows { filter, limit } => flows(&mut out, control, &filter, limit),
+        Request::Flows {
+            filter,
+            limit,
+            verbose,
+        } => flows(&mut out, control, &filter, limit, verbose),
+        Request::Why {
+            src,
+            dst,
+            proto,
+            in_iface,
+            out_iface,
+        } => match why(control, &src, &dst, proto.as_deref(), in_iface, out_iface) {
+            Ok(v) => reply(&mut out, &v),
+            Err(e) => reply(&mut out, &error(&e)),
+        },
+        Request::Drops {
+            filter,
+            last,
+            follow,
+        } => {
+            let sel = match Selector::new(&filter) {
+                Ok(s) => s,
+                Err(e) => return reply(&mut out, &error(&e)),
+            };
+            let recent = control
+                .shared
+                .drops
+                .recent(last.unwrap_or(DEFAULT_DROPS), |d| {
+                    sel.matches_record(&Record::Drop(*d))
+                });
+            for d in &recent {
+                serde_json::to_writer(&mut out, &d.to_json())?;
+                out.write_all(b"\n")?;
+            }
+            let done = json!({
+                "ok": true,
+                "shown": recent.len(),
+                "unrecorded": control.shared.drops.unrecorded(),
+                "following": follow,
+            });
+            reply(&mut out, &done)?;
+            drop(out);
+            if follow {
+                stream_to(control, stream, sel, true)?;
+            }
+            Ok(())
+        }
+        Request::Events { filter } => {
+            let sel = match Selector::new(&filter) {
+                Ok(s) => s,
+                Err(e) => return reply(&mut out, &error(&e)),
+            };
+            reply(&mut out, &json!({"ok": true, "following": true}))?;
+            drop(out);
+            stream_to(control, stream, sel, false)
+        }
+        Request::Status => reply(&mut out, &status(control)),
         Request::Kill { filter } => match Selector::new(&filter) {
             Ok(sel) => {
                 let killed = control.engine.remove_connections(|c| sel.matches(c));
@@ -240,6 +386,159 @@ fn client(stream: UnixStream, control: &Control) -> std::io::Result<()> {
     }
 }
 
+/// Hands the client to the event thread, which streams to it from now on.
+fn stream_to(
+    control: &Control,
+    stream: UnixStream,
+    sel: Selector,
+    drops_only: bool,
+) -> std::io::Result<()> {
+    let interest = Interest {
+        drops_only,
+        select: Some(std::sync::Arc::new(move |r: &Record| sel.matches_record(r))),
+    };
+    // The stream's writes are the event thread's business now (non-blocking).
+    stream.set_write_timeout(None)?;
+    let mut s = &stream;
+    match events::join(
+        &control.shared.hub,
+        &control.joins,
+        Subscription {
+            stream: stream.try_clone()?,
+            interest,
+        },
+    ) {
+        Ok(()) => Ok(()),
+        Err(e) => reply(&mut s, &error(&e)),
+    }
+}
+
+/// `ADDR`, `ADDR:PORT` or `[V6]:PORT`.
+fn endpoint(s: &str) -> Result<(IpAddr, Option<u16>), String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok((a.ip(), Some(a.port())));
+    }
+    let bare = s.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<IpAddr>()
+        .map(|a| (a, None))
+        .map_err(|_| format!("{s:?}: give ADDR, ADDR:PORT or [IPv6]:PORT"))
+}
+
+/// `conntrackd why`: the tracked state (either direction), the recent drops
+/// between the two ends, and the policy's answer to a new connection.
+fn why(
+    c: &Control,
+    src: &str,
+    dst: &str,
+    proto: Option<&str>,
+    in_iface: Option<String>,
+    out_iface: Option<String>,
+) -> Result<Value, String> {
+    let (sa, sp) = endpoint(src)?;
+    let (da, dp) = endpoint(dst)?;
+    if sa.is_ipv4() != da.is_ipv4() {
+        return Err(format!("{src} and {dst} are not of one address family"));
+    }
+    let filter = Filter {
+        proto: Some(proto.unwrap_or("tcp").to_string()),
+        ..Filter::default()
+    };
+    let protocol = Selector::new(&filter)?
+        .proto
+        .unwrap_or(crate::wire::PROTO_TCP);
+    let policy = c.engine.policy();
+    let name = |rule: Option<u16>| rule.and_then(|i| policy.rule_name(i)).map(str::to_string);
+    let info = |i: &ConnInfo| {
+        json!({
+            "proto": crate::wire::protocol_name(i.protocol),
+            "src": SocketAddr::new(i.originator.0, i.originator.1).to_string(),
+            "dst": SocketAddr::new(i.responder.0, i.responder.1).to_string(),
+            "state": i.state.to_string(),
+            "rule": name(i.rule),
+            "expires_in_s": u64::from(i.expires_at_secs).saturating_sub(c.shared.now().as_secs()),
+        })
+    };
+    // Tracked: the exact tuple when both ports are given, else every
+    // connection between the two addresses (either way round).
+    let tracked: Vec<Value> = match (sp, dp) {
+        (Some(sp), Some(dp)) => c
+            .engine
+            .lookup(protocol, (sa, sp), (da, dp))
+            .iter()
+            .map(info)
+            .collect(),
+        _ => {
+            let mut found = Vec::new();
+            c.engine.visit_connections(|i| {
+                let ends = [i.originator, i.responder];
+                let has = |a: IpAddr, p: Option<u16>| {
+                    ends.iter()
+                        .any(|e| e.0 == a && p.map_or(true, |p| p == e.1))
+                };
+                if i.protocol == protocol && has(sa, sp) && has(da, dp) && found.len() < WHY_DROPS {
+                    found.push(info(i));
+                }
+            });
+            found
+        }
+    };
+    let port_ok = |p: Option<u16>, q: Option<u16>| p.map_or(true, |p| q == Some(p));
+    let between = |d: &super::drops::DropRecord| {
+        let (ps, pd) = d.ports.unzip();
+        let forward = d.src == Some(sa) && d.dst == Some(da) && port_ok(sp, ps) && port_ok(dp, pd);
+        let back = d.src == Some(da) && d.dst == Some(sa) && port_ok(dp, ps) && port_ok(sp, pd);
+        d.protocol == Some(protocol) && (forward || back)
+    };
+    let drops: Vec<Value> = c
+        .shared
+        .drops
+        .recent(WHY_DROPS, between)
+        .iter()
+        .map(|d| d.to_json())
+        .collect();
+    let ifaces = Interfaces {
+        input: in_iface.as_deref(),
+        output: out_iface.as_deref(),
+    };
+    let no_interfaces = ifaces.input.is_none() && ifaces.output.is_none();
+    let ports = (sp.unwrap_or(0), dp.unwrap_or(0));
+    let new_connection = match c
+        .engine
+        .would_admit(protocol, (sa, ports.0), (da, ports.1), &ifaces)
+    {
+        Some((action, rule)) => json!({
+            "action": action.to_string(),
+            "rule": name(rule),
+            "by": if rule.is_some() { "rule" } else { "default" },
+            "note": (dp.is_none() && matches!(protocol, 6 | 17))
+                .then_some("no destination port given: evaluated for port 0"),
+            "interfaces": no_interfaces
+                .then_some("none given (--in, --out): rules that name an interface do not match"),
+        }),
+        None => json!({"note": "no first packet to evaluate for this protocol"}),
+    };
+    Ok(json!({
+        "ok": true,
+        "tracked": tracked,
+        "drops": drops,
+        "new_connection": new_connection,
+    }))
+}
+
+/// `conntrackd status`: ok when every worker's loop came round within
+/// `STUCK_AFTER`; else which did not.
+fn status(c: &Control) -> Value {
+    let workers: Vec<Value> = c
+        .shared
+        .heartbeat_ages()
+        .map(|(queue, age)| json!({"queue": queue, "idle_ms": age}))
+        .collect();
+    match c.shared.unhealthy(STUCK_AFTER) {
+        None => json!({"ok": true, "workers": workers, "uptime_s": c.started.elapsed().as_secs()}),
+        Some(why) => json!({"ok": false, "error": why, "workers": workers}),
+    }
+}
+
 fn error(message: &str) -> Value {
     json!({"ok": false, "error": message})
 }
@@ -249,6 +548,17 @@ fn reply(out: &mut impl Write, v: &Value) -> std::io::Result<()> {
     out.write_all(b"\n")?;
     out.flush()
 }
+
+/// Counters whose rate per second since the previous `stats` is shown.
+const RATED: &[&str] = &[
+    "packets",
+    "accepted",
+    "dropped",
+    "new_connections",
+    "evicted_half_open",
+    "evicted_unreplied",
+    "enobufs",
+];
 
 fn stats(c: &Control) -> Value {
     let totals = c.shared.totals();
@@ -267,65 +577,156 @@ fn stats(c: &Control) -> Value {
             "untracked": s.untracked(),
         })
     });
-    json!({
+    let policy = c.engine.policy();
+    let hits = (totals.rules_generation == c.engine.generation()).then_some(&totals.rule_hits);
+    let rules: Vec<Value> = policy
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let h = hits.and_then(|h| h.get(i)).copied().unwrap_or([0; 2]);
+            json!({"name": r.name, "action": r.action.to_string(), "packets": h[0], "connections": h[1]})
+        })
+        .collect();
+    let queues: Vec<Value> = c
+        .shared
+        .stats
+        .iter()
+        .zip(&c.shared.heartbeats)
+        .map(|(slot, (queue, _))| {
+            let s = slot.lock().unwrap_or_else(|e| e.into_inner());
+            json!({
+                "queue": queue,
+                "packets": s.packets(),
+                "reads": s.reads,
+                "mean_batch": if s.reads == 0 { 0.0 } else { s.packets() as f64 / s.reads as f64 },
+                "enobufs": s.enobufs,
+                "recv_errors": s.recv_errors,
+                "verdict_errors": s.verdict_errors,
+            })
+        })
+        .collect();
+    let new_connections =
+        totals.counters.get(Reason::NewByRule) + totals.counters.get(Reason::NewByDefault);
+    let overload = [
+        Reason::SourceConnLimit,
+        Reason::SourceRateLimit,
+        Reason::SourceOverloaded,
+    ]
+    .iter()
+    .map(|&r| totals.counters.get(r))
+    .sum::<u64>();
+    let mut v = json!({
         "ok": true,
         "uptime_s": c.started.elapsed().as_secs(),
         "connections": table.len(),
         "max_connections": c.max_connections,
         "half_open": table.half_open(),
+        "new_connections": new_connections,
         "evicted_half_open": evictions.half_open,
         "evicted_unreplied": evictions.unreplied,
         "packets": totals.packets(),
         "accepted": totals.counters.total(Verdict::Accept),
         "dropped": totals.counters.total(Verdict::Drop),
+        "overload_drops": overload,
+        "table_full_drops": totals.counters.get(Reason::TableFull) + totals.counters.get(Reason::HalfOpenLimit),
         "reads": totals.reads,
         "enobufs": totals.enobufs,
         "recv_errors": totals.recv_errors,
+        "verdict_errors": totals.verdict_errors,
+        "engine_panics": totals.engine_panics,
+        "log_events_lost": totals.events_lost,
+        "stream_events_lost": c.shared.hub.lost(),
+        "stream_subscribers": c.shared.hub.subscribers(),
+        "drops_unrecorded": c.shared.drops.unrecorded(),
         "bad_requests": c.bad_requests.load(Ordering::Relaxed),
         "sources": sources,
+        "queues": queues,
+        "rules": rules,
         "reasons": reasons,
-    })
+    });
+    // Rates since the previous call (none at the first).
+    let now = Instant::now();
+    let mut last = c.last_stats.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((then, prev)) = last.as_ref() {
+        let secs = now.duration_since(*then).as_secs_f64().max(1e-3);
+        let rates: serde_json::Map<String, Value> = RATED
+            .iter()
+            .map(|k| {
+                let d = v[k]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .saturating_sub(prev[k].as_u64().unwrap_or(0));
+                (
+                    k.to_string(),
+                    json!((d as f64 / secs * 10.0).round() / 10.0),
+                )
+            })
+            .collect();
+        v["per_second"] = json!(rates);
+        v["per_second_over_s"] = json!((secs * 10.0).round() / 10.0);
+    }
+    let keep: serde_json::Map<String, Value> = RATED
+        .iter()
+        .map(|k| (k.to_string(), v[k].clone()))
+        .collect();
+    *last = Some((now, Value::Object(keep)));
+    v
 }
 
-/// One line per connection, then a summary line.
+/// One line per connection, then a summary line. The walk holds one
+/// shard at a time and keeps only what it will show (at most `limit`);
+/// nothing is written to the client while a shard is held.
 fn flows(
     out: &mut impl Write,
     c: &Control,
     filter: &Filter,
     limit: Option<usize>,
+    verbose: bool,
 ) -> std::io::Result<()> {
     let sel = match Selector::new(filter) {
         Ok(s) => s,
         Err(e) => return reply(out, &error(&e)),
     };
-    let now = c.shared.now().as_secs();
     let limit = limit.unwrap_or(usize::MAX);
-    let (mut shown, mut matched) = (0usize, 0usize);
-    for info in c.engine.connections() {
-        if !sel.matches(&info) {
-            continue;
+    let mut shown = Vec::new();
+    let mut matched = 0usize;
+    c.engine.visit_connections(|info| {
+        if sel.matches(info) {
+            matched += 1;
+            if shown.len() < limit {
+                shown.push(info.clone());
+            }
         }
-        matched += 1;
-        if shown < limit {
-            shown += 1;
-            serde_json::to_writer(
-                &mut *out,
-                &json!({
-                    "proto": crate::wire::protocol_name(info.protocol),
-                    "src": info.originator.0.to_string(),
-                    "sport": info.originator.1,
-                    "dst": info.responder.0.to_string(),
-                    "dport": info.responder.1,
-                    "state": info.state.to_string(),
-                    "expires_in_s": u64::from(info.expires_at_secs).saturating_sub(now),
-                }),
-            )?;
-            out.write_all(b"\n")?;
+    });
+    let now = c.shared.now().as_secs();
+    let policy = c.engine.policy();
+    for info in &shown {
+        let mut line = json!({
+            "proto": crate::wire::protocol_name(info.protocol),
+            "src": info.originator.0.to_string(),
+            "sport": info.originator.1,
+            "dst": info.responder.0.to_string(),
+            "dport": info.responder.1,
+            "state": info.state.to_string(),
+            "age_s": now.saturating_sub(u64::from(info.opened_at_secs)),
+            "expires_in_s": u64::from(info.expires_at_secs).saturating_sub(now),
+            "rule": info.rule.and_then(|i| policy.rule_name(i)),
+            "packets": info.traffic.packets,
+            "bytes": info.traffic.bytes,
+        });
+        if let (true, Some(w)) = (verbose, info.windows) {
+            line["windows"] = json!(w
+                .iter()
+                .map(|w| json!({"end": w.end, "maxend": w.maxend, "maxwin": w.maxwin, "scale": w.scale}))
+                .collect::<Vec<_>>());
         }
+        serde_json::to_writer(&mut *out, &line)?;
+        out.write_all(b"\n")?;
     }
     reply(
         out,
-        &json!({"ok": true, "shown": shown, "matched": matched}),
+        &json!({"ok": true, "shown": shown.len(), "matched": matched}),
     )
 }
 

@@ -191,6 +191,11 @@ impl Housekeeping {
                     );
                 }
             }
+            // The systemd watchdog (WatchdogSec=) is fed only while every
+            // worker makes progress: a stuck worker gets the service restarted.
+            if self.shared.unhealthy(super::control::STUCK_AFTER).is_none() {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            }
             if last_status.elapsed() >= Duration::from_secs(5) {
                 last_status = Instant::now();
                 let table = self.engine.table();

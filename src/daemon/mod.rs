@@ -13,6 +13,8 @@
 //! threads joined.
 
 pub mod control;
+pub mod drops;
+pub mod events;
 mod housekeeping;
 pub mod logging;
 pub mod settings;
@@ -156,7 +158,13 @@ struct Daemon {
     logger: Option<JoinHandle<()>>,
     housekeeping: Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>,
     installed: Option<Installed>,
-    control: Option<(Arc<std::sync::atomic::AtomicBool>, JoinHandle<()>)>,
+    control: Option<Control>,
+}
+
+/// The control socket's thread and the event hub's, and the flag that stops both.
+struct Control {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -164,7 +172,8 @@ impl Daemon {
         let signals =
             Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
         let engine = Arc::new(new_engine(&config, settings.queues.len()));
-        let shared = Arc::new(Shared::new(Instant::now(), settings.queues.len()));
+        let shared = Arc::new(Shared::new(Instant::now(), settings.queues.as_slice()));
+        engine.table().set_observer(shared.hub.clone());
         // The table before the queues: no packet waits while it loads.
         match &settings.state_file {
             Some(path) => state::load(path, &engine, shared.now(), settings.crash_pickup),
@@ -259,9 +268,11 @@ impl Daemon {
     fn stop(mut self) -> ExitCode {
         let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
         let mut ok = true;
-        if let Some((stop, handle)) = self.control.take() {
-            stop.store(true, Ordering::Relaxed);
-            let _ = handle.join();
+        if let Some(control) = self.control.take() {
+            control.stop.store(true, Ordering::Relaxed);
+            for handle in control.threads {
+                let _ = handle.join();
+            }
         }
         // 1. No new packets are queued to us...
         if let Some(installed) = self.installed.take() {
@@ -494,7 +505,7 @@ fn start_control(
     engine: &Arc<Engine>,
     shared: &Arc<Shared>,
     max_connections: usize,
-) -> anyhow::Result<Option<(Arc<std::sync::atomic::AtomicBool>, JoinHandle<()>)>> {
+) -> anyhow::Result<Option<Control>> {
     let Some(path) = settings.control_socket.clone() else {
         return Ok(None);
     };
@@ -509,6 +520,7 @@ fn start_control(
         }
     };
     let rules = rules.clone();
+    let (joins, joined) = crossbeam_channel::bounded(events::MAX_SUBSCRIBERS);
     let c = control::Control {
         engine: engine.clone(),
         shared: shared.clone(),
@@ -516,15 +528,25 @@ fn start_control(
         started: Instant::now(),
         max_connections,
         bad_requests: std::sync::atomic::AtomicU64::new(0),
+        joins,
+        last_stats: std::sync::Mutex::new(None),
     };
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
     info!(control_socket = %path.display(), "control socket open");
-    let handle = std::thread::Builder::new()
+    let control = std::thread::Builder::new()
         .name("ctd-control".into())
         .spawn(move || control::serve(listener, path, c, flag))
         .context("starting the control thread")?;
-    Ok(Some((stop, handle)))
+    let (hub, flag) = (shared.hub.clone(), stop.clone());
+    let events = std::thread::Builder::new()
+        .name("ctd-events".into())
+        .spawn(move || events::run(hub, joined, flag))
+        .context("starting the event thread")?;
+    Ok(Some(Control {
+        stop,
+        threads: vec![control, events],
+    }))
 }
 
 /// The housekeeping thread, and the channel that stops it.

@@ -7,6 +7,8 @@
 
 use crate::conntrack::tcp::EndpointState;
 use crate::conntrack::ConnState;
+use crate::daemon::drops::{DropRecord, Drops};
+use crate::daemon::events::{Hub, Record};
 use crate::daemon::logging::{Event, PacketEvent};
 use crate::engine::Context;
 use crate::kernel::ifnames::IfNames;
@@ -50,6 +52,10 @@ pub struct WorkerStats {
     /// Hand-off mode: packets whose verdict carried the hand-off mark (their
     /// connection was handed to the kernel).
     pub handoff_marked: u64,
+    /// Per rule of the policy of `rules_generation` (by index): [packets the
+    /// rule decided, new connections it admitted]. A reload starts afresh.
+    pub rule_hits: Vec<[u64; 2]>,
+    pub rules_generation: u8,
 }
 
 impl WorkerStats {
@@ -65,6 +71,18 @@ impl WorkerStats {
         self.reads += o.reads;
         self.verdict_messages += o.verdict_messages;
         self.handoff_marked += o.handoff_marked;
+        if self.rule_hits.is_empty() {
+            self.rules_generation = o.rules_generation;
+        }
+        if o.rules_generation == self.rules_generation {
+            if self.rule_hits.len() < o.rule_hits.len() {
+                self.rule_hits.resize(o.rule_hits.len(), [0; 2]);
+            }
+            for (mine, theirs) in self.rule_hits.iter_mut().zip(&o.rule_hits) {
+                mine[0] += theirs[0];
+                mine[1] += theirs[1];
+            }
+        }
     }
 
     pub fn packets(&self) -> u64 {
@@ -76,23 +94,71 @@ impl WorkerStats {
 #[derive(Debug)]
 pub struct Shared {
     pub start: Instant,
+    /// The wall clock at `start`, milliseconds since the Unix epoch (drop
+    /// records are stamped from the engine's clock plus this: no second
+    /// clock reading per packet).
+    pub start_unix_ms: u64,
     pub stop: AtomicBool,
     /// Bumped to make workers forget cached interface names (SIGHUP).
     pub ifnames_generation: AtomicU64,
     /// One slot per worker, refreshed about once a second.
     pub stats: Vec<Mutex<WorkerStats>>,
+    /// Per worker: its queue number, and the engine-clock millisecond its loop
+    /// last came round (at least every receive timeout, packets or not).
+    pub heartbeats: Vec<(u16, AtomicU64)>,
+    pub drops: Drops,
+    pub hub: Arc<Hub>,
 }
 
 impl Shared {
-    pub fn new(start: Instant, workers: usize) -> Shared {
+    /// `queues`: each worker's queue number.
+    pub fn new(start: Instant, queues: &[u16]) -> Shared {
         Shared {
             start,
+            start_unix_ms: crate::daemon::events::unix_ms(),
             stop: AtomicBool::new(false),
             ifnames_generation: AtomicU64::new(0),
-            stats: (0..workers)
+            stats: queues
+                .iter()
                 .map(|_| Mutex::new(WorkerStats::default()))
                 .collect(),
+            heartbeats: queues.iter().map(|&q| (q, AtomicU64::new(0))).collect(),
+            drops: Drops::new(queues.len()),
+            hub: Arc::new(Hub::default()),
         }
+    }
+
+    /// Each worker's queue and how long ago its loop last came round (ms);
+    /// `None` for one that never did.
+    pub fn heartbeat_ages(&self) -> impl Iterator<Item = (u16, Option<u64>)> + '_ {
+        let now_ms = self.now().as_nanos() / 1_000_000;
+        self.heartbeats.iter().map(move |(queue, beat)| {
+            let at = beat.load(Ordering::Relaxed);
+            (*queue, (at != 0).then(|| now_ms.saturating_sub(at)))
+        })
+    }
+
+    /// Why the daemon is unhealthy: the workers whose loop has not come
+    /// round within `stuck_after` (the loop wakes at least every receive
+    /// timeout, packets or not, so a silent network is no reason).
+    pub fn unhealthy(&self, stuck_after: Duration) -> Option<String> {
+        let stuck: Vec<String> = self
+            .heartbeat_ages()
+            .filter(|(_, age)| age.map_or(true, |a| a >= stuck_after.as_millis() as u64))
+            .map(|(queue, age)| match age {
+                Some(a) => format!(
+                    "worker of queue {queue}: no progress for {:.1} s",
+                    a as f64 / 1e3
+                ),
+                None => format!("worker of queue {queue}: never started"),
+            })
+            .collect();
+        (!stuck.is_empty()).then(|| stuck.join("; "))
+    }
+
+    /// Milliseconds since the Unix epoch at engine time `at`.
+    pub fn unix_ms(&self, at: Timestamp) -> u64 {
+        self.start_unix_ms + at.as_nanos() / 1_000_000
     }
 
     /// The engine's clock: monotonic, since the daemon started.
@@ -154,6 +220,10 @@ impl Worker {
             let received = rx.recv(false);
             // One clock reading per read, for the engine and for the publishing below.
             let now = Instant::now();
+            self.shared.heartbeats[self.index].1.store(
+                now.saturating_duration_since(self.shared.start).as_millis() as u64,
+                Ordering::Relaxed,
+            );
             match received {
                 Ok(_) => {
                     consecutive_errors = 0;
@@ -336,6 +406,23 @@ impl Worker {
         };
         let verdict = d.verdict();
         stats.counters.record(d.reason);
+        if let Some(rule) = d.rule {
+            self.count_rule(rule, &d, stats);
+        }
+        if verdict == Verdict::Drop {
+            let record = DropRecord::new(
+                self.shared.unix_ms(now),
+                self.queue.num,
+                d.reason,
+                d.before,
+                payload,
+                wire_len.min(u32::MAX as usize) as u32,
+            );
+            self.shared.drops.record(self.index, record);
+            if self.shared.hub.listening() {
+                self.shared.hub.send(Record::Drop(record));
+            }
+        }
         if d.log || (verdict == Verdict::Drop && self.log_drops) {
             let event = PacketEvent::new(
                 self.queue.num,
@@ -364,6 +451,24 @@ impl Worker {
                 }
                 (Verdict::Accept, mark)
             }
+        }
+    }
+
+    /// Counts a packet a rule decided. The vector grows the first time a
+    /// rule is hit after a reload (once per rule), never otherwise.
+    fn count_rule(&self, rule: u16, d: &crate::engine::Decision, stats: &mut WorkerStats) {
+        let generation = self.engine.generation();
+        if stats.rules_generation != generation {
+            stats.rules_generation = generation;
+            stats.rule_hits.clear();
+        }
+        let i = usize::from(rule);
+        if i >= stats.rule_hits.len() {
+            stats.rule_hits.resize(i + 1, [0; 2]);
+        }
+        stats.rule_hits[i][0] += 1;
+        if d.before == ConnState::None && d.after != ConnState::None {
+            stats.rule_hits[i][1] += 1;
         }
     }
 

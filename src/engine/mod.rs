@@ -11,8 +11,11 @@ use crate::conntrack::sources::{SourceLimits, SourceRefusal};
 use crate::conntrack::state;
 pub use crate::conntrack::state::StateError;
 pub use crate::conntrack::table::Layout;
+use crate::conntrack::table::{Change, Removal};
 use crate::conntrack::table::{Full, Limits, Proto};
+pub use crate::conntrack::tcp::Window;
 use crate::conntrack::tcp::{TcpConn, ORIGINATOR, RESPONDER};
+pub use crate::conntrack::Traffic;
 use crate::conntrack::{Conn, ConnState, FlowKey, Side, Table};
 use crate::policy::{Action, Interfaces, Policy};
 use crate::reason::{Reason, Verdict};
@@ -86,19 +89,35 @@ pub struct ConnInfo {
     pub responder: (IpAddr, u16),
     pub state: ConnState,
     pub expires_at_secs: u32,
+    pub opened_at_secs: u32,
+    /// Index of the rule that admitted it in the policy in force (`None`: the
+    /// default action, or a rule of a policy since reloaded).
+    pub rule: Option<u16>,
+    pub traffic: Traffic,
+    /// TCP: each direction's window, [originator, responder].
+    pub windows: Option<[Window; 2]>,
 }
 
-fn conn_info(key: &FlowKey, conn: &Conn) -> ConnInfo {
-    let other = match conn.originator {
-        Side::Lo => Side::Hi,
-        Side::Hi => Side::Lo,
-    };
-    ConnInfo {
-        protocol: key.protocol(),
-        originator: key.endpoint(conn.originator),
-        responder: key.endpoint(other),
-        state: conn.state(),
-        expires_at_secs: conn.expires_at_secs(),
+impl ConnInfo {
+    fn new(key: &FlowKey, conn: &Conn, generation: u8) -> ConnInfo {
+        let other = match conn.originator {
+            Side::Lo => Side::Hi,
+            Side::Hi => Side::Lo,
+        };
+        ConnInfo {
+            protocol: key.protocol(),
+            originator: key.endpoint(conn.originator),
+            responder: key.endpoint(other),
+            state: conn.state(),
+            expires_at_secs: conn.expires_at_secs(),
+            opened_at_secs: conn.opened_at_secs(),
+            rule: conn.rule(generation),
+            traffic: conn.traffic(),
+            windows: match conn.proto {
+                Proto::Tcp(t) => Some(t.windows()),
+                _ => None,
+            },
+        }
     }
 }
 
@@ -117,6 +136,9 @@ pub struct Engine {
     /// The policy in force has a rule with source limits: only then does a
     /// completed handshake look the policy up again (`charge_source`).
     limits_sources: std::sync::atomic::AtomicBool,
+    /// Bumped by every `set_policy` (wrapping): a connection remembers the
+    /// generation of the rule that admitted it.
+    generation: std::sync::atomic::AtomicU8,
 }
 
 enum Lookup {
@@ -149,9 +171,15 @@ impl Engine {
                 (start * limits.max_half_open as f64) as usize,
             ),
             limits_sources: std::sync::atomic::AtomicBool::new(false),
+            generation: std::sync::atomic::AtomicU8::new(0),
         };
         engine.prepare_sources();
         engine
+    }
+
+    /// The policy's generation (see [`Conn::rule`]): bumped by each `set_policy`.
+    pub fn generation(&self) -> u8 {
+        self.generation.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn settings(&self) -> &EngineSettings {
@@ -173,6 +201,8 @@ impl Engine {
     /// Replaces the policy for new connections; tracked connections keep their state.
     pub fn set_policy(&self, policy: Policy) {
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.prepare_sources();
     }
 
@@ -290,12 +320,58 @@ impl Engine {
         self.table.expire(now)
     }
 
+    /// The connection of this tuple (either direction), if tracked.
+    pub fn lookup(&self, protocol: u8, a: (IpAddr, u16), b: (IpAddr, u16)) -> Option<ConnInfo> {
+        let (key, _) = FlowKey::new(protocol, a.0, a.1, b.0, b.1);
+        let conn = *self.table.get(&key)?;
+        Some(ConnInfo::new(&key, &conn, self.generation()))
+    }
+
+    /// Calls `f` for every tracked connection, one shard locked (for
+    /// reading) at a time: `f` must be quick, and must not touch the table.
+    pub fn visit_connections(&self, mut f: impl FnMut(&ConnInfo)) {
+        let generation = self.generation();
+        self.table
+            .for_each(|key, conn| f(&ConnInfo::new(key, conn, generation)));
+    }
+
+    /// What the policy would decide for a new connection from `src` to
+    /// `dst`: its first packet (a SYN, a datagram, an echo request) is built
+    /// and evaluated. `None` for mixed families or a protocol without ports
+    /// or echo that the policy never sees as a connection.
+    pub fn would_admit(
+        &self,
+        protocol: u8,
+        src: (IpAddr, u16),
+        dst: (IpAddr, u16),
+        ifaces: &Interfaces<'_>,
+    ) -> Option<(Action, Option<u16>)> {
+        if src.0.is_ipv4() != dst.0.is_ipv4() {
+            return None;
+        }
+        let (s, d) = (
+            std::net::SocketAddr::new(src.0, src.1),
+            std::net::SocketAddr::new(dst.0, dst.1),
+        );
+        let bytes = match protocol {
+            wire::PROTO_TCP => wire::build::tcp(s, d).flags(wire::TcpFlags::SYN).build(),
+            wire::PROTO_UDP => wire::build::udp(s, d, &[]),
+            wire::PROTO_ICMP | wire::PROTO_ICMPV6 => {
+                wire::build::icmp_echo(src.0, dst.0, 0, 0, true)
+            }
+            _ => wire::build::other(src.0, dst.0, protocol, &[]),
+        };
+        let packet = wire::parse(&bytes, Framing::default()).ok()?;
+        let m = self.policy().evaluate(&packet, ifaces);
+        Some((m.action, m.rule))
+    }
+
     /// Every tracked connection.
     pub fn connections(&self) -> Vec<ConnInfo> {
         self.table
             .snapshot()
             .into_iter()
-            .map(|(key, conn)| conn_info(&key, &conn))
+            .map(|(key, conn)| ConnInfo::new(&key, &conn, self.generation()))
             .collect()
     }
 
@@ -350,8 +426,14 @@ impl Engine {
     /// snapshot, so it never holds a shard while deciding.
     pub fn remove_connections(&self, pred: impl Fn(&ConnInfo) -> bool) -> usize {
         let mut removed = 0;
+        let generation = self.generation();
         for (key, conn) in self.table.snapshot() {
-            if pred(&conn_info(&key, &conn)) && self.table.remove_if(&key, |_| true).is_some() {
+            if pred(&ConnInfo::new(&key, &conn, generation))
+                && self
+                    .table
+                    .remove_if(&key, Removal::Killed, |_| true)
+                    .is_some()
+            {
                 removed += 1;
             }
         }
@@ -410,8 +492,13 @@ impl Engine {
         // (the kernel's reopen), is replaced: the SYN is a new connection and
         // the policy decides it afresh.
         if conn.expired(now) || (bare_syn && tcp.is_reopenable()) {
+            let why = if conn.expired(now) {
+                Removal::of_expiry(conn)
+            } else {
+                Removal::Reopened
+            };
             drop(entry);
-            self.table.remove_if(key, |c| {
+            self.table.remove_if(key, why, |c| {
                 c.expired(now) || matches!(c.proto, Proto::Tcp(t) if bare_syn && t.is_reopenable())
             });
             return Lookup::Absent;
@@ -424,12 +511,16 @@ impl Engine {
         let before = conn.state();
         let outcome = tcp.handle(from, seg);
         conn.proto = Proto::Tcp(tcp);
+        if outcome.reason.verdict() == Verdict::Accept {
+            conn.count(from == ORIGINATOR, p.len);
+        }
         if outcome.forget {
             let after = conn.state();
             drop(entry);
             // Only if it is still this reset connection: another worker may
             // have reopened the key in between.
-            self.table.remove_if(key, |c| c.state() == after);
+            self.table
+                .remove_if(key, Removal::Reset, |c| c.state() == after);
             return Lookup::Found(Decision {
                 reason: outcome.reason,
                 before,
@@ -446,7 +537,7 @@ impl Engine {
                 if from == ORIGINATOR {
                     if let Err(reason) = self.charge_source(p, ctx, conn, now) {
                         drop(entry);
-                        self.table.remove_if(key, |c| c.assured());
+                        self.table.remove_if(key, Removal::Refused, |c| c.assured());
                         return Lookup::Found(Decision {
                             reason,
                             before,
@@ -464,10 +555,14 @@ impl Engine {
             conn.set_timeout(now, timeout);
             self.table.account_half_open(conn);
         }
+        let after = conn.state();
+        if after != before {
+            self.table.notify(Change::Update { before }, key, conn);
+        }
         Lookup::Found(Decision {
             reason: outcome.reason,
             before,
-            after: conn.state(),
+            after,
             rule: None,
             log: false,
         })
@@ -552,22 +647,28 @@ impl Engine {
                     if side != conn.originator && !conn.replied() {
                         conn.set_replied();
                     }
+                    conn.count(side == conn.originator, p.len);
                     let mut timeout =
                         self.datagram_timeout(p.protocol, conn.replied() && conn.assured());
                     if !conn.assured() {
                         timeout = self.adapt(timeout, false);
                     }
                     conn.set_timeout(now, timeout);
+                    let after = conn.state();
+                    if after != before {
+                        self.table.notify(Change::Update { before }, &key, conn);
+                    }
                     return Decision {
                         reason: Reason::Tracked,
                         before,
-                        after: conn.state(),
+                        after,
                         rule: None,
                         log: false,
                     };
                 }
                 drop(entry);
-                self.table.remove_if(&key, |c| c.expired(now));
+                self.table
+                    .remove_if(&key, Removal::Timeout, |c| c.expired(now));
             }
             if !may_open {
                 return Decision::stateless(Reason::NoConnection);
@@ -693,6 +794,8 @@ impl Engine {
             return Some(Decision { reason, ..decision });
         }
         let mut conn = Conn::new(proto, side, decision.log);
+        conn.set_admitted(now, decision.rule, self.generation());
+        conn.count(true, p.len);
         let timeout = match proto {
             Proto::Tcp(t) => t.timeout(&self.settings.timeouts),
             _ => self.datagram_timeout(p.protocol, false),

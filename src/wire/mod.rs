@@ -119,6 +119,9 @@ pub struct Packet {
     /// IP protocol number (after IPv6 extension headers).
     pub protocol: u8,
     pub transport: Transport,
+    /// Bytes of the whole IP packet on the wire (what per-connection byte
+    /// counters add up), even when only its headers were copied.
+    pub len: u32,
 }
 
 impl Packet {
@@ -196,6 +199,7 @@ fn parse_inner(bytes: &[u8], wire_len: usize, checksums: Checksums) -> Result<Pa
         dst: net.dst,
         protocol: net.protocol,
         transport,
+        len: wire_len.min(u32::MAX as usize) as u32,
     })
 }
 

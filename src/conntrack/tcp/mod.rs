@@ -24,6 +24,18 @@ pub struct TcpConn {
     peers: [Peer; 2],
 }
 
+/// One direction's window, for listings (`conntrackd flows -v`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Window {
+    /// Highest sequence number sent, plus its length.
+    pub end: u32,
+    /// Highest sequence number the peer has allowed (ack + window).
+    pub maxend: u32,
+    /// Largest window advertised, scaled.
+    pub maxwin: u32,
+    pub scale: u8,
+}
+
 /// How a packet went, for the caller: the reason and whether state changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpOutcome {
@@ -152,6 +164,16 @@ impl TcpConn {
     /// Windows are judged liberally (picked up mid-stream or handed off).
     pub fn is_liberal(&self) -> bool {
         self.peers[0].liberal()
+    }
+
+    /// Each direction's window as the observer tracks it: [originator, responder].
+    pub fn windows(&self) -> [Window; 2] {
+        self.peers.map(|p| Window {
+            end: p.end.0,
+            maxend: p.maxend.0,
+            maxwin: p.maxwin,
+            scale: p.scale,
+        })
     }
 
     pub fn states(&self) -> (EndpointState, EndpointState) {
