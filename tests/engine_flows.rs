@@ -735,3 +735,137 @@ fn a_state_file_larger_than_the_table_loads_what_fits() {
     assert_eq!(small.engine.table().len(), 4);
     assert_eq!(small.engine.table().half_open(), 4);
 }
+
+/// Collects what the table tells its observer: (event, cause, state).
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<String>>);
+
+impl conntrackd::conntrack::table::Observer for Recorder {
+    fn active(&self) -> bool {
+        true
+    }
+    fn observe(
+        &self,
+        change: conntrackd::conntrack::table::Change,
+        key: &conntrackd::conntrack::FlowKey,
+        conn: &conntrackd::conntrack::Conn,
+    ) {
+        use conntrackd::conntrack::table::Change;
+        let port = key.endpoint(conn.originator).1;
+        let what = match change {
+            Change::New => "NEW".to_string(),
+            Change::Update { before } => format!("UPDATE from {before}"),
+            Change::Destroy(why) => format!("DESTROY {}", why.name()),
+        };
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{port} {what} -> {}", conn.state()));
+    }
+}
+
+fn recorder(t: &Harness) -> std::sync::Arc<Recorder> {
+    let r = std::sync::Arc::new(Recorder::default());
+    t.engine.table().set_observer(r.clone());
+    r
+}
+
+/// Every change of a connection's life reaches the observer once, with the
+/// cause of its end: a FIN teardown, a RST, an operator's kill.
+#[test]
+fn the_observer_sees_each_connection_born_changed_and_destroyed_with_its_cause() {
+    let mut t = Harness::allow_all();
+    let seen = recorder(&t);
+    let mut fin = Flow::v4_port(40001).open(&mut t);
+    fin.client(&mut t, 0x11, b""); // FIN+ACK
+    fin.server(&mut t, 0x11, b"");
+    fin.client(&mut t, 0x10, b"");
+    let mut rst = Flow::v4_port(40002).open(&mut t);
+    assert_eq!(rst.client(&mut t, 0x04, b"").verdict(), Verdict::Accept);
+    Flow::v4_port(40003).open(&mut t);
+    assert_eq!(t.engine.remove_connections(|c| c.originator.1 == 40003), 1);
+    t.now_secs += 10_000;
+    assert_eq!(t.engine.expire(t.now()), 2);
+    let seen = seen.0.lock().unwrap().clone();
+    let of = |port: &str| -> Vec<String> {
+        seen.iter()
+            .filter(|l| l.starts_with(port))
+            .map(|l| l[6..].to_string())
+            .collect()
+    };
+    assert_eq!(
+        of("40001"),
+        [
+            "NEW -> SYN_SENT:LISTEN",
+            "UPDATE from SYN_SENT:LISTEN -> SYN_SENT:SYN_RECV",
+            "UPDATE from SYN_SENT:SYN_RECV -> ESTABLISHED:ESTABLISHED",
+            "UPDATE from ESTABLISHED:ESTABLISHED -> FIN_WAIT_1:CLOSE_WAIT",
+            "UPDATE from FIN_WAIT_1:CLOSE_WAIT -> TIME_WAIT:LAST_ACK",
+            "UPDATE from TIME_WAIT:LAST_ACK -> TIME_WAIT:CLOSED",
+            "DESTROY fin -> TIME_WAIT:CLOSED",
+        ]
+    );
+    assert_eq!(
+        of("40002").last().unwrap(),
+        "DESTROY rst -> CLOSED:CLOSED"
+    );
+    assert_eq!(
+        of("40003").last().unwrap(),
+        "DESTROY killed -> ESTABLISHED:ESTABLISHED"
+    );
+}
+
+/// Per-connection counters add each accepted packet's wire length to its
+/// direction; the age and the admitting rule are kept.
+#[test]
+fn a_connection_counts_its_packets_and_bytes_per_direction() {
+    let mut t = Harness::from_toml(
+        r#"
+[policy]
+default = "drop"
+[[rule]]
+name = "other"
+action = "accept"
+proto = "tcp"
+dst_ports = [81]
+[[rule]]
+name = "web"
+action = "accept"
+proto = "tcp"
+dst_ports = [80]
+"#,
+    );
+    let mut f = Flow::v4().open(&mut t);
+    t.now_secs += 5;
+    f.client(&mut t, 0x18, &[7; 100]);
+    f.server(&mut t, 0x18, &[7; 1000]);
+    f.server(&mut t, 0x18, &[7; 1000]);
+    let c = t
+        .engine
+        .lookup(6, (f.s.ip(), f.s.port()), (f.c.ip(), f.c.port()))
+        .unwrap();
+    assert_eq!(c.originator, (f.c.ip(), f.c.port()));
+    // SYN 40 + ACK 40 + 140; SYN+ACK 40 + 1040 twice.
+    assert_eq!(c.traffic.packets, [3, 3]);
+    assert_eq!(c.traffic.bytes, [40 + 40 + 140, 40 + 2 * 1040]);
+    assert_eq!(c.rule, Some(1));
+    assert_eq!(t.now().as_secs() - u64::from(c.opened_at_secs), 5);
+    // A dropped packet (out of window) counts nothing.
+    let bad = build::tcp(f.c, f.s)
+        .seq(f.c_nxt.wrapping_add(1 << 30))
+        .payload(&[1; 10])
+        .build();
+    assert_eq!(t.send(bad).verdict(), Verdict::Drop);
+    let c2 = t
+        .engine
+        .lookup(6, (f.c.ip(), f.c.port()), (f.s.ip(), f.s.port()))
+        .unwrap();
+    assert_eq!(c2.traffic, c.traffic);
+    // After a reload the rule index may name another rule: not shown.
+    t.engine.set_policy(conntrackd::policy::Policy::allow_all());
+    let c3 = t
+        .engine
+        .lookup(6, (f.c.ip(), f.c.port()), (f.s.ip(), f.s.port()))
+        .unwrap();
+    assert_eq!(c3.rule, None);
+}

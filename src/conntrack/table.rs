@@ -54,6 +54,8 @@ const F_HALF_OPEN: u8 = 1 << 2;
 const F_LOG: u8 = 1 << 3;
 /// Counted against its source's limits (release it when the entry goes).
 const F_SOURCE: u8 = 1 << 4;
+/// A RST was accepted on it (its end is a reset, not a teardown).
+const F_RESET: u8 = 1 << 5;
 
 /// One tracked connection (80 bytes: 48 of state, 32 of accounting).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,6 +165,11 @@ impl Conn {
 
     pub fn set_assured(&mut self) {
         self.flags |= F_ASSURED;
+    }
+
+    /// A RST was accepted on it.
+    pub fn set_reset(&mut self) {
+        self.flags |= F_RESET;
     }
 
     /// Counted by the table's source tracker (see [`Table::sources`]).
@@ -290,20 +297,20 @@ impl Removal {
         }
     }
 
-    /// The cause of an expiry, from the state the connection was left in.
+    /// The cause of an expiry: a RST seen, else the state it was left in.
     pub fn of_expiry(conn: &Conn) -> Removal {
         use EndpointState::*;
         match conn.proto {
+            Proto::Tcp(_) if conn.flags & F_RESET != 0 => Removal::Reset,
             Proto::Tcp(t) => {
                 let (o, r) = t.states();
-                if o == Closed || r == Closed {
-                    Removal::Reset
-                } else if [o, r].iter().any(|s| {
+                let closing = |s: EndpointState| {
                     matches!(
                         s,
-                        FinWait1 | FinWait2 | Closing | TimeWait | CloseWait | LastAck
+                        FinWait1 | FinWait2 | Closing | TimeWait | CloseWait | LastAck | Closed
                     )
-                }) {
+                };
+                if closing(o) || closing(r) {
                     Removal::Fin
                 } else {
                     Removal::Timeout

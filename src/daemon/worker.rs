@@ -215,13 +215,17 @@ impl Worker {
         let mut last_ifnames_clear = last_publish;
         let mut consecutive_errors = 0u32;
         let mut rx = Receiver::new(self.queue.fd(), self.queue.copy_range);
+        self.shared.heartbeats[self.index]
+            .1
+            .store(1, Ordering::Relaxed);
         let mut tx = Verdicts::new(self.queue.fd(), self.queue.num);
         loop {
             let received = rx.recv(false);
             // One clock reading per read, for the engine and for the publishing below.
             let now = Instant::now();
             self.shared.heartbeats[self.index].1.store(
-                now.saturating_duration_since(self.shared.start).as_millis() as u64,
+                // 0 means "never came round".
+                (now.saturating_duration_since(self.shared.start).as_millis() as u64).max(1),
                 Ordering::Relaxed,
             );
             match received {

@@ -513,6 +513,9 @@ impl Engine {
         conn.proto = Proto::Tcp(tcp);
         if outcome.reason.verdict() == Verdict::Accept {
             conn.count(from == ORIGINATOR, p.len);
+            if seg.flags.rst() {
+                conn.set_reset();
+            }
         }
         if outcome.forget {
             let after = conn.state();
