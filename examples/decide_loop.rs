@@ -3,6 +3,7 @@
 //!
 //!   valgrind --tool=callgrind target/release/examples/decide_loop est   # an established ACK
 //!   valgrind --tool=callgrind target/release/examples/decide_loop inv   # SYN+FIN (invalid flags)
+//!   valgrind --tool=callgrind target/release/examples/decide_loop syn   # 100,000 new SYNs (distinct flows, no eviction)
 //!
 //! Build the same file against two commits to compare them.
 
@@ -21,6 +22,16 @@ fn main() {
     let now = Timestamp::from_secs(1000);
     let mut f = Flow::new(1);
     f.handshake(&engine, &ctx, now);
+    if which == "syn" {
+        // Built before the loop: the loop measures only the decisions.
+        let syns: Vec<Vec<u8>> = (0..100_000).map(|i| Flow::new(2 + i).syn()).collect();
+        let mut n = 0u64;
+        for p in &syns {
+            n += engine.decide(std::hint::black_box(p), &ctx, now).reason as u64;
+        }
+        println!("{n}");
+        return;
+    }
     let p = match which.as_str() {
         "inv" => f.syn_fin(),
         _ => f.pure_ack(),

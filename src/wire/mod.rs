@@ -210,6 +210,8 @@ fn len_reason(e: &LenError) -> Reason {
     }
 }
 
+// Inlined: the IPv4 path is the hot one (instruction counts, examples/decide_loop).
+#[inline]
 fn ipv4_layer(bytes: &[u8], wire_len: usize) -> Result<Network<'_>, Reason> {
     let header = Ipv4HeaderSlice::from_slice(bytes).map_err(|e| match e {
         ipv4::HeaderSliceError::Len(l) => len_reason(&l),
