@@ -166,6 +166,13 @@ reasons! {
     DropByRule = "drop_by_rule" => Drop,
     /// A new connection refused by the policy's default action.
     DropByDefault = "drop_by_default" => Drop,
+    /// A new connection refused by a named rule with `action = "reject"`:
+    /// dropped, and answered with a TCP RST or an ICMP port unreachable
+    /// ([`Reason::is_reject`]).
+    RejectByRule = "reject_by_rule" => Drop,
+    /// A new connection refused by the default action `reject`: dropped and
+    /// answered, as `reject_by_rule`.
+    RejectByDefault = "reject_by_default" => Drop,
     /// The table is full and no unestablished entry could be evicted.
     TableFull = "table_full" => Drop,
     /// Too many half-open (SYN_SENT/SYN_RECV) connections.
@@ -178,6 +185,23 @@ impl Reason {
 
     pub const fn index(self) -> usize {
         self as usize
+    }
+
+    /// A drop that the caller answers with a TCP RST or an ICMP port
+    /// unreachable (`action = "reject"`; see `wire::reject`). The kernel
+    /// still hears a plain drop: the answer is a packet of its own.
+    pub const fn is_reject(self) -> bool {
+        matches!(self, Reason::RejectByRule | Reason::RejectByDefault)
+    }
+
+    /// The verdict as replay and logs show it: `accept`, `drop`, or `reject`
+    /// for a drop that is answered.
+    pub const fn verdict_name(self) -> &'static str {
+        match self.verdict() {
+            Verdict::Accept => "accept",
+            Verdict::Drop if self.is_reject() => "reject",
+            Verdict::Drop => "drop",
+        }
     }
 }
 
@@ -245,6 +269,16 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), Reason::COUNT);
+        let rejects: Vec<_> = Reason::ALL.iter().filter(|r| r.is_reject()).collect();
+        assert_eq!(rejects, [&Reason::RejectByRule, &Reason::RejectByDefault]);
+        for r in Reason::ALL {
+            let shown = if r.is_reject() {
+                "reject"
+            } else {
+                &r.verdict().to_string()
+            };
+            assert_eq!(r.verdict_name(), shown, "{r}");
+        }
         for r in Reason::ALL {
             assert_eq!(Reason::from_name(r.name()), Some(*r));
             assert_eq!(Reason::ALL[r.index()], *r);

@@ -177,6 +177,11 @@ pub struct DaemonSettings {
     /// entries that carry `handoff_mark` (over ctnetlink); the engine keeps
     /// those connections, whose data it no longer sees (0: never read).
     pub handoff_refresh: u64,
+    /// Most answers to rejected packets (`action = "reject"`: TCP RSTs, ICMP
+    /// port unreachables) sent per second, in bursts of up to twice that;
+    /// the rejected packets over it are dropped unanswered (counted).
+    /// 0: reject answers nothing (drops only).
+    pub reject_rate: u32,
     /// The hand-off keys' old names (`bypass`, `bypass_mark`,
     /// `bypass_refresh`), from when "bypass" also meant this mode; still read,
     /// moved to the new keys with a warning. "bypass" now means only the
@@ -213,6 +218,7 @@ impl Default for DaemonSettings {
             handoff: false,
             handoff_mark: 0x2000_0000,
             handoff_refresh: 30,
+            reject_rate: 100,
             old_handoff: None,
             old_handoff_mark: None,
             old_handoff_refresh: None,

@@ -93,3 +93,48 @@ fn values_accept_one_or_many_and_names_or_numbers() {
     let shown = c.policy.to_string();
     assert!(shown.contains("proto=6 src=2001:db8::/32 dst=198.18.0.0/15,10.1.2.3/32 src_ports=1024-65535 dst_ports=22,80,8000-8080"), "{shown}");
 }
+
+#[test]
+fn reject_is_an_action_and_a_default_and_drops_without_tracking() {
+    use crate::engine::Context;
+    use crate::wire::{build, TcpFlags};
+    use crate::{Reason, Timestamp, Verdict};
+    let c = parse(
+        "[policy]\ndefault = \"reject\"\n[[rule]]\nname = \"no-ssh\"\naction = \"reject\"\nproto = \"tcp\"\ndst_ports = 22\n[[rule]]\nname = \"web\"\naction = \"accept\"\nproto = \"tcp\"\ndst_ports = 80\n",
+    )
+    .unwrap();
+    assert!(c.policy.uses_reject());
+    let shown = c.policy.to_string();
+    assert!(
+        shown.contains("default reject") && shown.contains("reject no-ssh"),
+        "{shown}"
+    );
+    let engine = crate::Engine::new(c.engine, c.policy);
+    let (client, now) = ("198.18.0.2:40000".parse().unwrap(), Timestamp::from_secs(1));
+    let syn = |port: u16| {
+        let server = std::net::SocketAddr::new([198, 19, 0, 2].into(), port);
+        build::tcp(client, server).flags(TcpFlags::SYN).build()
+    };
+    let ctx = Context::default();
+    let d = engine.decide(&syn(22), &ctx, now);
+    assert_eq!(
+        (d.reason, d.verdict(), d.rule),
+        (Reason::RejectByRule, Verdict::Drop, Some(0))
+    );
+    let d = engine.decide(&syn(23), &ctx, now);
+    assert_eq!((d.reason, d.rule), (Reason::RejectByDefault, None));
+    let udp = build::udp(client, "198.19.0.2:53".parse().unwrap(), b"q");
+    assert_eq!(
+        engine.decide(&udp, &ctx, now).reason,
+        Reason::RejectByDefault
+    );
+    assert_eq!(
+        engine.connections().len(),
+        0,
+        "a rejected packet opens nothing"
+    );
+    assert_eq!(engine.decide(&syn(80), &ctx, now).reason, Reason::NewByRule);
+    // Without reject anywhere.
+    let plain = parse("[policy]\ndefault = \"drop\"\n").unwrap();
+    assert!(!plain.policy.uses_reject());
+}

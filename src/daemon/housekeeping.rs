@@ -51,6 +51,9 @@ pub(super) fn log_stats(message: &str, s: &WorkerStats, engine: &Engine, top: Op
         reads = s.reads,
         verdict_messages = s.verdict_messages,
         handoff_marked = s.handoff_marked,
+        rejects_sent = s.rejects_sent,
+        rejects_rate_limited = s.rejects_rate_limited,
+        rejects_failed = s.rejects_failed,
         reasons = reasons(s, top).as_str(),
         "{message}"
     );

@@ -320,7 +320,8 @@ impl Logger {
                     icmp_type,
                     in_iface,
                     out_iface,
-                    "rule {rule} dropped a new connection"
+                    "rule {rule} {} a new connection",
+                    if p.reason.is_reject() { "rejected" } else { "dropped" }
                 );
             } else {
                 info!(

@@ -17,6 +17,7 @@ pub mod drops;
 pub mod events;
 mod housekeeping;
 pub mod logging;
+pub mod reject;
 pub mod settings;
 mod state;
 pub mod worker;
@@ -102,6 +103,8 @@ struct Rules {
     config: std::sync::Mutex<Config>,
     engine: Arc<Engine>,
     shared: Arc<Shared>,
+    /// Rejected packets cannot be answered (no raw socket, or reject_rate = 0).
+    rejects_unanswered: bool,
 }
 
 impl Rules {
@@ -137,6 +140,12 @@ impl Rules {
             now.len(),
             new.policy.default
         );
+        if self.rejects_unanswered && new.policy.uses_reject() && !config.policy.uses_reject() {
+            warn!(
+                "reload: the rules reject, but rejected packets are dropped unanswered \
+                 (reject_rate = 0, or no raw socket: see the start-up log)"
+            );
+        }
         self.engine.set_policy(new.policy.clone());
         config.policy = new.policy;
         info!(
@@ -188,7 +197,11 @@ impl Daemon {
         let handoff = settings
             .handoff
             .map(|mark| handoff_mode(mark, &config, &settings, installed.is_some()));
-        let workers = start_workers(queues, &engine, &shared, &events, handoff, &signals)?;
+        let rejecter = Arc::new(open_rejecter(&settings, &engine.policy()));
+        let rejects_unanswered = !rejecter.can_answer();
+        let workers = start_workers(
+            queues, &engine, &shared, &events, handoff, &rejecter, &signals,
+        )?;
         let housekeeping = start_housekeeping(&engine, &shared, &settings, &installed, handoff)?;
 
         let (max_connections, half_open_max) =
@@ -198,6 +211,7 @@ impl Daemon {
             config: std::sync::Mutex::new(config),
             engine: engine.clone(),
             shared: shared.clone(),
+            rejects_unanswered,
         });
         let control = start_control(&settings, &rules, &engine, &shared, max_connections)?;
         let policy = engine.policy();
@@ -393,6 +407,54 @@ fn install_hooks(settings: &Settings) -> anyhow::Result<Option<Installed>> {
     Ok(Some(installed))
 }
 
+/// The raw socket that answers rejected packets, opened at start whatever the
+/// policy (a reload may add reject rules). Without CAP_NET_RAW rejected
+/// packets are still dropped, unanswered.
+fn open_rejecter(settings: &Settings, policy: &crate::policy::Policy) -> reject::Rejecter {
+    let rejects = policy.uses_reject();
+    if settings.reject_rate == 0 {
+        if rejects {
+            info!("reject_rate = 0: rejected packets are dropped unanswered");
+        }
+        return reject::Rejecter::new(None, 0);
+    }
+    let socket = match crate::kernel::reject::RawSocket::open() {
+        Ok(s) => {
+            if !s.has_ipv6() {
+                info!("IPv6 is off: rejected IPv6 packets are dropped unanswered");
+            }
+            Some(s)
+        }
+        Err(e) => {
+            let why = format!(
+                "cannot open a raw socket for the answers to rejected packets ({e}; it \
+                 needs CAP_NET_RAW): rejected packets are dropped unanswered, counted as \
+                 rejects_failed"
+            );
+            if rejects {
+                warn!("{why}");
+            } else {
+                info!("{why}");
+            }
+            None
+        }
+    };
+    if rejects
+        && settings.install_iptables
+        && settings
+            .hooks
+            .iter()
+            .any(|h| h.trim().eq_ignore_ascii_case("OUTPUT"))
+    {
+        warn!(
+            "the rules reject and the OUTPUT hook is installed: the answers, sent by this \
+             host, are queued too and dropped as packets of no connection (hook FORWARD \
+             and INPUT only to answer)"
+        );
+    }
+    reject::Rejecter::new(socket, settings.reject_rate)
+}
+
 /// The logging thread, and the channel the workers feed it through.
 fn start_logger(
     engine: &Arc<Engine>,
@@ -470,6 +532,7 @@ fn start_workers(
     shared: &Arc<Shared>,
     events: &crossbeam_channel::Sender<logging::Event>,
     handoff: Option<Handoff>,
+    rejecter: &Arc<reject::Rejecter>,
     signals: &Signals,
 ) -> anyhow::Result<Vec<JoinHandle<WorkerStats>>> {
     let log_drops = tracing::enabled!(target: logging::DROP_TARGET, tracing::Level::DEBUG);
@@ -484,6 +547,7 @@ fn start_workers(
             events: events.clone(),
             log_drops,
             handoff,
+            replies: reject::Replies::new(rejecter.clone()),
         };
         let guard = StopOnPanic(signals.handle());
         let handle = std::thread::Builder::new()

@@ -108,6 +108,8 @@ pub struct Settings {
     pub handoff: Option<u32>,
     /// Hand-off mode: how often the kernel's marked connections are read (zero: never).
     pub handoff_refresh: Duration,
+    /// Answers to rejected packets per second (0: none).
+    pub reject_rate: u32,
 }
 
 impl Settings {
@@ -169,6 +171,7 @@ impl Settings {
             handoff: (args.handoff || args.old_handoff || file.handoff)
                 .then_some(file.handoff_mark),
             handoff_refresh: Duration::from_secs(file.handoff_refresh),
+            reject_rate: file.reject_rate,
         };
         if s.handoff == Some(0) {
             bail!("daemon.handoff_mark must have at least one bit set");

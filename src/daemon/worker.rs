@@ -56,6 +56,11 @@ pub struct WorkerStats {
     /// rule decided, new connections it admitted]. A reload starts afresh.
     pub rule_hits: Vec<[u64; 2]>,
     pub rules_generation: u8,
+    /// Answers to rejected packets sent, over `reject_rate` (not sent), and
+    /// failed (no raw socket, or the send failed). See `daemon::reject`.
+    pub rejects_sent: u64,
+    pub rejects_rate_limited: u64,
+    pub rejects_failed: u64,
 }
 
 impl WorkerStats {
@@ -83,6 +88,9 @@ impl WorkerStats {
                 mine[1] += theirs[1];
             }
         }
+        self.rejects_sent += o.rejects_sent;
+        self.rejects_rate_limited += o.rejects_rate_limited;
+        self.rejects_failed += o.rejects_failed;
     }
 
     pub fn packets(&self) -> u64 {
@@ -202,6 +210,8 @@ pub struct Worker {
     /// Send an event for every dropped packet (drop lines are enabled).
     pub log_drops: bool,
     pub handoff: Option<Handoff>,
+    /// Answers to rejected packets, sent after each batch's verdicts.
+    pub replies: super::reject::Replies,
 }
 
 impl Worker {
@@ -317,6 +327,7 @@ impl Worker {
             self.verdict_error(e.raw_os_error().unwrap_or(0), stats);
         }
         stats.verdict_messages += tx.messages - before;
+        self.replies.send(stats);
     }
 
     fn verdict_error(&self, errno: i32, stats: &mut WorkerStats) {
@@ -439,6 +450,9 @@ impl Worker {
                 payload,
             );
             self.send(Event::Packet(event), stats);
+        }
+        if d.reason.is_reject() {
+            self.replies.prepare(payload, framing, now, stats);
         }
         match verdict {
             Verdict::Drop => (Verdict::Drop, None),

@@ -739,6 +739,8 @@ impl Engine {
             (Action::Accept, None) => Reason::NewByDefault,
             (Action::Drop, Some(_)) => Reason::DropByRule,
             (Action::Drop, None) => Reason::DropByDefault,
+            (Action::Reject, Some(_)) => Reason::RejectByRule,
+            (Action::Reject, None) => Reason::RejectByDefault,
         };
         let d = Decision {
             reason,

@@ -14,6 +14,12 @@
 //! The jump is inserted first in each hook chain so that conntrackd sees every
 //! packet. An accept verdict ends the traversal of that chain (as `ACCEPT`
 //! does): rules after the jump only see what conntrackd does not queue.
+//!
+//! The answers to rejected packets (`action = "reject"`), which conntrackd
+//! sends from this host through a raw socket, traverse OUTPUT, not FORWARD:
+//! with FORWARD (the default hook) or INPUT hooked they are never queued back to
+//! conntrackd. With OUTPUT hooked they would be, and dropped there as packets
+//! of no connection (a RST, an ICMP error); the daemon warns at start.
 
 use anyhow::{bail, Context as _};
 use std::io::{Read as _, Write as _};

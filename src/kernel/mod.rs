@@ -1,5 +1,6 @@
 //! Adapters to the kernel, and nothing else: the NFQUEUE queues and their
-//! protocol, the conntrack table over ctnetlink, iptables, interface names.
+//! protocol, the conntrack table over ctnetlink, iptables, interface names,
+//! the raw sockets that send reject answers.
 //!
 //! These modules speak the kernel's protocols; they know nothing of the
 //! daemon that runs them. They may use the sans-IO core's types (a verdict,
@@ -10,3 +11,4 @@ pub mod ifnames;
 pub mod iptables;
 pub mod netlink;
 pub mod nfqueue;
+pub mod reject;

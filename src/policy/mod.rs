@@ -18,6 +18,9 @@ pub use values::{Cidr, List, PortRange, ProtoSpec};
 pub enum Action {
     Accept,
     Drop,
+    /// Drop, and answer the sender: a TCP RST, or an ICMP/ICMPv6 port
+    /// unreachable for other protocols (rate-limited; see `wire::reject`).
+    Reject,
 }
 
 impl fmt::Display for Action {
@@ -25,6 +28,7 @@ impl fmt::Display for Action {
         f.write_str(match self {
             Action::Accept => "accept",
             Action::Drop => "drop",
+            Action::Reject => "reject",
         })
     }
 }
@@ -357,6 +361,11 @@ impl Policy {
             default: spec.default,
             rules: compiled,
         })
+    }
+
+    /// Whether a rule or the default rejects (answers what it refuses).
+    pub fn uses_reject(&self) -> bool {
+        self.default == Action::Reject || self.rules.iter().any(|r| r.action == Action::Reject)
     }
 
     /// Whether any rule limits its sources.

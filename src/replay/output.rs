@@ -4,7 +4,7 @@ use super::book::{ConnRecord, End};
 use super::view::PacketView;
 use super::{transition, OutputFormat, ReplayError, Row, RowKind, Step, Summary};
 use crate::policy::Policy;
-use crate::reason::{Reason, Verdict};
+use crate::reason::Reason;
 use crate::wire;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
@@ -168,6 +168,9 @@ struct JsonSummary {
     packets: u64,
     accepted: u64,
     dropped: u64,
+    /// Of the dropped, those answered (`reject`); present only when some were.
+    #[serde(skip_serializing_if = "is_zero")]
+    rejected: u64,
     skipped: u64,
     duration: f64,
     out_of_order: u64,
@@ -181,6 +184,15 @@ struct JsonSummary {
     complete: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+}
+
+/// Packets dropped and answered (`action = "reject"`), of the dropped ones.
+fn rejected(s: &Summary) -> u64 {
+    s.reasons
+        .iter()
+        .filter(|(r, _)| r.is_reject())
+        .map(|(_, n)| n)
+        .sum()
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -281,7 +293,7 @@ impl<'w, 'p> Printer<'w, 'p> {
                 format!(
                     "{:>5}  {time}  {view}  {} {}{rule}  {}",
                     row.index,
-                    decision.verdict(),
+                    decision.reason.verdict_name(),
                     decision.reason,
                     transition(decision)
                 )
@@ -320,10 +332,9 @@ impl<'w, 'p> Printer<'w, 'p> {
         match &row.kind {
             RowKind::Packet { view, decision } => {
                 fill_view(&mut j, view);
-                j.verdict = match decision.verdict() {
-                    Verdict::Accept => "accept",
-                    Verdict::Drop => "drop",
-                };
+                // accept, drop, or reject (a drop answered with a RST or
+                // an ICMP unreachable).
+                j.verdict = decision.reason.verdict_name();
                 j.reason = decision.reason.name();
                 j.rule = self.rule_name(decision.rule);
                 j.state_before = Some(decision.before.to_string());
@@ -362,9 +373,14 @@ impl<'w, 'p> Printer<'w, 'p> {
     ) -> io::Result<()> {
         let d = self.decimals;
         let out = &mut *self.out;
+        // Rejected packets are dropped ones; named only when there are some.
+        let rejected = match rejected(s) {
+            0 => String::new(),
+            n => format!(" ({n} rejected)"),
+        };
         writeln!(
             out,
-            "summary: {} packets in {} s: {} accepted, {} dropped, {} skipped",
+            "summary: {} packets in {} s: {} accepted, {} dropped{rejected}, {} skipped",
             s.packets,
             seconds(s.duration_ns as i128, d),
             s.accepted,
@@ -372,7 +388,7 @@ impl<'w, 'p> Printer<'w, 'p> {
             s.skipped
         )?;
         for (reason, n) in s.reasons.iter() {
-            let verdict = reason.verdict().to_string();
+            let verdict = reason.verdict_name();
             writeln!(out, "  {verdict:<6}  {:<22} {n:>8}", reason.name())?;
         }
         for (name, n) in &s.skips {
@@ -498,6 +514,7 @@ fn json_summary(s: &Summary, first: Option<u64>, error: Option<&ReplayError>) ->
         packets: s.packets,
         accepted: s.accepted,
         dropped: s.dropped,
+        rejected: rejected(s),
         skipped: s.skipped,
         duration: s.duration_ns as f64 / 1e9,
         out_of_order: s.out_of_order,

@@ -51,6 +51,11 @@ impl Pseudo {
         fold(self.partial + len as u64)
     }
 
+    /// The checksum to write into `segment`, whose checksum field is zero.
+    pub fn checksum(&self, segment: &[u8]) -> u16 {
+        !fold(sum_bytes(self.partial + segment.len() as u64, segment))
+    }
+
     /// True when the segment (with its checksum field) sums to all ones.
     #[inline]
     pub fn verify(&self, segment: &[u8]) -> bool {
@@ -61,6 +66,12 @@ impl Pseudo {
 /// ICMPv4: no pseudo-header.
 pub(super) fn verify_plain(bytes: &[u8]) -> bool {
     fold(sum_bytes(0, bytes)) == 0xffff
+}
+
+/// The checksum to write into `bytes` (an IPv4 header or an ICMPv4 message)
+/// whose checksum field is zero.
+pub(super) fn plain_checksum(bytes: &[u8]) -> u16 {
+    !fold(sum_bytes(0, bytes))
 }
 
 /// True when a packet's TCP or UDP checksum is unfinished: the field holds the

@@ -10,6 +10,7 @@ pub mod build;
 mod checksum;
 mod flags;
 pub mod lax;
+pub mod reject;
 pub mod seq;
 
 pub use checksum::offloaded_checksum;

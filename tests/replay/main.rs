@@ -18,6 +18,7 @@
 mod errors;
 mod gen;
 mod offload;
+mod reject;
 mod scenarios;
 
 use std::path::{Path, PathBuf};

@@ -133,4 +133,10 @@ impl Sniffer {
         self.poll(Instant::now() + Duration::from_millis(100), &|_| false);
         self.seen.lock().unwrap().iter().any(|p| pred(p))
     }
+
+    /// How many packets seen so far match `pred` (reads what is waiting first).
+    pub fn count(&self, pred: impl Fn(&[u8]) -> bool) -> usize {
+        self.poll(Instant::now() + Duration::from_millis(100), &|_| false);
+        self.seen.lock().unwrap().iter().filter(|p| pred(p)).count()
+    }
 }

@@ -1,0 +1,253 @@
+//! Answering rejected packets (`action = "reject"`): the worker builds each
+//! answer while it decides its batch ([`crate::wire::reject`], into buffers
+//! made once), and sends them after the batch's verdicts, through one raw
+//! socket shared by all workers, at most `reject_rate` a second.
+//!
+//! The rejected packet itself is dropped whatever happens to its answer.
+//! Counted per worker ([`WorkerStats`]): answers sent, answers over the rate
+//! (not sent), answers that failed (no raw socket, or the send failed).
+//! Packets that are never answered (see `wire::reject`) count in none.
+
+use super::worker::WorkerStats;
+use crate::kernel::nfqueue::codec::BATCH;
+use crate::kernel::reject::RawSocket;
+use crate::time::Timestamp;
+use crate::wire::reject::{reject_reply, REPLY_MAX};
+use crate::wire::Framing;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// What the workers share: the socket (none without CAP_NET_RAW, or with
+/// `reject_rate = 0`) and the rate.
+#[derive(Debug)]
+pub struct Rejecter {
+    socket: Option<RawSocket>,
+    limiter: RateLimiter,
+}
+
+impl Rejecter {
+    pub fn new(socket: Option<RawSocket>, per_second: u32) -> Rejecter {
+        Rejecter {
+            socket,
+            limiter: RateLimiter::new(per_second),
+        }
+    }
+
+    /// Whether answers can be sent at all.
+    pub fn can_answer(&self) -> bool {
+        self.socket.is_some() && !self.limiter.is_off()
+    }
+}
+
+/// A token bucket of `2 × rate` answers refilled at `rate` a second, as one
+/// atomic (the generic cell rate algorithm: the time at which the bucket is
+/// next full), so that workers share it without a lock.
+#[derive(Debug)]
+pub struct RateLimiter {
+    /// Nanoseconds one answer's token takes to come back; 0: never.
+    interval: u64,
+    /// How far ahead of now the bucket may be drawn: burst − 1 intervals.
+    tolerance: u64,
+    /// When the bucket, drawn as it is, is full again (engine clock, ns).
+    full_at: AtomicU64,
+}
+
+impl RateLimiter {
+    /// `per_second` answers a second, bursts of twice that; 0 allows none.
+    pub fn new(per_second: u32) -> RateLimiter {
+        let interval = match per_second {
+            0 => 0,
+            n => (1_000_000_000 / u64::from(n)).max(1),
+        };
+        let burst = 2 * u64::from(per_second);
+        RateLimiter {
+            interval,
+            tolerance: burst.saturating_sub(1).saturating_mul(interval),
+            full_at: AtomicU64::new(0),
+        }
+    }
+
+    /// `reject_rate = 0`: no answer is ever sent.
+    pub fn is_off(&self) -> bool {
+        self.interval == 0
+    }
+
+    /// Takes a token at `now` (nanoseconds), if there is one.
+    pub fn allow(&self, now: u64) -> bool {
+        if self.interval == 0 {
+            return false;
+        }
+        let mut full_at = self.full_at.load(Ordering::Relaxed);
+        loop {
+            let from = full_at.max(now);
+            if from - now > self.tolerance {
+                return false;
+            }
+            match self.full_at.compare_exchange_weak(
+                full_at,
+                from.saturating_add(self.interval),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(seen) => full_at = seen,
+            }
+        }
+    }
+}
+
+/// One worker's answers to the batch it is deciding.
+struct Pending {
+    bufs: Box<[[u8; REPLY_MAX]]>,
+    lens: [usize; BATCH],
+    count: usize,
+}
+
+/// A worker's side: the shared socket and rate, and its own buffers (one
+/// answer per packet of a batch, about 80 KiB, made when the worker is).
+pub struct Replies {
+    shared: Arc<Rejecter>,
+    pending: RefCell<Pending>,
+}
+
+impl Replies {
+    pub fn new(shared: Arc<Rejecter>) -> Replies {
+        Replies {
+            shared,
+            pending: RefCell::new(Pending {
+                bufs: vec![[0u8; REPLY_MAX]; BATCH].into_boxed_slice(),
+                lens: [0; BATCH],
+                count: 0,
+            }),
+        }
+    }
+
+    /// Builds the answer to a rejected packet, to be sent by [`Replies::send`]
+    /// after the batch's verdicts; or counts why it will not be.
+    pub fn prepare(
+        &self,
+        packet: &[u8],
+        framing: Framing,
+        now: Timestamp,
+        stats: &mut WorkerStats,
+    ) {
+        let mut p = self.pending.borrow_mut();
+        let at = p.count;
+        if at == p.bufs.len() {
+            // More rejected packets than a batch holds: cannot happen (one
+            // answer per packet read), but never overrun.
+            stats.rejects_failed += 1;
+            return;
+        }
+        let Some(len) = reject_reply(packet, framing, &mut p.bufs[at]) else {
+            return;
+        };
+        if self.shared.limiter.is_off() {
+            stats.rejects_rate_limited += 1;
+        } else if self.shared.socket.is_none() {
+            stats.rejects_failed += 1;
+        } else if !self.shared.limiter.allow(now.as_nanos()) {
+            stats.rejects_rate_limited += 1;
+        } else {
+            p.lens[at] = len;
+            p.count += 1;
+        }
+    }
+
+    /// Sends the answers prepared since the last call (non-blocking).
+    pub fn send(&self, stats: &mut WorkerStats) {
+        let mut p = self.pending.borrow_mut();
+        if p.count == 0 {
+            return;
+        }
+        let Some(socket) = &self.shared.socket else {
+            return;
+        };
+        for i in 0..p.count {
+            match socket.send(&p.bufs[i][..p.lens[i]]) {
+                Ok(()) => stats.rejects_sent += 1,
+                Err(_) => stats.rejects_failed += 1,
+            }
+        }
+        p.count = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{build, TcpFlags};
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn allowed(l: &RateLimiter, at: u64, tries: usize) -> usize {
+        (0..tries).filter(|_| l.allow(at)).count()
+    }
+
+    #[test]
+    fn the_bucket_holds_twice_the_rate_and_refills_at_the_rate() {
+        let l = RateLimiter::new(100);
+        let start = 5 * SECOND;
+        assert_eq!(allowed(&l, start, 1000), 200, "a burst of twice the rate");
+        // A tenth of a second later: ten tokens back.
+        assert_eq!(allowed(&l, start + SECOND / 10, 1000), 10);
+        // Idle for long: full again, and no more than full.
+        assert_eq!(allowed(&l, start + 60 * SECOND, 1000), 200);
+        // Then, tried twice every 10 ms for 3 s: one of each two passes,
+        // 100 a second.
+        let t0 = start + 60 * SECOND;
+        let steady: usize = (1..=300)
+            .map(|i| allowed(&l, t0 + i * SECOND / 100, 2))
+            .sum();
+        assert_eq!(steady, 300);
+    }
+
+    #[test]
+    fn rate_zero_allows_nothing_and_a_huge_rate_does_not_overflow() {
+        let l = RateLimiter::new(0);
+        assert_eq!(allowed(&l, 0, 10), 0);
+        assert_eq!(allowed(&l, 100 * SECOND, 10), 0);
+        let l = RateLimiter::new(u32::MAX);
+        assert_eq!(allowed(&l, u64::MAX / 2, 1000), 1000);
+    }
+
+    #[test]
+    fn workers_share_one_bucket() {
+        let l = Arc::new(RateLimiter::new(1000));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let l = l.clone();
+                std::thread::spawn(move || allowed(&l, SECOND, 1000))
+            })
+            .collect();
+        let total: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(total, 2000);
+    }
+
+    #[test]
+    fn without_a_socket_answers_count_as_failed_and_unanswerable_ones_not_at_all() {
+        let replies = Replies::new(Arc::new(Rejecter::new(None, 100)));
+        let mut stats = WorkerStats::default();
+        let now = Timestamp::from_secs(1);
+        let c = "198.18.0.2:40000".parse().unwrap();
+        let s = "198.19.0.2:22".parse().unwrap();
+        let syn = build::tcp(c, s).flags(TcpFlags::SYN).build();
+        replies.prepare(&syn, Framing::default(), now, &mut stats);
+        let rst = build::tcp(c, s).flags(TcpFlags::RST).build();
+        replies.prepare(&rst, Framing::default(), now, &mut stats);
+        replies.send(&mut stats);
+        assert_eq!(
+            (
+                stats.rejects_sent,
+                stats.rejects_failed,
+                stats.rejects_rate_limited
+            ),
+            (0, 1, 0)
+        );
+        // reject_rate = 0: over the rate, whether or not there is a socket.
+        let off = Replies::new(Arc::new(Rejecter::new(None, 0)));
+        off.prepare(&syn, Framing::default(), now, &mut stats);
+        assert_eq!(stats.rejects_rate_limited, 1);
+    }
+}
