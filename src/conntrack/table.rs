@@ -321,6 +321,62 @@ pub struct Evictions {
     pub unreplied: u64,
 }
 
+/// A connection's kind of state, for counting the table by state (see
+/// [`Table::census`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateClass {
+    /// TCP in its handshake (counted against `max_half_open`).
+    TcpHandshake,
+    /// TCP, both endpoints ESTABLISHED.
+    TcpEstablished,
+    /// TCP in its teardown: a FIN or RST seen, TIME_WAIT, CLOSE.
+    TcpClosing,
+    Udp,
+    Icmp,
+    Other,
+}
+
+impl StateClass {
+    pub const ALL: [StateClass; 6] = [
+        StateClass::TcpHandshake,
+        StateClass::TcpEstablished,
+        StateClass::TcpClosing,
+        StateClass::Udp,
+        StateClass::Icmp,
+        StateClass::Other,
+    ];
+
+    /// Stable snake_case name (a metrics label value).
+    pub const fn name(self) -> &'static str {
+        match self {
+            StateClass::TcpHandshake => "tcp_handshake",
+            StateClass::TcpEstablished => "tcp_established",
+            StateClass::TcpClosing => "tcp_closing",
+            StateClass::Udp => "udp",
+            StateClass::Icmp => "icmp",
+            StateClass::Other => "other",
+        }
+    }
+
+    pub fn of(conn: &Conn) -> StateClass {
+        match &conn.proto {
+            Proto::Tcp(t) if t.is_half_open() => StateClass::TcpHandshake,
+            Proto::Tcp(t) => match t.states() {
+                (EndpointState::Established, EndpointState::Established) => {
+                    StateClass::TcpEstablished
+                }
+                _ => StateClass::TcpClosing,
+            },
+            Proto::Udp => StateClass::Udp,
+            Proto::Icmp => StateClass::Icmp,
+            Proto::Other => StateClass::Other,
+        }
+    }
+}
+
+/// Entries by [`StateClass`] (indexed by `class as usize`).
+pub type Census = [usize; StateClass::ALL.len()];
+
 /// IPv4 and IPv6 connections live in two maps: an IPv4 entry is 64 bytes
 /// (16-byte key), an IPv6 one 88.
 pub struct Table {
@@ -337,6 +393,8 @@ pub struct Table {
     /// Per-source counts and rates, made when a policy first limits sources.
     sources: std::sync::OnceLock<Sources>,
     seed: u64,
+    /// Entries by state class, as the last expiry walk counted them.
+    census: [AtomicUsize; StateClass::ALL.len()],
 }
 
 /// A connection locked for update (its shard's write lock is held).
@@ -420,6 +478,7 @@ impl Table {
             evicted_unreplied: AtomicU64::new(0),
             sources: std::sync::OnceLock::new(),
             seed: layout.seed,
+            census: Default::default(),
         }
     }
 
@@ -597,10 +656,16 @@ impl Table {
         Some(conn)
     }
 
-    /// Removes every expired entry; returns how many.
+    /// Removes every expired entry; returns how many. The same walk counts
+    /// the entries left by state class (see [`Table::census`]).
     pub fn expire(&self, now: Timestamp) -> usize {
-        self.expire_in(&self.v4, now, |k| FlowKey::V4(*k))
-            + self.expire_in(&self.v6, now, |k| FlowKey::V6(*k))
+        let mut census = Census::default();
+        let removed = self.expire_in(&self.v4, now, |k| FlowKey::V4(*k), &mut census)
+            + self.expire_in(&self.v6, now, |k| FlowKey::V6(*k), &mut census);
+        for (slot, n) in self.census.iter().zip(census) {
+            slot.store(n, Ordering::Relaxed);
+        }
+        removed
     }
 
     fn expire_in<K: Hash + Eq>(
@@ -608,6 +673,7 @@ impl Table {
         map: &Map<K>,
         now: Timestamp,
         flow: impl Fn(&K) -> FlowKey,
+        census: &mut Census,
     ) -> usize {
         let mut removed = 0;
         map.retain(|key, conn| {
@@ -616,10 +682,23 @@ impl Table {
                 removed += 1;
                 false
             } else {
+                census[StateClass::of(conn) as usize] += 1;
                 true
             }
         });
         removed
+    }
+
+    /// Entries by state class as the last [`Table::expire`] counted them (a
+    /// walk the table has anyway, so counting costs no walk of its own):
+    /// all zero before the first, and as old as it is (the daemon expires
+    /// once a second).
+    pub fn census(&self) -> Census {
+        let mut out = Census::default();
+        for (n, slot) in out.iter_mut().zip(&self.census) {
+            *n = slot.load(Ordering::Relaxed);
+        }
+        out
     }
 
     /// A snapshot of every connection (for listings and replay summaries).
