@@ -155,7 +155,7 @@ pub struct Control {
     pub started: Instant,
     pub max_connections: usize,
     /// Requests that were not valid JSON or named no known command.
-    pub bad_requests: AtomicU64,
+    pub bad_requests: Arc<AtomicU64>,
 }
 
 /// The listening socket: created (replacing a stale one), mode 0660.

@@ -15,6 +15,7 @@
 pub mod control;
 mod housekeeping;
 pub mod logging;
+pub mod metrics;
 pub mod settings;
 mod state;
 pub mod worker;
@@ -100,11 +101,18 @@ struct Rules {
     config: std::sync::Mutex<Config>,
     engine: Arc<Engine>,
     shared: Arc<Shared>,
+    reloads: Arc<metrics::Reloads>,
 }
 
 impl Rules {
-    /// Loads the rules file anew; the summary, or why not (old rules kept).
+    /// Loads the rules file anew (counted); the summary, or why not (old rules kept).
     fn reload(&self) -> Result<String, String> {
+        let result = self.load_anew();
+        self.reloads.count(&result);
+        result
+    }
+
+    fn load_anew(&self) -> Result<String, String> {
         // Interface indices may have changed too.
         self.shared
             .ifnames_generation
@@ -157,6 +165,7 @@ struct Daemon {
     housekeeping: Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>,
     installed: Option<Installed>,
     control: Option<(Arc<std::sync::atomic::AtomicBool>, JoinHandle<()>)>,
+    metrics: Option<metrics::Endpoint>,
 }
 
 impl Daemon {
@@ -172,6 +181,11 @@ impl Daemon {
                 "no state file (daemon.state_file): tracked connections do not survive a restart"
             ),
         }
+        // Before the queues: an address that cannot be listened on stops the
+        // start before anything changed.
+        let reloads = Arc::new(metrics::Reloads::default());
+        let bad_requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let metrics = start_metrics(&settings, &engine, &shared, &reloads, &bad_requests)?;
         let queues = bind_queues(&settings)?;
         let rcvbuf = queues.first().map_or(0, |q| q.rcvbuf);
         let installed = install_hooks(&settings)?;
@@ -189,8 +203,16 @@ impl Daemon {
             config: std::sync::Mutex::new(config),
             engine: engine.clone(),
             shared: shared.clone(),
+            reloads,
         });
-        let control = start_control(&settings, &rules, &engine, &shared, max_connections)?;
+        let control = start_control(
+            &settings,
+            &rules,
+            &engine,
+            &shared,
+            max_connections,
+            bad_requests,
+        )?;
         let policy = engine.policy();
         info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -213,6 +235,7 @@ impl Daemon {
         Ok(Daemon {
             rules,
             control,
+            metrics,
             settings,
             engine,
             shared,
@@ -263,6 +286,7 @@ impl Daemon {
             stop.store(true, Ordering::Relaxed);
             let _ = handle.join();
         }
+        drop(self.metrics.take());
         // 1. No new packets are queued to us...
         if let Some(installed) = self.installed.take() {
             match installed.remove() {
@@ -494,6 +518,7 @@ fn start_control(
     engine: &Arc<Engine>,
     shared: &Arc<Shared>,
     max_connections: usize,
+    bad_requests: Arc<std::sync::atomic::AtomicU64>,
 ) -> anyhow::Result<Option<(Arc<std::sync::atomic::AtomicBool>, JoinHandle<()>)>> {
     let Some(path) = settings.control_socket.clone() else {
         return Ok(None);
@@ -515,7 +540,7 @@ fn start_control(
         reload: Box::new(move || rules.reload()),
         started: Instant::now(),
         max_connections,
-        bad_requests: std::sync::atomic::AtomicU64::new(0),
+        bad_requests,
     };
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
@@ -525,6 +550,28 @@ fn start_control(
         .spawn(move || control::serve(listener, path, c, flag))
         .context("starting the control thread")?;
     Ok(Some((stop, handle)))
+}
+
+/// The metrics endpoint's thread, when `metrics_listen` names an address.
+fn start_metrics(
+    settings: &Settings,
+    engine: &Arc<Engine>,
+    shared: &Arc<Shared>,
+    reloads: &Arc<metrics::Reloads>,
+    bad_requests: &Arc<std::sync::atomic::AtomicU64>,
+) -> anyhow::Result<Option<metrics::Endpoint>> {
+    let Some(addr) = settings.metrics_listen else {
+        return Ok(None);
+    };
+    let inputs = metrics::Inputs {
+        engine: engine.clone(),
+        shared: shared.clone(),
+        // Worker i serves the i-th queue (see start_workers).
+        queues: settings.queues.as_slice().to_vec(),
+        reloads: reloads.clone(),
+        bad_requests: bad_requests.clone(),
+    };
+    metrics::start(addr, inputs).map(Some)
 }
 
 /// The housekeeping thread, and the channel that stops it.
