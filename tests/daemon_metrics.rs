@@ -541,6 +541,38 @@ fn scraped_metrics_equal_the_daemons_own_counters() {
     assert!(!after.status.success(), "still served after the stop");
 }
 
+/// The daemon starts before the network is configured (systemd: before
+/// network-pre.target): a management address that does not exist yet is
+/// listened on anyway, and served once it is configured.
+#[test]
+#[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
+fn the_endpoint_serves_an_address_configured_after_start() {
+    let Some(lab) = Lab::new("metrics-later") else {
+        return;
+    };
+    lab.add_nfqueue_rule("0", true);
+    let rules = lab.write_rules("rules.toml", "[policy]\ndefault = \"accept\"\n");
+    let url = "http://198.18.0.100:9680/metrics";
+    let curl = || lab.gw.output(&["curl", "-sS", "--max-time", "2", url]);
+    let mut d = lab.start_daemon(&[
+        "--rules",
+        rules.to_str().unwrap(),
+        "--metrics-listen",
+        "198.18.0.100:9680",
+    ]);
+    assert!(!curl().status.success(), "served before the address exists");
+    lab.gw
+        .sh(&["ip", "addr", "add", "198.18.0.100/32", "dev", "lo"]);
+    let out = curl();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("conntrackd_connections "));
+    assert!(d.stop().success(), "{}", d.log());
+}
+
 // ---- no namespace needed ----
 
 fn conntrackd(args: &[&str]) -> std::process::Output {
@@ -579,7 +611,9 @@ fn a_bad_metrics_listen_is_refused_at_start() {
         "{err}"
     );
 
-    // An address that is no local one: refused before any queue is bound.
+    // An address already in use: refused before any queue is bound.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
     let control = dir.path().join("control");
     let out = conntrackd(&[
         "--rules",
@@ -587,12 +621,12 @@ fn a_bad_metrics_listen_is_refused_at_start() {
         "--control-socket",
         control.to_str().unwrap(),
         "--metrics-listen",
-        "192.0.2.1:9680",
+        &addr,
     ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("cannot listen for metrics on 192.0.2.1:9680"),
+        err.contains(&format!("cannot listen for metrics on {addr}")) && err.contains("in use"),
         "{err}"
     );
 }

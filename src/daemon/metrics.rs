@@ -469,10 +469,31 @@ impl Drop for Endpoint {
     }
 }
 
+/// The endpoint's listening socket. With IP_FREEBIND: the daemon starts
+/// before the network is configured (systemd: before network-pre.target), so
+/// a management address may not exist yet; it is served once it does.
+/// SO_REUSEADDR: a restart binds again while the last scrapes' connections
+/// are in TIME_WAIT.
+fn listen(addr: SocketAddr) -> std::io::Result<tiny_http::Server> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv4() {
+        socket.set_freebind(true)?;
+    } else {
+        socket.set_freebind_ipv6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    let listener: std::net::TcpListener = socket.into();
+    tiny_http::Server::from_listener(listener, None).map_err(std::io::Error::other)
+}
+
 /// Listens on `addr` and serves scrapes on a thread of its own. An address
-/// that cannot be listened on is an error (the daemon refuses to start).
+/// that cannot be listened on (in use, a privileged port) is an error: the
+/// daemon refuses to start.
 pub(super) fn start(addr: SocketAddr, inputs: Inputs) -> anyhow::Result<Endpoint> {
-    let server = tiny_http::Server::http(addr).map_err(|e| {
+    let server = listen(addr).map_err(|e| {
         anyhow::anyhow!("cannot listen for metrics on {addr} (daemon.metrics_listen): {e}")
     })?;
     let start_time = SystemTime::now()
@@ -521,7 +542,7 @@ fn serve(
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
-                    match tiny_http::Server::http(addr) {
+                    match listen(addr) {
                         Ok(s) => break s,
                         Err(e) => debug!("metrics endpoint: listening on {addr}: {e}"),
                     }
