@@ -454,17 +454,32 @@ impl Inputs {
     }
 }
 
+/// How long a stop waits for the endpoint's thread.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
 /// The running endpoint; dropping it stops its thread.
 pub(super) struct Endpoint {
     stop: Arc<AtomicBool>,
+    /// Disconnected once the thread has closed the listener and ended.
+    done: crossbeam_channel::Receiver<()>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Drop for Endpoint {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        // Closing tiny_http's listener connects to it to wake its accept
+        // thread; to an address not configured (yet) that connect can hang.
+        // The daemon's stop must not (the table is saved after it).
+        match self.done.recv_timeout(STOP_WAIT) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                warn!("the metrics endpoint did not stop within {STOP_WAIT:?}; left to the exit")
+            }
+            _ => {
+                if let Some(t) = self.thread.take() {
+                    let _ = t.join();
+                }
+            }
         }
     }
 }
@@ -502,13 +517,18 @@ pub(super) fn start(addr: SocketAddr, inputs: Inputs) -> anyhow::Result<Endpoint
         .map_or(0.0, |d| d.as_secs_f64());
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
+    let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
     let thread = std::thread::Builder::new()
         .name("ctd-metrics".into())
-        .spawn(move || serve(server, addr, &inputs, start_time, &flag))
+        .spawn(move || {
+            let _done = done_tx;
+            serve(server, addr, &inputs, start_time, &flag)
+        })
         .map_err(|e| anyhow::anyhow!("starting the metrics thread: {e}"))?;
     info!(metrics_listen = %addr, "metrics endpoint open: GET http://{addr}/metrics");
     Ok(Endpoint {
         stop,
+        done,
         thread: Some(thread),
     })
 }
