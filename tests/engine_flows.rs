@@ -805,10 +805,7 @@ fn the_observer_sees_each_connection_born_changed_and_destroyed_with_its_cause()
             "DESTROY fin -> TIME_WAIT:CLOSED",
         ]
     );
-    assert_eq!(
-        of("40002").last().unwrap(),
-        "DESTROY rst -> CLOSED:CLOSED"
-    );
+    assert_eq!(of("40002").last().unwrap(), "DESTROY rst -> CLOSED:CLOSED");
     assert_eq!(
         of("40003").last().unwrap(),
         "DESTROY killed -> ESTABLISHED:ESTABLISHED"

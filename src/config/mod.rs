@@ -92,6 +92,39 @@ impl fmt::Display for QueueSpec {
     }
 }
 
+/// Where the Prometheus metrics endpoint listens (`metrics_listen`): an IP
+/// address and port such as `127.0.0.1:9680` or `[::1]:9680`; `""` (the
+/// default) for none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct MetricsListen(pub Option<std::net::SocketAddr>);
+
+impl FromStr for MetricsListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<MetricsListen, String> {
+        if s.trim().is_empty() {
+            return Ok(MetricsListen(None));
+        }
+        s.trim()
+            .parse()
+            .map(|a| MetricsListen(Some(a)))
+            .map_err(|_| {
+                format!(
+                    "metrics_listen {s:?} is not an IP address and port, e.g. \"127.0.0.1:9680\" \
+                 or \"[::1]:9680\" (\"\" for no metrics endpoint)"
+                )
+            })
+    }
+}
+
+impl TryFrom<String> for MetricsListen {
+    type Error = String;
+    fn try_from(s: String) -> Result<MetricsListen, String> {
+        s.parse()
+    }
+}
+
 /// What the kernel does with packets that do not fit in a full queue.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -164,6 +197,9 @@ pub struct DaemonSettings {
     /// ($RUNTIME_DIRECTORY) when there is one, else /run/conntrackd/control;
     /// `""` turns it off.
     pub control_socket: Option<PathBuf>,
+    /// The Prometheus metrics endpoint (`GET /metrics`): `"127.0.0.1:9680"`
+    /// or another address and port; `""` or absent for none.
+    pub metrics_listen: MetricsListen,
     /// Without `install_iptables`: warn when no packet arrived this many
     /// seconds after start (the NFQUEUE rule is probably missing; 0: never).
     pub idle_warning: u64,
@@ -214,6 +250,7 @@ impl Default for DaemonSettings {
             snapshot_interval: 30,
             crash_pickup: 30,
             control_socket: None,
+            metrics_listen: MetricsListen(None),
             idle_warning: 10,
             handoff: false,
             handoff_mark: 0x2000_0000,
@@ -478,6 +515,39 @@ mod tests {
                 assert!(message.contains("bad queue spec"), "{message}");
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_and_port_or_nothing() {
+        let parse = |v: &str| {
+            let text =
+                format!("[daemon]\nmetrics_listen = {v:?}\n[policy]\ndefault = \"accept\"\n");
+            Config::parse(&text, Path::new("r.toml"))
+        };
+        let addr = |v: &str| parse(v).unwrap().daemon.metrics_listen.0;
+        assert_eq!(addr(""), None);
+        assert_eq!(
+            addr("127.0.0.1:9680"),
+            Some("127.0.0.1:9680".parse().unwrap())
+        );
+        assert_eq!(addr("[::1]:9680"), Some("[::1]:9680".parse().unwrap()));
+        for bad in ["localhost:9680", "127.0.0.1", "127.0.0.1:99999", "9680"] {
+            match parse(bad) {
+                Err(ConfigError::Invalid {
+                    line,
+                    column,
+                    message,
+                    ..
+                }) => {
+                    assert_eq!((line, column), (2, 18), "{message}");
+                    assert!(
+                        message.contains("is not an IP address and port"),
+                        "{message}"
+                    );
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
         }
     }
 

@@ -458,6 +458,62 @@ pub struct Evictions {
     pub unreplied: u64,
 }
 
+/// A connection's kind of state, for counting the table by state (see
+/// [`Table::census`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateClass {
+    /// TCP in its handshake (counted against `max_half_open`).
+    TcpHandshake,
+    /// TCP, both endpoints ESTABLISHED.
+    TcpEstablished,
+    /// TCP in its teardown: a FIN or RST seen, TIME_WAIT, CLOSE.
+    TcpClosing,
+    Udp,
+    Icmp,
+    Other,
+}
+
+impl StateClass {
+    pub const ALL: [StateClass; 6] = [
+        StateClass::TcpHandshake,
+        StateClass::TcpEstablished,
+        StateClass::TcpClosing,
+        StateClass::Udp,
+        StateClass::Icmp,
+        StateClass::Other,
+    ];
+
+    /// Stable snake_case name (a metrics label value).
+    pub const fn name(self) -> &'static str {
+        match self {
+            StateClass::TcpHandshake => "tcp_handshake",
+            StateClass::TcpEstablished => "tcp_established",
+            StateClass::TcpClosing => "tcp_closing",
+            StateClass::Udp => "udp",
+            StateClass::Icmp => "icmp",
+            StateClass::Other => "other",
+        }
+    }
+
+    pub fn of(conn: &Conn) -> StateClass {
+        match &conn.proto {
+            Proto::Tcp(t) if t.is_half_open() => StateClass::TcpHandshake,
+            Proto::Tcp(t) => match t.states() {
+                (EndpointState::Established, EndpointState::Established) => {
+                    StateClass::TcpEstablished
+                }
+                _ => StateClass::TcpClosing,
+            },
+            Proto::Udp => StateClass::Udp,
+            Proto::Icmp => StateClass::Icmp,
+            Proto::Other => StateClass::Other,
+        }
+    }
+}
+
+/// Entries by [`StateClass`] (indexed by `class as usize`).
+pub type Census = [usize; StateClass::ALL.len()];
+
 /// IPv4 and IPv6 connections live in two maps: an IPv4 entry is 96 bytes
 /// (16-byte key), an IPv6 one 120.
 pub struct Table {
@@ -475,6 +531,8 @@ pub struct Table {
     sources: std::sync::OnceLock<Sources>,
     seed: u64,
     observer: std::sync::OnceLock<std::sync::Arc<dyn Observer>>,
+    /// Entries by state class, as the last expiry walk counted them.
+    census: [AtomicUsize; StateClass::ALL.len()],
 }
 
 /// A connection locked for update (its shard's write lock is held).
@@ -559,6 +617,7 @@ impl Table {
             sources: std::sync::OnceLock::new(),
             seed: layout.seed,
             observer: std::sync::OnceLock::new(),
+            census: Default::default(),
         }
     }
 
@@ -759,10 +818,16 @@ impl Table {
         Some(conn)
     }
 
-    /// Removes every expired entry; returns how many.
+    /// Removes every expired entry; returns how many. The same walk counts
+    /// the entries left by state class (see [`Table::census`]).
     pub fn expire(&self, now: Timestamp) -> usize {
-        self.expire_in(&self.v4, now, |k| FlowKey::V4(*k))
-            + self.expire_in(&self.v6, now, |k| FlowKey::V6(*k))
+        let mut census = Census::default();
+        let removed = self.expire_in(&self.v4, now, |k| FlowKey::V4(*k), &mut census)
+            + self.expire_in(&self.v6, now, |k| FlowKey::V6(*k), &mut census);
+        for (slot, n) in self.census.iter().zip(census) {
+            slot.store(n, Ordering::Relaxed);
+        }
+        removed
     }
 
     fn expire_in<K: Hash + Eq>(
@@ -770,6 +835,7 @@ impl Table {
         map: &Map<K>,
         now: Timestamp,
         flow: impl Fn(&K) -> FlowKey,
+        census: &mut Census,
     ) -> usize {
         let mut removed = 0;
         map.retain(|key, conn| {
@@ -778,6 +844,7 @@ impl Table {
                 removed += 1;
                 false
             } else {
+                census[StateClass::of(conn) as usize] += 1;
                 true
             }
         });
@@ -792,6 +859,18 @@ impl Table {
         for e in self.v6.iter() {
             f(&FlowKey::V6(*e.key()), e.value());
         }
+    }
+
+    /// Entries by state class as the last [`Table::expire`] counted them (a
+    /// walk the table has anyway, so counting costs no walk of its own):
+    /// all zero before the first, and as old as it is (the daemon expires
+    /// once a second).
+    pub fn census(&self) -> Census {
+        let mut out = Census::default();
+        for (n, slot) in out.iter_mut().zip(&self.census) {
+            *n = slot.load(Ordering::Relaxed);
+        }
+        out
     }
 
     /// A snapshot of every connection (for listings and replay summaries).

@@ -241,7 +241,7 @@ pub struct Control {
     pub started: Instant,
     pub max_connections: usize,
     /// Requests that were not valid JSON or named no known command.
-    pub bad_requests: AtomicU64,
+    pub bad_requests: Arc<AtomicU64>,
     /// Hands streaming clients to the event thread.
     pub joins: crossbeam_channel::Sender<Subscription>,
     /// The counters at the previous `stats`, for rates since then.

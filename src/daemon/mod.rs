@@ -17,6 +17,7 @@ pub mod drops;
 pub mod events;
 mod housekeeping;
 pub mod logging;
+pub mod metrics;
 pub mod reject;
 pub mod settings;
 mod state;
@@ -105,11 +106,18 @@ struct Rules {
     shared: Arc<Shared>,
     /// Rejected packets cannot be answered (no raw socket, or reject_rate = 0).
     rejects_unanswered: bool,
+    reloads: Arc<metrics::Reloads>,
 }
 
 impl Rules {
-    /// Loads the rules file anew; the summary, or why not (old rules kept).
+    /// Loads the rules file anew (counted); the summary, or why not (old rules kept).
     fn reload(&self) -> Result<String, String> {
+        let result = self.load_anew();
+        self.reloads.count(&result);
+        result
+    }
+
+    fn load_anew(&self) -> Result<String, String> {
         // Interface indices may have changed too.
         self.shared
             .ifnames_generation
@@ -168,6 +176,7 @@ struct Daemon {
     housekeeping: Option<(crossbeam_channel::Sender<()>, JoinHandle<()>)>,
     installed: Option<Installed>,
     control: Option<Control>,
+    metrics: Option<metrics::Endpoint>,
 }
 
 /// The control socket's thread and the event hub's, and the flag that stops both.
@@ -190,6 +199,11 @@ impl Daemon {
                 "no state file (daemon.state_file): tracked connections do not survive a restart"
             ),
         }
+        // Before the queues: an address that cannot be listened on stops the
+        // start before anything changed.
+        let reloads = Arc::new(metrics::Reloads::default());
+        let bad_requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let metrics = start_metrics(&settings, &engine, &shared, &reloads, &bad_requests)?;
         let queues = bind_queues(&settings)?;
         let rcvbuf = queues.first().map_or(0, |q| q.rcvbuf);
         let installed = install_hooks(&settings)?;
@@ -212,8 +226,16 @@ impl Daemon {
             engine: engine.clone(),
             shared: shared.clone(),
             rejects_unanswered,
+            reloads,
         });
-        let control = start_control(&settings, &rules, &engine, &shared, max_connections)?;
+        let control = start_control(
+            &settings,
+            &rules,
+            &engine,
+            &shared,
+            max_connections,
+            bad_requests,
+        )?;
         let policy = engine.policy();
         info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -236,6 +258,7 @@ impl Daemon {
         Ok(Daemon {
             rules,
             control,
+            metrics,
             settings,
             engine,
             shared,
@@ -288,6 +311,7 @@ impl Daemon {
                 let _ = handle.join();
             }
         }
+        drop(self.metrics.take());
         // 1. No new packets are queued to us...
         if let Some(installed) = self.installed.take() {
             match installed.remove() {
@@ -569,6 +593,7 @@ fn start_control(
     engine: &Arc<Engine>,
     shared: &Arc<Shared>,
     max_connections: usize,
+    bad_requests: Arc<std::sync::atomic::AtomicU64>,
 ) -> anyhow::Result<Option<Control>> {
     let Some(path) = settings.control_socket.clone() else {
         return Ok(None);
@@ -591,7 +616,7 @@ fn start_control(
         reload: Box::new(move || rules.reload()),
         started: Instant::now(),
         max_connections,
-        bad_requests: std::sync::atomic::AtomicU64::new(0),
+        bad_requests,
         joins,
         last_stats: std::sync::Mutex::new(None),
     };
@@ -611,6 +636,28 @@ fn start_control(
         stop,
         threads: vec![control, events],
     }))
+}
+
+/// The metrics endpoint's thread, when `metrics_listen` names an address.
+fn start_metrics(
+    settings: &Settings,
+    engine: &Arc<Engine>,
+    shared: &Arc<Shared>,
+    reloads: &Arc<metrics::Reloads>,
+    bad_requests: &Arc<std::sync::atomic::AtomicU64>,
+) -> anyhow::Result<Option<metrics::Endpoint>> {
+    let Some(addr) = settings.metrics_listen else {
+        return Ok(None);
+    };
+    let inputs = metrics::Inputs {
+        engine: engine.clone(),
+        shared: shared.clone(),
+        // Worker i serves the i-th queue (see start_workers).
+        queues: settings.queues.as_slice().to_vec(),
+        reloads: reloads.clone(),
+        bad_requests: bad_requests.clone(),
+    };
+    metrics::start(addr, inputs).map(Some)
 }
 
 /// The housekeeping thread, and the channel that stops it.

@@ -1,7 +1,7 @@
 //! The daemon's settings: the command line, merged over the rules file's
 //! `[daemon]` table.
 
-use crate::config::{DaemonSettings, LogFormat, Overflow, QueueSpec};
+use crate::config::{DaemonSettings, LogFormat, MetricsListen, Overflow, QueueSpec};
 use anyhow::bail;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -56,6 +56,10 @@ pub struct DaemonArgs {
     /// The control socket ("" for none) [daemon.control_socket].
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
+    /// Serve Prometheus metrics at GET /metrics on this address and port,
+    /// e.g. 127.0.0.1:9680 ("" for none) [daemon.metrics_listen].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<MetricsListen>,
     /// Where the table is kept across restarts [daemon.state_file; default
     /// $STATE_DIRECTORY/table under systemd, else none].
     #[arg(long, value_name = "FILE")]
@@ -102,6 +106,8 @@ pub struct Settings {
     pub crash_pickup: Duration,
     /// None: no control socket.
     pub control_socket: Option<PathBuf>,
+    /// None: no metrics endpoint.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Zero: never warn.
     pub idle_warning: Duration,
     /// Hand-off mode's mark bit(s), when it is on.
@@ -167,6 +173,7 @@ impl Settings {
                     .unwrap_or_else(default_control_socket);
                 (!path.as_os_str().is_empty()).then_some(path)
             },
+            metrics_listen: args.metrics_listen.unwrap_or(file.metrics_listen).0,
             idle_warning: Duration::from_secs(file.idle_warning),
             handoff: (args.handoff || args.old_handoff || file.handoff)
                 .then_some(file.handoff_mark),
@@ -289,5 +296,31 @@ mod tests {
             let s = Settings::merge(&file, &args(&[flag])).unwrap();
             assert_eq!(s.handoff, Some(file.handoff_mark), "{flag}");
         }
+    }
+
+    #[test]
+    fn metrics_listen_from_the_file_or_the_command_line() {
+        let file = DaemonSettings::default();
+        assert_eq!(
+            Settings::merge(&file, &args(&[])).unwrap().metrics_listen,
+            None
+        );
+        let on = DaemonSettings {
+            metrics_listen: "127.0.0.1:9680".parse().unwrap(),
+            ..DaemonSettings::default()
+        };
+        let s = Settings::merge(&on, &args(&[])).unwrap();
+        assert_eq!(s.metrics_listen, Some("127.0.0.1:9680".parse().unwrap()));
+        let s = Settings::merge(&on, &args(&["--metrics-listen", "[::1]:9100"])).unwrap();
+        assert_eq!(s.metrics_listen, Some("[::1]:9100".parse().unwrap()));
+        // "" on the command line turns the file's endpoint off.
+        let s = Settings::merge(&on, &args(&["--metrics-listen", ""])).unwrap();
+        assert_eq!(s.metrics_listen, None);
+        // A bad address is refused with the reason.
+        let e = T::try_parse_from(["c", "--metrics-listen", "localhost"])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("is not an IP address and port"), "{e}");
     }
 }

@@ -1,0 +1,853 @@
+//! The Prometheus metrics endpoint (`[daemon] metrics_listen`,
+//! `--metrics-listen`): `GET /metrics` answers the Prometheus text format,
+//! or OpenMetrics when the scraper asks for it (`Accept:
+//! application/openmetrics-text`); anything else is 404.
+//!
+//! Every value is computed at scrape time from what the daemon keeps anyway:
+//! the counters each worker publishes about once a second
+//! ([`Shared::stats`]), the table's atomic counts and limits, the state
+//! census of the last expiry walk ([`Table::census`]), the reload counters
+//! ([`Reloads`]) and the control socket's bad requests. A scrape never walks
+//! the table, and workers never wait for it: it locks a worker's slot only to
+//! copy it, at most once a second whatever the scrape rate (a scrape within
+//! [`MIN_INTERVAL`] of the last gets the same text).
+//!
+//! The endpoint runs on a thread of its own (tiny_http reads each
+//! connection's request on a pool thread, one per open connection): bind it
+//! to loopback or a management address, not to a network that untrusted
+//! clients reach.
+//!
+//! Labels are bounded: reason names ([`Reason::ALL`]), verdicts, queue
+//! numbers, state classes, eviction kinds, reload results; never addresses.
+//!
+//! [`Table::census`]: crate::conntrack::Table::census
+
+use super::worker::{Shared, WorkerStats};
+use crate::conntrack::table::{Census, Evictions, StateClass};
+use crate::reason::{Reason, Verdict};
+use crate::Engine;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeGaugeValue, EncodeLabelValue, EncodeMetric,
+};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+use tracing::{debug, info, warn};
+
+/// Scrapes closer together than this get the text of the first: workers
+/// publish once a second, so nothing newer is to be had, and a client
+/// scraping in a loop costs one copy of the counters a second.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the endpoint's thread looks at its stop flag.
+const POLL: Duration = Duration::from_millis(200);
+
+const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Rules reloads (SIGHUP and the control socket's `reload`), by result.
+#[derive(Debug, Default)]
+pub struct Reloads {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Reloads {
+    pub fn count<T, E>(&self, result: &Result<T, E>) {
+        let counter = if result.is_ok() {
+            &self.ok
+        } else {
+            &self.failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One scrape's values: plain numbers, read from the daemon in one go.
+#[derive(Clone, Debug, Default)]
+pub struct Reading {
+    /// Every worker's counters, merged.
+    pub totals: WorkerStats,
+    /// Each worker's counters with its queue number.
+    pub queues: Vec<(u16, WorkerStats)>,
+    pub connections: u64,
+    pub connections_limit: u64,
+    pub half_open: u64,
+    pub half_open_limit: u64,
+    pub evictions: Evictions,
+    pub census: Census,
+    pub sources_tracked: u64,
+    pub sources_capacity: u64,
+    pub sources_displaced: u64,
+    pub sources_untracked: u64,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub control_bad_requests: u64,
+    /// Unix time the daemon started, in seconds.
+    pub start_time_seconds: f64,
+}
+
+fn verdict_name(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Accept => "accept",
+        Verdict::Drop => "drop",
+    }
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
+    ConstCounter::new(v).encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+fn gauge<N: EncodeGaugeValue + fmt::Debug>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    v: N,
+) -> fmt::Result {
+    ConstGauge::new(v).encode(e.encode_descriptor(name, help, unit, MetricType::Gauge)?)
+}
+
+/// A metric with one label: one sample per `(label value, value)`.
+fn labelled<V: EncodeLabelValue>(
+    e: &mut DescriptorEncoder,
+    kind: MetricType,
+    name: &str,
+    help: &str,
+    label: &str,
+    rows: impl IntoIterator<Item = (V, u64)>,
+) -> fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, kind)?;
+    for (value, n) in rows {
+        let labels = [(label, value)];
+        let sample = m.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(n).encode(sample)?,
+            _ => ConstGauge::new(n).encode(sample)?,
+        }
+    }
+    Ok(())
+}
+
+impl Collector for Reading {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        use MetricType::{Counter, Gauge};
+        let t = &self.totals;
+        Info::new([("version", env!("CARGO_PKG_VERSION"))]).encode(e.encode_descriptor(
+            "conntrackd_build",
+            "The running conntrackd's version (always 1).",
+            None,
+            MetricType::Info,
+        )?)?;
+        gauge(
+            &mut e,
+            "conntrackd_start_time",
+            "When the daemon started, Unix time.",
+            Some(&Unit::Seconds),
+            self.start_time_seconds,
+        )?;
+
+        // Packets. Every reason, zero or not, so that rates exist from the start.
+        let mut m = e.encode_descriptor(
+            "conntrackd_packets",
+            "Packets decided, by verdict and reason (README: How it decides).",
+            None,
+            Counter,
+        )?;
+        for r in Reason::ALL {
+            let labels = [("verdict", verdict_name(r.verdict())), ("reason", r.name())];
+            ConstCounter::new(t.counters.get(*r)).encode(m.encode_family(&labels)?)?;
+        }
+        counter(
+            &mut e,
+            "conntrackd_overload_drops",
+            "New connections refused because their source is on a rule's overload list \
+             (the same count as packets_total with reason source_overloaded).",
+            t.counters.get(Reason::SourceOverloaded),
+        )?;
+
+        // The table.
+        gauge(
+            &mut e,
+            "conntrackd_connections",
+            "Connections in the table.",
+            None,
+            self.connections,
+        )?;
+        gauge(
+            &mut e,
+            "conntrackd_connections_limit",
+            "The table's limit (engine.max_connections).",
+            None,
+            self.connections_limit,
+        )?;
+        gauge(
+            &mut e,
+            "conntrackd_half_open_connections",
+            "TCP connections in their handshake (SYN_SENT/SYN_RECV).",
+            None,
+            self.half_open,
+        )?;
+        gauge(
+            &mut e,
+            "conntrackd_half_open_connections_limit",
+            "The half-open limit (engine.max_half_open).",
+            None,
+            self.half_open_limit,
+        )?;
+        labelled(
+            &mut e,
+            Gauge,
+            "conntrackd_connections_by_state",
+            "Connections by kind of state, as the last expiry walk (once a second) counted them.",
+            "state",
+            StateClass::ALL.map(|c| (c.name(), self.census[c as usize] as u64)),
+        )?;
+        labelled(
+            &mut e,
+            Counter,
+            "conntrackd_evictions",
+            "Unassured entries evicted to make room for new connections (early drop), by kind.",
+            "kind",
+            [
+                ("half_open", self.evictions.half_open),
+                ("unreplied", self.evictions.unreplied),
+            ],
+        )?;
+        gauge(
+            &mut e,
+            "conntrackd_sources_tracked",
+            "Sources the per-source limits track (0 until a policy with limits is loaded).",
+            None,
+            self.sources_tracked,
+        )?;
+        gauge(
+            &mut e,
+            "conntrackd_sources_capacity",
+            "Slots of the per-source tracker (0 until a policy with limits is loaded).",
+            None,
+            self.sources_capacity,
+        )?;
+        counter(
+            &mut e,
+            "conntrackd_sources_displaced",
+            "Idle tracked sources pushed out of the per-source tracker by new ones.",
+            self.sources_displaced,
+        )?;
+        counter(
+            &mut e,
+            "conntrackd_sources_untracked",
+            "Connections let in untracked because the per-source tracker had no free slot.",
+            self.sources_untracked,
+        )?;
+
+        // The queues and the workers.
+        let per_queue = |f: fn(&WorkerStats) -> u64| {
+            self.queues
+                .iter()
+                .map(move |(num, s)| (*num, f(s)))
+                .collect::<Vec<_>>()
+        };
+        labelled(
+            &mut e,
+            Counter,
+            "conntrackd_queue_packets",
+            "Packets decided by each queue's worker.",
+            "queue",
+            per_queue(WorkerStats::packets),
+        )?;
+        labelled(
+            &mut e,
+            Counter,
+            "conntrackd_queue_reads",
+            "Receive system calls that returned packets, by queue.",
+            "queue",
+            per_queue(|s| s.reads),
+        )?;
+        labelled(
+            &mut e,
+            Counter,
+            "conntrackd_queue_enobufs",
+            "Socket receive buffer overruns (ENOBUFS: conntrackd fell behind), by queue.",
+            "queue",
+            per_queue(|s| s.enobufs),
+        )?;
+        counter(
+            &mut e,
+            "conntrackd_recv_errors",
+            "Receive errors other than timeouts, ENOBUFS included.",
+            t.recv_errors,
+        )?;
+        counter(
+            &mut e,
+            "conntrackd_verdict_errors",
+            "Verdicts the kernel refused or that could not be sent.",
+            t.verdict_errors,
+        )?;
+        counter(
+            &mut e,
+            "conntrackd_verdict_messages",
+            "Verdict messages sent (a batch verdict answers several packets).",
+            t.verdict_messages,
+        )?;
+        counter(
+            &mut e,
+            "conntrackd_engine_panics",
+            "Packets whose decision panicked (a bug): dropped.",
+            t.engine_panics,
+        )?;
+        counter(
+            &mut e,
+            "conntrackd_checksum_partial_packets",
+            "Packets the kernel marked with an unfinished checksum (GSO, offload): not verified.",
+            t.csum_not_ready,
+        )?;
+        counter(
+            &mut e,
+            "conntrackd_headers_only_packets",
+            "Packets longer than the copy range (only their headers were copied).",
+            t.truncated_copies,
+        )?;
+        counter(
+            &mut e,
+            "conntrackd_handoff_packets",
+            "Hand-off mode: verdicts that carried the hand-off mark.",
+            t.handoff_marked,
+        )?;
+        counter(
+            &mut e,
+            "conntrackd_log_events_lost",
+            "Log lines skipped because the logging thread lagged behind.",
+            t.events_lost,
+        )?;
+
+        // Operations.
+        labelled(
+            &mut e,
+            Counter,
+            "conntrackd_reloads",
+            "Rules reloads (SIGHUP, conntrackd reload), by result: a failed one keeps the rules in force.",
+            "result",
+            [("ok", self.reloads_ok), ("failed", self.reloads_failed)],
+        )?;
+        counter(
+            &mut e,
+            "conntrackd_control_bad_requests",
+            "Control socket requests that were malformed or named no command.",
+            self.control_bad_requests,
+        )?;
+        Ok(())
+    }
+}
+
+/// The two text formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// The Prometheus text format, version 0.0.4 (what curl gets).
+    Prometheus,
+    /// OpenMetrics 1.0 text, for scrapers that ask for it.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for.
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Prometheus,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+        }
+    }
+}
+
+/// `reading` as text.
+pub fn encode(reading: Reading, format: Format) -> Result<String, fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(reading));
+    let mut out = String::new();
+    match format {
+        Format::Prometheus => {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?
+        }
+        Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry)?,
+    }
+    Ok(out)
+}
+
+/// What the daemon exports, with every value at zero and one queue (0):
+/// the Prometheus text the names and labels of the dashboard are checked
+/// against.
+pub fn default_exposition() -> String {
+    let reading = Reading {
+        queues: vec![(0, WorkerStats::default())],
+        ..Reading::default()
+    };
+    encode(reading, Format::Prometheus).unwrap_or_default()
+}
+
+/// The names of the samples the daemon exports (`conntrackd_packets_total`,
+/// ...), from [`default_exposition`].
+pub fn exported_names() -> BTreeSet<String> {
+    default_exposition()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// What a scrape reads.
+pub(super) struct Inputs {
+    pub engine: Arc<Engine>,
+    pub shared: Arc<Shared>,
+    /// The queue number of each worker slot of `shared.stats`, in order.
+    pub queues: Vec<u16>,
+    pub reloads: Arc<Reloads>,
+    pub bad_requests: Arc<AtomicU64>,
+}
+
+impl Inputs {
+    fn read(&self, start_time_seconds: f64) -> Reading {
+        let mut totals = WorkerStats::default();
+        let mut queues = Vec::with_capacity(self.queues.len());
+        for (slot, &num) in self.shared.stats.iter().zip(&self.queues) {
+            // Held for a copy only.
+            let stats = slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            totals.merge(&stats);
+            queues.push((num, stats));
+        }
+        let table = self.engine.table();
+        let limits = table.limits();
+        let sources = table.sources_made();
+        Reading {
+            totals,
+            queues,
+            connections: table.len() as u64,
+            connections_limit: limits.max_connections as u64,
+            half_open: table.half_open() as u64,
+            half_open_limit: limits.max_half_open as u64,
+            evictions: table.evictions(),
+            census: table.census(),
+            sources_tracked: sources.map_or(0, |s| s.len() as u64),
+            sources_capacity: sources.map_or(0, |s| s.capacity() as u64),
+            sources_displaced: sources.map_or(0, |s| s.displaced()),
+            sources_untracked: sources.map_or(0, |s| s.untracked()),
+            reloads_ok: self.reloads.ok.load(Ordering::Relaxed),
+            reloads_failed: self.reloads.failed.load(Ordering::Relaxed),
+            control_bad_requests: self.bad_requests.load(Ordering::Relaxed),
+            start_time_seconds,
+        }
+    }
+}
+
+/// How long a stop waits for the endpoint's thread.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
+/// The running endpoint; dropping it stops its thread.
+pub(super) struct Endpoint {
+    stop: Arc<AtomicBool>,
+    /// Disconnected once the thread has closed the listener and ended.
+    done: crossbeam_channel::Receiver<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Closing tiny_http's listener connects to it to wake its accept
+        // thread; to an address not configured (yet) that connect can hang.
+        // The daemon's stop must not (the table is saved after it).
+        match self.done.recv_timeout(STOP_WAIT) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                warn!("the metrics endpoint did not stop within {STOP_WAIT:?}; left to the exit")
+            }
+            _ => {
+                if let Some(t) = self.thread.take() {
+                    let _ = t.join();
+                }
+            }
+        }
+    }
+}
+
+/// The endpoint's listening socket. With IP_FREEBIND: the daemon starts
+/// before the network is configured (systemd: before network-pre.target), so
+/// a management address may not exist yet; it is served once it does.
+/// SO_REUSEADDR: a restart binds again while the last scrapes' connections
+/// are in TIME_WAIT.
+fn listen(addr: SocketAddr) -> std::io::Result<tiny_http::Server> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv4() {
+        socket.set_freebind(true)?;
+    } else {
+        socket.set_freebind_ipv6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    let listener: std::net::TcpListener = socket.into();
+    tiny_http::Server::from_listener(listener, None).map_err(std::io::Error::other)
+}
+
+/// Listens on `addr` and serves scrapes on a thread of its own. An address
+/// that cannot be listened on (in use, a privileged port) is an error: the
+/// daemon refuses to start.
+pub(super) fn start(addr: SocketAddr, inputs: Inputs) -> anyhow::Result<Endpoint> {
+    let server = listen(addr).map_err(|e| {
+        anyhow::anyhow!("cannot listen for metrics on {addr} (daemon.metrics_listen): {e}")
+    })?;
+    let start_time = SystemTime::now()
+        .checked_sub(inputs.shared.start.elapsed())
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(0.0, |d| d.as_secs_f64());
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
+    let thread = std::thread::Builder::new()
+        .name("ctd-metrics".into())
+        .spawn(move || {
+            let _done = done_tx;
+            serve(server, addr, &inputs, start_time, &flag)
+        })
+        .map_err(|e| anyhow::anyhow!("starting the metrics thread: {e}"))?;
+    info!(metrics_listen = %addr, "metrics endpoint open: GET http://{addr}/metrics");
+    Ok(Endpoint {
+        stop,
+        done,
+        thread: Some(thread),
+    })
+}
+
+/// The last answer, kept for [`MIN_INTERVAL`].
+struct Cache {
+    at: Instant,
+    format: Format,
+    body: String,
+}
+
+fn serve(
+    mut server: tiny_http::Server,
+    addr: SocketAddr,
+    inputs: &Inputs,
+    start_time: f64,
+    stop: &AtomicBool,
+) {
+    let mut cache: Option<Cache> = None;
+    while !stop.load(Ordering::Relaxed) {
+        match server.recv_timeout(POLL) {
+            Ok(Some(request)) => answer(request, inputs, start_time, &mut cache),
+            Ok(None) => {}
+            Err(e) => {
+                // tiny_http's accept thread has ended (too many open files,
+                // say): listen anew once it can be done.
+                warn!(metrics_listen = %addr, "metrics endpoint: accepting failed ({e}); listening anew");
+                drop(server);
+                server = loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    match listen(addr) {
+                        Ok(s) => break s,
+                        Err(e) => debug!("metrics endpoint: listening on {addr}: {e}"),
+                    }
+                };
+            }
+        }
+    }
+}
+
+fn answer(
+    request: tiny_http::Request,
+    inputs: &Inputs,
+    start_time: f64,
+    cache: &mut Option<Cache>,
+) {
+    let path = request.url().split('?').next().unwrap_or_default();
+    let response = if *request.method() == tiny_http::Method::Get && path == "/metrics" {
+        let accept = request
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Accept"))
+            .map(|h| h.value.as_str());
+        let format = Format::from_accept(accept);
+        let fresh = cache
+            .as_ref()
+            .is_some_and(|c| c.format == format && c.at.elapsed() < MIN_INTERVAL);
+        if !fresh {
+            match encode(inputs.read(start_time), format) {
+                Ok(body) => {
+                    *cache = Some(Cache {
+                        at: Instant::now(),
+                        format,
+                        body,
+                    })
+                }
+                Err(e) => {
+                    warn!("metrics endpoint: encoding failed: {e}");
+                    *cache = None;
+                }
+            }
+        }
+        match cache {
+            Some(c) => {
+                let mut r = tiny_http::Response::from_string(c.body.clone());
+                if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", format.content_type())
+                {
+                    r = r.with_header(h);
+                }
+                r
+            }
+            None => tiny_http::Response::from_string("encoding failed\n").with_status_code(500),
+        }
+    } else {
+        tiny_http::Response::from_string("not found: conntrackd serves GET /metrics\n")
+            .with_status_code(404)
+    };
+    if let Err(e) = request.respond(response) {
+        debug!("metrics client: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::build;
+    use crate::{Config, Context, Timestamp};
+    use std::net::{IpAddr, Ipv4Addr};
+
+    /// `name{labels} value` lines of an exposition, labels as written.
+    fn samples(text: &str) -> Vec<(String, String)> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').unwrap();
+                (series.to_string(), value.to_string())
+            })
+            .collect()
+    }
+
+    fn value(text: &str, series: &str) -> String {
+        samples(text)
+            .into_iter()
+            .find(|(s, _)| s == series)
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+            .1
+    }
+
+    #[test]
+    fn a_reading_is_encoded_with_its_values_and_bounded_labels() {
+        let mut totals = WorkerStats::default();
+        totals.counters.record(Reason::Tracked);
+        totals.counters.record(Reason::SynFin);
+        totals.counters.record(Reason::SynFin);
+        totals.enobufs = 3;
+        let q1 = WorkerStats {
+            reads: 7,
+            enobufs: 3,
+            ..WorkerStats::default()
+        };
+        let reading = Reading {
+            totals,
+            queues: vec![(0, WorkerStats::default()), (1, q1)],
+            connections: 5,
+            connections_limit: 100,
+            reloads_ok: 2,
+            reloads_failed: 1,
+            start_time_seconds: 1.5e9,
+            ..Reading::default()
+        };
+        let text = encode(reading.clone(), Format::Prometheus).unwrap();
+        let v = |s: &str| value(&text, s);
+        assert_eq!(
+            v(r#"conntrackd_packets_total{verdict="drop",reason="syn_fin"}"#),
+            "2"
+        );
+        assert_eq!(
+            v(r#"conntrackd_packets_total{verdict="accept",reason="tracked"}"#),
+            "1"
+        );
+        // Every reason is there, zero or not.
+        let packets = samples(&text)
+            .into_iter()
+            .filter(|(s, _)| s.starts_with("conntrackd_packets_total{"))
+            .count();
+        assert_eq!(packets, Reason::COUNT);
+        assert_eq!(v(r#"conntrackd_queue_reads_total{queue="1"}"#), "7");
+        assert_eq!(v(r#"conntrackd_queue_enobufs_total{queue="1"}"#), "3");
+        assert_eq!(v(r#"conntrackd_queue_enobufs_total{queue="0"}"#), "0");
+        assert_eq!(v("conntrackd_connections"), "5");
+        assert_eq!(v("conntrackd_connections_limit"), "100");
+        assert_eq!(v(r#"conntrackd_reloads_total{result="ok"}"#), "2");
+        assert_eq!(v(r#"conntrackd_reloads_total{result="failed"}"#), "1");
+        assert_eq!(
+            v(&format!(
+                "conntrackd_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "1"
+        );
+        assert_eq!(
+            v("conntrackd_start_time_seconds").parse::<f64>().unwrap(),
+            1.5e9
+        );
+        assert!(
+            text.contains("# TYPE conntrackd_packets_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE conntrackd_connections gauge"),
+            "{text}"
+        );
+
+        // OpenMetrics: the same samples, the metadata its way, and # EOF.
+        let om = encode(reading, Format::OpenMetrics).unwrap();
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert!(om.contains("# TYPE conntrackd_packets counter"), "{om}");
+        assert!(
+            om.contains("# UNIT conntrackd_start_time_seconds seconds"),
+            "{om}"
+        );
+        let names =
+            |t: &str| -> BTreeSet<String> { samples(t).into_iter().map(|(s, _)| s).collect() };
+        assert_eq!(names(&om), names(&text));
+    }
+
+    #[test]
+    fn exported_names_follow_the_conventions() {
+        let names = exported_names();
+        for required in [
+            "conntrackd_packets_total",
+            "conntrackd_connections",
+            "conntrackd_connections_limit",
+            "conntrackd_half_open_connections",
+            "conntrackd_connections_by_state",
+            "conntrackd_evictions_total",
+            "conntrackd_queue_reads_total",
+            "conntrackd_queue_enobufs_total",
+            "conntrackd_recv_errors_total",
+            "conntrackd_overload_drops_total",
+            "conntrackd_reloads_total",
+            "conntrackd_build_info",
+            "conntrackd_start_time_seconds",
+        ] {
+            assert!(names.contains(required), "{required} missing: {names:?}");
+        }
+        let text = default_exposition();
+        for name in &names {
+            assert!(name.starts_with("conntrackd_"), "{name}");
+            let counter = text.contains(&format!("# TYPE {name} counter"));
+            assert_eq!(
+                counter,
+                name.ends_with("_total"),
+                "{name}: _total on counters only"
+            );
+        }
+        // OpenMetrics allows neither quotes nor backslashes in HELP text unescaped.
+        for help in text.lines().filter(|l| l.starts_with("# HELP")) {
+            assert!(!help.contains(['"', '\\']), "{help}");
+        }
+        // No label but the bounded ones.
+        let allowed = [
+            "verdict", "reason", "state", "kind", "queue", "result", "version",
+        ];
+        for (series, _) in samples(&text) {
+            if let Some((_, labels)) = series.split_once('{') {
+                for pair in labels.trim_end_matches('}').split(',') {
+                    let key = pair.split('=').next().unwrap();
+                    assert!(allowed.contains(&key), "{series}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn accept_header_chooses_the_format() {
+        assert_eq!(Format::from_accept(None), Format::Prometheus);
+        assert_eq!(Format::from_accept(Some("*/*")), Format::Prometheus);
+        let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,\
+                          text/plain;version=0.0.4;q=0.4,*/*;q=0.1";
+        assert_eq!(Format::from_accept(Some(prometheus)), Format::OpenMetrics);
+    }
+
+    #[test]
+    fn the_census_counts_the_table_by_state_at_expiry() {
+        let config = Config::parse(
+            "[policy]\ndefault = \"accept\"\n",
+            std::path::Path::new("r.toml"),
+        )
+        .unwrap();
+        let engine = Engine::new(config.engine, config.policy);
+        let ctx = Context::default();
+        let t = Timestamp::from_secs(1);
+        let (c, s) = (
+            IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)),
+            IpAddr::V4(Ipv4Addr::new(198, 19, 0, 2)),
+        );
+        let at = |ip: IpAddr, port: u16| SocketAddr::new(ip, port);
+        use crate::wire::TcpFlags as F;
+        let pass = |p: Vec<u8>| assert_eq!(engine.decide(&p, &ctx, t).verdict(), Verdict::Accept);
+        // Three connections: one still in its handshake, one established,
+        // one closing; then a UDP flow and a ping.
+        for port in [50000, 50001, 50002] {
+            let (out, back) = (at(c, port), at(s, 80));
+            pass(build::tcp(out, back).flags(F::SYN).seq(1).build());
+            if port == 50000 {
+                continue;
+            }
+            pass(
+                build::tcp(back, out)
+                    .flags(F::SYN | F::ACK)
+                    .seq(100)
+                    .ack(2)
+                    .build(),
+            );
+            pass(build::tcp(out, back).flags(F::ACK).seq(2).ack(101).build());
+            if port == 50002 {
+                pass(
+                    build::tcp(out, back)
+                        .flags(F::FIN | F::ACK)
+                        .seq(2)
+                        .ack(101)
+                        .build(),
+                );
+            }
+        }
+        pass(build::udp(at(c, 50003), at(s, 53), b"q"));
+        pass(build::icmp_echo(c, s, 7, 1, true));
+        let table = engine.table();
+        assert_eq!(
+            table.census(),
+            Census::default(),
+            "nothing counted before expiry"
+        );
+        assert_eq!(engine.expire(t), 0);
+        let census = table.census();
+        let n = |c: StateClass| census[c as usize];
+        assert_eq!(n(StateClass::TcpHandshake), 1);
+        assert_eq!(n(StateClass::TcpEstablished), 1);
+        assert_eq!(n(StateClass::TcpClosing), 1);
+        assert_eq!(n(StateClass::Udp), 1);
+        assert_eq!(n(StateClass::Icmp), 1);
+        assert_eq!(n(StateClass::Other), 0);
+        assert_eq!(census.iter().sum::<usize>(), table.len());
+        // Expired entries are not counted.
+        engine.expire(Timestamp::from_secs(1_000_000));
+        assert_eq!(table.census(), Census::default());
+    }
+}
