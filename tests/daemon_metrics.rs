@@ -26,6 +26,12 @@ const RULES: &str = r#"
 [policy]
 default = "accept"
 
+[[rule]]
+name = "discard"
+action = "drop"
+proto = "udp"
+dst_ports = [9]
+
 [daemon]
 metrics_listen = "127.0.0.1:9680"
 "#;
@@ -305,6 +311,19 @@ fn disagreements(m: &[Sample], s: &Value) -> Vec<String> {
         one(m, "conntrackd_control_bad_requests_total", &[]),
         &s["bad_requests"],
     );
+    for rule in s["rules"].as_array().expect("rules in stats") {
+        let name = rule["name"].as_str().unwrap();
+        check(
+            "rule connections",
+            one(m, "conntrackd_rule_connections_total", &[("rule", name)]),
+            &rule["connections"],
+        );
+        check(
+            "rule packets",
+            one(m, "conntrackd_rule_packets_total", &[("rule", name)]),
+            &rule["packets"],
+        );
+    }
     // Counted by the expiry walk once a second; nothing changed since.
     check(
         "connections by state",
@@ -437,6 +456,18 @@ fn scraped_metrics_equal_the_daemons_own_counters() {
     // scrape cache's second, the scrape and stats must agree exactly. (A
     // retry covers a publish falling between the two reads.)
     std::thread::sleep(Duration::from_millis(2500));
+    // One datagram the "discard" rule drops (after the reloads, which start
+    // the rules' counters afresh); counted once its worker publishes.
+    assert!(!lab::udp_roundtrip(
+        &lab.client,
+        v4(9),
+        Duration::from_millis(300)
+    ));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stats(&socket)["rules"][0]["packets"] != 1 {
+        assert!(Instant::now() < deadline, "the discard rule never counted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let mut attempts = 0;
     let (m, s) = loop {
         attempts += 1;
@@ -470,6 +501,11 @@ fn scraped_metrics_equal_the_daemons_own_counters() {
         ),
         4,
         "four connections opened"
+    );
+    assert_eq!(
+        one(&m, "conntrackd_rule_packets_total", &[("rule", "discard")]),
+        1,
+        "the datagram to port 9"
     );
     assert_eq!(one(&m, "conntrackd_reloads_total", &[("result", "ok")]), 2);
     assert_eq!(

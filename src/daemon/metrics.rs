@@ -91,6 +91,13 @@ pub struct Reading {
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub control_bad_requests: u64,
+    /// Per rule of the policy in force: (name, packets it decided, new
+    /// connections it admitted); a reload starts them afresh.
+    pub rules: Vec<(String, u64, u64)>,
+    /// Event-stream events lost because the event thread lagged, and drops
+    /// the recent-drops ring missed because a reader held it.
+    pub stream_events_lost: u64,
+    pub drops_unrecorded: u64,
     /// Unix time the daemon started, in seconds.
     pub start_time_seconds: f64,
 }
@@ -329,6 +336,51 @@ impl Collector for Reading {
             t.events_lost,
         )?;
 
+        // Rules (names are the rules file's: bounded by it).
+        let mut m = e.encode_descriptor(
+            "conntrackd_rule_packets",
+            "Packets a rule decided (a new connection's first packet, or a packet no \
+             connection tracks), by rule; a reload starts afresh.",
+            None,
+            Counter,
+        )?;
+        for (name, packets, _) in &self.rules {
+            ConstCounter::new(*packets).encode(m.encode_family(&[("rule", name.as_str())])?)?;
+        }
+        let mut m = e.encode_descriptor(
+            "conntrackd_rule_connections",
+            "New connections a rule admitted, by rule; a reload starts afresh.",
+            None,
+            Counter,
+        )?;
+        for (name, _, connections) in &self.rules {
+            ConstCounter::new(*connections).encode(m.encode_family(&[("rule", name.as_str())])?)?;
+        }
+        labelled(
+            &mut e,
+            Counter,
+            "conntrackd_rejects",
+            "Answers (RST, ICMP unreachable) to packets a reject rule refused, by outcome.",
+            "outcome",
+            [
+                ("sent", t.rejects_sent),
+                ("rate_limited", t.rejects_rate_limited),
+                ("failed", t.rejects_failed),
+            ],
+        )?;
+        counter(
+            &mut e,
+            "conntrackd_stream_events_lost",
+            "Events the event stream (conntrackd events) lost because its thread lagged.",
+            self.stream_events_lost,
+        )?;
+        counter(
+            &mut e,
+            "conntrackd_drops_unrecorded",
+            "Drops the recent-drops ring (conntrackd why, drops) missed while a reader held it.",
+            self.drops_unrecorded,
+        )?;
+
         // Operations.
         labelled(
             &mut e,
@@ -388,12 +440,13 @@ pub fn encode(reading: Reading, format: Format) -> Result<String, fmt::Error> {
     Ok(out)
 }
 
-/// What the daemon exports, with every value at zero and one queue (0):
-/// the Prometheus text the names and labels of the dashboard are checked
-/// against.
+/// What the daemon exports, with every value at zero, one queue (0) and
+/// one rule (`example`): the Prometheus text the names and labels of the
+/// dashboard are checked against.
 pub fn default_exposition() -> String {
     let reading = Reading {
         queues: vec![(0, WorkerStats::default())],
+        rules: vec![("example".into(), 0, 0)],
         ..Reading::default()
     };
     encode(reading, Format::Prometheus).unwrap_or_default()
@@ -433,7 +486,26 @@ impl Inputs {
         let table = self.engine.table();
         let limits = table.limits();
         let sources = table.sources_made();
+        let policy = self.engine.policy();
+        let current = totals.rules_generation == self.engine.generation();
+        let rules = policy
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let h = totals
+                    .rule_hits
+                    .get(i)
+                    .filter(|_| current)
+                    .copied()
+                    .unwrap_or([0; 2]);
+                (r.name.clone(), h[0], h[1])
+            })
+            .collect();
         Reading {
+            rules,
+            stream_events_lost: self.shared.hub.lost(),
+            drops_unrecorded: self.shared.drops.unrecorded(),
             totals,
             queues,
             connections: table.len() as u64,
@@ -762,9 +834,9 @@ mod tests {
         for help in text.lines().filter(|l| l.starts_with("# HELP")) {
             assert!(!help.contains(['"', '\\']), "{help}");
         }
-        // No label but the bounded ones.
+        // No label but the bounded ones (rule names are the rules file's).
         let allowed = [
-            "verdict", "reason", "state", "kind", "queue", "result", "version",
+            "verdict", "reason", "state", "kind", "queue", "result", "version", "rule", "outcome",
         ];
         for (series, _) in samples(&text) {
             if let Some((_, labels)) = series.split_once('{') {
