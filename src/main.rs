@@ -7,7 +7,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         None => conntrackd::daemon::run(cli.daemon),
-        Some(Command::Check { rules }) => match Config::load(&rules) {
+        Some(Command::Check { rules }) => match conntrackd::config::rules_path(rules.as_deref())
+            .map_err(|e| e.to_string())
+            .and_then(|path| Config::load(&path).map_err(|e| e.to_string()))
+        {
             Ok(config) => {
                 for w in &config.warnings {
                     eprintln!("warning: {w}");

@@ -17,7 +17,7 @@ use common::lab::{self, Lab, Ns, RawSender, Sniffer, TcpEcho, UdpEcho};
 use conntrackd::wire::build;
 use conntrackd::wire::TcpFlags as F;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const SHORT: Duration = Duration::from_millis(700);
@@ -651,6 +651,53 @@ fn refuses_to_start_with_a_broken_rules_file() {
     let out = conntrackd(&["--rules", "rules/default.toml", "--queue", "5-1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("queue"));
+}
+
+/// Without --rules, every command reads /etc/conntrackd/rules.toml and never
+/// rules/default.toml of the directory it was started in (the test runs in
+/// the checkout, where that file exists).
+#[test]
+fn without_rules_every_command_reads_the_system_file_not_the_current_directory() {
+    let checkout = env!("CARGO_MANIFEST_DIR");
+    let run = |args: &[&str]| {
+        lab::run_timeout(
+            std::process::Command::new(env!("CARGO_BIN_EXE_conntrackd"))
+                .args(args)
+                .current_dir(checkout),
+            Duration::from_secs(10),
+        )
+    };
+    assert!(Path::new(checkout).join("rules/default.toml").exists());
+    if Path::new("/etc/conntrackd/rules.toml").exists() {
+        // A machine with the package installed: check reads the system file.
+        let out = run(&["check"]);
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            shown.contains("rules file: /etc/conntrackd/rules.toml"),
+            "{shown}"
+        );
+        return;
+    }
+    for args in [
+        &["check"][..],
+        &["replay", "tests/captures/example.pcap"],
+        // A bad log level: were the rules found, the daemon would stop there.
+        &["--log-level", "info["],
+    ] {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains("/etc/conntrackd/rules.toml does not exist")
+                && err.contains("pass --rules FILE")
+                && err.contains("--rules rules/default.toml"),
+            "{args:?}: {err}"
+        );
+    }
+    // The same commands with --rules work from anywhere.
+    let rules = Path::new(checkout).join("rules/default.toml");
+    let out = conntrackd(&["check", "--rules", rules.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
 }
 
 #[test]

@@ -262,6 +262,33 @@ pub enum ConfigError {
     },
 }
 
+/// The rules file when `--rules` is not given: the packaged one. Never a
+/// path relative to the current directory, so that what a server enforces
+/// does not depend on where it was started from.
+pub const SYSTEM_RULES: &str = "/etc/conntrackd/rules.toml";
+
+/// The rules file to use: `--rules`, else [`SYSTEM_RULES`]; an error telling
+/// the operator to pass `--rules` when neither is there.
+pub fn rules_path(arg: Option<&Path>) -> Result<PathBuf, String> {
+    rules_path_or(arg, Path::new(SYSTEM_RULES))
+}
+
+fn rules_path_or(arg: Option<&Path>, system: &Path) -> Result<PathBuf, String> {
+    if let Some(path) = arg {
+        return Ok(path.to_path_buf());
+    }
+    // Anything but a clear "not there" (permission denied, say) goes on to
+    // Config::load, whose error names the real cause.
+    if system.try_exists().unwrap_or(true) {
+        return Ok(system.to_path_buf());
+    }
+    Err(format!(
+        "no rules file: {} does not exist; pass --rules FILE (in a source checkout: \
+         --rules rules/default.toml)",
+        system.display()
+    ))
+}
+
 /// 1-based line and column of a byte offset.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -551,6 +578,25 @@ mod tests {
         let c = parse(new).unwrap();
         assert!(!c.daemon.queue_bypass && c.daemon.queue_overflow == Overflow::Accept);
         assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn rules_path_is_the_argument_else_the_system_file_never_the_current_directory() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/default.toml");
+        let absent = Path::new("/nonexistent/conntrackd/rules.toml");
+        // --rules wins, even over an existing system file, and is not checked here.
+        assert_eq!(
+            rules_path_or(Some(absent), &shipped).unwrap(),
+            PathBuf::from(absent)
+        );
+        assert_eq!(rules_path_or(None, &shipped).unwrap(), shipped);
+        let e = rules_path_or(None, absent).unwrap_err();
+        assert!(
+            e.contains("/nonexistent/conntrackd/rules.toml does not exist"),
+            "{e}"
+        );
+        assert!(e.contains("pass --rules FILE"), "{e}");
+        assert!(e.contains("--rules rules/default.toml"), "{e}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod settings;
 mod state;
 pub mod worker;
 
-pub use settings::{resolve_rules, DaemonArgs, LogFormatArg, Settings, DEFAULT_RULES};
+pub use settings::{resolve_rules, DaemonArgs, LogFormatArg, Settings};
 
 use crate::config::Config;
 use crate::engine::Layout;
