@@ -415,16 +415,17 @@ fn sighup_reloads_rules_keeps_connections_and_refuses_broken_files() {
     assert_blocked(&lab.client, v4(8080), "denied after reload");
     lab::exchange(&open, 50_000, 4).expect("the open connection survives the reload");
 
-    // A broken file is refused; the rules in force stay.
+    // A broken file is refused, with each of its problems; the rules in force stay.
     lab::replace_file(
         &rules,
-        "[policy]\ndefault = \"accept\"\n\n[[rule]]\nname = \"x\"\naction = \"maybe\"\n",
+        "[policy]\ndefault = \"accept\"\n\n[[rule]]\nname = \"x\"\naction = \"maybe\"\n\n\
+         [[rule]]\nname = \"y\"\naction = \"drop\"\ndst_port = 22\n",
     );
     d.signal(libc::SIGHUP);
     let err = d.wait_log("reload failed", Duration::from_secs(3));
     assert!(
-        err.contains("rules.toml:6:"),
-        "error names file:line:column: {err}"
+        err.contains("rules.toml:6:") && err.contains("rules.toml:11:1: unknown field `dst_port`"),
+        "error names file:line:column of each problem: {err}"
     );
     assert_session(
         &lab.client,
@@ -651,6 +652,39 @@ fn refuses_to_start_with_a_broken_rules_file() {
     let out = conntrackd(&["--rules", "rules/default.toml", "--queue", "5-1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("queue"));
+}
+
+/// `check` and the daemon's start name every problem of a rules file, each
+/// with file:line:column, not only the first.
+#[test]
+fn check_and_start_report_every_problem_of_a_rules_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two.toml");
+    std::fs::write(
+        &path,
+        "[policy]\ndefault = \"accept\"\n\n[[rule]]\nname = \"x\"\nactoin = \"drop\"\naction = \"drop\"\n\n\
+         [[rule]]\nname = \"y\"\naction = \"drop\"\ndst = \"198.18.0.0/33\"\n",
+    )
+    .unwrap();
+    let file = path.to_str().unwrap();
+    for (args, prefix) in [
+        (vec!["check", "--rules", file], "error: "),
+        (vec!["--rules", file], "conntrackd: error: "),
+    ] {
+        let out = conntrackd(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 2, "{args:?}: {err}");
+        assert!(
+            lines[0].starts_with(&format!("{prefix}{file}:6:1: unknown field `actoin`")),
+            "{err}"
+        );
+        assert!(
+            lines[1].starts_with(&format!("{prefix}{file}:12:7: ")) && lines[1].contains("/33"),
+            "{err}"
+        );
+    }
 }
 
 /// Without --rules, every command reads /etc/conntrackd/rules.toml and never

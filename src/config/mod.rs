@@ -1,6 +1,7 @@
 //! The rules file: engine settings, daemon settings and the policy, in TOML.
 //!
-//! Unknown keys are refused, and every error names `file:line:column`.
+//! Unknown keys are refused, and every error names `file:line:column`; all
+//! of a file's errors are reported, not only the first.
 
 pub use crate::engine::settings::{EngineSettings, Timeouts};
 use crate::policy::{PolicySpec, RuleSpec};
@@ -253,13 +254,37 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}:{line}:{column}: {message}")]
+    /// Every problem found, in file order (at least one); shown one a line.
+    #[error("{}", lines(.path, .problems).join("\n"))]
     Invalid {
         path: String,
-        line: usize,
-        column: usize,
-        message: String,
+        problems: Vec<Problem>,
     },
+}
+
+/// One problem of a rules file, and where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+fn lines(path: &str, problems: &[Problem]) -> Vec<String> {
+    problems
+        .iter()
+        .map(|p| format!("{path}:{}:{}: {}", p.line, p.column, p.message))
+        .collect()
+}
+
+impl ConfigError {
+    /// One line per problem, each `file:line:column: message`.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ConfigError::Io { .. } => vec![self.to_string()],
+            ConfigError::Invalid { path, problems } => lines(path, problems),
+        }
+    }
 }
 
 /// The rules file when `--rules` is not given: the packaged one. Never a
@@ -308,53 +333,76 @@ impl Config {
         Config::parse(&text, path)
     }
 
-    /// Parses rules text; `path` is used in messages.
+    /// Parses rules text; `path` is used in messages. Every problem is
+    /// reported, not only the first: each `[[rule]]` and each key is checked
+    /// on its own (see [`collect`]).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let name = path.display().to_string();
-        let invalid = |offset: usize, message: String| {
-            let (line, column) = line_column(text, offset);
-            ConfigError::Invalid {
-                path: name.clone(),
-                line,
-                column,
-                message,
-            }
-        };
-        let mut file: RulesFile = toml::from_str(text).map_err(|e| {
-            let offset = e.span().map_or(0, |s| s.start);
-            invalid(offset, e.message().trim().to_string())
-        })?;
+        let collected = collect::deserialize_all::<RulesFile>(text);
+        let mut problems = collected.errors;
         let mut warnings = Vec::new();
-        rename_old_keys(&mut file.daemon, text, &name, &mut warnings)
-            .map_err(|(offset, message)| invalid(offset, message))?;
-        let policy = crate::policy::Policy::compile(&file.policy, &file.rules)
-            .map_err(|(offset, message)| invalid(offset, message))?;
-        let e = &file.engine;
-        if e.max_connections == 0 {
-            return Err(invalid(
-                text.find("max_connections").unwrap_or(0),
-                "engine.max_connections must be at least 1".into(),
-            ));
+        let mut config = None;
+        if let Some(mut file) = collected.value {
+            rename_old_keys(&mut file.daemon, text, &name, &mut warnings, &mut problems);
+            // A rule that lost a key to an error would only repeat it.
+            file.rules
+                .retain(|r| !collected.damaged.contains(&r.span()));
+            let policy = crate::policy::Policy::compile(&file.policy, &file.rules)
+                .map_err(|errors| problems.extend(errors))
+                .ok();
+            check_engine(&file.engine, text, &mut problems);
+            config = policy.map(|policy| Config {
+                path: path.to_path_buf(),
+                engine: file.engine,
+                daemon: file.daemon,
+                policy,
+                warnings,
+            });
         }
-        let a = &e.adaptive;
-        let ordered = a.start.partial_cmp(&a.end) == Some(std::cmp::Ordering::Less);
-        if !(0.0..=1.0).contains(&a.start) || !ordered || a.floor == 0 {
-            return Err(invalid(
-                text.find("[engine.adaptive]").unwrap_or(0),
-                format!(
-                    "engine.adaptive: need 0 <= start < end and floor >= 1 (start = {}, \
-                     end = {}, floor = {})",
-                    a.start, a.end, a.floor
-                ),
-            ));
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => {
+                // In file order; an offset serde could not place comes first.
+                problems.sort_by_key(|(offset, _)| *offset);
+                problems.dedup();
+                Err(ConfigError::Invalid {
+                    path: name,
+                    problems: problems
+                        .into_iter()
+                        .map(|(offset, message)| {
+                            let (line, column) = line_column(text, offset);
+                            Problem {
+                                line,
+                                column,
+                                message,
+                            }
+                        })
+                        .collect(),
+                })
+            }
         }
-        Ok(Config {
-            path: path.to_path_buf(),
-            engine: file.engine,
-            daemon: file.daemon,
-            policy,
-            warnings,
-        })
+    }
+}
+
+/// `[engine]`'s limits that serde cannot check.
+fn check_engine(e: &EngineSettings, text: &str, problems: &mut Vec<(usize, String)>) {
+    if e.max_connections == 0 {
+        problems.push((
+            text.find("max_connections").unwrap_or(0),
+            "engine.max_connections must be at least 1".into(),
+        ));
+    }
+    let a = &e.adaptive;
+    let ordered = a.start.partial_cmp(&a.end) == Some(std::cmp::Ordering::Less);
+    if !(0.0..=1.0).contains(&a.start) || !ordered || a.floor == 0 {
+        problems.push((
+            text.find("[engine.adaptive]").unwrap_or(0),
+            format!(
+                "engine.adaptive: need 0 <= start < end and floor >= 1 (start = {}, \
+                 end = {}, floor = {})",
+                a.start, a.end, a.floor
+            ),
+        ));
     }
 }
 
@@ -366,7 +414,8 @@ fn rename_old_keys(
     text: &str,
     path: &str,
     warnings: &mut Vec<String>,
-) -> Result<(), (usize, String)> {
+    problems: &mut Vec<(usize, String)>,
+) {
     // Which new keys the file sets (serde has filled in defaults for the others).
     let given: Vec<String> = text
         .parse::<toml::Table>()
@@ -376,15 +425,16 @@ fn rename_old_keys(
         .unwrap_or_default();
     if let Some(v) = d.old_fail_open.take() {
         let span = v.span();
-        for new in ["queue_bypass", "queue_overflow"] {
-            if given.iter().any(|k| k == new) {
-                return Err((
-                    span.start,
-                    "daemon.fail_open is the old name of daemon.queue_bypass and \
-                     daemon.queue_overflow: give only those"
-                        .to_string(),
-                ));
-            }
+        if ["queue_bypass", "queue_overflow"]
+            .iter()
+            .any(|new| given.iter().any(|k| k == new))
+        {
+            problems.push((
+                span.start,
+                "daemon.fail_open is the old name of daemon.queue_bypass and \
+                 daemon.queue_overflow: give only those"
+                    .to_string(),
+            ));
         }
         let (line, column) = line_column(text, span.start);
         let open = v.into_inner();
@@ -408,31 +458,30 @@ fn rename_old_keys(
     }
     let mut rename = |old: &str, new: &str, span: std::ops::Range<usize>| {
         if given.iter().any(|k| k == new) {
-            return Err((
+            problems.push((
                 span.start,
                 format!("daemon.{old} is the old name of daemon.{new}: give only daemon.{new}"),
             ));
+            return;
         }
         let (line, column) = line_column(text, span.start);
         warnings.push(format!(
             "{path}:{line}:{column}: daemon.{old} is deprecated, use daemon.{new} \
              (\"bypass\" now means only the kernel's --queue-bypass)"
         ));
-        Ok(())
     };
     if let Some(v) = d.old_handoff.take() {
-        rename("bypass", "handoff", v.span())?;
+        rename("bypass", "handoff", v.span());
         d.handoff = v.into_inner();
     }
     if let Some(v) = d.old_handoff_mark.take() {
-        rename("bypass_mark", "handoff_mark", v.span())?;
+        rename("bypass_mark", "handoff_mark", v.span());
         d.handoff_mark = v.into_inner();
     }
     if let Some(v) = d.old_handoff_refresh.take() {
-        rename("bypass_refresh", "handoff_refresh", v.span())?;
+        rename("bypass_refresh", "handoff_refresh", v.span());
         d.handoff_refresh = v.into_inner();
     }
-    Ok(())
 }
 
 impl fmt::Display for Config {
@@ -462,6 +511,8 @@ impl fmt::Display for Config {
     }
 }
 
+mod collect;
+
 /// The `[policy]` and `[[rule]]` tables as a rules file gives them.
 #[cfg(test)]
 mod policy_tests;
@@ -469,6 +520,16 @@ mod policy_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one problem of a refused file.
+    fn only_problem(parsed: Result<Config, ConfigError>) -> Problem {
+        match parsed {
+            Err(ConfigError::Invalid { mut problems, .. }) if problems.len() == 1 => {
+                problems.remove(0)
+            }
+            other => panic!("expected one problem: {other:?}"),
+        }
+    }
 
     #[test]
     fn queue_specs() {
@@ -488,18 +549,13 @@ mod tests {
     #[test]
     fn a_bad_queue_spec_is_refused_where_it_is_written() {
         let text = "[daemon]\nqueues = \"0-x\"\n[policy]\ndefault = \"accept\"\n";
-        match Config::parse(text, Path::new("r.toml")) {
-            Err(ConfigError::Invalid {
-                line,
-                column,
-                message,
-                ..
-            }) => {
-                assert_eq!((line, column), (2, 10), "{message}");
-                assert!(message.contains("bad queue spec"), "{message}");
-            }
-            other => panic!("{other:?}"),
-        }
+        let Problem {
+            line,
+            column,
+            message,
+        } = only_problem(Config::parse(text, Path::new("r.toml")));
+        assert_eq!((line, column), (2, 10), "{message}");
+        assert!(message.contains("bad queue spec"), "{message}");
     }
 
     #[test]
@@ -524,13 +580,9 @@ mod tests {
         assert_eq!(n.daemon, c.daemon);
         assert!(n.warnings.is_empty());
         let both = "[daemon]\nhandoff = true\nbypass = true\n[policy]\ndefault = \"accept\"\n";
-        match Config::parse(both, Path::new("r.toml")) {
-            Err(ConfigError::Invalid { line, message, .. }) => {
-                assert_eq!(line, 3, "{message}");
-                assert!(message.contains("give only daemon.handoff"), "{message}");
-            }
-            other => panic!("{other:?}"),
-        }
+        let Problem { line, message, .. } = only_problem(Config::parse(both, Path::new("r.toml")));
+        assert_eq!(line, 3, "{message}");
+        assert!(message.contains("give only daemon.handoff"), "{message}");
     }
 
     #[test]
@@ -541,13 +593,10 @@ mod tests {
         assert_eq!((c.engine.adaptive.start, c.engine.adaptive.floor), (0.6, 3));
         for bad in ["start = 0.9\nend = 0.5", "start = -1.0", "floor = 0"] {
             let text = format!("[engine.adaptive]\n{bad}\n[policy]\ndefault = \"drop\"\n");
-            match Config::parse(&text, Path::new("r.toml")) {
-                Err(ConfigError::Invalid { line, message, .. }) => {
-                    assert_eq!(line, 1, "{message}");
-                    assert!(message.contains("engine.adaptive"), "{message}");
-                }
-                other => panic!("{bad}: {other:?}"),
-            }
+            let Problem { line, message, .. } =
+                only_problem(Config::parse(&text, Path::new("r.toml")));
+            assert_eq!(line, 1, "{bad}: {message}");
+            assert!(message.contains("engine.adaptive"), "{message}");
         }
     }
 

@@ -53,7 +53,9 @@ pub fn run(args: DaemonArgs) -> ExitCode {
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("conntrackd: error: {e}");
+            for line in e.lines() {
+                eprintln!("conntrackd: error: {line}");
+            }
             return ExitCode::FAILURE;
         }
     };
@@ -109,8 +111,13 @@ impl Rules {
         self.shared
             .ifnames_generation
             .fetch_add(1, Ordering::Relaxed);
-        let new = Config::load(&self.path)
-            .map_err(|e| format!("reload failed, keeping the rules in force: {e}"))?;
+        let new = Config::load(&self.path).map_err(|e| {
+            // One line, for the log and the control socket's answer.
+            format!(
+                "reload failed, keeping the rules in force: {}",
+                e.lines().join("; ")
+            )
+        })?;
         for w in &new.warnings {
             warn!("reload: {w}");
         }

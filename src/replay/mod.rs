@@ -446,7 +446,9 @@ pub fn run(args: ReplayArgs) -> ExitCode {
     let config = match Config::load(&rules) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            for line in e.lines() {
+                eprintln!("error: {line}");
+            }
             return ExitCode::FAILURE;
         }
     };
