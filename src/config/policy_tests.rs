@@ -211,3 +211,14 @@ fn a_missing_policy_is_reported_with_the_other_problems() {
         "{p:#?}"
     );
 }
+
+#[test]
+fn a_cidr_with_host_bits_set_is_refused_where_it_is_written() {
+    let p = problems(
+        "[policy]\ndefault = \"drop\"\n[[rule]]\nname = \"r\"\naction = \"accept\"\n\
+         src = [\"198.18.0.0/15\", \"198.18.1.5/15\"]\n",
+    );
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(p[0].starts_with("rules.toml:6:25: "), "{p:#?}");
+    assert!(p[0].contains("the network is 198.18.0.0/15"), "{p:#?}");
+}
