@@ -19,9 +19,10 @@ pub enum LogFormat {
 }
 
 /// NFQUEUE queue numbers, sorted and without duplicates, parsed from `"0"`,
-/// `"0-3"`, `"0,2"` or mixes like `"0-1,4"`; at most 64.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+/// `"0-3"`, `"0,2"` or mixes like `"0-1,4"`; at most 64. In a rules file
+/// also a number (`queues = 0`) or a list of either (`queues = [0, "2-3"]`),
+/// as every list key takes one value or a list.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueSpec(Vec<u16>);
 
 impl QueueSpec {
@@ -64,19 +65,76 @@ impl FromStr for QueueSpec {
                 queues.push(part.parse().map_err(|_| bad())?);
             }
         }
+        QueueSpec::of(queues).map_err(|e| format!("queue spec {spec:?} {e}"))
+    }
+}
+
+impl QueueSpec {
+    fn of(mut queues: Vec<u16>) -> Result<QueueSpec, &'static str> {
         queues.sort_unstable();
         queues.dedup();
         if queues.len() > 64 {
-            return Err(format!("queue spec {spec:?} asks for more than 64 queues"));
+            return Err("asks for more than 64 queues");
+        }
+        if queues.is_empty() {
+            return Err("names no queue");
         }
         Ok(QueueSpec(queues))
     }
 }
 
-impl TryFrom<String> for QueueSpec {
-    type Error = String;
-    fn try_from(s: String) -> Result<QueueSpec, String> {
-        s.parse()
+impl<'de> Deserialize<'de> for QueueSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<QueueSpec, D::Error> {
+        d.deserialize_any(QueueVisitor { in_list: false })
+    }
+}
+
+/// A queue spec, a queue number, or (at the top) a list of either.
+struct QueueVisitor {
+    in_list: bool,
+}
+
+impl<'de> serde::de::Visitor<'de> for QueueVisitor {
+    type Value = QueueSpec;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a queue number, a spec such as \"0-3\" or \"0,2\"")?;
+        if !self.in_list {
+            f.write_str(", or a list of them")?;
+        }
+        Ok(())
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<QueueSpec, E> {
+        v.parse().map_err(E::custom)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<QueueSpec, E> {
+        let queue = u16::try_from(v)
+            .map_err(|_| E::custom(format!("queue {v} is not a queue number (0..=65535)")))?;
+        Ok(QueueSpec(vec![queue]))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<QueueSpec, A::Error> {
+        if self.in_list {
+            return Err(serde::de::Error::invalid_type(
+                serde::de::Unexpected::Seq,
+                &self,
+            ));
+        }
+        struct Element(QueueSpec);
+        impl<'de> Deserialize<'de> for Element {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Element, D::Error> {
+                d.deserialize_any(QueueVisitor { in_list: true })
+                    .map(Element)
+            }
+        }
+        let mut queues = Vec::new();
+        while let Some(Element(spec)) = seq.next_element()? {
+            queues.extend(spec.0);
+        }
+        QueueSpec::of(queues)
+            .map_err(|e| serde::de::Error::custom(format!("the list of queues {e}")))
     }
 }
 
@@ -133,7 +191,9 @@ pub struct DaemonSettings {
     pub(crate) old_fail_open: Option<toml::Spanned<bool>>,
     /// Install conntrackd's own iptables chain, and remove it on exit.
     pub install_iptables: bool,
-    /// Built-in chains of the filter table to hook when installing.
+    /// Built-in chains of the filter table to hook when installing (one
+    /// name or a list).
+    #[serde(deserialize_with = "crate::policy::one_or_many_strings")]
     pub hooks: Vec<String>,
     /// Packets the kernel may hold per queue awaiting a verdict.
     pub queue_maxlen: u32,
@@ -646,6 +706,80 @@ mod tests {
         );
         assert!(e.contains("pass --rules FILE"), "{e}");
         assert!(e.contains("--rules rules/default.toml"), "{e}");
+    }
+
+    /// Every key whose value is a list takes one value or a list, alike.
+    #[test]
+    fn every_list_key_takes_one_value_or_a_list() {
+        let rule = |line: &str| {
+            let text = format!(
+                "[policy]\ndefault = \"drop\"\n[[rule]]\nname = \"r\"\naction = \"accept\"\n\
+                 proto = \"tcp\"\n{line}\n"
+            );
+            let c =
+                Config::parse(&text, Path::new("r.toml")).unwrap_or_else(|e| panic!("{line}: {e}"));
+            c.policy.rules[0].to_string()
+        };
+        for (key, one, list, shown) in [
+            (
+                "src",
+                "\"198.18.0.0/15\"",
+                "[\"198.18.0.0/15\"]",
+                "src=198.18.0.0/15",
+            ),
+            (
+                "dst",
+                "\"2001:db8::1\"",
+                "[\"2001:db8::1\"]",
+                "dst=2001:db8::1/128",
+            ),
+            ("src_ports", "1024", "[1024]", "src_ports=1024"),
+            (
+                "dst_ports",
+                "\"8000-8080\"",
+                "[\"8000-8080\"]",
+                "dst_ports=8000-8080",
+            ),
+        ] {
+            let (a, b) = (
+                rule(&format!("{key} = {one}")),
+                rule(&format!("{key} = {list}")),
+            );
+            assert!(a.contains(shown), "{key} = {one}: {a}");
+            assert_eq!(a, b, "{key}");
+        }
+        let daemon = |line: &str| {
+            let text = format!("[daemon]\n{line}\n[policy]\ndefault = \"drop\"\n");
+            Config::parse(&text, Path::new("r.toml"))
+                .unwrap_or_else(|e| panic!("{line}: {e}"))
+                .daemon
+        };
+        assert_eq!(daemon("hooks = \"INPUT\"").hooks, ["INPUT"]);
+        assert_eq!(daemon("hooks = [\"INPUT\"]").hooks, ["INPUT"]);
+        assert_eq!(
+            daemon("hooks = [\"FORWARD\", \"OUTPUT\"]").hooks,
+            ["FORWARD", "OUTPUT"]
+        );
+        for (one_or_many, queues) in [
+            ("2", vec![2]),
+            ("\"2\"", vec![2]),
+            ("[2]", vec![2]),
+            ("\"0-2,5\"", vec![0, 1, 2, 5]),
+            ("[\"0-2\", 5, 1]", vec![0, 1, 2, 5]),
+        ] {
+            let d = daemon(&format!("queues = {one_or_many}"));
+            assert_eq!(d.queues.as_slice(), queues, "queues = {one_or_many}");
+        }
+        for bad in [
+            "queues = []",
+            "queues = [[1]]",
+            "queues = 70000",
+            "hooks = 1",
+        ] {
+            let text = format!("[daemon]\n{bad}\n[policy]\ndefault = \"drop\"\n");
+            let p = only_problem(Config::parse(&text, Path::new("r.toml")));
+            assert_eq!(p.line, 2, "{bad}: {}", p.message);
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::conntrack::sources::{Rate, SourceLimits};
 use crate::wire::{Packet, Transport};
 use serde::Deserialize;
 use std::fmt;
-pub use values::{Cidr, List, PortRange, ProtoSpec};
+pub use values::{one_or_many_strings, Cidr, List, PortRange, ProtoSpec};
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

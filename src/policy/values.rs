@@ -190,6 +190,23 @@ impl FromScalar for ProtoSpec {
     const EXPECTING: &'static str = "a protocol name or number";
 }
 
+impl FromScalar for String {
+    fn from_text(s: &str) -> Result<Self, String> {
+        Ok(s.to_string())
+    }
+    fn from_int(n: i64) -> Result<Self, String> {
+        Err(format!("expected a name, found the number {n}"))
+    }
+    const EXPECTING: &'static str = "a name or a list of names";
+}
+
+/// For serde's `deserialize_with`: a list of names, which may be written as
+/// one (`hooks = "FORWARD"` or `hooks = ["FORWARD", "INPUT"]`), as every
+/// list key of the rules file.
+pub fn one_or_many_strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    List::<String>::deserialize(d).map(|list| list.0)
+}
+
 struct ScalarVisitor<T>(PhantomData<T>);
 
 impl<'de, T: FromScalar> Visitor<'de> for ScalarVisitor<T> {
