@@ -91,7 +91,7 @@ fn values_accept_one_or_many_and_names_or_numbers() {
     )
     .unwrap();
     let shown = c.policy.to_string();
-    assert!(shown.contains("proto=6 src=2001:db8::/32 dst=198.18.0.0/15,10.1.2.3/32 src_ports=1024-65535 dst_ports=22,80,8000-8080"), "{shown}");
+    assert!(shown.contains("proto=tcp src=2001:db8::/32 dst=198.18.0.0/15,10.1.2.3/32 src_ports=1024-65535 dst_ports=22,80,8000-8080"), "{shown}");
 }
 
 /// The problems of a refused file, one `file:line:column: message` each.
@@ -221,4 +221,26 @@ fn a_cidr_with_host_bits_set_is_refused_where_it_is_written() {
     assert_eq!(p.len(), 1, "{p:#?}");
     assert!(p[0].starts_with("rules.toml:6:25: "), "{p:#?}");
     assert!(p[0].contains("the network is 198.18.0.0/15"), "{p:#?}");
+}
+
+#[test]
+fn the_summary_names_protocols() {
+    let c = parse(
+        "[policy]\ndefault = \"drop\"\n\
+         [[rule]]\nname = \"a\"\naction = \"accept\"\nproto = 17\n\
+         [[rule]]\nname = \"b\"\naction = \"accept\"\nproto = \"ipv6-icmp\"\n\
+         [[rule]]\nname = \"c\"\naction = \"accept\"\nproto = 1\n\
+         [[rule]]\nname = \"d\"\naction = \"accept\"\nproto = 47\n",
+    )
+    .unwrap();
+    let shown = c.to_string();
+    for want in [
+        "accept a proto=udp\n",
+        "accept b proto=icmpv6\n",
+        "accept c proto=icmp\n",
+        // No name for it: the number, as everywhere else.
+        "accept d proto=47\n",
+    ] {
+        assert!(shown.contains(want), "{want:?} in {shown}");
+    }
 }

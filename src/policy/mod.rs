@@ -179,7 +179,7 @@ impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.action, self.name)?;
         if let Some(p) = self.proto {
-            write!(f, " proto={p}")?;
+            write!(f, " proto={}", crate::wire::protocol_name(p))?;
         }
         let join = |v: &[String]| v.join(",");
         if !self.src.is_empty() {
