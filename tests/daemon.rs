@@ -734,6 +734,75 @@ fn without_rules_every_command_reads_the_system_file_not_the_current_directory()
     assert!(out.status.success(), "{out:?}");
 }
 
+/// The README's warning under its run command says what that command
+/// installs and enforces: checked against the iptables script conntrackd
+/// makes for rules/default.toml, and against that file's policy.
+#[test]
+fn the_readme_warning_says_what_the_run_command_installs() {
+    use conntrackd::kernel::iptables::Spec;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let command = "cargo run --release -- --rules rules/default.toml --install-iptables";
+    let at = readme.find(command).expect("README has the run command");
+    let after = &readme[at..];
+    let end = after
+        .find("Run the whole test suite")
+        .expect("the next paragraph");
+    // The warning's text, its blockquote marks and line breaks taken out.
+    let warning = after[..end]
+        .lines()
+        .map(|l| l.trim_start_matches('>').trim())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let config = conntrackd::Config::load(&root.join("rules/default.toml")).unwrap();
+    let d = &config.daemon;
+    let spec = Spec::new(
+        &d.iptables_chain,
+        &d.hooks,
+        d.queues.as_slice(),
+        d.queue_bypass,
+    )
+    .unwrap();
+    let script = spec.install_script();
+    let mut says = vec![
+        format!("chain `{}`", spec.chain),
+        format!("`-j {}`", spec.target()),
+        "`install_iptables = false`".to_string(),
+        "everything else is dropped".to_string(),
+        "no mid-stream pickup".to_string(),
+        "INPUT and OUTPUT".to_string(),
+    ];
+    for hook in &spec.hooks {
+        assert!(script.contains(&format!("-I {hook} 1 -j {}", spec.chain)));
+        says.push(format!("first rule of `{hook}`"));
+    }
+    assert_eq!(spec.hooks, ["FORWARD"], "the warning names FORWARD only");
+    assert!(!d.install_iptables);
+    assert_eq!(config.policy.default, conntrackd::policy::Action::Drop);
+    assert!(!config.engine.loose_pickup);
+    let lan_out = config
+        .policy
+        .rules
+        .iter()
+        .find(|r| r.name == "lan-out")
+        .expect("rules/default.toml has lan-out")
+        .to_string();
+    let sources = lan_out
+        .split("src=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    says.extend(sources.split(',').map(String::from));
+    for s in says {
+        assert!(
+            warning.contains(&s),
+            "the README warning lacks {s:?}: {warning}"
+        );
+    }
+}
+
 #[test]
 fn help_and_version() {
     let out = conntrackd(&["--help"]);
