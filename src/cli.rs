@@ -25,9 +25,9 @@ pub struct Cli {
 pub enum Command {
     /// Validate a rules file and print a summary (exit 1 with file:line:column on error).
     Check {
-        /// Rules file to check.
-        #[arg(long, default_value = "rules/default.toml")]
-        rules: PathBuf,
+        /// Rules file to check [default: /etc/conntrackd/rules.toml].
+        #[arg(long, value_name = "FILE")]
+        rules: Option<PathBuf>,
     },
     /// Replay captures through the engine and show each packet's verdict and reason.
     Replay(crate::replay::ReplayArgs),

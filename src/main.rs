@@ -7,21 +7,35 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         None => conntrackd::daemon::run(cli.daemon),
-        Some(Command::Check { rules }) => match Config::load(&rules) {
-            Ok(config) => {
-                for w in &config.warnings {
-                    eprintln!("warning: {w}");
-                }
-                print!("{config}");
-                println!("ok");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Some(Command::Check { rules }) => check(rules.as_deref()),
         Some(Command::Replay(args)) => conntrackd::replay::run(args),
         Some(control) => conntrackd::cli::control(control),
+    }
+}
+
+/// `conntrackd check`: the summary, or every problem of the file, one a line.
+fn check(rules: Option<&std::path::Path>) -> ExitCode {
+    let path = match conntrackd::config::rules_path(rules) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match Config::load(&path) {
+        Ok(config) => {
+            for w in &config.warnings {
+                eprintln!("warning: {w}");
+            }
+            print!("{config}");
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for line in e.lines() {
+                eprintln!("error: {line}");
+            }
+            ExitCode::FAILURE
+        }
     }
 }

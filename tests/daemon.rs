@@ -17,7 +17,7 @@ use common::lab::{self, Lab, Ns, RawSender, Sniffer, TcpEcho, UdpEcho};
 use conntrackd::wire::build;
 use conntrackd::wire::TcpFlags as F;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const SHORT: Duration = Duration::from_millis(700);
@@ -415,16 +415,17 @@ fn sighup_reloads_rules_keeps_connections_and_refuses_broken_files() {
     assert_blocked(&lab.client, v4(8080), "denied after reload");
     lab::exchange(&open, 50_000, 4).expect("the open connection survives the reload");
 
-    // A broken file is refused; the rules in force stay.
+    // A broken file is refused, with each of its problems; the rules in force stay.
     lab::replace_file(
         &rules,
-        "[policy]\ndefault = \"accept\"\n\n[[rule]]\nname = \"x\"\naction = \"maybe\"\n",
+        "[policy]\ndefault = \"accept\"\n\n[[rule]]\nname = \"x\"\naction = \"maybe\"\n\n\
+         [[rule]]\nname = \"y\"\naction = \"drop\"\ndst_port = 22\n",
     );
     d.signal(libc::SIGHUP);
     let err = d.wait_log("reload failed", Duration::from_secs(3));
     assert!(
-        err.contains("rules.toml:6:"),
-        "error names file:line:column: {err}"
+        err.contains("rules.toml:6:") && err.contains("rules.toml:11:1: unknown field `dst_port`"),
+        "error names file:line:column of each problem: {err}"
     );
     assert_session(
         &lab.client,
@@ -651,6 +652,155 @@ fn refuses_to_start_with_a_broken_rules_file() {
     let out = conntrackd(&["--rules", "rules/default.toml", "--queue", "5-1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("queue"));
+}
+
+/// `check` and the daemon's start name every problem of a rules file, each
+/// with file:line:column, not only the first.
+#[test]
+fn check_and_start_report_every_problem_of_a_rules_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two.toml");
+    std::fs::write(
+        &path,
+        "[policy]\ndefault = \"accept\"\n\n[[rule]]\nname = \"x\"\nactoin = \"drop\"\naction = \"drop\"\n\n\
+         [[rule]]\nname = \"y\"\naction = \"drop\"\ndst = \"198.18.0.0/33\"\n",
+    )
+    .unwrap();
+    let file = path.to_str().unwrap();
+    for (args, prefix) in [
+        (vec!["check", "--rules", file], "error: "),
+        (vec!["--rules", file], "conntrackd: error: "),
+    ] {
+        let out = conntrackd(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 2, "{args:?}: {err}");
+        assert!(
+            lines[0].starts_with(&format!("{prefix}{file}:6:1: unknown field `actoin`")),
+            "{err}"
+        );
+        assert!(
+            lines[1].starts_with(&format!("{prefix}{file}:12:7: ")) && lines[1].contains("/33"),
+            "{err}"
+        );
+    }
+}
+
+/// Without --rules, every command reads /etc/conntrackd/rules.toml and never
+/// rules/default.toml of the directory it was started in (the test runs in
+/// the checkout, where that file exists).
+#[test]
+fn without_rules_every_command_reads_the_system_file_not_the_current_directory() {
+    let checkout = env!("CARGO_MANIFEST_DIR");
+    let run = |args: &[&str]| {
+        lab::run_timeout(
+            std::process::Command::new(env!("CARGO_BIN_EXE_conntrackd"))
+                .args(args)
+                .current_dir(checkout),
+            Duration::from_secs(10),
+        )
+    };
+    assert!(Path::new(checkout).join("rules/default.toml").exists());
+    if Path::new("/etc/conntrackd/rules.toml").exists() {
+        // A machine with the package installed: check reads the system file.
+        let out = run(&["check"]);
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            shown.contains("rules file: /etc/conntrackd/rules.toml"),
+            "{shown}"
+        );
+        return;
+    }
+    for args in [
+        &["check"][..],
+        &["replay", "tests/captures/example.pcap"],
+        // A bad log level: were the rules found, the daemon would stop there.
+        &["--log-level", "info["],
+    ] {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains("/etc/conntrackd/rules.toml does not exist")
+                && err.contains("pass --rules FILE")
+                && err.contains("--rules rules/default.toml"),
+            "{args:?}: {err}"
+        );
+    }
+    // The same commands with --rules work from anywhere.
+    let rules = Path::new(checkout).join("rules/default.toml");
+    let out = conntrackd(&["check", "--rules", rules.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// The README's warning under its run command says what that command
+/// installs and enforces: checked against the iptables script conntrackd
+/// makes for rules/default.toml, and against that file's policy.
+#[test]
+fn the_readme_warning_says_what_the_run_command_installs() {
+    use conntrackd::kernel::iptables::Spec;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let command = "cargo run --release -- --rules rules/default.toml --install-iptables";
+    let at = readme.find(command).expect("README has the run command");
+    let after = &readme[at..];
+    let end = after
+        .find("Run the whole test suite")
+        .expect("the next paragraph");
+    // The warning's text, its blockquote marks and line breaks taken out.
+    let warning = after[..end]
+        .lines()
+        .map(|l| l.trim_start_matches('>').trim())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let config = conntrackd::Config::load(&root.join("rules/default.toml")).unwrap();
+    let d = &config.daemon;
+    let spec = Spec::new(
+        &d.iptables_chain,
+        &d.hooks,
+        d.queues.as_slice(),
+        d.queue_bypass,
+    )
+    .unwrap();
+    let script = spec.install_script();
+    let mut says = vec![
+        format!("chain `{}`", spec.chain),
+        format!("`-j {}`", spec.target()),
+        "`install_iptables = false`".to_string(),
+        "everything else is dropped".to_string(),
+        "no mid-stream pickup".to_string(),
+        "INPUT and OUTPUT".to_string(),
+    ];
+    for hook in &spec.hooks {
+        assert!(script.contains(&format!("-I {hook} 1 -j {}", spec.chain)));
+        says.push(format!("first rule of `{hook}`"));
+    }
+    assert_eq!(spec.hooks, ["FORWARD"], "the warning names FORWARD only");
+    assert!(!d.install_iptables);
+    assert_eq!(config.policy.default, conntrackd::policy::Action::Drop);
+    assert!(!config.engine.loose_pickup);
+    let lan_out = config
+        .policy
+        .rules
+        .iter()
+        .find(|r| r.name == "lan-out")
+        .expect("rules/default.toml has lan-out")
+        .to_string();
+    let sources = lan_out
+        .split("src=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    says.extend(sources.split(',').map(String::from));
+    for s in says {
+        assert!(
+            warning.contains(&s),
+            "the README warning lacks {s:?}: {warning}"
+        );
+    }
 }
 
 #[test]

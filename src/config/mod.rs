@@ -1,6 +1,7 @@
 //! The rules file: engine settings, daemon settings and the policy, in TOML.
 //!
-//! Unknown keys are refused, and every error names `file:line:column`.
+//! Unknown keys are refused, and every error names `file:line:column`; all
+//! of a file's errors are reported, not only the first.
 
 pub use crate::engine::settings::{EngineSettings, Timeouts};
 use crate::policy::{PolicySpec, RuleSpec};
@@ -18,9 +19,10 @@ pub enum LogFormat {
 }
 
 /// NFQUEUE queue numbers, sorted and without duplicates, parsed from `"0"`,
-/// `"0-3"`, `"0,2"` or mixes like `"0-1,4"`; at most 64.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+/// `"0-3"`, `"0,2"` or mixes like `"0-1,4"`; at most 64. In a rules file
+/// also a number (`queues = 0`) or a list of either (`queues = [0, "2-3"]`),
+/// as every list key takes one value or a list.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueSpec(Vec<u16>);
 
 impl QueueSpec {
@@ -63,19 +65,76 @@ impl FromStr for QueueSpec {
                 queues.push(part.parse().map_err(|_| bad())?);
             }
         }
+        QueueSpec::of(queues).map_err(|e| format!("queue spec {spec:?} {e}"))
+    }
+}
+
+impl QueueSpec {
+    fn of(mut queues: Vec<u16>) -> Result<QueueSpec, &'static str> {
         queues.sort_unstable();
         queues.dedup();
         if queues.len() > 64 {
-            return Err(format!("queue spec {spec:?} asks for more than 64 queues"));
+            return Err("asks for more than 64 queues");
+        }
+        if queues.is_empty() {
+            return Err("names no queue");
         }
         Ok(QueueSpec(queues))
     }
 }
 
-impl TryFrom<String> for QueueSpec {
-    type Error = String;
-    fn try_from(s: String) -> Result<QueueSpec, String> {
-        s.parse()
+impl<'de> Deserialize<'de> for QueueSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<QueueSpec, D::Error> {
+        d.deserialize_any(QueueVisitor { in_list: false })
+    }
+}
+
+/// A queue spec, a queue number, or (at the top) a list of either.
+struct QueueVisitor {
+    in_list: bool,
+}
+
+impl<'de> serde::de::Visitor<'de> for QueueVisitor {
+    type Value = QueueSpec;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a queue number, a spec such as \"0-3\" or \"0,2\"")?;
+        if !self.in_list {
+            f.write_str(", or a list of them")?;
+        }
+        Ok(())
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<QueueSpec, E> {
+        v.parse().map_err(E::custom)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<QueueSpec, E> {
+        let queue = u16::try_from(v)
+            .map_err(|_| E::custom(format!("queue {v} is not a queue number (0..=65535)")))?;
+        Ok(QueueSpec(vec![queue]))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<QueueSpec, A::Error> {
+        if self.in_list {
+            return Err(serde::de::Error::invalid_type(
+                serde::de::Unexpected::Seq,
+                &self,
+            ));
+        }
+        struct Element(QueueSpec);
+        impl<'de> Deserialize<'de> for Element {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Element, D::Error> {
+                d.deserialize_any(QueueVisitor { in_list: true })
+                    .map(Element)
+            }
+        }
+        let mut queues = Vec::new();
+        while let Some(Element(spec)) = seq.next_element()? {
+            queues.extend(spec.0);
+        }
+        QueueSpec::of(queues)
+            .map_err(|e| serde::de::Error::custom(format!("the list of queues {e}")))
     }
 }
 
@@ -165,7 +224,9 @@ pub struct DaemonSettings {
     pub(crate) old_fail_open: Option<toml::Spanned<bool>>,
     /// Install conntrackd's own iptables chain, and remove it on exit.
     pub install_iptables: bool,
-    /// Built-in chains of the filter table to hook when installing.
+    /// Built-in chains of the filter table to hook when installing (one
+    /// name or a list).
+    #[serde(deserialize_with = "crate::policy::one_or_many_strings")]
     pub hooks: Vec<String>,
     /// Packets the kernel may hold per queue awaiting a verdict.
     pub queue_maxlen: u32,
@@ -296,13 +357,64 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}:{line}:{column}: {message}")]
+    /// Every problem found, in file order (at least one); shown one a line.
+    #[error("{}", lines(.path, .problems).join("\n"))]
     Invalid {
         path: String,
-        line: usize,
-        column: usize,
-        message: String,
+        problems: Vec<Problem>,
     },
+}
+
+/// One problem of a rules file, and where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+fn lines(path: &str, problems: &[Problem]) -> Vec<String> {
+    problems
+        .iter()
+        .map(|p| format!("{path}:{}:{}: {}", p.line, p.column, p.message))
+        .collect()
+}
+
+impl ConfigError {
+    /// One line per problem, each `file:line:column: message`.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ConfigError::Io { .. } => vec![self.to_string()],
+            ConfigError::Invalid { path, problems } => lines(path, problems),
+        }
+    }
+}
+
+/// The rules file when `--rules` is not given: the packaged one. Never a
+/// path relative to the current directory, so that what a server enforces
+/// does not depend on where it was started from.
+pub const SYSTEM_RULES: &str = "/etc/conntrackd/rules.toml";
+
+/// The rules file to use: `--rules`, else [`SYSTEM_RULES`]; an error telling
+/// the operator to pass `--rules` when neither is there.
+pub fn rules_path(arg: Option<&Path>) -> Result<PathBuf, String> {
+    rules_path_or(arg, Path::new(SYSTEM_RULES))
+}
+
+fn rules_path_or(arg: Option<&Path>, system: &Path) -> Result<PathBuf, String> {
+    if let Some(path) = arg {
+        return Ok(path.to_path_buf());
+    }
+    // Anything but a clear "not there" (permission denied, say) goes on to
+    // Config::load, whose error names the real cause.
+    if system.try_exists().unwrap_or(true) {
+        return Ok(system.to_path_buf());
+    }
+    Err(format!(
+        "no rules file: {} does not exist; pass --rules FILE (in a source checkout: \
+         --rules rules/default.toml)",
+        system.display()
+    ))
 }
 
 /// 1-based line and column of a byte offset.
@@ -324,53 +436,76 @@ impl Config {
         Config::parse(&text, path)
     }
 
-    /// Parses rules text; `path` is used in messages.
+    /// Parses rules text; `path` is used in messages. Every problem is
+    /// reported, not only the first: each `[[rule]]` and each key is checked
+    /// on its own (see [`collect`]).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let name = path.display().to_string();
-        let invalid = |offset: usize, message: String| {
-            let (line, column) = line_column(text, offset);
-            ConfigError::Invalid {
-                path: name.clone(),
-                line,
-                column,
-                message,
-            }
-        };
-        let mut file: RulesFile = toml::from_str(text).map_err(|e| {
-            let offset = e.span().map_or(0, |s| s.start);
-            invalid(offset, e.message().trim().to_string())
-        })?;
+        let collected = collect::deserialize_all::<RulesFile>(text);
+        let mut problems = collected.errors;
         let mut warnings = Vec::new();
-        rename_old_keys(&mut file.daemon, text, &name, &mut warnings)
-            .map_err(|(offset, message)| invalid(offset, message))?;
-        let policy = crate::policy::Policy::compile(&file.policy, &file.rules)
-            .map_err(|(offset, message)| invalid(offset, message))?;
-        let e = &file.engine;
-        if e.max_connections == 0 {
-            return Err(invalid(
-                text.find("max_connections").unwrap_or(0),
-                "engine.max_connections must be at least 1".into(),
-            ));
+        let mut config = None;
+        if let Some(mut file) = collected.value {
+            rename_old_keys(&mut file.daemon, text, &name, &mut warnings, &mut problems);
+            // A rule that lost a key to an error would only repeat it.
+            file.rules
+                .retain(|r| !collected.damaged.contains(&r.span()));
+            let policy = crate::policy::Policy::compile(&file.policy, &file.rules)
+                .map_err(|errors| problems.extend(errors))
+                .ok();
+            check_engine(&file.engine, text, &mut problems);
+            config = policy.map(|policy| Config {
+                path: path.to_path_buf(),
+                engine: file.engine,
+                daemon: file.daemon,
+                policy,
+                warnings,
+            });
         }
-        let a = &e.adaptive;
-        let ordered = a.start.partial_cmp(&a.end) == Some(std::cmp::Ordering::Less);
-        if !(0.0..=1.0).contains(&a.start) || !ordered || a.floor == 0 {
-            return Err(invalid(
-                text.find("[engine.adaptive]").unwrap_or(0),
-                format!(
-                    "engine.adaptive: need 0 <= start < end and floor >= 1 (start = {}, \
-                     end = {}, floor = {})",
-                    a.start, a.end, a.floor
-                ),
-            ));
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => {
+                // In file order; an offset serde could not place comes first.
+                problems.sort_by_key(|(offset, _)| *offset);
+                problems.dedup();
+                Err(ConfigError::Invalid {
+                    path: name,
+                    problems: problems
+                        .into_iter()
+                        .map(|(offset, message)| {
+                            let (line, column) = line_column(text, offset);
+                            Problem {
+                                line,
+                                column,
+                                message,
+                            }
+                        })
+                        .collect(),
+                })
+            }
         }
-        Ok(Config {
-            path: path.to_path_buf(),
-            engine: file.engine,
-            daemon: file.daemon,
-            policy,
-            warnings,
-        })
+    }
+}
+
+/// `[engine]`'s limits that serde cannot check.
+fn check_engine(e: &EngineSettings, text: &str, problems: &mut Vec<(usize, String)>) {
+    if e.max_connections == 0 {
+        problems.push((
+            text.find("max_connections").unwrap_or(0),
+            "engine.max_connections must be at least 1".into(),
+        ));
+    }
+    let a = &e.adaptive;
+    let ordered = a.start.partial_cmp(&a.end) == Some(std::cmp::Ordering::Less);
+    if !(0.0..=1.0).contains(&a.start) || !ordered || a.floor == 0 {
+        problems.push((
+            text.find("[engine.adaptive]").unwrap_or(0),
+            format!(
+                "engine.adaptive: need 0 <= start < end and floor >= 1 (start = {}, \
+                 end = {}, floor = {})",
+                a.start, a.end, a.floor
+            ),
+        ));
     }
 }
 
@@ -382,7 +517,8 @@ fn rename_old_keys(
     text: &str,
     path: &str,
     warnings: &mut Vec<String>,
-) -> Result<(), (usize, String)> {
+    problems: &mut Vec<(usize, String)>,
+) {
     // Which new keys the file sets (serde has filled in defaults for the others).
     let given: Vec<String> = text
         .parse::<toml::Table>()
@@ -392,15 +528,16 @@ fn rename_old_keys(
         .unwrap_or_default();
     if let Some(v) = d.old_fail_open.take() {
         let span = v.span();
-        for new in ["queue_bypass", "queue_overflow"] {
-            if given.iter().any(|k| k == new) {
-                return Err((
-                    span.start,
-                    "daemon.fail_open is the old name of daemon.queue_bypass and \
-                     daemon.queue_overflow: give only those"
-                        .to_string(),
-                ));
-            }
+        if ["queue_bypass", "queue_overflow"]
+            .iter()
+            .any(|new| given.iter().any(|k| k == new))
+        {
+            problems.push((
+                span.start,
+                "daemon.fail_open is the old name of daemon.queue_bypass and \
+                 daemon.queue_overflow: give only those"
+                    .to_string(),
+            ));
         }
         let (line, column) = line_column(text, span.start);
         let open = v.into_inner();
@@ -424,31 +561,30 @@ fn rename_old_keys(
     }
     let mut rename = |old: &str, new: &str, span: std::ops::Range<usize>| {
         if given.iter().any(|k| k == new) {
-            return Err((
+            problems.push((
                 span.start,
                 format!("daemon.{old} is the old name of daemon.{new}: give only daemon.{new}"),
             ));
+            return;
         }
         let (line, column) = line_column(text, span.start);
         warnings.push(format!(
             "{path}:{line}:{column}: daemon.{old} is deprecated, use daemon.{new} \
              (\"bypass\" now means only the kernel's --queue-bypass)"
         ));
-        Ok(())
     };
     if let Some(v) = d.old_handoff.take() {
-        rename("bypass", "handoff", v.span())?;
+        rename("bypass", "handoff", v.span());
         d.handoff = v.into_inner();
     }
     if let Some(v) = d.old_handoff_mark.take() {
-        rename("bypass_mark", "handoff_mark", v.span())?;
+        rename("bypass_mark", "handoff_mark", v.span());
         d.handoff_mark = v.into_inner();
     }
     if let Some(v) = d.old_handoff_refresh.take() {
-        rename("bypass_refresh", "handoff_refresh", v.span())?;
+        rename("bypass_refresh", "handoff_refresh", v.span());
         d.handoff_refresh = v.into_inner();
     }
-    Ok(())
 }
 
 impl fmt::Display for Config {
@@ -478,6 +614,8 @@ impl fmt::Display for Config {
     }
 }
 
+mod collect;
+
 /// The `[policy]` and `[[rule]]` tables as a rules file gives them.
 #[cfg(test)]
 mod policy_tests;
@@ -485,6 +623,16 @@ mod policy_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one problem of a refused file.
+    fn only_problem(parsed: Result<Config, ConfigError>) -> Problem {
+        match parsed {
+            Err(ConfigError::Invalid { mut problems, .. }) if problems.len() == 1 => {
+                problems.remove(0)
+            }
+            other => panic!("expected one problem: {other:?}"),
+        }
+    }
 
     #[test]
     fn queue_specs() {
@@ -504,18 +652,13 @@ mod tests {
     #[test]
     fn a_bad_queue_spec_is_refused_where_it_is_written() {
         let text = "[daemon]\nqueues = \"0-x\"\n[policy]\ndefault = \"accept\"\n";
-        match Config::parse(text, Path::new("r.toml")) {
-            Err(ConfigError::Invalid {
-                line,
-                column,
-                message,
-                ..
-            }) => {
-                assert_eq!((line, column), (2, 10), "{message}");
-                assert!(message.contains("bad queue spec"), "{message}");
-            }
-            other => panic!("{other:?}"),
-        }
+        let Problem {
+            line,
+            column,
+            message,
+        } = only_problem(Config::parse(text, Path::new("r.toml")));
+        assert_eq!((line, column), (2, 10), "{message}");
+        assert!(message.contains("bad queue spec"), "{message}");
     }
 
     #[test]
@@ -534,13 +677,14 @@ mod tests {
         assert_eq!(addr("[::1]:9680"), Some("[::1]:9680".parse().unwrap()));
         for bad in ["localhost:9680", "127.0.0.1", "127.0.0.1:99999", "9680"] {
             match parse(bad) {
-                Err(ConfigError::Invalid {
-                    line,
-                    column,
-                    message,
-                    ..
-                }) => {
-                    assert_eq!((line, column), (2, 18), "{message}");
+                Err(ConfigError::Invalid { problems, .. }) => {
+                    assert_eq!(problems.len(), 1, "{problems:?}");
+                    let Problem {
+                        line,
+                        column,
+                        message,
+                    } = &problems[0];
+                    assert_eq!((*line, *column), (2, 18), "{message}");
                     assert!(
                         message.contains("is not an IP address and port"),
                         "{message}"
@@ -573,13 +717,9 @@ mod tests {
         assert_eq!(n.daemon, c.daemon);
         assert!(n.warnings.is_empty());
         let both = "[daemon]\nhandoff = true\nbypass = true\n[policy]\ndefault = \"accept\"\n";
-        match Config::parse(both, Path::new("r.toml")) {
-            Err(ConfigError::Invalid { line, message, .. }) => {
-                assert_eq!(line, 3, "{message}");
-                assert!(message.contains("give only daemon.handoff"), "{message}");
-            }
-            other => panic!("{other:?}"),
-        }
+        let Problem { line, message, .. } = only_problem(Config::parse(both, Path::new("r.toml")));
+        assert_eq!(line, 3, "{message}");
+        assert!(message.contains("give only daemon.handoff"), "{message}");
     }
 
     #[test]
@@ -590,13 +730,10 @@ mod tests {
         assert_eq!((c.engine.adaptive.start, c.engine.adaptive.floor), (0.6, 3));
         for bad in ["start = 0.9\nend = 0.5", "start = -1.0", "floor = 0"] {
             let text = format!("[engine.adaptive]\n{bad}\n[policy]\ndefault = \"drop\"\n");
-            match Config::parse(&text, Path::new("r.toml")) {
-                Err(ConfigError::Invalid { line, message, .. }) => {
-                    assert_eq!(line, 1, "{message}");
-                    assert!(message.contains("engine.adaptive"), "{message}");
-                }
-                other => panic!("{bad}: {other:?}"),
-            }
+            let Problem { line, message, .. } =
+                only_problem(Config::parse(&text, Path::new("r.toml")));
+            assert_eq!(line, 1, "{bad}: {message}");
+            assert!(message.contains("engine.adaptive"), "{message}");
         }
     }
 
@@ -627,6 +764,99 @@ mod tests {
         let c = parse(new).unwrap();
         assert!(!c.daemon.queue_bypass && c.daemon.queue_overflow == Overflow::Accept);
         assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn rules_path_is_the_argument_else_the_system_file_never_the_current_directory() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/default.toml");
+        let absent = Path::new("/nonexistent/conntrackd/rules.toml");
+        // --rules wins, even over an existing system file, and is not checked here.
+        assert_eq!(
+            rules_path_or(Some(absent), &shipped).unwrap(),
+            PathBuf::from(absent)
+        );
+        assert_eq!(rules_path_or(None, &shipped).unwrap(), shipped);
+        let e = rules_path_or(None, absent).unwrap_err();
+        assert!(
+            e.contains("/nonexistent/conntrackd/rules.toml does not exist"),
+            "{e}"
+        );
+        assert!(e.contains("pass --rules FILE"), "{e}");
+        assert!(e.contains("--rules rules/default.toml"), "{e}");
+    }
+
+    /// Every key whose value is a list takes one value or a list, alike.
+    #[test]
+    fn every_list_key_takes_one_value_or_a_list() {
+        let rule = |line: &str| {
+            let text = format!(
+                "[policy]\ndefault = \"drop\"\n[[rule]]\nname = \"r\"\naction = \"accept\"\n\
+                 proto = \"tcp\"\n{line}\n"
+            );
+            let c =
+                Config::parse(&text, Path::new("r.toml")).unwrap_or_else(|e| panic!("{line}: {e}"));
+            c.policy.rules[0].to_string()
+        };
+        for (key, one, list, shown) in [
+            (
+                "src",
+                "\"198.18.0.0/15\"",
+                "[\"198.18.0.0/15\"]",
+                "src=198.18.0.0/15",
+            ),
+            (
+                "dst",
+                "\"2001:db8::1\"",
+                "[\"2001:db8::1\"]",
+                "dst=2001:db8::1/128",
+            ),
+            ("src_ports", "1024", "[1024]", "src_ports=1024"),
+            (
+                "dst_ports",
+                "\"8000-8080\"",
+                "[\"8000-8080\"]",
+                "dst_ports=8000-8080",
+            ),
+        ] {
+            let (a, b) = (
+                rule(&format!("{key} = {one}")),
+                rule(&format!("{key} = {list}")),
+            );
+            assert!(a.contains(shown), "{key} = {one}: {a}");
+            assert_eq!(a, b, "{key}");
+        }
+        let daemon = |line: &str| {
+            let text = format!("[daemon]\n{line}\n[policy]\ndefault = \"drop\"\n");
+            Config::parse(&text, Path::new("r.toml"))
+                .unwrap_or_else(|e| panic!("{line}: {e}"))
+                .daemon
+        };
+        assert_eq!(daemon("hooks = \"INPUT\"").hooks, ["INPUT"]);
+        assert_eq!(daemon("hooks = [\"INPUT\"]").hooks, ["INPUT"]);
+        assert_eq!(
+            daemon("hooks = [\"FORWARD\", \"OUTPUT\"]").hooks,
+            ["FORWARD", "OUTPUT"]
+        );
+        for (one_or_many, queues) in [
+            ("2", vec![2]),
+            ("\"2\"", vec![2]),
+            ("[2]", vec![2]),
+            ("\"0-2,5\"", vec![0, 1, 2, 5]),
+            ("[\"0-2\", 5, 1]", vec![0, 1, 2, 5]),
+        ] {
+            let d = daemon(&format!("queues = {one_or_many}"));
+            assert_eq!(d.queues.as_slice(), queues, "queues = {one_or_many}");
+        }
+        for bad in [
+            "queues = []",
+            "queues = [[1]]",
+            "queues = 70000",
+            "hooks = 1",
+        ] {
+            let text = format!("[daemon]\n{bad}\n[policy]\ndefault = \"drop\"\n");
+            let p = only_problem(Config::parse(&text, Path::new("r.toml")));
+            assert_eq!(p.line, 2, "{bad}: {}", p.message);
+        }
     }
 
     #[test]

@@ -91,7 +91,158 @@ fn values_accept_one_or_many_and_names_or_numbers() {
     )
     .unwrap();
     let shown = c.policy.to_string();
-    assert!(shown.contains("proto=6 src=2001:db8::/32 dst=198.18.0.0/15,10.1.2.3/32 src_ports=1024-65535 dst_ports=22,80,8000-8080"), "{shown}");
+    assert!(shown.contains("proto=tcp src=2001:db8::/32 dst=198.18.0.0/15,10.1.2.3/32 src_ports=1024-65535 dst_ports=22,80,8000-8080"), "{shown}");
+}
+
+/// The problems of a refused file, one `file:line:column: message` each.
+fn problems(text: &str) -> Vec<String> {
+    parse(text).expect_err("should be refused").lines()
+}
+
+#[test]
+fn every_problem_is_reported_each_rule_on_its_own() {
+    let text = r#"[engine]
+max_conns = 5
+
+[daemon]
+queues = "3-1"
+
+[policy]
+default = "drop"
+
+[[rule]]
+name = "bad-cidr"
+action = "accept"
+src = "10.0.0.0/33"
+
+[[rule]]
+name = "unknown-key-and-bad-value"
+actoin = "drop"
+action = "accept"
+proto = "tcp"
+dst_ports = ["90-80"]
+
+[[rule]]
+name = "ports-without-proto"
+action = "accept"
+dst_ports = 22
+
+[[rule]]
+name = "no-action"
+
+[[rule]]
+name = "fine"
+action = "accept"
+"#;
+    let p = problems(text);
+    let at = |prefix: &str, needle: &str| {
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with(prefix) && l.contains(needle)),
+            "no {prefix} {needle:?} in {p:#?}"
+        )
+    };
+    at("rules.toml:2:1: ", "unknown field `max_conns`");
+    at("rules.toml:5:10: ", "bad queue spec");
+    at("rules.toml:13:7: ", "prefix length");
+    at("rules.toml:17:1: ", "unknown field `actoin`");
+    at("rules.toml:20:14: ", "reversed");
+    at("rules.toml:22:1: ", "ports need proto");
+    at("rules.toml:27:1: ", "missing field `action`");
+    assert_eq!(p.len(), 7, "nothing more, nothing twice: {p:#?}");
+    let mut sorted = p.clone();
+    sorted.sort_by_key(|l| {
+        let mut f = l.split(':').skip(1).map(|n| n.parse::<usize>().unwrap());
+        (f.next().unwrap(), f.next().unwrap())
+    });
+    assert_eq!(p, sorted, "in file order");
+}
+
+#[test]
+fn an_error_is_not_followed_by_what_it_causes() {
+    // A bad required value is not also "missing"; a rule with a bad proto
+    // is not also told that its ports need one.
+    let p = problems(
+        "[policy]\ndefault = \"drop\"\n[[rule]]\nname = 5\naction = \"accept\"\n\
+         [[rule]]\nname = \"b\"\naction = \"accept\"\nproto = \"tcpp\"\ndst_ports = 22\n",
+    );
+    assert_eq!(p.len(), 2, "{p:#?}");
+    assert!(p[0].starts_with("rules.toml:4:8: "), "{p:#?}");
+    assert!(p[1].starts_with("rules.toml:9:9: ") && p[1].contains("unknown protocol"));
+    // A bad [policy] default is one problem, not also a missing [policy].
+    for text in [
+        "[policy]\ndefault = \"maybe\"\n",
+        "policy.default = \"maybe\"\n",
+    ] {
+        let p = problems(text);
+        assert_eq!(p.len(), 1, "{text}: {p:#?}");
+    }
+    // A syntax error stops there: nothing after it can be read.
+    let p = problems("[policy]\ndefault = \"drop\"\n[[rule]\nname = 1\n");
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(p[0].starts_with("rules.toml:3:"), "{p:#?}");
+    // Two semantic problems in two rules, and a duplicate name.
+    let p = problems(
+        "[policy]\ndefault = \"drop\"\n\
+         [[rule]]\nname = \"a\"\naction = \"drop\"\nicmp_type = 8\n\
+         [[rule]]\nname = \"a\"\naction = \"drop\"\noverload_secs = 5\n",
+    );
+    assert_eq!(p.len(), 3, "{p:#?}");
+    assert!(p[0].starts_with("rules.toml:3:") && p[0].contains("icmp_type needs proto"));
+    assert!(
+        p.iter().any(|l| l.contains("duplicate rule name")),
+        "{p:#?}"
+    );
+    assert!(
+        p.iter().any(|l| l.contains("overload_secs needs")),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn a_missing_policy_is_reported_with_the_other_problems() {
+    let p = problems("[polcy]\ndefault = \"drop\"\n[engine]\nmax_connections = 0\n");
+    assert!(
+        p.iter().any(|l| l.contains("unknown field `polcy`")),
+        "{p:#?}"
+    );
+    assert!(
+        p.iter().any(|l| l.contains("missing field `policy`")),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn a_cidr_with_host_bits_set_is_refused_where_it_is_written() {
+    let p = problems(
+        "[policy]\ndefault = \"drop\"\n[[rule]]\nname = \"r\"\naction = \"accept\"\n\
+         src = [\"198.18.0.0/15\", \"198.18.1.5/15\"]\n",
+    );
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(p[0].starts_with("rules.toml:6:25: "), "{p:#?}");
+    assert!(p[0].contains("the network is 198.18.0.0/15"), "{p:#?}");
+}
+
+#[test]
+fn the_summary_names_protocols() {
+    let c = parse(
+        "[policy]\ndefault = \"drop\"\n\
+         [[rule]]\nname = \"a\"\naction = \"accept\"\nproto = 17\n\
+         [[rule]]\nname = \"b\"\naction = \"accept\"\nproto = \"ipv6-icmp\"\n\
+         [[rule]]\nname = \"c\"\naction = \"accept\"\nproto = 1\n\
+         [[rule]]\nname = \"d\"\naction = \"accept\"\nproto = 47\n",
+    )
+    .unwrap();
+    let shown = c.to_string();
+    for want in [
+        "accept a proto=udp\n",
+        "accept b proto=icmpv6\n",
+        "accept c proto=icmp\n",
+        // No name for it: the number, as everywhere else.
+        "accept d proto=47\n",
+    ] {
+        assert!(shown.contains(want), "{want:?} in {shown}");
+    }
 }
 
 #[test]

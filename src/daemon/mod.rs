@@ -23,7 +23,7 @@ pub mod settings;
 mod state;
 pub mod worker;
 
-pub use settings::{resolve_rules, DaemonArgs, LogFormatArg, Settings, DEFAULT_RULES};
+pub use settings::{resolve_rules, DaemonArgs, LogFormatArg, Settings};
 
 use crate::config::Config;
 use crate::engine::Layout;
@@ -57,7 +57,9 @@ pub fn run(args: DaemonArgs) -> ExitCode {
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("conntrackd: error: {e}");
+            for line in e.lines() {
+                eprintln!("conntrackd: error: {line}");
+            }
             return ExitCode::FAILURE;
         }
     };
@@ -122,8 +124,13 @@ impl Rules {
         self.shared
             .ifnames_generation
             .fetch_add(1, Ordering::Relaxed);
-        let new = Config::load(&self.path)
-            .map_err(|e| format!("reload failed, keeping the rules in force: {e}"))?;
+        let new = Config::load(&self.path).map_err(|e| {
+            // One line, for the log and the control socket's answer.
+            format!(
+                "reload failed, keeping the rules in force: {}",
+                e.lines().join("; ")
+            )
+        })?;
         for w in &new.warnings {
             warn!("reload: {w}");
         }

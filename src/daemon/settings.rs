@@ -3,11 +3,9 @@
 
 use crate::config::{DaemonSettings, LogFormat, MetricsListen, Overflow, QueueSpec};
 use anyhow::bail;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-/// Where the rules are looked for when `--rules` is not given.
-pub const DEFAULT_RULES: &[&str] = &["rules/default.toml", "/etc/conntrackd/rules.toml"];
 /// Smallest copy range that holds an IPv4 header and a TCP header, both with
 /// maximal options.
 const MIN_COPY_RANGE: u16 = 128;
@@ -27,7 +25,7 @@ pub enum LogFormatArg {
 /// Options of the daemon (no subcommand). Each overrides its `[daemon]` key.
 #[derive(Debug, Default, clap::Args)]
 pub struct DaemonArgs {
-    /// Rules file [default: rules/default.toml, else /etc/conntrackd/rules.toml].
+    /// Rules file [default: /etc/conntrackd/rules.toml].
     #[arg(long, value_name = "FILE")]
     pub rules: Option<PathBuf>,
     /// Queues to serve, one worker thread each: 0, 0-3 or 0,2 [daemon.queues].
@@ -209,20 +207,10 @@ pub fn default_control_socket() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/run/conntrackd/control"))
 }
 
-/// The rules file: `--rules`, else the first of [`DEFAULT_RULES`] that exists.
+/// The rules file: `--rules`, else /etc/conntrackd/rules.toml (see
+/// [`crate::config::rules_path`]).
 pub fn resolve_rules(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = arg {
-        return Ok(p);
-    }
-    for candidate in DEFAULT_RULES {
-        if Path::new(candidate).exists() {
-            return Ok(PathBuf::from(candidate));
-        }
-    }
-    bail!(
-        "no rules file: pass --rules FILE (looked for {})",
-        DEFAULT_RULES.join(" and ")
-    )
+    crate::config::rules_path(arg.as_deref()).map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]

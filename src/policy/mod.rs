@@ -11,7 +11,7 @@ use crate::conntrack::sources::{Rate, SourceLimits};
 use crate::wire::{Packet, Transport};
 use serde::Deserialize;
 use std::fmt;
-pub use values::{Cidr, List, PortRange, ProtoSpec};
+pub use values::{one_or_many_strings, Cidr, List, PortRange, ProtoSpec};
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -183,7 +183,7 @@ impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.action, self.name)?;
         if let Some(p) = self.proto {
-            write!(f, " proto={p}")?;
+            write!(f, " proto={}", crate::wire::protocol_name(p))?;
         }
         let join = |v: &[String]| v.join(",");
         if !self.src.is_empty() {
@@ -269,73 +269,70 @@ impl Policy {
         }
     }
 
-    /// Compiles the spec; an error carries the byte offset it refers to.
+    /// Compiles the spec; each error carries the byte offset it refers to.
+    /// Every rule is checked, so that one bad rule does not hide another.
     pub fn compile(
         spec: &PolicySpec,
         rules: &[toml::Spanned<RuleSpec>],
-    ) -> Result<Policy, (usize, String)> {
-        let mut compiled: Vec<Rule> = Vec::with_capacity(rules.len());
+    ) -> Result<Policy, Vec<(usize, String)>> {
         if rules.len() > u16::MAX as usize {
-            return Err((0, "too many rules".into()));
+            return Err(vec![(0, "too many rules".into())]);
         }
-        for spanned in rules {
+        let mut compiled: Vec<Rule> = Vec::with_capacity(rules.len());
+        let mut errors = Vec::new();
+        for (i, spanned) in rules.iter().enumerate() {
             let at = spanned.span().start;
             let r = spanned.get_ref();
+            let before = errors.len();
+            let mut error = |message: String| errors.push((at, message));
             if r.name.trim().is_empty() {
-                return Err((at, "rule name must not be empty".into()));
+                error("rule name must not be empty".into());
             }
-            if compiled.iter().any(|c| c.name == r.name) {
-                return Err((at, format!("duplicate rule name {:?}", r.name)));
+            if rules[..i].iter().any(|o| o.get_ref().name == r.name) {
+                error(format!("duplicate rule name {:?}", r.name));
             }
             let proto = r.proto.and_then(|p| p.number());
             let has_ports = !r.src_ports.0.is_empty() || !r.dst_ports.0.is_empty();
             if has_ports && !matches!(proto, Some(6 | 17)) {
-                return Err((
-                    at,
-                    format!("rule {:?}: ports need proto = \"tcp\" or \"udp\"", r.name),
+                error(format!(
+                    "rule {:?}: ports need proto = \"tcp\" or \"udp\"",
+                    r.name
                 ));
             }
             if r.icmp_type.is_some() && !matches!(proto, Some(1 | 58)) {
-                return Err((
-                    at,
-                    format!(
-                        "rule {:?}: icmp_type needs proto = \"icmp\" or \"icmpv6\"",
-                        r.name
-                    ),
+                error(format!(
+                    "rule {:?}: icmp_type needs proto = \"icmp\" or \"icmpv6\"",
+                    r.name
                 ));
             }
             for iface in [&r.in_iface, &r.out_iface].into_iter().flatten() {
                 if iface.is_empty() || iface.len() > 15 {
-                    return Err((
-                        at,
-                        format!(
-                            "rule {:?}: interface name {iface:?} must be 1 to 15 characters",
-                            r.name
-                        ),
+                    error(format!(
+                        "rule {:?}: interface name {iface:?} must be 1 to 15 characters",
+                        r.name
                     ));
                 }
             }
-            let rate = match &r.max_src_conn_rate {
-                None => None,
-                Some(text) => Some(parse_rate(text).ok_or_else(|| {
-                    (
-                        at,
-                        format!(
-                            "rule {:?}: max_src_conn_rate = {text:?}: expected \"N/S\", \
-                             N connections in S seconds, both at least 1",
-                            r.name
-                        ),
-                    )
-                })?),
-            };
-            if r.overload_secs > 0 && r.max_src_conn.is_none() && rate.is_none() {
-                return Err((
-                    at,
-                    format!(
-                        "rule {:?}: overload_secs needs max_src_conn or max_src_conn_rate",
+            let rate = r.max_src_conn_rate.as_ref().and_then(|text| {
+                let rate = parse_rate(text);
+                if rate.is_none() {
+                    error(format!(
+                        "rule {:?}: max_src_conn_rate = {text:?}: expected \"N/S\", \
+                         N connections in S seconds, both at least 1",
                         r.name
-                    ),
+                    ));
+                }
+                rate
+            });
+            let limited = r.max_src_conn.is_some() || r.max_src_conn_rate.is_some();
+            if r.overload_secs > 0 && !limited {
+                error(format!(
+                    "rule {:?}: overload_secs needs max_src_conn or max_src_conn_rate",
+                    r.name
                 ));
+            }
+            if errors.len() > before {
+                continue;
             }
             let source_limits = SourceLimits {
                 max_conn: r.max_src_conn,
@@ -356,6 +353,9 @@ impl Policy {
                 icmp_type: r.icmp_type,
                 source_limits,
             });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
         }
         Ok(Policy {
             default: spec.default,

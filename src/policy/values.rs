@@ -51,7 +51,37 @@ impl FromStr for Cidr {
                 .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?,
             None => max,
         };
-        Ok(Cidr { addr, prefix })
+        let cidr = Cidr { addr, prefix };
+        let network = cidr.network();
+        if network != addr {
+            // 198.18.1.5/15 matches all of 198.18.0.0/15: almost always a
+            // typo for one host or for a smaller network.
+            return Err(format!(
+                "{s:?} has host bits set: the network is {network}/{prefix} (write that), \
+                 or write {addr} alone for the one host"
+            ));
+        }
+        Ok(cidr)
+    }
+}
+
+impl Cidr {
+    /// The address with its host bits cleared.
+    fn network(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        }
     }
 }
 
@@ -160,6 +190,23 @@ impl FromScalar for ProtoSpec {
     const EXPECTING: &'static str = "a protocol name or number";
 }
 
+impl FromScalar for String {
+    fn from_text(s: &str) -> Result<Self, String> {
+        Ok(s.to_string())
+    }
+    fn from_int(n: i64) -> Result<Self, String> {
+        Err(format!("expected a name, found the number {n}"))
+    }
+    const EXPECTING: &'static str = "a name or a list of names";
+}
+
+/// For serde's `deserialize_with`: a list of names, which may be written as
+/// one (`hooks = "FORWARD"` or `hooks = ["FORWARD", "INPUT"]`), as every
+/// list key of the rules file.
+pub fn one_or_many_strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    List::<String>::deserialize(d).map(|list| list.0)
+}
+
 struct ScalarVisitor<T>(PhantomData<T>);
 
 impl<'de, T: FromScalar> Visitor<'de> for ScalarVisitor<T> {
@@ -224,5 +271,33 @@ impl<'de, T: FromScalar> Deserialize<'de> for Scalar<T> {
 impl<'de, T: FromScalar> Deserialize<'de> for List<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(ListVisitor(PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cidr_with_host_bits_set_is_refused_naming_the_network() {
+        let e = "198.18.1.5/15".parse::<Cidr>().unwrap_err();
+        assert!(e.contains("host bits set"), "{e}");
+        assert!(e.contains("the network is 198.18.0.0/15"), "{e}");
+        assert!(e.contains("198.18.1.5 alone"), "{e}");
+        let e = "2001:db8::1/32".parse::<Cidr>().unwrap_err();
+        assert!(e.contains("the network is 2001:db8::/32"), "{e}");
+        // Networks, single hosts and /0 are as before.
+        for ok in [
+            "198.18.0.0/15",
+            "198.18.1.5",
+            "198.18.1.5/32",
+            "0.0.0.0/0",
+            "2001:db8::/32",
+            "::/0",
+            "2001:db8::1",
+        ] {
+            assert!(ok.parse::<Cidr>().is_ok(), "{ok}");
+        }
+        assert!("1.2.3.4/0".parse::<Cidr>().is_err());
     }
 }

@@ -81,9 +81,9 @@ impl From<Checksums> for ChecksumMode {
 
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
-    /// Rules file.
-    #[arg(long)]
-    pub rules: PathBuf,
+    /// Rules file [default: /etc/conntrackd/rules.toml].
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
     /// Capture files (pcap or pcapng), replayed in order through one engine.
     #[arg(required = true)]
     pub captures: Vec<PathBuf>,
@@ -436,10 +436,19 @@ fn interface_rules(engine: &Engine) -> Vec<String> {
 }
 
 pub fn run(args: ReplayArgs) -> ExitCode {
-    let config = match Config::load(&args.rules) {
-        Ok(c) => c,
+    let rules = match crate::config::rules_path(args.rules.as_deref()) {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match Config::load(&rules) {
+        Ok(c) => c,
+        Err(e) => {
+            for line in e.lines() {
+                eprintln!("error: {line}");
+            }
             return ExitCode::FAILURE;
         }
     };
