@@ -234,23 +234,7 @@ fn print_human(cmd: &serde_json::Value, lines: &[serde_json::Value]) {
     use serde_json::Value;
     let last = lines.last().expect("an answer");
     match cmd.as_str() {
-        Some("stats") => {
-            if let Value::Object(m) = last {
-                for (k, v) in m {
-                    if k != "ok" && k != "reasons" && !v.is_null() {
-                        println!("{k:<18} {v}");
-                    }
-                }
-                if let Some(Value::Object(r)) = m.get("reasons") {
-                    println!("reasons:");
-                    let mut r: Vec<_> = r.iter().collect();
-                    r.sort_by_key(|(_, n)| std::cmp::Reverse(n.as_u64().unwrap_or(0)));
-                    for (name, n) in r {
-                        println!("  {name:<26} {n}");
-                    }
-                }
-            }
-        }
+        Some("stats") => print_stats(last),
         Some("flows") => {
             for f in &lines[..lines.len() - 1] {
                 let s = |k: &str| {
@@ -473,5 +457,80 @@ fn print_why(w: &serde_json::Value) {
                 .unwrap_or_default(),
         ),
         None => println!("a new connection: {}", n["note"].as_str().unwrap_or("?")),
+    }
+}
+
+/// `conntrackd stats` for people: the counters, then the queues, the rules
+/// and the reasons as tables, with rates since the previous call.
+fn print_stats(v: &serde_json::Value) {
+    use serde_json::Value;
+    let Value::Object(m) = v else { return };
+    let tables = [
+        "ok",
+        "reasons",
+        "queues",
+        "rules",
+        "per_second",
+        "per_second_over_s",
+        "sources",
+    ];
+    for (k, v) in m {
+        if !tables.contains(&k.as_str()) && !v.is_null() {
+            let rate = m
+                .get("per_second")
+                .and_then(|r| r.get(k))
+                .map(|r| format!("  ({r}/s)"))
+                .unwrap_or_default();
+            println!("{k:<22} {v}{rate}");
+        }
+    }
+    if let Some(over) = m.get("per_second_over_s") {
+        println!("(rates over the {over} s since the previous stats)");
+    }
+    if let Some(Value::Object(s)) = m.get("sources") {
+        let f = |k: &str| s.get(k).cloned().unwrap_or(Value::Null);
+        println!(
+            "sources                tracked {} of {}, displaced {}, untracked {}",
+            f("tracked"),
+            f("capacity"),
+            f("displaced"),
+            f("untracked")
+        );
+    }
+    if let Some(Value::Array(q)) = m.get("queues") {
+        println!("queue  packets      reads        mean batch  enobufs  recv errors");
+        for q in q {
+            println!(
+                "{:<6} {:<12} {:<12} {:<11.1} {:<8} {}",
+                q["queue"].to_string(),
+                q["packets"].to_string(),
+                q["reads"].to_string(),
+                q["mean_batch"].as_f64().unwrap_or(0.0),
+                q["enobufs"].to_string(),
+                q["recv_errors"]
+            );
+        }
+    }
+    if let Some(Value::Array(r)) = m.get("rules") {
+        if !r.is_empty() {
+            println!("rule                     action  packets      connections");
+            for r in r {
+                println!(
+                    "{:<24} {:<7} {:<12} {}",
+                    r["name"].as_str().unwrap_or("?"),
+                    r["action"].as_str().unwrap_or("?"),
+                    r["packets"].to_string(),
+                    r["connections"]
+                );
+            }
+        }
+    }
+    if let Some(Value::Object(r)) = m.get("reasons") {
+        println!("reasons:");
+        let mut r: Vec<_> = r.iter().filter(|(_, n)| n.as_u64() != Some(0)).collect();
+        r.sort_by_key(|(_, n)| std::cmp::Reverse(n.as_u64().unwrap_or(0)));
+        for (name, n) in r {
+            println!("  {name:<26} {n}");
+        }
     }
 }

@@ -500,7 +500,8 @@ fn why(
         input: in_iface.as_deref(),
         output: out_iface.as_deref(),
     };
-    let no_interfaces = ifaces.input.is_none() && ifaces.output.is_none();
+    let no_interfaces =
+        ifaces.input.is_none() && ifaces.output.is_none() && policy.names_interfaces();
     let ports = (sp.unwrap_or(0), dp.unwrap_or(0));
     let new_connection = match c
         .engine

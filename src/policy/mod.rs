@@ -368,6 +368,13 @@ impl Policy {
         self.default == Action::Reject || self.rules.iter().any(|r| r.action == Action::Reject)
     }
 
+    /// Whether any rule names an interface (`in_iface`, `out_iface`).
+    pub fn names_interfaces(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.in_iface.is_some() || r.out_iface.is_some())
+    }
+
     /// Whether any rule limits its sources.
     pub fn limits_sources(&self) -> bool {
         self.rules.iter().any(|r| !r.source_limits.is_off())
