@@ -350,7 +350,7 @@ fn public_client(dir: &Path) -> PathBuf {
 
 /// The socket is mode 0660 (root's): another user is refused with a clear
 /// message, and a garbage request gets an error while the daemon keeps
-/// serving.
+/// serving; with `control_socket_group`, the group's members may use it.
 #[test]
 #[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
 fn the_socket_refuses_other_users_and_survives_garbage() {
@@ -394,5 +394,25 @@ fn the_socket_refuses_other_users_and_survives_garbage() {
     }
     let (ok, out) = ctl(&socket, &["stats", "--json"]);
     assert!(ok && out.contains("\"bad_requests\":3"), "{out}");
+    drop(d);
+
+    // The socket in a group of the other user's: now it may.
+    let grouped = lab.write_rules(
+        "grouped.toml",
+        &format!("{RULES}\n[daemon]\ncontrol_socket_group = \"nogroup\"\n"),
+    );
+    let d = lab.start_daemon(&["--rules", grouped.to_str().unwrap()]);
+    let out = Command::new(&client)
+        .args(["status", "--socket", socket.to_str().unwrap()])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(d);
 }

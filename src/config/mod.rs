@@ -258,6 +258,9 @@ pub struct DaemonSettings {
     /// ($RUNTIME_DIRECTORY) when there is one, else /run/conntrackd/control;
     /// `""` turns it off.
     pub control_socket: Option<PathBuf>,
+    /// The group the control socket belongs to (mode 0660: its members may
+    /// use it); absent: the daemon's own group.
+    pub control_socket_group: Option<String>,
     /// The Prometheus metrics endpoint (`GET /metrics`): `"127.0.0.1:9680"`
     /// or another address and port; `""` or absent for none.
     pub metrics_listen: MetricsListen,
@@ -311,6 +314,7 @@ impl Default for DaemonSettings {
             snapshot_interval: 30,
             crash_pickup: 30,
             control_socket: None,
+            control_socket_group: None,
             metrics_listen: MetricsListen(None),
             idle_warning: 10,
             handoff: false,

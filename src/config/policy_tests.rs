@@ -289,3 +289,33 @@ fn reject_is_an_action_and_a_default_and_drops_without_tracking() {
     let plain = parse("[policy]\ndefault = \"drop\"\n").unwrap();
     assert!(!plain.policy.uses_reject());
 }
+
+#[test]
+fn a_reload_diff_names_rules_added_removed_changed_and_moved() {
+    let old = parse(
+        "[policy]\ndefault = \"drop\"\n\
+         [[rule]]\nname = \"web\"\naction = \"accept\"\nproto = \"tcp\"\ndst_ports = [80]\n\
+         [[rule]]\nname = \"dns\"\naction = \"accept\"\nproto = \"udp\"\ndst_ports = [53]\n\
+         [[rule]]\nname = \"ssh\"\naction = \"accept\"\nproto = \"tcp\"\ndst_ports = [22]\n",
+    )
+    .unwrap()
+    .policy;
+    let new = parse(
+        "[policy]\ndefault = \"reject\"\n\
+         [[rule]]\nname = \"dns\"\naction = \"accept\"\nproto = \"udp\"\ndst_ports = [53]\n\
+         [[rule]]\nname = \"web\"\naction = \"accept\"\nproto = \"tcp\"\ndst_ports = [80, 443]\n\
+         [[rule]]\nname = \"imap\"\naction = \"accept\"\nproto = \"tcp\"\ndst_ports = [993]\n",
+    )
+    .unwrap()
+    .policy;
+    let d = new.diff(&old);
+    assert_eq!(d.added, ["imap"]);
+    assert_eq!(d.removed, ["ssh"]);
+    assert_eq!(d.changed, ["web"]);
+    assert_eq!(d.moved, ["dns"]);
+    assert_eq!(
+        d.to_string(),
+        "added imap; removed ssh; changed web; moved dns; default drop -> reject"
+    );
+    assert_eq!(old.diff(&old).to_string(), "no change");
+}

@@ -248,8 +248,39 @@ pub struct Control {
     pub last_stats: Mutex<Option<(Instant, Value)>>,
 }
 
-/// The listening socket: created (replacing a stale one), mode 0660.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+/// The gid of a group name (or number).
+fn group_id(name: &str) -> std::io::Result<libc::gid_t> {
+    if let Ok(n) = name.parse::<libc::gid_t>() {
+        return Ok(n);
+    }
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| std::io::Error::other(format!("group {name:?}: not a name")))?;
+    // SAFETY: getgrnam_r writes only into `group` and `buf` (sized by us)
+    // and sets `found` to null or to `group`; the strings it points to live
+    // in `buf`, which outlives the read of `gr_gid`.
+    unsafe {
+        let mut group: libc::group = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 16 * 1024];
+        let mut found: *mut libc::group = std::ptr::null_mut();
+        let rc = libc::getgrnam_r(
+            c.as_ptr(),
+            &mut group,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        );
+        if rc != 0 || found.is_null() {
+            return Err(std::io::Error::other(format!(
+                "group {name:?} does not exist"
+            )));
+        }
+        Ok(group.gr_gid)
+    }
+}
+
+/// The listening socket: created (replacing a stale one), mode 0660, in
+/// `group` when one is given.
+pub fn bind(path: &Path, group: Option<&str>) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -260,6 +291,9 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(group) = group {
+        std::os::unix::fs::chown(path, None, Some(group_id(group)?))?;
+    }
     listener.set_nonblocking(true)?;
     Ok(listener)
 }

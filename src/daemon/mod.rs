@@ -141,18 +141,10 @@ impl Rules {
         if new.daemon != config.daemon {
             warn!("reload: [daemon] settings changed; they take effect at the next restart");
         }
-        let old: Vec<&str> = config
-            .policy
-            .rules
-            .iter()
-            .map(|r| r.name.as_str())
-            .collect();
-        let now: Vec<&str> = new.policy.rules.iter().map(|r| r.name.as_str()).collect();
-        let added = now.iter().filter(|n| !old.contains(n)).count();
-        let removed = old.iter().filter(|n| !now.contains(n)).count();
+        let diff = new.policy.diff(&config.policy);
         let summary = format!(
-            "{} rules ({added} added, {removed} removed), default {}",
-            now.len(),
+            "{} rules, default {} ({diff})",
+            new.policy.rules.len(),
             new.policy.default
         );
         if self.rejects_unanswered && new.policy.uses_reject() && !config.policy.uses_reject() {
@@ -605,7 +597,7 @@ fn start_control(
     let Some(path) = settings.control_socket.clone() else {
         return Ok(None);
     };
-    let listener = match control::bind(&path) {
+    let listener = match control::bind(&path, settings.control_socket_group.as_deref()) {
         Ok(l) => l,
         Err(e) => {
             warn!(

@@ -104,6 +104,8 @@ pub struct Settings {
     pub crash_pickup: Duration,
     /// None: no control socket.
     pub control_socket: Option<PathBuf>,
+    /// The socket's group (None: the daemon's).
+    pub control_socket_group: Option<String>,
     /// None: no metrics endpoint.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Zero: never warn.
@@ -171,6 +173,7 @@ impl Settings {
                     .unwrap_or_else(default_control_socket);
                 (!path.as_os_str().is_empty()).then_some(path)
             },
+            control_socket_group: file.control_socket_group.clone(),
             metrics_listen: args.metrics_listen.unwrap_or(file.metrics_listen).0,
             idle_warning: Duration::from_secs(file.idle_warning),
             handoff: (args.handoff || args.old_handoff || file.handoff)

@@ -110,8 +110,44 @@ impl Iface {
     }
 }
 
+/// The rules added, removed, changed and moved by a reload (by name), and
+/// the default action's change.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyDiff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub moved: Vec<String>,
+    pub default: Option<(Action, Action)>,
+}
+
+impl fmt::Display for PolicyDiff {
+    /// `added web, ssh; changed dns; default drop -> reject`, or `no change`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        for (what, names) in [
+            ("added", &self.added),
+            ("removed", &self.removed),
+            ("changed", &self.changed),
+            ("moved", &self.moved),
+        ] {
+            if !names.is_empty() {
+                parts.push(format!("{what} {}", names.join(", ")));
+            }
+        }
+        if let Some((old, new)) = self.default {
+            parts.push(format!("default {old} -> {new}"));
+        }
+        if parts.is_empty() {
+            f.write_str("no change")
+        } else {
+            f.write_str(&parts.join("; "))
+        }
+    }
+}
+
 /// A compiled rule.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     pub name: String,
     pub action: Action,
@@ -366,6 +402,31 @@ impl Policy {
     /// Whether a rule or the default rejects (answers what it refuses).
     pub fn uses_reject(&self) -> bool {
         self.default == Action::Reject || self.rules.iter().any(|r| r.action == Action::Reject)
+    }
+
+    /// What changed from `old` to this policy, rule by rule (rules are
+    /// told apart by name).
+    pub fn diff(&self, old: &Policy) -> PolicyDiff {
+        let find = |p: &Policy, name: &str| p.rules.iter().position(|r| r.name == name);
+        let mut d = PolicyDiff {
+            default: (old.default != self.default).then_some((old.default, self.default)),
+            ..PolicyDiff::default()
+        };
+        for (i, rule) in self.rules.iter().enumerate() {
+            match find(old, &rule.name) {
+                None => d.added.push(rule.name.clone()),
+                Some(j) if old.rules[j] != *rule => d.changed.push(rule.name.clone()),
+                // Same rule, another place in the order: it may match other packets first.
+                Some(j) if j != i => d.moved.push(rule.name.clone()),
+                Some(_) => {}
+            }
+        }
+        for rule in &old.rules {
+            if find(self, &rule.name).is_none() {
+                d.removed.push(rule.name.clone());
+            }
+        }
+        d
     }
 
     /// Whether any rule names an interface (`in_iface`, `out_iface`).
