@@ -845,7 +845,7 @@ dst_ports = [80]
     // SYN 40 + ACK 40 + 140; SYN+ACK 40 + 1040 twice.
     assert_eq!(c.traffic.packets, [3, 3]);
     assert_eq!(c.traffic.bytes, [40 + 40 + 140, 40 + 2 * 1040]);
-    assert_eq!(c.rule, Some(1));
+    assert_eq!(c.rule.as_deref(), Some("web"));
     assert_eq!(t.now().as_secs() - u64::from(c.opened_at_secs), 5);
     // A dropped packet (out of window) counts nothing.
     let bad = build::tcp(f.c, f.s)

@@ -71,7 +71,7 @@ pub struct Conn {
     /// The rule that admitted it, plus one (0: the default action), under
     /// the policy of `generation` (a reload renumbers rules).
     rule: u16,
-    generation: u8,
+    generation: u16,
     /// Packets and bytes accepted per direction: [from the originator,
     /// from the responder]. Packets saturate at 2^32 (years at the rates one
     /// NFQUEUE connection carries), bytes at 2^64.
@@ -103,7 +103,7 @@ impl Conn {
     }
 
     /// Stamps when and by which rule (of policy `generation`) it was admitted.
-    pub fn set_admitted(&mut self, now: Timestamp, rule: Option<u16>, generation: u8) {
+    pub fn set_admitted(&mut self, now: Timestamp, rule: Option<u16>, generation: u16) {
         self.opened = now.as_secs().min(u64::from(u32::MAX)) as u32;
         self.rule = rule.map_or(0, |r| r.saturating_add(1));
         self.generation = generation;
@@ -115,7 +115,7 @@ impl Conn {
     }
 
     /// The rule that admitted it, if it was a rule of policy `generation`.
-    pub fn rule(&self, generation: u8) -> Option<u16> {
+    pub fn rule(&self, generation: u16) -> Option<u16> {
         (self.rule != 0 && self.generation == generation).then(|| self.rule - 1)
     }
 

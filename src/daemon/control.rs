@@ -98,17 +98,12 @@ impl Selector {
                 .map(|s| s.parse::<Cidr>().map_err(|e| format!("{s:?}: {e}")))
                 .transpose()
         };
-        let proto = match f.proto.as_deref() {
-            None => None,
-            Some("tcp") => Some(6),
-            Some("udp") => Some(17),
-            Some("icmp") => Some(1),
-            Some("icmpv6") => Some(58),
-            Some(n) => Some(
-                n.parse()
-                    .map_err(|_| format!("proto {n:?}: tcp, udp, icmp, icmpv6 or a number"))?,
-            ),
-        };
+        let proto = f
+            .proto
+            .as_deref()
+            .map(|p| p.parse::<crate::policy::ProtoSpec>())
+            .transpose()?
+            .and_then(|p| p.number());
         Ok(Selector {
             src: cidr(&f.src)?,
             dst: cidr(&f.dst)?,
@@ -229,6 +224,8 @@ pub enum Request {
 pub const STUCK_AFTER: Duration = Duration::from_secs(5);
 /// Drops `why` shows, at most.
 const WHY_DROPS: usize = 10;
+/// Connections `why` lists when a port is left out, at most.
+const WHY_FLOWS: usize = 20;
 /// Drops `drops` shows without `--last`.
 const DEFAULT_DROPS: usize = 50;
 
@@ -319,13 +316,63 @@ pub fn serve(listener: UnixListener, path: PathBuf, control: Control, stop: Arc<
     let _ = std::fs::remove_file(&path);
 }
 
+/// A client's time, all told: reading its request and writing the answer
+/// (a client that trickles one byte per timeout gets no longer than this).
+pub const CLIENT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The client's socket under a deadline: each read and write may take only
+/// what is left of it.
+struct Deadline<'a> {
+    stream: &'a UnixStream,
+    until: Instant,
+}
+
+impl Deadline<'_> {
+    fn left(&self) -> std::io::Result<Duration> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "client deadline passed",
+            ));
+        }
+        Ok(left.min(TIMEOUT))
+    }
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stream.set_read_timeout(Some(self.left()?))?;
+        (&*self.stream).read(buf)
+    }
+}
+
+impl Write for Deadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stream.set_write_timeout(Some(self.left()?))?;
+        (&*self.stream).write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn client(stream: UnixStream, control: &Control) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
+    let until = Instant::now() + CLIENT_DEADLINE;
     let mut line = Vec::new();
-    let n = BufReader::new((&stream).take(MAX_REQUEST as u64 + 1)).read_until(b'\n', &mut line)?;
-    let mut out = std::io::BufWriter::new(&stream);
+    let n = BufReader::new(
+        Deadline {
+            stream: &stream,
+            until,
+        }
+        .take(MAX_REQUEST as u64 + 1),
+    )
+    .read_until(b'\n', &mut line)?;
+    let mut out = std::io::BufWriter::new(Deadline {
+        stream: &stream,
+        until,
+    });
     if n > MAX_REQUEST {
         control.bad_requests.fetch_add(1, Ordering::Relaxed);
         return reply(
@@ -372,9 +419,11 @@ fn client(stream: UnixStream, control: &Control) -> std::io::Result<()> {
                 .recent(last.unwrap_or(DEFAULT_DROPS), |d| {
                     sel.matches_record(&Record::Drop(*d))
                 });
+            // The backlog in the same shape as streamed drops.
+            let mut first = Vec::new();
             for d in &recent {
-                serde_json::to_writer(&mut out, &d.to_json())?;
-                out.write_all(b"\n")?;
+                serde_json::to_writer(&mut first, &Record::Drop(*d).to_json())?;
+                first.push(b'\n');
             }
             let done = json!({
                 "ok": true,
@@ -382,21 +431,22 @@ fn client(stream: UnixStream, control: &Control) -> std::io::Result<()> {
                 "unrecorded": control.shared.drops.unrecorded(),
                 "following": follow,
             });
-            reply(&mut out, &done)?;
-            drop(out);
+            serde_json::to_writer(&mut first, &done)?;
+            first.push(b'\n');
             if follow {
-                stream_to(control, stream, sel, true)?;
+                stream_to(control, &mut out, &stream, sel, true, first)
+            } else {
+                out.write_all(&first)?;
+                out.flush()
             }
-            Ok(())
         }
         Request::Events { filter } => {
             let sel = match Selector::new(&filter) {
                 Ok(s) => s,
                 Err(e) => return reply(&mut out, &error(&e)),
             };
-            reply(&mut out, &json!({"ok": true, "following": true}))?;
-            drop(out);
-            stream_to(control, stream, sel, false)
+            let ack = json!({"ok": true, "following": true}).to_string() + "\n";
+            stream_to(control, &mut out, &stream, sel, false, ack.into_bytes())
         }
         Request::Status => reply(&mut out, &status(control)),
         Request::Kill { filter } => match Selector::new(&filter) {
@@ -420,30 +470,34 @@ fn client(stream: UnixStream, control: &Control) -> std::io::Result<()> {
     }
 }
 
-/// Hands the client to the event thread, which streams to it from now on.
+/// Hands the client to the event thread, which writes `first` (the
+/// acknowledgement, after any backlog) and then the events: it is
+/// subscribed before it is told so, so nothing after the acknowledgement
+/// is missed. Refused (too many streams), the client gets the error here.
 fn stream_to(
     control: &Control,
-    stream: UnixStream,
+    out: &mut impl Write,
+    stream: &UnixStream,
     sel: Selector,
     drops_only: bool,
+    first: Vec<u8>,
 ) -> std::io::Result<()> {
     let interest = Interest {
         drops_only,
         select: Some(std::sync::Arc::new(move |r: &Record| sel.matches_record(r))),
     };
-    // The stream's writes are the event thread's business now (non-blocking).
-    stream.set_write_timeout(None)?;
-    let mut s = &stream;
-    match events::join(
+    let joined = events::join(
         &control.shared.hub,
         &control.joins,
         Subscription {
             stream: stream.try_clone()?,
             interest,
+            first,
         },
-    ) {
+    );
+    match joined {
         Ok(()) => Ok(()),
-        Err(e) => reply(&mut s, &error(&e)),
+        Err(e) => reply(out, &error(&e)),
     }
 }
 
@@ -488,7 +542,7 @@ fn why(
             "src": SocketAddr::new(i.originator.0, i.originator.1).to_string(),
             "dst": SocketAddr::new(i.responder.0, i.responder.1).to_string(),
             "state": i.state.to_string(),
-            "rule": name(i.rule),
+            "rule": i.rule,
             "expires_in_s": u64::from(i.expires_at_secs).saturating_sub(c.shared.now().as_secs()),
         })
     };
@@ -509,7 +563,7 @@ fn why(
                     ends.iter()
                         .any(|e| e.0 == a && p.map_or(true, |p| p == e.1))
                 };
-                if i.protocol == protocol && has(sa, sp) && has(da, dp) && found.len() < WHY_DROPS {
+                if i.protocol == protocol && has(sa, sp) && has(da, dp) && found.len() < WHY_FLOWS {
                     found.push(info(i));
                 }
             });
@@ -583,6 +637,9 @@ fn reply(out: &mut impl Write, v: &Value) -> std::io::Result<()> {
     out.write_all(b"\n")?;
     out.flush()
 }
+
+/// The shortest window rates are computed over.
+const RATE_WINDOW: Duration = Duration::from_secs(2);
 
 /// Counters whose rate per second since the previous `stats` is shown.
 const RATED: &[&str] = &[
@@ -684,10 +741,16 @@ fn stats(c: &Control) -> Value {
         "reasons": reasons,
     });
     // Rates since the previous call (none at the first).
+    // Workers publish once a second: a shorter window would show 0 or twice
+    // the rate. The window is the daemon's, shared by every client.
     let now = Instant::now();
     let mut last = c.last_stats.lock().unwrap_or_else(|e| e.into_inner());
+    let window = last.as_ref().map(|(then, _)| now.duration_since(*then));
+    if window.is_some_and(|w| w < RATE_WINDOW) {
+        return v;
+    }
     if let Some((then, prev)) = last.as_ref() {
-        let secs = now.duration_since(*then).as_secs_f64().max(1e-3);
+        let secs = now.duration_since(*then).as_secs_f64();
         let rates: serde_json::Map<String, Value> = RATED
             .iter()
             .map(|k| {
@@ -727,7 +790,8 @@ fn flows(
         Err(e) => return reply(out, &error(&e)),
     };
     let limit = limit.unwrap_or(usize::MAX);
-    let mut shown = Vec::new();
+    // Room for all of them before the walk: no reallocation while a shard is held.
+    let mut shown = Vec::with_capacity(limit.min(c.engine.table().len() + 1024));
     let mut matched = 0usize;
     c.engine.visit_connections(|info| {
         if sel.matches(info) {
@@ -738,7 +802,6 @@ fn flows(
         }
     });
     let now = c.shared.now().as_secs();
-    let policy = c.engine.policy();
     for info in &shown {
         let mut line = json!({
             "proto": crate::wire::protocol_name(info.protocol),
@@ -749,7 +812,7 @@ fn flows(
             "state": info.state.to_string(),
             "age_s": now.saturating_sub(u64::from(info.opened_at_secs)),
             "expires_in_s": u64::from(info.expires_at_secs).saturating_sub(now),
-            "rule": info.rule.and_then(|i| policy.rule_name(i)),
+            "rule": info.rule,
             "packets": info.traffic.packets,
             "bytes": info.traffic.bytes,
         });

@@ -171,7 +171,7 @@ mod tests {
     }
 
     #[test]
-    fn a_ring_keeps_the_newest_and_reads_the_headers_of_what_it_keeps() {
+    fn rings_merge_in_time_order_filter_and_read_the_headers() {
         let drops = Drops::new(2);
         for i in 0..(PER_WORKER as u64 + 10) {
             drops.record((i % 2) as usize, record(i, 1000 + (i % 50_000) as u16));

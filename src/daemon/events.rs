@@ -16,12 +16,13 @@ use crate::conntrack::table::{Change, Observer};
 use crate::conntrack::{Conn, ConnState, FlowKey, Side, Traffic};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde_json::{json, Value};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::net::IpAddr;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Events in flight between the producers and the hub thread.
 const CHANNEL: usize = 16_384;
@@ -102,7 +103,10 @@ pub struct Interest {
 pub struct Hub {
     tx: Sender<Record>,
     rx: Receiver<Record>,
-    subscribers: AtomicUsize,
+    /// Subscribers of every event, and of drops only: connection events
+    /// are made only for the first kind.
+    all: AtomicUsize,
+    drops_only: AtomicUsize,
     /// Events that did not fit in the channel (the hub thread lagged).
     lost: AtomicU64,
 }
@@ -113,7 +117,8 @@ impl Default for Hub {
         Hub {
             tx,
             rx,
-            subscribers: AtomicUsize::new(0),
+            all: AtomicUsize::new(0),
+            drops_only: AtomicUsize::new(0),
             lost: AtomicU64::new(0),
         }
     }
@@ -126,10 +131,10 @@ pub fn unix_ms() -> u64 {
 }
 
 impl Hub {
-    /// Someone subscribes: producers should send.
+    /// Someone wants drops: workers should send them.
     #[inline]
-    pub fn listening(&self) -> bool {
-        self.subscribers.load(Ordering::Relaxed) > 0
+    pub fn wants_drops(&self) -> bool {
+        self.all.load(Ordering::Relaxed) + self.drops_only.load(Ordering::Relaxed) > 0
     }
 
     /// Queues an event for the hub thread; never waits.
@@ -145,13 +150,21 @@ impl Hub {
     }
 
     pub fn subscribers(&self) -> usize {
-        self.subscribers.load(Ordering::Relaxed)
+        self.all.load(Ordering::Relaxed) + self.drops_only.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, drops_only: bool) -> &AtomicUsize {
+        if drops_only {
+            &self.drops_only
+        } else {
+            &self.all
+        }
     }
 }
 
 impl Observer for Hub {
     fn active(&self) -> bool {
-        self.listening()
+        self.all.load(Ordering::Relaxed) > 0
     }
 
     fn observe(&self, change: Change, key: &FlowKey, conn: &Conn) {
@@ -175,7 +188,11 @@ struct Subscriber {
     stream: UnixStream,
     interest: Interest,
     pending: Vec<u8>,
+    /// Events lost for this subscriber since its last `{"lost":N}` notice.
     lost: u64,
+    /// Since when its buffer has been full (it does not read).
+    stalled_since: Option<Instant>,
+    gone: bool,
 }
 
 impl Subscriber {
@@ -186,45 +203,69 @@ impl Subscriber {
         self.interest.select.as_ref().map_or(true, |f| f(r))
     }
 
-    /// Writes what it can; false when the subscriber is gone.
-    fn flush(&mut self) -> bool {
-        if self.pending.is_empty() && self.lost > 0 {
-            let notice = json!({"lost": self.lost});
+    /// Queues one event line, behind a `{"lost":N}` notice when events were
+    /// lost since the last one; what does not fit is lost too, and counted.
+    fn queue(&mut self, line: &[u8]) {
+        let notice = (self.lost > 0).then(|| format!("{{\"lost\":{}}}\n", self.lost));
+        let need = line.len() + notice.as_ref().map_or(0, |n| n.len());
+        if self.pending.len() + need > SUBSCRIBER_BUFFER {
+            self.lost += 1;
+            self.stalled_since.get_or_insert_with(Instant::now);
+            return;
+        }
+        if let Some(n) = notice {
+            self.pending.extend_from_slice(n.as_bytes());
             self.lost = 0;
-            self.pending
-                .extend_from_slice(notice.to_string().as_bytes());
-            self.pending.push(b'\n');
         }
-        while !self.pending.is_empty() {
-            match self.stream.write(&self.pending) {
-                Ok(0) => return false,
-                Ok(n) => {
-                    self.pending.drain(..n);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        true
+        self.pending.extend_from_slice(line);
     }
 
-    /// The client closed its end (or sent something: it has no business to).
-    fn hung_up(&mut self) -> bool {
-        let mut b = [0u8; 64];
-        match self.stream.read(&mut b) {
-            Ok(0) => true,
-            // Bytes from a client that should only read: it is not one of ours.
-            Ok(_) => true,
-            Err(e) => e.kind() != ErrorKind::WouldBlock && e.kind() != ErrorKind::Interrupted,
+    /// Writes what the socket takes now; marks it gone on a write error.
+    fn flush(&mut self) {
+        while !self.pending.is_empty() && !self.gone {
+            match self.stream.write(&self.pending) {
+                Ok(0) => self.gone = true,
+                Ok(n) => {
+                    self.pending.drain(..n);
+                    self.stalled_since = None;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => self.gone = true,
+            }
         }
     }
+
+    /// The client closed the connection (a half-close after its request is
+    /// allowed: only a hang-up or an error counts), or has not read for
+    /// `STALLED` while events were lost for it.
+    fn finished(&self) -> bool {
+        if self.gone || self.stalled_since.is_some_and(|t| t.elapsed() >= STALLED) {
+            return true;
+        }
+        let mut fd = libc::pollfd {
+            fd: self.stream.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for a socket we own, timeout 0.
+        let n = unsafe { libc::poll(&mut fd, 1, 0) };
+        n > 0 && fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+    }
 }
+
+/// A subscriber that reads nothing for this long, while its events are
+/// lost, is disconnected (it holds one of the `MAX_SUBSCRIBERS` slots).
+const STALLED: Duration = Duration::from_secs(30);
+/// A subscriber's buffer is written out as soon as it holds this much.
+const WRITE_AT: usize = 64 * 1024;
 
 /// A request to stream to a client.
 pub struct Subscription {
     pub stream: UnixStream,
     pub interest: Interest,
+    /// Written first, before any event: the backlog and the acknowledgement.
+    pub first: Vec<u8>,
 }
 
 /// The hub thread: takes new subscribers from `joins` and events from the
@@ -233,56 +274,76 @@ pub fn run(hub: Arc<Hub>, joins: Receiver<Subscription>, stop: Arc<AtomicBool>) 
     let mut subs: Vec<Subscriber> = Vec::new();
     let tick = Duration::from_millis(100);
     let mut line = Vec::with_capacity(512);
+    let mut lost_seen = hub.lost();
     while !stop.load(Ordering::Relaxed) {
         while let Ok(s) = joins.try_recv() {
+            let drops_only = s.interest.drops_only;
             if s.stream.set_nonblocking(true).is_ok() {
                 subs.push(Subscriber {
                     stream: s.stream,
                     interest: s.interest,
-                    pending: Vec::new(),
+                    pending: s.first,
                     lost: 0,
+                    stalled_since: None,
+                    gone: false,
                 });
             } else {
-                hub.subscribers.fetch_sub(1, Ordering::Relaxed);
+                hub.count(drops_only).fetch_sub(1, Ordering::Relaxed);
             }
         }
         if let Ok(first) = hub.rx.recv_timeout(tick) {
             // This event and whatever else is waiting, at most a channel's worth.
             for record in std::iter::once(first).chain(hub.rx.try_iter().take(CHANNEL)) {
                 line.clear();
-                let mut formatted = false;
                 for s in subs.iter_mut().filter(|s| s.wants(&record)) {
-                    if !formatted {
+                    if line.is_empty() {
                         let _ = serde_json::to_writer(&mut line, &record.to_json());
                         line.push(b'\n');
-                        formatted = true;
                     }
-                    if s.pending.len() + line.len() > SUBSCRIBER_BUFFER {
-                        s.lost += 1;
-                    } else {
-                        s.pending.extend_from_slice(&line);
+                    s.queue(&line);
+                    if s.pending.len() >= WRITE_AT {
+                        s.flush();
                     }
                 }
             }
         }
-        let before = subs.len();
-        subs.retain_mut(|s| s.flush() && !s.hung_up());
-        hub.subscribers
-            .fetch_sub(before - subs.len(), Ordering::Relaxed);
+        // Events the channel could not take were lost for every subscriber.
+        let lost = hub.lost();
+        if lost != lost_seen {
+            for s in &mut subs {
+                s.lost += lost - lost_seen;
+            }
+            lost_seen = lost;
+        }
+        for s in &mut subs {
+            s.flush();
+        }
+        subs.retain(|s| {
+            let done = s.finished();
+            if done {
+                hub.count(s.interest.drops_only)
+                    .fetch_sub(1, Ordering::Relaxed);
+            }
+            !done
+        });
     }
-    hub.subscribers.fetch_sub(subs.len(), Ordering::Relaxed);
+    for s in &subs {
+        hub.count(s.interest.drops_only)
+            .fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Registers a subscriber: counted at once, so producers start sending
-/// before the hub thread picks it up. `None` when there are too many.
+/// before the hub thread picks it up. An error when there are too many.
 pub fn join(hub: &Hub, joins: &Sender<Subscription>, s: Subscription) -> Result<(), String> {
-    let n = hub.subscribers.fetch_add(1, Ordering::Relaxed);
-    if n >= MAX_SUBSCRIBERS {
-        hub.subscribers.fetch_sub(1, Ordering::Relaxed);
+    let counter = hub.count(s.interest.drops_only);
+    counter.fetch_add(1, Ordering::Relaxed);
+    if hub.subscribers() > MAX_SUBSCRIBERS {
+        counter.fetch_sub(1, Ordering::Relaxed);
         return Err(format!("{MAX_SUBSCRIBERS} event streams are open already"));
     }
     if joins.send(s).is_err() {
-        hub.subscribers.fetch_sub(1, Ordering::Relaxed);
+        counter.fetch_sub(1, Ordering::Relaxed);
         return Err("the event stream is shutting down".into());
     }
     Ok(())

@@ -55,7 +55,7 @@ pub struct WorkerStats {
     /// Per rule of the policy of `rules_generation` (by index): [packets the
     /// rule decided, new connections it admitted]. A reload starts afresh.
     pub rule_hits: Vec<[u64; 2]>,
-    pub rules_generation: u8,
+    pub rules_generation: u16,
     /// Answers to rejected packets sent, over `reject_rate` (not sent), and
     /// failed (no raw socket, or the send failed). See `daemon::reject`.
     pub rejects_sent: u64,
@@ -225,19 +225,13 @@ impl Worker {
         let mut last_ifnames_clear = last_publish;
         let mut consecutive_errors = 0u32;
         let mut rx = Receiver::new(self.queue.fd(), self.queue.copy_range);
-        self.shared.heartbeats[self.index]
-            .1
-            .store(1, Ordering::Relaxed);
+        self.beat(Instant::now());
         let mut tx = Verdicts::new(self.queue.fd(), self.queue.num);
         loop {
             let received = rx.recv(false);
             // One clock reading per read, for the engine and for the publishing below.
             let now = Instant::now();
-            self.shared.heartbeats[self.index].1.store(
-                // 0 means "never came round".
-                (now.saturating_duration_since(self.shared.start).as_millis() as u64).max(1),
-                Ordering::Relaxed,
-            );
+            self.beat(now);
             match received {
                 Ok(_) => {
                     consecutive_errors = 0;
@@ -263,7 +257,7 @@ impl Worker {
             }
             if now.duration_since(last_publish) >= PUBLISH_EVERY {
                 last_publish = now;
-                self.publish(&stats);
+                self.publish(&mut stats);
                 let g = self.shared.ifnames_generation.load(Ordering::Relaxed);
                 if g != generation || now.duration_since(last_ifnames_clear) >= IFNAMES_TTL {
                     generation = g;
@@ -277,7 +271,7 @@ impl Worker {
         if let Err(e) = self.queue.unbind() {
             tracing::debug!(queue = self.queue.num, "unbinding: {e}");
         }
-        self.publish(&stats);
+        self.publish(&mut stats);
         stats
     }
 
@@ -330,13 +324,29 @@ impl Worker {
         self.replies.send(stats);
     }
 
+    /// Tells `status` and the watchdog that the loop came round at `now`.
+    fn beat(&self, now: Instant) {
+        // 0 means "never came round".
+        let ms = now.saturating_duration_since(self.shared.start).as_millis() as u64;
+        self.shared.heartbeats[self.index]
+            .1
+            .store(ms.max(1), Ordering::Relaxed);
+    }
+
     fn verdict_error(&self, errno: i32, stats: &mut WorkerStats) {
         stats.verdict_errors += 1;
         let queue = self.queue.num;
         self.send(Event::VerdictError { queue, errno }, stats);
     }
 
-    fn publish(&self, stats: &WorkerStats) {
+    fn publish(&self, stats: &mut WorkerStats) {
+        // Hits of rules since reloaded are not this policy's: start afresh,
+        // even if no rule decided anything since.
+        let generation = self.engine.generation();
+        if stats.rules_generation != generation {
+            stats.rules_generation = generation;
+            stats.rule_hits.clear();
+        }
         let mut slot = self.shared.stats[self.index]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
@@ -434,7 +444,7 @@ impl Worker {
                 wire_len.min(u32::MAX as usize) as u32,
             );
             self.shared.drops.record(self.index, record);
-            if self.shared.hub.listening() {
+            if self.shared.hub.wants_drops() {
                 self.shared.hub.send(Record::Drop(record));
             }
         }
@@ -475,7 +485,7 @@ impl Worker {
     /// Counts a packet a rule decided. The vector grows the first time a
     /// rule is hit after a reload (once per rule), never otherwise.
     fn count_rule(&self, rule: u16, d: &crate::engine::Decision, stats: &mut WorkerStats) {
-        let generation = self.engine.generation();
+        let generation = d.generation;
         if stats.rules_generation != generation {
             stats.rules_generation = generation;
             stats.rule_hits.clear();

@@ -40,8 +40,10 @@ pub struct Decision {
     /// Connection state before and after the packet (`NONE` when there is none).
     pub before: ConnState,
     pub after: ConnState,
-    /// The rule that decided a new connection, if a rule did.
+    /// The rule that decided a new connection, if a rule did: its index in
+    /// the policy of `generation`.
     pub rule: Option<u16>,
+    pub generation: u16,
     /// That rule asked for logging.
     pub log: bool,
 }
@@ -53,6 +55,7 @@ impl Decision {
             before: ConnState::None,
             after: ConnState::None,
             rule: None,
+            generation: 0,
             log: false,
         }
     }
@@ -90,16 +93,18 @@ pub struct ConnInfo {
     pub state: ConnState,
     pub expires_at_secs: u32,
     pub opened_at_secs: u32,
-    /// Index of the rule that admitted it in the policy in force (`None`: the
-    /// default action, or a rule of a policy since reloaded).
-    pub rule: Option<u16>,
+    /// The name of the rule that admitted it (`None`: the default action,
+    /// or a rule of rules since reloaded).
+    pub rule: Option<String>,
     pub traffic: Traffic,
     /// TCP: each direction's window, [originator, responder].
     pub windows: Option<[Window; 2]>,
 }
 
 impl ConnInfo {
-    fn new(key: &FlowKey, conn: &Conn, generation: u8) -> ConnInfo {
+    /// `policy`: the one in force, whose rules the connection's rule index
+    /// is resolved against (when it is of that generation).
+    fn new(key: &FlowKey, conn: &Conn, policy: &Policy) -> ConnInfo {
         let other = match conn.originator {
             Side::Lo => Side::Hi,
             Side::Hi => Side::Lo,
@@ -111,7 +116,10 @@ impl ConnInfo {
             state: conn.state(),
             expires_at_secs: conn.expires_at_secs(),
             opened_at_secs: conn.opened_at_secs(),
-            rule: conn.rule(generation),
+            rule: conn
+                .rule(policy.generation)
+                .and_then(|i| policy.rule_name(i))
+                .map(str::to_string),
             traffic: conn.traffic(),
             windows: match conn.proto {
                 Proto::Tcp(t) => Some(t.windows()),
@@ -136,9 +144,6 @@ pub struct Engine {
     /// The policy in force has a rule with source limits: only then does a
     /// completed handshake look the policy up again (`charge_source`).
     limits_sources: std::sync::atomic::AtomicBool,
-    /// Bumped by every `set_policy` (wrapping): a connection remembers the
-    /// generation of the rule that admitted it.
-    generation: std::sync::atomic::AtomicU8,
 }
 
 enum Lookup {
@@ -171,15 +176,17 @@ impl Engine {
                 (start * limits.max_half_open as f64) as usize,
             ),
             limits_sources: std::sync::atomic::AtomicBool::new(false),
-            generation: std::sync::atomic::AtomicU8::new(0),
         };
         engine.prepare_sources();
         engine
     }
 
-    /// The policy's generation (see [`Conn::rule`]): bumped by each `set_policy`.
-    pub fn generation(&self) -> u8 {
-        self.generation.load(std::sync::atomic::Ordering::Relaxed)
+    /// The policy's generation (see [`Policy::generation`]).
+    pub fn generation(&self) -> u16 {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation
     }
 
     pub fn settings(&self) -> &EngineSettings {
@@ -199,10 +206,12 @@ impl Engine {
     }
 
     /// Replaces the policy for new connections; tracked connections keep their state.
-    pub fn set_policy(&self, policy: Policy) {
-        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    pub fn set_policy(&self, mut policy: Policy) {
+        {
+            let mut current = self.policy.write().unwrap_or_else(|e| e.into_inner());
+            policy.generation = current.generation.wrapping_add(1);
+            *current = Arc::new(policy);
+        }
         self.prepare_sources();
     }
 
@@ -324,15 +333,15 @@ impl Engine {
     pub fn lookup(&self, protocol: u8, a: (IpAddr, u16), b: (IpAddr, u16)) -> Option<ConnInfo> {
         let (key, _) = FlowKey::new(protocol, a.0, a.1, b.0, b.1);
         let conn = *self.table.get(&key)?;
-        Some(ConnInfo::new(&key, &conn, self.generation()))
+        Some(ConnInfo::new(&key, &conn, &self.policy()))
     }
 
     /// Calls `f` for every tracked connection, one shard locked (for
     /// reading) at a time: `f` must be quick, and must not touch the table.
     pub fn visit_connections(&self, mut f: impl FnMut(&ConnInfo)) {
-        let generation = self.generation();
+        let policy = self.policy();
         self.table
-            .for_each(|key, conn| f(&ConnInfo::new(key, conn, generation)));
+            .for_each(|key, conn| f(&ConnInfo::new(key, conn, &policy)));
     }
 
     /// What the policy would decide for a new connection from `src` to
@@ -371,7 +380,7 @@ impl Engine {
         self.table
             .snapshot()
             .into_iter()
-            .map(|(key, conn)| ConnInfo::new(&key, &conn, self.generation()))
+            .map(|(key, conn)| ConnInfo::new(&key, &conn, &self.policy()))
             .collect()
     }
 
@@ -426,9 +435,9 @@ impl Engine {
     /// snapshot, so it never holds a shard while deciding.
     pub fn remove_connections(&self, pred: impl Fn(&ConnInfo) -> bool) -> usize {
         let mut removed = 0;
-        let generation = self.generation();
+        let policy = self.policy();
         for (key, conn) in self.table.snapshot() {
-            if pred(&ConnInfo::new(&key, &conn, generation))
+            if pred(&ConnInfo::new(&key, &conn, &policy))
                 && self
                     .table
                     .remove_if(&key, Removal::Killed, |_| true)
@@ -513,7 +522,8 @@ impl Engine {
         conn.proto = Proto::Tcp(tcp);
         if outcome.reason.verdict() == Verdict::Accept {
             conn.count(from == ORIGINATOR, p.len);
-            if seg.flags.rst() {
+            // A RST that took effect (not one passed as a challenge ACK's answer).
+            if seg.flags.rst() && outcome.reason == Reason::Tracked {
                 conn.set_reset();
             }
         }
@@ -529,6 +539,7 @@ impl Engine {
                 before,
                 after,
                 rule: None,
+                generation: 0,
                 log: false,
             });
         }
@@ -546,6 +557,7 @@ impl Engine {
                             before,
                             after: ConnState::None,
                             rule: None,
+                            generation: 0,
                             log: false,
                         });
                     }
@@ -567,6 +579,7 @@ impl Engine {
             before,
             after,
             rule: None,
+            generation: 0,
             log: false,
         })
     }
@@ -666,6 +679,7 @@ impl Engine {
                         before,
                         after,
                         rule: None,
+                        generation: 0,
                         log: false,
                     };
                 }
@@ -714,6 +728,7 @@ impl Engine {
                     before: state,
                     after: state,
                     rule: None,
+                    generation: 0,
                     log: false,
                 }
             }
@@ -729,11 +744,10 @@ impl Engine {
     /// per-source limits.
     fn policy_match(&self, p: &Packet, ctx: &Context<'_>) -> (Decision, SourceLimits) {
         // Evaluate under the read guard: no Arc clone on the new-connection path.
-        let m = self
-            .policy
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .evaluate(p, &ctx.ifaces);
+        let (m, generation) = {
+            let policy = self.policy.read().unwrap_or_else(|e| e.into_inner());
+            (policy.evaluate(p, &ctx.ifaces), policy.generation)
+        };
         let reason = match (m.action, m.rule) {
             (Action::Accept, Some(_)) => Reason::NewByRule,
             (Action::Accept, None) => Reason::NewByDefault,
@@ -745,6 +759,7 @@ impl Engine {
         let d = Decision {
             reason,
             rule: m.rule,
+            generation,
             log: m.log,
             ..Decision::stateless(reason)
         };
@@ -799,7 +814,7 @@ impl Engine {
             return Some(Decision { reason, ..decision });
         }
         let mut conn = Conn::new(proto, side, decision.log);
-        conn.set_admitted(now, decision.rule, self.generation());
+        conn.set_admitted(now, decision.rule, decision.generation);
         conn.count(true, p.len);
         let timeout = match proto {
             Proto::Tcp(t) => t.timeout(&self.settings.timeouts),

@@ -294,6 +294,10 @@ pub struct PolicyMatch {
 pub struct Policy {
     pub default: Action,
     pub rules: Vec<Rule>,
+    /// Which policy this is since the engine started (each `set_policy`
+    /// counts one, wrapping): a connection remembers the generation of the
+    /// rule index that admitted it, since a reload renumbers rules.
+    pub generation: u16,
 }
 
 impl Policy {
@@ -302,6 +306,7 @@ impl Policy {
         Policy {
             default: Action::Accept,
             rules: Vec::new(),
+            generation: 0,
         }
     }
 
@@ -396,6 +401,7 @@ impl Policy {
         Ok(Policy {
             default: spec.default,
             rules: compiled,
+            generation: 0,
         })
     }
 
