@@ -348,3 +348,130 @@ pub fn join(hub: &Hub, joins: &Sender<Subscription>, s: Subscription) -> Result<
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntrack::ConnState;
+    use crate::reason::Reason;
+    use std::io::{BufRead, BufReader};
+
+    fn drop_record(ms: u64) -> Record {
+        Record::Drop(DropRecord {
+            unix_ms: ms,
+            queue: 0,
+            reason: Reason::SynFin,
+            state: ConnState::None,
+            protocol: Some(6),
+            src: Some([198, 18, 0, 2].into()),
+            dst: Some([198, 19, 0, 2].into()),
+            ports: Some((40000, 80)),
+            flags: None,
+            len: 40,
+        })
+    }
+
+    #[test]
+    fn a_lost_event_is_reported_before_the_next_one_that_fits() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut s = Subscriber {
+            stream: a,
+            interest: Interest::default(),
+            pending: vec![b'x'; SUBSCRIBER_BUFFER - 10],
+            lost: 0,
+            stalled_since: None,
+            gone: false,
+        };
+        s.queue(b"{\"event\":\"A\"}\n");
+        s.queue(b"{\"event\":\"B\"}\n");
+        assert_eq!(s.lost, 2);
+        assert!(s.stalled_since.is_some());
+        s.pending.clear();
+        s.queue(b"{\"event\":\"C\"}\n");
+        assert_eq!(s.pending, b"{\"lost\":2}\n{\"event\":\"C\"}\n");
+        assert_eq!(s.lost, 0);
+    }
+
+    /// Through the hub thread: the first bytes, then the events the filter
+    /// selects, in order; a drops-only reader makes no connection events
+    /// wanted; a reader that hangs up is forgotten (the count goes back to 0).
+    #[test]
+    fn the_hub_streams_in_order_and_forgets_a_reader_that_hangs_up() {
+        let hub = Arc::new(Hub::default());
+        let (joins_tx, joins_rx) = crossbeam_channel::bounded(MAX_SUBSCRIBERS);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (hub, stop) = (hub.clone(), stop.clone());
+            std::thread::spawn(move || run(hub, joins_rx, stop))
+        };
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let interest = Interest {
+            drops_only: true,
+            select: Some(Arc::new(
+                |r: &Record| matches!(r, Record::Drop(d) if d.unix_ms % 2 == 0),
+            )),
+        };
+        let first = b"{\"ok\":true,\"following\":true}\n".to_vec();
+        join(
+            &hub,
+            &joins_tx,
+            Subscription {
+                stream: theirs,
+                interest,
+                first,
+            },
+        )
+        .unwrap();
+        assert!(hub.wants_drops());
+        assert!(!hub.active(), "no reader wants connection events");
+        for ms in 0..10 {
+            hub.send(drop_record(ms));
+        }
+        ours.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut lines = BufReader::new(&ours).lines();
+        assert_eq!(
+            lines.next().unwrap().unwrap(),
+            "{\"ok\":true,\"following\":true}"
+        );
+        let times: Vec<u64> = (0..5)
+            .map(|_| {
+                let v: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+                assert_eq!(v["event"], "DROP");
+                v["time_ms"].as_u64().unwrap()
+            })
+            .collect();
+        assert_eq!(times, [0, 2, 4, 6, 8]);
+        drop(lines);
+        drop(ours);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while hub.subscribers() != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the reader that hung up is still counted"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::Relaxed);
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn no_more_than_max_subscribers() {
+        let hub = Hub::default();
+        let (tx, _rx) = crossbeam_channel::bounded(2 * MAX_SUBSCRIBERS);
+        let mut keep = Vec::new();
+        for i in 0..MAX_SUBSCRIBERS + 1 {
+            let (a, b) = UnixStream::pair().unwrap();
+            keep.push(a);
+            let s = Subscription {
+                stream: b,
+                interest: Interest::default(),
+                first: Vec::new(),
+            };
+            let r = join(&hub, &tx, s);
+            assert_eq!(r.is_ok(), i < MAX_SUBSCRIBERS, "{i}: {r:?}");
+        }
+        assert_eq!(hub.subscribers(), MAX_SUBSCRIBERS);
+        assert!(hub.active());
+    }
+}
