@@ -276,6 +276,9 @@ pub fn run(hub: Arc<Hub>, joins: Receiver<Subscription>, stop: Arc<AtomicBool>) 
     let mut line = Vec::with_capacity(512);
     let mut lost_seen = hub.lost();
     while !stop.load(Ordering::Relaxed) {
+        let received = hub.rx.recv_timeout(tick);
+        // New readers before the events: a reader is registered before its
+        // acknowledgement, so the events that follow it are its own.
         while let Ok(s) = joins.try_recv() {
             let drops_only = s.interest.drops_only;
             if s.stream.set_nonblocking(true).is_ok() {
@@ -291,7 +294,7 @@ pub fn run(hub: Arc<Hub>, joins: Receiver<Subscription>, stop: Arc<AtomicBool>) 
                 hub.count(drops_only).fetch_sub(1, Ordering::Relaxed);
             }
         }
-        if let Ok(first) = hub.rx.recv_timeout(tick) {
+        if let Ok(first) = received {
             // This event and whatever else is waiting, at most a channel's worth.
             for record in std::iter::once(first).chain(hub.rx.try_iter().take(CHANNEL)) {
                 line.clear();
