@@ -52,7 +52,7 @@ pub struct DaemonArgs {
     #[arg(long, value_enum, value_name = "ACTION")]
     pub queue_overflow: Option<OverflowArg>,
     /// The control socket ("" for none) [daemon.control_socket].
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = path_or_none)]
     pub control_socket: Option<PathBuf>,
     /// Serve Prometheus metrics at GET /metrics on this address and port,
     /// e.g. 127.0.0.1:9680 ("" for none) [daemon.metrics_listen].
@@ -199,6 +199,12 @@ impl Settings {
 }
 
 /// `control` in systemd's RuntimeDirectory=, else /run/conntrackd/control.
+/// A path, or `""` (clap's path parser refuses an empty value; here it
+/// means "none").
+fn path_or_none(s: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(s))
+}
+
 pub fn default_control_socket() -> PathBuf {
     std::env::var("RUNTIME_DIRECTORY")
         .ok()
@@ -231,6 +237,15 @@ mod tests {
         T::try_parse_from(std::iter::once("conntrackd").chain(a.iter().copied()))
             .unwrap()
             .d
+    }
+
+    #[test]
+    fn an_empty_control_socket_turns_it_off() {
+        let file = DaemonSettings::default();
+        let off = Settings::merge(&file, &args(&["--control-socket", ""])).unwrap();
+        assert_eq!(off.control_socket, None);
+        let on = Settings::merge(&file, &args(&["--control-socket", "/tmp/x"])).unwrap();
+        assert_eq!(on.control_socket, Some(PathBuf::from("/tmp/x")));
     }
 
     #[test]
