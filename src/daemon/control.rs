@@ -670,7 +670,7 @@ fn stats(c: &Control) -> Value {
         })
     });
     let policy = c.engine.policy();
-    let hits = (totals.rules_generation == c.engine.generation()).then_some(&totals.rule_hits);
+    let hits = (totals.rules_generation == policy.generation).then_some(&totals.rule_hits);
     let rules: Vec<Value> = policy
         .rules
         .iter()

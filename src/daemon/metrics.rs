@@ -12,10 +12,10 @@
 //! copy it, at most once a second whatever the scrape rate (a scrape within
 //! [`MIN_INTERVAL`] of the last gets the same text).
 //!
-//! The endpoint runs on a thread of its own (tiny_http reads each
-//! connection's request on a pool thread, one per open connection): bind it
-//! to loopback or a management address, not to a network that untrusted
-//! clients reach.
+//! The endpoint runs on a thread of its own and serves one client at a
+//! time, each in at most 5 s and 8 KiB of request (see [`serve`]): a client
+//! that hangs delays other scrapes by that much, never the workers. Bind it
+//! to loopback or a management address all the same.
 //!
 //! Labels are bounded: reason names ([`Reason::ALL`]), verdicts, queue
 //! numbers, state classes, eviction kinds, reload results; never addresses.
@@ -37,7 +37,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -360,7 +360,8 @@ impl Collector for Reading {
             &mut e,
             Counter,
             "conntrackd_rejects",
-            "Answers (RST, ICMP unreachable) to packets a reject rule refused, by outcome.",
+            "Answers (RST, ICMP unreachable) to packets a reject rule or default refused, by \
+             outcome (rate_limited: over reject_rate, or reject_rate = 0).",
             "outcome",
             [
                 ("sent", t.rejects_sent),
@@ -486,8 +487,9 @@ impl Inputs {
         let table = self.engine.table();
         let limits = table.limits();
         let sources = table.sources_made();
+        // One read of the policy: its rules' names and generation together.
         let policy = self.engine.policy();
-        let current = totals.rules_generation == self.engine.generation();
+        let current = totals.rules_generation == policy.generation;
         let rules = policy
             .rules
             .iter()
@@ -527,7 +529,7 @@ impl Inputs {
 }
 
 /// How long a stop waits for the endpoint's thread.
-const STOP_WAIT: Duration = Duration::from_secs(2);
+const STOP_WAIT: Duration = Duration::from_secs(6);
 
 /// The running endpoint; dropping it stops its thread.
 pub(super) struct Endpoint {
@@ -540,9 +542,9 @@ pub(super) struct Endpoint {
 impl Drop for Endpoint {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Closing tiny_http's listener connects to it to wake its accept
-        // thread; to an address not configured (yet) that connect can hang.
-        // The daemon's stop must not (the table is saved after it).
+        // The thread sees the flag within a poll, or once its client's
+        // deadline passes; the daemon's stop must not wait longer than
+        // STOP_WAIT for it (the table is saved after it).
         match self.done.recv_timeout(STOP_WAIT) {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 warn!("the metrics endpoint did not stop within {STOP_WAIT:?}; left to the exit")
@@ -561,7 +563,7 @@ impl Drop for Endpoint {
 /// a management address may not exist yet; it is served once it does.
 /// SO_REUSEADDR: a restart binds again while the last scrapes' connections
 /// are in TIME_WAIT.
-fn listen(addr: SocketAddr) -> std::io::Result<tiny_http::Server> {
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -571,16 +573,17 @@ fn listen(addr: SocketAddr) -> std::io::Result<tiny_http::Server> {
         socket.set_freebind_ipv6(true)?;
     }
     socket.bind(&addr.into())?;
-    socket.listen(128)?;
-    let listener: std::net::TcpListener = socket.into();
-    tiny_http::Server::from_listener(listener, None).map_err(std::io::Error::other)
+    socket.listen(16)?;
+    let listener: TcpListener = socket.into();
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }
 
 /// Listens on `addr` and serves scrapes on a thread of its own. An address
 /// that cannot be listened on (in use, a privileged port) is an error: the
 /// daemon refuses to start.
 pub(super) fn start(addr: SocketAddr, inputs: Inputs) -> anyhow::Result<Endpoint> {
-    let server = listen(addr).map_err(|e| {
+    let listener = listen(addr).map_err(|e| {
         anyhow::anyhow!("cannot listen for metrics on {addr} (daemon.metrics_listen): {e}")
     })?;
     let start_time = SystemTime::now()
@@ -594,7 +597,7 @@ pub(super) fn start(addr: SocketAddr, inputs: Inputs) -> anyhow::Result<Endpoint
         .name("ctd-metrics".into())
         .spawn(move || {
             let _done = done_tx;
-            serve(server, addr, &inputs, start_time, &flag)
+            serve(&listener, &inputs, start_time, &flag)
         })
         .map_err(|e| anyhow::anyhow!("starting the metrics thread: {e}"))?;
     info!(metrics_listen = %addr, "metrics endpoint open: GET http://{addr}/metrics");
@@ -612,88 +615,150 @@ struct Cache {
     body: String,
 }
 
-fn serve(
-    mut server: tiny_http::Server,
-    addr: SocketAddr,
-    inputs: &Inputs,
-    start_time: f64,
-    stop: &AtomicBool,
-) {
+/// Longest request head (request line and headers) read.
+const MAX_REQUEST: usize = 8 * 1024;
+/// Each read and write of a client may take this long...
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// ...and the whole exchange this long.
+const CLIENT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Serves one client at a time, each within `CLIENT_DEADLINE`, one request
+/// per connection. Hand-written rather than an HTTP crate: what a scrape
+/// needs is one GET, and the small synchronous servers (tiny_http 0.12)
+/// start a thread per open connection and read request heads without a
+/// length limit or a timeout, which a client of this port could turn into
+/// unbounded threads and memory in the firewall's process. Here a hostile
+/// client costs one thread's time for at most 5 s and 8 KiB.
+fn serve(listener: &TcpListener, inputs: &Inputs, start_time: f64, stop: &AtomicBool) {
     let mut cache: Option<Cache> = None;
     while !stop.load(Ordering::Relaxed) {
-        match server.recv_timeout(POLL) {
-            Ok(Some(request)) => answer(request, inputs, start_time, &mut cache),
-            Ok(None) => {}
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if let Err(e) = client(stream, inputs, start_time, &mut cache) {
+                    debug!("metrics client: {e}");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
             Err(e) => {
-                // tiny_http's accept thread has ended (too many open files,
-                // say): listen anew once it can be done.
-                warn!(metrics_listen = %addr, "metrics endpoint: accepting failed ({e}); listening anew");
-                drop(server);
-                server = loop {
-                    std::thread::sleep(Duration::from_secs(1));
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    match listen(addr) {
-                        Ok(s) => break s,
-                        Err(e) => debug!("metrics endpoint: listening on {addr}: {e}"),
-                    }
-                };
+                // Out of file descriptors, say: try again shortly.
+                debug!("metrics endpoint: accepting: {e}");
+                std::thread::sleep(POLL);
             }
         }
     }
 }
 
-fn answer(
-    request: tiny_http::Request,
+/// Reads one request head, answers it, closes.
+fn client(
+    mut stream: TcpStream,
     inputs: &Inputs,
     start_time: f64,
     cache: &mut Option<Cache>,
-) {
-    let path = request.url().split('?').next().unwrap_or_default();
-    let response = if *request.method() == tiny_http::Method::Get && path == "/metrics" {
-        let accept = request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Accept"))
-            .map(|h| h.value.as_str());
-        let format = Format::from_accept(accept);
-        let fresh = cache
-            .as_ref()
-            .is_some_and(|c| c.format == format && c.at.elapsed() < MIN_INTERVAL);
-        if !fresh {
-            match encode(inputs.read(start_time), format) {
-                Ok(body) => {
-                    *cache = Some(Cache {
-                        at: Instant::now(),
-                        format,
-                        body,
-                    })
-                }
-                Err(e) => {
-                    warn!("metrics endpoint: encoding failed: {e}");
-                    *cache = None;
-                }
-            }
+) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    stream.set_nonblocking(false)?;
+    let until = Instant::now() + CLIENT_DEADLINE;
+    let left = || {
+        let d = until.saturating_duration_since(Instant::now());
+        if d.is_zero() {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "client deadline",
+            ))
+        } else {
+            Ok(d.min(IO_TIMEOUT))
         }
-        match cache {
-            Some(c) => {
-                let mut r = tiny_http::Response::from_string(c.body.clone());
-                if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", format.content_type())
-                {
-                    r = r.with_header(h);
-                }
-                r
-            }
-            None => tiny_http::Response::from_string("encoding failed\n").with_status_code(500),
-        }
-    } else {
-        tiny_http::Response::from_string("not found: conntrackd serves GET /metrics\n")
-            .with_status_code(404)
     };
-    if let Err(e) = request.respond(response) {
-        debug!("metrics client: {e}");
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head.len() >= MAX_REQUEST {
+            return respond(
+                &mut stream,
+                431,
+                "text/plain",
+                "request head too large\n",
+                left,
+            );
+        }
+        stream.set_read_timeout(Some(left()?))?;
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n.min(MAX_REQUEST - head.len())]);
     }
+    let head = String::from_utf8_lossy(&head);
+    let mut lines = head.split("\r\n");
+    let mut request = lines.next().unwrap_or_default().split(' ');
+    let (method, target) = (
+        request.next().unwrap_or_default(),
+        request.next().unwrap_or_default(),
+    );
+    let accept = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("accept"))
+        .map(|(_, v)| v.trim().to_string());
+    let path = target.split('?').next().unwrap_or_default();
+    if method != "GET" || path != "/metrics" {
+        let body = "not found: conntrackd serves GET /metrics\n";
+        return respond(&mut stream, 404, "text/plain", body, left);
+    }
+    let format = Format::from_accept(accept.as_deref());
+    let fresh = cache
+        .as_ref()
+        .is_some_and(|c| c.format == format && c.at.elapsed() < MIN_INTERVAL);
+    if !fresh {
+        match encode(inputs.read(start_time), format) {
+            Ok(body) => {
+                *cache = Some(Cache {
+                    at: Instant::now(),
+                    format,
+                    body,
+                })
+            }
+            Err(e) => {
+                warn!("metrics endpoint: encoding failed: {e}");
+                *cache = None;
+            }
+        }
+    }
+    let result = match cache {
+        Some(c) => respond(&mut stream, 200, format.content_type(), &c.body, left),
+        None => respond(&mut stream, 500, "text/plain", "encoding failed\n", left),
+    };
+    let _ = stream.flush();
+    result
+}
+
+fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &str,
+    left: impl Fn() -> std::io::Result<Duration>,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        431 => "Request Header Fields Too Large",
+        _ => "Internal Server Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    for part in [head.as_bytes(), body.as_bytes()] {
+        let mut rest = part;
+        while !rest.is_empty() {
+            stream.set_write_timeout(Some(left()?))?;
+            let n = stream.write(rest)?;
+            rest = &rest[n..];
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -846,6 +911,53 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Over a real TCP socket: a GET gets the text, a request head that
+    /// never ends is cut at 8 KiB with 431 and the connection closed, other
+    /// paths get 404; one thread throughout.
+    #[test]
+    fn the_endpoint_answers_scrapes_and_refuses_oversized_heads() {
+        use std::io::{Read, Write};
+        let inputs = Inputs {
+            engine: Arc::new(crate::Engine::new(
+                crate::EngineSettings::default(),
+                crate::policy::Policy::allow_all(),
+            )),
+            shared: Arc::new(Shared::new(Instant::now(), &[0])),
+            queues: vec![0],
+            reloads: Arc::new(Reloads::default()),
+            bad_requests: Arc::new(AtomicU64::new(0)),
+        };
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || serve(&listener, &inputs, 0.0, &flag));
+        let ask = |request: &[u8]| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = c.write_all(request);
+            let mut answer = String::new();
+            let _ = c.read_to_string(&mut answer);
+            answer
+        };
+        let ok = ask(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n");
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(ok.contains("\nconntrackd_connections 0\n"), "{ok}");
+        let (head, body) = ok.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("Content-Length: {}", body.len())),
+            "{head}"
+        );
+        // Exactly the limit, never ended (more would be unread at the close,
+        // and the client could see a reset before the answer).
+        let huge = [b'a'; MAX_REQUEST];
+        assert!(ask(&huge).starts_with("HTTP/1.1 431 "));
+        assert!(ask(b"GET / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));
+        assert!(ask(b"POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));
+        stop.store(true, Ordering::Relaxed);
+        thread.join().unwrap();
     }
 
     #[test]
