@@ -421,6 +421,35 @@ fn rules_path_or(arg: Option<&Path>, system: &Path) -> Result<PathBuf, String> {
     ))
 }
 
+/// Warns of each rule address written with host bits set (read as its
+/// network; see `Cidr::host_bits`), where it is written.
+fn host_bits_warnings(text: &str, name: &str, warnings: &mut Vec<String>) {
+    let Ok(doc) = text.parse::<toml_edit::ImDocument<String>>() else {
+        return;
+    };
+    let Some(rules) = doc.get("rule").and_then(|r| r.as_array_of_tables()) else {
+        return;
+    };
+    for rule in rules.iter() {
+        for key in ["src", "dst"] {
+            let values: Vec<&toml_edit::Value> = match rule.get(key).and_then(|i| i.as_value()) {
+                Some(toml_edit::Value::Array(a)) => a.iter().collect(),
+                Some(v) => vec![v],
+                None => Vec::new(),
+            };
+            for v in values {
+                if let (Some(msg), Some(span)) = (
+                    v.as_str().and_then(crate::policy::Cidr::host_bits),
+                    v.span(),
+                ) {
+                    let (line, column) = line_column(text, span.start);
+                    warnings.push(format!("{name}:{line}:{column}: {msg}"));
+                }
+            }
+        }
+    }
+}
+
 /// 1-based line and column of a byte offset.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -451,6 +480,7 @@ impl Config {
         let mut config = None;
         if let Some(mut file) = collected.value {
             rename_old_keys(&mut file.daemon, text, &name, &mut warnings, &mut problems);
+            host_bits_warnings(text, &name, &mut warnings);
             // A rule that lost a key to an error would only repeat it.
             file.rules
                 .retain(|r| !collected.damaged.contains(&r.span()));

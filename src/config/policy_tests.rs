@@ -213,14 +213,17 @@ fn a_missing_policy_is_reported_with_the_other_problems() {
 }
 
 #[test]
-fn a_cidr_with_host_bits_set_is_refused_where_it_is_written() {
-    let p = problems(
+fn a_cidr_with_host_bits_set_is_read_as_its_network_with_a_warning_where_it_is_written() {
+    let c = parse(
         "[policy]\ndefault = \"drop\"\n[[rule]]\nname = \"r\"\naction = \"accept\"\n\
-         src = [\"198.18.0.0/15\", \"198.18.1.5/15\"]\n",
-    );
-    assert_eq!(p.len(), 1, "{p:#?}");
-    assert!(p[0].starts_with("rules.toml:6:25: "), "{p:#?}");
-    assert!(p[0].contains("the network is 198.18.0.0/15"), "{p:#?}");
+         src = [\"198.18.0.0/15\", \"198.18.1.5/15\"]\ndst = \"2001:db8::1/32\"\n",
+    )
+    .unwrap();
+    let w = &c.warnings;
+    assert_eq!(w.len(), 2, "{w:#?}");
+    assert!(w[0].starts_with("rules.toml:6:25: "), "{w:#?}");
+    assert!(w[0].contains("read as the network 198.18.0.0/15"), "{w:#?}");
+    assert!(w[1].starts_with("rules.toml:7:7: "), "{w:#?}");
 }
 
 #[test]

@@ -51,17 +51,33 @@ impl FromStr for Cidr {
                 .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?,
             None => max,
         };
+        // Host bits are cleared: 198.18.1.5/15 is 198.18.0.0/15, as
+        // iptables, pf and nftables read it (a rules file warns of it:
+        // `Cidr::host_bits`).
         let cidr = Cidr { addr, prefix };
-        let network = cidr.network();
-        if network != addr {
-            // 198.18.1.5/15 matches all of 198.18.0.0/15: almost always a
-            // typo for one host or for a smaller network.
-            return Err(format!(
-                "{s:?} has host bits set: the network is {network}/{prefix} (write that), \
-                 or write {addr} alone for the one host"
-            ));
-        }
-        Ok(cidr)
+        Ok(Cidr {
+            addr: cidr.network(),
+            prefix,
+        })
+    }
+}
+
+impl Cidr {
+    /// Why `s` is worth a warning: it has host bits set (`198.18.1.5/15`
+    /// matches all of 198.18.0.0/15, almost always a typo for one host or
+    /// a smaller network). `None` when it is a network, a host, or not a
+    /// CIDR at all (the parse says why then).
+    pub fn host_bits(s: &str) -> Option<String> {
+        let (addr, prefix) = s.split_once('/')?;
+        let addr: IpAddr = addr.trim().parse().ok()?;
+        let prefix: u8 = prefix.trim().parse().ok()?;
+        let network = s.parse::<Cidr>().ok()?.addr;
+        (network != addr).then(|| {
+            format!(
+                "{s:?} has host bits set: it is read as the network {network}/{prefix}; \
+                 write that, or {addr} alone for the one host"
+            )
+        })
     }
 }
 
@@ -279,13 +295,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cidr_with_host_bits_set_is_refused_naming_the_network() {
-        let e = "198.18.1.5/15".parse::<Cidr>().unwrap_err();
+    fn a_cidr_with_host_bits_set_is_its_network_with_a_warning() {
+        let c = "198.18.1.5/15".parse::<Cidr>().unwrap();
+        assert_eq!(c.to_string(), "198.18.0.0/15");
+        assert!(c.contains([198, 19, 255, 1].into()) && !c.contains([198, 20, 0, 1].into()));
+        let e = Cidr::host_bits("198.18.1.5/15").unwrap();
         assert!(e.contains("host bits set"), "{e}");
-        assert!(e.contains("the network is 198.18.0.0/15"), "{e}");
+        assert!(e.contains("the network 198.18.0.0/15"), "{e}");
         assert!(e.contains("198.18.1.5 alone"), "{e}");
-        let e = "2001:db8::1/32".parse::<Cidr>().unwrap_err();
-        assert!(e.contains("the network is 2001:db8::/32"), "{e}");
+        let e = Cidr::host_bits("2001:db8::1/32").unwrap();
+        assert!(e.contains("the network 2001:db8::/32"), "{e}");
         // Networks, single hosts and /0 are as before.
         for ok in [
             "198.18.0.0/15",
@@ -297,7 +316,14 @@ mod tests {
             "2001:db8::1",
         ] {
             assert!(ok.parse::<Cidr>().is_ok(), "{ok}");
+            assert_eq!(Cidr::host_bits(ok), None, "{ok}");
         }
-        assert!("1.2.3.4/0".parse::<Cidr>().is_err());
+        // Even /0 with an address: everything, and a warning.
+        assert_eq!(
+            "1.2.3.4/0".parse::<Cidr>().unwrap().to_string(),
+            "0.0.0.0/0"
+        );
+        assert!(Cidr::host_bits("1.2.3.4/0").is_some());
+        assert!("198.18.1.5/33".parse::<Cidr>().is_err());
     }
 }
