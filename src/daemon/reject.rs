@@ -140,16 +140,24 @@ impl Replies {
             stats.rejects_failed += 1;
             return;
         }
-        let Some(len) = reject_reply(packet, framing, &mut p.bufs[at]) else {
+        // Nothing will be sent (answers off, or no socket): only count what
+        // would have been answered.
+        if self.shared.limiter.is_off() || self.shared.socket.is_none() {
+            if reject_reply(packet, framing, &mut p.bufs[at]).is_some() {
+                if self.shared.limiter.is_off() {
+                    stats.rejects_rate_limited += 1;
+                } else {
+                    stats.rejects_failed += 1;
+                }
+            }
             return;
-        };
-        if self.shared.limiter.is_off() {
+        }
+        // The token before the answer: under a flood, packets over the rate
+        // cost no second parse and no copy (an unanswerable one, such as a
+        // broadcast, spends a token).
+        if !self.shared.limiter.allow(now.as_nanos()) {
             stats.rejects_rate_limited += 1;
-        } else if self.shared.socket.is_none() {
-            stats.rejects_failed += 1;
-        } else if !self.shared.limiter.allow(now.as_nanos()) {
-            stats.rejects_rate_limited += 1;
-        } else {
+        } else if let Some(len) = reject_reply(packet, framing, &mut p.bufs[at]) {
             p.lens[at] = len;
             p.count += 1;
         }
