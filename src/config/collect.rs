@@ -29,6 +29,9 @@ pub(super) struct Collected<T> {
 /// a dotted table (`policy.default = ...`) has none.
 type Scope = Vec<String>;
 
+/// Errors reported at most, per file.
+const MAX_ERRORS: usize = 100;
+
 pub(super) fn deserialize_all<T: DeserializeOwned>(text: &str) -> Collected<T> {
     let mut found = Collected {
         value: None,
@@ -72,6 +75,15 @@ pub(super) fn deserialize_all<T: DeserializeOwned>(text: &str) -> Collected<T> {
             .is_some_and(|k| taken.iter().any(|(s, t)| *s == scope && t == k));
         if !follows_from_an_earlier_one {
             found.errors.push((at, message));
+        }
+        // Each round parses the document again: a file with thousands of
+        // errors stops at MAX_ERRORS (it is not a file to fix by the list).
+        if found.errors.len() >= MAX_ERRORS {
+            found.errors.push((
+                at,
+                format!("and maybe more: stopped after {MAX_ERRORS} errors"),
+            ));
+            return found;
         }
         if about.is_none() {
             return found;

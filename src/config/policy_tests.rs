@@ -322,3 +322,14 @@ fn a_reload_diff_names_rules_added_removed_changed_and_moved() {
     );
     assert_eq!(old.diff(&old).to_string(), "no change");
 }
+
+#[test]
+fn a_file_of_many_errors_stops_at_a_hundred() {
+    let mut text = String::from("[policy]\ndefault = \"drop\"\n");
+    for i in 0..300 {
+        text.push_str(&format!("[[rule]]\nname = \"r{i}\"\naction = \"maybe\"\n"));
+    }
+    let p = problems(&text);
+    assert_eq!(p.len(), 101, "{:#?}", &p[95..]);
+    assert!(p[100].contains("stopped after 100 errors"), "{}", p[100]);
+}

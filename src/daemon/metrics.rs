@@ -608,11 +608,22 @@ pub(super) fn start(addr: SocketAddr, inputs: Inputs) -> anyhow::Result<Endpoint
     })
 }
 
-/// The last answer, kept for [`MIN_INTERVAL`].
+/// The last answer in each format, kept for [`MIN_INTERVAL`]: two
+/// scrapers asking for different formats still cost one reading a second
+/// each, not one per scrape.
+#[derive(Default)]
 struct Cache {
-    at: Instant,
-    format: Format,
-    body: String,
+    prometheus: Option<(Instant, String)>,
+    openmetrics: Option<(Instant, String)>,
+}
+
+impl Cache {
+    fn slot(&mut self, format: Format) -> &mut Option<(Instant, String)> {
+        match format {
+            Format::Prometheus => &mut self.prometheus,
+            Format::OpenMetrics => &mut self.openmetrics,
+        }
+    }
 }
 
 /// Longest request head (request line and headers) read.
@@ -630,7 +641,7 @@ const CLIENT_DEADLINE: Duration = Duration::from_secs(5);
 /// unbounded threads and memory in the firewall's process. Here a hostile
 /// client costs one thread's time for at most 5 s and 8 KiB.
 fn serve(listener: &TcpListener, inputs: &Inputs, start_time: f64, stop: &AtomicBool) {
-    let mut cache: Option<Cache> = None;
+    let mut cache = Cache::default();
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
@@ -653,7 +664,7 @@ fn client(
     mut stream: TcpStream,
     inputs: &Inputs,
     start_time: f64,
-    cache: &mut Option<Cache>,
+    cache: &mut Cache,
 ) -> std::io::Result<()> {
     use std::io::{Read, Write};
     stream.set_nonblocking(false)?;
@@ -705,26 +716,21 @@ fn client(
         return respond(&mut stream, 404, "text/plain", body, left);
     }
     let format = Format::from_accept(accept.as_deref());
-    let fresh = cache
+    let slot = cache.slot(format);
+    if !slot
         .as_ref()
-        .is_some_and(|c| c.format == format && c.at.elapsed() < MIN_INTERVAL);
-    if !fresh {
-        match encode(inputs.read(start_time), format) {
-            Ok(body) => {
-                *cache = Some(Cache {
-                    at: Instant::now(),
-                    format,
-                    body,
-                })
-            }
+        .is_some_and(|(at, _)| at.elapsed() < MIN_INTERVAL)
+    {
+        *slot = match encode(inputs.read(start_time), format) {
+            Ok(body) => Some((Instant::now(), body)),
             Err(e) => {
                 warn!("metrics endpoint: encoding failed: {e}");
-                *cache = None;
+                None
             }
-        }
+        };
     }
-    let result = match cache {
-        Some(c) => respond(&mut stream, 200, format.content_type(), &c.body, left),
+    let result = match slot {
+        Some((_, body)) => respond(&mut stream, 200, format.content_type(), body, left),
         None => respond(&mut stream, 500, "text/plain", "encoding failed\n", left),
     };
     let _ = stream.flush();
