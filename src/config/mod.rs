@@ -522,10 +522,28 @@ impl Config {
 }
 
 /// `[engine]`'s limits that serde cannot check.
+/// Where `[engine]`'s key `path` (`["max_connections"]`, `["adaptive",
+/// "start"]`) is written, or its table, as a byte offset (0: not found).
+fn engine_offset(text: &str, path: &[&str]) -> usize {
+    let Ok(doc) = text.parse::<toml_edit::ImDocument<String>>() else {
+        return 0;
+    };
+    let mut item = doc.get("engine");
+    let mut at = item.and_then(|i| i.span()).map(|s| s.start);
+    for key in path {
+        item = item.and_then(|i| i.get(key));
+        // A dotted key's table has no span of its own; its keys have.
+        if let Some(span) = item.and_then(|i| i.span()) {
+            at = Some(span.start);
+        }
+    }
+    at.unwrap_or(0)
+}
+
 fn check_engine(e: &EngineSettings, text: &str, problems: &mut Vec<(usize, String)>) {
     if e.max_connections == 0 {
         problems.push((
-            text.find("max_connections").unwrap_or(0),
+            engine_offset(text, &["max_connections"]),
             "engine.max_connections must be at least 1".into(),
         ));
     }
@@ -533,7 +551,10 @@ fn check_engine(e: &EngineSettings, text: &str, problems: &mut Vec<(usize, Strin
     let ordered = a.start.partial_cmp(&a.end) == Some(std::cmp::Ordering::Less);
     if !(0.0..=1.0).contains(&a.start) || !ordered || a.floor == 0 {
         problems.push((
-            text.find("[engine.adaptive]").unwrap_or(0),
+            engine_offset(
+                text,
+                &["adaptive", if a.floor == 0 { "floor" } else { "start" }],
+            ),
             format!(
                 "engine.adaptive: need 0 <= start < end and floor >= 1 (start = {}, \
                  end = {}, floor = {})",
@@ -766,7 +787,8 @@ mod tests {
             let text = format!("[engine.adaptive]\n{bad}\n[policy]\ndefault = \"drop\"\n");
             let Problem { line, message, .. } =
                 only_problem(Config::parse(&text, Path::new("r.toml")));
-            assert_eq!(line, 1, "{bad}: {message}");
+            // At the key (start, or floor when floor is the trouble).
+            assert_eq!(line, 2, "{bad}: {message}");
             assert!(message.contains("engine.adaptive"), "{message}");
         }
     }

@@ -333,3 +333,16 @@ fn a_file_of_many_errors_stops_at_a_hundred() {
     assert_eq!(p.len(), 101, "{:#?}", &p[95..]);
     assert!(p[100].contains("stopped after 100 errors"), "{}", p[100]);
 }
+
+#[test]
+fn engine_errors_point_at_the_key_not_at_a_comment_naming_it() {
+    let p = problems(
+        "# max_connections: the table's size\n[policy]\ndefault = \"drop\"\n\
+         [engine]\nmax_connections = 0\n",
+    );
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(p[0].starts_with("rules.toml:5:"), "{p:#?}");
+    let p = problems("[policy]\ndefault = \"drop\"\n[engine]\nadaptive.floor = 0\n");
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(p[0].starts_with("rules.toml:4:"), "{p:#?}");
+}
