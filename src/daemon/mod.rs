@@ -108,6 +108,8 @@ struct Rules {
     shared: Arc<Shared>,
     /// Rejected packets cannot be answered (no raw socket, or reject_rate = 0).
     rejects_unanswered: bool,
+    /// conntrackd's hook queues OUTPUT (reject answers would be queued back).
+    output_hooked: bool,
     reloads: Arc<metrics::Reloads>,
 }
 
@@ -147,7 +149,11 @@ impl Rules {
             new.policy.rules.len(),
             new.policy.default
         );
-        if self.rejects_unanswered && new.policy.uses_reject() && !config.policy.uses_reject() {
+        let rejects_now = new.policy.uses_reject() && !config.policy.uses_reject();
+        if rejects_now && self.output_hooked {
+            warn!("reload: {OUTPUT_HOOKED}");
+        }
+        if self.rejects_unanswered && rejects_now {
             warn!(
                 "reload: the rules reject, but rejected packets are dropped unanswered \
                  (reject_rate = 0, or no raw socket: see the start-up log)"
@@ -225,6 +231,7 @@ impl Daemon {
             engine: engine.clone(),
             shared: shared.clone(),
             rejects_unanswered,
+            output_hooked: hooks_output(&settings),
             reloads,
         });
         let control = start_control(
@@ -430,6 +437,19 @@ fn install_hooks(settings: &Settings) -> anyhow::Result<Option<Installed>> {
     Ok(Some(installed))
 }
 
+/// Whether conntrackd's own hook queues OUTPUT, where reject answers go.
+fn hooks_output(settings: &Settings) -> bool {
+    settings.install_iptables
+        && settings
+            .hooks
+            .iter()
+            .any(|h| h.trim().eq_ignore_ascii_case("OUTPUT"))
+}
+
+const OUTPUT_HOOKED: &str = "the rules reject and the OUTPUT hook is installed: the answers, \
+     sent by this host, are queued too and dropped as packets of no connection (hook FORWARD \
+     and INPUT only to answer)";
+
 /// The raw socket that answers rejected packets, opened at start whatever the
 /// policy (a reload may add reject rules). Without CAP_NET_RAW rejected
 /// packets are still dropped, unanswered.
@@ -462,18 +482,8 @@ fn open_rejecter(settings: &Settings, policy: &crate::policy::Policy) -> reject:
             None
         }
     };
-    if rejects
-        && settings.install_iptables
-        && settings
-            .hooks
-            .iter()
-            .any(|h| h.trim().eq_ignore_ascii_case("OUTPUT"))
-    {
-        warn!(
-            "the rules reject and the OUTPUT hook is installed: the answers, sent by this \
-             host, are queued too and dropped as packets of no connection (hook FORWARD \
-             and INPUT only to answer)"
-        );
+    if rejects && hooks_output(settings) {
+        warn!("{OUTPUT_HOOKED}");
     }
     reject::Rejecter::new(socket, settings.reject_rate)
 }
