@@ -1134,7 +1134,7 @@ fn a_flooding_source_is_limited_and_other_clients_are_not() {
             .unwrap_or_else(|e| panic!("connection {i} of the other client: {e}"));
     }
     // The tracker shows in `conntrackd stats`: both sources.
-    let socket = lab.dir.path().join("control");
+    let socket = lab.control_socket();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_conntrackd"))
         .args(["stats", "--json", "--socket", socket.to_str().unwrap()])
         .output()
@@ -1203,20 +1203,9 @@ fn the_control_socket_lists_kills_counts_and_reloads() {
     };
     lab.add_nfqueue_rule("0", false);
     let rules = lab.write_rules("rules.toml", ALLOW_ALL);
-    let socket = lab.dir.path().join("control");
+    let socket = lab.control_socket();
     let d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
-    let ctl = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_conntrackd"))
-            .args(args)
-            .args(["--socket", socket.to_str().unwrap()])
-            .output()
-            .expect("running conntrackd");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let ctl = |args: &[&str]| lab::ctl(&socket, args);
     let _echo = TcpEcho::start(&lab.server, v4(8080));
     let s = lab::connect(&lab.client, v4(8080), Duration::from_secs(3)).expect("connect");
     lab::exchange(&s, 10_000, 1).expect("exchange");

@@ -11,13 +11,12 @@
 
 mod common;
 
-use common::lab::{self, Lab, RawSender, TcpEcho};
+use common::lab::{self, ctl, stats, Lab, RawSender, TcpEcho};
 use conntrackd::wire::build;
 use conntrackd::wire::TcpFlags as F;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 const METRICS: &str = "127.0.0.1:9680";
@@ -212,26 +211,6 @@ fn scrape(lab: &Lab) -> Vec<Sample> {
     parse(&a.body)
 }
 
-/// `conntrackd ARGS --socket SOCKET`: success, and stdout with stderr.
-fn ctl(socket: &Path, args: &[&str]) -> (bool, String) {
-    let out = lab::run_timeout(
-        std::process::Command::new(env!("CARGO_BIN_EXE_conntrackd"))
-            .args(args)
-            .args(["--socket", socket.to_str().unwrap()]),
-        Duration::from_secs(10),
-    );
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
-fn stats(socket: &Path) -> Value {
-    let (ok, out) = ctl(socket, &["stats", "--json"]);
-    assert!(ok, "{out}");
-    serde_json::from_str(out.lines().last().expect("a line")).expect("stats as JSON")
-}
-
 /// Where the scrape and the daemon's own counters (`stats --json`) disagree.
 fn disagreements(m: &[Sample], s: &Value) -> Vec<String> {
     let mut bad = Vec::new();
@@ -351,7 +330,7 @@ fn scraped_metrics_equal_the_daemons_own_counters() {
     lab.add_nfqueue_rule("0:1", false);
     lab.drop_crafted_at_hosts();
     let rules = lab.write_rules("rules.toml", RULES);
-    let socket = lab.dir.path().join("control");
+    let socket = lab.control_socket();
     let mut d = lab.start_daemon(&[
         "--rules",
         rules.to_str().unwrap(),

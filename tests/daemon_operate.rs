@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::lab::{self, Lab, RawSender, TcpEcho};
+use common::lab::{self, ctl, json_lines, Lab, RawSender, TcpEcho};
 use conntrackd::wire::build;
 use conntrackd::wire::TcpFlags as F;
 use serde_json::Value;
@@ -47,26 +47,6 @@ fn v4(port: u16) -> SocketAddr {
 
 fn client_v4(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(lab::CLIENT4), port)
-}
-
-/// Runs the `conntrackd` client against `socket`: (exit ok, stdout + stderr).
-fn ctl(socket: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_conntrackd"))
-        .args(args)
-        .args(["--socket", socket.to_str().unwrap()])
-        .output()
-        .expect("running conntrackd");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
-/// The JSON lines of a `--json` answer.
-fn json_lines(out: &str) -> Vec<Value> {
-    out.lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 /// The flows listed for port 8080.
@@ -153,7 +133,7 @@ fn flows_count_a_connection_and_events_follow_its_life() {
     };
     lab.add_nfqueue_rule("0", false);
     let rules = lab.write_rules("rules.toml", RULES);
-    let socket = lab.dir.path().join("control");
+    let socket = lab.control_socket();
     let d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
     let events = Stream::start(&socket, &["events", "--port", "8080"]);
     let _echo = TcpEcho::start(&lab.server, v4(8080));
@@ -220,7 +200,7 @@ fn why_and_drops_explain_a_dropped_packet() {
     lab.add_nfqueue_rule("0", false);
     lab.drop_crafted_at_hosts();
     let rules = lab.write_rules("rules.toml", RULES);
-    let socket = lab.dir.path().join("control");
+    let socket = lab.control_socket();
     let d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
     let follow = Stream::start(&socket, &["drops", "--follow", "--port", "8080"]);
     let raw = RawSender::new(&lab.client);
@@ -297,7 +277,7 @@ fn status_fails_while_a_worker_is_stopped() {
     };
     lab.add_nfqueue_rule("0:1", false);
     let rules = lab.write_rules("rules.toml", RULES);
-    let socket = lab.dir.path().join("control");
+    let socket = lab.control_socket();
     let d = lab.start_daemon(&["--rules", rules.to_str().unwrap(), "--queue", "0-1"]);
     let (ok, out) = ctl(&socket, &["status"]);
     assert!(ok && out.contains("2 workers alive"), "{out}");
@@ -363,7 +343,7 @@ fn the_socket_refuses_other_users_and_survives_garbage() {
     // Others may reach the directory, so that only the socket's mode decides.
     std::fs::set_permissions(lab.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let rules = lab.write_rules("rules.toml", RULES);
-    let socket = lab.dir.path().join("control");
+    let socket = lab.control_socket();
     let d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);

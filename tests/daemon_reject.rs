@@ -62,17 +62,7 @@ stats_interval = 1
 
 /// `conntrackd stats --json` of the lab's daemon.
 fn stats(lab: &Lab) -> serde_json::Value {
-    let socket = lab.dir.path().join("control");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_conntrackd"))
-        .args(["stats", "--json", "--socket", socket.to_str().unwrap()])
-        .output()
-        .expect("conntrackd stats");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("stats as JSON")
+    lab::stats(&lab.control_socket())
 }
 
 fn count(stats: &serde_json::Value, key: &str) -> u64 {

@@ -30,6 +30,7 @@
 //! interface). Everything the tests use is re-exported here.
 
 mod command;
+mod control;
 mod daemon;
 mod echo;
 mod ns;
@@ -42,6 +43,7 @@ mod traffic;
 #[allow(unused_imports)]
 pub use self::{
     command::{run_timeout, sh},
+    control::{ctl, json_lines, stats},
     daemon::Daemon,
     echo::{TcpEcho, UdpEcho},
     ns::{normalize_ruleset, Ns},
@@ -275,11 +277,16 @@ impl Lab {
         path
     }
 
+    /// The control socket `start_daemon` gives the daemon.
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.path().join("control")
+    }
+
     /// Starts `conntrackd ARGS` in the gateway namespace and waits until it
     /// says it started.
     pub fn start_daemon(&self, args: &[&str]) -> Daemon {
         // Each lab its own control socket (the default is one per machine).
-        let control = self.dir.path().join("control");
+        let control = self.control_socket();
         let mut args: Vec<&str> = args.to_vec();
         if !args.contains(&"--control-socket") {
             args.extend(["--control-socket", control.to_str().expect("a UTF-8 path")]);
