@@ -271,13 +271,20 @@ mod tests {
         assert_eq!(names.len(), Reason::COUNT);
         let rejects: Vec<_> = Reason::ALL.iter().filter(|r| r.is_reject()).collect();
         assert_eq!(rejects, [&Reason::RejectByRule, &Reason::RejectByDefault]);
-        for r in Reason::ALL {
-            let shown = if r.is_reject() {
-                "reject"
-            } else {
-                &r.verdict().to_string()
-            };
+        // Written out, not recomputed the way verdict_name computes it.
+        for (r, shown) in [
+            (Reason::RejectByRule, "reject"),
+            (Reason::RejectByDefault, "reject"),
+            (Reason::DropByRule, "drop"),
+            (Reason::SynFin, "drop"),
+            (Reason::Tracked, "accept"),
+            (Reason::NewByDefault, "accept"),
+        ] {
             assert_eq!(r.verdict_name(), shown, "{r}");
+        }
+        for r in Reason::ALL {
+            assert!(["accept", "drop", "reject"].contains(&r.verdict_name()), "{r}");
+            assert_eq!(r.verdict_name() == "reject", r.is_reject(), "{r}");
         }
         for r in Reason::ALL {
             assert_eq!(Reason::from_name(r.name()), Some(*r));

@@ -50,10 +50,15 @@ pub struct Decision {
 
 impl Decision {
     fn stateless(reason: Reason) -> Decision {
+        Decision::tracked(reason, ConnState::None, ConnState::None)
+    }
+
+    /// A packet of a tracked connection (no rule decided it).
+    fn tracked(reason: Reason, before: ConnState, after: ConnState) -> Decision {
         Decision {
             reason,
-            before: ConnState::None,
-            after: ConnState::None,
+            before,
+            after,
             rule: None,
             generation: 0,
             log: false,
@@ -377,10 +382,11 @@ impl Engine {
 
     /// Every tracked connection.
     pub fn connections(&self) -> Vec<ConnInfo> {
+        let policy = self.policy();
         self.table
             .snapshot()
             .into_iter()
-            .map(|(key, conn)| ConnInfo::new(&key, &conn, &self.policy()))
+            .map(|(key, conn)| ConnInfo::new(&key, &conn, &policy))
             .collect()
     }
 
@@ -534,14 +540,7 @@ impl Engine {
             // have reopened the key in between.
             self.table
                 .remove_if(key, Removal::Reset, |c| c.state() == after);
-            return Lookup::Found(Decision {
-                reason: outcome.reason,
-                before,
-                after,
-                rule: None,
-                generation: 0,
-                log: false,
-            });
+            return Lookup::Found(Decision::tracked(outcome.reason, before, after));
         }
         if outcome.refresh {
             // Assured once the handshake completed with the responder seen
@@ -552,14 +551,7 @@ impl Engine {
                     if let Err(reason) = self.charge_source(p, ctx, conn, now) {
                         drop(entry);
                         self.table.remove_if(key, Removal::Refused, |c| c.assured());
-                        return Lookup::Found(Decision {
-                            reason,
-                            before,
-                            after: ConnState::None,
-                            rule: None,
-                            generation: 0,
-                            log: false,
-                        });
+                        return Lookup::Found(Decision::tracked(reason, before, ConnState::None));
                     }
                 }
             }
@@ -574,14 +566,7 @@ impl Engine {
         if after != before {
             self.table.notify(Change::Update { before }, key, conn);
         }
-        Lookup::Found(Decision {
-            reason: outcome.reason,
-            before,
-            after,
-            rule: None,
-            generation: 0,
-            log: false,
-        })
+        Lookup::Found(Decision::tracked(outcome.reason, before, after))
     }
 
     /// Counts a TCP connection whose handshake just completed against its
@@ -665,7 +650,8 @@ impl Engine {
                     }
                     conn.count(side == conn.originator, p.len);
                     let mut timeout =
-                        self.datagram_timeout(p.protocol, conn.replied() && conn.assured());
+                        // (assured implies replied)
+                        self.datagram_timeout(p.protocol, conn.assured());
                     if !conn.assured() {
                         timeout = self.adapt(timeout, false);
                     }
@@ -674,14 +660,7 @@ impl Engine {
                     if after != before {
                         self.table.notify(Change::Update { before }, &key, conn);
                     }
-                    return Decision {
-                        reason: Reason::Tracked,
-                        before,
-                        after,
-                        rule: None,
-                        generation: 0,
-                        log: false,
-                    };
+                    return Decision::tracked(Reason::Tracked, before, after);
                 }
                 drop(entry);
                 self.table
@@ -723,14 +702,7 @@ impl Engine {
         match self.table.get(&key) {
             Some(conn) if !conn.expired(now) => {
                 let state = conn.state();
-                Decision {
-                    reason: Reason::Related,
-                    before: state,
-                    after: state,
-                    rule: None,
-                    generation: 0,
-                    log: false,
-                }
+                Decision::tracked(Reason::Related, state, state)
             }
             _ => Decision::stateless(Reason::IcmpErrorUnrelated),
         }
