@@ -283,7 +283,10 @@ mod tests {
             assert_eq!(r.verdict_name(), shown, "{r}");
         }
         for r in Reason::ALL {
-            assert!(["accept", "drop", "reject"].contains(&r.verdict_name()), "{r}");
+            assert!(
+                ["accept", "drop", "reject"].contains(&r.verdict_name()),
+                "{r}"
+            );
             assert_eq!(r.verdict_name() == "reject", r.is_reject(), "{r}");
         }
         for r in Reason::ALL {

@@ -56,6 +56,9 @@ pub struct WorkerStats {
     /// rule decided, new connections it admitted]. A reload starts afresh.
     pub rule_hits: Vec<[u64; 2]>,
     pub rules_generation: u16,
+    /// `rules_generation` has been set (a fresh total has none yet, and
+    /// takes its first merge's).
+    pub rules_set: bool,
     /// Answers to rejected packets sent, over `reject_rate` (not sent), and
     /// failed (no raw socket, or the send failed). See `daemon::reject`.
     pub rejects_sent: u64,
@@ -76,21 +79,39 @@ impl WorkerStats {
         self.reads += o.reads;
         self.verdict_messages += o.verdict_messages;
         self.handoff_marked += o.handoff_marked;
-        if self.rule_hits.is_empty() {
-            self.rules_generation = o.rules_generation;
-        }
-        if o.rules_generation == self.rules_generation {
-            if self.rule_hits.len() < o.rule_hits.len() {
-                self.rule_hits.resize(o.rule_hits.len(), [0; 2]);
-            }
-            for (mine, theirs) in self.rule_hits.iter_mut().zip(&o.rule_hits) {
-                mine[0] += theirs[0];
-                mine[1] += theirs[1];
-            }
-        }
+        self.merge_rule_hits(o);
         self.rejects_sent += o.rejects_sent;
         self.rejects_rate_limited += o.rejects_rate_limited;
         self.rejects_failed += o.rejects_failed;
+    }
+
+    /// Rule hits add up only within one policy generation: the newer one
+    /// (by wrapping distance) wins, so a worker that has not published since
+    /// a reload cannot hold the totals back at the old policy.
+    fn merge_rule_hits(&mut self, o: &WorkerStats) {
+        let newer = o.rules_generation.wrapping_sub(self.rules_generation);
+        if !self.rules_set || (newer != 0 && newer < u16::MAX / 2) {
+            self.reset_rules(o.rules_generation);
+        } else if newer != 0 {
+            return;
+        }
+        if self.rule_hits.len() < o.rule_hits.len() {
+            self.rule_hits.resize(o.rule_hits.len(), [0; 2]);
+        }
+        for (mine, theirs) in self.rule_hits.iter_mut().zip(&o.rule_hits) {
+            mine[0] += theirs[0];
+            mine[1] += theirs[1];
+        }
+    }
+
+    /// Starts the rule hits afresh for the policy of `generation` (a reload
+    /// renumbers rules); nothing when they are of it already.
+    fn reset_rules(&mut self, generation: u16) {
+        if self.rules_generation != generation || !self.rules_set {
+            self.rules_generation = generation;
+            self.rules_set = true;
+            self.rule_hits.clear();
+        }
     }
 
     pub fn packets(&self) -> u64 {
@@ -342,11 +363,7 @@ impl Worker {
     fn publish(&self, stats: &mut WorkerStats) {
         // Hits of rules since reloaded are not this policy's: start afresh,
         // even if no rule decided anything since.
-        let generation = self.engine.generation();
-        if stats.rules_generation != generation {
-            stats.rules_generation = generation;
-            stats.rule_hits.clear();
-        }
+        stats.reset_rules(self.engine.generation());
         let mut slot = self.shared.stats[self.index]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
@@ -404,8 +421,9 @@ impl Worker {
             stats.csum_not_ready += 1;
             Checksums::NotComputed
         };
+        let len = wire_len.min(u32::MAX as usize) as u32;
         let framing = Framing {
-            wire_len: Some(wire_len.min(u32::MAX as usize) as u32),
+            wire_len: Some(len),
             checksums,
         };
         let ctx = Context {
@@ -441,7 +459,7 @@ impl Worker {
                 d.reason,
                 d.before,
                 payload,
-                wire_len.min(u32::MAX as usize) as u32,
+                len,
             );
             self.shared.drops.record(self.index, record);
             if self.shared.hub.wants_drops() {
@@ -456,7 +474,7 @@ impl Worker {
                 d.log,
                 in_idx,
                 out_idx,
-                wire_len as u32,
+                len,
                 payload,
             );
             self.send(Event::Packet(event), stats);
@@ -485,11 +503,7 @@ impl Worker {
     /// Counts a packet a rule decided. The vector grows the first time a
     /// rule is hit after a reload (once per rule), never otherwise.
     fn count_rule(&self, rule: u16, d: &crate::engine::Decision, stats: &mut WorkerStats) {
-        let generation = d.generation;
-        if stats.rules_generation != generation {
-            stats.rules_generation = generation;
-            stats.rule_hits.clear();
-        }
+        stats.reset_rules(d.generation);
         let i = usize::from(rule);
         if i >= stats.rule_hits.len() {
             stats.rule_hits.resize(i + 1, [0; 2]);
@@ -504,5 +518,45 @@ impl Worker {
     /// `Engine::hand_off`); true when its verdict is to carry the hand-off mark.
     fn hand_off(&self, payload: &[u8], framing: Framing, now: Timestamp, b: &Handoff) -> bool {
         self.engine.hand_off(payload, framing, now, b.timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hits(generation: u16, hits: &[[u64; 2]]) -> WorkerStats {
+        WorkerStats {
+            rules_generation: generation,
+            rules_set: true,
+            rule_hits: hits.to_vec(),
+            ..WorkerStats::default()
+        }
+    }
+
+    /// After a reload, a worker that has published under the new policy
+    /// (even with no hits yet) wins over one still at the old policy,
+    /// whatever the order they are merged in.
+    #[test]
+    fn rule_hits_add_up_within_the_newest_policy_only() {
+        let fresh = hits(3, &[]);
+        let stale = hits(2, &[[7, 7]]);
+        let current = hits(3, &[[1, 0], [2, 1]]);
+        for order in [[&fresh, &stale, &current], [&stale, &current, &fresh]] {
+            let mut total = WorkerStats::default();
+            for w in order {
+                total.merge(w);
+            }
+            assert_eq!(total.rules_generation, 3);
+            assert_eq!(total.rule_hits, [[1, 0], [2, 1]]);
+        }
+        // A fresh total takes any first generation, however large.
+        let mut total = WorkerStats::default();
+        total.merge(&hits(40_000, &[[4, 4]]));
+        assert_eq!((total.rules_generation, total.rule_hits.len()), (40_000, 1));
+        // Across the wrap: 0 is newer than u16::MAX.
+        let mut total = hits(u16::MAX, &[[5, 5]]);
+        total.merge(&hits(0, &[[1, 1]]));
+        assert_eq!((total.rules_generation, total.rule_hits), (0, vec![[1, 1]]));
     }
 }
