@@ -163,6 +163,32 @@ fn flows_count_a_connection_and_events_follow_its_life() {
     assert!(g["bytes"][0].as_u64().unwrap() >= b0 + 20_000, "{f}\n{g}");
     assert!(g["bytes"][1].as_u64().unwrap() >= 21_000, "{g}");
 
+    // why, for a tracked connection: its state and rule, no drops.
+    let (ok, out) = ctl(
+        &socket,
+        &[
+            "why",
+            &format!("198.18.0.2:{sport}"),
+            "198.19.0.2:8080",
+            "--json",
+        ],
+    );
+    assert!(ok, "{out}");
+    let why = json_lines(&out).pop().unwrap();
+    assert_eq!(
+        why["tracked"][0]["state"], "ESTABLISHED:ESTABLISHED",
+        "{why}"
+    );
+    assert_eq!(why["tracked"][0]["rule"], "web", "{why}");
+    assert_eq!(why["drops"].as_array().unwrap().len(), 0, "{why}");
+    // A listing cut by --limit still says how many matched.
+    let (ok, out) = ctl(&socket, &["flows", "--port", "8080", "--limit", "0"]);
+    assert!(ok && out.contains("0 shown, 1 matched"), "{out}");
+    // A first stats call sets the window for the rates of a later one.
+    let (ok, out) = ctl(&socket, &["stats", "--json"]);
+    assert!(ok && !out.contains("per_second"), "{out}");
+    let first_stats = Instant::now();
+
     let new = events.wait("NEW", |v| v["event"] == "NEW" && v["sport"] == sport);
     assert_eq!(new["dport"], 8080);
     events.wait("UPDATE to ESTABLISHED", |v| {
@@ -185,6 +211,32 @@ fn flows_count_a_connection_and_events_follow_its_life() {
         events.lines.lock().unwrap()
     );
     assert!(gone["bytes"][0].as_u64().unwrap() >= b0 + 20_000, "{gone}");
+
+    // Rates need a window of 2 s at least; the traffic since the first
+    // call shows in them.
+    std::thread::sleep(Duration::from_millis(2100).saturating_sub(first_stats.elapsed()));
+    let rates = lab::stats(&socket);
+    assert!(
+        rates["per_second_over_s"].as_f64().unwrap() >= 2.0,
+        "{rates}"
+    );
+    assert!(
+        rates["per_second"]["packets"].as_f64().unwrap() > 0.0,
+        "{rates}"
+    );
+
+    // flush removes a live connection (DESTROY, cause killed); its next
+    // packets are no_connection.
+    let s = lab::connect(&lab.client, v4(8080), Duration::from_secs(3)).expect("connect");
+    let sport = s.local_addr().unwrap().port();
+    lab::exchange(&s, 100, 3).expect("exchange");
+    let (ok, out) = ctl(&socket, &["flush"]);
+    assert!(ok && out.contains("1 connections removed"), "{out}");
+    let killed = events.wait("DESTROY killed", |v| {
+        v["event"] == "DESTROY" && v["sport"] == sport
+    });
+    assert_eq!(killed["cause"], "killed", "{killed}");
+    assert!(lab::exchange(&s, 100, 4).is_err(), "flushed: no_connection");
     drop(d);
 }
 
