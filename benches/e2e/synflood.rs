@@ -20,7 +20,11 @@
 
 #![allow(clippy::disallowed_methods)] // not the core: tests, benchmarks and tools read clocks and start threads
 
+#[path = "../support/mod.rs"]
+mod support;
+
 use conntrackd::wire::{build, TcpFlags};
+use support::Rng;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::exit;
@@ -67,14 +71,14 @@ impl Cidr {
     }
 
     /// A random address of the range.
-    fn pick(&self, rng: &mut SplitMix) -> IpAddr {
+    fn pick(&self, rng: &mut Rng) -> IpAddr {
         match self.base {
             IpAddr::V4(b) => {
-                let host = rng.next() as u32 & !mask32(self.prefix);
+                let host = rng.next_u64() as u32 & !mask32(self.prefix);
                 IpAddr::V4(Ipv4Addr::from(u32::from(b) | host))
             }
             IpAddr::V6(b) => {
-                let r = (u128::from(rng.next()) << 64) | u128::from(rng.next());
+                let r = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
                 IpAddr::V6(Ipv6Addr::from(u128::from(b) | (r & !mask128(self.prefix))))
             }
         }
@@ -103,18 +107,6 @@ fn lab_ranges() -> [Cidr; 2] {
     ]
 }
 
-/// splitmix64: fast, and random enough to spread addresses, ports and ISNs.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
 
 struct Args {
     dst: SocketAddr,
@@ -211,7 +203,7 @@ fn main() {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
         ^ (u64::from(std::process::id()) << 32);
-    let mut rng = SplitMix(seed);
+    let mut rng = Rng(seed);
     let limit = Duration::from_secs_f64(a.seconds);
     let (mut sent, mut errors) = (0u64, 0u64);
     let mut first_error: Option<std::io::Error> = None;
@@ -238,7 +230,7 @@ fn main() {
             continue;
         }
         for _ in 0..(due - attempted).min(BATCH) {
-            let r = rng.next();
+            let r = rng.next_u64();
             let sport = 1024 + (r as u16) % (65535 - 1024 + 1);
             let isn = (r >> 32) as u32;
             let src = SocketAddr::new(a.src.pick(&mut rng), sport);
@@ -284,7 +276,7 @@ mod tests {
         assert!(!c.contains("198.18.0.2".parse().unwrap()));
         assert!(!Cidr::parse("10.0.0.0/8").unwrap().within(&lab[0]));
         assert!(!Cidr::parse("198.18.0.0/14").unwrap().within(&lab[0]));
-        let mut rng = SplitMix(1);
+        let mut rng = Rng(1);
         for _ in 0..1000 {
             assert!(c.contains(c.pick(&mut rng)));
         }
