@@ -418,8 +418,8 @@ fn print_why(w: &serde_json::Value) {
                 println!(
                     "tracked: {} {} -> {} {} (rule {}, expires in {} s)",
                     c["proto"].as_str().unwrap_or("?"),
-                    c["src"].as_str().unwrap_or("?"),
-                    c["dst"].as_str().unwrap_or("?"),
+                    endpoint(c, "src", "sport"),
+                    endpoint(c, "dst", "dport"),
                     c["state"].as_str().unwrap_or("?"),
                     c["rule"].as_str().unwrap_or("(default)"),
                     c["expires_in_s"]

@@ -536,16 +536,8 @@ fn why(
         .unwrap_or(crate::wire::PROTO_TCP);
     let policy = c.engine.policy();
     let name = |rule: Option<u16>| rule.and_then(|i| policy.rule_name(i)).map(str::to_string);
-    let info = |i: &ConnInfo| {
-        json!({
-            "proto": crate::wire::protocol_name(i.protocol),
-            "src": SocketAddr::new(i.originator.0, i.originator.1).to_string(),
-            "dst": SocketAddr::new(i.responder.0, i.responder.1).to_string(),
-            "state": i.state.to_string(),
-            "rule": i.rule,
-            "expires_in_s": u64::from(i.expires_at_secs).saturating_sub(c.shared.now().as_secs()),
-        })
-    };
+    let now = c.shared.now().as_secs();
+    let info = |i: &ConnInfo| flow_line(i, now, false);
     // Tracked: the exact tuple when both ports are given, else every
     // connection between the two addresses (either way round).
     let tracked: Vec<Value> = match (sp, dp) {
@@ -803,32 +795,33 @@ fn flows(
     });
     let now = c.shared.now().as_secs();
     for info in &shown {
-        let mut line = json!({
-            "proto": crate::wire::protocol_name(info.protocol),
-            "src": info.originator.0.to_string(),
-            "sport": info.originator.1,
-            "dst": info.responder.0.to_string(),
-            "dport": info.responder.1,
-            "state": info.state.to_string(),
-            "age_s": now.saturating_sub(u64::from(info.opened_at_secs)),
-            "expires_in_s": u64::from(info.expires_at_secs).saturating_sub(now),
-            "rule": info.rule,
-            "packets": info.traffic.packets,
-            "bytes": info.traffic.bytes,
-        });
-        if let (true, Some(w)) = (verbose, info.windows) {
-            line["windows"] = json!(w
-                .iter()
-                .map(|w| json!({"end": w.end, "maxend": w.maxend, "maxwin": w.maxwin, "scale": w.scale}))
-                .collect::<Vec<_>>());
-        }
-        serde_json::to_writer(&mut *out, &line)?;
+        serde_json::to_writer(&mut *out, &flow_line(info, now, verbose))?;
         out.write_all(b"\n")?;
     }
     reply(
         out,
         &json!({"ok": true, "shown": shown.len(), "matched": matched}),
     )
+}
+
+/// One connection as `flows` and `why` show it, at engine second `now`;
+/// `verbose` adds each direction's window.
+fn flow_line(info: &ConnInfo, now: u64, verbose: bool) -> Value {
+    let mut line = events::flow_fields(info.protocol, info.originator, info.responder, info.state);
+    line["age_s"] = json!(now.saturating_sub(u64::from(info.opened_at_secs)));
+    line["expires_in_s"] = json!(u64::from(info.expires_at_secs).saturating_sub(now));
+    line["rule"] = json!(info.rule);
+    line["packets"] = json!(info.traffic.packets);
+    line["bytes"] = json!(info.traffic.bytes);
+    if let (true, Some(w)) = (verbose, info.windows) {
+        line["windows"] = json!(w
+            .iter()
+            .map(
+                |w| json!({"end": w.end, "maxend": w.maxend, "maxwin": w.maxwin, "scale": w.scale})
+            )
+            .collect::<Vec<_>>());
+    }
+    line
 }
 
 /// The client side: sends one request, returns the reply lines.

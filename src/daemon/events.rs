@@ -58,15 +58,8 @@ impl Record {
                 v
             }
             Record::Conn(e) => {
-                let mut v = json!({
-                    "time_ms": e.unix_ms,
-                    "proto": crate::wire::protocol_name(e.protocol),
-                    "src": e.originator.0.to_string(),
-                    "sport": e.originator.1,
-                    "dst": e.responder.0.to_string(),
-                    "dport": e.responder.1,
-                    "state": e.state.to_string(),
-                });
+                let mut v = flow_fields(e.protocol, e.originator, e.responder, e.state);
+                v["time_ms"] = json!(e.unix_ms);
                 match e.change {
                     Change::New => v["event"] = json!("NEW"),
                     Change::Update { before } => {
@@ -88,6 +81,24 @@ impl Record {
 
 /// A subscriber's filter.
 pub type Select = Arc<dyn Fn(&Record) -> bool + Send + Sync>;
+
+/// A connection's protocol, ends and state as every answer shows them
+/// (`flows`, `why`, events).
+pub fn flow_fields(
+    protocol: u8,
+    originator: (IpAddr, u16),
+    responder: (IpAddr, u16),
+    state: ConnState,
+) -> Value {
+    json!({
+        "proto": crate::wire::protocol_name(protocol),
+        "src": originator.0.to_string(),
+        "sport": originator.1,
+        "dst": responder.0.to_string(),
+        "dport": responder.1,
+        "state": state.to_string(),
+    })
+}
 
 /// What a subscriber wants.
 #[derive(Clone, Default)]
