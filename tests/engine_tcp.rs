@@ -374,29 +374,31 @@ fn invalid_flag_combinations_are_dropped_before_lookup() {
 
 // ---- teardown ---------------------------------------------------------------
 
+/// The four-way close the client starts, step by step.
+const FOUR_WAY_FROM_CLIENT: [(Side, u8, &str); 4] = [
+    (
+        Side::Client,
+        FIN | ACK,
+        "ESTABLISHED:ESTABLISHED -> FIN_WAIT_1:CLOSE_WAIT",
+    ),
+    (
+        Side::Server,
+        ACK,
+        "FIN_WAIT_1:CLOSE_WAIT -> FIN_WAIT_2:CLOSE_WAIT",
+    ),
+    (
+        Side::Server,
+        FIN | ACK,
+        "FIN_WAIT_2:CLOSE_WAIT -> TIME_WAIT:LAST_ACK",
+    ),
+    (Side::Client, ACK, "TIME_WAIT:LAST_ACK -> TIME_WAIT:CLOSED"),
+];
+
 #[test]
 fn four_way_close_from_the_client() {
     let mut t = Harness::allow_all();
     let mut f = Flow::established(&mut t);
-    let steps = [
-        (
-            Side::Client,
-            FIN | ACK,
-            "ESTABLISHED:ESTABLISHED -> FIN_WAIT_1:CLOSE_WAIT",
-        ),
-        (
-            Side::Server,
-            ACK,
-            "FIN_WAIT_1:CLOSE_WAIT -> FIN_WAIT_2:CLOSE_WAIT",
-        ),
-        (
-            Side::Server,
-            FIN | ACK,
-            "FIN_WAIT_2:CLOSE_WAIT -> TIME_WAIT:LAST_ACK",
-        ),
-        (Side::Client, ACK, "TIME_WAIT:LAST_ACK -> TIME_WAIT:CLOSED"),
-    ];
-    f.assert_steps(&mut t, &steps);
+    f.assert_steps(&mut t, &FOUR_WAY_FROM_CLIENT);
 }
 
 #[test]
@@ -1026,27 +1028,7 @@ fn a_restored_connection_goes_on_after_a_gap_and_is_judged_strictly_again() {
         assert_eq!(d.reason, Reason::SeqAboveWindow);
         let d = new.tcp(f.s, f.c, ACK, f.s_nxt, f.c_nxt.wrapping_add(1_000_000), b"");
         assert_eq!(d.reason, Reason::AckAboveSent);
-        f.assert_steps(
-            &mut new,
-            &[
-                (
-                    Side::Client,
-                    FIN | ACK,
-                    "ESTABLISHED:ESTABLISHED -> FIN_WAIT_1:CLOSE_WAIT",
-                ),
-                (
-                    Side::Server,
-                    ACK,
-                    "FIN_WAIT_1:CLOSE_WAIT -> FIN_WAIT_2:CLOSE_WAIT",
-                ),
-                (
-                    Side::Server,
-                    FIN | ACK,
-                    "FIN_WAIT_2:CLOSE_WAIT -> TIME_WAIT:LAST_ACK",
-                ),
-                (Side::Client, ACK, "TIME_WAIT:LAST_ACK -> TIME_WAIT:CLOSED"),
-            ],
-        );
+        f.assert_steps(&mut new, &FOUR_WAY_FROM_CLIENT);
     }
 }
 
