@@ -24,11 +24,11 @@
 mod support;
 
 use conntrackd::wire::{build, TcpFlags};
-use support::Rng;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::exit;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::Rng;
 
 const USAGE: &str = "usage: synflood DST_IP:PORT SRC_CIDR RATE COUNT [--seconds S]";
 /// Most packets sent between two looks at the clock.
@@ -106,7 +106,6 @@ fn lab_ranges() -> [Cidr; 2] {
         Cidr::parse("2001:2::/48").expect("constant"),
     ]
 }
-
 
 struct Args {
     dst: SocketAddr,
