@@ -718,6 +718,8 @@ fn stats(c: &Control) -> Value {
         "enobufs": totals.enobufs,
         "recv_errors": totals.recv_errors,
         "verdict_errors": totals.verdict_errors,
+        "verdict_send_failures": totals.verdict_send_failures,
+        "verdict_backlogs_dropped": totals.verdict_backlogs_dropped,
         "engine_panics": totals.engine_panics,
         "log_events_lost": totals.events_lost,
         "stream_events_lost": c.shared.hub.lost(),

@@ -60,10 +60,17 @@ pub enum Event {
         queue: u16,
         errno: i32,
     },
-    /// Sending a verdict failed.
+    /// The kernel refused a verdict.
     VerdictError {
         queue: u16,
         errno: i32,
+    },
+    /// Sending verdicts failed: they are kept and sent again; `collapsed`:
+    /// the backlog had grown past its bound and became one batch drop.
+    VerdictSendFailed {
+        queue: u16,
+        errno: i32,
+        collapsed: bool,
     },
 }
 
@@ -264,9 +271,34 @@ impl Logger {
                     error!(
                         queue,
                         errno,
-                        "queue {queue}: sending a verdict failed: {}",
+                        "queue {queue}: the kernel refused a verdict: {}",
                         errno_text(errno)
                     );
+                }
+            }
+            Event::VerdictSendFailed {
+                queue,
+                errno,
+                collapsed,
+            } => {
+                if self.error_lines.allow(now) {
+                    if collapsed {
+                        error!(
+                            queue,
+                            errno,
+                            "queue {queue}: sending verdicts failed for too long ({}): \
+                             every packet still waiting was dropped in one batch verdict",
+                            errno_text(errno)
+                        );
+                    } else {
+                        warn!(
+                            queue,
+                            errno,
+                            "queue {queue}: sending verdicts failed ({}): they are kept \
+                             and sent again, in order",
+                            errno_text(errno)
+                        );
+                    }
                 }
             }
         }

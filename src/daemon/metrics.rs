@@ -301,6 +301,18 @@ impl Collector for Reading {
         )?;
         counter(
             &mut e,
+            "conntrackd_verdict_send_failures",
+            "Verdict sends that failed; their verdicts were kept and sent again.",
+            t.verdict_send_failures,
+        )?;
+        counter(
+            &mut e,
+            "conntrackd_verdict_backlogs_dropped",
+            "Backlogs of unsendable verdicts replaced by one batch drop of their packets.",
+            t.verdict_backlogs_dropped,
+        )?;
+        counter(
+            &mut e,
             "conntrackd_verdict_messages",
             "Verdict messages sent (a batch verdict answers several packets).",
             t.verdict_messages,

@@ -20,6 +20,7 @@ use crate::time::Timestamp;
 use crate::wire::{Checksums, Framing};
 use crate::Engine;
 use crossbeam_channel::{Sender, TrySendError};
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,6 +38,11 @@ pub struct WorkerStats {
     /// Of those, socket buffer overruns.
     pub enobufs: u64,
     pub verdict_errors: u64,
+    /// Verdict sends that failed: their verdicts were kept and sent again
+    /// (never lost, see `codec::Verdicts`).
+    pub verdict_send_failures: u64,
+    /// Backlogs of unsendable verdicts replaced by one batch drop.
+    pub verdict_backlogs_dropped: u64,
     /// Log events dropped because the logging thread lagged behind.
     pub events_lost: u64,
     /// Packets whose checksum was not computed yet (GSO or offload).
@@ -72,6 +78,8 @@ impl WorkerStats {
         self.recv_errors += o.recv_errors;
         self.enobufs += o.enobufs;
         self.verdict_errors += o.verdict_errors;
+        self.verdict_send_failures += o.verdict_send_failures;
+        self.verdict_backlogs_dropped += o.verdict_backlogs_dropped;
         self.events_lost += o.events_lost;
         self.csum_not_ready += o.csum_not_ready;
         self.truncated_copies += o.truncated_copies;
@@ -262,7 +270,13 @@ impl Worker {
                 Err(e) => match e.kind() {
                     std::io::ErrorKind::WouldBlock
                     | std::io::ErrorKind::TimedOut
-                    | std::io::ErrorKind::Interrupted => {}
+                    | std::io::ErrorKind::Interrupted => {
+                        // Verdicts a failed send left behind go again now,
+                        // not only with the next packet's.
+                        if tx.pending() {
+                            self.flush(&mut tx, &mut stats);
+                        }
+                    }
                     _ => {
                         self.recv_error(&e, &mut stats);
                         consecutive_errors += 1;
@@ -288,6 +302,17 @@ impl Worker {
             }
         }
         self.drain(&mut rx, &mut tx, &mut stats, &mut ifnames);
+        // Verdicts still unsent go before the queue is unbound (which would
+        // otherwise settle their packets the queue's way, not ours).
+        for _ in 0..10 {
+            if !tx.pending() {
+                break;
+            }
+            self.flush(&mut tx, &mut stats);
+            if tx.pending() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         drop((rx, tx));
         if let Err(e) = self.queue.unbind() {
             tracing::debug!(queue = self.queue.num, "unbinding: {e}");
@@ -300,7 +325,7 @@ impl Worker {
     fn drain(
         &self,
         rx: &mut Receiver,
-        tx: &mut Verdicts,
+        tx: &mut Verdicts<BorrowedFd<'_>>,
         stats: &mut WorkerStats,
         ifnames: &mut IfNames,
     ) {
@@ -324,7 +349,7 @@ impl Worker {
     fn process(
         &self,
         rx: &Receiver,
-        tx: &mut Verdicts,
+        tx: &mut Verdicts<BorrowedFd<'_>>,
         stats: &mut WorkerStats,
         ifnames: &mut IfNames,
         now: Timestamp,
@@ -337,12 +362,26 @@ impl Worker {
             }
             Item::Error(errno) => self.verdict_error(errno, stats),
         });
-        let before = tx.messages;
-        if let Err(e) = tx.flush() {
-            self.verdict_error(e.raw_os_error().unwrap_or(0), stats);
-        }
-        stats.verdict_messages += tx.messages - before;
+        self.flush(tx, stats);
         self.replies.send(stats);
+    }
+
+    /// Sends the verdicts decided so far; a failed send is counted and
+    /// logged, and its verdicts stay queued for the next flush.
+    fn flush(&self, tx: &mut Verdicts<BorrowedFd<'_>>, stats: &mut WorkerStats) {
+        let (messages, collapsed) = (tx.messages, tx.collapsed);
+        if let Err(e) = tx.flush() {
+            stats.verdict_send_failures += 1;
+            stats.verdict_errors += 1;
+            let event = Event::VerdictSendFailed {
+                queue: self.queue.num,
+                errno: e.raw_os_error().unwrap_or(0),
+                collapsed: tx.collapsed != collapsed,
+            };
+            self.send(event, stats);
+        }
+        stats.verdict_messages += tx.messages - messages;
+        stats.verdict_backlogs_dropped += tx.collapsed - collapsed;
     }
 
     /// Tells `status` and the watchdog that the loop came round at `now`.

@@ -214,30 +214,72 @@ impl<'fd> Receiver<'fd> {
     }
 }
 
+/// Where verdict messages go: the queue's socket, or a test's model of it.
+pub trait Sink {
+    /// Hands `buf` (whole netlink messages) to the kernel in one `send`.
+    fn send(&mut self, buf: &[u8]) -> io::Result<()>;
+}
+
+impl Sink for BorrowedFd<'_> {
+    #[inline]
+    fn send(&mut self, buf: &[u8]) -> io::Result<()> {
+        send_to_kernel(*self, buf).map(|_| ())
+    }
+}
+
+/// Bytes handed to the kernel per `send` at most: a netlink datagram larger
+/// than the socket's send buffer is refused (EMSGSIZE), so a backlog of
+/// unsent verdicts goes in pieces of whole messages, in order.
+const SEND_CHUNK: usize = 32 * 1024;
+
+/// Unsent verdicts kept for resending at most (about 26,000 messages, several
+/// times a queue's `maxlen`: the kernel holds at most that many packets
+/// waiting for us, and each has one verdict). Past it the backlog is replaced
+/// by one batch drop, see [`Verdicts::flush`].
+const BACKLOG_MAX: usize = 1024 * 1024;
+
 /// Verdicts of one batch, coalesced into runs, sent with one `send`.
-pub struct Verdicts<'fd> {
-    fd: Option<BorrowedFd<'fd>>,
+///
+/// A send that fails is never lost: a batch verdict with id N applies to every
+/// packet still waiting with an id up to N, so a dropped packet whose verdict
+/// was not delivered would be accepted by the next run of accepts. The failed
+/// messages stay in the buffer, ahead of every later verdict, and go again
+/// (in order: netlink applies the messages of a send in order, and a send that
+/// fails applied none of them) at the next [`Verdicts::flush`].
+pub struct Verdicts<S: Sink> {
+    sink: S,
     queue: u16,
+    /// Messages not yet accepted by the kernel: a failed send's, then the new ones.
     buf: Vec<u8>,
     /// The open run: (last id, verdict, mark to set, length).
     run: Option<(u32, Verdict, Option<u32>, u32)>,
+    /// The id of the last verdict written to buf.
+    last_id: u32,
     /// Messages written to buf (for statistics).
     pub messages: u64,
+    /// Sends that failed (their messages were kept and resent).
+    pub failed_sends: u64,
+    /// Backlogs past [`BACKLOG_MAX`] replaced by one batch drop.
+    pub collapsed: u64,
 }
 
-impl<'fd> Verdicts<'fd> {
-    pub fn new(fd: BorrowedFd<'fd>, queue: u16) -> Verdicts<'fd> {
-        Verdicts::unsent(Some(fd), queue)
+impl<'fd> Verdicts<BorrowedFd<'fd>> {
+    pub fn new(fd: BorrowedFd<'fd>, queue: u16) -> Verdicts<BorrowedFd<'fd>> {
+        Verdicts::with_sink(fd, queue)
     }
+}
 
-    /// `fd` None: verdicts are only encoded (tests).
-    fn unsent(fd: Option<BorrowedFd<'fd>>, queue: u16) -> Verdicts<'fd> {
+impl<S: Sink> Verdicts<S> {
+    pub fn with_sink(sink: S, queue: u16) -> Verdicts<S> {
         Verdicts {
-            fd,
+            sink,
             queue,
             buf: Vec::with_capacity(BATCH * 40),
             run: None,
+            last_id: 0,
             messages: 0,
+            failed_sends: 0,
+            collapsed: 0,
         }
     }
 
@@ -292,23 +334,56 @@ impl<'fd> Verdicts<'fd> {
             b.extend_from_slice(&NFQA_MARK.to_ne_bytes());
             b.extend_from_slice(&m.to_be_bytes());
         }
+        self.last_id = id;
         self.messages += 1;
     }
 
-    /// Sends every verdict added since the last flush. Netlink processes the
-    /// messages of one send in order.
+    /// Verdicts are waiting to be sent (a failed send's, to be resent).
+    pub fn pending(&self) -> bool {
+        !self.buf.is_empty() || self.run.is_some()
+    }
+
+    /// Sends every verdict added since the last successful flush, in order.
+    /// On failure the unsent messages are kept, ahead of any later verdict,
+    /// for the next flush to send again; the error says why.
+    ///
+    /// A backlog past [`BACKLOG_MAX`] (the kernel refusing verdicts for a
+    /// long time) is replaced by one batch verdict that drops every packet up
+    /// to its last id: fail closed, in a bounded buffer, and nothing that was
+    /// decided as a drop is ever accepted.
     pub fn flush(&mut self) -> io::Result<()> {
         self.close_run();
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let Some(fd) = self.fd else {
+        if self.buf.len() > BACKLOG_MAX {
             self.buf.clear();
-            return Ok(());
-        };
-        let sent = send_to_kernel(fd, &self.buf);
+            self.collapsed += 1;
+            self.write(NFQNL_MSG_VERDICT_BATCH, self.last_id, Verdict::Drop, None);
+        }
+        let mut sent = 0;
+        while sent < self.buf.len() {
+            let end = self.chunk_end(sent);
+            if let Err(e) = self.sink.send(&self.buf[sent..end]) {
+                self.failed_sends += 1;
+                self.buf.drain(..sent);
+                return Err(e);
+            }
+            sent = end;
+        }
         self.buf.clear();
-        sent.map(|_| ())
+        Ok(())
+    }
+
+    /// The end of the chunk starting at `from`: whole messages, at most
+    /// [`SEND_CHUNK`] bytes (at least one message).
+    fn chunk_end(&self, from: usize) -> usize {
+        let mut end = from;
+        while end < self.buf.len() {
+            let len = align4(u32_ne(&self.buf, end) as usize);
+            if end > from && end + len - from > SEND_CHUNK {
+                break;
+            }
+            end += len;
+        }
+        end
     }
 }
 
@@ -368,7 +443,7 @@ mod tests {
 
     #[test]
     fn coalesces_runs() {
-        let mut v = Verdicts::unsent(None, 5);
+        let mut v = Verdicts::with_sink(Model::default(), 5);
         for id in 1..=3 {
             v.push(id, Verdict::Accept, None);
         }
@@ -391,5 +466,166 @@ mod tests {
         assert_eq!(u32_ne(b, third), 40);
         assert_eq!(u16_ne(b, third + 4), (3 << 8) | NFQNL_MSG_VERDICT_BATCH);
         assert_eq!(u32_be(b, third + 36), 1);
+    }
+
+    /// The kernel's side of a queue, as far as verdicts go: packets waiting
+    /// by id, and what each was given. A send may be made to fail.
+    #[derive(Default)]
+    struct Model {
+        waiting: std::collections::BTreeSet<u32>,
+        given: std::collections::BTreeMap<u32, Verdict>,
+        /// Sends to fail, by their number (0: the first send).
+        fail: std::collections::BTreeSet<u32>,
+        sends: u32,
+    }
+
+    impl Sink for Model {
+        fn send(&mut self, buf: &[u8]) -> io::Result<()> {
+            let n = self.sends;
+            self.sends += 1;
+            if self.fail.contains(&n) {
+                return Err(io::Error::from_raw_os_error(libc::ENOBUFS));
+            }
+            let mut at = 0;
+            while at < buf.len() {
+                let len = u32_ne(buf, at) as usize;
+                let ty = u16_ne(buf, at + 4) & 0xff;
+                let verdict = match u32_be(buf, at + 24) {
+                    NF_ACCEPT => Verdict::Accept,
+                    _ => Verdict::Drop,
+                };
+                let id = u32_be(buf, at + 28);
+                // VERDICT: that packet; VERDICT_BATCH: every waiting one up to id.
+                let covered: Vec<u32> = match ty {
+                    NFQNL_MSG_VERDICT => self.waiting.range(id..=id).copied().collect(),
+                    _ => self.waiting.range(..=id).copied().collect(),
+                };
+                for c in covered {
+                    self.waiting.remove(&c);
+                    self.given.insert(c, verdict);
+                }
+                at += align4(len);
+            }
+            Ok(())
+        }
+    }
+
+    /// Runs batches of decided verdicts through `Verdicts` over a model
+    /// kernel whose sends fail as told, then flushes until a send succeeds;
+    /// returns what the kernel gave each packet.
+    fn deliver(batches: &[Vec<Verdict>], fail: &[u32]) -> (Vec<Verdict>, Model) {
+        let mut model = Model::default();
+        model.fail.extend(fail);
+        let mut tx = Verdicts::with_sink(model, 0);
+        let mut id = 0u32;
+        let mut decided = Vec::new();
+        for batch in batches {
+            for &v in batch {
+                id += 1;
+                tx.sink.waiting.insert(id);
+                decided.push(v);
+                tx.push(id, v, None);
+            }
+            let _ = tx.flush();
+        }
+        for _ in 0..fail.len() + 1 {
+            if tx.flush().is_ok() {
+                break;
+            }
+        }
+        assert!(!tx.pending());
+        (decided, tx.sink)
+    }
+
+    /// The case that motivated resending: accept, drop, accept in a batch
+    /// whose send fails, then a run of accepts sent as one batch verdict.
+    /// Without the resend that batch verdict would accept the dropped packet.
+    #[test]
+    fn a_failed_send_never_lets_a_later_batch_accept_a_drop() {
+        use Verdict::{Accept, Drop};
+        let batches = [vec![Accept, Drop, Accept], vec![Accept, Accept, Accept]];
+        let (decided, model) = deliver(&batches, &[0]);
+        assert!(model.waiting.is_empty());
+        let given: Vec<Verdict> = model.given.values().copied().collect();
+        assert_eq!(given, decided);
+        assert_eq!(model.given[&2], Drop);
+    }
+
+    proptest::proptest! {
+        /// Whatever the verdicts and whichever sends fail, every packet is
+        /// given exactly the verdict decided for it.
+        #[test]
+        fn every_packet_gets_its_own_verdict_whatever_sends_fail(
+            batches in proptest::collection::vec(
+                proptest::collection::vec(proptest::bool::ANY, 1..20), 1..12),
+            fail in proptest::collection::btree_set(0u32..12, 0..6),
+        ) {
+            let batches: Vec<Vec<Verdict>> = batches
+                .iter()
+                .map(|b| b.iter().map(|&a| if a { Verdict::Accept } else { Verdict::Drop }).collect())
+                .collect();
+            let fail: Vec<u32> = fail.into_iter().collect();
+            let (decided, model) = deliver(&batches, &fail);
+            proptest::prop_assert!(model.waiting.is_empty());
+            let given: Vec<Verdict> = model.given.values().copied().collect();
+            proptest::prop_assert_eq!(given, decided);
+        }
+    }
+
+    /// A backlog past its bound (the kernel refusing every verdict for
+    /// long) becomes one batch drop: bounded, and nothing decided as a drop
+    /// is accepted; packets that were to be accepted are dropped instead.
+    #[test]
+    fn an_overgrown_backlog_fails_closed() {
+        let mut model = Model::default();
+        model.fail.extend(0..10_000);
+        let mut tx = Verdicts::with_sink(model, 0);
+        let mut id = 0u32;
+        while tx.collapsed == 0 {
+            for k in 0..BATCH as u32 {
+                id += 1;
+                tx.sink.waiting.insert(id);
+                let v = if k % 7 == 3 {
+                    Verdict::Drop
+                } else {
+                    Verdict::Accept
+                };
+                tx.push(id, v, None);
+            }
+            assert!(tx.flush().is_err());
+            assert!(tx.buf.len() <= BACKLOG_MAX + BATCH * 40);
+        }
+        // One message left: the batch drop up to the last id.
+        assert_eq!(tx.buf.len(), 32);
+        tx.sink.fail.clear();
+        tx.flush().unwrap();
+        assert!(tx.sink.waiting.is_empty());
+        assert_eq!(tx.sink.given.len(), id as usize);
+        assert!(tx.sink.given.values().all(|&v| v == Verdict::Drop));
+    }
+
+    /// A backlog larger than a send's limit goes in whole-message chunks.
+    #[test]
+    fn a_large_backlog_is_sent_in_chunks_of_whole_messages() {
+        let mut model = Model::default();
+        model.fail.insert(0);
+        let mut tx = Verdicts::with_sink(model, 0);
+        for id in 1..=2000u32 {
+            tx.sink.waiting.insert(id);
+            // Alternating: one message per packet.
+            let v = if id % 2 == 0 {
+                Verdict::Drop
+            } else {
+                Verdict::Accept
+            };
+            tx.push(id, v, None);
+        }
+        assert!(tx.flush().is_err());
+        tx.flush().unwrap();
+        assert!(tx.sink.sends > 2, "{} sends", tx.sink.sends);
+        assert!(tx.sink.waiting.is_empty());
+        for (id, v) in &tx.sink.given {
+            assert_eq!(*v == Verdict::Drop, id % 2 == 0);
+        }
     }
 }
