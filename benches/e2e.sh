@@ -123,12 +123,12 @@ mode_up() {
         ip netns exec $G $BIN/examples/nfq_ceiling $FIRST-$LAST & HELPER=$! ;;
     conntrackd)
         ip netns exec $G iptables -A FORWARD -j NFQUEUE --queue-balance $QUEUES
-        ip netns exec $G $BIN/conntrackd --rules "$OUT/rules.toml" --log-level ${CTD_LOG:-warn} & HELPER=$! ;;
+        ip netns exec $G $BIN/conntrackd --rules "$OUT/rules.toml" --state-file "" --log-level ${CTD_LOG:-warn} & HELPER=$! ;;
     conntrackd-1q)
         ip netns exec $G iptables -A FORWARD -j NFQUEUE --queue-num $FIRST
-        ip netns exec $G $BIN/conntrackd --rules "$OUT/rules.toml" --queue $FIRST --log-level ${CTD_LOG:-warn} & HELPER=$! ;;
+        ip netns exec $G $BIN/conntrackd --rules "$OUT/rules.toml" --state-file "" --queue $FIRST --log-level ${CTD_LOG:-warn} & HELPER=$! ;;
     conntrackd-handoff)
-        ip netns exec $G $BIN/conntrackd --rules "$OUT/rules-handoff.toml" --install-iptables --log-level warn & HELPER=$! ;;
+        ip netns exec $G $BIN/conntrackd --rules "$OUT/rules-handoff.toml" --state-file "" --install-iptables --log-level warn & HELPER=$! ;;
     esac
     [ -n "$HELPER" ] && PIDS+=($HELPER)
     sleep 1

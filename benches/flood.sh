@@ -167,7 +167,7 @@ mode_up() {
     conntrackd)
         ip netns exec "$G" iptables -A FORWARD -j NFQUEUE --queue-num 0
         # shellcheck disable=SC2086 # CTD_ARGS: several words on purpose
-        ip netns exec "$G" "$BIN/conntrackd" --rules "$CTD_RULES" --queue 0 --log-level info $CTD_ARGS \
+        ip netns exec "$G" "$BIN/conntrackd" --rules "$CTD_RULES" --state-file "" --queue 0 --log-level info $CTD_ARGS \
           > "$CTD_LOG" 2>&1 & HELPER=$!
         PIDS+=("$HELPER") ;;
     *) echo "flood.sh: unknown mode $1" >&2; exit 2 ;;

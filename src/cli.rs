@@ -29,6 +29,19 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         rules: Option<PathBuf>,
     },
+    /// Remove conntrackd's iptables and ip6tables chain and its jumps (what
+    /// --install-iptables installed). A fail-closed daemon (queue_bypass =
+    /// false) leaves them in place when it stops, so that nothing is
+    /// forwarded unjudged until it is back: this is how to take them out.
+    UninstallIptables {
+        /// Rules file whose [daemon] iptables_chain (and hand-off mark) to
+        /// remove [default: /etc/conntrackd/rules.toml].
+        #[arg(long, value_name = "FILE")]
+        rules: Option<PathBuf>,
+        /// The chain to remove, instead of the rules file's.
+        #[arg(long, value_name = "NAME")]
+        chain: Option<String>,
+    },
     /// Replay captures through the engine and show each packet's verdict and reason.
     Replay(crate::replay::ReplayArgs),
     /// Counters of the running daemon: connections, half-open, evictions, per-reason packets.
@@ -188,7 +201,9 @@ pub fn control(command: Command) -> std::process::ExitCode {
         }
         Command::Flush { client } => (client, json!({"cmd": "flush"})),
         Command::Reload { client } => (client, json!({"cmd": "reload"})),
-        Command::Check { .. } | Command::Replay(_) => unreachable!("not a control command"),
+        Command::Check { .. } | Command::Replay(_) | Command::UninstallIptables { .. } => {
+            unreachable!("not a control command")
+        }
     };
     let socket = client
         .socket

@@ -9,6 +9,9 @@ fn main() -> ExitCode {
         None => conntrackd::daemon::run(cli.daemon),
         Some(Command::Check { rules }) => check(rules.as_deref()),
         Some(Command::Replay(args)) => conntrackd::replay::run(args),
+        Some(Command::UninstallIptables { rules, chain }) => {
+            conntrackd::daemon::uninstall_iptables(rules, chain)
+        }
         Some(control) => conntrackd::cli::control(control),
     }
 }

@@ -585,14 +585,116 @@ fn killed_daemon_fail_closed_blocks_traffic_until_restarted() {
     assert_blocked(&lab.client, v6(8080), "daemon killed, fail-closed, IPv6");
     assert!(!lab::ping(&lab.client, IpAddr::V4(lab::SERVER4), SHORT));
 
-    // A new instance removes the chain the killed one left, and works.
+    // A new instance takes over the chain the killed one left, and works.
     let mut d2 = lab.start_daemon(&args);
     d2.wait_log("left by an earlier run", Duration::from_secs(1));
     assert_session(&lab.client, v4(8080), 10_000, "restarted");
     assert_session(&lab.client, v6(8080), 10_000, "restarted, IPv6");
     assert!(d2.stop().success());
+    // Fail-closed: the chain stays after a stop too, until removed.
+    uninstall_iptables(&lab, &rules);
     assert_eq!(lab.gw.ruleset(false), before4);
     assert_eq!(lab.gw.ruleset(true), before6);
+}
+
+/// `conntrackd uninstall-iptables --rules RULES` in the gateway: it says it
+/// removed the chain.
+fn uninstall_iptables(lab: &Lab, rules: &Path) {
+    let out = lab.gw.output(&[
+        env!("CARGO_BIN_EXE_conntrackd"),
+        "uninstall-iptables",
+        "--rules",
+        rules.to_str().unwrap(),
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("removed chain CONNTRACKD"), "{said}");
+}
+
+/// Fail-closed means closed across a graceful stop too (what `systemctl
+/// restart` does): the chain stays when conntrackd stops, so with no program
+/// bound to the queue (and no --queue-bypass) the kernel drops what it
+/// would queue. A port the policy drops never connects, not during the
+/// restart, not while no daemon runs; what the policy passes waits for the
+/// next start. The next start takes the chain over; `conntrackd
+/// uninstall-iptables` removes it, and the ruleset is as it was.
+#[test]
+#[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
+fn a_fail_closed_stop_forwards_nothing_until_the_next_start() {
+    let Some(lab) = Lab::new("closed_stop") else {
+        return;
+    };
+    preexisting_rules(&lab.gw);
+    let before4 = lab.gw.ruleset(false);
+    let before6 = lab.gw.ruleset(true);
+    let rules = lab.write_rules("rules.toml", DENY_8081);
+    let args = [
+        "--rules",
+        rules.to_str().unwrap(),
+        "--install-iptables",
+        "--fail-closed",
+    ];
+    let mut d = lab.start_daemon(&args);
+    let _e0 = TcpEcho::start(&lab.server, v4(8080));
+    let _e1 = TcpEcho::start(&lab.server, v4(8081));
+    let _e6 = TcpEcho::start(&lab.server, v6(8081));
+    assert_session(&lab.client, v4(8080), 10_000, "with the daemon");
+    assert_blocked(&lab.client, v4(8081), "denied with the daemon");
+
+    // A client keeps trying the denied port through the stop, the gap and
+    // the next start (bounded: 200 tries, each at most 300 ms).
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let prober = scope.spawn(|| {
+            let mut tries = 0;
+            let mut connected = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && tries < 200 {
+                tries += 1;
+                for to in [v4(8081), v6(8081)] {
+                    if lab::connect(&lab.client, to, Duration::from_millis(300)).is_ok() {
+                        connected.push(to);
+                    }
+                }
+            }
+            (tries, connected)
+        });
+        assert!(d.stop().success(), "{}", d.log());
+        d.wait_log(
+            "left iptables chain CONNTRACKD in place",
+            Duration::from_secs(1),
+        );
+        for v6 in [false, true] {
+            assert!(lab.gw.ruleset(v6).contains("-A FORWARD -j CONNTRACKD"));
+        }
+        // Nothing is forwarded while no conntrackd runs.
+        assert_blocked(&lab.client, v4(8080), "stopped, fail-closed");
+        assert!(!lab::ping(&lab.client, IpAddr::V4(lab::SERVER4), SHORT));
+        let mut d2 = lab.start_daemon(&args);
+        d2.wait_log("took over chain CONNTRACKD", Duration::from_secs(1));
+        assert_session(&lab.client, v4(8080), 10_000, "after the next start");
+        assert_blocked(&lab.client, v4(8081), "denied after the next start");
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (tries, connected) = prober.join().unwrap();
+        assert!(tries >= 3, "the prober tried only {tries} times");
+        assert!(
+            connected.is_empty(),
+            "the denied port connected: {connected:?}"
+        );
+        // The hook once, not twice, after the take-over.
+        let now = lab.gw.ruleset(false);
+        assert_eq!(now.matches("-A FORWARD -j CONNTRACKD").count(), 1, "{now}");
+        assert!(d2.stop().success(), "{}", d2.log());
+    });
+    assert_blocked(&lab.client, v4(8080), "stopped again");
+    uninstall_iptables(&lab, &rules);
+    assert_eq!(lab.gw.ruleset(false), before4);
+    assert_eq!(lab.gw.ruleset(true), before6);
+    // Without the chain, the kernel forwards everything again.
+    assert_session(&lab.client, v4(8081), 1000, "after uninstall-iptables");
 }
 
 #[test]
@@ -1060,6 +1162,79 @@ fn connections_survive_a_restart_and_a_crash() {
     for s in [s4, s6, late] {
         lab::close(s).expect("teardown after the restarts");
     }
+    assert!(d3.stop().success(), "{}", d3.log());
+}
+
+/// A crash right after a fresh start keeps its connections: the first
+/// start writes a state file at once (an empty snapshot: "running, not
+/// stopped gracefully"), so a SIGKILL before the first periodic snapshot is
+/// told from a first start, and the connection it missed is picked up.
+/// The exact order: first start, a connection, SIGKILL 1.5 s later (the
+/// first periodic snapshot is 30 s away), restart, data both ways.
+#[test]
+#[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
+fn a_crash_before_the_first_snapshot_keeps_connections() {
+    let Some(lab) = Lab::new("early_crash") else {
+        return;
+    };
+    lab.add_nfqueue_rule("0", true);
+    let (state, rules) = with_state_file(&lab, CLIENT_OUT_RULES, "snapshot_interval = 30\n");
+    let args = ["--rules", rules.to_str().unwrap()];
+    let mut d = lab.start_daemon(&args);
+    d.wait_log("no state file yet", Duration::from_secs(1));
+    d.wait_log("wrote a first snapshot", Duration::from_secs(1));
+    assert!(state.exists());
+    let _e4 = TcpEcho::start(&lab.server, v4(8080));
+    let s4 = lab::connect(&lab.client, v4(8080), Duration::from_secs(3)).expect("v4");
+    lab::exchange(&s4, 100_000, 1).expect("before the crash");
+    std::thread::sleep(Duration::from_millis(1500));
+    d.kill9();
+    let mut d2 = lab.start_daemon(&args);
+    d2.wait_log(
+        "restored 0 connections from a periodic snapshot",
+        Duration::from_secs(1),
+    );
+    d2.wait_log("picked up mid-stream", Duration::from_secs(1));
+    lab::exchange(&s4, 100_000, 2).expect("data both ways after the crash");
+    lab::close(s4).expect("teardown after the crash");
+    assert!(d2.stop().success(), "{}", d2.log());
+    assert_eq!(d2.count_log("no_connection"), 0, "{}", d2.log());
+}
+
+/// Run as root with no state file set, the table survives a restart: the
+/// default /var/lib/conntrackd/table (the lab mounts its own directory over
+/// /var/lib), named in the start-up log; `--state-file ""` turns it off.
+#[test]
+#[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
+fn run_as_root_the_table_survives_a_restart_by_default() {
+    let Some(lab) = Lab::new("default_state") else {
+        return;
+    };
+    lab.add_nfqueue_rule("0", true);
+    let rules = lab.write_rules("rules.toml", CLIENT_OUT_RULES);
+    let args = ["--rules", rules.to_str().unwrap()];
+    let mut d = lab.start_daemon(&args);
+    let line = d.wait_log("the default when run as root", Duration::from_secs(1));
+    assert!(line.contains("/var/lib/conntrackd/table"), "{line}");
+    let table = lab.var_lib().join("conntrackd/table");
+    assert!(table.exists(), "{} missing", table.display());
+    let _e4 = TcpEcho::start(&lab.server, v4(8080));
+    let s4 = lab::connect(&lab.client, v4(8080), Duration::from_secs(3)).expect("v4");
+    lab::exchange(&s4, 10_000, 1).expect("before the restart");
+    assert!(d.stop().success(), "{}", d.log());
+    d.wait_log("saved the table", Duration::from_secs(1));
+    let mut d2 = lab.start_daemon(&args);
+    d2.wait_log("restored 1 connections", Duration::from_secs(1));
+    lab::exchange(&s4, 10_000, 2).expect("after the restart");
+    assert!(d2.stop().success(), "{}", d2.log());
+
+    // Turned off: nothing is restored, the connection is cut.
+    let mut d3 = lab.start_daemon(&["--rules", rules.to_str().unwrap(), "--state-file", ""]);
+    d3.wait_log("no state file (daemon.state_file)", Duration::from_secs(1));
+    assert!(
+        lab::exchange(&s4, 10_000, 3).is_err(),
+        "a connection the table lost passed"
+    );
     assert!(d3.stop().success(), "{}", d3.log());
 }
 

@@ -35,7 +35,7 @@ The rules file when \fB\-\-rules\fR is not given (the package installs it). A fi
 The control socket of \fBstats\fR, \fBflows\fR, \fBkill\fR, \fBflush\fR and \fBreload\fR (\fI$RUNTIME_DIRECTORY/control\fR under systemd).
 .TP
 \fI/var/lib/conntrackd/table\fR
-The tracked connections across restarts, under systemd (\fI$STATE_DIRECTORY/table\fR); by hand, with \fB\-\-state\-file\fR.
+The tracked connections across restarts: under systemd \fI$STATE_DIRECTORY/table\fR, else this file when run as root; \fB\-\-state\-file\fR names another, \fB\-\-state\-file ""\fR none.
 .SH SEE ALSO
 \fBiptables\fR(8), \fBip6tables\fR(8), and /usr/share/doc/conntrackd\-fw/README.md, which explains the rules file, the hooks and the counters.
 "#;
@@ -156,7 +156,8 @@ fn the_pages_document_the_commands_and_their_options() {
         .collect();
     assert!(subcommands.iter().any(|s| s == "check"));
     for sub in &subcommands {
-        assert!(main.contains(&format!("conntrackd\\-{sub}(8)")), "{sub}");
+        let roff = sub.replace('-', "\\-");
+        assert!(main.contains(&format!("conntrackd\\-{roff}(8)")), "{sub}");
         let p = page(&format!("conntrackd-{sub}.8"));
         assert!(p.contains(&format!(".TH conntrackd-{sub} 8")), "{p}");
     }

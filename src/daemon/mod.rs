@@ -23,7 +23,7 @@ pub mod settings;
 mod state;
 pub mod worker;
 
-pub use settings::{resolve_rules, DaemonArgs, LogFormatArg, Settings};
+pub use settings::{resolve_rules, DaemonArgs, LogFormatArg, Settings, StateFileOrigin};
 
 use crate::config::Config;
 use crate::engine::Layout;
@@ -93,6 +93,47 @@ pub fn run(args: DaemonArgs) -> ExitCode {
         }
         Err(e) => {
             error!("cannot start: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `conntrackd uninstall-iptables`: removes the chain the rules file's
+/// `[daemon]` names (or `chain`), with its jumps and hand-off's mangle rules.
+pub fn uninstall_iptables(rules: Option<PathBuf>, chain: Option<String>) -> ExitCode {
+    // The chain and mark from the rules file, when it can be read: a broken
+    // file must not keep a firewall's hook in place, so fall back to the
+    // defaults (or --chain) with a warning.
+    let defaults = crate::config::DaemonSettings::default();
+    let daemon = match resolve_rules(rules).map(|p| (Config::load(&p), p)) {
+        Ok((Ok(config), _)) => config.daemon,
+        Ok((Err(e), path)) => {
+            eprintln!(
+                "conntrackd: warning: {} not read ({}); using the default chain name",
+                path.display(),
+                e.lines().first().map_or("", String::as_str)
+            );
+            defaults
+        }
+        Err(e) => {
+            eprintln!("conntrackd: warning: {e:#}; using the default chain name");
+            defaults
+        }
+    };
+    let chain = chain.unwrap_or(daemon.iptables_chain);
+    let mark = daemon.handoff.then_some(daemon.handoff_mark);
+    match iptables::uninstall(&chain, mark) {
+        Ok(found) if found.is_empty() => {
+            println!("no chain {chain}: nothing to remove");
+            ExitCode::SUCCESS
+        }
+        Ok(found) => {
+            let names: Vec<&str> = found.iter().map(|f| f.command()).collect();
+            println!("removed chain {chain} and its jumps ({})", names.join(", "));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("conntrackd: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -199,7 +240,18 @@ impl Daemon {
         engine.table().set_observer(shared.hub.clone());
         // The table before the queues: no packet waits while it loads.
         match &settings.state_file {
-            Some(path) => state::load(path, &engine, shared.now(), settings.crash_pickup),
+            Some(path) => {
+                match settings.state_file_origin {
+                    StateFileOrigin::Default => info!(
+                        state_file = %path.display(),
+                        "state file {} (the default when run as root: tracked connections \
+                         survive a restart; daemon.state_file = \"\" turns it off)",
+                        path.display()
+                    ),
+                    _ => info!(state_file = %path.display(), "state file {}", path.display()),
+                }
+                state::load(path, &engine, shared.now(), settings.crash_pickup)
+            }
             None => info!(
                 "no state file (daemon.state_file): tracked connections do not survive a restart"
             ),
@@ -318,16 +370,28 @@ impl Daemon {
             }
         }
         drop(self.metrics.take());
-        // 1. No new packets are queued to us...
+        // 1. No new packets are queued to us (fail-closed: none are
+        // forwarded either: the chain stays, and with no program bound and no
+        // --queue-bypass the kernel drops what it queues)...
         if let Some(installed) = self.installed.take() {
-            match installed.remove() {
-                Ok(()) => info!(
+            if !self.settings.queue_bypass {
+                installed.keep();
+                info!(
                     chain = self.settings.iptables_chain.as_str(),
-                    "removed iptables chain {}", self.settings.iptables_chain
-                ),
-                Err(e) => {
-                    error!("{e:#}");
-                    ok = false;
+                    "fail-closed: left iptables chain {} in place, so nothing is forwarded \
+                     until conntrackd is back (`conntrackd uninstall-iptables` removes it)",
+                    self.settings.iptables_chain
+                );
+            } else {
+                match installed.remove() {
+                    Ok(()) => info!(
+                        chain = self.settings.iptables_chain.as_str(),
+                        "removed iptables chain {}", self.settings.iptables_chain
+                    ),
+                    Err(e) => {
+                        error!("{e:#}");
+                        ok = false;
+                    }
                 }
             }
         }

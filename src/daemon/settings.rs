@@ -58,9 +58,10 @@ pub struct DaemonArgs {
     /// e.g. 127.0.0.1:9680 ("" for none) [daemon.metrics_listen].
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<MetricsListen>,
-    /// Where the table is kept across restarts [daemon.state_file; default
-    /// $STATE_DIRECTORY/table under systemd, else none].
-    #[arg(long, value_name = "FILE")]
+    /// Where the table is kept across restarts ("" for nowhere)
+    /// [daemon.state_file; default $STATE_DIRECTORY/table under systemd,
+    /// else /var/lib/conntrackd/table when run as root].
+    #[arg(long, value_name = "FILE", value_parser = path_or_none)]
     pub state_file: Option<PathBuf>,
     /// Log format [daemon.log_format].
     #[arg(long, value_enum, value_name = "FORMAT")]
@@ -98,6 +99,8 @@ pub struct Settings {
     pub stats_interval: Duration,
     /// None: the table is not saved.
     pub state_file: Option<PathBuf>,
+    /// Where `state_file` came from (for the start-up log).
+    pub state_file_origin: StateFileOrigin,
     /// Zero: only at a graceful stop.
     pub snapshot_interval: Duration,
     /// Mid-stream pickup after a start from a periodic snapshot (zero: none).
@@ -128,6 +131,13 @@ impl Settings {
         } else {
             file.queue_bypass
         };
+        let (state_file, state_file_origin) = state_file(
+            file,
+            args,
+            std::env::var_os("STATE_DIRECTORY"),
+            // SAFETY: geteuid(2) takes nothing and cannot fail.
+            unsafe { libc::geteuid() } == 0,
+        );
         let s = Settings {
             queues,
             queue_bypass,
@@ -152,17 +162,8 @@ impl Settings {
                 .unwrap_or_else(|| file.log_level.clone()),
             iptables_chain: file.iptables_chain.clone(),
             stats_interval: Duration::from_secs(file.stats_interval),
-            state_file: args
-                .state_file
-                .clone()
-                .or_else(|| file.state_file.clone())
-                .or_else(|| {
-                    // systemd's StateDirectory=; the first, if it names several.
-                    std::env::var("STATE_DIRECTORY")
-                        .ok()
-                        .and_then(|d| d.split(':').next().map(|d| PathBuf::from(d).join("table")))
-                })
-                .filter(|p| !p.as_os_str().is_empty()),
+            state_file: state_file.clone().filter(|p| !p.as_os_str().is_empty()),
+            state_file_origin,
             snapshot_interval: Duration::from_secs(file.snapshot_interval),
             crash_pickup: Duration::from_secs(file.crash_pickup),
             control_socket: {
@@ -195,6 +196,46 @@ impl Settings {
             bail!("daemon.queue_maxlen must be at least 1");
         }
         Ok(s)
+    }
+}
+
+/// Where the state file setting came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateFileOrigin {
+    /// `--state-file` or `daemon.state_file` (`""`: none).
+    Set,
+    /// `table` in systemd's `StateDirectory=`.
+    Systemd,
+    /// [`DEFAULT_STATE_FILE`], run as root outside systemd.
+    Default,
+    /// Not root, not under systemd, none set: no state file.
+    None,
+}
+
+/// The state file of a daemon started by hand as root: a restart keeps the
+/// connections unless told otherwise (`state_file = ""`).
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/conntrackd/table";
+
+/// The state file: the command line's, the rules file's, systemd's
+/// `StateDirectory=` (the first, if it names several), or, as root,
+/// [`DEFAULT_STATE_FILE`]. An empty path means none.
+fn state_file(
+    file: &DaemonSettings,
+    args: &DaemonArgs,
+    state_directory: Option<std::ffi::OsString>,
+    root: bool,
+) -> (Option<PathBuf>, StateFileOrigin) {
+    if let Some(p) = args.state_file.clone().or_else(|| file.state_file.clone()) {
+        return (Some(p), StateFileOrigin::Set);
+    }
+    let systemd = state_directory.and_then(|d| {
+        let d = d.to_string_lossy().split(':').next()?.to_string();
+        (!d.is_empty()).then(|| PathBuf::from(d).join("table"))
+    });
+    match systemd {
+        Some(p) => (Some(p), StateFileOrigin::Systemd),
+        None if root => (Some(DEFAULT_STATE_FILE.into()), StateFileOrigin::Default),
+        None => (None, StateFileOrigin::None),
     }
 }
 
@@ -301,6 +342,50 @@ mod tests {
         for flag in ["--handoff", "--bypass"] {
             let s = Settings::merge(&file, &args(&[flag])).unwrap();
             assert_eq!(s.handoff, Some(file.handoff_mark), "{flag}");
+        }
+    }
+
+    #[test]
+    fn the_state_file_is_kept_by_default_and_turned_off_by_an_empty_path() {
+        let file = DaemonSettings::default();
+        let none = args(&[]);
+        let table = |d: &str| Some(PathBuf::from(d).join("table"));
+        // Root outside systemd: the default; not root: none.
+        assert_eq!(
+            state_file(&file, &none, None, true),
+            (Some(DEFAULT_STATE_FILE.into()), StateFileOrigin::Default)
+        );
+        assert_eq!(
+            state_file(&file, &none, None, false),
+            (None, StateFileOrigin::None)
+        );
+        // systemd's StateDirectory= (the first of several), root or not.
+        for root in [true, false] {
+            let (p, origin) = state_file(&file, &none, Some("/var/lib/a:/b".into()), root);
+            assert_eq!((p, origin), (table("/var/lib/a"), StateFileOrigin::Systemd));
+        }
+        // Set in the file or on the command line (which wins); "" is none.
+        let set = DaemonSettings {
+            state_file: Some("/srv/t".into()),
+            ..DaemonSettings::default()
+        };
+        let (p, origin) = state_file(&set, &none, Some("/x".into()), true);
+        assert_eq!(
+            (p.unwrap(), origin),
+            ("/srv/t".into(), StateFileOrigin::Set)
+        );
+        let (p, _) = state_file(&set, &args(&["--state-file", "/cli"]), None, true);
+        assert_eq!(p.unwrap(), PathBuf::from("/cli"));
+        let off = DaemonSettings {
+            state_file: Some("".into()),
+            ..DaemonSettings::default()
+        };
+        for (f, a) in [(&off, &none), (&file, &args(&["--state-file", ""]))] {
+            let s = Settings::merge(f, a).unwrap();
+            assert_eq!(
+                (s.state_file, s.state_file_origin),
+                (None, StateFileOrigin::Set)
+            );
         }
     }
 

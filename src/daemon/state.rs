@@ -13,35 +13,72 @@ use tracing::{info, warn};
 
 /// Loads `path` into the engine. A missing file is a first start; a file
 /// that does not check out is named in one warning and ignored (the table
-/// starts empty): never a reason not to start.
+/// starts empty, the file is kept beside as `FILE.bad`): never a reason not
+/// to start.
 /// After a start from a periodic snapshot, TCP connections it missed are
 /// picked up mid-stream for `crash_pickup`.
+///
+/// Whatever was found, the file then says "running, not stopped gracefully"
+/// (a loaded complete table is marked so; otherwise the table as it starts
+/// is written as a snapshot): a crash before the first periodic snapshot is
+/// told from a first start, and opens the pickup window too.
 pub fn load(
     path: &Path,
     engine: &Engine,
     now: crate::time::Timestamp,
     crash_pickup: std::time::Duration,
 ) {
+    match read(path, engine, now, crash_pickup) {
+        Loaded::Graceful => {
+            // No longer a complete table (see state::not_graceful_flags).
+            if let Err(e) = mark_not_graceful(path) {
+                warn!(state_file = %path.display(), "cannot mark the state file as loaded: {e}");
+            }
+        }
+        Loaded::Snapshot => {}
+        Loaded::Nothing => match save(path, engine, now, false) {
+            Ok(_) => info!(
+                state_file = %path.display(),
+                "wrote a first snapshot: a crash before the next one is told from a first start"
+            ),
+            Err(e) => warn!(
+                state_file = %path.display(),
+                "{e:#}: a crash before the first periodic snapshot will look like a first start"
+            ),
+        },
+    }
+}
+
+/// What [`read`] found.
+enum Loaded {
+    /// A complete table, saved at a graceful stop.
+    Graceful,
+    /// A periodic snapshot (or the first one a start writes).
+    Snapshot,
+    /// No file, or none that could be used.
+    Nothing,
+}
+
+fn read(
+    path: &Path,
+    engine: &Engine,
+    now: crate::time::Timestamp,
+    crash_pickup: std::time::Duration,
+) -> Loaded {
     let started = Instant::now();
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             info!(state_file = %path.display(), "no state file yet: starting with an empty table");
-            return;
+            return Loaded::Nothing;
         }
         Err(e) => {
             warn!(state_file = %path.display(), "cannot read the state file ({e}): starting with an empty table");
-            return;
+            return Loaded::Nothing;
         }
     };
     match engine.restore_state(&bytes, now, unix_now()) {
         Ok(r) => {
-            if r.graceful {
-                // Loaded: no longer a complete table (see state::not_graceful_flags).
-                if let Err(e) = mark_not_graceful(path) {
-                    warn!(state_file = %path.display(), "cannot mark the state file as loaded: {e}");
-                }
-            }
             if !r.graceful && !crash_pickup.is_zero() {
                 engine.allow_pickup_until(crate::time::Timestamp::from_secs(
                     now.as_secs() + crash_pickup.as_secs(),
@@ -69,12 +106,29 @@ pub fn load(
                 " from a periodic snapshot (the last stop was not graceful: connections \
                  opened after that snapshot are unknown)"
                 }
-            )
+            );
+            if r.graceful {
+                Loaded::Graceful
+            } else {
+                Loaded::Snapshot
+            }
         }
-        Err(e) => warn!(
-            state_file = %path.display(),
-            "state file not used ({e}): starting with an empty table"
-        ),
+        Err(e) => {
+            // Kept for a look, out of the way of the snapshots.
+            let mut bad = path.as_os_str().to_owned();
+            bad.push(".bad");
+            let kept = std::fs::rename(path, &bad).is_ok();
+            warn!(
+                state_file = %path.display(),
+                "state file not used ({e}): starting with an empty table{}",
+                if kept {
+                    format!(" (the file is kept as {})", Path::new(&bad).display())
+                } else {
+                    String::new()
+                }
+            );
+            Loaded::Nothing
+        }
     }
 }
 

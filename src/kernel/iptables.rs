@@ -33,6 +33,11 @@ pub enum Family {
 }
 
 impl Family {
+    /// The family's iptables command: `iptables` or `ip6tables`.
+    pub fn command(self) -> &'static str {
+        self.iptables()
+    }
+
     fn iptables(self) -> &'static str {
         match self {
             Family::V4 => "iptables",
@@ -220,6 +225,14 @@ impl Spec {
 
     /// The `iptables-restore --noflush` input that installs everything.
     pub fn install_script(&self) -> String {
+        self.install_script_keeping(&[])
+    }
+
+    /// The same, for a chain that exists with jumps from `kept` already:
+    /// the chain's declaration replaces its rules (`--noflush` flushes a
+    /// declared chain, in the same transaction), and only missing jumps are
+    /// inserted.
+    pub fn install_script_keeping(&self, kept: &[String]) -> String {
         let mut s = format!("*filter\n:{c} - [0:0]\n", c = self.chain);
         if let Some(m) = self.handoff_mark {
             s.push_str(&format!(
@@ -233,7 +246,7 @@ impl Spec {
             c = self.chain,
             t = self.target()
         ));
-        for h in &self.hooks {
+        for h in self.hooks.iter().filter(|h| !kept.contains(h)) {
             s.push_str(&format!("-I {h} 1 -j {}\n", self.chain));
         }
         s.push_str("COMMIT\n");
@@ -399,6 +412,71 @@ fn remove_stale(family: Family, chain: &str, handoff_mark: Option<u32>) -> anyho
     Ok(true)
 }
 
+/// Prepares to take over a chain named as `spec`'s left by an earlier run:
+/// removes its jumps from built-in chains `spec` does not hook and its
+/// hand-off mangle rules (inserted again by the install script). Returns the
+/// hooks that jump to it already, or None when there is no such chain.
+fn take_over(family: Family, spec: &Spec) -> anyhow::Result<Option<Vec<String>>> {
+    let chain = spec.chain.as_str();
+    if !iptables(family, &["-S", chain])? {
+        // No chain; hand-off's mangle rules may still be there.
+        remove_stale(family, chain, spec.handoff_mark)?;
+        return Ok(None);
+    }
+    let mut kept = Vec::new();
+    for hook in ["FORWARD", "INPUT", "OUTPUT"] {
+        let wanted = spec.hooks.iter().any(|h| h.eq_ignore_ascii_case(hook));
+        if wanted && iptables(family, &["-C", hook, "-j", chain])? {
+            kept.push(hook.to_string());
+            continue;
+        }
+        for _ in 0..64 {
+            if !iptables(family, &["-D", hook, "-j", chain])? {
+                break;
+            }
+        }
+    }
+    if let Some(m) = spec.handoff_mark {
+        for rule in Spec::handoff_mangle_rules(m) {
+            let args: Vec<&str> = ["-D", "POSTROUTING"]
+                .into_iter()
+                .chain(rule.split(' '))
+                .collect();
+            for _ in 0..64 {
+                if !iptables_t(family, "mangle", &args)? {
+                    break;
+                }
+            }
+        }
+    }
+    // The spec's hooks as written (the script names them so).
+    Ok(Some(
+        spec.hooks
+            .iter()
+            .filter(|h| kept.iter().any(|k| k.eq_ignore_ascii_case(h)))
+            .cloned()
+            .collect(),
+    ))
+}
+
+/// `conntrackd uninstall-iptables`: removes chain `chain` (and hand-off's
+/// mangle rules for `handoff_mark`) for IPv4 and IPv6; the families it was
+/// found in.
+pub fn uninstall(chain: &str, handoff_mark: Option<u32>) -> anyhow::Result<Vec<Family>> {
+    let mut found = Vec::new();
+    let families: &[Family] = if ipv6_enabled() {
+        &[Family::V4, Family::V6]
+    } else {
+        &[Family::V4]
+    };
+    for &family in families {
+        if remove_stale(family, chain, handoff_mark)? {
+            found.push(family);
+        }
+    }
+    Ok(found)
+}
+
 /// The installed rules; [`Installed::remove`] (or drop) takes them out again.
 #[derive(Debug)]
 pub struct Installed {
@@ -428,12 +506,23 @@ impl Installed {
             &[Family::V4]
         };
         for &family in families {
-            if remove_stale(family, &installed.spec.chain, installed.spec.handoff_mark)? {
+            // A chain left by an earlier run (a fail-closed stop leaves it on
+            // purpose; a crash by accident) is taken over, not removed and
+            // added again: its rules are replaced in one transaction and its
+            // jumps stay, so traffic is never forwarded unqueued meanwhile.
+            let kept_hooks = take_over(family, &installed.spec)?;
+            if let Some(kept) = &kept_hooks {
                 tracing::warn!(
                     chain = installed.spec.chain.as_str(),
-                    "{}: removed chain {} left by an earlier run that did not exit cleanly",
+                    "{}: took over chain {} left by an earlier run (a fail-closed stop, or \
+                     one that did not exit cleanly); jumps kept from {}",
                     family.iptables(),
-                    installed.spec.chain
+                    installed.spec.chain,
+                    if kept.is_empty() {
+                        "none".to_string()
+                    } else {
+                        kept.join(",")
+                    }
                 );
             }
             let mut tables = vec!["filter"];
@@ -446,7 +535,8 @@ impl Installed {
                 }
             }
             // On error, `installed` is dropped and removes what was installed so far.
-            restore(family, &installed.spec.install_script())?;
+            let kept = kept_hooks.unwrap_or_default();
+            restore(family, &installed.spec.install_script_keeping(&kept))?;
             installed.families.push(family);
         }
         Ok(installed)
@@ -455,6 +545,14 @@ impl Installed {
     /// Removes the rules; errors are reported for every family tried.
     pub fn remove(mut self) -> anyhow::Result<()> {
         self.remove_all()
+    }
+
+    /// Leaves the rules in place (a fail-closed stop: with no program bound
+    /// to the queue and no `--queue-bypass`, the kernel drops what the chain
+    /// queues). The next start takes them over; `conntrackd
+    /// uninstall-iptables` removes them.
+    pub fn keep(mut self) {
+        self.families.clear();
     }
 
     fn remove_all(&mut self) -> anyhow::Result<()> {

@@ -18,10 +18,18 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `conntrackd ARGS` in `ns` without waiting for it.
-    pub fn spawn(ns: &Ns, args: &[&str]) -> Daemon {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_conntrackd")])
+    /// Starts `conntrackd ARGS` in `ns` without waiting for it, with
+    /// `var_lib` mounted over /var/lib in a mount namespace of its own (so
+    /// the default state file, /var/lib/conntrackd/table, is the test's and
+    /// never the machine's).
+    pub fn spawn(ns: &Ns, args: &[&str], var_lib: &std::path::Path) -> Daemon {
+        std::fs::create_dir_all(var_lib).expect("creating the daemon's /var/lib");
+        // unshare, sh and ip each exec the next: the pid is conntrackd's.
+        let mut child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(r#"mount --bind "$0" /var/lib && exec ip netns exec "$@""#)
+            .arg(var_lib)
+            .args([&ns.name, env!("CARGO_BIN_EXE_conntrackd")])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -282,6 +282,12 @@ impl Lab {
         self.dir.path().join("control")
     }
 
+    /// What the lab's daemons see as /var/lib (the default state file is
+    /// `conntrackd/table` in it).
+    pub fn var_lib(&self) -> PathBuf {
+        self.dir.path().join("var-lib")
+    }
+
     /// Starts `conntrackd ARGS` in the gateway namespace and waits until it
     /// says it started.
     pub fn start_daemon(&self, args: &[&str]) -> Daemon {
@@ -291,7 +297,7 @@ impl Lab {
         if !args.contains(&"--control-socket") {
             args.extend(["--control-socket", control.to_str().expect("a UTF-8 path")]);
         }
-        let d = Daemon::spawn(&self.gw, &args);
+        let d = Daemon::spawn(&self.gw, &args, &self.var_lib());
         // Generous: under a loaded machine iptables alone can take seconds.
         d.wait_log("conntrackd started", Duration::from_secs(20));
         d
