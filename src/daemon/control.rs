@@ -128,11 +128,12 @@ impl Selector {
         match r {
             Record::Drop(d) => {
                 let end = |a: Option<IpAddr>, p: Option<u16>| a.map(|a| (a, p.unwrap_or(0)));
-                let ports = d.ports.unzip();
+                let h = d.headers();
+                let ports = h.ports.unzip();
                 self.matches_parts(
-                    d.protocol,
-                    end(d.src, ports.0),
-                    end(d.dst, ports.1),
+                    h.protocol,
+                    end(h.src, ports.0),
+                    end(h.dst, ports.1),
                     d.state,
                 )
             }
@@ -564,6 +565,7 @@ fn why(
     };
     let port_ok = |p: Option<u16>, q: Option<u16>| p.map_or(true, |p| q == Some(p));
     let between = |d: &super::drops::DropRecord| {
+        let d = d.headers();
         let (ps, pd) = d.ports.unzip();
         let forward = d.src == Some(sa) && d.dst == Some(da) && port_ok(sp, ps) && port_ok(dp, pd);
         let back = d.src == Some(da) && d.dst == Some(sa) && port_ok(dp, ps) && port_ok(sp, pd);
@@ -677,7 +679,8 @@ fn stats(c: &Control) -> Value {
         .stats
         .iter()
         .zip(&c.shared.heartbeats)
-        .map(|(slot, (queue, _))| {
+        .map(|(slot, beat)| {
+            let queue = beat.0;
             let s = slot.lock().unwrap_or_else(|e| e.into_inner());
             json!({
                 "queue": queue,

@@ -2,22 +2,33 @@
 //! dropped, with their reasons and times, for `conntrackd why` and
 //! `conntrackd drops`.
 //!
-//! A worker writes only its own ring, under a mutex nobody else holds
-//! except a control client copying it out; if that client holds it at that
-//! moment, the worker does not wait: the record is counted as unrecorded.
-//! Rings are allocated once at start and never grow.
+//! A worker writes only its own ring, once per batch of packets, under a
+//! mutex nobody else holds except a control client copying it out; if that
+//! client holds it at that moment, the worker does not wait: the records are
+//! counted as unrecorded. Each ring sits on cache lines of its own (workers
+//! never contend for a line). Rings are allocated once at start and never
+//! grow.
+//!
+//! Drops are the hot path under attack, so recording one costs a copy of the
+//! packet's first bytes and no parsing: the headers are read (leniently: a
+//! malformed packet still shows who sent it) when a record is read.
 
 use crate::conntrack::ConnState;
 use crate::reason::Reason;
-use crate::wire::{lax, TcpFlags};
+use crate::wire::lax;
+use crossbeam_utils::CachePadded;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Drops each worker remembers.
 pub const PER_WORKER: usize = 1024;
+
+/// Bytes of a dropped packet kept: an IPv4 header with the most options
+/// (60) and a TCP header's ports and flags, or an IPv6 header (40) with up
+/// to 48 bytes of extension headers before them.
+pub const HEAD: usize = 96;
 
 /// One dropped packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,19 +39,17 @@ pub struct DropRecord {
     pub reason: Reason,
     /// The state of its connection when it came (`NONE`: untracked).
     pub state: ConnState,
-    /// What its headers say, as far as they could be read.
-    pub protocol: Option<u8>,
-    pub src: Option<IpAddr>,
-    pub dst: Option<IpAddr>,
-    pub ports: Option<(u16, u16)>,
-    pub flags: Option<TcpFlags>,
     /// Bytes on the wire.
     pub len: u32,
+    /// The packet's first bytes (from the IP header on), read by [`Self::headers`].
+    head: [u8; HEAD],
+    head_len: u8,
 }
 
 impl DropRecord {
-    /// A record of `bytes` (from the IP header on), read leniently: a
-    /// malformed packet still shows who sent it.
+    /// A record of `bytes` (from the IP header on): its first [`HEAD`]
+    /// bytes, parsed only when read.
+    #[inline]
     pub fn new(
         unix_ms: u64,
         queue: u16,
@@ -49,33 +58,39 @@ impl DropRecord {
         bytes: &[u8],
         len: u32,
     ) -> DropRecord {
-        let h = lax::headers(bytes);
+        let n = bytes.len().min(HEAD);
+        let mut head = [0; HEAD];
+        head[..n].copy_from_slice(&bytes[..n]);
         DropRecord {
             unix_ms,
             queue,
             reason,
             state,
-            protocol: h.protocol,
-            src: h.src,
-            dst: h.dst,
-            ports: h.ports,
-            flags: h.tcp.map(|t| t.flags),
             len,
+            head,
+            head_len: n as u8,
         }
     }
 
+    /// What its headers say, as far as they can be read (leniently: a
+    /// malformed packet still shows who sent it).
+    pub fn headers(&self) -> lax::Headers {
+        lax::headers(&self.head[..usize::from(self.head_len)])
+    }
+
     pub fn to_json(&self) -> Value {
+        let h = self.headers();
         json!({
             "time_ms": self.unix_ms,
             "queue": self.queue,
             "reason": self.reason.name(),
             "state": self.state.to_string(),
-            "proto": self.protocol.map(|p| crate::wire::protocol_name(p).into_owned()),
-            "src": self.src.map(|a| a.to_string()),
-            "sport": self.ports.map(|p| p.0),
-            "dst": self.dst.map(|a| a.to_string()),
-            "dport": self.ports.map(|p| p.1),
-            "flags": self.flags.map(|f| f.to_string()),
+            "proto": h.protocol.map(|p| crate::wire::protocol_name(p).into_owned()),
+            "src": h.src.map(|a| a.to_string()),
+            "sport": h.ports.map(|p| p.0),
+            "dst": h.dst.map(|a| a.to_string()),
+            "dport": h.ports.map(|p| p.1),
+            "flags": h.tcp.map(|t| t.flags.to_string()),
             "len": self.len,
         })
     }
@@ -84,7 +99,7 @@ impl DropRecord {
 /// Every worker's ring.
 #[derive(Debug)]
 pub struct Drops {
-    rings: Vec<Mutex<RingSlot>>,
+    rings: Vec<CachePadded<Mutex<RingSlot>>>,
     /// Records lost because a reader held the ring at that moment.
     unrecorded: AtomicU64,
 }
@@ -102,7 +117,9 @@ impl Drops {
     pub fn new(workers: usize) -> Drops {
         Drops {
             rings: (0..workers.max(1))
-                .map(|_| Mutex::new(RingSlot(VecDeque::with_capacity(PER_WORKER))))
+                .map(|_| {
+                    CachePadded::new(Mutex::new(RingSlot(VecDeque::with_capacity(PER_WORKER))))
+                })
                 .collect(),
             unrecorded: AtomicU64::new(0),
         }
@@ -110,21 +127,33 @@ impl Drops {
 
     /// Remembers a drop in `worker`'s ring, forgetting its oldest when full.
     /// Never waits.
-    #[inline]
     pub fn record(&self, worker: usize, record: DropRecord) {
+        self.record_all(worker, std::slice::from_ref(&record));
+    }
+
+    /// Remembers a batch's drops in `worker`'s ring (one lock for all),
+    /// forgetting the oldest when full. Never waits.
+    #[inline]
+    pub fn record_all(&self, worker: usize, records: &[DropRecord]) {
+        if records.is_empty() {
+            return;
+        }
         let Some(ring) = self.rings.get(worker) else {
             return;
         };
         match ring.try_lock() {
             Ok(mut slot) => {
-                let records = &mut slot.0;
-                if records.len() == PER_WORKER {
-                    records.pop_front();
+                let ring = &mut slot.0;
+                for &record in records {
+                    if ring.len() == PER_WORKER {
+                        ring.pop_front();
+                    }
+                    ring.push_back(record);
                 }
-                records.push_back(record);
             }
             Err(_) => {
-                self.unrecorded.fetch_add(1, Ordering::Relaxed);
+                self.unrecorded
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
             }
         }
     }
@@ -153,7 +182,7 @@ impl Drops {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::build;
+    use crate::wire::{build, TcpFlags};
 
     fn record(ms: u64, port: u16) -> DropRecord {
         let src = std::net::SocketAddr::new([198, 18, 0, 2].into(), port);
@@ -180,7 +209,7 @@ mod tests {
         assert_eq!(all.len(), PER_WORKER + 10);
         assert_eq!(all.first().unwrap().unix_ms, 0);
         assert_eq!(all.last().unwrap().unix_ms, PER_WORKER as u64 + 9);
-        let last = drops.recent(3, |r| r.ports.is_some_and(|p| p.0 % 2 == 0));
+        let last = drops.recent(3, |r| r.headers().ports.is_some_and(|p| p.0 % 2 == 0));
         assert_eq!(
             last.iter().map(|r| r.unix_ms).collect::<Vec<_>>(),
             vec![
@@ -189,11 +218,48 @@ mod tests {
                 PER_WORKER as u64 + 8
             ]
         );
-        let r = all[0];
+        let r = all[0].headers();
         assert_eq!(r.protocol, Some(6));
         assert_eq!(r.src, Some([198, 18, 0, 2].into()));
         assert_eq!(r.ports, Some((1000, 80)));
-        assert_eq!(r.to_json()["reason"], "invalid_flags");
+        assert_eq!(all[0].to_json()["reason"], "invalid_flags");
+        assert_eq!(all[0].to_json()["flags"], "SF");
+    }
+
+    /// The headers of the largest IPv4 header and of IPv6 with an extension
+    /// header are within the bytes kept; a record of a longer packet keeps
+    /// only [`HEAD`] bytes.
+    #[test]
+    fn the_kept_bytes_hold_the_headers() {
+        let src6: std::net::SocketAddr = "[2001:db8:1::2]:40000".parse().unwrap();
+        let dst6: std::net::SocketAddr = "[2001:db8:2::2]:443".parse().unwrap();
+        let mut pkt = build::tcp(src6, dst6)
+            .flags(TcpFlags::ACK)
+            .payload(&[7; 1000])
+            .build();
+        // A hop-by-hop header (8 bytes of padding) before TCP.
+        let tcp = pkt.split_off(40);
+        pkt[6] = 0;
+        pkt.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]);
+        pkt.extend_from_slice(&tcp);
+        let r = DropRecord::new(1, 0, Reason::NoConnection, ConnState::None, &pkt, 1048);
+        let h = r.headers();
+        assert_eq!(h.protocol, Some(6));
+        assert_eq!(h.ports, Some((40000, 443)));
+        assert_eq!(h.tcp.map(|t| t.flags), Some(TcpFlags(TcpFlags::ACK)));
+        assert_eq!((r.head_len as usize, r.len), (HEAD, 1048));
+        // An IPv4 header with 40 bytes of options (NOPs).
+        let src: std::net::SocketAddr = "198.18.0.2:40001".parse().unwrap();
+        let mut pkt = build::tcp(src, "198.19.0.2:80".parse().unwrap())
+            .flags(TcpFlags::SYN)
+            .build();
+        let tcp = pkt.split_off(20);
+        pkt[0] = 0x4f;
+        pkt.extend_from_slice(&[1; 40]);
+        pkt.extend_from_slice(&tcp);
+        let h = DropRecord::new(1, 0, Reason::NoConnection, ConnState::None, &pkt, 100).headers();
+        assert_eq!(h.ports, Some((40001, 80)));
+        assert_eq!(h.tcp.map(|t| t.flags), Some(TcpFlags(TcpFlags::SYN)));
     }
 
     #[test]

@@ -371,18 +371,20 @@ mod tests {
     use std::io::{BufRead, BufReader};
 
     fn drop_record(ms: u64) -> Record {
-        Record::Drop(DropRecord {
-            unix_ms: ms,
-            queue: 0,
-            reason: Reason::SynFin,
-            state: ConnState::None,
-            protocol: Some(6),
-            src: Some([198, 18, 0, 2].into()),
-            dst: Some([198, 19, 0, 2].into()),
-            ports: Some((40000, 80)),
-            flags: None,
-            len: 40,
-        })
+        let pkt = crate::wire::build::tcp(
+            "198.18.0.2:40000".parse().unwrap(),
+            "198.19.0.2:80".parse().unwrap(),
+        )
+        .flags(crate::wire::TcpFlags::SYN | crate::wire::TcpFlags::FIN)
+        .build();
+        Record::Drop(DropRecord::new(
+            ms,
+            0,
+            Reason::SynFin,
+            ConnState::None,
+            &pkt,
+            40,
+        ))
     }
 
     #[test]

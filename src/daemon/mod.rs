@@ -645,6 +645,9 @@ fn start_workers(
             log_drops,
             handoff,
             replies: reject::Replies::new(rejecter.clone()),
+            dropped: std::cell::RefCell::new(Vec::with_capacity(
+                crate::kernel::nfqueue::codec::BATCH,
+            )),
         };
         let guard = StopOnPanic(signals.handle());
         let handle = std::thread::Builder::new()

@@ -20,6 +20,7 @@ use crate::time::Timestamp;
 use crate::wire::{Checksums, Framing};
 use crate::Engine;
 use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_utils::CachePadded;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -139,10 +140,12 @@ pub struct Shared {
     /// Bumped to make workers forget cached interface names (SIGHUP).
     pub ifnames_generation: AtomicU64,
     /// One slot per worker, refreshed about once a second.
-    pub stats: Vec<Mutex<WorkerStats>>,
+    pub stats: Vec<CachePadded<Mutex<WorkerStats>>>,
     /// Per worker: its queue number, and the engine-clock millisecond its loop
     /// last came round (at least every receive timeout, packets or not).
-    pub heartbeats: Vec<(u16, AtomicU64)>,
+    /// Each on cache lines of its own: a worker's beat does not invalidate
+    /// the line another worker writes.
+    pub heartbeats: Vec<CachePadded<(u16, AtomicU64)>>,
     pub drops: Drops,
     pub hub: Arc<Hub>,
 }
@@ -157,9 +160,12 @@ impl Shared {
             ifnames_generation: AtomicU64::new(0),
             stats: queues
                 .iter()
-                .map(|_| Mutex::new(WorkerStats::default()))
+                .map(|_| CachePadded::new(Mutex::new(WorkerStats::default())))
                 .collect(),
-            heartbeats: queues.iter().map(|&q| (q, AtomicU64::new(0))).collect(),
+            heartbeats: queues
+                .iter()
+                .map(|&q| CachePadded::new((q, AtomicU64::new(0))))
+                .collect(),
             drops: Drops::new(queues.len()),
             hub: Arc::new(Hub::default()),
         }
@@ -169,7 +175,8 @@ impl Shared {
     /// `None` for one that never did.
     pub fn heartbeat_ages(&self) -> impl Iterator<Item = (u16, Option<u64>)> + '_ {
         let now_ms = self.now().as_nanos() / 1_000_000;
-        self.heartbeats.iter().map(move |(queue, beat)| {
+        self.heartbeats.iter().map(move |b| {
+            let (queue, beat) = &**b;
             let at = beat.load(Ordering::Relaxed);
             (*queue, (at != 0).then(|| now_ms.saturating_sub(at)))
         })
@@ -241,6 +248,9 @@ pub struct Worker {
     pub handoff: Option<Handoff>,
     /// Answers to rejected packets, sent after each batch's verdicts.
     pub replies: super::reject::Replies,
+    /// The batch's drops, recorded in the drops ring once per batch (the
+    /// worker's thread only: the cell is never contended).
+    pub dropped: std::cell::RefCell<Vec<DropRecord>>,
 }
 
 impl Worker {
@@ -363,6 +373,10 @@ impl Worker {
             Item::Error(errno) => self.verdict_error(errno, stats),
         });
         self.flush(tx, stats);
+        let mut dropped = self.dropped.borrow_mut();
+        self.shared.drops.record_all(self.index, &dropped);
+        dropped.clear();
+        drop(dropped);
         self.replies.send(stats);
     }
 
@@ -500,7 +514,7 @@ impl Worker {
                 payload,
                 len,
             );
-            self.shared.drops.record(self.index, record);
+            self.dropped.borrow_mut().push(record);
             if self.shared.hub.wants_drops() {
                 self.shared.hub.send(Record::Drop(record));
             }
