@@ -129,6 +129,68 @@ fn retransmitted_syn_and_synack_pass() {
     assert_eq!(d.reason, Reason::SynAckSeqMismatch);
 }
 
+/// A client that restarts before its SYN is answered sends a new SYN with a
+/// new ISN; the tracker follows the last SYN, whatever its ISN, and the
+/// SYN+ACK must acknowledge exactly that ISN+1 (README: "Where conntrackd
+/// differs from nf_conntrack"; the kernel follows only a higher ISN).
+#[test]
+fn a_syn_storm_then_the_handshake_of_the_last_syn_passes() {
+    let mut t = Harness::allow_all();
+    let mut f = Flow::v4();
+    // The last is behind the highest in sequence space, and just under 2^32:
+    // the connection crosses the wrap.
+    let isns = [1_000_000u32, 900_000_000, 50_000, u32::MAX - 5];
+    for isn in isns {
+        let d = t.tcp(f.c, f.s, SYN, isn, 0, b"");
+        assert_eq!(d.verdict(), conntrackd::Verdict::Accept, "SYN {isn}");
+        assert_eq!(d.after.to_string(), "SYN_SENT:LISTEN", "SYN {isn}");
+    }
+    // A SYN+ACK of any earlier SYN: the client no longer holds that ISN.
+    for isn in &isns[..3] {
+        let d = t.tcp(f.s, f.c, SYN | ACK, f.s_nxt, isn + 1, b"");
+        assert_eq!(d.reason, Reason::SynAckBadAck, "SYN+ACK of {isn}");
+    }
+    f.c_nxt = isns[3] + 1;
+    assert_eq!(f.server(&mut t, SYN | ACK, b"").reason, Reason::Tracked);
+    let d = f.client(&mut t, ACK, b"");
+    assert_eq!(show(&d), "SYN_SENT:SYN_RECV -> ESTABLISHED:ESTABLISHED");
+    assert_eq!(
+        f.client(&mut t, ACK | PSH, &[1; 10]).reason,
+        Reason::Tracked
+    );
+    assert_eq!(
+        f.server(&mut t, ACK | PSH, &[2; 20]).reason,
+        Reason::Tracked
+    );
+    assert_eq!(f.client(&mut t, ACK, b"").reason, Reason::Tracked);
+}
+
+/// A SYN with another ISN (a spoofed one, say) between the client's SYN and
+/// the server's answer: the SYN+ACK of the client's SYN is dropped until the
+/// client retransmits its SYN, then the handshake completes. What it takes to
+/// complete a handshake, the server's ISN, is only in the SYN+ACK.
+#[test]
+fn a_syn_with_another_isn_before_the_answer_costs_one_retransmission() {
+    let mut t = Harness::allow_all();
+    let f = Flow::v4();
+    let (ci, si) = (1_000_000u32, f.s_nxt);
+    t.tcp(f.c, f.s, SYN, ci, 0, b"");
+    t.tcp(f.c, f.s, SYN, 900_000_000, 0, b"");
+    let d = t.tcp(f.s, f.c, SYN | ACK, si, ci + 1, b"");
+    assert_eq!(d.reason, Reason::SynAckBadAck);
+    // An ACK before a SYN+ACK has passed is dropped: completing a handshake
+    // takes the server's ISN, which only its SYN+ACK carries.
+    let d = t.tcp(f.c, f.s, ACK, 900_000_001, si.wrapping_add(1), b"");
+    assert_eq!(d.reason, Reason::BadTransition);
+    assert_eq!(t.tcp(f.c, f.s, SYN, ci, 0, b"").reason, Reason::Tracked);
+    assert_eq!(
+        t.tcp(f.s, f.c, SYN | ACK, si, ci + 1, b"").reason,
+        Reason::Tracked
+    );
+    let d = t.tcp(f.c, f.s, ACK, ci + 1, si.wrapping_add(1), b"");
+    assert_eq!(show(&d), "SYN_SENT:SYN_RECV -> ESTABLISHED:ESTABLISHED");
+}
+
 #[test]
 fn simultaneous_open() {
     let mut t = Harness::allow_all();
