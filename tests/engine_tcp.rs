@@ -129,6 +129,195 @@ fn retransmitted_syn_and_synack_pass() {
     assert_eq!(d.reason, Reason::SynAckSeqMismatch);
 }
 
+/// A client that restarts before its SYN is answered sends a new SYN with a
+/// new ISN; the tracker follows the last SYN, whatever its ISN, and the
+/// SYN+ACK must acknowledge exactly that ISN+1 (README: "Where conntrackd
+/// differs from nf_conntrack"; the kernel follows only a higher ISN).
+#[test]
+fn a_syn_storm_then_the_handshake_of_the_last_syn_passes() {
+    let mut t = Harness::allow_all();
+    let mut f = Flow::v4();
+    // The last is behind the highest in sequence space, and just under 2^32:
+    // the connection crosses the wrap.
+    let isns = [1_000_000u32, 900_000_000, 50_000, u32::MAX - 5];
+    for isn in isns {
+        let d = t.tcp(f.c, f.s, SYN, isn, 0, b"");
+        assert_eq!(d.verdict(), conntrackd::Verdict::Accept, "SYN {isn}");
+        assert_eq!(d.after.to_string(), "SYN_SENT:LISTEN", "SYN {isn}");
+    }
+    // A SYN+ACK of any earlier SYN: the client no longer holds that ISN.
+    for isn in &isns[..3] {
+        let d = t.tcp(f.s, f.c, SYN | ACK, f.s_nxt, isn + 1, b"");
+        assert_eq!(d.reason, Reason::SynAckBadAck, "SYN+ACK of {isn}");
+    }
+    f.c_nxt = isns[3] + 1;
+    assert_eq!(f.server(&mut t, SYN | ACK, b"").reason, Reason::Tracked);
+    let d = f.client(&mut t, ACK, b"");
+    assert_eq!(show(&d), "SYN_SENT:SYN_RECV -> ESTABLISHED:ESTABLISHED");
+    assert_eq!(
+        f.client(&mut t, ACK | PSH, &[1; 10]).reason,
+        Reason::Tracked
+    );
+    assert_eq!(
+        f.server(&mut t, ACK | PSH, &[2; 20]).reason,
+        Reason::Tracked
+    );
+    assert_eq!(f.client(&mut t, ACK, b"").reason, Reason::Tracked);
+}
+
+/// A SYN with another ISN (a spoofed one, say) between the client's SYN and
+/// the server's answer: the SYN+ACK of the client's SYN is dropped until the
+/// client retransmits its SYN, then the handshake completes. What it takes to
+/// complete a handshake, the server's ISN, is only in the SYN+ACK.
+#[test]
+fn a_syn_with_another_isn_before_the_answer_costs_one_retransmission() {
+    let mut t = Harness::allow_all();
+    let f = Flow::v4();
+    let (ci, si) = (1_000_000u32, f.s_nxt);
+    t.tcp(f.c, f.s, SYN, ci, 0, b"");
+    t.tcp(f.c, f.s, SYN, 900_000_000, 0, b"");
+    let d = t.tcp(f.s, f.c, SYN | ACK, si, ci + 1, b"");
+    assert_eq!(d.reason, Reason::SynAckBadAck);
+    // An ACK before a SYN+ACK has passed is dropped: completing a handshake
+    // takes the server's ISN, which only its SYN+ACK carries.
+    let d = t.tcp(f.c, f.s, ACK, 900_000_001, si.wrapping_add(1), b"");
+    assert_eq!(d.reason, Reason::BadTransition);
+    assert_eq!(t.tcp(f.c, f.s, SYN, ci, 0, b"").reason, Reason::Tracked);
+    assert_eq!(
+        t.tcp(f.s, f.c, SYN | ACK, si, ci + 1, b"").reason,
+        Reason::Tracked
+    );
+    let d = t.tcp(f.c, f.s, ACK, ci + 1, si.wrapping_add(1), b"");
+    assert_eq!(show(&d), "SYN_SENT:SYN_RECV -> ESTABLISHED:ESTABLISHED");
+}
+
+/// A SYN with another ISN after the server's SYN+ACK (a spoofed one, from an
+/// attacker who guessed the tuple) passes and changes nothing, as in
+/// nf_conntrack: the server holds the ISN it acknowledged. The real client's
+/// final ACK completes the handshake and its data and ACKs pass (the SYN once
+/// moved the tracker to its ISN, and the client's ACK of the server's data
+/// was dropped as `handshake_bad_ack`).
+#[test]
+fn a_syn_with_another_isn_after_the_synack_changes_nothing() {
+    let mut t = Harness::allow_all();
+    let mut f = Flow::v4();
+    let ci = f.c_nxt;
+    f.client(&mut t, SYN, b"");
+    f.server(&mut t, SYN | ACK, b"");
+    // Above and below the client's ISN.
+    for isn in [ci.wrapping_add(900_000_000), ci.wrapping_sub(5_000_000)] {
+        let d = t.tcp(f.c, f.s, SYN, isn, 0, b"");
+        assert_eq!(
+            (d.reason, show(&d).as_str()),
+            (Reason::TcpIgnored, "SYN_SENT:SYN_RECV -> SYN_SENT:SYN_RECV"),
+            "SYN {isn}"
+        );
+    }
+    // The client's own SYN retransmitted is still its SYN.
+    assert_eq!(t.tcp(f.c, f.s, SYN, ci, 0, b"").reason, Reason::Tracked);
+    let d = f.client(&mut t, ACK, b"");
+    assert_eq!(show(&d), "SYN_SENT:SYN_RECV -> ESTABLISHED:ESTABLISHED");
+    for (side, flags, payload) in [
+        (Side::Client, ACK | PSH, &[1; 10][..]),
+        (Side::Server, ACK | PSH, &[2; 20]),
+        (Side::Client, ACK, b""),
+        (Side::Client, ACK | PSH, &[3; 30]),
+        (Side::Server, ACK, b""),
+    ] {
+        let d = f.send(&mut t, side, flags, payload);
+        assert_eq!(
+            (d.reason, d.after.to_string().as_str()),
+            (Reason::Tracked, "ESTABLISHED:ESTABLISHED"),
+            "{side:?} {} with {} bytes",
+            F(flags),
+            payload.len()
+        );
+    }
+}
+
+/// A client whose SYN+ACK was lost beyond the gateway restarts and sends a
+/// SYN with a new ISN. The server, still holding the old attempt, answers it
+/// with an ACK of the old ISN+1 (a challenge ACK, RFC 5961 §4); the client,
+/// in SYN-SENT, answers that with a RST at the ACK's number (RFC 9293
+/// §3.10.7.3), which passes and resets the old attempt (it was dropped as
+/// `rst_out_of_window` while the new SYN moved the tracker); the client's
+/// next SYN opens the connection afresh.
+#[test]
+fn a_restarted_client_resets_the_old_attempt_and_connects() {
+    let mut t = Harness::allow_all();
+    let mut f = Flow::v6();
+    let (old, si) = (f.c_nxt, f.s_nxt);
+    f.client(&mut t, SYN, b"");
+    f.server(&mut t, SYN | ACK, b"");
+    let new = old.wrapping_sub(1_000_000);
+    let d = t.tcp(f.c, f.s, SYN, new, 0, b"");
+    assert_eq!(d.reason, Reason::TcpIgnored);
+    let d = t.tcp(f.s, f.c, ACK, si.wrapping_add(1), old.wrapping_add(1), b"");
+    assert_eq!(
+        (d.reason, d.after.to_string().as_str()),
+        (Reason::Tracked, "SYN_SENT:SYN_RECV")
+    );
+    let d = t.tcp(f.c, f.s, RST, old.wrapping_add(1), 0, b"");
+    assert_eq!(
+        (d.reason, show(&d).as_str()),
+        (Reason::Tracked, "SYN_SENT:SYN_RECV -> CLOSED:CLOSED")
+    );
+    // The new attempt: its SYN retransmitted, the server's answer, data.
+    let mut g = Flow::v6();
+    (g.c_nxt, g.s_nxt) = (new, si.wrapping_add(77_777));
+    let d = g.client(&mut t, SYN, b"");
+    assert_eq!(
+        (d.reason, show(&d).as_str()),
+        (Reason::NewByDefault, "NONE -> SYN_SENT:LISTEN")
+    );
+    assert_eq!(g.server(&mut t, SYN | ACK, b"").reason, Reason::Tracked);
+    let d = g.client(&mut t, ACK, b"");
+    assert_eq!(show(&d), "SYN_SENT:SYN_RECV -> ESTABLISHED:ESTABLISHED");
+    assert_eq!(
+        g.client(&mut t, ACK | PSH, &[4; 10]).reason,
+        Reason::Tracked
+    );
+    assert_eq!(
+        g.server(&mut t, ACK | PSH, &[5; 20]).reason,
+        Reason::Tracked
+    );
+    assert_eq!(g.client(&mut t, ACK, b"").reason, Reason::Tracked);
+}
+
+/// The difference from nf_conntrack that remains after the SYN+ACK (README:
+/// "Where conntrackd differs from nf_conntrack"): when the server answers a
+/// restarted client's new SYN with a SYN+ACK of it, the kernel takes up the
+/// SYN it passed; conntrackd drops that SYN+ACK, and the client's SYNs pass
+/// without refreshing the entry, until the half-open entry expires and the
+/// next SYN opens afresh.
+#[test]
+fn a_synack_of_a_syn_passed_unchanged_waits_for_the_entry_to_expire() {
+    let mut t = Harness::allow_all();
+    let mut f = Flow::v4();
+    let old = f.c_nxt;
+    f.client(&mut t, SYN, b"");
+    f.server(&mut t, SYN | ACK, b"");
+    let answered = t.now_secs;
+    let new = old.wrapping_add(1_000_000);
+    let (mut g, si) = (Flow::v4(), f.s_nxt.wrapping_add(500_000));
+    (g.c_nxt, g.s_nxt) = (new, si);
+    assert_eq!(g.client(&mut t, SYN, b"").reason, Reason::TcpIgnored);
+    let d = t.tcp(g.s, g.c, SYN | ACK, si, new.wrapping_add(1), b"");
+    assert_eq!(d.reason, Reason::SynAckBadAck);
+    // The client's SYN again, within the SYN_RECV timeout (60 s).
+    t.now_secs = answered + 59;
+    assert_eq!(t.tcp(g.c, g.s, SYN, new, 0, b"").reason, Reason::TcpIgnored);
+    t.now_secs = answered + 61;
+    let d = t.tcp(g.c, g.s, SYN, new, 0, b"");
+    assert_eq!(
+        (d.reason, show(&d).as_str()),
+        (Reason::NewByDefault, "NONE -> SYN_SENT:LISTEN")
+    );
+    assert_eq!(g.server(&mut t, SYN | ACK, b"").reason, Reason::Tracked);
+    let d = g.client(&mut t, ACK, b"");
+    assert_eq!(show(&d), "SYN_SENT:SYN_RECV -> ESTABLISHED:ESTABLISHED");
+}
+
 #[test]
 fn simultaneous_open() {
     let mut t = Harness::allow_all();

@@ -197,7 +197,8 @@ pub const SENT: [[Next; 11]; 5] = [
  *      connection is handled before the grid: the old entry is replaced).
  *  LI: simultaneous open: the responder sends its own SYN after seeing the
  *      originator's, so it is already in SYN_RECV (RFC 793 fig. 8).
- *  SS, SR: retransmitted SYN (a new ISN re-initialises the window, see refine).
+ *  SS, SR: retransmitted SYN (a new ISN re-initialises the window until the
+ *      peer has answered, then passes unchanged, see refine).
  *  ES: a SYN on an established connection is answered by a challenge ACK
  *      (RFC 5961 §4): pass it, change nothing, as nf_conntrack does.
  *  F1..LA: no SYN during the teardown (stricter than nf_conntrack). */

@@ -393,13 +393,30 @@ impl TcpConn {
                 }
                 Ok(())
             }
-            // A SYN retransmitted with a new ISN (the client restarted):
-            // re-initialise its window from this SYN.
+            // A SYN again. With the same ISN, a retransmission: the window
+            // check judges it. With a new ISN before the other side has
+            // answered (the client restarted, or a storm of SYNs on one
+            // tuple): follow it, re-initialise its window from this SYN; the
+            // SYN+ACK then names the SYN it answers. Once the other side has
+            // answered (its SYN+ACK, or its own SYN in a simultaneous open),
+            // it holds this side's ISN and answers a SYN with another ISN by
+            // an ACK of the one it holds (a challenge ACK, RFC 5961 §4): pass
+            // such a SYN and change nothing, as nf_conntrack does (sIG).
+            // Following it would let one spoofed SYN break a real handshake,
+            // and would drop the RST of a restarted client answering that ACK
+            // (seq = its old ISN+1), which the server needs to let go of the
+            // old attempt. (A SYN+ACK of the passed SYN is then dropped as
+            // `synack_bad_ack`, where nf_conntrack takes that SYN up: README,
+            // "Where conntrackd differs from nf_conntrack".)
             (Sent::Syn, SynSent | SynRecv) => {
-                if seg.seq + 1 != peers[from].end {
+                if seg.seq + 1 == peers[from].end {
+                    Ok(())
+                } else if !peers[to].has_window() {
                     peers[from].reset_window();
+                    Ok(())
+                } else {
+                    Err(TcpOutcome::unchanged(Reason::TcpIgnored))
                 }
-                Ok(())
             }
             // The handshake's final ACK must acknowledge the responder's ISN+1
             // (the SYN+ACK's seq k: ack = k+1); a FIN may ride on it.
