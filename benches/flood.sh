@@ -205,7 +205,7 @@ rule_packets() {
 
 # One run: mode $1, flood rate $2 (0: full speed).
 run() {
-    local mode=$1 rate=$2 count b d a1 a2 f rss=- up=- stopped=""
+    local mode=$1 rate=$2 count b d a1 a2 f rss=- up=- cpu=- pkts=- stopped=""
     lab_up
     CTD_LOG=$OUT/conntrackd-$RUN.log
     mode_up "$mode"
@@ -223,6 +223,9 @@ run() {
         if kill -0 "$HELPER" 2>/dev/null; then up=yes; else up=no; fi
         rss=$(awk '/^VmHWM:/ {printf "%.0f", $2 / 1024}' "/proc/$HELPER/status" 2>/dev/null || true)
         rss=${rss:--}
+        # Its CPU time over the whole run (user + system), in seconds.
+        cpu=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$HELPER/stat" 2>/dev/null || true)
+        cpu=${cpu:--}
     fi
     mode_down
     local srv back
@@ -230,6 +233,8 @@ run() {
     if [ "$mode" = conntrackd ]; then
         stopped=$(grep -a 'stopped' "$CTD_LOG" | tail -1 || true)
         echo "$RUN $mode rate=$rate: ${stopped:-no stopped line}" >> "$OUT/stopped"
+        pkts=$(printf '%s\n' "$stopped" | grep -oE ' packets=[0-9]+' | head -1 | cut -d= -f2 || true)
+        pkts=${pkts:--}
     fi
     # The flood's line: sent N errors E seconds T rate R ...
     local fl
@@ -239,14 +244,14 @@ run() {
     local ctd
     ctd=$(printf '%s\n' "$stopped" | grep -owE '(evict[a-z_]*|half_open[a-z_]*|table_full|source_[a-z_]*)=[0-9]+' \
             | grep -v '^half_open=' | tr '\n' ' ' || true)
-    echo "$mode $rate $b $d $a1 $a2 $fl ${srv:--} ${back:--} $rss $up ${ctd:--}" | tee -a "$OUT/results" >&2
+    echo "$mode $rate $b $d $a1 $a2 $fl ${srv:--} ${back:--} $rss $up $cpu $pkts ${ctd:--}" | tee -a "$OUT/results" >&2
     lab_down
 }
 
 RATES=$RATE
 [ "$FULL" = 1 ] && [ "$RATE" != 0 ] && RATES="$RATE 0"
 START=$(date -u '+%Y-%m-%d %H:%M UTC')
-echo "# mode rate before err during err after1 err after2 err sent flood_errors flood_pps srv_syn back rss_mib up ctd..." > "$OUT/results"
+echo "# mode rate before err during err after1 err after2 err sent flood_errors flood_pps srv_syn back rss_mib up cpu_s packets ctd..." > "$OUT/results"
 for r in $RATES; do
     for m in $MODES; do
         run "$m" "$r"
@@ -266,9 +271,10 @@ print("kernel-ct: nf_conntrack_max %s; conntrackd: %s, one queue" % (ct_max, rul
 print("conn/s: legitimate connections per second; /bef: ratio to before; err: client errors before/during/after")
 print("sent/pps: the flood's SYNs and achieved rate; srv_syn: flood SYNs that reached the server; "
       "back: SYN+ACKs that came back to the client side")
+print("cpu_s: conntrackd's CPU time over the run (user + system); ns/pkt: that per packet it decided")
 hdr = ("mode", "rate", "before", "during", "after1", "after", "dur/bef", "aft1/bef", "aft/bef", "err",
-       "sent", "pps", "srv_syn", "back", "rss_MiB", "up", "conntrackd evictions/refusals")
-fmt = "%-10s %6s %7s %7s %7s %7s %7s %8s %7s %9s %9s %7s %9s %9s %7s %3s  %s"
+       "sent", "pps", "srv_syn", "back", "rss_MiB", "up", "cpu_s", "ns/pkt", "conntrackd evictions/refusals")
+fmt = "%-10s %6s %7s %7s %7s %7s %7s %8s %7s %9s %9s %7s %9s %9s %7s %3s %6s %6s  %s"
 print(fmt % hdr)
 def f(x):
     try: return float(x)
@@ -276,8 +282,9 @@ def f(x):
 def ratio(a, b):
     return "%.2f" % (a / b) if a is not None and b else "-"
 for r in rows:
-    mode, rate, b, eb, d, ed, a1, ea1, a2, ea2, sent, ferr, pps, srv, back, rss, up = r[:17]
-    ctd = " ".join(r[17:])
+    mode, rate, b, eb, d, ed, a1, ea1, a2, ea2, sent, ferr, pps, srv, back, rss, up, cpu, pkts = r[:19]
+    ctd = " ".join(r[19:])
+    per = "%.0f" % (f(cpu) * 1e9 / f(pkts)) if f(cpu) is not None and f(pkts) else "-"
     vb, vd, va1, va2 = f(b), f(d), f(a1), f(a2)
     va = (va1 + 2 * va2) / 3 if va1 is not None and va2 is not None else None
     if ea1 == "-" or ea2 == "-":
@@ -286,7 +293,7 @@ for r in rows:
         ea = str(int(ea1) + int(ea2))
     print(fmt % (mode, rate if rate != "0" else "full", b, d, a1, "%.0f" % va if va is not None else "-",
                  ratio(vd, vb), ratio(va1, vb), ratio(va, vb), "%s/%s/%s" % (eb, ed, ea),
-                 sent, pps, srv, back, rss, up, ctd if ctd != "-" else ""))
+                 sent, pps, srv, back, rss, up, cpu, per, ctd if ctd != "-" else ""))
 if os.path.exists(stopped):
     print("\nconntrackd's final lines:")
     for l in open(stopped):
