@@ -633,11 +633,14 @@ fn a_bad_metrics_listen_is_refused_at_start() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let control = dir.path().join("control");
+    let state = dir.path().join("table");
     let out = conntrackd(&[
         "--rules",
         "rules/default.toml",
         "--control-socket",
         control.to_str().unwrap(),
+        "--state-file",
+        state.to_str().unwrap(),
         "--metrics-listen",
         &addr,
     ]);
@@ -647,4 +650,7 @@ fn a_bad_metrics_listen_is_refused_at_start() {
         err.contains(&format!("cannot listen for metrics on {addr}")) && err.contains("in use"),
         "{err}"
     );
+    // A refused start leaves no state file ("running, not stopped
+    // gracefully" is written only once the daemon has started).
+    assert!(!state.exists(), "a refused start wrote {}", state.display());
 }

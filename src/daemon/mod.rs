@@ -239,7 +239,7 @@ impl Daemon {
         let shared = Arc::new(Shared::new(Instant::now(), settings.queues.as_slice()));
         engine.table().set_observer(shared.hub.clone());
         // The table before the queues: no packet waits while it loads.
-        match &settings.state_file {
+        let loaded = match &settings.state_file {
             Some(path) => {
                 match settings.state_file_origin {
                     StateFileOrigin::Default => info!(
@@ -250,12 +250,21 @@ impl Daemon {
                     ),
                     _ => info!(state_file = %path.display(), "state file {}", path.display()),
                 }
-                state::load(path, &engine, shared.now(), settings.crash_pickup)
+                Some(state::load(
+                    path,
+                    &engine,
+                    shared.now(),
+                    settings.crash_pickup,
+                ))
             }
-            None => info!(
-                "no state file (daemon.state_file): tracked connections do not survive a restart"
-            ),
-        }
+            None => {
+                info!(
+                    "no state file (daemon.state_file): tracked connections do not survive a \
+                     restart"
+                );
+                None
+            }
+        };
         // Before the queues: an address that cannot be listened on stops the
         // start before anything changed.
         let reloads = Arc::new(metrics::Reloads::default());
@@ -294,6 +303,9 @@ impl Daemon {
             max_connections,
             bad_requests,
         )?;
+        if let (Some(path), Some(loaded)) = (&settings.state_file, loaded) {
+            state::mark_running(path, &engine, shared.now(), loaded);
+        }
         let policy = engine.policy();
         info!(
             version = env!("CARGO_PKG_VERSION"),

@@ -18,17 +18,24 @@ use tracing::{info, warn};
 /// After a start from a periodic snapshot, TCP connections it missed are
 /// picked up mid-stream for `crash_pickup`.
 ///
-/// Whatever was found, the file then says "running, not stopped gracefully"
-/// (a loaded complete table is marked so; otherwise the table as it starts
-/// is written as a snapshot): a crash before the first periodic snapshot is
-/// told from a first start, and opens the pickup window too.
+/// Once the daemon has started, [`mark_running`] makes the file say so.
 pub fn load(
     path: &Path,
     engine: &Engine,
     now: crate::time::Timestamp,
     crash_pickup: std::time::Duration,
-) {
-    match read(path, engine, now, crash_pickup) {
+) -> Loaded {
+    read(path, engine, now, crash_pickup)
+}
+
+/// Makes the state file say "running, not stopped gracefully" once the
+/// daemon has started (a loaded complete table is marked so; otherwise the
+/// table as it is now is written as a snapshot): a crash before the first
+/// periodic snapshot is told from a first start, and opens the pickup window
+/// too. Not before the start succeeded: a start refused (a bad address, a
+/// queue another program holds) leaves the file as it found it.
+pub fn mark_running(path: &Path, engine: &Engine, now: crate::time::Timestamp, loaded: Loaded) {
+    match loaded {
         Loaded::Graceful => {
             // No longer a complete table (see state::not_graceful_flags).
             if let Err(e) = mark_not_graceful(path) {
@@ -49,8 +56,8 @@ pub fn load(
     }
 }
 
-/// What [`read`] found.
-enum Loaded {
+/// What [`load`] found.
+pub enum Loaded {
     /// A complete table, saved at a graceful stop.
     Graceful,
     /// A periodic snapshot (or the first one a start writes).
