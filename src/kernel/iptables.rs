@@ -379,18 +379,7 @@ fn ipv6_enabled() -> bool {
 fn remove_stale(family: Family, chain: &str, handoff_mark: Option<u32>) -> anyhow::Result<bool> {
     let mut found = false;
     if let Some(m) = handoff_mark {
-        for rule in Spec::handoff_mangle_rules(m) {
-            let args: Vec<&str> = ["-D", "POSTROUTING"]
-                .into_iter()
-                .chain(rule.split(' '))
-                .collect();
-            for _ in 0..64 {
-                if !iptables_t(family, "mangle", &args)? {
-                    break;
-                }
-                found = true;
-            }
-        }
+        found = remove_handoff_mangle(family, m)?;
     }
     if !iptables(family, &["-S", chain])? {
         return Ok(found);
@@ -410,6 +399,25 @@ fn remove_stale(family: Family, chain: &str, handoff_mark: Option<u32>) -> anyho
         );
     }
     Ok(true)
+}
+
+/// Removes hand-off's mangle rules for mark `m` (each as often as it is
+/// there); whether there were any.
+fn remove_handoff_mangle(family: Family, m: u32) -> anyhow::Result<bool> {
+    let mut found = false;
+    for rule in Spec::handoff_mangle_rules(m) {
+        let args: Vec<&str> = ["-D", "POSTROUTING"]
+            .into_iter()
+            .chain(rule.split(' '))
+            .collect();
+        for _ in 0..64 {
+            if !iptables_t(family, "mangle", &args)? {
+                break;
+            }
+            found = true;
+        }
+    }
+    Ok(found)
 }
 
 /// Prepares to take over a chain named as `spec`'s left by an earlier run:
@@ -437,17 +445,7 @@ fn take_over(family: Family, spec: &Spec) -> anyhow::Result<Option<Vec<String>>>
         }
     }
     if let Some(m) = spec.handoff_mark {
-        for rule in Spec::handoff_mangle_rules(m) {
-            let args: Vec<&str> = ["-D", "POSTROUTING"]
-                .into_iter()
-                .chain(rule.split(' '))
-                .collect();
-            for _ in 0..64 {
-                if !iptables_t(family, "mangle", &args)? {
-                    break;
-                }
-            }
-        }
+        remove_handoff_mangle(family, m)?;
     }
     // The spec's hooks as written (the script names them so).
     Ok(Some(
