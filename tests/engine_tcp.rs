@@ -1221,6 +1221,41 @@ fn a_restored_connection_goes_on_after_a_gap_and_is_judged_strictly_again() {
     }
 }
 
+/// Two restarts in a row: the table saved while a side is re-anchored and
+/// not yet confirmed (provisional) loads again, and the connection goes on.
+/// (The structure-aware fuzzer found the second restart starting with an
+/// empty table: the provisional flag was written but refused on reading.)
+#[test]
+fn a_connection_survives_a_second_restart_soon_after_the_first() {
+    for flow in [Flow::v4(), Flow::v6()] {
+        let (mut old, mut f) = handshake(flow);
+        let file = old.engine.save_state(old.now(), true, 1_800_000_000);
+        let mut second = Harness::allow_all();
+        second
+            .engine
+            .restore_state(&file, second.now(), 1_800_000_000)
+            .expect("the first file loads");
+        // The client's first packet re-anchors it: provisional.
+        assert_eq!(f.client(&mut second, ACK, b"").reason, Reason::Tracked);
+        let file = second.engine.save_state(second.now(), false, 1_800_000_010);
+        let mut third = Harness::allow_all();
+        let r = third
+            .engine
+            .restore_state(&file, third.now(), 1_800_000_010)
+            .expect("a table with a provisional side loads");
+        assert_eq!((r.restored, r.graceful), (1, false));
+        assert_eq!(
+            f.client(&mut third, ACK | PSH, &[1; 100]).reason,
+            Reason::Tracked
+        );
+        assert_eq!(
+            f.server(&mut third, ACK | PSH, &[2; 100]).reason,
+            Reason::Tracked
+        );
+        f.assert_steps(&mut third, &FOUR_WAY_FROM_CLIENT);
+    }
+}
+
 /// A RST gets no re-anchoring leniency: one far outside the stale window is
 /// dropped, even as the side's first packet after the restart.
 #[test]

@@ -43,9 +43,15 @@ const F_RESTORED: u8 = 1 << 5;
 /// is exact only at what the other side acknowledged, and its FIN moves no
 /// state (one forged packet must not re-anchor and then end a connection).
 const F_PROVISIONAL: u8 = 1 << 6;
-/// Every flag a state file may carry.
-const F_ALL: u8 =
-    F_WINDOW_SCALE | F_MAXACK | F_UNACKNOWLEDGED | F_LIBERAL | F_SYN_DATA | F_RESTORED;
+/// Every flag a state file may carry (a table saved soon after a restart
+/// holds re-anchored, provisional endpoints).
+const F_ALL: u8 = F_WINDOW_SCALE
+    | F_MAXACK
+    | F_UNACKNOWLEDGED
+    | F_LIBERAL
+    | F_SYN_DATA
+    | F_RESTORED
+    | F_PROVISIONAL;
 /// Largest payload a SYN can carry (one segment).
 const MAX_SYN_DATA: u32 = 65535;
 
@@ -148,7 +154,9 @@ impl Peer {
         p.maxwin = u(8);
         p.maxack = SeqNum(u(12));
         p.scale = scale;
-        p.flags = flags;
+        // A provisional endpoint is restored again: its first packet after
+        // this restart re-anchors it, provisional until the peer confirms.
+        p.flags = flags & !F_PROVISIONAL;
         if p.has_window() {
             p.flags |= F_RESTORED;
         }
