@@ -11,7 +11,11 @@ fuzz_target!(|data: &[u8]| {
     let (head, bytes) = data.split_at(1);
     let framing = Framing {
         wire_len: (head[0] & 1 == 1).then(|| bytes.len() as u32 + (head[0] >> 1) as u32),
-        checksums: if head[0] & 0x80 != 0 { Checksums::Verify } else { Checksums::NotComputed },
+        checksums: if head[0] & 0x80 != 0 {
+            Checksums::Verify
+        } else {
+            Checksums::NotComputed
+        },
     };
     let _ = parse(bytes, framing);
 });
