@@ -36,12 +36,8 @@
 //! Packets decided, by reason, and the TCP state pairs reached are printed
 //! when the process exits (`tcp_flows: ...`).
 //!
-//! A state file the engine has just written must load. It does not, today,
-//! once a connection brought back by a restart has had one side re-anchored
-//! by a packet (the provisional flag is saved, and the reader refuses it):
-//! the first restart after that fails the run. With
-//! `TCP_FLOWS_LENIENT_RESTORE=1` such refusals are counted instead, and the
-//! run goes on with an empty table, as the daemon does.
+//! A state file the engine has just written must load (it once did not,
+//! after a restored side had been re-anchored: this target found it).
 #![no_main]
 
 use conntrackd::config::Config;
@@ -385,17 +381,8 @@ static REASONS: [AtomicU64; Reason::COUNT] = [const { AtomicU64::new(0) }; Reaso
 /// TCP (originator, responder) state pairs seen in the table: bit o*11+r.
 static PAIRS: AtomicU64 = AtomicU64::new(0);
 static PAIRS_HI: AtomicU64 = AtomicU64::new(0);
-/// State files refused on a restart (see `lenient_restore`).
-static REFUSED_STATES: AtomicU64 = AtomicU64::new(0);
-
-/// With `TCP_FLOWS_LENIENT_RESTORE` set, a state file that does not load is
-/// counted and the run goes on, provided the table saved held a connection
-/// brought back by an earlier restart (which the one known cause needs);
-/// unset, it fails the run.
-fn lenient_restore() -> bool {
-    static LENIENT: OnceLock<bool> = OnceLock::new();
-    *LENIENT.get_or_init(|| std::env::var_os("TCP_FLOWS_LENIENT_RESTORE").is_some())
-}
+/// Restarts from a saved table.
+static RESTARTS: AtomicU64 = AtomicU64::new(0);
 
 extern "C" fn report() {
     let packets = PACKETS.load(Ordering::Relaxed);
@@ -431,11 +418,11 @@ extern "C" fn report() {
         .count();
     eprintln!(
         "tcp_flows: {packets} packets decided; {reached} of {} reasons; \
-         {} of 121 TCP state pairs in the table; {} state files refused\n\
+         {} of 121 TCP state pairs in the table; {} restarts from a saved table\n\
          tcp_flows: reasons {}\ntcp_flows: state pairs {}",
         Reason::COUNT,
         pairs.len(),
-        REFUSED_STATES.load(Ordering::Relaxed),
+        RESTARTS.load(Ordering::Relaxed),
         reasons.join(" "),
         pairs.join(" ")
     );
@@ -1303,29 +1290,10 @@ impl Model {
         self.now += u64::from(gap) * 1_000_000_000;
         let now = self.secs();
         let engine = Engine::with_layout(self.settings, policy(self.policy), layout());
-        let r = match engine.restore_state(&bytes, self.now(), UNIX_EPOCH_AT_ZERO + now) {
-            Ok(r) => r,
-            Err(e) => {
-                // Known: a connection restored by an earlier restart, once a
-                // packet has re-anchored one side, is saved with a flag the
-                // file's reader refuses, and the whole file with it.
-                let known = self
-                    .view
-                    .iter()
-                    .any(|c| self.restored.contains(&identity(c)));
-                assert!(
-                    lenient_restore() && known,
-                    "a state file just written does not load: {e}"
-                );
-                REFUSED_STATES.fetch_add(1, Ordering::Relaxed);
-                // The daemon starts with an empty table then.
-                self.engine = engine;
-                self.pickup_until = 0;
-                self.restored.clear();
-                self.check_table();
-                return;
-            }
-        };
+        let r = engine
+            .restore_state(&bytes, self.now(), UNIX_EPOCH_AT_ZERO + now)
+            .unwrap_or_else(|e| panic!("a state file just written does not load: {e}"));
+        RESTARTS.fetch_add(1, Ordering::Relaxed);
         assert_eq!(r.graceful, graceful);
         assert_eq!((r.over_limit, r.duplicates), (0, 0));
         self.pickup_until = 0;
