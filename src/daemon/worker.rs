@@ -312,8 +312,8 @@ impl Worker {
             }
         }
         self.drain(&mut rx, &mut tx, &mut stats, &mut ifnames);
-        // Verdicts still unsent go before the queue is unbound (which would
-        // otherwise settle their packets the queue's way, not ours).
+        // Verdicts still unsent go before the queue is unbound (unbinding
+        // drops every packet still waiting, the accepted ones too).
         for _ in 0..10 {
             if !tx.pending() {
                 break;
