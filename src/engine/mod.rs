@@ -21,9 +21,11 @@ use crate::policy::{Action, Interfaces, Policy};
 use crate::reason::{Reason, Verdict};
 use crate::time::Timestamp;
 use crate::wire::{self, Embedded, Framing, IcmpKind, Packet, TcpSegment, Transport, PROTO_TCP};
+use arc_swap::ArcSwap;
 use settings::EngineSettings;
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// What the caller knows about a packet besides its bytes.
 #[derive(Clone, Copy, Debug, Default)]
@@ -136,19 +138,25 @@ impl ConnInfo {
 
 pub struct Engine {
     table: Table,
-    policy: RwLock<Arc<Policy>>,
+    /// The policy in force, read without a lock on the packet path (a
+    /// reload swaps in a new one; a decision keeps the one it started with,
+    /// and its generation with it).
+    policy: ArcSwap<Policy>,
+    /// Held by `set_policy`: two reloads at once number their policies one
+    /// after the other.
+    reload: Mutex<()>,
     settings: EngineSettings,
     /// Until this second of the engine's clock, TCP connections may be
     /// picked up mid-stream even without `loose_pickup` (after a restart
     /// from a periodic snapshot: see [`Engine::allow_pickup_until`]).
-    pickup_until: std::sync::atomic::AtomicU64,
+    pickup_until: AtomicU64,
     /// Entries and half-open connections up to which adaptive timeouts
     /// change nothing (`adaptive.start` of each limit), precomputed so that
     /// a new connection under them costs two integer comparisons.
     adapt_from: (usize, usize),
     /// The policy in force has a rule with source limits: only then does a
     /// completed handshake look the policy up again (`charge_source`).
-    limits_sources: std::sync::atomic::AtomicBool,
+    limits_sources: AtomicBool,
 }
 
 enum Lookup {
@@ -173,25 +181,26 @@ impl Engine {
         let start = settings.adaptive.start.clamp(0.0, 1.0);
         let engine = Engine {
             table: Table::new(limits, layout),
-            policy: RwLock::new(Arc::new(policy)),
+            limits_sources: AtomicBool::new(policy.limits_sources()),
+            policy: ArcSwap::from_pointee(policy),
+            reload: Mutex::new(()),
             settings,
-            pickup_until: std::sync::atomic::AtomicU64::new(0),
+            pickup_until: AtomicU64::new(0),
             adapt_from: (
                 (start * limits.max_connections as f64) as usize,
                 (start * limits.max_half_open as f64) as usize,
             ),
-            limits_sources: std::sync::atomic::AtomicBool::new(false),
         };
-        engine.prepare_sources();
+        if engine.limits_sources.load(Ordering::Relaxed) {
+            // The per-source tracker (a fixed allocation), made now, off the packet path.
+            let _ = engine.table.sources();
+        }
         engine
     }
 
     /// The policy's generation (see [`Policy::generation`]).
     pub fn generation(&self) -> u16 {
-        self.policy
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .generation
+        self.policy.load().generation
     }
 
     pub fn settings(&self) -> &EngineSettings {
@@ -204,31 +213,25 @@ impl Engine {
 
     /// The policy in force.
     pub fn policy(&self) -> Arc<Policy> {
-        self.policy
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.policy.load_full()
     }
 
     /// Replaces the policy for new connections; tracked connections keep their state.
     pub fn set_policy(&self, mut policy: Policy) {
-        {
-            let mut current = self.policy.write().unwrap_or_else(|e| e.into_inner());
-            policy.generation = current.generation.wrapping_add(1);
-            *current = Arc::new(policy);
-        }
-        self.prepare_sources();
-    }
-
-    /// Makes the per-source tracker (a fixed allocation) now, off the packet
-    /// path, when the policy limits sources.
-    fn prepare_sources(&self) {
-        let limits = self.policy().limits_sources();
+        let _reload = self.reload.lock().unwrap_or_else(|e| e.into_inner());
+        policy.generation = self.policy.load().generation.wrapping_add(1);
+        // A policy that limits sources gets the per-source tracker (a fixed
+        // allocation) now, off the packet path, and is known to limit them
+        // before its first connection completes a handshake.
+        let limits = policy.limits_sources();
         if limits {
             let _ = self.table.sources();
+            self.limits_sources.store(true, Ordering::Relaxed);
         }
-        self.limits_sources
-            .store(limits, std::sync::atomic::Ordering::Relaxed);
+        self.policy.store(Arc::new(policy));
+        if !limits {
+            self.limits_sources.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Decides one packet given as bytes starting at the IP header.
@@ -404,8 +407,7 @@ impl Engine {
     /// misses the connections opened after it: for a short while, their
     /// packets open them again instead of being `no_connection`.
     pub fn allow_pickup_until(&self, until: Timestamp) {
-        self.pickup_until
-            .store(until.as_secs(), std::sync::atomic::Ordering::Relaxed);
+        self.pickup_until.store(until.as_secs(), Ordering::Relaxed);
     }
 
     /// Loads a state file's connections into the (empty) table, as far as
@@ -468,7 +470,7 @@ impl Engine {
             let tcp = if bare_syn {
                 TcpConn::from_syn(seg)
             } else if (self.settings.loose_pickup
-                || now.as_secs() < self.pickup_until.load(std::sync::atomic::Ordering::Relaxed))
+                || now.as_secs() < self.pickup_until.load(Ordering::Relaxed))
                 && !seg.flags.rst()
                 && !seg.flags.fin()
                 && !seg.flags.syn()
@@ -581,10 +583,7 @@ impl Engine {
         now: Timestamp,
     ) -> Result<(), Reason> {
         // No rule limits sources: no second policy lookup per connection.
-        if !self
-            .limits_sources
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        if !self.limits_sources.load(Ordering::Relaxed) {
             return Ok(());
         }
         let (_, limits) = self.policy_match(p, ctx);
@@ -715,9 +714,11 @@ impl Engine {
     /// The policy's decision for a new connection, and the matching rule's
     /// per-source limits.
     fn policy_match(&self, p: &Packet, ctx: &Context<'_>) -> (Decision, SourceLimits) {
-        // Evaluate under the read guard: no Arc clone on the new-connection path.
+        // One load for the rule and its generation: a reload in between
+        // cannot pair one policy's rule index with the other's generation.
+        // (The guard is no Arc clone: no shared counter on this path.)
         let (m, generation) = {
-            let policy = self.policy.read().unwrap_or_else(|e| e.into_inner());
+            let policy = self.policy.load();
             (policy.evaluate(p, &ctx.ifaces), policy.generation)
         };
         let reason = match (m.action, m.rule) {
