@@ -17,6 +17,11 @@
 //!   `Reason::Tracked` (outside the timing, by count per batch).
 //! - `established_repeated_ack`: for reference, one pure ACK (no payload)
 //!   decided over and over; it stays valid when repeated.
+//! - `established_handoff`: as `established`, in hand-off mode
+//!   (`Context::hand_off`): each of the client's segments hands the
+//!   connection to the kernel again (re-anchors its windows and sets its
+//!   timeout) in the lookup that decides it, as the daemon's workers do
+//!   for the packets already in flight when a connection is handed off.
 //! - `new_syn` [≤ 300 ns]: a SYN (with MSS, SACK-permitted and window-scale
 //!   options, as Linux sends) opening a new connection each time, from a set
 //!   of 32,768 distinct clients; once the set is used up the table is emptied
@@ -62,6 +67,9 @@ const SYN_SET: u32 = 32_768;
 const MILLION: u32 = 1_000_000;
 /// Connection numbers for the SYN set (clear of the established ones).
 const SYN_BASE: u32 = 1 << 24;
+/// Seconds a handed-off connection lives without queued packets (the
+/// kernel's established timeout, as the daemon sets it by default).
+const HAND_OFF_TIMEOUT: u32 = 432_000;
 
 fn now() -> Timestamp {
     Timestamp::from_secs(1_000)
@@ -143,6 +151,41 @@ fn established(c: &mut Criterion) {
         b.iter(|| engine.decide(black_box(&ack), &ctx, now()))
     });
     assert_eq!(engine.decide(&ack, &ctx, now()).reason, Reason::Tracked);
+}
+
+fn established_handoff(c: &mut Criterion) {
+    let engine = engine(|_| {});
+    let flows = establish(&engine, &Context::default(), now(), 0, 1);
+    let ctx = Context {
+        hand_off: Some(HAND_OFF_TIMEOUT),
+        ..Context::default()
+    };
+    let mut stream = Stream::new(flows, Order::RoundRobin, BATCH);
+    c.bench_function("established_handoff", |b| {
+        b.iter_custom(|iters| {
+            let now = now();
+            let mut total = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(BATCH as u64) as usize;
+                let batch = stream.fill(n);
+                let start = Instant::now();
+                let (mut tracked, mut handed) = (0usize, 0usize);
+                for packet in batch {
+                    let d = engine.decide(black_box(packet), &ctx, now);
+                    tracked += (d.reason == Reason::Tracked) as usize;
+                    handed += d.handed_off as usize;
+                }
+                total += start.elapsed();
+                assert_eq!(tracked, n, "every segment of the stream is Tracked");
+                // The client's segments, every other one, hand it off.
+                assert!(handed.abs_diff(n - handed) <= 1, "{handed} of {n}");
+                left -= n as u64;
+            }
+            total
+        })
+    });
+    still_tracked(&engine, &ctx, &mut stream);
 }
 
 fn new_syn(c: &mut Criterion) {
@@ -344,7 +387,7 @@ fn config_criterion() -> Criterion {
 criterion_group! {
     name = benches;
     config = config_criterion();
-    targets = established, new_syn, new_syn_evicting, invalid_flags, established_big,
+    targets = established, established_handoff, new_syn, new_syn_evicting, invalid_flags, established_big,
         established_small_random, two_threads
 }
 /// `criterion_main!`, except for libtest's `--include-ignored`. The test

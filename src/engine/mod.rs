@@ -32,6 +32,12 @@ use std::sync::{Arc, Mutex};
 pub struct Context<'a> {
     pub ifaces: Interfaces<'a>,
     pub framing: Framing,
+    /// Hand-off mode (see [`Engine::hand_off`]): seconds a connection handed
+    /// to the kernel lives in the engine without queued packets. The
+    /// decision hands an established connection off itself, under the
+    /// lookup that decided the packet, and says so in
+    /// [`Decision::handed_off`]. `None`: off.
+    pub hand_off: Option<u32>,
 }
 
 /// The answer for one packet.
@@ -48,6 +54,9 @@ pub struct Decision {
     pub generation: u16,
     /// That rule asked for logging.
     pub log: bool,
+    /// Hand-off mode: this packet handed its connection to the kernel (the
+    /// caller marks its verdict).
+    pub handed_off: bool,
 }
 
 impl Decision {
@@ -64,6 +73,7 @@ impl Decision {
             rule: None,
             generation: 0,
             log: false,
+            handed_off: false,
         }
     }
 
@@ -268,6 +278,10 @@ impl Engine {
     /// `TcpConn::hand_off`) and lives `timeout` seconds without queued
     /// packets. Returns whether the connection was handed off (the caller
     /// then marks the packet's verdict).
+    ///
+    /// A second parse and lookup of a packet already decided: the daemon
+    /// instead sets [`Context::hand_off`], and `decide` does the same in the
+    /// lookup that decides the packet.
     pub fn hand_off(&self, bytes: &[u8], framing: Framing, now: Timestamp, timeout: u32) -> bool {
         let Ok(packet) = wire::parse(bytes, framing) else {
             return false;
@@ -275,9 +289,6 @@ impl Engine {
         let Some(seg) = packet.tcp() else {
             return false;
         };
-        if seg.flags.syn() || seg.flags.fin() || seg.flags.rst() {
-            return false;
-        }
         let (key, side) = FlowKey::new(
             packet.protocol,
             packet.src,
@@ -288,17 +299,8 @@ impl Engine {
         let Some(mut entry) = self.table.get_mut(&key) else {
             return false;
         };
-        let conn = &mut *entry;
-        let Proto::Tcp(mut tcp) = conn.proto else {
-            return false;
-        };
-        if conn.originator != side || !tcp.is_established() {
-            return false;
-        }
-        tcp.hand_off(ORIGINATOR, seg);
-        conn.proto = Proto::Tcp(tcp);
-        conn.set_timeout(now, timeout);
-        true
+        let from_originator = entry.originator == side;
+        hand_off_conn(&mut entry, from_originator, seg, now, timeout)
     }
 
     /// Hand-off mode: the kernel still carries this handed-off TCP connection
@@ -568,7 +570,12 @@ impl Engine {
         if after != before {
             self.table.notify(Change::Update { before }, key, conn);
         }
-        Lookup::Found(Decision::tracked(outcome.reason, before, after))
+        let mut d = Decision::tracked(outcome.reason, before, after);
+        if let Some(timeout) = ctx.hand_off {
+            d.handed_off = d.verdict() == Verdict::Accept
+                && hand_off_conn(conn, from == ORIGINATOR, seg, now, timeout);
+        }
+        Lookup::Found(d)
     }
 
     /// Counts a TCP connection whose handshake just completed against its
@@ -795,15 +802,48 @@ impl Engine {
         };
         let timeout = self.adapt(timeout, half_open);
         conn.set_timeout(now, timeout);
+        // A connection picked up mid-stream is ESTABLISHED from its first
+        // packet: in hand-off mode, that packet hands it off.
+        let handed_off = match (ctx.hand_off, p.tcp()) {
+            (Some(timeout), Some(seg)) => hand_off_conn(&mut conn, true, seg, now, timeout),
+            _ => false,
+        };
         let state = conn.state();
         match self.table.insert_new(key, conn) {
             Ok(()) => Some(Decision {
                 after: state,
+                handed_off,
                 ..decision
             }),
             Err(_) => None,
         }
     }
+}
+
+/// Hands `conn` to the kernel (see [`Engine::hand_off`]) when `seg`, an
+/// accepted packet of it, may: a plain segment (no SYN, FIN or RST) from
+/// its originator, both ends ESTABLISHED. Returns whether it did.
+#[inline]
+fn hand_off_conn(
+    conn: &mut Conn,
+    from_originator: bool,
+    seg: &TcpSegment,
+    now: Timestamp,
+    timeout: u32,
+) -> bool {
+    if !from_originator || seg.flags.syn() || seg.flags.fin() || seg.flags.rst() {
+        return false;
+    }
+    let Proto::Tcp(mut tcp) = conn.proto else {
+        return false;
+    };
+    if !tcp.is_established() {
+        return false;
+    }
+    tcp.hand_off(ORIGINATOR, seg);
+    conn.proto = Proto::Tcp(tcp);
+    conn.set_timeout(now, timeout);
+    true
 }
 
 #[cfg(test)]
@@ -824,6 +864,85 @@ mod tests {
         let mut left: Vec<_> = engine.connections().iter().map(|c| c.originator).collect();
         left.sort();
         left
+    }
+
+    /// `Context::hand_off` hands off in `decide` exactly the connections that
+    /// `Engine::hand_off` after `decide` did (as the daemon's workers did):
+    /// plain accepted packets from the originator of an established one,
+    /// a loose pickup's first packet included; and decides as before.
+    #[test]
+    fn decide_hands_off_what_a_second_lookup_after_it_did() {
+        use crate::conntrack::tcp::EndpointState::Established;
+        use std::net::SocketAddr;
+        const TIMEOUT: u32 = 432_000;
+        let (syn, ack, psh, fin) = (
+            TcpFlags::SYN,
+            TcpFlags::ACK,
+            TcpFlags::ACK | TcpFlags::PSH,
+            TcpFlags::FIN | TcpFlags::ACK,
+        );
+        let c: SocketAddr = "198.18.0.2:40000".parse().unwrap();
+        let s: SocketAddr = "198.19.0.2:80".parse().unwrap();
+        let picked: SocketAddr = "198.18.0.3:40000".parse().unwrap();
+        let packets = [
+            build::tcp(c, s).flags(syn).seq(100).build(),
+            build::tcp(s, c).flags(syn | ack).seq(500).ack(101).build(),
+            build::tcp(c, s).flags(ack).seq(101).ack(501).build(),
+            build::tcp(c, s)
+                .flags(psh)
+                .seq(101)
+                .ack(501)
+                .payload(&[1; 10])
+                .build(),
+            build::tcp(s, c)
+                .flags(psh)
+                .seq(501)
+                .ack(111)
+                .payload(&[2; 10])
+                .build(),
+            build::tcp(c, s).flags(fin).seq(111).ack(511).build(),
+            // Dropped: no connection to belong to.
+            build::tcp(picked, s).flags(fin).seq(7).ack(9).build(),
+            // Picked up mid-stream (loose_pickup): ESTABLISHED at once.
+            build::tcp(picked, s).flags(ack).seq(7).ack(9).build(),
+            build::udp(c, s, b"x"),
+        ];
+        let settings = EngineSettings {
+            loose_pickup: true,
+            ..EngineSettings::default()
+        };
+        let deciding = Engine::new(settings, Policy::allow_all());
+        let looking_again = Engine::new(settings, Policy::allow_all());
+        let hand_off = Context {
+            hand_off: Some(TIMEOUT),
+            ..Context::default()
+        };
+        let mut handed = Vec::new();
+        for (i, p) in packets.iter().enumerate() {
+            let now = Timestamp::from_secs(10 + i as u64);
+            let d = deciding.decide(p, &hand_off, now);
+            let before = looking_again.decide(p, &Context::default(), now);
+            let again = before.verdict() == Verdict::Accept
+                && before.after == ConnState::Tcp(Established, Established)
+                && looking_again.hand_off(p, Framing::default(), now, TIMEOUT);
+            assert_eq!(
+                Decision {
+                    handed_off: false,
+                    ..d
+                },
+                before,
+                "packet {i}"
+            );
+            assert_eq!(d.handed_off, again, "packet {i}");
+            assert_eq!(
+                deciding.connections(),
+                looking_again.connections(),
+                "packet {i}"
+            );
+            handed.push(d.handed_off);
+        }
+        let expected = [false, false, true, true, false, false, false, true, false];
+        assert_eq!(handed, expected);
     }
 
     #[test]
