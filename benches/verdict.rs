@@ -36,11 +36,14 @@
 //!   miss the CPU caches, as on a busy gateway. `established_1k_random` is the
 //!   same with 1,000 connections (the table fits in cache), to separate the
 //!   cost of a big table from the cost of many connections.
-//! - `two_threads`: two threads deciding at once, each on its own 8
-//!   connections. One iteration = each thread decides one segment; the time
-//!   is the slower thread's, so it reads as the per-decision latency with two
-//!   threads busy; the throughput line (2 elements per iteration) gives the
-//!   aggregate rate.
+//! - `two_threads/established`: two threads deciding at once, each on its
+//!   own 8 connections. One iteration = each thread decides one segment; the
+//!   time is the slower thread's, so it reads as the per-decision latency
+//!   with two threads busy; the throughput line (2 elements per iteration)
+//!   gives the aggregate rate.
+//! - `two_threads/new_syn`: the same with new SYNs, each thread opening
+//!   connections from its own half of `new_syn`'s set: two workers under a
+//!   SYN flood share the policy and the table's counts and early-drop queue.
 //!
 //! Run: `cargo bench --bench verdict` (about 2-3 minutes), or one case with
 //! `cargo bench --bench verdict -- established`.
@@ -337,10 +340,62 @@ fn two_threads(c: &mut Criterion) {
             })
         })
     });
-    group.finish();
     for stream in &mut streams {
         still_tracked(&engine, &ctx, stream);
     }
+
+    // Each thread opens connections from its own half of the SYN set, a
+    // batch at a time, both at once; once both have used their half up, the
+    // table is emptied (untimed) and the halves replayed, as in `new_syn`.
+    let half = (SYN_SET / 2) as usize;
+    let syns: [Vec<Vec<u8>>; 2] = [0, 1].map(|t| {
+        let first = SYN_BASE + t * half as u32;
+        (first..first + half as u32)
+            .map(|i| Flow::new(i).syn())
+            .collect()
+    });
+    engine.expire(Timestamp::from_secs(1 << 40));
+    let mut next = 0usize;
+    group.bench_function("new_syn", |b| {
+        b.iter_custom(|iters| {
+            let barrier = Barrier::new(2);
+            let (engine, ctx, barrier, from) = (&engine, &ctx, &barrier, next);
+            let worker = |set: &[Vec<u8>]| {
+                let now = now();
+                let (mut total, mut left, mut at) = (Duration::ZERO, iters, from);
+                while left > 0 {
+                    if at == set.len() {
+                        if barrier.wait().is_leader() {
+                            engine.expire(Timestamp::from_secs(1 << 40));
+                        }
+                        at = 0;
+                    }
+                    let n = left.min((set.len() - at).min(BATCH) as u64) as usize;
+                    barrier.wait();
+                    let start = Instant::now();
+                    let mut opened = 0usize;
+                    for syn in &set[at..at + n] {
+                        let d = engine.decide(black_box(syn), ctx, now);
+                        opened += (d.reason == Reason::NewByDefault) as usize;
+                    }
+                    total += start.elapsed();
+                    assert_eq!(opened, n, "every SYN opens a connection");
+                    at += n;
+                    left -= n as u64;
+                }
+                (total, at)
+            };
+            let [a, b] = &syns;
+            let ((ta, at), (tb, _)) = std::thread::scope(|s| {
+                let ta = s.spawn(move || worker(a));
+                let tb = s.spawn(move || worker(b));
+                (ta.join().unwrap(), tb.join().unwrap())
+            });
+            next = at;
+            ta.max(tb)
+        })
+    });
+    group.finish();
 }
 
 /// A new SYN into a full half-open table: each one evicts the oldest
