@@ -3,6 +3,7 @@
 //!
 //!   valgrind --tool=callgrind target/release/examples/decide_loop est   # an established ACK, 1,000,000 times
 //!   valgrind --tool=callgrind target/release/examples/decide_loop inv   # SYN+FIN (invalid flags), 1,000,000 times
+//!   valgrind --tool=callgrind target/release/examples/decide_loop hand  # est in hand-off mode: each hands the connection off
 //!   valgrind --tool=callgrind target/release/examples/decide_loop syn   # 32,768 new SYNs (distinct flows, no eviction)
 //!
 //! `syn` is `benches/verdict.rs`'s `new_syn` in the state a long run of it
@@ -44,7 +45,7 @@ fn main() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/examples/stateful-allow-all.toml");
     let config = Config::load(&path).unwrap();
     let engine = Engine::new(config.engine, config.policy);
-    let ctx = Context::default();
+    let mut ctx = Context::default();
     let now = Timestamp::from_secs(1000);
     let mut f = Flow::new(1);
     f.handshake(&engine, &ctx, now);
@@ -54,6 +55,10 @@ fn main() {
         "inv" => (vec![f.syn_fin()], 1_000_000),
         _ => (vec![f.pure_ack()], 1_000_000),
     };
+    if which == "hand" {
+        // The kernel's established timeout, as the daemon sets it by default.
+        ctx.hand_off = Some(432_000);
+    }
     if which == "syn" {
         for _ in 0..2 {
             for p in &packets {
@@ -63,4 +68,7 @@ fn main() {
         }
     }
     println!("{}", decide_all(&engine, &ctx, now, &packets, rounds));
+    if which == "hand" {
+        assert!(engine.decide(&packets[0], &ctx, now).handed_off);
+    }
 }
