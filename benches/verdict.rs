@@ -17,6 +17,11 @@
 //!   `Reason::Tracked` (outside the timing, by count per batch).
 //! - `established_repeated_ack`: for reference, one pure ACK (no payload)
 //!   decided over and over; it stays valid when repeated.
+//! - `established_handoff`: as `established`, in hand-off mode
+//!   (`Context::hand_off`): each of the client's segments hands the
+//!   connection to the kernel again (re-anchors its windows and sets its
+//!   timeout) in the lookup that decides it, as the daemon's workers do
+//!   for the packets already in flight when a connection is handed off.
 //! - `new_syn` [≤ 300 ns]: a SYN (with MSS, SACK-permitted and window-scale
 //!   options, as Linux sends) opening a new connection each time, from a set
 //!   of 32,768 distinct clients; once the set is used up the table is emptied
@@ -31,11 +36,14 @@
 //!   miss the CPU caches, as on a busy gateway. `established_1k_random` is the
 //!   same with 1,000 connections (the table fits in cache), to separate the
 //!   cost of a big table from the cost of many connections.
-//! - `two_threads`: two threads deciding at once, each on its own 8
-//!   connections. One iteration = each thread decides one segment; the time
-//!   is the slower thread's, so it reads as the per-decision latency with two
-//!   threads busy; the throughput line (2 elements per iteration) gives the
-//!   aggregate rate.
+//! - `two_threads/established`: two threads deciding at once, each on its
+//!   own 8 connections. One iteration = each thread decides one segment; the
+//!   time is the slower thread's, so it reads as the per-decision latency
+//!   with two threads busy; the throughput line (2 elements per iteration)
+//!   gives the aggregate rate.
+//! - `two_threads/new_syn`: the same with new SYNs, each thread opening
+//!   connections from its own half of `new_syn`'s set: two workers under a
+//!   SYN flood share the policy and the table's counts and early-drop queue.
 //!
 //! Run: `cargo bench --bench verdict` (about 2-3 minutes), or one case with
 //! `cargo bench --bench verdict -- established`.
@@ -62,6 +70,9 @@ const SYN_SET: u32 = 32_768;
 const MILLION: u32 = 1_000_000;
 /// Connection numbers for the SYN set (clear of the established ones).
 const SYN_BASE: u32 = 1 << 24;
+/// Seconds a handed-off connection lives without queued packets (the
+/// kernel's established timeout, as the daemon sets it by default).
+const HAND_OFF_TIMEOUT: u32 = 432_000;
 
 fn now() -> Timestamp {
     Timestamp::from_secs(1_000)
@@ -143,6 +154,41 @@ fn established(c: &mut Criterion) {
         b.iter(|| engine.decide(black_box(&ack), &ctx, now()))
     });
     assert_eq!(engine.decide(&ack, &ctx, now()).reason, Reason::Tracked);
+}
+
+fn established_handoff(c: &mut Criterion) {
+    let engine = engine(|_| {});
+    let flows = establish(&engine, &Context::default(), now(), 0, 1);
+    let ctx = Context {
+        hand_off: Some(HAND_OFF_TIMEOUT),
+        ..Context::default()
+    };
+    let mut stream = Stream::new(flows, Order::RoundRobin, BATCH);
+    c.bench_function("established_handoff", |b| {
+        b.iter_custom(|iters| {
+            let now = now();
+            let mut total = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(BATCH as u64) as usize;
+                let batch = stream.fill(n);
+                let start = Instant::now();
+                let (mut tracked, mut handed) = (0usize, 0usize);
+                for packet in batch {
+                    let d = engine.decide(black_box(packet), &ctx, now);
+                    tracked += (d.reason == Reason::Tracked) as usize;
+                    handed += d.handed_off as usize;
+                }
+                total += start.elapsed();
+                assert_eq!(tracked, n, "every segment of the stream is Tracked");
+                // The client's segments, every other one, hand it off.
+                assert!(handed.abs_diff(n - handed) <= 1, "{handed} of {n}");
+                left -= n as u64;
+            }
+            total
+        })
+    });
+    still_tracked(&engine, &ctx, &mut stream);
 }
 
 fn new_syn(c: &mut Criterion) {
@@ -294,10 +340,62 @@ fn two_threads(c: &mut Criterion) {
             })
         })
     });
-    group.finish();
     for stream in &mut streams {
         still_tracked(&engine, &ctx, stream);
     }
+
+    // Each thread opens connections from its own half of the SYN set, a
+    // batch at a time, both at once; once both have used their half up, the
+    // table is emptied (untimed) and the halves replayed, as in `new_syn`.
+    let half = (SYN_SET / 2) as usize;
+    let syns: [Vec<Vec<u8>>; 2] = [0, 1].map(|t| {
+        let first = SYN_BASE + t * half as u32;
+        (first..first + half as u32)
+            .map(|i| Flow::new(i).syn())
+            .collect()
+    });
+    engine.expire(Timestamp::from_secs(1 << 40));
+    let mut next = 0usize;
+    group.bench_function("new_syn", |b| {
+        b.iter_custom(|iters| {
+            let barrier = Barrier::new(2);
+            let (engine, ctx, barrier, from) = (&engine, &ctx, &barrier, next);
+            let worker = |set: &[Vec<u8>]| {
+                let now = now();
+                let (mut total, mut left, mut at) = (Duration::ZERO, iters, from);
+                while left > 0 {
+                    if at == set.len() {
+                        if barrier.wait().is_leader() {
+                            engine.expire(Timestamp::from_secs(1 << 40));
+                        }
+                        at = 0;
+                    }
+                    let n = left.min((set.len() - at).min(BATCH) as u64) as usize;
+                    barrier.wait();
+                    let start = Instant::now();
+                    let mut opened = 0usize;
+                    for syn in &set[at..at + n] {
+                        let d = engine.decide(black_box(syn), ctx, now);
+                        opened += (d.reason == Reason::NewByDefault) as usize;
+                    }
+                    total += start.elapsed();
+                    assert_eq!(opened, n, "every SYN opens a connection");
+                    at += n;
+                    left -= n as u64;
+                }
+                (total, at)
+            };
+            let [a, b] = &syns;
+            let ((ta, at), (tb, _)) = std::thread::scope(|s| {
+                let ta = s.spawn(move || worker(a));
+                let tb = s.spawn(move || worker(b));
+                (ta.join().unwrap(), tb.join().unwrap())
+            });
+            next = at;
+            ta.max(tb)
+        })
+    });
+    group.finish();
 }
 
 /// A new SYN into a full half-open table: each one evicts the oldest
@@ -344,7 +442,7 @@ fn config_criterion() -> Criterion {
 criterion_group! {
     name = benches;
     config = config_criterion();
-    targets = established, new_syn, new_syn_evicting, invalid_flags, established_big,
+    targets = established, established_handoff, new_syn, new_syn_evicting, invalid_flags, established_big,
         established_small_random, two_threads
 }
 /// `criterion_main!`, except for libtest's `--include-ignored`. The test

@@ -28,6 +28,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// Entries per shard the daemon's layout aims at, at most (see
 /// [`Layout::for_table`]): a walk of 2,048 entries holds a shard for tens of
@@ -422,29 +423,75 @@ impl Layout {
 
 type Map<K> = DashMap<K, Conn, ahash::RandomState>;
 
-/// Keys of unassured entries, oldest first (see the module doc).
+/// Keys of unassured entries, oldest first (see the module doc): a ring
+/// allocated once, under a mutex held for a few instructions per push or
+/// pop and never with another lock of the table.
+///
+/// Every new unassured entry pushes its key, and keys leave only by
+/// eviction, so on a running gateway the ring is full: a push then takes the
+/// oldest key's place in one write.
 struct Fifo {
-    tx: crossbeam_channel::Sender<FlowKey>,
-    rx: crossbeam_channel::Receiver<FlowKey>,
+    ring: Mutex<Ring>,
+}
+
+struct Ring {
+    keys: Box<[FlowKey]>,
+    /// Index of the oldest key.
+    head: usize,
+    len: usize,
 }
 
 impl Fifo {
     fn new(capacity: usize) -> Fifo {
-        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
-        Fifo { tx, rx }
+        let keys = vec![FlowKey::V4(Key4::default()); capacity.max(1)];
+        Fifo {
+            ring: Mutex::new(Ring {
+                keys: keys.into_boxed_slice(),
+                head: 0,
+                len: 0,
+            }),
+        }
     }
 
-    /// Adds a key; when full, the oldest key is dropped to make room (its
-    /// entry, if still unassured, is left to its timeout).
+    fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
+        // Nothing panics while holding it: the ring is consistent anyway.
+        self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a key; when full, it takes the oldest key's place (that entry,
+    /// if still unassured, is left to its timeout).
+    #[inline]
     fn push(&self, key: FlowKey) {
-        if let Err(crossbeam_channel::TrySendError::Full(key)) = self.tx.try_send(key) {
-            let _ = self.rx.try_recv();
-            let _ = self.tx.try_send(key);
+        let mut r = self.ring();
+        let cap = r.keys.len();
+        let at = wrap(r.head + r.len, cap);
+        r.keys[at] = key;
+        if r.len == cap {
+            r.head = wrap(r.head + 1, cap);
+        } else {
+            r.len += 1;
         }
     }
 
     fn pop(&self) -> Option<FlowKey> {
-        self.rx.try_recv().ok()
+        let mut r = self.ring();
+        if r.len == 0 {
+            return None;
+        }
+        let key = r.keys[r.head];
+        r.head = wrap(r.head + 1, r.keys.len());
+        r.len -= 1;
+        Some(key)
+    }
+}
+
+/// `i` modulo `cap`, for `i < 2 * cap`.
+#[inline]
+fn wrap(i: usize, cap: usize) -> usize {
+    if i >= cap {
+        i - cap
+    } else {
+        i
     }
 }
 
@@ -744,32 +791,33 @@ impl Table {
 
     /// Inserts a new connection (the caller checked `make_room`). If another
     /// thread inserted the same key meanwhile, that entry wins and is returned.
-    pub fn insert_new(&self, key: FlowKey, conn: Conn) -> Result<(), Conn> {
-        let inserted = match key {
-            FlowKey::V4(k) => self.insert_in(&self.v4, k, conn),
-            FlowKey::V6(k) => self.insert_in(&self.v6, k, conn),
-        };
-        let inserted = inserted.map(|c| self.notify(Change::New, &key, &c));
-        if inserted.is_ok() && !conn.assured() {
-            let half_open = matches!(conn.proto, Proto::Tcp(t) if t.is_half_open());
-            if half_open {
+    pub fn insert_new(&self, key: FlowKey, mut conn: Conn) -> Result<(), Conn> {
+        match key {
+            FlowKey::V4(k) => self.insert_in(&self.v4, k, &mut conn)?,
+            FlowKey::V6(k) => self.insert_in(&self.v6, k, &mut conn)?,
+        }
+        self.notify(Change::New, &key, &conn);
+        if !conn.assured() {
+            if conn.counted_half_open() {
                 self.young_half_open.push(key);
             } else {
                 self.young_other.push(key);
             }
         }
-        inserted
+        Ok(())
     }
 
-    fn insert_in<K: Hash + Eq>(&self, map: &Map<K>, key: K, mut conn: Conn) -> Result<Conn, Conn> {
+    /// Inserts `conn` (counted as half-open if it is) unless `key` is taken.
+    #[inline]
+    fn insert_in<K: Hash + Eq>(&self, map: &Map<K>, key: K, conn: &mut Conn) -> Result<(), Conn> {
         use dashmap::mapref::entry::Entry;
         match map.entry(key) {
             Entry::Occupied(o) => Err(*o.get()),
             Entry::Vacant(v) => {
-                self.account_half_open(&mut conn);
-                v.insert(conn);
+                self.account_half_open(conn);
+                v.insert(*conn);
                 self.len.fetch_add(1, Ordering::Relaxed);
-                Ok(conn)
+                Ok(())
             }
         }
     }
@@ -878,5 +926,34 @@ impl Table {
         let v4 = self.v4.iter().map(|e| (FlowKey::V4(*e.key()), *e.value()));
         let v6 = self.v6.iter().map(|e| (FlowKey::V6(*e.key()), *e.value()));
         v4.chain(v6).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u32) -> FlowKey {
+        let (key, _) = FlowKey::new(6, [10, 0, 0, 1].into(), 1, [10, 0, 0, 2].into(), i as u16);
+        key
+    }
+
+    #[test]
+    fn a_full_fifo_forgets_its_oldest_keys_and_keeps_the_order() {
+        let fifo = Fifo::new(3);
+        assert_eq!(fifo.pop(), None);
+        for i in 1..=5 {
+            fifo.push(key(i));
+        }
+        // 1 and 2 made room for 4 and 5.
+        assert_eq!(fifo.pop(), Some(key(3)));
+        fifo.push(key(6));
+        for i in 4..=6 {
+            assert_eq!(fifo.pop(), Some(key(i)));
+        }
+        assert_eq!(fifo.pop(), None);
+        // Empty again, across the wrap.
+        fifo.push(key(7));
+        assert_eq!((fifo.pop(), fifo.pop()), (Some(key(7)), None));
     }
 }

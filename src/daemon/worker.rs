@@ -5,7 +5,6 @@
 //! `recvmmsg`, reads the clock once per batch, and sends the batch's verdicts
 //! coalesced into batch verdicts with one `send`.
 
-use crate::conntrack::tcp::EndpointState;
 use crate::conntrack::ConnState;
 use crate::daemon::drops::{DropRecord, Drops};
 use crate::daemon::events::{Hub, Record};
@@ -485,6 +484,7 @@ impl Worker {
                 output: ifnames.get(out_idx),
             },
             framing,
+            hand_off: self.handoff.map(|h| h.timeout),
         };
         // A panic in the engine (a bug) must not take the firewall down with
         // it, or a packet that triggers it would switch filtering off (or, fail-
@@ -537,19 +537,14 @@ impl Worker {
         }
         match verdict {
             Verdict::Drop => (Verdict::Drop, None),
-            Verdict::Accept => {
-                let mut mark = None;
-                if let Some(b) = &self.handoff {
-                    if d.after
-                        == ConnState::Tcp(EndpointState::Established, EndpointState::Established)
-                        && self.hand_off(payload, framing, now, b)
-                    {
-                        stats.handoff_marked += 1;
-                        mark = Some(p.mark | b.mark);
-                    }
+            Verdict::Accept => match &self.handoff {
+                // Handed off by the decision itself (`Context::hand_off`).
+                Some(b) if d.handed_off => {
+                    stats.handoff_marked += 1;
+                    (Verdict::Accept, Some(p.mark | b.mark))
                 }
-                (Verdict::Accept, mark)
-            }
+                _ => (Verdict::Accept, None),
+            },
         }
     }
 
@@ -565,12 +560,6 @@ impl Worker {
         if d.before == ConnState::None && d.after != ConnState::None {
             stats.rule_hits[i][1] += 1;
         }
-    }
-
-    /// Hand-off: hands an established TCP connection to the kernel (see
-    /// `Engine::hand_off`); true when its verdict is to carry the hand-off mark.
-    fn hand_off(&self, payload: &[u8], framing: Framing, now: Timestamp, b: &Handoff) -> bool {
-        self.engine.hand_off(payload, framing, now, b.timeout)
     }
 }
 

@@ -21,15 +21,23 @@ use crate::policy::{Action, Interfaces, Policy};
 use crate::reason::{Reason, Verdict};
 use crate::time::Timestamp;
 use crate::wire::{self, Embedded, Framing, IcmpKind, Packet, TcpSegment, Transport, PROTO_TCP};
+use arc_swap::ArcSwap;
 use settings::EngineSettings;
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// What the caller knows about a packet besides its bytes.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Context<'a> {
     pub ifaces: Interfaces<'a>,
     pub framing: Framing,
+    /// Hand-off mode (see [`Engine::hand_off`]): seconds a connection handed
+    /// to the kernel lives in the engine without queued packets. The
+    /// decision hands an established connection off itself, under the
+    /// lookup that decided the packet, and says so in
+    /// [`Decision::handed_off`]. `None`: off.
+    pub hand_off: Option<u32>,
 }
 
 /// The answer for one packet.
@@ -46,6 +54,9 @@ pub struct Decision {
     pub generation: u16,
     /// That rule asked for logging.
     pub log: bool,
+    /// Hand-off mode: this packet handed its connection to the kernel (the
+    /// caller marks its verdict).
+    pub handed_off: bool,
 }
 
 impl Decision {
@@ -62,6 +73,7 @@ impl Decision {
             rule: None,
             generation: 0,
             log: false,
+            handed_off: false,
         }
     }
 
@@ -136,19 +148,25 @@ impl ConnInfo {
 
 pub struct Engine {
     table: Table,
-    policy: RwLock<Arc<Policy>>,
+    /// The policy in force, read without a lock on the packet path (a
+    /// reload swaps in a new one; a decision keeps the one it started with,
+    /// and its generation with it).
+    policy: ArcSwap<Policy>,
+    /// Held by `set_policy`: two reloads at once number their policies one
+    /// after the other.
+    reload: Mutex<()>,
     settings: EngineSettings,
     /// Until this second of the engine's clock, TCP connections may be
     /// picked up mid-stream even without `loose_pickup` (after a restart
     /// from a periodic snapshot: see [`Engine::allow_pickup_until`]).
-    pickup_until: std::sync::atomic::AtomicU64,
+    pickup_until: AtomicU64,
     /// Entries and half-open connections up to which adaptive timeouts
     /// change nothing (`adaptive.start` of each limit), precomputed so that
     /// a new connection under them costs two integer comparisons.
     adapt_from: (usize, usize),
     /// The policy in force has a rule with source limits: only then does a
     /// completed handshake look the policy up again (`charge_source`).
-    limits_sources: std::sync::atomic::AtomicBool,
+    limits_sources: AtomicBool,
 }
 
 enum Lookup {
@@ -173,25 +191,26 @@ impl Engine {
         let start = settings.adaptive.start.clamp(0.0, 1.0);
         let engine = Engine {
             table: Table::new(limits, layout),
-            policy: RwLock::new(Arc::new(policy)),
+            limits_sources: AtomicBool::new(policy.limits_sources()),
+            policy: ArcSwap::from_pointee(policy),
+            reload: Mutex::new(()),
             settings,
-            pickup_until: std::sync::atomic::AtomicU64::new(0),
+            pickup_until: AtomicU64::new(0),
             adapt_from: (
                 (start * limits.max_connections as f64) as usize,
                 (start * limits.max_half_open as f64) as usize,
             ),
-            limits_sources: std::sync::atomic::AtomicBool::new(false),
         };
-        engine.prepare_sources();
+        if engine.limits_sources.load(Ordering::Relaxed) {
+            // The per-source tracker (a fixed allocation), made now, off the packet path.
+            let _ = engine.table.sources();
+        }
         engine
     }
 
     /// The policy's generation (see [`Policy::generation`]).
     pub fn generation(&self) -> u16 {
-        self.policy
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .generation
+        self.policy.load().generation
     }
 
     pub fn settings(&self) -> &EngineSettings {
@@ -204,31 +223,25 @@ impl Engine {
 
     /// The policy in force.
     pub fn policy(&self) -> Arc<Policy> {
-        self.policy
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.policy.load_full()
     }
 
     /// Replaces the policy for new connections; tracked connections keep their state.
     pub fn set_policy(&self, mut policy: Policy) {
-        {
-            let mut current = self.policy.write().unwrap_or_else(|e| e.into_inner());
-            policy.generation = current.generation.wrapping_add(1);
-            *current = Arc::new(policy);
-        }
-        self.prepare_sources();
-    }
-
-    /// Makes the per-source tracker (a fixed allocation) now, off the packet
-    /// path, when the policy limits sources.
-    fn prepare_sources(&self) {
-        let limits = self.policy().limits_sources();
+        let _reload = self.reload.lock().unwrap_or_else(|e| e.into_inner());
+        policy.generation = self.policy.load().generation.wrapping_add(1);
+        // A policy that limits sources gets the per-source tracker (a fixed
+        // allocation) now, off the packet path, and is known to limit them
+        // before its first connection completes a handshake.
+        let limits = policy.limits_sources();
         if limits {
             let _ = self.table.sources();
+            self.limits_sources.store(true, Ordering::Relaxed);
         }
-        self.limits_sources
-            .store(limits, std::sync::atomic::Ordering::Relaxed);
+        self.policy.store(Arc::new(policy));
+        if !limits {
+            self.limits_sources.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Decides one packet given as bytes starting at the IP header.
@@ -265,6 +278,10 @@ impl Engine {
     /// `TcpConn::hand_off`) and lives `timeout` seconds without queued
     /// packets. Returns whether the connection was handed off (the caller
     /// then marks the packet's verdict).
+    ///
+    /// A second parse and lookup of a packet already decided: the daemon
+    /// instead sets [`Context::hand_off`], and `decide` does the same in the
+    /// lookup that decides the packet.
     pub fn hand_off(&self, bytes: &[u8], framing: Framing, now: Timestamp, timeout: u32) -> bool {
         let Ok(packet) = wire::parse(bytes, framing) else {
             return false;
@@ -272,9 +289,6 @@ impl Engine {
         let Some(seg) = packet.tcp() else {
             return false;
         };
-        if seg.flags.syn() || seg.flags.fin() || seg.flags.rst() {
-            return false;
-        }
         let (key, side) = FlowKey::new(
             packet.protocol,
             packet.src,
@@ -285,17 +299,8 @@ impl Engine {
         let Some(mut entry) = self.table.get_mut(&key) else {
             return false;
         };
-        let conn = &mut *entry;
-        let Proto::Tcp(mut tcp) = conn.proto else {
-            return false;
-        };
-        if conn.originator != side || !tcp.is_established() {
-            return false;
-        }
-        tcp.hand_off(ORIGINATOR, seg);
-        conn.proto = Proto::Tcp(tcp);
-        conn.set_timeout(now, timeout);
-        true
+        let from_originator = entry.originator == side;
+        hand_off_conn(&mut entry, from_originator, seg, now, timeout)
     }
 
     /// Hand-off mode: the kernel still carries this handed-off TCP connection
@@ -404,8 +409,7 @@ impl Engine {
     /// misses the connections opened after it: for a short while, their
     /// packets open them again instead of being `no_connection`.
     pub fn allow_pickup_until(&self, until: Timestamp) {
-        self.pickup_until
-            .store(until.as_secs(), std::sync::atomic::Ordering::Relaxed);
+        self.pickup_until.store(until.as_secs(), Ordering::Relaxed);
     }
 
     /// Loads a state file's connections into the (empty) table, as far as
@@ -468,7 +472,7 @@ impl Engine {
             let tcp = if bare_syn {
                 TcpConn::from_syn(seg)
             } else if (self.settings.loose_pickup
-                || now.as_secs() < self.pickup_until.load(std::sync::atomic::Ordering::Relaxed))
+                || now.as_secs() < self.pickup_until.load(Ordering::Relaxed))
                 && !seg.flags.rst()
                 && !seg.flags.fin()
                 && !seg.flags.syn()
@@ -566,7 +570,12 @@ impl Engine {
         if after != before {
             self.table.notify(Change::Update { before }, key, conn);
         }
-        Lookup::Found(Decision::tracked(outcome.reason, before, after))
+        let mut d = Decision::tracked(outcome.reason, before, after);
+        if let Some(timeout) = ctx.hand_off {
+            d.handed_off = d.verdict() == Verdict::Accept
+                && hand_off_conn(conn, from == ORIGINATOR, seg, now, timeout);
+        }
+        Lookup::Found(d)
     }
 
     /// Counts a TCP connection whose handshake just completed against its
@@ -581,10 +590,7 @@ impl Engine {
         now: Timestamp,
     ) -> Result<(), Reason> {
         // No rule limits sources: no second policy lookup per connection.
-        if !self
-            .limits_sources
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        if !self.limits_sources.load(Ordering::Relaxed) {
             return Ok(());
         }
         let (_, limits) = self.policy_match(p, ctx);
@@ -715,9 +721,11 @@ impl Engine {
     /// The policy's decision for a new connection, and the matching rule's
     /// per-source limits.
     fn policy_match(&self, p: &Packet, ctx: &Context<'_>) -> (Decision, SourceLimits) {
-        // Evaluate under the read guard: no Arc clone on the new-connection path.
+        // One load for the rule and its generation: a reload in between
+        // cannot pair one policy's rule index with the other's generation.
+        // (The guard is no Arc clone: no shared counter on this path.)
         let (m, generation) = {
-            let policy = self.policy.read().unwrap_or_else(|e| e.into_inner());
+            let policy = self.policy.load();
             (policy.evaluate(p, &ctx.ifaces), policy.generation)
         };
         let reason = match (m.action, m.rule) {
@@ -794,15 +802,48 @@ impl Engine {
         };
         let timeout = self.adapt(timeout, half_open);
         conn.set_timeout(now, timeout);
+        // A connection picked up mid-stream is ESTABLISHED from its first
+        // packet: in hand-off mode, that packet hands it off.
+        let handed_off = match (ctx.hand_off, p.tcp()) {
+            (Some(timeout), Some(seg)) => hand_off_conn(&mut conn, true, seg, now, timeout),
+            _ => false,
+        };
         let state = conn.state();
         match self.table.insert_new(key, conn) {
             Ok(()) => Some(Decision {
                 after: state,
+                handed_off,
                 ..decision
             }),
             Err(_) => None,
         }
     }
+}
+
+/// Hands `conn` to the kernel (see [`Engine::hand_off`]) when `seg`, an
+/// accepted packet of it, may: a plain segment (no SYN, FIN or RST) from
+/// its originator, both ends ESTABLISHED. Returns whether it did.
+#[inline]
+fn hand_off_conn(
+    conn: &mut Conn,
+    from_originator: bool,
+    seg: &TcpSegment,
+    now: Timestamp,
+    timeout: u32,
+) -> bool {
+    if !from_originator || seg.flags.syn() || seg.flags.fin() || seg.flags.rst() {
+        return false;
+    }
+    let Proto::Tcp(mut tcp) = conn.proto else {
+        return false;
+    };
+    if !tcp.is_established() {
+        return false;
+    }
+    tcp.hand_off(ORIGINATOR, seg);
+    conn.proto = Proto::Tcp(tcp);
+    conn.set_timeout(now, timeout);
+    true
 }
 
 #[cfg(test)]
@@ -823,6 +864,85 @@ mod tests {
         let mut left: Vec<_> = engine.connections().iter().map(|c| c.originator).collect();
         left.sort();
         left
+    }
+
+    /// `Context::hand_off` hands off in `decide` exactly the connections that
+    /// `Engine::hand_off` after `decide` did (as the daemon's workers did):
+    /// plain accepted packets from the originator of an established one,
+    /// a loose pickup's first packet included; and decides as before.
+    #[test]
+    fn decide_hands_off_what_a_second_lookup_after_it_did() {
+        use crate::conntrack::tcp::EndpointState::Established;
+        use std::net::SocketAddr;
+        const TIMEOUT: u32 = 432_000;
+        let (syn, ack, psh, fin) = (
+            TcpFlags::SYN,
+            TcpFlags::ACK,
+            TcpFlags::ACK | TcpFlags::PSH,
+            TcpFlags::FIN | TcpFlags::ACK,
+        );
+        let c: SocketAddr = "198.18.0.2:40000".parse().unwrap();
+        let s: SocketAddr = "198.19.0.2:80".parse().unwrap();
+        let picked: SocketAddr = "198.18.0.3:40000".parse().unwrap();
+        let packets = [
+            build::tcp(c, s).flags(syn).seq(100).build(),
+            build::tcp(s, c).flags(syn | ack).seq(500).ack(101).build(),
+            build::tcp(c, s).flags(ack).seq(101).ack(501).build(),
+            build::tcp(c, s)
+                .flags(psh)
+                .seq(101)
+                .ack(501)
+                .payload(&[1; 10])
+                .build(),
+            build::tcp(s, c)
+                .flags(psh)
+                .seq(501)
+                .ack(111)
+                .payload(&[2; 10])
+                .build(),
+            build::tcp(c, s).flags(fin).seq(111).ack(511).build(),
+            // Dropped: no connection to belong to.
+            build::tcp(picked, s).flags(fin).seq(7).ack(9).build(),
+            // Picked up mid-stream (loose_pickup): ESTABLISHED at once.
+            build::tcp(picked, s).flags(ack).seq(7).ack(9).build(),
+            build::udp(c, s, b"x"),
+        ];
+        let settings = EngineSettings {
+            loose_pickup: true,
+            ..EngineSettings::default()
+        };
+        let deciding = Engine::new(settings, Policy::allow_all());
+        let looking_again = Engine::new(settings, Policy::allow_all());
+        let hand_off = Context {
+            hand_off: Some(TIMEOUT),
+            ..Context::default()
+        };
+        let mut handed = Vec::new();
+        for (i, p) in packets.iter().enumerate() {
+            let now = Timestamp::from_secs(10 + i as u64);
+            let d = deciding.decide(p, &hand_off, now);
+            let before = looking_again.decide(p, &Context::default(), now);
+            let again = before.verdict() == Verdict::Accept
+                && before.after == ConnState::Tcp(Established, Established)
+                && looking_again.hand_off(p, Framing::default(), now, TIMEOUT);
+            assert_eq!(
+                Decision {
+                    handed_off: false,
+                    ..d
+                },
+                before,
+                "packet {i}"
+            );
+            assert_eq!(d.handed_off, again, "packet {i}");
+            assert_eq!(
+                deciding.connections(),
+                looking_again.connections(),
+                "packet {i}"
+            );
+            handed.push(d.handed_off);
+        }
+        let expected = [false, false, true, true, false, false, false, true, false];
+        assert_eq!(handed, expected);
     }
 
     #[test]

@@ -322,6 +322,7 @@ impl<'e> Replayer<'e> {
                 wire_len,
                 checksums,
             },
+            ..Context::default()
         };
         let decision = self.engine.decide(ip, &ctx, now);
         self.counters.record(decision.reason);
