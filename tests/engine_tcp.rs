@@ -1228,7 +1228,7 @@ fn a_restored_connection_goes_on_after_a_gap_and_is_judged_strictly_again() {
 #[test]
 fn a_connection_survives_a_second_restart_soon_after_the_first() {
     for flow in [Flow::v4(), Flow::v6()] {
-        let (mut old, mut f) = handshake(flow);
+        let (old, mut f) = handshake(flow);
         let file = old.engine.save_state(old.now(), true, 1_800_000_000);
         let mut second = Harness::allow_all();
         second
