@@ -891,6 +891,8 @@ impl Model {
                 input: self.iface,
                 output: None,
             },
+            // Hand-off is exercised through `Engine::hand_off` (see `hand_off`).
+            hand_off: None,
         };
         let d = self.engine.decide(bytes, &ctx, self.now());
         PACKETS.fetch_add(1, Ordering::Relaxed);
