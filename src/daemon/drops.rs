@@ -125,12 +125,6 @@ impl Drops {
         }
     }
 
-    /// Remembers a drop in `worker`'s ring, forgetting its oldest when full.
-    /// Never waits.
-    pub fn record(&self, worker: usize, record: DropRecord) {
-        self.record_all(worker, std::slice::from_ref(&record));
-    }
-
     /// Remembers a batch's drops in `worker`'s ring (one lock for all),
     /// forgetting the oldest when full. Never waits.
     #[inline]
@@ -203,7 +197,7 @@ mod tests {
     fn rings_merge_in_time_order_filter_and_read_the_headers() {
         let drops = Drops::new(2);
         for i in 0..(PER_WORKER as u64 + 10) {
-            drops.record((i % 2) as usize, record(i, 1000 + (i % 50_000) as u16));
+            drops.record_all((i % 2) as usize, &[record(i, 1000 + (i % 50_000) as u16)]);
         }
         let all = drops.recent(usize::MAX, |_| true);
         assert_eq!(all.len(), PER_WORKER + 10);
@@ -266,7 +260,7 @@ mod tests {
     fn a_full_ring_forgets_its_oldest() {
         let drops = Drops::new(1);
         for i in 0..(3 * PER_WORKER as u64) {
-            drops.record(0, record(i, 1000));
+            drops.record_all(0, &[record(i, 1000)]);
         }
         let all = drops.recent(usize::MAX, |_| true);
         assert_eq!(all.len(), PER_WORKER);

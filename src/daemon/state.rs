@@ -25,53 +25,6 @@ pub fn load(
     now: crate::time::Timestamp,
     crash_pickup: std::time::Duration,
 ) -> Loaded {
-    read(path, engine, now, crash_pickup)
-}
-
-/// Makes the state file say "running, not stopped gracefully" once the
-/// daemon has started (a loaded complete table is marked so; otherwise the
-/// table as it is now is written as a snapshot): a crash before the first
-/// periodic snapshot is told from a first start, and opens the pickup window
-/// too. Not before the start succeeded: a start refused (a bad address, a
-/// queue another program holds) leaves the file as it found it.
-pub fn mark_running(path: &Path, engine: &Engine, now: crate::time::Timestamp, loaded: Loaded) {
-    match loaded {
-        Loaded::Graceful => {
-            // No longer a complete table (see state::not_graceful_flags).
-            if let Err(e) = mark_not_graceful(path) {
-                warn!(state_file = %path.display(), "cannot mark the state file as loaded: {e}");
-            }
-        }
-        Loaded::Snapshot => {}
-        Loaded::Nothing => match save(path, engine, now, false) {
-            Ok(_) => info!(
-                state_file = %path.display(),
-                "wrote a first snapshot: a crash before the next one is told from a first start"
-            ),
-            Err(e) => warn!(
-                state_file = %path.display(),
-                "{e:#}: a crash before the first periodic snapshot will look like a first start"
-            ),
-        },
-    }
-}
-
-/// What [`load`] found.
-pub enum Loaded {
-    /// A complete table, saved at a graceful stop.
-    Graceful,
-    /// A periodic snapshot (or the first one a start writes).
-    Snapshot,
-    /// No file, or none that could be used.
-    Nothing,
-}
-
-fn read(
-    path: &Path,
-    engine: &Engine,
-    now: crate::time::Timestamp,
-    crash_pickup: std::time::Duration,
-) -> Loaded {
     let started = Instant::now();
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
@@ -137,6 +90,44 @@ fn read(
             Loaded::Nothing
         }
     }
+}
+
+/// Makes the state file say "running, not stopped gracefully" once the
+/// daemon has started (a loaded complete table is marked so; otherwise the
+/// table as it is now is written as a snapshot): a crash before the first
+/// periodic snapshot is told from a first start, and opens the pickup window
+/// too. Not before the start succeeded: a start refused (a bad address, a
+/// queue another program holds) leaves the file as it found it.
+pub fn mark_running(path: &Path, engine: &Engine, now: crate::time::Timestamp, loaded: Loaded) {
+    match loaded {
+        Loaded::Graceful => {
+            // No longer a complete table (see state::not_graceful_flags).
+            if let Err(e) = mark_not_graceful(path) {
+                warn!(state_file = %path.display(), "cannot mark the state file as loaded: {e}");
+            }
+        }
+        Loaded::Snapshot => {}
+        Loaded::Nothing => match save(path, engine, now, false) {
+            Ok(_) => info!(
+                state_file = %path.display(),
+                "wrote a first snapshot: a crash before the next one is told from a first start"
+            ),
+            Err(e) => warn!(
+                state_file = %path.display(),
+                "{e:#}: a crash before the first periodic snapshot will look like a first start"
+            ),
+        },
+    }
+}
+
+/// What [`load`] found.
+pub enum Loaded {
+    /// A complete table, saved at a graceful stop.
+    Graceful,
+    /// A periodic snapshot (or the first one a start writes).
+    Snapshot,
+    /// No file, or none that could be used.
+    Nothing,
 }
 
 /// Writes the engine's table to `path` atomically; returns (connections, bytes).
