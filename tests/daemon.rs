@@ -561,16 +561,8 @@ fn killed_daemon_fail_closed_blocks_traffic_until_restarted() {
     let Some(lab) = Lab::new("fail_closed") else {
         return;
     };
-    preexisting_rules(&lab.gw);
-    let before4 = lab.gw.ruleset(false);
-    let before6 = lab.gw.ruleset(true);
-    let rules = lab.write_rules("rules.toml", ALLOW_ALL);
-    let args = [
-        "--rules",
-        rules.to_str().unwrap(),
-        "--install-iptables",
-        "--fail-closed",
-    ];
+    let (rules, before4, before6) = fail_closed_lab(&lab, ALLOW_ALL);
+    let args = fail_closed_args(&rules);
     let mut d = lab.start_daemon(&args);
     assert!(lab
         .gw
@@ -595,6 +587,24 @@ fn killed_daemon_fail_closed_blocks_traffic_until_restarted() {
     uninstall_iptables(&lab, &rules);
     assert_eq!(lab.gw.ruleset(false), before4);
     assert_eq!(lab.gw.ruleset(true), before6);
+}
+
+/// The administrator's rules in the gateway, `policy` as the rules file;
+/// (rules file, IPv4 ruleset, IPv6 ruleset) before conntrackd.
+fn fail_closed_lab(lab: &Lab, policy: &str) -> (PathBuf, String, String) {
+    preexisting_rules(&lab.gw);
+    let rules = lab.write_rules("rules.toml", policy);
+    (rules, lab.gw.ruleset(false), lab.gw.ruleset(true))
+}
+
+/// conntrackd with its own chain, fail-closed.
+fn fail_closed_args(rules: &Path) -> [&str; 4] {
+    [
+        "--rules",
+        rules.to_str().unwrap(),
+        "--install-iptables",
+        "--fail-closed",
+    ]
 }
 
 /// `conntrackd uninstall-iptables --rules RULES` in the gateway: it says it
@@ -628,16 +638,8 @@ fn a_fail_closed_stop_forwards_nothing_until_the_next_start() {
     let Some(lab) = Lab::new("closed_stop") else {
         return;
     };
-    preexisting_rules(&lab.gw);
-    let before4 = lab.gw.ruleset(false);
-    let before6 = lab.gw.ruleset(true);
-    let rules = lab.write_rules("rules.toml", DENY_8081);
-    let args = [
-        "--rules",
-        rules.to_str().unwrap(),
-        "--install-iptables",
-        "--fail-closed",
-    ];
+    let (rules, before4, before6) = fail_closed_lab(&lab, DENY_8081);
+    let args = fail_closed_args(&rules);
     let mut d = lab.start_daemon(&args);
     let _e0 = TcpEcho::start(&lab.server, v4(8080));
     let _e1 = TcpEcho::start(&lab.server, v4(8081));
