@@ -13,7 +13,7 @@
 #[path = "../benches/support/mod.rs"]
 mod support;
 use conntrackd::conntrack::ConnState;
-use conntrackd::daemon::drops::{DropRecord, Drops};
+use conntrackd::daemon::shared::drops::{DropRecord, Drops};
 use conntrackd::reason::Reason;
 use support::Flow;
 

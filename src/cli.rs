@@ -54,7 +54,7 @@ pub enum Command {
         #[command(flatten)]
         client: Client,
         #[command(flatten)]
-        filter: crate::daemon::control::Filter,
+        filter: crate::daemon::operations::control::Filter,
         /// Show at most this many.
         #[arg(long)]
         limit: Option<usize>,
@@ -87,7 +87,7 @@ pub enum Command {
         #[command(flatten)]
         client: Client,
         #[command(flatten)]
-        filter: crate::daemon::control::Filter,
+        filter: crate::daemon::operations::control::Filter,
         /// Show the last N.
         #[arg(long, value_name = "N", default_value_t = 50)]
         last: usize,
@@ -101,7 +101,7 @@ pub enum Command {
         #[command(flatten)]
         client: Client,
         #[command(flatten)]
-        filter: crate::daemon::control::Filter,
+        filter: crate::daemon::operations::control::Filter,
     },
     /// Health check: exit 0 when every worker is alive and coming round,
     /// 1 with the reason otherwise.
@@ -115,7 +115,7 @@ pub enum Command {
         #[command(flatten)]
         client: Client,
         #[command(flatten)]
-        filter: crate::daemon::control::Filter,
+        filter: crate::daemon::operations::control::Filter,
     },
     /// Remove every tracked connection; prints how many.
     Flush {
@@ -207,12 +207,12 @@ pub fn control(command: Command) -> std::process::ExitCode {
     };
     let socket = client
         .socket
-        .unwrap_or_else(crate::daemon::settings::default_control_socket);
+        .unwrap_or_else(crate::daemon::lifecycle::settings::default_control_socket);
     let streams = request["cmd"] == "events" || request["follow"] == true;
     if streams {
         return follow(&socket, &request, client.json);
     }
-    let lines = match crate::daemon::control::request(&socket, &request) {
+    let lines = match crate::daemon::operations::control::request(&socket, &request) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("conntrackd: {e:#}");

@@ -351,7 +351,7 @@ fn status_fails_while_a_worker_is_stopped() {
         let mut st = 0;
         assert_eq!(libc::waitpid(tid, &mut st, libc::__WALL), tid);
     }
-    std::thread::sleep(conntrackd::daemon::control::STUCK_AFTER + Duration::from_secs(1));
+    std::thread::sleep(conntrackd::daemon::shared::STUCK_AFTER + Duration::from_secs(1));
     let (ok, out) = ctl(&socket, &["status"]);
     // SAFETY: as above; the thread is in a ptrace stop, so it can be detached.
     let detached = unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0, 0) };

@@ -4,7 +4,7 @@
 //! metrics module itself encodes (`conntrackd::daemon::metrics`), not against
 //! a list kept here. Needs no root.
 
-use conntrackd::daemon::metrics::{default_exposition, exported_names};
+use conntrackd::daemon::operations::metrics::{default_exposition, exported_names};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -18,8 +18,10 @@
 //! {"cmd":"reload"}
 //! ```
 
-use super::events::{self, Interest, Record, Subscription};
-use super::worker::Shared;
+use super::super::shared::hub::Record;
+use super::super::shared::{DropRecord, Shared, Stop};
+use super::deadline::Deadline;
+use super::events::{self, Interest, Subscription};
 use crate::conntrack::ConnState;
 use crate::engine::ConnInfo;
 use crate::policy::{Cidr, Interfaces};
@@ -32,7 +34,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -220,9 +222,6 @@ pub enum Request {
     Status,
 }
 
-/// A worker whose loop has not come round for this long is stuck (its loop
-/// wakes at least every receive timeout, 100 ms, packets or not).
-pub const STUCK_AFTER: Duration = Duration::from_secs(5);
 /// Drops `why` shows, at most.
 const WHY_DROPS: usize = 10;
 /// Connections `why` lists when a port is left out, at most.
@@ -297,20 +296,20 @@ pub fn bind(path: &Path, group: Option<&str>) -> std::io::Result<UnixListener> {
 }
 
 /// Serves clients until `stop`; removes the socket file at the end.
-pub fn serve(listener: UnixListener, path: PathBuf, control: Control, stop: Arc<AtomicBool>) {
-    while !stop.load(Ordering::Relaxed) {
+pub fn serve(listener: UnixListener, path: PathBuf, control: Control, stop: Stop) {
+    while !stop.is_set() {
         match listener.accept() {
             Ok((stream, _)) => {
-                if let Err(e) = client(stream, &control) {
+                if let Err(e) = client(stream, &control, &stop) {
                     debug!("control client: {e}");
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50));
+                stop.wait(Duration::from_millis(50));
             }
             Err(e) => {
                 warn!("control socket: {e}");
-                std::thread::sleep(Duration::from_millis(200));
+                stop.wait(Duration::from_millis(200));
             }
         }
     }
@@ -321,44 +320,7 @@ pub fn serve(listener: UnixListener, path: PathBuf, control: Control, stop: Arc<
 /// (a client that trickles one byte per timeout gets no longer than this).
 pub const CLIENT_DEADLINE: Duration = Duration::from_secs(30);
 
-/// The client's socket under a deadline: each read and write may take only
-/// what is left of it.
-struct Deadline<'a> {
-    stream: &'a UnixStream,
-    until: Instant,
-}
-
-impl Deadline<'_> {
-    fn left(&self) -> std::io::Result<Duration> {
-        let left = self.until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "client deadline passed",
-            ));
-        }
-        Ok(left.min(TIMEOUT))
-    }
-}
-
-impl Read for Deadline<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.stream.set_read_timeout(Some(self.left()?))?;
-        (&*self.stream).read(buf)
-    }
-}
-
-impl Write for Deadline<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.stream.set_write_timeout(Some(self.left()?))?;
-        (&*self.stream).write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn client(stream: UnixStream, control: &Control) -> std::io::Result<()> {
+fn client(stream: UnixStream, control: &Control, stop: &Stop) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     let until = Instant::now() + CLIENT_DEADLINE;
     let mut line = Vec::new();
@@ -366,6 +328,7 @@ fn client(stream: UnixStream, control: &Control) -> std::io::Result<()> {
         Deadline {
             stream: &stream,
             until,
+            stop,
         }
         .take(MAX_REQUEST as u64 + 1),
     )
@@ -373,6 +336,7 @@ fn client(stream: UnixStream, control: &Control) -> std::io::Result<()> {
     let mut out = std::io::BufWriter::new(Deadline {
         stream: &stream,
         until,
+        stop,
     });
     if n > MAX_REQUEST {
         control.bad_requests.fetch_add(1, Ordering::Relaxed);
@@ -423,7 +387,7 @@ fn client(stream: UnixStream, control: &Control) -> std::io::Result<()> {
             // The backlog in the same shape as streamed drops.
             let mut first = Vec::new();
             for d in &recent {
-                serde_json::to_writer(&mut first, &Record::Drop(*d).to_json())?;
+                serde_json::to_writer(&mut first, &events::record_json(&Record::Drop(*d)))?;
                 first.push(b'\n');
             }
             let done = json!({
@@ -564,7 +528,7 @@ fn why(
         }
     };
     let port_ok = |p: Option<u16>, q: Option<u16>| p.map_or(true, |p| q == Some(p));
-    let between = |d: &super::drops::DropRecord| {
+    let between = |d: &DropRecord| {
         let d = d.headers();
         let (ps, pd) = d.ports.unzip();
         let forward = d.src == Some(sa) && d.dst == Some(da) && port_ok(sp, ps) && port_ok(dp, pd);
@@ -616,7 +580,7 @@ fn status(c: &Control) -> Value {
         .heartbeat_ages()
         .map(|(queue, age)| json!({"queue": queue, "idle_ms": age}))
         .collect();
-    match c.shared.unhealthy(STUCK_AFTER) {
+    match c.shared.unhealthy(super::super::shared::STUCK_AFTER) {
         None => json!({"ok": true, "workers": workers, "uptime_s": c.started.elapsed().as_secs()}),
         Some(why) => json!({"ok": false, "error": why, "workers": workers}),
     }

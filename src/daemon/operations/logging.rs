@@ -1,15 +1,16 @@
 //! Logging: the tracing subscriber, and the logging thread the workers feed.
 //!
 //! A worker never formats or writes a log line on its hot path: it copies the
-//! first bytes of a dropped (or rule-logged) packet into an [`Event`] and
+//! first bytes of a dropped (or rule-logged) packet into an [`Notice`] and
 //! `try_send`s it over a bounded crossbeam channel. When the channel is full
 //! the event is counted as lost and the worker carries on. The logging thread
 //! parses the bytes for addresses and ports, resolves interface names and rule
 //! names, rate-limits the warnings, and writes through tracing.
 
+use super::super::shared::notice::{Notice, PacketNotice};
+use super::super::shared::rate::RateLimit;
 use crate::config::LogFormat;
 use crate::kernel::ifnames::IfNames;
-use crate::reason::Reason;
 use crate::wire;
 use crate::Engine;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -26,9 +27,6 @@ pub const RULE_TARGET: &str = "conntrackd::rule";
 
 /// Capacity of the worker → logging thread channel.
 pub const CHANNEL_CAPACITY: usize = 4096;
-/// Packet bytes copied into an event: the IP header (with IPv6 extension
-/// headers, mostly) and the transport header's first bytes.
-pub const HEAD_LEN: usize = 96;
 
 /// Installs the global tracing subscriber, writing to stderr (journald under systemd).
 pub fn init(format: LogFormat, filter: &str) -> anyhow::Result<()> {
@@ -50,79 +48,6 @@ pub fn init(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     result.map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
 }
 
-/// What a worker tells the logging thread.
-#[derive(Clone, Debug)]
-pub enum Event {
-    Packet(PacketEvent),
-    /// `recv` on a queue socket failed (ENOBUFS: the socket buffer overflowed
-    /// and the kernel dropped or, fail-open, accepted packets meanwhile).
-    RecvError {
-        queue: u16,
-        errno: i32,
-    },
-    /// The kernel refused a verdict.
-    VerdictError {
-        queue: u16,
-        errno: i32,
-    },
-    /// Sending verdicts failed: they are kept and sent again; `collapsed`:
-    /// the backlog had grown past its bound and became one batch drop.
-    VerdictSendFailed {
-        queue: u16,
-        errno: i32,
-        collapsed: bool,
-    },
-}
-
-/// A packet worth a log line: dropped (debug level), or decided by a rule
-/// with `log = true`.
-#[derive(Clone, Debug)]
-pub struct PacketEvent {
-    pub queue: u16,
-    pub reason: Reason,
-    pub rule: Option<u16>,
-    /// Decided by a rule marked `log = true`.
-    pub log: bool,
-    pub in_ifindex: u32,
-    pub out_ifindex: u32,
-    pub wire_len: u32,
-    pub head_len: u8,
-    pub head: [u8; HEAD_LEN],
-}
-
-impl PacketEvent {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        queue: u16,
-        reason: Reason,
-        rule: Option<u16>,
-        log: bool,
-        in_ifindex: u32,
-        out_ifindex: u32,
-        wire_len: u32,
-        bytes: &[u8],
-    ) -> PacketEvent {
-        let n = bytes.len().min(HEAD_LEN);
-        let mut head = [0u8; HEAD_LEN];
-        head[..n].copy_from_slice(&bytes[..n]);
-        PacketEvent {
-            queue,
-            reason,
-            rule,
-            log,
-            in_ifindex,
-            out_ifindex,
-            wire_len,
-            head_len: n as u8,
-            head,
-        }
-    }
-
-    pub fn bytes(&self) -> &[u8] {
-        &self.head[..self.head_len as usize]
-    }
-}
-
 /// `addr:port`, `[v6]:port`, the address alone, or `?`.
 fn endpoint(addr: Option<IpAddr>, port: Option<u16>) -> String {
     match (addr, port) {
@@ -132,56 +57,36 @@ fn endpoint(addr: Option<IpAddr>, port: Option<u16>) -> String {
     }
 }
 
-/// A token bucket: `rate` lines per second, bursts up to `burst`.
-#[derive(Debug)]
-pub struct RateLimit {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-    /// Lines refused since the last report.
-    pub suppressed: u64,
+/// Log lines of one kind under a rate limit, and how many it refused since
+/// they were last reported.
+struct Limited {
+    limit: RateLimit,
+    suppressed: u64,
 }
 
-impl RateLimit {
-    pub fn new(rate: f64, burst: f64, now: Instant) -> RateLimit {
-        RateLimit {
-            rate,
-            burst,
-            tokens: burst,
-            last: now,
+impl Limited {
+    fn new(per_second: u32, burst: u32) -> Limited {
+        Limited {
+            limit: RateLimit::new(per_second, burst),
             suppressed: 0,
         }
     }
 
-    /// Whether a line may be written now; counts it as suppressed if not.
-    pub fn allow(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
+    /// Whether a line may be written at `now` (ns); counts it as suppressed if not.
+    fn allow(&mut self, now: u64) -> bool {
+        let allowed = self.limit.allow(now);
+        if !allowed {
             self.suppressed += 1;
-            false
         }
+        allowed
     }
 
     /// Takes the suppressed count if a line may be written about it.
-    pub fn take_suppressed(&mut self, now: Instant) -> Option<u64> {
-        if self.suppressed == 0 {
+    fn take_suppressed(&mut self, now: u64) -> Option<u64> {
+        if self.suppressed == 0 || !self.limit.allow(now) {
             return None;
         }
-        let n = self.suppressed;
-        if self.allow(now) {
-            self.suppressed = 0;
-            Some(n)
-        } else {
-            // `allow` counted the report itself as suppressed: undo that.
-            self.suppressed = n;
-            None
-        }
+        Some(std::mem::take(&mut self.suppressed))
     }
 }
 
@@ -190,7 +95,7 @@ fn errno_text(errno: i32) -> String {
 }
 
 /// Starts the logging thread. It ends when every sender is gone.
-pub fn spawn(rx: Receiver<Event>, engine: Arc<Engine>) -> std::io::Result<JoinHandle<()>> {
+pub fn spawn(rx: Receiver<Notice>, engine: Arc<Engine>) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("ctd-log".into())
         .spawn(move || Logger::new(engine).run(rx))
@@ -199,34 +104,37 @@ pub fn spawn(rx: Receiver<Event>, engine: Arc<Engine>) -> std::io::Result<JoinHa
 struct Logger {
     engine: Arc<Engine>,
     ifnames: IfNames,
-    rule_lines: RateLimit,
-    error_lines: RateLimit,
+    /// The logging thread's clock starts here (the rate limits' nanoseconds).
+    start: Instant,
+    rule_lines: Limited,
+    error_lines: Limited,
 }
 
 impl Logger {
     fn new(engine: Arc<Engine>) -> Logger {
-        let now = Instant::now();
         Logger {
             engine,
             ifnames: IfNames::default(),
-            rule_lines: RateLimit::new(10.0, 20.0, now),
-            error_lines: RateLimit::new(1.0, 5.0, now),
+            start: Instant::now(),
+            rule_lines: Limited::new(10, 20),
+            error_lines: Limited::new(1, 5),
         }
     }
 
-    fn run(mut self, rx: Receiver<Event>) {
+    fn run(mut self, rx: Receiver<Notice>) {
         loop {
             match rx.recv_timeout(Duration::from_secs(1)) {
                 Ok(event) => self.handle(event),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            self.report_suppressed(Instant::now());
+            self.report_suppressed(self.nanos(Instant::now()));
         }
-        self.report_suppressed(Instant::now() + Duration::from_secs(3600));
+        // At the end, whatever the limit: the last count is reported.
+        self.report_suppressed(self.nanos(Instant::now() + Duration::from_secs(3600)));
     }
 
-    fn report_suppressed(&mut self, now: Instant) {
+    fn report_suppressed(&mut self, now: u64) {
         if let Some(n) = self.rule_lines.take_suppressed(now) {
             warn!(
                 target: RULE_TARGET,
@@ -242,11 +150,16 @@ impl Logger {
         }
     }
 
-    fn handle(&mut self, event: Event) {
-        let now = Instant::now();
+    /// Nanoseconds of the logging thread's clock at `at`.
+    fn nanos(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.start).as_nanos() as u64
+    }
+
+    fn handle(&mut self, event: Notice) {
+        let now = self.nanos(Instant::now());
         match event {
-            Event::Packet(p) => self.packet(&p, now),
-            Event::RecvError { queue, errno } => {
+            Notice::Packet(p) => self.packet(&p, now),
+            Notice::RecvError { queue, errno } => {
                 if self.error_lines.allow(now) {
                     if errno == libc::ENOBUFS {
                         warn!(
@@ -266,7 +179,7 @@ impl Logger {
                     }
                 }
             }
-            Event::VerdictError { queue, errno } => {
+            Notice::VerdictError { queue, errno } => {
                 if self.error_lines.allow(now) {
                     error!(
                         queue,
@@ -276,7 +189,7 @@ impl Logger {
                     );
                 }
             }
-            Event::VerdictSendFailed {
+            Notice::VerdictSendFailed {
                 queue,
                 errno,
                 collapsed,
@@ -304,7 +217,7 @@ impl Logger {
         }
     }
 
-    fn packet(&mut self, p: &PacketEvent, now: Instant) {
+    fn packet(&mut self, p: &PacketNotice, now: u64) {
         // The packet may be malformed (that can be why it was dropped): read leniently.
         let flow = wire::lax::headers(p.bytes());
         self.ifnames.ensure(p.in_ifindex);
@@ -389,15 +302,20 @@ mod tests {
     }
 
     #[test]
-    fn rate_limit_refills() {
-        let t0 = Instant::now();
-        let mut r = RateLimit::new(1.0, 2.0, t0);
-        assert!(r.allow(t0));
-        assert!(r.allow(t0));
-        assert!(!r.allow(t0));
-        assert_eq!(r.suppressed, 1);
-        assert_eq!(r.take_suppressed(t0), None);
-        assert_eq!(r.take_suppressed(t0 + Duration::from_secs(2)), Some(1));
-        assert!(r.allow(t0 + Duration::from_secs(2)));
+    fn suppressed_lines_are_counted_and_reported_once_a_line_may_be_written() {
+        const SECOND: u64 = 1_000_000_000;
+        let mut lines = Limited::new(1, 2);
+        assert!(lines.allow(0));
+        assert!(lines.allow(0));
+        assert!(!lines.allow(0));
+        assert_eq!(lines.suppressed, 1);
+        assert_eq!(
+            lines.take_suppressed(0),
+            None,
+            "no token for the report yet"
+        );
+        assert_eq!(lines.take_suppressed(2 * SECOND), Some(1));
+        assert_eq!(lines.take_suppressed(10 * SECOND), None, "reported once");
+        assert!(lines.allow(10 * SECOND));
     }
 }

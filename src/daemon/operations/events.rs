@@ -11,70 +11,50 @@
 //! only, counted, and reported to it (`{"lost":N}`) once it reads again.
 //! A slow reader never slows the workers, nor the other readers.
 
-use super::drops::DropRecord;
-use crate::conntrack::table::{Change, Observer};
-use crate::conntrack::{Conn, ConnState, FlowKey, Side, Traffic};
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use super::super::shared::hub::{Hub, Record, CHANNEL};
+use super::super::shared::Stop;
+use crate::conntrack::table::Change;
+use crate::conntrack::ConnState;
+use crossbeam_channel::{Receiver, Sender};
 use serde_json::{json, Value};
 use std::io::{ErrorKind, Write};
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-/// Events in flight between the producers and the hub thread.
-const CHANNEL: usize = 16_384;
 /// Bytes of events a subscriber may have unread before it loses some.
 const SUBSCRIBER_BUFFER: usize = 1 << 20;
 /// Most subscribers at once.
 pub const MAX_SUBSCRIBERS: usize = 16;
 
-/// A connection event as it happened.
-#[derive(Clone, Copy, Debug)]
-pub struct ConnEvent {
-    pub unix_ms: u64,
-    pub change: Change,
-    pub protocol: u8,
-    pub originator: (IpAddr, u16),
-    pub responder: (IpAddr, u16),
-    pub state: ConnState,
-    pub traffic: Traffic,
-}
-
-#[derive(Clone, Copy, Debug)]
-pub enum Record {
-    Conn(ConnEvent),
-    Drop(DropRecord),
-}
-
-impl Record {
-    pub fn to_json(&self) -> Value {
-        match self {
-            Record::Drop(d) => {
-                let mut v = d.to_json();
-                v["event"] = json!("DROP");
-                v
-            }
-            Record::Conn(e) => {
-                let mut v = flow_fields(e.protocol, e.originator, e.responder, e.state);
-                v["time_ms"] = json!(e.unix_ms);
-                match e.change {
-                    Change::New => v["event"] = json!("NEW"),
-                    Change::Update { before } => {
-                        v["event"] = json!("UPDATE");
-                        v["before"] = json!(before.to_string());
-                    }
-                    Change::Destroy(why) => {
-                        v["event"] = json!("DESTROY");
-                        v["cause"] = json!(why.name());
-                        v["packets"] = json!(e.traffic.packets);
-                        v["bytes"] = json!(e.traffic.bytes);
-                    }
+/// An event as a JSON line's object.
+pub fn record_json(record: &Record) -> Value {
+    match record {
+        Record::Drop(d) => {
+            let mut v = d.to_json();
+            v["event"] = json!("DROP");
+            v
+        }
+        Record::Conn(e) => {
+            let mut v = flow_fields(e.protocol, e.originator, e.responder, e.state);
+            v["time_ms"] = json!(e.unix_ms);
+            match e.change {
+                Change::New => v["event"] = json!("NEW"),
+                Change::Update { before } => {
+                    v["event"] = json!("UPDATE");
+                    v["before"] = json!(before.to_string());
                 }
-                v
+                Change::Destroy(why) => {
+                    v["event"] = json!("DESTROY");
+                    v["cause"] = json!(why.name());
+                    v["packets"] = json!(e.traffic.packets);
+                    v["bytes"] = json!(e.traffic.bytes);
+                }
             }
+            v
         }
     }
 }
@@ -107,92 +87,6 @@ pub struct Interest {
     pub drops_only: bool,
     /// The rest must match this (addresses, port, protocol, state).
     pub select: Option<Select>,
-}
-
-/// The producers' side, shared by the table (as its observer) and the workers.
-#[derive(Debug)]
-pub struct Hub {
-    tx: Sender<Record>,
-    rx: Receiver<Record>,
-    /// Subscribers of every event, and of drops only: connection events
-    /// are made only for the first kind.
-    all: AtomicUsize,
-    drops_only: AtomicUsize,
-    /// Events that did not fit in the channel (the hub thread lagged).
-    lost: AtomicU64,
-}
-
-impl Default for Hub {
-    fn default() -> Hub {
-        let (tx, rx) = crossbeam_channel::bounded(CHANNEL);
-        Hub {
-            tx,
-            rx,
-            all: AtomicUsize::new(0),
-            drops_only: AtomicUsize::new(0),
-            lost: AtomicU64::new(0),
-        }
-    }
-}
-
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-impl Hub {
-    /// Someone wants drops: workers should send them.
-    #[inline]
-    pub fn wants_drops(&self) -> bool {
-        self.all.load(Ordering::Relaxed) + self.drops_only.load(Ordering::Relaxed) > 0
-    }
-
-    /// Queues an event for the hub thread; never waits.
-    #[inline]
-    pub fn send(&self, record: Record) {
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(record) {
-            self.lost.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    pub fn lost(&self) -> u64 {
-        self.lost.load(Ordering::Relaxed)
-    }
-
-    pub fn subscribers(&self) -> usize {
-        self.all.load(Ordering::Relaxed) + self.drops_only.load(Ordering::Relaxed)
-    }
-
-    fn count(&self, drops_only: bool) -> &AtomicUsize {
-        if drops_only {
-            &self.drops_only
-        } else {
-            &self.all
-        }
-    }
-}
-
-impl Observer for Hub {
-    fn active(&self) -> bool {
-        self.all.load(Ordering::Relaxed) > 0
-    }
-
-    fn observe(&self, change: Change, key: &FlowKey, conn: &Conn) {
-        let other = match conn.originator {
-            Side::Lo => Side::Hi,
-            Side::Hi => Side::Lo,
-        };
-        self.send(Record::Conn(ConnEvent {
-            unix_ms: unix_ms(),
-            change,
-            protocol: key.protocol(),
-            originator: key.endpoint(conn.originator),
-            responder: key.endpoint(other),
-            state: conn.state(),
-            traffic: conn.traffic(),
-        }));
-    }
 }
 
 struct Subscriber {
@@ -281,13 +175,13 @@ pub struct Subscription {
 
 /// The hub thread: takes new subscribers from `joins` and events from the
 /// hub until `stop`.
-pub fn run(hub: Arc<Hub>, joins: Receiver<Subscription>, stop: Arc<AtomicBool>) {
+pub fn run(hub: Arc<Hub>, joins: Receiver<Subscription>, stop: Stop) {
     let mut subs: Vec<Subscriber> = Vec::new();
     let tick = Duration::from_millis(100);
     let mut line = Vec::with_capacity(512);
     let mut lost_seen = hub.lost();
-    while !stop.load(Ordering::Relaxed) {
-        let received = hub.rx.recv_timeout(tick);
+    while !stop.is_set() {
+        let received = hub.receiver().recv_timeout(tick);
         // New readers before the events: a reader is registered before its
         // acknowledgement, so the events that follow it are its own.
         while let Ok(s) = joins.try_recv() {
@@ -307,11 +201,11 @@ pub fn run(hub: Arc<Hub>, joins: Receiver<Subscription>, stop: Arc<AtomicBool>) 
         }
         if let Ok(first) = received {
             // This event and whatever else is waiting, at most a channel's worth.
-            for record in std::iter::once(first).chain(hub.rx.try_iter().take(CHANNEL)) {
+            for record in std::iter::once(first).chain(hub.receiver().try_iter().take(CHANNEL)) {
                 line.clear();
                 for s in subs.iter_mut().filter(|s| s.wants(&record)) {
                     if line.is_empty() {
-                        let _ = serde_json::to_writer(&mut line, &record.to_json());
+                        let _ = serde_json::to_writer(&mut line, &record_json(&record));
                         line.push(b'\n');
                     }
                     s.queue(&line);
@@ -365,8 +259,9 @@ pub fn join(hub: &Hub, joins: &Sender<Subscription>, s: Subscription) -> Result<
 
 #[cfg(test)]
 mod tests {
+    use super::super::super::shared::{DropRecord, StopSwitch};
     use super::*;
-    use crate::conntrack::ConnState;
+    use crate::conntrack::table::Observer;
     use crate::reason::Reason;
     use std::io::{BufRead, BufReader};
 
@@ -415,9 +310,9 @@ mod tests {
     fn the_hub_streams_in_order_and_forgets_a_reader_that_hangs_up() {
         let hub = Arc::new(Hub::default());
         let (joins_tx, joins_rx) = crossbeam_channel::bounded(MAX_SUBSCRIBERS);
-        let stop = Arc::new(AtomicBool::new(false));
+        let switch = StopSwitch::default();
         let thread = {
-            let (hub, stop) = (hub.clone(), stop.clone());
+            let (hub, stop) = (hub.clone(), switch.stop());
             std::thread::spawn(move || run(hub, joins_rx, stop))
         };
         let (ours, theirs) = UnixStream::pair().unwrap();
@@ -467,7 +362,7 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        stop.store(true, Ordering::Relaxed);
+        switch.trip();
         thread.join().unwrap();
     }
 

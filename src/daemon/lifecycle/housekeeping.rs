@@ -2,7 +2,7 @@
 //! statistics line, the warning when no packet arrives, and (hand-off mode)
 //! keeping handed-off connections the kernel still carries.
 
-use super::worker::{Shared, WorkerStats};
+use super::super::shared::{Shared, Stop, WorkerStats, STUCK_AFTER};
 use crate::config::QueueSpec;
 use crate::kernel::ctnetlink::Conntrack;
 use crate::reason::Verdict;
@@ -142,18 +142,15 @@ impl KeepHandedOff {
 }
 
 impl Housekeeping {
-    /// Runs until `stop` receives a message or is dropped.
-    pub(super) fn run(mut self, stop: crossbeam_channel::Receiver<()>) {
+    /// Runs until the stop, a round a second.
+    pub(super) fn run(mut self, stop: Stop) {
         let mut last_stats = Instant::now();
         let mut last_snapshot = Instant::now();
         let mut last_status = Instant::now();
         let mut snapshot_failed = false;
         let mut last_keep = Instant::now();
         let mut idle_warned = self.idle_warning.is_zero();
-        // Runs until the daemon sends the stop message (or goes away).
-        while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
-            stop.recv_timeout(Duration::from_secs(1))
-        {
+        while !stop.wait(Duration::from_secs(1)) {
             if let Some(keep) = self.handoff.as_mut() {
                 if !keep.every.is_zero() && last_keep.elapsed() >= keep.every {
                     last_keep = Instant::now();
@@ -196,7 +193,7 @@ impl Housekeeping {
             }
             // The systemd watchdog (WatchdogSec=) is fed only while every
             // worker makes progress: a stuck worker gets the service restarted.
-            if self.shared.unhealthy(super::control::STUCK_AFTER).is_none() {
+            if self.shared.unhealthy(STUCK_AFTER).is_none() {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
             }
             if last_status.elapsed() >= Duration::from_secs(5) {

@@ -22,7 +22,8 @@
 //!
 //! [`Table::census`]: crate::conntrack::Table::census
 
-use super::worker::{Shared, WorkerStats};
+use super::super::shared::{Shared, Stop, WorkerStats};
+use super::deadline::Deadline;
 use crate::conntrack::table::{Census, Evictions, StateClass};
 use crate::reason::{Reason, Verdict};
 use crate::Engine;
@@ -38,7 +39,7 @@ use prometheus_client::registry::{Registry, Unit};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -477,7 +478,7 @@ pub fn exported_names() -> BTreeSet<String> {
 }
 
 /// What a scrape reads.
-pub(super) struct Inputs {
+pub struct Inputs {
     pub engine: Arc<Engine>,
     pub shared: Arc<Shared>,
     /// The queue number of each worker slot of `shared.stats`, in order.
@@ -540,36 +541,6 @@ impl Inputs {
     }
 }
 
-/// How long a stop waits for the endpoint's thread.
-const STOP_WAIT: Duration = Duration::from_secs(6);
-
-/// The running endpoint; dropping it stops its thread.
-pub(super) struct Endpoint {
-    stop: Arc<AtomicBool>,
-    /// Disconnected once the thread has closed the listener and ended.
-    done: crossbeam_channel::Receiver<()>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Drop for Endpoint {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // The thread sees the flag within a poll, or once its client's
-        // deadline passes; the daemon's stop must not wait longer than
-        // STOP_WAIT for it (the table is saved after it).
-        match self.done.recv_timeout(STOP_WAIT) {
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                warn!("the metrics endpoint did not stop within {STOP_WAIT:?}; left to the exit")
-            }
-            _ => {
-                if let Some(t) = self.thread.take() {
-                    let _ = t.join();
-                }
-            }
-        }
-    }
-}
-
 /// The endpoint's listening socket. With IP_FREEBIND: the daemon starts
 /// before the network is configured (systemd: before network-pre.target), so
 /// a management address may not exist yet; it is served once it does.
@@ -594,7 +565,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Listens on `addr` and serves scrapes on a thread of its own. An address
 /// that cannot be listened on (in use, a privileged port) is an error: the
 /// daemon refuses to start.
-pub(super) fn start(addr: SocketAddr, inputs: Inputs) -> anyhow::Result<Endpoint> {
+pub fn start(addr: SocketAddr, inputs: Inputs, stop: Stop) -> anyhow::Result<JoinHandle<()>> {
     let listener = listen(addr).map_err(|e| {
         anyhow::anyhow!("cannot listen for metrics on {addr} (daemon.metrics_listen): {e}")
     })?;
@@ -602,22 +573,12 @@ pub(super) fn start(addr: SocketAddr, inputs: Inputs) -> anyhow::Result<Endpoint
         .checked_sub(inputs.shared.start.elapsed())
         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
         .map_or(0.0, |d| d.as_secs_f64());
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
     let thread = std::thread::Builder::new()
         .name("ctd-metrics".into())
-        .spawn(move || {
-            let _done = done_tx;
-            serve(&listener, &inputs, start_time, &flag)
-        })
+        .spawn(move || serve(&listener, &inputs, start_time, &stop))
         .map_err(|e| anyhow::anyhow!("starting the metrics thread: {e}"))?;
     info!(metrics_listen = %addr, "metrics endpoint open: GET http://{addr}/metrics");
-    Ok(Endpoint {
-        stop,
-        done,
-        thread: Some(thread),
-    })
+    Ok(thread)
 }
 
 /// The last answer in each format, kept for [`MIN_INTERVAL`]: two
@@ -640,32 +601,35 @@ impl Cache {
 
 /// Longest request head (request line and headers) read.
 const MAX_REQUEST: usize = 8 * 1024;
-/// Each read and write of a client may take this long...
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
-/// ...and the whole exchange this long.
+/// Most request headers parsed.
+const MAX_HEADERS: usize = 32;
+/// A client's whole exchange may take this long.
 const CLIENT_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Serves one client at a time, each within `CLIENT_DEADLINE`, one request
-/// per connection. Hand-written rather than an HTTP crate: what a scrape
-/// needs is one GET, and the small synchronous servers (tiny_http 0.12)
-/// start a thread per open connection and read request heads without a
-/// length limit or a timeout, which a client of this port could turn into
+/// per connection. The request head is parsed by `httparse`; the serving
+/// loop is our own rather than an HTTP server crate's: what a scrape needs
+/// is one GET, and the small synchronous servers (tiny_http 0.12) start a
+/// thread per open connection and read request heads without a length
+/// limit or a timeout, which a client of this port could turn into
 /// unbounded threads and memory in the firewall's process. Here a hostile
-/// client costs one thread's time for at most 5 s and 8 KiB.
-fn serve(listener: &TcpListener, inputs: &Inputs, start_time: f64, stop: &AtomicBool) {
+/// client costs one thread's time for at most 5 s (less at a stop) and 8 KiB.
+fn serve(listener: &TcpListener, inputs: &Inputs, start_time: f64, stop: &Stop) {
     let mut cache = Cache::default();
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_set() {
         match listener.accept() {
             Ok((stream, _)) => {
-                if let Err(e) = client(stream, inputs, start_time, &mut cache) {
+                if let Err(e) = client(stream, inputs, start_time, &mut cache, stop) {
                     debug!("metrics client: {e}");
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                stop.wait(POLL);
+            }
             Err(e) => {
                 // Out of file descriptors, say: try again shortly.
                 debug!("metrics endpoint: accepting: {e}");
-                std::thread::sleep(POLL);
+                stop.wait(POLL);
             }
         }
     }
@@ -673,59 +637,55 @@ fn serve(listener: &TcpListener, inputs: &Inputs, start_time: f64, stop: &Atomic
 
 /// Reads one request head, answers it, closes.
 fn client(
-    mut stream: TcpStream,
+    stream: TcpStream,
     inputs: &Inputs,
     start_time: f64,
     cache: &mut Cache,
+    stop: &Stop,
 ) -> std::io::Result<()> {
-    use std::io::{Read, Write};
+    use std::io::Read;
     stream.set_nonblocking(false)?;
-    let until = Instant::now() + CLIENT_DEADLINE;
-    let left = || {
-        let d = until.saturating_duration_since(Instant::now());
-        if d.is_zero() {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "client deadline",
-            ))
-        } else {
-            Ok(d.min(IO_TIMEOUT))
-        }
+    let mut io = Deadline {
+        stream: &stream,
+        until: Instant::now() + CLIENT_DEADLINE,
+        stop,
     };
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        if head.len() >= MAX_REQUEST {
-            return respond(
-                &mut stream,
-                431,
-                "text/plain",
-                "request head too large\n",
-                left,
-            );
+    let (get_metrics, accept) = loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&head) {
+            Ok(httparse::Status::Complete(_)) => {
+                let path = request.path.unwrap_or_default();
+                let path = path.split('?').next().unwrap_or_default();
+                let accept = request
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("accept"))
+                    .map(|h| String::from_utf8_lossy(h.value).into_owned());
+                break (request.method == Some("GET") && path == "/metrics", accept);
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(httparse::Error::TooManyHeaders) => {
+                return respond(&mut io, 431, "text/plain", "too many request headers\n");
+            }
+            Err(e) => {
+                return respond(&mut io, 400, "text/plain", &format!("bad request: {e}\n"));
+            }
         }
-        stream.set_read_timeout(Some(left()?))?;
-        let n = stream.read(&mut buf)?;
+        if head.len() >= MAX_REQUEST {
+            return respond(&mut io, 431, "text/plain", "request head too large\n");
+        }
+        let n = io.read(&mut buf)?;
         if n == 0 {
             return Ok(());
         }
         head.extend_from_slice(&buf[..n.min(MAX_REQUEST - head.len())]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    let mut lines = head.split("\r\n");
-    let mut request = lines.next().unwrap_or_default().split(' ');
-    let (method, target) = (
-        request.next().unwrap_or_default(),
-        request.next().unwrap_or_default(),
-    );
-    let accept = lines
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("accept"))
-        .map(|(_, v)| v.trim().to_string());
-    let path = target.split('?').next().unwrap_or_default();
-    if method != "GET" || path != "/metrics" {
+    };
+    if !get_metrics {
         let body = "not found: conntrackd serves GET /metrics\n";
-        return respond(&mut stream, 404, "text/plain", body, left);
+        return respond(&mut io, 404, "text/plain", body);
     }
     let format = Format::from_accept(accept.as_deref());
     let slot = cache.slot(format);
@@ -741,24 +701,21 @@ fn client(
             }
         };
     }
-    let result = match slot {
-        Some((_, body)) => respond(&mut stream, 200, format.content_type(), body, left),
-        None => respond(&mut stream, 500, "text/plain", "encoding failed\n", left),
-    };
-    let _ = stream.flush();
-    result
+    match slot {
+        Some((_, body)) => respond(&mut io, 200, format.content_type(), body),
+        None => respond(&mut io, 500, "text/plain", "encoding failed\n"),
+    }
 }
 
 fn respond(
-    stream: &mut TcpStream,
+    out: &mut impl std::io::Write,
     status: u16,
     content_type: &str,
     body: &str,
-    left: impl Fn() -> std::io::Result<Duration>,
 ) -> std::io::Result<()> {
-    use std::io::Write;
     let reason = match status {
         200 => "OK",
+        400 => "Bad Request",
         404 => "Not Found",
         431 => "Request Header Fields Too Large",
         _ => "Internal Server Error",
@@ -768,19 +725,13 @@ fn respond(
          Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    for part in [head.as_bytes(), body.as_bytes()] {
-        let mut rest = part;
-        while !rest.is_empty() {
-            stream.set_write_timeout(Some(left()?))?;
-            let n = stream.write(rest)?;
-            rest = &rest[n..];
-        }
-    }
-    Ok(())
+    out.write_all(head.as_bytes())?;
+    out.write_all(body.as_bytes())
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::super::shared::StopSwitch;
     use super::*;
     use crate::wire::build;
     use crate::{Config, Context, Timestamp};
@@ -949,9 +900,9 @@ mod tests {
         };
         let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || serve(&listener, &inputs, 0.0, &flag));
+        let switch = StopSwitch::default();
+        let stop = switch.stop();
+        let thread = std::thread::spawn(move || serve(&listener, &inputs, 0.0, &stop));
         let ask = |request: &[u8]| {
             let mut c = TcpStream::connect(addr).unwrap();
             c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -974,7 +925,8 @@ mod tests {
         assert!(ask(&huge).starts_with("HTTP/1.1 431 "));
         assert!(ask(b"GET / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));
         assert!(ask(b"POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));
-        stop.store(true, Ordering::Relaxed);
+        assert!(ask(b"GET /metrics\x01 HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 400 "));
+        switch.trip();
         thread.join().unwrap();
     }
 

@@ -5,225 +5,29 @@
 //! `recvmmsg`, reads the clock once per batch, and sends the batch's verdicts
 //! coalesced into batch verdicts with one `send`.
 
+use super::super::shared::hub::Record;
+use super::super::shared::notice::{Notice, PacketNotice};
+use super::super::shared::{DropRecord, Shared, Stop, WorkerStats};
+use super::reject::Replies;
 use crate::conntrack::ConnState;
-use crate::daemon::drops::{DropRecord, Drops};
-use crate::daemon::events::{Hub, Record};
-use crate::daemon::logging::{Event, PacketEvent};
 use crate::engine::Context;
 use crate::kernel::ifnames::IfNames;
 use crate::kernel::nfqueue::codec::{self, Item, QueuedPacket, Receiver, Verdicts};
 use crate::kernel::nfqueue::BoundQueue;
 use crate::policy::Interfaces;
-use crate::reason::{Counters, Verdict};
+use crate::reason::Verdict;
 use crate::time::Timestamp;
 use crate::wire::{Checksums, Framing};
 use crate::Engine;
 use crossbeam_channel::{Sender, TrySendError};
-use crossbeam_utils::CachePadded;
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How often a worker publishes its counters and refreshes its interface names.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 const IFNAMES_TTL: Duration = Duration::from_secs(30);
-
-/// What a worker counts besides verdict reasons.
-#[derive(Clone, Debug, Default)]
-pub struct WorkerStats {
-    pub counters: Counters,
-    /// recv failures other than timeouts (ENOBUFS included).
-    pub recv_errors: u64,
-    /// Of those, socket buffer overruns.
-    pub enobufs: u64,
-    pub verdict_errors: u64,
-    /// Verdict sends that failed: their verdicts were kept and sent again
-    /// (never lost, see `codec::Verdicts`).
-    pub verdict_send_failures: u64,
-    /// Backlogs of unsendable verdicts replaced by one batch drop.
-    pub verdict_backlogs_dropped: u64,
-    /// Log events dropped because the logging thread lagged behind.
-    pub events_lost: u64,
-    /// Packets whose checksum was not computed yet (GSO or offload).
-    pub csum_not_ready: u64,
-    /// Packets longer than the copy range (only their headers were copied).
-    pub truncated_copies: u64,
-    /// Packets whose decision panicked (an engine bug): dropped.
-    pub engine_panics: u64,
-    /// Receive system calls that returned packets.
-    pub reads: u64,
-    /// Verdict messages sent (a batch verdict answers several packets).
-    pub verdict_messages: u64,
-    /// Hand-off mode: packets whose verdict carried the hand-off mark (their
-    /// connection was handed to the kernel).
-    pub handoff_marked: u64,
-    /// Per rule of the policy of `rules_generation` (by index): [packets the
-    /// rule decided, new connections it admitted]. A reload starts afresh.
-    pub rule_hits: Vec<[u64; 2]>,
-    pub rules_generation: u16,
-    /// `rules_generation` has been set (a fresh total has none yet, and
-    /// takes its first merge's).
-    pub rules_set: bool,
-    /// Answers to rejected packets sent, over `reject_rate` (not sent), and
-    /// failed (no raw socket, or the send failed). See `daemon::reject`.
-    pub rejects_sent: u64,
-    pub rejects_rate_limited: u64,
-    pub rejects_failed: u64,
-}
-
-impl WorkerStats {
-    pub fn merge(&mut self, o: &WorkerStats) {
-        self.counters.merge(&o.counters);
-        self.recv_errors += o.recv_errors;
-        self.enobufs += o.enobufs;
-        self.verdict_errors += o.verdict_errors;
-        self.verdict_send_failures += o.verdict_send_failures;
-        self.verdict_backlogs_dropped += o.verdict_backlogs_dropped;
-        self.events_lost += o.events_lost;
-        self.csum_not_ready += o.csum_not_ready;
-        self.truncated_copies += o.truncated_copies;
-        self.engine_panics += o.engine_panics;
-        self.reads += o.reads;
-        self.verdict_messages += o.verdict_messages;
-        self.handoff_marked += o.handoff_marked;
-        self.merge_rule_hits(o);
-        self.rejects_sent += o.rejects_sent;
-        self.rejects_rate_limited += o.rejects_rate_limited;
-        self.rejects_failed += o.rejects_failed;
-    }
-
-    /// Rule hits add up only within one policy generation: the newer one
-    /// (by wrapping distance) wins, so a worker that has not published since
-    /// a reload cannot hold the totals back at the old policy.
-    fn merge_rule_hits(&mut self, o: &WorkerStats) {
-        let newer = o.rules_generation.wrapping_sub(self.rules_generation);
-        if !self.rules_set || (newer != 0 && newer < u16::MAX / 2) {
-            self.reset_rules(o.rules_generation);
-        } else if newer != 0 {
-            return;
-        }
-        if self.rule_hits.len() < o.rule_hits.len() {
-            self.rule_hits.resize(o.rule_hits.len(), [0; 2]);
-        }
-        for (mine, theirs) in self.rule_hits.iter_mut().zip(&o.rule_hits) {
-            mine[0] += theirs[0];
-            mine[1] += theirs[1];
-        }
-    }
-
-    /// Starts the rule hits afresh for the policy of `generation` (a reload
-    /// renumbers rules); nothing when they are of it already.
-    fn reset_rules(&mut self, generation: u16) {
-        if self.rules_generation != generation || !self.rules_set {
-            self.rules_generation = generation;
-            self.rules_set = true;
-            self.rule_hits.clear();
-        }
-    }
-
-    pub fn packets(&self) -> u64 {
-        self.counters.total(Verdict::Accept) + self.counters.total(Verdict::Drop)
-    }
-}
-
-/// State shared by the daemon and its workers.
-#[derive(Debug)]
-pub struct Shared {
-    pub start: Instant,
-    /// The wall clock at `start`, milliseconds since the Unix epoch (drop
-    /// records are stamped from the engine's clock plus this: no second
-    /// clock reading per packet).
-    pub start_unix_ms: u64,
-    pub stop: AtomicBool,
-    /// Bumped to make workers forget cached interface names (SIGHUP).
-    pub ifnames_generation: AtomicU64,
-    /// One slot per worker, refreshed about once a second.
-    pub stats: Vec<CachePadded<Mutex<WorkerStats>>>,
-    /// Per worker: its queue number, and the engine-clock millisecond its loop
-    /// last came round (at least every receive timeout, packets or not).
-    /// Each on cache lines of its own: a worker's beat does not invalidate
-    /// the line another worker writes.
-    pub heartbeats: Vec<CachePadded<(u16, AtomicU64)>>,
-    pub drops: Drops,
-    pub hub: Arc<Hub>,
-}
-
-impl Shared {
-    /// `queues`: each worker's queue number.
-    pub fn new(start: Instant, queues: &[u16]) -> Shared {
-        Shared {
-            start,
-            start_unix_ms: crate::daemon::events::unix_ms(),
-            stop: AtomicBool::new(false),
-            ifnames_generation: AtomicU64::new(0),
-            stats: queues
-                .iter()
-                .map(|_| CachePadded::new(Mutex::new(WorkerStats::default())))
-                .collect(),
-            heartbeats: queues
-                .iter()
-                .map(|&q| CachePadded::new((q, AtomicU64::new(0))))
-                .collect(),
-            drops: Drops::new(queues.len()),
-            hub: Arc::new(Hub::default()),
-        }
-    }
-
-    /// Each worker's queue and how long ago its loop last came round (ms);
-    /// `None` for one that never did.
-    pub fn heartbeat_ages(&self) -> impl Iterator<Item = (u16, Option<u64>)> + '_ {
-        let now_ms = self.now().as_nanos() / 1_000_000;
-        self.heartbeats.iter().map(move |b| {
-            let (queue, beat) = &**b;
-            let at = beat.load(Ordering::Relaxed);
-            (*queue, (at != 0).then(|| now_ms.saturating_sub(at)))
-        })
-    }
-
-    /// Why the daemon is unhealthy: the workers whose loop has not come
-    /// round within `stuck_after` (the loop wakes at least every receive
-    /// timeout, packets or not, so a silent network is no reason).
-    pub fn unhealthy(&self, stuck_after: Duration) -> Option<String> {
-        let stuck: Vec<String> = self
-            .heartbeat_ages()
-            .filter(|(_, age)| age.map_or(true, |a| a >= stuck_after.as_millis() as u64))
-            .map(|(queue, age)| match age {
-                Some(a) => format!(
-                    "worker of queue {queue}: no progress for {:.1} s",
-                    a as f64 / 1e3
-                ),
-                None => format!("worker of queue {queue}: never started"),
-            })
-            .collect();
-        (!stuck.is_empty()).then(|| stuck.join("; "))
-    }
-
-    /// Milliseconds since the Unix epoch at engine time `at`.
-    pub fn unix_ms(&self, at: Timestamp) -> u64 {
-        self.start_unix_ms + at.as_nanos() / 1_000_000
-    }
-
-    /// The engine's clock: monotonic, since the daemon started.
-    #[inline]
-    pub fn now(&self) -> Timestamp {
-        self.timestamp(Instant::now())
-    }
-
-    /// The engine's time at `at`.
-    pub fn timestamp(&self, at: Instant) -> Timestamp {
-        Timestamp::from_nanos(at.saturating_duration_since(self.start).as_nanos() as u64)
-    }
-
-    /// Every worker's last published counters, merged.
-    pub fn totals(&self) -> WorkerStats {
-        let mut total = WorkerStats::default();
-        for slot in &self.stats {
-            total.merge(&slot.lock().unwrap_or_else(|e| e.into_inner()));
-        }
-        total
-    }
-}
 
 /// Hand-off mode (see README "Hand-off mode"): established TCP connections are
 /// handed to the kernel by marking their packets' verdicts.
@@ -241,19 +45,21 @@ pub struct Worker {
     pub index: usize,
     pub engine: Arc<Engine>,
     pub shared: Arc<Shared>,
-    pub events: Sender<Event>,
+    pub stop: Stop,
+    /// To the logging thread.
+    pub notices: Sender<Notice>,
     /// Send an event for every dropped packet (drop lines are enabled).
     pub log_drops: bool,
     pub handoff: Option<Handoff>,
     /// Answers to rejected packets, sent after each batch's verdicts.
-    pub replies: super::reject::Replies,
+    pub replies: Replies,
     /// The batch's drops, recorded in the drops ring once per batch (the
     /// worker's thread only: the cell is never contended).
     pub dropped: std::cell::RefCell<Vec<DropRecord>>,
 }
 
 impl Worker {
-    /// Runs until `shared.stop`; then answers what is still queued, unbinds
+    /// Runs until the stop; then answers what is still queued, unbinds
     /// and returns the final counters.
     pub fn run(mut self) -> WorkerStats {
         let mut stats = WorkerStats::default();
@@ -296,7 +102,7 @@ impl Worker {
                     }
                 },
             }
-            if self.shared.stop.load(Ordering::Relaxed) {
+            if self.stop.is_set() {
                 break;
             }
             if now.duration_since(last_publish) >= PUBLISH_EVERY {
@@ -386,7 +192,7 @@ impl Worker {
         if let Err(e) = tx.flush() {
             stats.verdict_send_failures += 1;
             stats.verdict_errors += 1;
-            let event = Event::VerdictSendFailed {
+            let event = Notice::VerdictSendFailed {
                 queue: self.queue.num,
                 errno: e.raw_os_error().unwrap_or(0),
                 collapsed: tx.collapsed != collapsed,
@@ -409,7 +215,7 @@ impl Worker {
     fn verdict_error(&self, errno: i32, stats: &mut WorkerStats) {
         stats.verdict_errors += 1;
         let queue = self.queue.num;
-        self.send(Event::VerdictError { queue, errno }, stats);
+        self.send(Notice::VerdictError { queue, errno }, stats);
     }
 
     fn publish(&self, stats: &mut WorkerStats) {
@@ -429,7 +235,7 @@ impl Worker {
             stats.enobufs += 1;
         }
         self.send(
-            Event::RecvError {
+            Notice::RecvError {
                 queue: self.queue.num,
                 errno,
             },
@@ -438,8 +244,8 @@ impl Worker {
     }
 
     #[inline]
-    fn send(&self, event: Event, stats: &mut WorkerStats) {
-        match self.events.try_send(event) {
+    fn send(&self, event: Notice, stats: &mut WorkerStats) {
+        match self.notices.try_send(event) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 stats.events_lost += 1
@@ -520,7 +326,7 @@ impl Worker {
             }
         }
         if d.log || (verdict == Verdict::Drop && self.log_drops) {
-            let event = PacketEvent::new(
+            let event = PacketNotice::new(
                 self.queue.num,
                 d.reason,
                 d.rule,
@@ -530,7 +336,7 @@ impl Worker {
                 len,
                 payload,
             );
-            self.send(Event::Packet(event), stats);
+            self.send(Notice::Packet(event), stats);
         }
         if d.reason.is_reject() {
             self.replies.prepare(payload, framing, now, stats);
@@ -560,45 +366,5 @@ impl Worker {
         if d.before == ConnState::None && d.after != ConnState::None {
             stats.rule_hits[i][1] += 1;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hits(generation: u16, hits: &[[u64; 2]]) -> WorkerStats {
-        WorkerStats {
-            rules_generation: generation,
-            rules_set: true,
-            rule_hits: hits.to_vec(),
-            ..WorkerStats::default()
-        }
-    }
-
-    /// After a reload, a worker that has published under the new policy
-    /// (even with no hits yet) wins over one still at the old policy,
-    /// whatever the order they are merged in.
-    #[test]
-    fn rule_hits_add_up_within_the_newest_policy_only() {
-        let fresh = hits(3, &[]);
-        let stale = hits(2, &[[7, 7]]);
-        let current = hits(3, &[[1, 0], [2, 1]]);
-        for order in [[&fresh, &stale, &current], [&stale, &current, &fresh]] {
-            let mut total = WorkerStats::default();
-            for w in order {
-                total.merge(w);
-            }
-            assert_eq!(total.rules_generation, 3);
-            assert_eq!(total.rule_hits, [[1, 0], [2, 1]]);
-        }
-        // A fresh total takes any first generation, however large.
-        let mut total = WorkerStats::default();
-        total.merge(&hits(40_000, &[[4, 4]]));
-        assert_eq!((total.rules_generation, total.rule_hits.len()), (40_000, 1));
-        // Across the wrap: 0 is newer than u16::MAX.
-        let mut total = hits(u16::MAX, &[[5, 5]]);
-        total.merge(&hits(0, &[[1, 1]]));
-        assert_eq!((total.rules_generation, total.rule_hits), (0, vec![[1, 1]]));
     }
 }

@@ -13,6 +13,7 @@
 //! packet's first bytes and no parsing: the headers are read (leniently: a
 //! malformed packet still shows who sent it) when a record is read.
 
+use super::HEAD;
 use crate::conntrack::ConnState;
 use crate::reason::Reason;
 use crate::wire::lax;
@@ -24,11 +25,6 @@ use std::sync::Mutex;
 
 /// Drops each worker remembers.
 pub const PER_WORKER: usize = 1024;
-
-/// Bytes of a dropped packet kept: an IPv4 header with the most options
-/// (60) and a TCP header's ports and flags, or an IPv6 header (40) with up
-/// to 48 bytes of extension headers before them.
-pub const HEAD: usize = 96;
 
 /// One dropped packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
