@@ -18,7 +18,7 @@ use conntrackd::wire::build;
 use conntrackd::wire::TcpFlags as F;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const SHORT: Duration = Duration::from_millis(700);
 
@@ -501,6 +501,54 @@ fn install_iptables_filters_and_leaves_the_ruleset_as_it_found_it() {
     assert_eq!(lab.gw.ruleset(true), before6, "IPv6 ruleset changed");
     // Without conntrackd and its chain, the kernel forwards everything again.
     assert_session(&lab.client, v4(8081), 1000, "after removal");
+}
+
+/// One way to stop: a control client that connects and says nothing (it
+/// would hold the control thread for its 30 s deadline) delays neither the
+/// hooks' removal nor the table's save at SIGTERM.
+#[test]
+#[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
+fn a_silent_control_client_does_not_delay_the_stop() {
+    let Some(lab) = Lab::new("silent_client") else {
+        return;
+    };
+    let rules = lab.write_rules("rules.toml", ALLOW_ALL);
+    let mut d = lab.start_daemon(&["--rules", rules.to_str().unwrap(), "--install-iptables"]);
+    assert!(lab.gw.ruleset(false).contains("CONNTRACKD"));
+    let silent = std::os::unix::net::UnixStream::connect(lab.control_socket())
+        .expect("connecting to the control socket");
+    // Long enough for the control thread to take it and start waiting.
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = Instant::now();
+    d.signal(libc::SIGTERM);
+    let removed = loop {
+        if !lab.gw.ruleset(false).contains("CONNTRACKD") {
+            break sent.elapsed();
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "the hooks are still in place 10 s after SIGTERM; log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        removed < Duration::from_secs(1),
+        "the hooks came off {removed:?} after SIGTERM; log:\n{}",
+        d.log()
+    );
+    assert!(
+        d.wait_exit(Duration::from_secs(5)).success(),
+        "log:\n{}",
+        d.log()
+    );
+    d.wait_log("saved the table", Duration::from_secs(1));
+    // The client was let go: it reads the end of the stream.
+    silent
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(std::io::Read::read(&mut &silent, &mut buf).unwrap_or(0), 0);
 }
 
 #[test]
