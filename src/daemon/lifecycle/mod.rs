@@ -581,7 +581,7 @@ fn start_logger(
 
 /// Hand-off mode's parameters, with warnings for settings that cannot work.
 fn handoff_mode(mark: u32, config: &Config, settings: &Settings, hooks_installed: bool) -> Handoff {
-    let b = Handoff {
+    let handoff = Handoff {
         mark,
         timeout: handoff_timeout(config),
     };
@@ -595,23 +595,23 @@ fn handoff_mode(mark: u32, config: &Config, settings: &Settings, hooks_installed
     }
     let refresh = settings.handoff_refresh.as_secs();
     // Room for the housekeeping tick (1 s), the dump itself and whole-second expiry.
-    if refresh == 0 || refresh + 2 > u64::from(b.timeout) {
+    if refresh == 0 || refresh + 2 > u64::from(handoff.timeout) {
         warn!(
             handoff_refresh = refresh,
-            timeout = b.timeout,
+            timeout = handoff.timeout,
             "hand-off mode: the kernel's conntrack is not read often enough \
              (daemon.handoff_refresh) to keep handed-off connections: one that lives \
              longer than {} s after its hand-off is forgotten and its FIN refused",
-            b.timeout
+            handoff.timeout
         );
     }
     info!(
         mark = format!("{mark:#x}").as_str(),
-        timeout = b.timeout,
+        timeout = handoff.timeout,
         handoff_refresh = refresh,
         "hand-off mode: established TCP connections are handed to the kernel"
     );
-    b
+    handoff
 }
 
 /// Hand-off mode: how long a handed-off connection lives in the engine without
@@ -775,7 +775,7 @@ fn start_housekeeping(
             Duration::ZERO
         },
         queues: settings.queues.clone(),
-        handoff: handoff.map(|b| KeepHandedOff::new(b.mark, b.timeout, settings.handoff_refresh)),
+        handoff: handoff.map(|h| KeepHandedOff::new(h.mark, h.timeout, settings.handoff_refresh)),
         snapshots: settings
             .state_file
             .clone()
