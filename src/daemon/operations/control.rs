@@ -115,6 +115,14 @@ impl Selector {
         })
     }
 
+    /// What a stream of events (`drops_only`: of drops) selected by this wants.
+    fn interest(self, drops_only: bool) -> Interest {
+        Interest {
+            drops_only,
+            select: Some(Arc::new(move |r: &Record| self.matches_record(r))),
+        }
+    }
+
     fn matches(&self, c: &ConnInfo) -> bool {
         self.matches_parts(
             Some(c.protocol),
@@ -245,33 +253,18 @@ pub struct Control {
     pub last_stats: Mutex<Option<(Instant, Value)>>,
 }
 
-/// The gid of a group name (or number).
-fn group_id(name: &str) -> std::io::Result<libc::gid_t> {
+/// The gid of a group name (or number). `nix` reads the group database
+/// with a buffer that grows on ERANGE (a group of many members).
+fn group_id(name: &str) -> std::io::Result<nix::unistd::Gid> {
     if let Ok(n) = name.parse::<libc::gid_t>() {
-        return Ok(n);
+        return Ok(nix::unistd::Gid::from_raw(n));
     }
-    let c = std::ffi::CString::new(name)
-        .map_err(|_| std::io::Error::other(format!("group {name:?}: not a name")))?;
-    // SAFETY: getgrnam_r writes only into `group` and `buf` (sized by us)
-    // and sets `found` to null or to `group`; the strings it points to live
-    // in `buf`, which outlives the read of `gr_gid`.
-    unsafe {
-        let mut group: libc::group = std::mem::zeroed();
-        let mut buf = vec![0 as libc::c_char; 16 * 1024];
-        let mut found: *mut libc::group = std::ptr::null_mut();
-        let rc = libc::getgrnam_r(
-            c.as_ptr(),
-            &mut group,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut found,
-        );
-        if rc != 0 || found.is_null() {
-            return Err(std::io::Error::other(format!(
-                "group {name:?} does not exist"
-            )));
-        }
-        Ok(group.gr_gid)
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid),
+        Ok(None) => Err(std::io::Error::other(format!(
+            "group {name:?} does not exist"
+        ))),
+        Err(e) => Err(std::io::Error::other(format!("group {name:?}: {e}"))),
     }
 }
 
@@ -289,7 +282,7 @@ pub fn bind(path: &Path, group: Option<&str>) -> std::io::Result<UnixListener> {
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     if let Some(group) = group {
-        std::os::unix::fs::chown(path, None, Some(group_id(group)?))?;
+        std::os::unix::fs::chown(path, None, Some(group_id(group)?.as_raw()))?;
     }
     listener.set_nonblocking(true)?;
     Ok(listener)
@@ -324,7 +317,7 @@ fn client(stream: UnixStream, control: &Control, stop: &Stop) -> std::io::Result
     stream.set_nonblocking(false)?;
     let until = Instant::now() + CLIENT_DEADLINE;
     let mut line = Vec::new();
-    let n = BufReader::new(
+    BufReader::new(
         Deadline {
             stream: &stream,
             until,
@@ -338,27 +331,50 @@ fn client(stream: UnixStream, control: &Control, stop: &Stop) -> std::io::Result
         until,
         stop,
     });
-    if n > MAX_REQUEST {
-        control.bad_requests.fetch_add(1, Ordering::Relaxed);
-        return reply(
-            &mut out,
-            &error(&format!("request longer than {MAX_REQUEST} bytes")),
-        );
+    match answer(control, &line, &mut out)? {
+        Then::Close => Ok(()),
+        Then::Stream(interest, first) => stream_to(control, &mut out, &stream, interest, first),
     }
-    let request = match serde_json::from_slice::<Request>(&line) {
+}
+
+/// What the socket does once a request is answered.
+enum Then {
+    Close,
+    /// Hand the client to the event thread: what it wants, and what it is
+    /// written first (any backlog, then the acknowledgement).
+    Stream(Interest, Vec<u8>),
+}
+
+/// Answers one request line (as read: at most `MAX_REQUEST` + 1 bytes)
+/// into `out`. The protocol without the socket: tested on its own.
+fn answer(control: &Control, line: &[u8], out: &mut impl Write) -> std::io::Result<Then> {
+    if line.len() > MAX_REQUEST {
+        control.bad_requests.fetch_add(1, Ordering::Relaxed);
+        reply(
+            out,
+            &error(&format!("request longer than {MAX_REQUEST} bytes")),
+        )?;
+        return Ok(Then::Close);
+    }
+    let request = match serde_json::from_slice::<Request>(line) {
         Ok(r) => r,
         Err(e) => {
             control.bad_requests.fetch_add(1, Ordering::Relaxed);
-            return reply(&mut out, &error(&format!("bad request: {e}")));
+            reply(out, &error(&format!("bad request: {e}")))?;
+            return Ok(Then::Close);
         }
     };
+    let selector = |filter: &Filter, out: &mut dyn Write| match Selector::new(filter) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) => reply(out, &error(&e)).map(|()| None),
+    };
     match request {
-        Request::Stats => reply(&mut out, &stats(control)),
+        Request::Stats => reply(out, &stats(control))?,
         Request::Flows {
             filter,
             limit,
             verbose,
-        } => flows(&mut out, control, &filter, limit, verbose),
+        } => flows(out, control, &filter, limit, verbose)?,
         Request::Why {
             src,
             dst,
@@ -366,17 +382,16 @@ fn client(stream: UnixStream, control: &Control, stop: &Stop) -> std::io::Result
             in_iface,
             out_iface,
         } => match why(control, &src, &dst, proto.as_deref(), in_iface, out_iface) {
-            Ok(v) => reply(&mut out, &v),
-            Err(e) => reply(&mut out, &error(&e)),
+            Ok(v) => reply(out, &v)?,
+            Err(e) => reply(out, &error(&e))?,
         },
         Request::Drops {
             filter,
             last,
             follow,
         } => {
-            let sel = match Selector::new(&filter) {
-                Ok(s) => s,
-                Err(e) => return reply(&mut out, &error(&e)),
+            let Some(sel) = selector(&filter, out)? else {
+                return Ok(Then::Close);
             };
             let recent = control
                 .shared
@@ -399,40 +414,38 @@ fn client(stream: UnixStream, control: &Control, stop: &Stop) -> std::io::Result
             serde_json::to_writer(&mut first, &done)?;
             first.push(b'\n');
             if follow {
-                stream_to(control, &mut out, &stream, sel, true, first)
-            } else {
-                out.write_all(&first)?;
-                out.flush()
+                return Ok(Then::Stream(sel.interest(true), first));
             }
+            out.write_all(&first)?;
+            out.flush()?;
         }
         Request::Events { filter } => {
-            let sel = match Selector::new(&filter) {
-                Ok(s) => s,
-                Err(e) => return reply(&mut out, &error(&e)),
+            let Some(sel) = selector(&filter, out)? else {
+                return Ok(Then::Close);
             };
             let ack = json!({"ok": true, "following": true}).to_string() + "\n";
-            stream_to(control, &mut out, &stream, sel, false, ack.into_bytes())
+            return Ok(Then::Stream(sel.interest(false), ack.into_bytes()));
         }
-        Request::Status => reply(&mut out, &status(control)),
-        Request::Kill { filter } => match Selector::new(&filter) {
-            Ok(sel) => {
+        Request::Status => reply(out, &status(control))?,
+        Request::Kill { filter } => {
+            if let Some(sel) = selector(&filter, out)? {
                 let killed = control.engine.remove_connections(|c| sel.matches(c));
-                reply(&mut out, &json!({"ok": true, "killed": killed}))
+                reply(out, &json!({"ok": true, "killed": killed}))?;
             }
-            Err(e) => reply(&mut out, &error(&e)),
-        },
+        }
         Request::Flush => {
             let killed = control.engine.remove_connections(|_| true);
-            reply(&mut out, &json!({"ok": true, "killed": killed}))
+            reply(out, &json!({"ok": true, "killed": killed}))?;
         }
         Request::Reload => match (control.reload)() {
-            Ok(summary) => reply(&mut out, &json!({"ok": true, "summary": summary})),
+            Ok(summary) => reply(out, &json!({"ok": true, "summary": summary}))?,
             Err(e) => reply(
-                &mut out,
+                out,
                 &json!({"ok": false, "error": e, "kept": "old rules kept"}),
-            ),
+            )?,
         },
     }
+    Ok(Then::Close)
 }
 
 /// Hands the client to the event thread, which writes `first` (the
@@ -443,14 +456,9 @@ fn stream_to(
     control: &Control,
     out: &mut impl Write,
     stream: &UnixStream,
-    sel: Selector,
-    drops_only: bool,
+    interest: Interest,
     first: Vec<u8>,
 ) -> std::io::Result<()> {
-    let interest = Interest {
-        drops_only,
-        select: Some(std::sync::Arc::new(move |r: &Record| sel.matches_record(r))),
-    };
     let joined = events::join(
         &control.shared.hub,
         &control.joins,
@@ -590,7 +598,7 @@ fn error(message: &str) -> Value {
     json!({"ok": false, "error": message})
 }
 
-fn reply(out: &mut impl Write, v: &Value) -> std::io::Result<()> {
+fn reply(out: &mut (impl Write + ?Sized), v: &Value) -> std::io::Result<()> {
     serde_json::to_writer(&mut *out, v)?;
     out.write_all(b"\n")?;
     out.flush()
@@ -816,4 +824,215 @@ pub fn request(socket: &Path, req: &Value) -> anyhow::Result<Vec<Value>> {
         }
     }
     Ok(lines)
+}
+
+/// The protocol without a socket: request lines in, answer lines out.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{build, TcpFlags};
+    use crate::{Config, Context, Timestamp};
+
+    fn control(policy: &str, reload: Result<String, String>) -> Control {
+        let config = Config::parse(policy, Path::new("r.toml")).unwrap();
+        let (joins, _) = crossbeam_channel::bounded(1);
+        Control {
+            engine: Arc::new(Engine::new(config.engine, config.policy)),
+            shared: Arc::new(Shared::new(Instant::now(), &[0])),
+            reload: Box::new(move || reload.clone()),
+            started: Instant::now(),
+            max_connections: 1000,
+            bad_requests: Arc::new(AtomicU64::new(0)),
+            joins,
+            last_stats: Mutex::new(None),
+        }
+    }
+
+    const ACCEPT: &str = "[policy]\ndefault = \"accept\"\n";
+
+    /// The answer to `request`, as JSON lines, and what the socket does next.
+    fn ask(c: &Control, request: &str) -> (Vec<Value>, Then) {
+        let mut out = Vec::new();
+        let then = answer(c, request.as_bytes(), &mut out).unwrap();
+        let lines = out
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        (lines, then)
+    }
+
+    fn one(c: &Control, request: &str) -> Value {
+        let (lines, then) = ask(c, request);
+        assert!(matches!(then, Then::Close));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        lines.into_iter().next().unwrap()
+    }
+
+    /// Opens a connection 198.18.0.2:`port` → 198.19.0.2:80 (a SYN).
+    fn open(c: &Control, port: u16) {
+        let syn = build::tcp(
+            format!("198.18.0.2:{port}").parse().unwrap(),
+            "198.19.0.2:80".parse().unwrap(),
+        )
+        .flags(TcpFlags::SYN)
+        .build();
+        let d = c
+            .engine
+            .decide(&syn, &Context::default(), Timestamp::from_secs(1));
+        assert_eq!(d.verdict(), Verdict::Accept);
+    }
+
+    #[test]
+    fn a_group_is_found_by_name_or_number() {
+        assert_eq!(group_id("root").unwrap().as_raw(), 0);
+        assert_eq!(group_id("4242").unwrap().as_raw(), 4242);
+        let e = group_id("no-such-group-ctd").unwrap_err().to_string();
+        assert_eq!(e, "group \"no-such-group-ctd\" does not exist");
+        assert!(group_id("a\0b").is_err());
+    }
+
+    #[test]
+    fn a_bad_request_is_answered_with_why_and_counted() {
+        let c = control(ACCEPT, Ok(String::new()));
+        let cases = [
+            ("not json\n", "bad request: "),
+            (
+                "{\"cmd\":\"explode\"}\n",
+                "bad request: unknown variant `explode`",
+            ),
+            (
+                "{\"cmd\":\"flows\",\"colour\":1}\n",
+                "bad request: unknown field `colour`",
+            ),
+            ("\n", "bad request: "),
+        ];
+        for (request, starts) in cases {
+            let v = one(&c, request);
+            assert_eq!(v["ok"], false, "{request}");
+            let e = v["error"].as_str().unwrap();
+            assert!(e.starts_with(starts), "{request}: {e}");
+        }
+        let long = format!(
+            "{{\"cmd\":\"stats\",\"x\":\"{}\"}}\n",
+            "a".repeat(MAX_REQUEST)
+        );
+        let v = one(&c, &long[..MAX_REQUEST + 1]);
+        assert_eq!(v["error"], "request longer than 4096 bytes");
+        assert_eq!(c.bad_requests.load(Ordering::Relaxed), 5);
+        // A request is one line: what follows its newline is not read.
+        assert_eq!(one(&c, "{\"cmd\":\"flush\"}\n")["killed"], 0);
+    }
+
+    #[test]
+    fn flows_lists_what_the_filter_selects_and_kill_removes_it() {
+        let c = control(ACCEPT, Ok(String::new()));
+        for port in [40000, 40001, 40002] {
+            open(&c, port);
+        }
+        let (lines, _) = ask(&c, "{\"cmd\":\"flows\",\"port\":40001}\n");
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0]["sport"], 40001);
+        assert_eq!(lines[0]["state"], "SYN_SENT:LISTEN");
+        assert_eq!(lines[1], json!({"ok": true, "shown": 1, "matched": 1}));
+        let (lines, _) = ask(&c, "{\"cmd\":\"flows\",\"limit\":0}\n");
+        assert_eq!(lines, [json!({"ok": true, "shown": 0, "matched": 3})]);
+        let v = one(&c, "{\"cmd\":\"flows\",\"src\":\"198.18.0.300\"}\n");
+        assert_eq!(v["ok"], false);
+        assert!(v["error"].as_str().unwrap().contains("198.18.0.300"), "{v}");
+
+        assert_eq!(one(&c, "{\"cmd\":\"kill\",\"port\":40001}\n")["killed"], 1);
+        let (lines, _) = ask(&c, "{\"cmd\":\"flows\"}\n");
+        assert_eq!(lines.last().unwrap()["matched"], 2);
+        assert_eq!(one(&c, "{\"cmd\":\"flush\"}\n")["killed"], 2);
+        assert_eq!(c.engine.table().len(), 0);
+    }
+
+    #[test]
+    fn why_shows_the_tracked_state_and_what_the_policy_says() {
+        let c = control(
+            "[policy]\ndefault = \"drop\"\n[[rule]]\nname = \"web\"\nproto = \"tcp\"\ndst_ports = [80]\naction = \"accept\"\n",
+            Ok(String::new()),
+        );
+        open(&c, 40000);
+        let v = one(
+            &c,
+            "{\"cmd\":\"why\",\"src\":\"198.18.0.2:40000\",\"dst\":\"198.19.0.2:80\"}\n",
+        );
+        assert_eq!(v["ok"], true, "{v}");
+        let text = v.to_string();
+        assert!(text.contains("SYN_SENT") && text.contains("web"), "{text}");
+        let v = one(
+            &c,
+            "{\"cmd\":\"why\",\"src\":\"nowhere\",\"dst\":\"198.19.0.2:80\"}\n",
+        );
+        assert_eq!(v["ok"], false);
+    }
+
+    #[test]
+    fn reload_says_what_changed_or_that_the_old_rules_are_kept() {
+        let c = control(ACCEPT, Ok("2 rules, default drop (1 added)".into()));
+        let v = one(&c, "{\"cmd\":\"reload\"}\n");
+        assert_eq!(
+            v,
+            json!({"ok": true, "summary": "2 rules, default drop (1 added)"})
+        );
+        let c = control(ACCEPT, Err("r.toml:3:1: unknown field `actoin`".into()));
+        let v = one(&c, "{\"cmd\":\"reload\"}\n");
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["kept"], "old rules kept");
+        assert_eq!(v["error"], "r.toml:3:1: unknown field `actoin`");
+    }
+
+    #[test]
+    fn stats_counts_and_status_names_a_worker_that_never_came_round() {
+        let c = control(ACCEPT, Ok(String::new()));
+        open(&c, 40000);
+        let v = one(&c, "{\"cmd\":\"stats\"}\n");
+        assert_eq!(
+            (v["ok"].clone(), v["connections"].clone()),
+            (json!(true), json!(1))
+        );
+        assert_eq!(v["max_connections"], 1000);
+        assert!(v.get("per_second").is_none(), "no rates at the first call");
+        let v = one(&c, "{\"cmd\":\"status\"}\n");
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["error"], "worker of queue 0: never started");
+    }
+
+    #[test]
+    fn drops_and_events_are_handed_to_the_event_thread_after_their_backlog() {
+        let c = control(ACCEPT, Ok(String::new()));
+        let (lines, then) = ask(&c, "{\"cmd\":\"drops\"}\n");
+        assert!(matches!(then, Then::Close));
+        assert_eq!(
+            lines,
+            [json!({"ok": true, "shown": 0, "unrecorded": 0, "following": false})]
+        );
+        let (lines, then) = ask(&c, "{\"cmd\":\"drops\",\"follow\":true,\"port\":22}\n");
+        assert!(lines.is_empty(), "nothing written before the hand-off");
+        let Then::Stream(interest, first) = then else {
+            panic!("drops --follow streams");
+        };
+        assert!(interest.drops_only);
+        assert_eq!(
+            serde_json::from_slice::<Value>(first.trim_ascii_end()).unwrap(),
+            json!({"ok": true, "shown": 0, "unrecorded": 0, "following": true})
+        );
+        let (_, then) = ask(&c, "{\"cmd\":\"events\",\"state\":\"ESTABLISHED\"}\n");
+        let Then::Stream(interest, first) = then else {
+            panic!("events streams");
+        };
+        assert!(!interest.drops_only && interest.select.is_some());
+        assert_eq!(
+            serde_json::from_slice::<Value>(&first).unwrap(),
+            json!({"ok": true, "following": true})
+        );
+        assert!(first.ends_with(b"\n"));
+        let v = one(&c, "{\"cmd\":\"events\",\"proto\":\"tcpp\"}\n");
+        assert_eq!(
+            v["ok"], false,
+            "a bad filter is refused before any hand-off"
+        );
+    }
 }
