@@ -906,7 +906,7 @@ fn the_readme_warning_says_what_the_run_command_installs() {
         .map(|l| l.trim_start_matches('>').trim())
         .collect::<Vec<_>>()
         .join(" ");
-    let config = conntrackd::Config::load(&root.join("rules/default.toml")).unwrap();
+    let config = conntrackd::rules_file::load(&root.join("rules/default.toml")).unwrap();
     let d = &config.daemon;
     let spec = Spec::new(
         &d.iptables_chain,

@@ -28,9 +28,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("engine", &["conntrack", "policy", "wire", "reason", "time"]),
     ("config", &["engine", "policy", "wire", "reason", "time"]),
     ("kernel", &["wire", "reason", "time"]),
+    ("rules_file", &["config"]),
     (
         "replay",
         &[
+            "rules_file",
             "config",
             "engine",
             "conntrack",
@@ -44,6 +46,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "daemon",
         &[
             "kernel",
+            "rules_file",
             "config",
             "engine",
             "conntrack",
@@ -53,7 +56,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "time",
         ],
     ),
-    ("cli", &["daemon", "replay"]),
+    ("cli", &["daemon", "replay", "rules_file"]),
 ];
 
 /// The daemon's rooms and the rooms each may name (besides itself).

@@ -1,4 +1,6 @@
-//! The rules file: engine settings, daemon settings and the policy, in TOML.
+//! The rules file: engine settings, daemon settings and the policy, in TOML,
+//! parsed from text it is given (reading the file is a shell's work: see
+//! `crate::rules_file`).
 //!
 //! Unknown keys are refused, and every error names `file:line:column`; all
 //! of a file's errors are reported, not only the first.
@@ -355,12 +357,6 @@ pub struct Config {
 /// A rules file that could not be used, with where and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
     /// Every problem found, in file order (at least one); shown one a line.
     #[error("{}", lines(.path, .problems).join("\n"))]
     Invalid {
@@ -388,37 +384,9 @@ impl ConfigError {
     /// One line per problem, each `file:line:column: message`.
     pub fn lines(&self) -> Vec<String> {
         match self {
-            ConfigError::Io { .. } => vec![self.to_string()],
             ConfigError::Invalid { path, problems } => lines(path, problems),
         }
     }
-}
-
-/// The rules file when `--rules` is not given: the packaged one. Never a
-/// path relative to the current directory, so that what a server enforces
-/// does not depend on where it was started from.
-pub const SYSTEM_RULES: &str = "/etc/conntrackd/rules.toml";
-
-/// The rules file to use: `--rules`, else [`SYSTEM_RULES`]; an error telling
-/// the operator to pass `--rules` when neither is there.
-pub fn rules_path(arg: Option<&Path>) -> Result<PathBuf, String> {
-    rules_path_or(arg, Path::new(SYSTEM_RULES))
-}
-
-fn rules_path_or(arg: Option<&Path>, system: &Path) -> Result<PathBuf, String> {
-    if let Some(path) = arg {
-        return Ok(path.to_path_buf());
-    }
-    // Anything but a clear "not there" (permission denied, say) goes on to
-    // Config::load, whose error names the real cause.
-    if system.try_exists().unwrap_or(true) {
-        return Ok(system.to_path_buf());
-    }
-    Err(format!(
-        "no rules file: {} does not exist; pass --rules FILE (in a source checkout: \
-         --rules rules/default.toml)",
-        system.display()
-    ))
 }
 
 /// Warns of each rule address written with host bits set (read as its
@@ -461,14 +429,6 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 impl Config {
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Config::parse(&text, path)
-    }
-
     /// Parses rules text; `path` is used in messages. Every problem is
     /// reported, not only the first: each `[[rule]]` and each key is checked
     /// on its own (see [`collect`]).
@@ -820,25 +780,6 @@ mod tests {
         let c = parse(new).unwrap();
         assert!(!c.daemon.queue_bypass && c.daemon.queue_overflow == Overflow::Accept);
         assert!(c.warnings.is_empty());
-    }
-
-    #[test]
-    fn rules_path_is_the_argument_else_the_system_file_never_the_current_directory() {
-        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/default.toml");
-        let absent = Path::new("/nonexistent/conntrackd/rules.toml");
-        // --rules wins, even over an existing system file, and is not checked here.
-        assert_eq!(
-            rules_path_or(Some(absent), &shipped).unwrap(),
-            PathBuf::from(absent)
-        );
-        assert_eq!(rules_path_or(None, &shipped).unwrap(), shipped);
-        let e = rules_path_or(None, absent).unwrap_err();
-        assert!(
-            e.contains("/nonexistent/conntrackd/rules.toml does not exist"),
-            "{e}"
-        );
-        assert!(e.contains("pass --rules FILE"), "{e}");
-        assert!(e.contains("--rules rules/default.toml"), "{e}");
     }
 
     /// Every key whose value is a list takes one value or a list, alike.

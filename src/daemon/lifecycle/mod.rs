@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::engine::Layout;
 use crate::kernel::iptables::{self, Installed};
 use crate::kernel::nfqueue::{self, BoundQueue, QueueConfig};
+use crate::rules_file;
 use crate::Engine;
 use anyhow::Context as _;
 use housekeeping::{log_stats, Housekeeping, KeepHandedOff};
@@ -51,7 +52,7 @@ pub fn run(args: DaemonArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = match Config::load(&path) {
+    let config = match rules_file::load(&path) {
         Ok(c) => c,
         Err(e) => {
             for line in e.lines() {
@@ -102,7 +103,7 @@ pub fn uninstall_iptables(rules: Option<PathBuf>, chain: Option<String>) -> Exit
     // file must not keep a firewall's hook in place, so fall back to the
     // defaults (or --chain) with a warning.
     let defaults = crate::config::DaemonSettings::default();
-    let daemon = match resolve_rules(rules).map(|p| (Config::load(&p), p)) {
+    let daemon = match resolve_rules(rules).map(|p| (rules_file::load(&p), p)) {
         Ok((Ok(config), _)) => config.daemon,
         Ok((Err(e), path)) => {
             eprintln!(
@@ -164,7 +165,7 @@ impl Rules {
         self.shared
             .ifnames_generation
             .fetch_add(1, Ordering::Relaxed);
-        let new = Config::load(&self.path).map_err(|e| {
+        let new = rules_file::load(&self.path).map_err(|e| {
             // One line, for the log and the control socket's answer.
             format!(
                 "reload failed, keeping the rules in force: {}",

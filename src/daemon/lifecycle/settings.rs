@@ -258,9 +258,9 @@ pub fn default_control_socket() -> PathBuf {
 }
 
 /// The rules file: `--rules`, else /etc/conntrackd/rules.toml (see
-/// [`crate::config::rules_path`]).
+/// [`crate::rules_file::path`]).
 pub fn resolve_rules(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    crate::config::rules_path(arg.as_deref()).map_err(anyhow::Error::msg)
+    crate::rules_file::path(arg.as_deref()).map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]
