@@ -1,5 +1,6 @@
 use clap::Parser;
 use conntrackd::cli::{Cli, Command};
+use conntrackd::daemon::DaemonSettings;
 use conntrackd::rules_file;
 use std::process::ExitCode;
 
@@ -25,12 +26,12 @@ fn check(rules: Option<&std::path::Path>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rules_file::load(&path) {
-        Ok(config) => {
+    match rules_file::load_with::<DaemonSettings>(&path) {
+        Ok((config, daemon)) => {
             for w in &config.warnings {
                 eprintln!("warning: {w}");
             }
-            print!("{config}");
+            print!("{}", config.summary(&daemon));
             println!("ok");
             ExitCode::SUCCESS
         }

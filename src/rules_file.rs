@@ -3,7 +3,7 @@
 //! file. The daemon, `conntrackd replay` and `conntrackd check` all read it
 //! here.
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, ShellTable};
 use std::path::{Path, PathBuf};
 
 /// The rules file when `--rules` is not given: the packaged one. Never a
@@ -57,9 +57,16 @@ fn path_or(arg: Option<&Path>, system: &Path) -> Result<PathBuf, String> {
     ))
 }
 
-/// Reads and parses the rules file (see [`Config::parse`]).
+/// Reads and parses the rules file, its `[daemon]` table ignored (see
+/// [`Config::parse`]).
 pub fn load(path: &Path) -> Result<Config, Error> {
     Ok(Config::parse(&read(path)?, path)?)
+}
+
+/// Reads and parses the rules file, and its `[daemon]` table as a `D` (see
+/// [`Config::parse_with`]).
+pub fn load_with<D: ShellTable>(path: &Path) -> Result<(Config, D), Error> {
+    Ok(Config::parse_with(&read(path)?, path)?)
 }
 
 fn read(path: &Path) -> Result<String, Error> {
@@ -113,6 +120,7 @@ mod tests {
         assert_eq!(read.lines(), given.lines());
         assert_eq!(read.to_string(), given.to_string());
         std::fs::write(&file, "[policy]\ndefault = \"drop\"\n").unwrap();
-        assert_eq!(load(&file).unwrap().path, file);
+        let (config, _) = load_with::<serde::de::IgnoredAny>(&file).unwrap();
+        assert_eq!(config.path, file);
     }
 }

@@ -1,7 +1,8 @@
 //! The daemon's settings: the command line, merged over the rules file's
 //! `[daemon]` table.
 
-use crate::config::{DaemonSettings, LogFormat, MetricsListen, Overflow, QueueSpec};
+use super::daemon_table::{DaemonSettings, MetricsListen, Overflow, QueueSpec};
+use crate::config::LogFormat;
 use anyhow::bail;
 use std::path::PathBuf;
 use std::time::Duration;
