@@ -53,7 +53,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use conntrackd::{Config, Context, EngineSettings};
+use conntrackd::{rules_file, Config, Context, EngineSettings};
 use conntrackd::{Engine, Reason, Timestamp};
 use criterion::{black_box, criterion_group, Criterion, Throughput};
 use std::path::Path;
@@ -80,7 +80,7 @@ fn now() -> Timestamp {
 
 fn config() -> Config {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/examples/stateful-allow-all.toml");
-    Config::load(&path).expect("the benchmark policy loads")
+    rules_file::load(&path).expect("the benchmark policy loads")
 }
 
 /// An engine with the benchmark policy, and its engine settings adjusted.

@@ -18,7 +18,7 @@
 #![allow(clippy::disallowed_methods)] // not the core: a measurement tool
 #[path = "../benches/support/mod.rs"]
 mod support;
-use conntrackd::{Config, Context, Engine, Timestamp};
+use conntrackd::{rules_file, Context, Engine, Timestamp};
 use std::path::Path;
 use support::Flow;
 
@@ -43,7 +43,7 @@ fn decide_all(
 fn main() {
     let which = std::env::args().nth(1).unwrap_or_else(|| "est".into());
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/examples/stateful-allow-all.toml");
-    let config = Config::load(&path).unwrap();
+    let config = rules_file::load(&path).unwrap();
     let engine = Engine::new(config.engine, config.policy);
     let mut ctx = Context::default();
     let now = Timestamp::from_secs(1000);

@@ -16,7 +16,7 @@
 mod support;
 
 use conntrackd::engine::Layout;
-use conntrackd::{Config, Context, Engine, Timestamp};
+use conntrackd::{rules_file, Context, Engine, Timestamp};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -63,7 +63,7 @@ fn main() {
     let n = arg(1, 262_144) as usize;
     let secs = arg(2, 2);
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/examples/stateful-allow-all.toml");
-    let config = Config::load(&path).expect("the benchmark policy loads");
+    let config = rules_file::load(&path).expect("the benchmark policy loads");
     let mut settings = config.engine;
     settings.max_connections = settings.max_connections.max(n + 1);
     let cores = std::thread::available_parallelism().map_or(2, |c| c.get());

@@ -21,7 +21,7 @@
 mod support;
 
 use conntrackd::conntrack::{Conn, Key4, Key6};
-use conntrackd::{Config, Context, Engine, Timestamp};
+use conntrackd::{rules_file, Context, Engine, Timestamp};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -103,7 +103,7 @@ fn main() {
     let connections = arg(1, 1_000_000);
     let max_connections = arg(2, 1_100_000);
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/examples/stateful-allow-all.toml");
-    let config = Config::load(&path).expect("the benchmark policy loads");
+    let config = rules_file::load(&path).expect("the benchmark policy loads");
     let mut settings = config.engine;
     settings.max_connections = max_connections;
     let ctx = Context::default();

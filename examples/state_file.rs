@@ -12,7 +12,7 @@
 #[path = "../benches/support/mod.rs"]
 mod support;
 
-use conntrackd::{Config, Context, Engine, Timestamp};
+use conntrackd::{rules_file, Context, Engine, Timestamp};
 use std::path::Path;
 use std::time::Instant;
 use support::Flow;
@@ -30,7 +30,7 @@ fn main() {
         }
     };
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/examples/stateful-allow-all.toml");
-    let config = Config::load(&path).expect("the benchmark policy loads");
+    let config = rules_file::load(&path).expect("the benchmark policy loads");
     let ctx = Context::default();
     let now = Timestamp::from_secs(1_000);
     println!(

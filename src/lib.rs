@@ -12,6 +12,9 @@
 //! call the engine) and [`replay`] (captures through the same engine, which
 //! is why a replayed capture is a faithful oracle of the live path).
 //!
+//! The core reads no file either: [`config`] parses the rules file's text
+//! it is given, and [`rules_file`] (a shell) reads it from disk.
+//!
 //! Arrows point down only: the core never names a shell, `tests/layers.rs`
 //! checks every module's imports, and `clippy.toml` bans reading a clock or
 //! starting a thread outside the shells.
@@ -36,6 +39,7 @@ pub mod daemon;
 pub mod kernel;
 #[allow(clippy::disallowed_methods)]
 pub mod replay;
+pub mod rules_file;
 
 pub use config::{Config, ConfigError, EngineSettings};
 pub use engine::{Context, Decision, Engine};

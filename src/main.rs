@@ -1,6 +1,7 @@
 use clap::Parser;
 use conntrackd::cli::{Cli, Command};
-use conntrackd::Config;
+use conntrackd::daemon::DaemonSettings;
+use conntrackd::rules_file;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -18,19 +19,19 @@ fn main() -> ExitCode {
 
 /// `conntrackd check`: the summary, or every problem of the file, one a line.
 fn check(rules: Option<&std::path::Path>) -> ExitCode {
-    let path = match conntrackd::config::rules_path(rules) {
+    let path = match rules_file::path(rules) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match Config::load(&path) {
-        Ok(config) => {
+    match rules_file::load_with::<DaemonSettings>(&path) {
+        Ok((config, daemon)) => {
             for w in &config.warnings {
                 eprintln!("warning: {w}");
             }
-            print!("{config}");
+            print!("{}", config.summary(&daemon));
             println!("ok");
             ExitCode::SUCCESS
         }

@@ -906,8 +906,10 @@ fn the_readme_warning_says_what_the_run_command_installs() {
         .map(|l| l.trim_start_matches('>').trim())
         .collect::<Vec<_>>()
         .join(" ");
-    let config = conntrackd::Config::load(&root.join("rules/default.toml")).unwrap();
-    let d = &config.daemon;
+    let (config, d) = conntrackd::rules_file::load_with::<conntrackd::daemon::DaemonSettings>(
+        &root.join("rules/default.toml"),
+    )
+    .unwrap();
     let spec = Spec::new(
         &d.iptables_chain,
         &d.hooks,

@@ -3,8 +3,9 @@
 //! module it may use.
 //!
 //! - Between top-level modules: the sans-IO core never reaches the shells,
-//!   `wire` reaches nothing above it, and the shells do not reach each other
-//!   except the daemon, which runs the kernel adapters.
+//!   `wire` reaches nothing above it, and the shells reach each other only
+//!   downwards: the daemon runs the kernel adapters, and the daemon, replay
+//!   and the command line read the rules file through `rules_file`.
 //! - Inside the daemon, between its rooms: `shared` reaches no other room,
 //!   `packet` and `operations` reach only `shared` (never each other), and
 //!   `lifecycle` reaches them all.
@@ -28,9 +29,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("engine", &["conntrack", "policy", "wire", "reason", "time"]),
     ("config", &["engine", "policy", "wire", "reason", "time"]),
     ("kernel", &["wire", "reason", "time"]),
+    ("rules_file", &["config"]),
     (
         "replay",
         &[
+            "rules_file",
             "config",
             "engine",
             "conntrack",
@@ -44,6 +47,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "daemon",
         &[
             "kernel",
+            "rules_file",
             "config",
             "engine",
             "conntrack",
@@ -53,7 +57,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "time",
         ],
     ),
-    ("cli", &["daemon", "replay"]),
+    ("cli", &["daemon", "replay", "rules_file"]),
 ];
 
 /// The daemon's rooms and the rooms each may name (besides itself).

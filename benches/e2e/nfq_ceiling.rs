@@ -12,7 +12,7 @@
 
 #![allow(clippy::disallowed_methods)] // a shell: threads
 
-use conntrackd::config::{DaemonSettings, QueueSpec};
+use conntrackd::daemon::{DaemonSettings, Overflow, QueueSpec};
 use conntrackd::kernel::nfqueue::codec::{Item, Receiver, Verdicts};
 use conntrackd::kernel::nfqueue::{open, QueueConfig};
 use conntrackd::Verdict;
@@ -35,7 +35,7 @@ fn main() -> anyhow::Result<()> {
             copy_range: d.copy_range,
             maxlen: d.queue_maxlen,
             rcvbuf: d.socket_rcvbuf,
-            accept_on_overflow: d.queue_overflow == conntrackd::config::Overflow::Accept,
+            accept_on_overflow: d.queue_overflow == Overflow::Accept,
         })?;
         let stop = stop.clone();
         threads.push(std::thread::spawn(move || {

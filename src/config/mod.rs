@@ -1,351 +1,65 @@
-//! The rules file: engine settings, daemon settings and the policy, in TOML.
+//! The rules file: engine settings and the policy, in TOML, parsed from
+//! text it is given (reading the file is a shell's work: see
+//! `crate::rules_file`).
 //!
 //! Unknown keys are refused, and every error names `file:line:column`; all
-//! of a file's errors are reported, not only the first.
+//! of a file's errors are reported, not only the first. The `[daemon]`
+//! table belongs to the daemon, a shell: the core parses it as the type the
+//! caller names ([`Config::parse_with`]), and its problems are reported with
+//! the rest of the file's.
 
 pub use crate::engine::settings::{EngineSettings, Timeouts};
 use crate::policy::{PolicySpec, RuleSpec};
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
-/// NFQUEUE queue numbers, sorted and without duplicates, parsed from `"0"`,
-/// `"0-3"`, `"0,2"` or mixes like `"0-1,4"`; at most 64. In a rules file
-/// also a number (`queues = 0`) or a list of either (`queues = [0, "2-3"]`),
-/// as every list key takes one value or a list.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueueSpec(Vec<u16>);
-
-impl QueueSpec {
-    pub fn as_slice(&self) -> &[u16] {
-        &self.0
+/// A table of the rules file that a shell owns (`[daemon]`): the core
+/// deserializes it as one of its tables, so that its errors are reported
+/// with every other problem of the file, and hands it to the shell.
+/// [`IgnoredAny`] takes any table and checks nothing: for those that do not
+/// run the daemon (replay, the tests).
+pub trait ShellTable: DeserializeOwned + Default {
+    /// What serde cannot check, once the whole file is read: pushes each
+    /// warning as `name:line:column: message` (see [`line_column`]) and each
+    /// problem as its byte offset in `text` and its message.
+    fn check(
+        &mut self,
+        text: &str,
+        name: &str,
+        warnings: &mut Vec<String>,
+        problems: &mut Vec<(usize, String)>,
+    ) {
+        let _ = (text, name, warnings, problems);
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn first(&self) -> u16 {
-        self.0[0]
+    /// The table's line in [`Config::summary`], if it has one.
+    fn summary(&self) -> Option<String> {
+        None
     }
 }
 
-impl FromStr for QueueSpec {
-    type Err = String;
-
-    fn from_str(spec: &str) -> Result<QueueSpec, String> {
-        let bad = || format!("bad queue spec {spec:?}: expected N, N-M or N,M (0..=65535)");
-        let mut queues = Vec::new();
-        for part in spec.split(',') {
-            let part = part.trim();
-            if let Some((a, b)) = part.split_once('-') {
-                let a: u16 = a.trim().parse().map_err(|_| bad())?;
-                let b: u16 = b.trim().parse().map_err(|_| bad())?;
-                if a > b {
-                    return Err(bad());
-                }
-                if usize::from(b - a) >= 64 {
-                    return Err(format!("queue spec {spec:?} asks for more than 64 queues"));
-                }
-                queues.extend(a..=b);
-            } else {
-                queues.push(part.parse().map_err(|_| bad())?);
-            }
-        }
-        QueueSpec::of(queues).map_err(|e| format!("queue spec {spec:?} {e}"))
-    }
-}
-
-impl QueueSpec {
-    fn of(mut queues: Vec<u16>) -> Result<QueueSpec, &'static str> {
-        queues.sort_unstable();
-        queues.dedup();
-        if queues.len() > 64 {
-            return Err("asks for more than 64 queues");
-        }
-        if queues.is_empty() {
-            return Err("names no queue");
-        }
-        Ok(QueueSpec(queues))
-    }
-}
-
-impl<'de> Deserialize<'de> for QueueSpec {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<QueueSpec, D::Error> {
-        d.deserialize_any(QueueVisitor { in_list: false })
-    }
-}
-
-/// A queue spec, a queue number, or (at the top) a list of either.
-struct QueueVisitor {
-    in_list: bool,
-}
-
-impl<'de> serde::de::Visitor<'de> for QueueVisitor {
-    type Value = QueueSpec;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a queue number, a spec such as \"0-3\" or \"0,2\"")?;
-        if !self.in_list {
-            f.write_str(", or a list of them")?;
-        }
-        Ok(())
-    }
-
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<QueueSpec, E> {
-        v.parse().map_err(E::custom)
-    }
-
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<QueueSpec, E> {
-        let queue = u16::try_from(v)
-            .map_err(|_| E::custom(format!("queue {v} is not a queue number (0..=65535)")))?;
-        Ok(QueueSpec(vec![queue]))
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<QueueSpec, A::Error> {
-        if self.in_list {
-            return Err(serde::de::Error::invalid_type(
-                serde::de::Unexpected::Seq,
-                &self,
-            ));
-        }
-        struct Element(QueueSpec);
-        impl<'de> Deserialize<'de> for Element {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Element, D::Error> {
-                d.deserialize_any(QueueVisitor { in_list: true })
-                    .map(Element)
-            }
-        }
-        let mut queues = Vec::new();
-        while let Some(Element(spec)) = seq.next_element()? {
-            queues.extend(spec.0);
-        }
-        QueueSpec::of(queues)
-            .map_err(|e| serde::de::Error::custom(format!("the list of queues {e}")))
-    }
-}
-
-impl fmt::Display for QueueSpec {
-    /// Comma-separated queue numbers: `0,1,2`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, q) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            write!(f, "{q}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Where the Prometheus metrics endpoint listens (`metrics_listen`): an IP
-/// address and port such as `127.0.0.1:9680` or `[::1]:9680`; `""` (the
-/// default) for none.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct MetricsListen(pub Option<std::net::SocketAddr>);
-
-impl FromStr for MetricsListen {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<MetricsListen, String> {
-        if s.trim().is_empty() {
-            return Ok(MetricsListen(None));
-        }
-        s.trim()
-            .parse()
-            .map(|a| MetricsListen(Some(a)))
-            .map_err(|_| {
-                format!(
-                    "metrics_listen {s:?} is not an IP address and port, e.g. \"127.0.0.1:9680\" \
-                 or \"[::1]:9680\" (\"\" for no metrics endpoint)"
-                )
-            })
-    }
-}
-
-impl TryFrom<String> for MetricsListen {
-    type Error = String;
-    fn try_from(s: String) -> Result<MetricsListen, String> {
-        s.parse()
-    }
-}
-
-/// What the kernel does with packets that do not fit in a full queue.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Overflow {
-    #[default]
-    Drop,
-    Accept,
-}
-
-impl fmt::Display for Overflow {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Overflow::Drop => "drop",
-            Overflow::Accept => "accept",
-        })
-    }
-}
-
-/// `[daemon]`: how the NFQUEUE daemon runs. Command-line options override these.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct DaemonSettings {
-    /// Queue numbers: `"0"`, `"0-3"` or `"0,2"`; one worker thread per queue.
-    pub queues: QueueSpec,
-    /// While no conntrackd is bound to the queue (stopped, crashed,
-    /// restarting): the kernel accepts the traffic unfiltered (true) or drops
-    /// it (false): iptables' `--queue-bypass`, in the rule `install_iptables`
-    /// installs (or in the administrator's own).
-    pub queue_bypass: bool,
-    /// When a queue is full (conntrackd cannot keep up, or a flood fills
-    /// it): the kernel drops the packets that do not fit (default, as its own
-    /// overload does) or accepts them unfiltered (`accept`, which lets an
-    /// attacker who floods the queue through).
-    pub queue_overflow: Overflow,
-    /// `fail_open`, the old single key for both: still read (true = both
-    /// accept), with a warning.
-    #[serde(rename = "fail_open")]
-    pub(crate) old_fail_open: Option<toml::Spanned<bool>>,
-    /// Install conntrackd's own iptables chain, and remove it on exit.
-    pub install_iptables: bool,
-    /// Built-in chains of the filter table to hook when installing (one
-    /// name or a list).
-    #[serde(deserialize_with = "crate::policy::one_or_many_strings")]
-    pub hooks: Vec<String>,
-    /// Packets the kernel may hold per queue awaiting a verdict.
-    pub queue_maxlen: u32,
-    /// Bytes of each packet copied to userspace (headers only).
-    pub copy_range: u16,
-    /// Netlink socket receive buffer in bytes.
-    pub socket_rcvbuf: usize,
-    pub log_format: LogFormat,
-    /// tracing filter, e.g. `info` or `conntrackd=debug`.
-    pub log_level: String,
-    /// Name of the chain `install_iptables` creates (one per running instance).
-    pub iptables_chain: String,
-    /// Seconds between two statistics lines in the log (0: only at exit).
-    pub stats_interval: u64,
-    /// Where the table is saved at a graceful stop (and every
-    /// `snapshot_interval` seconds) and read back at start, so that
-    /// connections survive a restart. Default: `table` in systemd's
-    /// `StateDirectory=` ($STATE_DIRECTORY) when there is one, else none.
-    pub state_file: Option<PathBuf>,
-    /// Seconds between two snapshots of the table to `state_file`, for a
-    /// restart after a crash (0: only at a graceful stop).
-    pub snapshot_interval: u64,
-    /// After a start from a periodic snapshot (the last stop was not
-    /// graceful), seconds during which TCP connections the snapshot missed
-    /// are picked up mid-stream (0: never; they are then `no_connection`).
-    pub crash_pickup: u64,
-    /// The control socket (`conntrackd stats`, `flows`, `kill`, `flush`,
-    /// `reload`). Default: `control` in systemd's `RuntimeDirectory=`
-    /// ($RUNTIME_DIRECTORY) when there is one, else /run/conntrackd/control;
-    /// `""` turns it off.
-    pub control_socket: Option<PathBuf>,
-    /// The group the control socket belongs to (mode 0660: its members may
-    /// use it); absent: the daemon's own group.
-    pub control_socket_group: Option<String>,
-    /// The Prometheus metrics endpoint (`GET /metrics`): `"127.0.0.1:9680"`
-    /// or another address and port; `""` or absent for none.
-    pub metrics_listen: MetricsListen,
-    /// Without `install_iptables`: warn when no packet arrived this many
-    /// seconds after start (the NFQUEUE rule is probably missing; 0: never).
-    pub idle_warning: u64,
-    /// Hand-off mode: hand established TCP connections to the kernel (their
-    /// verdicts carry `handoff_mark`, saved to the connmark; the chain accepts
-    /// their packets without SYN, FIN or RST before queueing). See README.
-    pub handoff: bool,
-    /// The mark bit(s) hand-off mode sets; must not be used by other rules.
-    pub handoff_mark: u32,
-    /// Hand-off mode: seconds between two reads of the kernel's conntrack
-    /// entries that carry `handoff_mark` (over ctnetlink); the engine keeps
-    /// those connections, whose data it no longer sees (0: never read).
-    pub handoff_refresh: u64,
-    /// Most answers to rejected packets (`action = "reject"`: TCP RSTs, ICMP
-    /// port unreachables) sent per second, in bursts of up to twice that;
-    /// the rejected packets over it are dropped unanswered (counted).
-    /// 0: reject answers nothing (drops only).
-    pub reject_rate: u32,
-    /// The hand-off keys' old names (`bypass`, `bypass_mark`,
-    /// `bypass_refresh`), from when "bypass" also meant this mode; still read,
-    /// moved to the new keys with a warning. "bypass" now means only the
-    /// kernel's `--queue-bypass`.
-    #[serde(rename = "bypass")]
-    pub(crate) old_handoff: Option<toml::Spanned<bool>>,
-    #[serde(rename = "bypass_mark")]
-    pub(crate) old_handoff_mark: Option<toml::Spanned<u32>>,
-    #[serde(rename = "bypass_refresh")]
-    pub(crate) old_handoff_refresh: Option<toml::Spanned<u64>>,
-}
-
-impl Default for DaemonSettings {
-    fn default() -> Self {
-        DaemonSettings {
-            queues: QueueSpec(vec![0]),
-            queue_bypass: true,
-            queue_overflow: Overflow::Drop,
-            old_fail_open: None,
-            install_iptables: false,
-            hooks: vec!["FORWARD".into()],
-            queue_maxlen: 8192,
-            copy_range: 256,
-            socket_rcvbuf: 8 << 20,
-            log_format: LogFormat::Text,
-            log_level: "info".into(),
-            iptables_chain: "CONNTRACKD".into(),
-            stats_interval: 60,
-            state_file: None,
-            snapshot_interval: 30,
-            crash_pickup: 30,
-            control_socket: None,
-            control_socket_group: None,
-            metrics_listen: MetricsListen(None),
-            idle_warning: 10,
-            handoff: false,
-            handoff_mark: 0x2000_0000,
-            handoff_refresh: 30,
-            reject_rate: 100,
-            old_handoff: None,
-            old_handoff_mark: None,
-            old_handoff_refresh: None,
-        }
-    }
-}
+impl ShellTable for IgnoredAny {}
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RulesFile {
+#[serde(deny_unknown_fields, bound = "D: ShellTable")]
+struct RulesFile<D> {
     #[serde(default)]
     engine: EngineSettings,
     #[serde(default)]
-    daemon: DaemonSettings,
+    daemon: D,
     policy: PolicySpec,
     #[serde(default, rename = "rule")]
     rules: Vec<toml::Spanned<RuleSpec>>,
 }
 
-/// A loaded, validated rules file.
+/// A parsed, validated rules file.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// The file's name, as messages show it.
     pub path: PathBuf,
     pub engine: EngineSettings,
-    pub daemon: DaemonSettings,
     pub policy: crate::policy::Policy,
     /// What the file should change but that does not stop it from loading
     /// (deprecated keys), each as `file:line:column: message`.
@@ -355,12 +69,6 @@ pub struct Config {
 /// A rules file that could not be used, with where and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
     /// Every problem found, in file order (at least one); shown one a line.
     #[error("{}", lines(.path, .problems).join("\n"))]
     Invalid {
@@ -388,37 +96,9 @@ impl ConfigError {
     /// One line per problem, each `file:line:column: message`.
     pub fn lines(&self) -> Vec<String> {
         match self {
-            ConfigError::Io { .. } => vec![self.to_string()],
             ConfigError::Invalid { path, problems } => lines(path, problems),
         }
     }
-}
-
-/// The rules file when `--rules` is not given: the packaged one. Never a
-/// path relative to the current directory, so that what a server enforces
-/// does not depend on where it was started from.
-pub const SYSTEM_RULES: &str = "/etc/conntrackd/rules.toml";
-
-/// The rules file to use: `--rules`, else [`SYSTEM_RULES`]; an error telling
-/// the operator to pass `--rules` when neither is there.
-pub fn rules_path(arg: Option<&Path>) -> Result<PathBuf, String> {
-    rules_path_or(arg, Path::new(SYSTEM_RULES))
-}
-
-fn rules_path_or(arg: Option<&Path>, system: &Path) -> Result<PathBuf, String> {
-    if let Some(path) = arg {
-        return Ok(path.to_path_buf());
-    }
-    // Anything but a clear "not there" (permission denied, say) goes on to
-    // Config::load, whose error names the real cause.
-    if system.try_exists().unwrap_or(true) {
-        return Ok(system.to_path_buf());
-    }
-    Err(format!(
-        "no rules file: {} does not exist; pass --rules FILE (in a source checkout: \
-         --rules rules/default.toml)",
-        system.display()
-    ))
 }
 
 /// Warns of each rule address written with host bits set (read as its
@@ -451,7 +131,7 @@ fn host_bits_warnings(text: &str, name: &str, warnings: &mut Vec<String>) {
 }
 
 /// 1-based line and column of a byte offset.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
@@ -461,25 +141,24 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 impl Config {
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Config::parse(&text, path)
+    /// Parses rules text; `path` is used in messages. `[daemon]` is read as
+    /// any table and not checked: see [`Config::parse_with`].
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Config::parse_with::<IgnoredAny>(text, path).map(|(config, _)| config)
     }
 
-    /// Parses rules text; `path` is used in messages. Every problem is
-    /// reported, not only the first: each `[[rule]]` and each key is checked
-    /// on its own (see [`collect`]).
-    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    /// Parses rules text, and its `[daemon]` table as a `D` for the shell
+    /// that owns it; `path` is used in messages. Every problem is reported,
+    /// not only the first: each `[[rule]]` and each key is checked on its own
+    /// (see [`collect`]), and `D`'s problems are among them.
+    pub fn parse_with<D: ShellTable>(text: &str, path: &Path) -> Result<(Config, D), ConfigError> {
         let name = path.display().to_string();
-        let collected = collect::deserialize_all::<RulesFile>(text);
+        let collected = collect::deserialize_all::<RulesFile<D>>(text);
         let mut problems = collected.errors;
         let mut warnings = Vec::new();
-        let mut config = None;
+        let mut parsed = None;
         if let Some(mut file) = collected.value {
-            rename_old_keys(&mut file.daemon, text, &name, &mut warnings, &mut problems);
+            file.daemon.check(text, &name, &mut warnings, &mut problems);
             host_bits_warnings(text, &name, &mut warnings);
             // A rule that lost a key to an error would only repeat it.
             file.rules
@@ -488,16 +167,18 @@ impl Config {
                 .map_err(|errors| problems.extend(errors))
                 .ok();
             check_engine(&file.engine, text, &mut problems);
-            config = policy.map(|policy| Config {
-                path: path.to_path_buf(),
-                engine: file.engine,
-                daemon: file.daemon,
-                policy,
-                warnings,
+            parsed = policy.map(|policy| {
+                let config = Config {
+                    path: path.to_path_buf(),
+                    engine: file.engine,
+                    policy,
+                    warnings,
+                };
+                (config, file.daemon)
             });
         }
-        match config {
-            Some(config) if problems.is_empty() => Ok(config),
+        match parsed {
+            Some(parsed) if problems.is_empty() => Ok(parsed),
             _ => {
                 // In file order; an offset serde could not place comes first.
                 problems.sort_by_key(|(offset, _)| *offset);
@@ -518,6 +199,27 @@ impl Config {
                 })
             }
         }
+    }
+
+    /// A one-screen summary (`conntrackd check`): the file, `[engine]`,
+    /// `table`'s line (see [`ShellTable::summary`]), the policy.
+    pub fn summary(&self, table: &impl ShellTable) -> String {
+        let mut s = format!(
+            "rules file: {}\nengine: max_connections={} max_half_open={} loose_pickup={} \
+             time_wait={}s established={}s\n",
+            self.path.display(),
+            self.engine.max_connections,
+            self.engine.max_half_open,
+            self.engine.loose_pickup,
+            self.engine.timeouts.time_wait,
+            self.engine.timeouts.established
+        );
+        if let Some(line) = table.summary() {
+            s.push_str(&line);
+            s.push('\n');
+        }
+        s.push_str(&self.policy.to_string());
+        s
     }
 }
 
@@ -564,108 +266,10 @@ fn check_engine(e: &EngineSettings, text: &str, problems: &mut Vec<(usize, Strin
     }
 }
 
-/// Moves the deprecated keys of `[daemon]` to their new names (`bypass*` to
-/// `handoff*`, `fail_open` to `queue_bypass` and `queue_overflow`), with one
-/// warning each; old and new names at once is an error (at the old key).
-fn rename_old_keys(
-    d: &mut DaemonSettings,
-    text: &str,
-    path: &str,
-    warnings: &mut Vec<String>,
-    problems: &mut Vec<(usize, String)>,
-) {
-    // Which new keys the file sets (serde has filled in defaults for the others).
-    let given: Vec<String> = text
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|t| t.get("daemon").and_then(|d| d.as_table()).cloned())
-        .map(|d| d.keys().cloned().collect())
-        .unwrap_or_default();
-    if let Some(v) = d.old_fail_open.take() {
-        let span = v.span();
-        if ["queue_bypass", "queue_overflow"]
-            .iter()
-            .any(|new| given.iter().any(|k| k == new))
-        {
-            problems.push((
-                span.start,
-                "daemon.fail_open is the old name of daemon.queue_bypass and \
-                 daemon.queue_overflow: give only those"
-                    .to_string(),
-            ));
-        }
-        let (line, column) = line_column(text, span.start);
-        let open = v.into_inner();
-        warnings.push(format!(
-            "{path}:{line}:{column}: daemon.fail_open is deprecated; read as queue_bypass = \
-             {open} and queue_overflow = \"{}\". Write those instead{}",
-            if open { "accept" } else { "drop" },
-            if open {
-                ": queue_overflow = \"accept\" lets a flood that fills the queue through \
-                 unfiltered; \"drop\" is the default"
-            } else {
-                ""
-            }
-        ));
-        d.queue_bypass = open;
-        d.queue_overflow = if open {
-            Overflow::Accept
-        } else {
-            Overflow::Drop
-        };
-    }
-    let mut rename = |old: &str, new: &str, span: std::ops::Range<usize>| {
-        if given.iter().any(|k| k == new) {
-            problems.push((
-                span.start,
-                format!("daemon.{old} is the old name of daemon.{new}: give only daemon.{new}"),
-            ));
-            return;
-        }
-        let (line, column) = line_column(text, span.start);
-        warnings.push(format!(
-            "{path}:{line}:{column}: daemon.{old} is deprecated, use daemon.{new} \
-             (\"bypass\" now means only the kernel's --queue-bypass)"
-        ));
-    };
-    if let Some(v) = d.old_handoff.take() {
-        rename("bypass", "handoff", v.span());
-        d.handoff = v.into_inner();
-    }
-    if let Some(v) = d.old_handoff_mark.take() {
-        rename("bypass_mark", "handoff_mark", v.span());
-        d.handoff_mark = v.into_inner();
-    }
-    if let Some(v) = d.old_handoff_refresh.take() {
-        rename("bypass_refresh", "handoff_refresh", v.span());
-        d.handoff_refresh = v.into_inner();
-    }
-}
-
 impl fmt::Display for Config {
-    /// A one-screen summary (used by `conntrackd check` and at start-up).
+    /// [`Config::summary`] without a shell's table.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "rules file: {}", self.path.display())?;
-        writeln!(
-            f,
-            "engine: max_connections={} max_half_open={} loose_pickup={} time_wait={}s established={}s",
-            self.engine.max_connections,
-            self.engine.max_half_open,
-            self.engine.loose_pickup,
-            self.engine.timeouts.time_wait,
-            self.engine.timeouts.established
-        )?;
-        writeln!(
-            f,
-            "daemon: queues={} queue_bypass={} queue_overflow={} install_iptables={} hooks={} handoff={}",
-            self.daemon.queues,
-            self.daemon.queue_bypass,
-            self.daemon.queue_overflow,
-            self.daemon.install_iptables,
-            self.daemon.hooks.join(","),
-            self.daemon.handoff
-        )?;
-        write!(f, "{}", self.policy)
+        f.write_str(&self.summary(&IgnoredAny))
     }
 }
 
@@ -680,7 +284,7 @@ mod tests {
     use super::*;
 
     /// The one problem of a refused file.
-    fn only_problem(parsed: Result<Config, ConfigError>) -> Problem {
+    fn only_problem<T: fmt::Debug>(parsed: Result<T, ConfigError>) -> Problem {
         match parsed {
             Err(ConfigError::Invalid { mut problems, .. }) if problems.len() == 1 => {
                 problems.remove(0)
@@ -689,92 +293,106 @@ mod tests {
         }
     }
 
-    #[test]
-    fn queue_specs() {
-        let q = |s: &str| s.parse::<QueueSpec>().map(|q| q.as_slice().to_vec());
-        assert_eq!(q("0").unwrap(), vec![0]);
-        assert_eq!(q("0-3").unwrap(), vec![0, 1, 2, 3]);
-        assert_eq!(q("0,2").unwrap(), vec![0, 2]);
-        assert_eq!(q("2,0-1").unwrap(), vec![0, 1, 2]);
-        assert!(q("3-1").is_err());
-        assert!(q("x").is_err());
-        assert!(q("").is_err());
-        assert!(q("0-100").is_err());
-        assert!(q("0-65535").is_err());
-        assert_eq!("2,0-1".parse::<QueueSpec>().unwrap().to_string(), "0,1,2");
+    /// A shell's table, as a test has one: `limit` must be under 10 (a
+    /// check serde cannot make), and `old_limit` is its deprecated name.
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields, default)]
+    struct Shell {
+        limit: u8,
+        old_limit: Option<toml::Spanned<u8>>,
     }
 
-    #[test]
-    fn a_bad_queue_spec_is_refused_where_it_is_written() {
-        let text = "[daemon]\nqueues = \"0-x\"\n[policy]\ndefault = \"accept\"\n";
-        let Problem {
-            line,
-            column,
-            message,
-        } = only_problem(Config::parse(text, Path::new("r.toml")));
-        assert_eq!((line, column), (2, 10), "{message}");
-        assert!(message.contains("bad queue spec"), "{message}");
-    }
-
-    #[test]
-    fn metrics_listen_is_an_address_and_port_or_nothing() {
-        let parse = |v: &str| {
-            let text =
-                format!("[daemon]\nmetrics_listen = {v:?}\n[policy]\ndefault = \"accept\"\n");
-            Config::parse(&text, Path::new("r.toml"))
-        };
-        let addr = |v: &str| parse(v).unwrap().daemon.metrics_listen.0;
-        assert_eq!(addr(""), None);
-        assert_eq!(
-            addr("127.0.0.1:9680"),
-            Some("127.0.0.1:9680".parse().unwrap())
-        );
-        assert_eq!(addr("[::1]:9680"), Some("[::1]:9680".parse().unwrap()));
-        for bad in ["localhost:9680", "127.0.0.1", "127.0.0.1:99999", "9680"] {
-            match parse(bad) {
-                Err(ConfigError::Invalid { problems, .. }) => {
-                    assert_eq!(problems.len(), 1, "{problems:?}");
-                    let Problem {
-                        line,
-                        column,
-                        message,
-                    } = &problems[0];
-                    assert_eq!((*line, *column), (2, 18), "{message}");
-                    assert!(
-                        message.contains("is not an IP address and port"),
-                        "{message}"
-                    );
-                }
-                other => panic!("{bad}: {other:?}"),
+    impl ShellTable for Shell {
+        fn check(
+            &mut self,
+            text: &str,
+            name: &str,
+            warnings: &mut Vec<String>,
+            problems: &mut Vec<(usize, String)>,
+        ) {
+            if let Some(old) = self.old_limit.take() {
+                let (line, column) = line_column(text, old.span().start);
+                warnings.push(format!("{name}:{line}:{column}: old_limit is deprecated"));
+                self.limit = old.into_inner();
             }
+            if self.limit >= 10 {
+                let at = text.find("limit").unwrap_or(0);
+                problems.push((at, format!("limit {} is not under 10", self.limit)));
+            }
+        }
+
+        fn summary(&self) -> Option<String> {
+            Some(format!("shell: limit={}", self.limit))
         }
     }
 
     #[test]
-    fn old_handoff_keys_are_read_with_a_warning() {
-        let text = "[daemon]\nbypass = true\nbypass_mark = 0x10\nbypass_refresh = 5\n\
-                    [policy]\ndefault = \"accept\"\n";
-        let c = Config::parse(text, Path::new("r.toml")).unwrap();
-        assert!(c.daemon.handoff);
-        assert_eq!(c.daemon.handoff_mark, 0x10);
-        assert_eq!(c.daemon.handoff_refresh, 5);
-        assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
+    fn the_shell_gets_its_table_checked_and_its_problems_are_the_files() {
+        let parse = |t: &str| Config::parse_with::<Shell>(t, Path::new("r.toml"));
+        let (c, shell) = parse("[daemon]\nlimit = 3\n[policy]\ndefault = \"drop\"\n").unwrap();
+        assert_eq!(shell.limit, 3);
+        assert!(c.warnings.is_empty());
+        // Absent: its default.
+        let (_, shell) = parse("[policy]\ndefault = \"drop\"\n").unwrap();
+        assert_eq!(shell, Shell::default());
+        // Its warnings come first, then the core's.
+        let (c, shell) = parse(
+            "[daemon]\nold_limit = 4\n[policy]\ndefault = \"drop\"\n[[rule]]\nname = \"r\"\n\
+             action = \"accept\"\nsrc = \"10.0.0.1/8\"\n",
+        )
+        .unwrap();
+        assert_eq!(shell.limit, 4);
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert_eq!(c.warnings[0], "r.toml:2:13: old_limit is deprecated");
         assert!(
-            c.warnings[0]
-                .starts_with("r.toml:2:10: daemon.bypass is deprecated, use daemon.handoff"),
+            c.warnings[1].starts_with("r.toml:8:7: "),
             "{:?}",
             c.warnings
         );
-        // The same settings under the new names compare equal (reload).
-        let new = "[daemon]\nhandoff = true\nhandoff_mark = 0x10\nhandoff_refresh = 5\n\
-                   [policy]\ndefault = \"accept\"\n";
-        let n = Config::parse(new, Path::new("r.toml")).unwrap();
-        assert_eq!(n.daemon, c.daemon);
-        assert!(n.warnings.is_empty());
-        let both = "[daemon]\nhandoff = true\nbypass = true\n[policy]\ndefault = \"accept\"\n";
-        let Problem { line, message, .. } = only_problem(Config::parse(both, Path::new("r.toml")));
-        assert_eq!(line, 3, "{message}");
-        assert!(message.contains("give only daemon.handoff"), "{message}");
+        // Its serde errors and its check's problems are among the file's
+        // others, in file order.
+        let lines = parse(
+            "[engine]\nmax_conns = 1\n[daemon]\nlimt = 1\n[policy]\ndefault = \"drop\"\n\
+             [[rule]]\nname = \"r\"\naction = \"maybe\"\n",
+        )
+        .unwrap_err()
+        .lines();
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert!(lines[0].starts_with("r.toml:2:1: unknown field `max_conns`"));
+        assert!(lines[1].starts_with("r.toml:4:1: unknown field `limt`"));
+        assert!(lines[2].starts_with("r.toml:9:10: "), "{lines:#?}");
+        let p = only_problem(parse(
+            "[daemon]\nlimit = 12\n[policy]\ndefault = \"drop\"\n",
+        ));
+        assert_eq!((p.line, p.column), (2, 1));
+        assert_eq!(p.message, "limit 12 is not under 10");
+        let p = only_problem(parse(
+            "[daemon]\nlimit = 300\n[policy]\ndefault = \"drop\"\n",
+        ));
+        assert_eq!((p.line, p.column), (2, 9), "{}", p.message);
+    }
+
+    #[test]
+    fn parse_reads_any_daemon_table_and_checks_nothing_of_it() {
+        let text = "[daemon]\nqueues = \"3-1\"\nnot_a_key = [1, \"x\"]\n[daemon.deeper]\n\
+                    a = 1\n[policy]\ndefault = \"accept\"\n";
+        let c = Config::parse(text, Path::new("r.toml")).unwrap();
+        assert!(c.warnings.is_empty());
+        assert!(Config::parse_with::<Shell>(text, Path::new("r.toml")).is_err());
+    }
+
+    #[test]
+    fn the_summary_shows_the_shells_line_after_the_engines() {
+        let text = "[daemon]\nlimit = 7\n[policy]\ndefault = \"drop\"\n";
+        let (c, shell) = Config::parse_with::<Shell>(text, Path::new("r.toml")).unwrap();
+        let shown = c.summary(&shell);
+        let lines: Vec<&str> = shown.lines().collect();
+        assert_eq!(lines[0], "rules file: r.toml");
+        assert!(lines[1].starts_with("engine: max_connections="), "{shown}");
+        assert_eq!(lines[2], "shell: limit=7");
+        assert_eq!(shown.splitn(4, '\n').nth(3), Some(&*c.policy.to_string()));
+        // Without a shell's table: the same, less that line.
+        assert_eq!(c.to_string(), shown.replace("shell: limit=7\n", ""));
     }
 
     #[test]
@@ -793,55 +411,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn fail_open_is_read_as_both_new_keys_with_a_warning() {
-        let parse = |t: &str| Config::parse(t, Path::new("r.toml"));
-        let d = parse("[policy]\ndefault = \"drop\"\n").unwrap().daemon;
-        assert!(d.queue_bypass);
-        assert_eq!(d.queue_overflow, Overflow::Drop);
-        let c = parse("[daemon]\nfail_open = true\n[policy]\ndefault = \"drop\"\n").unwrap();
-        assert!(c.daemon.queue_bypass);
-        assert_eq!(c.daemon.queue_overflow, Overflow::Accept);
-        assert!(
-            c.warnings[0].starts_with("r.toml:2:13: daemon.fail_open is deprecated"),
-            "{:?}",
-            c.warnings
-        );
-        let c = parse("[daemon]\nfail_open = false\n[policy]\ndefault = \"drop\"\n").unwrap();
-        assert!(!c.daemon.queue_bypass);
-        assert_eq!(c.daemon.queue_overflow, Overflow::Drop);
-        let both =
-            "[daemon]\nfail_open = true\nqueue_overflow = \"drop\"\n[policy]\ndefault = \"drop\"\n";
-        assert!(parse(both)
-            .unwrap_err()
-            .to_string()
-            .contains("give only those"));
-        let new = "[daemon]\nqueue_bypass = false\nqueue_overflow = \"accept\"\n[policy]\ndefault = \"drop\"\n";
-        let c = parse(new).unwrap();
-        assert!(!c.daemon.queue_bypass && c.daemon.queue_overflow == Overflow::Accept);
-        assert!(c.warnings.is_empty());
-    }
-
-    #[test]
-    fn rules_path_is_the_argument_else_the_system_file_never_the_current_directory() {
-        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/default.toml");
-        let absent = Path::new("/nonexistent/conntrackd/rules.toml");
-        // --rules wins, even over an existing system file, and is not checked here.
-        assert_eq!(
-            rules_path_or(Some(absent), &shipped).unwrap(),
-            PathBuf::from(absent)
-        );
-        assert_eq!(rules_path_or(None, &shipped).unwrap(), shipped);
-        let e = rules_path_or(None, absent).unwrap_err();
-        assert!(
-            e.contains("/nonexistent/conntrackd/rules.toml does not exist"),
-            "{e}"
-        );
-        assert!(e.contains("pass --rules FILE"), "{e}");
-        assert!(e.contains("--rules rules/default.toml"), "{e}");
-    }
-
-    /// Every key whose value is a list takes one value or a list, alike.
+    /// Every key whose value is a list takes one value or a list, alike
+    /// (`[daemon]`'s are the daemon's: see its tests).
     #[test]
     fn every_list_key_takes_one_value_or_a_list() {
         let rule = |line: &str| {
@@ -880,38 +451,6 @@ mod tests {
             );
             assert!(a.contains(shown), "{key} = {one}: {a}");
             assert_eq!(a, b, "{key}");
-        }
-        let daemon = |line: &str| {
-            let text = format!("[daemon]\n{line}\n[policy]\ndefault = \"drop\"\n");
-            Config::parse(&text, Path::new("r.toml"))
-                .unwrap_or_else(|e| panic!("{line}: {e}"))
-                .daemon
-        };
-        assert_eq!(daemon("hooks = \"INPUT\"").hooks, ["INPUT"]);
-        assert_eq!(daemon("hooks = [\"INPUT\"]").hooks, ["INPUT"]);
-        assert_eq!(
-            daemon("hooks = [\"FORWARD\", \"OUTPUT\"]").hooks,
-            ["FORWARD", "OUTPUT"]
-        );
-        for (one_or_many, queues) in [
-            ("2", vec![2]),
-            ("\"2\"", vec![2]),
-            ("[2]", vec![2]),
-            ("\"0-2,5\"", vec![0, 1, 2, 5]),
-            ("[\"0-2\", 5, 1]", vec![0, 1, 2, 5]),
-        ] {
-            let d = daemon(&format!("queues = {one_or_many}"));
-            assert_eq!(d.queues.as_slice(), queues, "queues = {one_or_many}");
-        }
-        for bad in [
-            "queues = []",
-            "queues = [[1]]",
-            "queues = 70000",
-            "hooks = 1",
-        ] {
-            let text = format!("[daemon]\n{bad}\n[policy]\ndefault = \"drop\"\n");
-            let p = only_problem(Config::parse(&text, Path::new("r.toml")));
-            assert_eq!(p.line, 2, "{bad}: {}", p.message);
         }
     }
 

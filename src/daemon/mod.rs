@@ -19,5 +19,6 @@ pub mod operations;
 pub mod packet;
 pub mod shared;
 
+pub use lifecycle::daemon_table::{DaemonSettings, MetricsListen, Overflow, QueueSpec};
 pub use lifecycle::settings::{DaemonArgs, LogFormatArg};
 pub use lifecycle::{run, uninstall_iptables};

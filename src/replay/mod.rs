@@ -31,10 +31,10 @@ pub use capture::{Capture, Frame};
 pub use link::Skip;
 pub use view::PacketView;
 
-use crate::config::Config;
 use crate::engine::{Context, Decision, Engine};
 use crate::policy::Interfaces;
 use crate::reason::{Counters, Reason, Verdict};
+use crate::rules_file;
 use crate::time::Timestamp;
 use crate::wire::{self, Checksums, Framing};
 use book::ConnBook;
@@ -437,14 +437,14 @@ fn interface_rules(engine: &Engine) -> Vec<String> {
 }
 
 pub fn run(args: ReplayArgs) -> ExitCode {
-    let rules = match crate::config::rules_path(args.rules.as_deref()) {
+    let rules = match rules_file::path(args.rules.as_deref()) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let config = match Config::load(&rules) {
+    let config = match rules_file::load(&rules) {
         Ok(c) => c,
         Err(e) => {
             for line in e.lines() {

@@ -6,7 +6,7 @@ use crate::gen::{at_ms, CaptureBuilder, Conv, Format, Link, ACK, SYN};
 use crate::{conntrackd, path_str, root, text, tmp};
 use conntrackd::replay::{replay_capture, replay_packets, RowKind};
 use conntrackd::wire::Checksums;
-use conntrackd::{Config, Engine, Timestamp, Verdict};
+use conntrackd::{rules_file, Engine, Timestamp, Verdict};
 use pcap_file::pcap::PcapReader;
 use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
 use pcap_file::pcapng::{Block, PcapNgReader};
@@ -476,7 +476,7 @@ fn rules_with_interfaces_get_a_note() {
 }
 
 fn engine(rules: &str) -> Engine {
-    let config = Config::load(&root().join(rules)).unwrap();
+    let config = rules_file::load(&root().join(rules)).unwrap();
     Engine::new(config.engine, config.policy)
 }
 

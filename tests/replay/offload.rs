@@ -9,7 +9,7 @@ use crate::gen::{self, CaptureBuilder, Conv, Format, Link, ACK, FIN, PSH, SYN};
 use crate::{conntrackd, path_str, root, text, tmp};
 use conntrackd::replay::{replay_capture, Capture, ChecksumMode, Replayer, RowKind};
 use conntrackd::wire::{build, Checksums};
-use conntrackd::{Config, Engine};
+use conntrackd::{rules_file, Engine};
 use std::path::Path;
 
 const RULES: &str = "tests/replay/rules.toml";
@@ -330,7 +330,7 @@ fn no_checksums_and_checksums_cannot_be_combined() {
 }
 
 fn engine() -> Engine {
-    let config = Config::load(&root().join(RULES)).unwrap();
+    let config = rules_file::load(&root().join(RULES)).unwrap();
     Engine::new(config.engine, config.policy)
 }
 

@@ -3,7 +3,7 @@
 //! keeping handed-off connections the kernel still carries.
 
 use super::super::shared::{Shared, Stop, WorkerStats, STUCK_AFTER};
-use crate::config::QueueSpec;
+use super::daemon_table::QueueSpec;
 use crate::kernel::ctnetlink::Conntrack;
 use crate::reason::Verdict;
 use crate::time::Timestamp;

@@ -1,5 +1,6 @@
-//! The daemon's lifecycle: settings, start, reload and stop, the state file
-//! and housekeeping.
+//! The daemon's lifecycle: settings (the rules file's `[daemon]` table, and
+//! the command line over it), start, reload and stop, the state file and
+//! housekeeping.
 //!
 //! Threads: one worker per queue (recv → decide → verdict), a housekeeping
 //! thread (expiry once a second, periodic statistics), a logging thread fed
@@ -12,6 +13,7 @@
 //! Stopping runs the other way: hooks removed, queues answered and unbound,
 //! threads joined.
 
+pub mod daemon_table;
 mod housekeeping;
 pub mod settings;
 mod state;
@@ -21,12 +23,14 @@ use super::packet::reject;
 use super::packet::worker::{Handoff, Worker};
 use super::shared::notice::Notice;
 use super::shared::{Shared, StopSwitch, WorkerStats};
+use daemon_table::{DaemonSettings, Overflow};
 use settings::{resolve_rules, DaemonArgs, Settings, StateFileOrigin};
 
 use crate::config::Config;
 use crate::engine::Layout;
 use crate::kernel::iptables::{self, Installed};
 use crate::kernel::nfqueue::{self, BoundQueue, QueueConfig};
+use crate::rules_file;
 use crate::Engine;
 use anyhow::Context as _;
 use housekeeping::{log_stats, Housekeeping, KeepHandedOff};
@@ -51,7 +55,7 @@ pub fn run(args: DaemonArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = match Config::load(&path) {
+    let (config, daemon) = match rules_file::load_with::<DaemonSettings>(&path) {
         Ok(c) => c,
         Err(e) => {
             for line in e.lines() {
@@ -60,7 +64,7 @@ pub fn run(args: DaemonArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let settings = match Settings::merge(&config.daemon, &args) {
+    let settings = match Settings::merge(&daemon, &args) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("conntrackd: {}: {e:#}", path.display());
@@ -80,7 +84,7 @@ pub fn run(args: DaemonArgs) -> ExitCode {
              --queue-bypass)"
         );
     }
-    match Daemon::start(config, settings) {
+    match Daemon::start(config, daemon, settings) {
         Ok(daemon) => {
             // systemd (Type=notify): ready once the table is loaded and the
             // queues are bound. A no-op without $NOTIFY_SOCKET.
@@ -101,9 +105,9 @@ pub fn uninstall_iptables(rules: Option<PathBuf>, chain: Option<String>) -> Exit
     // The chain and mark from the rules file, when it can be read: a broken
     // file must not keep a firewall's hook in place, so fall back to the
     // defaults (or --chain) with a warning.
-    let defaults = crate::config::DaemonSettings::default();
-    let daemon = match resolve_rules(rules).map(|p| (Config::load(&p), p)) {
-        Ok((Ok(config), _)) => config.daemon,
+    let defaults = DaemonSettings::default();
+    let daemon = match resolve_rules(rules).map(|p| (rules_file::load_with(&p), p)) {
+        Ok((Ok((_, daemon)), _)) => daemon,
         Ok((Err(e), path)) => {
             eprintln!(
                 "conntrackd: warning: {} not read ({}); using the default chain name",
@@ -142,6 +146,8 @@ struct Rules {
     path: PathBuf,
     /// The configuration in force.
     config: std::sync::Mutex<Config>,
+    /// The `[daemon]` table the daemon started with (a reload cannot change it).
+    daemon: DaemonSettings,
     engine: Arc<Engine>,
     shared: Arc<Shared>,
     /// Rejected packets cannot be answered (no raw socket, or reject_rate = 0).
@@ -164,7 +170,7 @@ impl Rules {
         self.shared
             .ifnames_generation
             .fetch_add(1, Ordering::Relaxed);
-        let new = Config::load(&self.path).map_err(|e| {
+        let (new, daemon) = rules_file::load_with::<DaemonSettings>(&self.path).map_err(|e| {
             // One line, for the log and the control socket's answer.
             format!(
                 "reload failed, keeping the rules in force: {}",
@@ -178,7 +184,7 @@ impl Rules {
         if new.engine != config.engine {
             warn!("reload: [engine] settings changed; they take effect at the next restart");
         }
-        if new.daemon != config.daemon {
+        if daemon != self.daemon {
             warn!("reload: [daemon] settings changed; they take effect at the next restart");
         }
         let diff = new.policy.diff(&config.policy);
@@ -227,7 +233,7 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(config: Config, settings: Settings) -> anyhow::Result<Daemon> {
+    fn start(config: Config, daemon: DaemonSettings, settings: Settings) -> anyhow::Result<Daemon> {
         let signals =
             Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
         let stop = StopSwitch::default();
@@ -294,6 +300,7 @@ impl Daemon {
         let rules = Arc::new(Rules {
             path: config.path.clone(),
             config: std::sync::Mutex::new(config),
+            daemon,
             engine: engine.clone(),
             shared: shared.clone(),
             rejects_unanswered,
@@ -481,7 +488,7 @@ fn bind_queues(settings: &Settings) -> anyhow::Result<Vec<BoundQueue>> {
             copy_range: settings.copy_range,
             maxlen: settings.queue_maxlen,
             rcvbuf: settings.socket_rcvbuf,
-            accept_on_overflow: settings.queue_overflow == crate::config::Overflow::Accept,
+            accept_on_overflow: settings.queue_overflow == Overflow::Accept,
         })?;
         if !q.gso {
             warn!(

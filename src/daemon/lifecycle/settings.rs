@@ -1,7 +1,8 @@
 //! The daemon's settings: the command line, merged over the rules file's
 //! `[daemon]` table.
 
-use crate::config::{DaemonSettings, LogFormat, MetricsListen, Overflow, QueueSpec};
+use super::super::operations::logging::LogFormat;
+use super::daemon_table::{DaemonSettings, MetricsListen, Overflow, QueueSpec};
 use anyhow::bail;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -258,9 +259,9 @@ pub fn default_control_socket() -> PathBuf {
 }
 
 /// The rules file: `--rules`, else /etc/conntrackd/rules.toml (see
-/// [`crate::config::rules_path`]).
+/// [`crate::rules_file::path`]).
 pub fn resolve_rules(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    crate::config::rules_path(arg.as_deref()).map_err(anyhow::Error::msg)
+    crate::rules_file::path(arg.as_deref()).map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@
 
 use super::super::shared::notice::{Notice, PacketNotice};
 use super::super::shared::rate::RateLimit;
-use crate::config::LogFormat;
 use crate::kernel::ifnames::IfNames;
 use crate::wire;
 use crate::Engine;
@@ -27,6 +26,15 @@ pub const RULE_TARGET: &str = "conntrackd::rule";
 
 /// Capacity of the worker → logging thread channel.
 pub const CHANNEL_CAPACITY: usize = 4096;
+
+/// `daemon.log_format`: lines for people, or JSON objects for a collector.
+#[derive(Clone, Copy, Debug, Default, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
 
 /// Installs the global tracing subscriber, writing to stderr (journald under systemd).
 pub fn init(format: LogFormat, filter: &str) -> anyhow::Result<()> {
