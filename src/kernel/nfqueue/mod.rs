@@ -10,7 +10,7 @@
 
 pub mod codec;
 
-use crate::kernel::netlink::{getsockopt_int, set_recv_timeout, setsockopt};
+use crate::kernel::netlink::set_recv_buffer_force;
 use anyhow::{bail, Context as _};
 use std::collections::BTreeMap;
 use std::os::fd::{BorrowedFd, RawFd};
@@ -60,9 +60,9 @@ fn open_fds() -> anyhow::Result<BTreeMap<RawFd, std::path::PathBuf>> {
 }
 
 fn is_nfnetlink_socket(fd: BorrowedFd<'_>) -> bool {
-    getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).ok() == Some(libc::AF_NETLINK)
-        && getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).ok()
-            == Some(libc::NETLINK_NETFILTER)
+    let sock = socket2::SockRef::from(&fd);
+    sock.domain().ok() == Some(socket2::Domain::from(libc::AF_NETLINK))
+        && sock.protocol().ok().flatten() == Some(socket2::Protocol::from(libc::NETLINK_NETFILTER))
 }
 
 /// Opens a socket, binds it to `cfg.num` and configures it. Call from one
@@ -94,13 +94,17 @@ pub fn open(cfg: &QueueConfig) -> anyhow::Result<BoundQueue> {
     let sock = unsafe { BorrowedFd::borrow_raw(fd) };
     // The receive buffer first: packets may arrive as soon as the queue is bound.
     // SO_RCVBUFFORCE (CAP_NET_ADMIN) ignores net.core.rmem_max.
-    let want = cfg.rcvbuf.min(i32::MAX as usize / 2) as libc::c_int;
-    if setsockopt(sock, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &want).is_err() {
-        setsockopt(sock, libc::SOL_SOCKET, libc::SO_RCVBUF, &want)
+    let want = cfg.rcvbuf.min(i32::MAX as usize / 2);
+    if set_recv_buffer_force(sock, want).is_err() {
+        socket2::SockRef::from(&sock)
+            .set_recv_buffer_size(want)
             .with_context(|| format!("setting the socket receive buffer to {want} bytes"))?;
     }
     // The kernel doubles the value for bookkeeping and reports the doubled value.
-    let rcvbuf = getsockopt_int(sock, libc::SOL_SOCKET, libc::SO_RCVBUF).unwrap_or(0) as usize / 2;
+    let rcvbuf = socket2::SockRef::from(&sock)
+        .recv_buffer_size()
+        .unwrap_or(0)
+        / 2;
     queue.bind(num).with_context(|| {
         format!("binding NFQUEUE queue {num} (is another program already bound to it?)")
     })?;
@@ -126,7 +130,8 @@ pub fn open(cfg: &QueueConfig) -> anyhow::Result<BoundQueue> {
     queue
         .set_recv_enobufs(true)
         .with_context(|| format!("queue {num}: enabling ENOBUFS reports"))?;
-    set_recv_timeout(sock, RECV_TIMEOUT)
+    socket2::SockRef::from(&sock)
+        .set_read_timeout(Some(RECV_TIMEOUT))
         .with_context(|| format!("queue {num}: setting the receive timeout"))?;
     Ok(BoundQueue {
         queue,
