@@ -47,6 +47,26 @@ pub(crate) fn attributes(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
+/// The netlink messages of a datagram, in order; ends at a malformed length
+/// or where fewer bytes than a header are left. A last message longer than
+/// the bytes left (a datagram cut short) comes as far as it goes: the reader
+/// decides what a cut message is worth.
+#[inline]
+pub(crate) fn messages(mut d: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        if d.len() < 16 {
+            return None;
+        }
+        let len = u32_ne(d, 0) as usize;
+        if len < 16 {
+            return None;
+        }
+        let msg = &d[..len.min(d.len())];
+        d = &d[align4(len).min(d.len())..];
+        Some(msg)
+    })
+}
+
 /// SO_RCVBUFFORCE: a receive buffer of `bytes` whatever `net.core.rmem_max`
 /// says (needs CAP_NET_ADMIN). The other socket options are set through
 /// socket2 (`SockRef::from(&fd)`), which has no SO_RCVBUFFORCE; nix has it,
