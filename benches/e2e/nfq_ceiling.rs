@@ -7,13 +7,13 @@
 //!
 //!   nfq_ceiling QUEUES [--naive]    e.g. `0` or `0-1`; runs until SIGINT/SIGTERM
 //!
-//! `--naive`: nfq's own path instead, one `recv` and one verdict `sendto`
-//! per packet (what conntrackd did before batching).
+//! `--naive`: one packet per read and one verdict per `send`, on the same
+//! socket (the per-packet path conntrackd had before batching, then nfq's).
 
 #![allow(clippy::disallowed_methods)] // a shell: threads
 
 use conntrackd::config::{DaemonSettings, QueueSpec};
-use conntrackd::kernel::nfqueue::codec::{Item, Receiver, Verdicts};
+use conntrackd::kernel::nfqueue::codec::{self, Item, Receiver, Verdicts};
 use conntrackd::kernel::nfqueue::{open, QueueConfig};
 use conntrackd::Verdict;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +30,7 @@ fn main() -> anyhow::Result<()> {
     }
     let mut threads = Vec::new();
     for &num in queues.as_slice() {
-        let mut q = open(&QueueConfig {
+        let q = open(&QueueConfig {
             num,
             copy_range: d.copy_range,
             maxlen: d.queue_maxlen,
@@ -41,17 +41,8 @@ fn main() -> anyhow::Result<()> {
         threads.push(std::thread::spawn(move || {
             let mut packets = 0u64;
             // recv times out regularly (the socket has SO_RCVTIMEO) so that stop is seen.
-            if naive {
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok(mut msg) = q.queue_mut().recv() {
-                        msg.set_verdict(nfq::Verdict::Accept);
-                        let _ = q.queue_mut().verdict(msg);
-                        packets += 1;
-                    }
-                }
-                return packets;
-            }
-            let mut rx = Receiver::new(q.fd(), q.copy_range);
+            let batch = if naive { 1 } else { codec::BATCH };
+            let mut rx = Receiver::with_batch(q.fd(), q.copy_range, batch);
             let mut tx = Verdicts::new(q.fd(), q.num);
             while !stop.load(Ordering::Relaxed) {
                 if rx.recv(false).is_ok() {
@@ -59,6 +50,9 @@ fn main() -> anyhow::Result<()> {
                         if let Item::Packet(p) = item {
                             tx.push(p.id, Verdict::Accept, None);
                             packets += 1;
+                            if naive {
+                                let _ = tx.flush();
+                            }
                         }
                     });
                     let _ = tx.flush();

@@ -2,10 +2,10 @@
 //! many packets per `recvmmsg`, and verdicts coalesced into
 //! `NFQNL_MSG_VERDICT_BATCH` runs, all of a batch's verdicts in one `send`.
 //!
-//! Hand-written because it is the per-packet path: nfq 0.2.5 (which opens and
-//! configures the queue, [`super::open`]) reads one packet per `recv` system
-//! call, allocates per packet, sends one verdict per `sendto`, and has no batch
-//! verdict. This module reads and answers on the same socket.
+//! Hand-written because it is the per-packet path: nfq 0.2.5 reads one packet
+//! per `recv` system call, allocates per packet, sends one verdict per
+//! `sendto`, and has no batch verdict. This module reads and answers on the
+//! queue's socket, which [`super::open`] opens and configures.
 //!
 //! Batch verdicts: `NFQNL_MSG_VERDICT_BATCH` with id N applies to *every*
 //! packet of the queue still waiting with an id up to N. The kernel numbers a
@@ -20,7 +20,7 @@ use crate::reason::Verdict;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-const NFNL_SUBSYS_QUEUE: u16 = 3;
+pub(super) const NFNL_SUBSYS_QUEUE: u16 = 3;
 const NFQNL_MSG_PACKET: u16 = 0;
 const NFQNL_MSG_VERDICT: u16 = 1;
 const NFQNL_MSG_VERDICT_BATCH: u16 = 3;
@@ -127,11 +127,20 @@ pub struct Receiver<'fd> {
     buf: Vec<u64>,
     lens: [usize; BATCH],
     count: usize,
+    /// Datagrams read per call at most.
+    batch: usize,
 }
 
 impl<'fd> Receiver<'fd> {
     /// `copy_range`: the queue's copy range; each slot holds one packet message.
     pub fn new(fd: BorrowedFd<'fd>, copy_range: u16) -> Receiver<'fd> {
+        Receiver::with_batch(fd, copy_range, BATCH)
+    }
+
+    /// A receiver that reads at most `batch` datagrams per call (1 to
+    /// [`BATCH`]); 1 is the per-packet path, for the NFQUEUE-ceiling bench
+    /// helper's comparison.
+    pub fn with_batch(fd: BorrowedFd<'fd>, copy_range: u16, batch: usize) -> Receiver<'fd> {
         let slot = align4(copy_range as usize + 1024).next_multiple_of(64);
         Receiver {
             fd,
@@ -139,12 +148,13 @@ impl<'fd> Receiver<'fd> {
             buf: vec![0u64; slot * BATCH / 8],
             lens: [0; BATCH],
             count: 0,
+            batch: batch.clamp(1, BATCH),
         }
     }
 
     /// Waits for at least one datagram (up to the socket's receive timeout,
-    /// unless `nonblocking`), then takes whatever else is queued, up to [`BATCH`].
-    /// Returns how many datagrams were read.
+    /// unless `nonblocking`), then takes whatever else is queued, up to the
+    /// receiver's batch ([`BATCH`]). Returns how many datagrams were read.
     pub fn recv(&mut self, nonblocking: bool) -> io::Result<usize> {
         let base = self.buf.as_mut_ptr() as *mut u8;
         // SAFETY: iovec and mmsghdr are plain old data (pointers, lengths,
@@ -165,13 +175,14 @@ impl<'fd> Receiver<'fd> {
         } else {
             libc::MSG_WAITFORONE
         };
-        // SAFETY: hdrs holds BATCH headers, each pointing at its own iovec,
-        // each iovec at its own slot of buf; all outlive the call.
+        // SAFETY: hdrs holds BATCH headers (self.batch is at most BATCH),
+        // each pointing at its own iovec, each iovec at its own slot of buf;
+        // all outlive the call.
         let n = unsafe {
             libc::recvmmsg(
                 self.fd.as_raw_fd(),
                 hdrs.as_mut_ptr(),
-                BATCH as libc::c_uint,
+                self.batch as libc::c_uint,
                 flags,
                 std::ptr::null_mut(),
             )
