@@ -7,8 +7,10 @@
 //!
 //!   nfq_ceiling QUEUES [--naive]    e.g. `0` or `0-1`; runs until SIGINT/SIGTERM
 //!
-//! `--naive`: nfq's own path instead, one `recv` and one verdict `sendto`
-//! per packet (what conntrackd did before batching).
+//! `--naive`: the `nfq` crate's own path instead, one `recv` and one
+//! verdict `sendto` per packet (what conntrackd did before batching, and
+//! before it owned its queue socket: nfq gives no access to its descriptor,
+//! so conntrackd speaks the queue protocol on a socket of its own).
 
 #![allow(clippy::disallowed_methods)] // a shell: threads
 
@@ -30,27 +32,44 @@ fn main() -> anyhow::Result<()> {
     }
     let mut threads = Vec::new();
     for &num in queues.as_slice() {
-        let mut q = open(&QueueConfig {
+        let stop = stop.clone();
+        if naive {
+            let mut q = nfq::Queue::open()?;
+            q.bind(num)?;
+            q.set_copy_range(num, d.copy_range)?;
+            q.set_queue_max_len(num, d.queue_maxlen)?;
+            q.set_fail_open(num, d.queue_overflow == Overflow::Accept)?;
+            q.set_recv_gso(num, true)?;
+            // Non-blocking, so that the stop is seen; under load the queue
+            // is never empty and the loop never sleeps.
+            q.set_nonblocking(true);
+            threads.push(std::thread::spawn(move || {
+                let mut packets = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    match q.recv() {
+                        Ok(mut msg) => {
+                            msg.set_verdict(nfq::Verdict::Accept);
+                            let _ = q.verdict(msg);
+                            packets += 1;
+                        }
+                        Err(_) => std::thread::sleep(std::time::Duration::from_micros(100)),
+                    }
+                }
+                let _ = q.unbind(num);
+                packets
+            }));
+            continue;
+        }
+        let q = open(&QueueConfig {
             num,
             copy_range: d.copy_range,
             maxlen: d.queue_maxlen,
             rcvbuf: d.socket_rcvbuf,
             accept_on_overflow: d.queue_overflow == Overflow::Accept,
         })?;
-        let stop = stop.clone();
         threads.push(std::thread::spawn(move || {
             let mut packets = 0u64;
             // recv times out regularly (the socket has SO_RCVTIMEO) so that stop is seen.
-            if naive {
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok(mut msg) = q.queue_mut().recv() {
-                        msg.set_verdict(nfq::Verdict::Accept);
-                        let _ = q.queue_mut().verdict(msg);
-                        packets += 1;
-                    }
-                }
-                return packets;
-            }
             let mut rx = Receiver::new(q.fd(), q.copy_range);
             let mut tx = Verdicts::new(q.fd(), q.num);
             while !stop.load(Ordering::Relaxed) {

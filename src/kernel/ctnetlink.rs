@@ -17,7 +17,7 @@
 //! it, the same dump was as long as this code (106 lines against 103) and
 //! brought five new crates. neli, conntrack and mnl have no mark-filtered dump.
 
-use crate::kernel::netlink::{attributes, send_to_kernel, set_recv_timeout};
+use crate::kernel::netlink::{attributes, send_to_kernel};
 use crate::kernel::netlink::{NLMSG_ERROR, NLM_F_REQUEST};
 use anyhow::{bail, Context as _};
 use std::io;
@@ -203,7 +203,9 @@ impl Conntrack {
         }
         // SAFETY: fd is a new descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        set_recv_timeout(fd.as_fd(), RECV_TIMEOUT).context("setting SO_RCVTIMEO")?;
+        socket2::SockRef::from(&fd)
+            .set_read_timeout(Some(RECV_TIMEOUT))
+            .context("setting SO_RCVTIMEO")?;
         Ok(Conntrack { fd, seq: 0 })
     }
 

@@ -1,6 +1,7 @@
 //! Netlink plumbing shared by the NFQUEUE codec ([`super::nfqueue`]) and
-//! the conntrack dump ([`super::ctnetlink`]): attribute walking, socket
-//! options, and sending a request to the kernel.
+//! the conntrack dump ([`super::ctnetlink`]): attribute walking, the one
+//! socket option socket2 lacks (SO_RCVBUFFORCE), and sending a request to the
+//! kernel.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -46,61 +47,32 @@ pub(crate) fn attributes(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
-/// `setsockopt(2)` with a value of any plain type.
-pub(crate) fn setsockopt<T>(
-    fd: BorrowedFd<'_>,
-    level: libc::c_int,
-    name: libc::c_int,
-    val: &T,
-) -> io::Result<()> {
-    // SAFETY: val points to a T of the given size for the duration of the call.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            val as *const T as *const libc::c_void,
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+/// The netlink messages of a datagram, in order; ends at a malformed length
+/// or where fewer bytes than a header are left. A last message longer than
+/// the bytes left (a datagram cut short) comes as far as it goes: the reader
+/// decides what a cut message is worth.
+#[inline]
+pub(crate) fn messages(mut d: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        if d.len() < 16 {
+            return None;
+        }
+        let len = u32_ne(d, 0) as usize;
+        if len < 16 {
+            return None;
+        }
+        let msg = &d[..len.min(d.len())];
+        d = &d[align4(len).min(d.len())..];
+        Some(msg)
+    })
 }
 
-/// SO_RCVTIMEO: a blocking receive returns EAGAIN after `d`.
-pub(crate) fn set_recv_timeout(fd: BorrowedFd<'_>, d: std::time::Duration) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: d.as_secs() as libc::time_t,
-        tv_usec: d.subsec_micros() as libc::suseconds_t,
-    };
-    setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
-}
-
-/// `getsockopt(2)` of an `int` option.
-pub(crate) fn getsockopt_int(
-    fd: BorrowedFd<'_>,
-    level: libc::c_int,
-    name: libc::c_int,
-) -> io::Result<i32> {
-    let mut val: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: val and len are valid for writes for the duration of the call,
-    // and len holds val's size.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            &mut val as *mut libc::c_int as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(val)
+/// SO_RCVBUFFORCE: a receive buffer of `bytes` whatever `net.core.rmem_max`
+/// says (needs CAP_NET_ADMIN). socket2, which sets the other options, has
+/// no SO_RCVBUFFORCE; nix has.
+pub(crate) fn set_recv_buffer_force(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBufForce, &bytes)
+        .map_err(io::Error::from)
 }
 
 /// Sends `buf` to the kernel (netlink port 0) in one datagram, retrying on EINTR.

@@ -5,6 +5,19 @@
 //! as malformed (bad checksum, bad flags, cut short) still shows who sent it.
 //! Log lines (which see only a packet's first bytes) and replay's display
 //! use it. It never panics, whatever the bytes.
+//!
+//! Hand-written, after weighing etherparse 0.16's `LaxSlicedPacket::from_ip`
+//! (December 2026): its laxness is about lengths (an IP payload cut short, a
+//! total length that disagrees with the slice), not about the headers
+//! themselves, and the packets shown here are the ones whose headers are
+//! wrong or cut. It gives no addresses for an IPv4 header with IHL < 5 or cut
+//! inside its options, no ports or flags for a TCP header with a data offset
+//! below 5, nor for one cut before its options end (a SYN with options
+//! behind IPv4 options, in a drop record's 96 bytes), nor for a first
+//! fragment; no ICMP type before 8 bytes. This reads all of those
+//! (`reads_what_a_strict_header_parser_would_not` below). It is not on the
+//! verdict path: drop records are read when asked for, log lines on the
+//! logging thread, replay's display only for packets its parse refused.
 
 use super::{TcpFlags, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -160,6 +173,68 @@ mod tests {
         let h = headers(&pkt);
         assert_eq!(h.protocol, Some(PROTO_UDP));
         assert_eq!(h.ports, Some((5000, 53)));
+    }
+
+    /// Headers malformed or cut in the ways a dropped packet's are: who
+    /// sent it is still shown.
+    #[test]
+    fn reads_what_a_strict_header_parser_would_not() {
+        let a: SocketAddr = "198.18.0.2:40000".parse().unwrap();
+        let b: SocketAddr = "198.19.0.2:80".parse().unwrap();
+        let syn = build::tcp(a, b).flags(TcpFlags::SYN).seq(7).build();
+        let syn_flags = TcpFlags(TcpFlags::SYN);
+        let flags = Some(syn_flags);
+
+        // IHL 4 (< 5): the addresses, not the transport header.
+        let mut p = syn.clone();
+        p[0] = 0x44;
+        let h = headers(&p);
+        assert_eq!((h.src, h.dst), (Some(a.ip()), Some(b.ip())));
+        assert_eq!((h.protocol, h.ports), (Some(PROTO_TCP), None));
+
+        // IHL 6 with the header cut inside its options: the addresses.
+        let mut p = syn.clone();
+        p[0] = 0x46;
+        let h = headers(&p[..22]);
+        assert_eq!((h.src, h.dst), (Some(a.ip()), Some(b.ip())));
+
+        // TCP data offset 4 (< 5): ports and flags.
+        let mut p = syn.clone();
+        p[20 + 12] = 0x40;
+        let h = headers(&p);
+        assert_eq!(h.ports, Some((40000, 80)));
+        assert_eq!(h.tcp.map(|t| t.flags), flags);
+
+        // TCP cut right after its flags: ports and flags.
+        let h = headers(&syn[..20 + 14]);
+        assert_eq!(h.ports, Some((40000, 80)));
+        assert_eq!(h.tcp.map(|t| (t.flags, t.seq)), Some((syn_flags, 7)));
+
+        // 40 bytes of IPv4 options and 40 of TCP options, cut to a drop
+        // record's 96 bytes: ports and flags.
+        let mut p = syn[..20].to_vec();
+        p[0] = 0x4f;
+        p.extend_from_slice(&[1; 40]); // NOP options
+        p.extend_from_slice(&syn[20..]);
+        p[60 + 12] = 0xf0; // data offset 15
+        p.extend_from_slice(&[1; 40]);
+        let total = p.len() as u16;
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        let h = headers(&p[..96]);
+        assert_eq!(h.ports, Some((40000, 80)));
+        assert_eq!(h.tcp.map(|t| t.flags), flags);
+
+        // A first fragment (more fragments, offset 0) starts with its ports.
+        let mut p = syn.clone();
+        p[6] = 0x20;
+        assert_eq!(headers(&p).ports, Some((40000, 80)));
+
+        // ICMP cut after its type and code.
+        let mut p = syn[..22].to_vec();
+        p[9] = PROTO_ICMP;
+        p[20..22].copy_from_slice(&[3, 1]);
+        let h = headers(&p);
+        assert_eq!((h.icmp_type, h.icmp_code), (Some(3), Some(1)));
     }
 
     #[test]

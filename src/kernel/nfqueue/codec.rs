@@ -2,10 +2,10 @@
 //! many packets per `recvmmsg`, and verdicts coalesced into
 //! `NFQNL_MSG_VERDICT_BATCH` runs, all of a batch's verdicts in one `send`.
 //!
-//! Hand-written because it is the per-packet path: nfq 0.2.5 (which opens and
-//! configures the queue, [`super::open`]) reads one packet per `recv` system
-//! call, allocates per packet, sends one verdict per `sendto`, and has no batch
-//! verdict. This module reads and answers on the same socket.
+//! Hand-written because it is the per-packet path: nfq 0.2.5 reads one packet
+//! per `recv` system call, allocates per packet, sends one verdict per
+//! `sendto`, and has no batch verdict. This module reads and answers on the
+//! queue's socket, which [`super::open`] opens and configures.
 //!
 //! Batch verdicts: `NFQNL_MSG_VERDICT_BATCH` with id N applies to *every*
 //! packet of the queue still waiting with an id up to N. The kernel numbers a
@@ -13,13 +13,14 @@
 //! so a run of consecutive packets with the same verdict and mark, flushed
 //! after every earlier run, is exactly one batch verdict.
 
-use crate::kernel::netlink::{align4, attributes, send_to_kernel, u16_ne, u32_be, u32_ne};
+use crate::kernel::netlink::{align4, attributes, messages, send_to_kernel};
+use crate::kernel::netlink::{u16_ne, u32_be, u32_ne};
 use crate::kernel::netlink::{NLMSG_ERROR, NLM_F_REQUEST};
 use crate::reason::Verdict;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-const NFNL_SUBSYS_QUEUE: u16 = 3;
+pub(super) const NFNL_SUBSYS_QUEUE: u16 = 3;
 const NFQNL_MSG_PACKET: u16 = 0;
 const NFQNL_MSG_VERDICT: u16 = 1;
 const NFQNL_MSG_VERDICT_BATCH: u16 = 3;
@@ -64,8 +65,13 @@ pub enum Item<'a> {
     Error(i32),
 }
 
-/// Parses one netlink message of the queue subsystem (`msg` is exactly its bytes).
-fn parse_message(msg: &[u8]) -> Option<Item<'_>> {
+/// Parses one netlink message of the queue subsystem: `msg` is its bytes, at
+/// least a header's (16), fewer than its length says if the datagram was cut.
+/// A cut packet message comes without its payload (the last attribute, so
+/// the one cut), which the engine refuses: its packet still gets a verdict,
+/// which a later batch verdict would otherwise give it unjudged. A cut error
+/// message is an error (EPROTO if its errno is cut too).
+pub(super) fn parse_message(msg: &[u8]) -> Option<Item<'_>> {
     let ty = u16_ne(msg, 4);
     if ty == NLMSG_ERROR {
         let errno = if msg.len() >= 20 {
@@ -120,7 +126,6 @@ pub struct Receiver<'fd> {
     slot: usize,
     buf: Vec<u64>,
     lens: [usize; BATCH],
-    truncated: [bool; BATCH],
     count: usize,
 }
 
@@ -133,14 +138,13 @@ impl<'fd> Receiver<'fd> {
             slot,
             buf: vec![0u64; slot * BATCH / 8],
             lens: [0; BATCH],
-            truncated: [false; BATCH],
             count: 0,
         }
     }
 
     /// Waits for at least one datagram (up to the socket's receive timeout,
-    /// unless `nonblocking`), then takes whatever else is queued, up to [`BATCH`].
-    /// Returns how many datagrams were read.
+    /// unless `nonblocking`), then takes whatever else is queued, up to the
+    /// [`BATCH`]. Returns how many datagrams were read.
     pub fn recv(&mut self, nonblocking: bool) -> io::Result<usize> {
         let base = self.buf.as_mut_ptr() as *mut u8;
         // SAFETY: iovec and mmsghdr are plain old data (pointers, lengths,
@@ -161,8 +165,9 @@ impl<'fd> Receiver<'fd> {
         } else {
             libc::MSG_WAITFORONE
         };
-        // SAFETY: hdrs holds BATCH headers, each pointing at its own iovec,
-        // each iovec at its own slot of buf; all outlive the call.
+        // SAFETY: hdrs holds BATCH headers,
+        // each pointing at its own iovec, each iovec at its own slot of buf;
+        // all outlive the call.
         let n = unsafe {
             libc::recvmmsg(
                 self.fd.as_raw_fd(),
@@ -178,8 +183,10 @@ impl<'fd> Receiver<'fd> {
         }
         let n = n as usize;
         for (i, h) in hdrs[..n].iter().enumerate() {
+            // A datagram larger than its slot (MSG_TRUNC) comes cut, see
+            // parse_message; it cannot happen with the copy range the slots
+            // were sized for.
             self.lens[i] = (h.msg_len as usize).min(self.slot);
-            self.truncated[i] = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
         }
         self.count = n;
         Ok(n)
@@ -194,21 +201,8 @@ impl<'fd> Receiver<'fd> {
         };
         for i in 0..self.count {
             let d = &bytes[i * self.slot..i * self.slot + self.lens[i]];
-            if self.truncated[i] {
-                // Larger than a slot: cannot happen with the copy range the
-                // slots were sized for. The packet id is at the start; the
-                // payload is cut, which the engine refuses (truncated).
-            }
-            let mut at = 0;
-            while at + 16 <= d.len() {
-                let len = u32_ne(d, at) as usize;
-                if len < 16 || at + len > d.len() {
-                    break;
-                }
-                if let Some(item) = parse_message(&d[at..at + len]) {
-                    f(item);
-                }
-                at += align4(len);
+            for item in messages(d).filter_map(parse_message) {
+                f(item);
             }
         }
     }
@@ -435,9 +429,96 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        // Cut anywhere: never panics.
-        for cut in 0..m.len() {
-            let _ = parse_message(&m[..cut.max(20).min(m.len())]);
+    }
+
+    /// A netlink error message (as the kernel reports a refused verdict).
+    fn error_msg(errno: i32) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&36u32.to_ne_bytes());
+        m.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        m.extend_from_slice(&[0; 10]);
+        m.extend_from_slice(&(-errno).to_ne_bytes());
+        m.extend_from_slice(&[0; 16]); // the refused message's header
+        m
+    }
+
+    #[derive(Clone, Debug, PartialEq)]
+    enum Seen {
+        Packet(u32, Vec<u8>),
+        Error(i32),
+    }
+
+    /// What the receiver hands on from a datagram.
+    fn seen(datagram: &[u8]) -> Vec<Seen> {
+        messages(datagram)
+            .filter_map(parse_message)
+            .map(|item| match item {
+                Item::Packet(p) => Seen::Packet(p.id, p.payload.to_vec()),
+                Item::Error(e) => Seen::Error(e),
+            })
+            .collect()
+    }
+
+    /// A datagram cut at every offset, from 0 to whole: each message wholly
+    /// there parses as in the whole datagram, nothing after the cut message
+    /// comes, and the cut message, with `have` of its bytes, comes as
+    /// - nothing, with less than a header (16 bytes), or for a packet whose
+    ///   id (in the first attribute, after the 20 bytes of headers) is cut;
+    /// - its packet with no payload: the payload is cut, and the engine
+    ///   refuses an empty packet, so it still gets a verdict; never part of
+    ///   a payload, which could pass for a whole, shorter packet (the whole
+    ///   payload, when only the padding after it is cut);
+    /// - its error, or EPROTO when the errno (bytes 16 to 20) is cut.
+    #[test]
+    fn a_datagram_cut_anywhere_gives_whole_messages_and_a_clear_cut_one() {
+        let payloads: [&[u8]; 2] = [b"hello", b"world!!"];
+        let msgs = [
+            packet_msg(41, payloads[0], Some(0x40)),
+            error_msg(libc::ENOENT),
+            packet_msg(42, payloads[1], None),
+        ];
+        let datagram = msgs.concat();
+        let whole = seen(&datagram);
+        assert_eq!(
+            whole,
+            [
+                Seen::Packet(41, payloads[0].to_vec()),
+                Seen::Error(libc::ENOENT),
+                Seen::Packet(42, payloads[1].to_vec()),
+            ]
+        );
+        let cut_one = |m: &[u8], whole: &Seen, have: usize| -> Option<Seen> {
+            if have < 16 {
+                return None;
+            }
+            match whole {
+                Seen::Error(e) => Some(Seen::Error(if have >= 20 { *e } else { libc::EPROTO })),
+                Seen::Packet(_, _) if have < 20 + u16_ne(m, 20) as usize => None,
+                Seen::Packet(id, payload) => {
+                    let padding = align4(payload.len()) - payload.len();
+                    let kept = if have >= m.len() - padding {
+                        payload.clone()
+                    } else {
+                        Vec::new()
+                    };
+                    Some(Seen::Packet(*id, kept))
+                }
+            }
+        };
+        for cut in 0..=datagram.len() {
+            let mut want = Vec::new();
+            let mut start = 0;
+            for (m, w) in msgs.iter().zip(&whole) {
+                let have = cut.saturating_sub(start);
+                if have >= m.len() {
+                    want.push(w.clone());
+                } else {
+                    want.extend(cut_one(m, w, have));
+                    break;
+                }
+                start += m.len();
+            }
+            assert_eq!(seen(&datagram[..cut]), want, "cut at {cut}");
         }
     }
 
