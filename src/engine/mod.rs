@@ -13,10 +13,10 @@ pub use crate::conntrack::state::StateError;
 pub use crate::conntrack::table::Layout;
 use crate::conntrack::table::{Change, Removal};
 use crate::conntrack::table::{Full, Limits, Proto};
+use crate::conntrack::tcp::TcpConn;
 pub use crate::conntrack::tcp::Window;
-use crate::conntrack::tcp::{TcpConn, ORIGINATOR, RESPONDER};
 pub use crate::conntrack::Traffic;
-use crate::conntrack::{Conn, ConnState, FlowKey, Side, Table};
+use crate::conntrack::{Conn, ConnState, FlowKey, Role, Side, Table};
 use crate::policy::{Action, Interfaces, Policy};
 use crate::reason::{Reason, Verdict};
 use crate::time::Timestamp;
@@ -122,14 +122,10 @@ impl ConnInfo {
     /// `policy`: the one in force, whose rules the connection's rule index
     /// is resolved against (when it is of that generation).
     fn new(key: &FlowKey, conn: &Conn, policy: &Policy) -> ConnInfo {
-        let other = match conn.originator {
-            Side::Lo => Side::Hi,
-            Side::Hi => Side::Lo,
-        };
         ConnInfo {
             protocol: key.protocol(),
             originator: key.endpoint(conn.originator),
-            responder: key.endpoint(other),
+            responder: key.endpoint(conn.originator.other()),
             state: conn.state(),
             expires_at_secs: conn.expires_at_secs(),
             opened_at_secs: conn.opened_at_secs(),
@@ -299,8 +295,8 @@ impl Engine {
         let Some(mut entry) = self.table.get_mut(&key) else {
             return false;
         };
-        let from_originator = entry.originator == side;
-        hand_off_conn(&mut entry, from_originator, seg, now, timeout)
+        let from = entry.role_of(side);
+        hand_off_conn(&mut entry, from, seg, now, timeout)
     }
 
     /// Hand-off mode: the kernel still carries this handed-off TCP connection
@@ -522,16 +518,12 @@ impl Engine {
             });
             return Lookup::Absent;
         }
-        let from = if side == conn.originator {
-            ORIGINATOR
-        } else {
-            RESPONDER
-        };
+        let from = conn.role_of(side);
         let before = conn.state();
         let outcome = tcp.handle(from, seg);
         conn.proto = Proto::Tcp(tcp);
         if outcome.reason.verdict() == Verdict::Accept {
-            conn.count(from == ORIGINATOR, p.len);
+            conn.count(from, p.len);
             // A RST that took effect (not one passed as a challenge ACK's answer).
             if seg.flags.rst() && outcome.reason == Reason::Tracked {
                 conn.set_reset();
@@ -551,7 +543,7 @@ impl Engine {
             // (a loose pickup from one side alone is not).
             if tcp.is_established() && tcp.replied() && !conn.assured() {
                 conn.set_assured();
-                if from == ORIGINATOR {
+                if from == Role::Originator {
                     if let Err(reason) = self.charge_source(p, ctx, conn, now) {
                         drop(entry);
                         self.table.remove_if(key, Removal::Refused, |c| c.assured());
@@ -572,8 +564,8 @@ impl Engine {
         }
         let mut d = Decision::tracked(outcome.reason, before, after);
         if let Some(timeout) = ctx.hand_off {
-            d.handed_off = d.verdict() == Verdict::Accept
-                && hand_off_conn(conn, from == ORIGINATOR, seg, now, timeout);
+            d.handed_off =
+                d.verdict() == Verdict::Accept && hand_off_conn(conn, from, seg, now, timeout);
         }
         Lookup::Found(d)
     }
@@ -651,10 +643,11 @@ impl Engine {
                     if conn.replied() && !conn.assured() && !matches!(conn.proto, Proto::Icmp) {
                         conn.set_assured();
                     }
-                    if side != conn.originator && !conn.replied() {
+                    let from = conn.role_of(side);
+                    if from == Role::Responder && !conn.replied() {
                         conn.set_replied();
                     }
-                    conn.count(side == conn.originator, p.len);
+                    conn.count(from, p.len);
                     let mut timeout =
                         // (assured implies replied)
                         self.datagram_timeout(p.protocol, conn.assured());
@@ -795,7 +788,7 @@ impl Engine {
         }
         let mut conn = Conn::new(proto, side, decision.log);
         conn.set_admitted(now, decision.rule, decision.generation);
-        conn.count(true, p.len);
+        conn.count(Role::Originator, p.len);
         let timeout = match proto {
             Proto::Tcp(t) => t.timeout(&self.settings.timeouts),
             _ => self.datagram_timeout(p.protocol, false),
@@ -805,7 +798,9 @@ impl Engine {
         // A connection picked up mid-stream is ESTABLISHED from its first
         // packet: in hand-off mode, that packet hands it off.
         let handed_off = match (ctx.hand_off, p.tcp()) {
-            (Some(timeout), Some(seg)) => hand_off_conn(&mut conn, true, seg, now, timeout),
+            (Some(timeout), Some(seg)) => {
+                hand_off_conn(&mut conn, Role::Originator, seg, now, timeout)
+            }
             _ => false,
         };
         let state = conn.state();
@@ -821,17 +816,18 @@ impl Engine {
 }
 
 /// Hands `conn` to the kernel (see [`Engine::hand_off`]) when `seg`, an
-/// accepted packet of it, may: a plain segment (no SYN, FIN or RST) from
-/// its originator, both ends ESTABLISHED. Returns whether it did.
+/// accepted packet of it sent by the endpoint in role `from`, may: a plain
+/// segment (no SYN, FIN or RST) from the originator, both ends ESTABLISHED.
+/// Returns whether it did.
 #[inline]
 fn hand_off_conn(
     conn: &mut Conn,
-    from_originator: bool,
+    from: Role,
     seg: &TcpSegment,
     now: Timestamp,
     timeout: u32,
 ) -> bool {
-    if !from_originator || seg.flags.syn() || seg.flags.fin() || seg.flags.rst() {
+    if from != Role::Originator || seg.flags.syn() || seg.flags.fin() || seg.flags.rst() {
         return false;
     }
     let Proto::Tcp(mut tcp) = conn.proto else {
@@ -840,7 +836,7 @@ fn hand_off_conn(
     if !tcp.is_established() {
         return false;
     }
-    tcp.hand_off(ORIGINATOR, seg);
+    tcp.hand_off(Role::Originator, seg);
     conn.proto = Proto::Tcp(tcp);
     conn.set_timeout(now, timeout);
     true

@@ -7,18 +7,13 @@
 pub mod grid;
 mod window;
 
-use crate::conntrack::Timeouts;
+use crate::conntrack::{Role, Timeouts};
 use crate::reason::Reason;
 use crate::wire::TcpSegment;
 pub use grid::{EndpointState, Next, Received, Sent};
 use window::Peer;
 
-/// Index of the endpoint that sent the connection's first SYN.
-pub const ORIGINATOR: usize = 0;
-/// Index of the endpoint the first SYN went to.
-pub const RESPONDER: usize = 1;
-
-/// Both endpoints' states and windows. 40 bytes.
+/// Both endpoints' states and windows, indexed by [`Role`]. 40 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpConn {
     peers: [Peer; 2],
@@ -84,7 +79,7 @@ impl TcpConn {
                 Peer::new(EndpointState::Listen),
             ],
         };
-        let outcome = conn.handle(ORIGINATOR, seg);
+        let outcome = conn.handle(Role::Originator, seg);
         debug_assert_eq!(outcome.reason, Reason::Tracked);
         conn
     }
@@ -98,9 +93,10 @@ impl TcpConn {
                 Peer::new(EndpointState::Established),
             ],
         };
-        conn.peers[0].set_liberal();
-        conn.peers[1].set_liberal();
-        window::init_midstream(&mut conn.peers, ORIGINATOR, seg);
+        for end in &mut conn.peers {
+            end.set_liberal();
+        }
+        window::init_midstream(&mut conn.peers, Role::Originator, seg);
         conn
     }
 
@@ -109,13 +105,13 @@ impl TcpConn {
     /// stale. Re-anchor both sides on this segment (from `from`) with liberal
     /// windows, as a loose pickup would, so that the FIN or RST that ends the
     /// connection is still followed through the closing states.
-    pub fn hand_off(&mut self, from: usize, seg: &TcpSegment) {
+    pub fn hand_off(&mut self, from: Role, seg: &TcpSegment) {
         let mut fresh = TcpConn::from_midstream(seg);
-        if from == RESPONDER {
+        if from == Role::Responder {
             fresh.peers.swap(0, 1);
         }
         // The other side's next sequence number is what this segment acknowledges.
-        let to = 1 - from;
+        let to = from.other();
         let reply = TcpSegment {
             src_port: seg.dst_port,
             dst_port: seg.src_port,
@@ -135,8 +131,8 @@ impl TcpConn {
 
     /// The connection as a state file keeps it.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        self.peers[ORIGINATOR].encode(out);
-        self.peers[RESPONDER].encode(out);
+        self.peers[Role::Originator].encode(out);
+        self.peers[Role::Responder].encode(out);
     }
 
     /// A connection read back from a state file (`None` if the bytes are not
@@ -163,7 +159,7 @@ impl TcpConn {
 
     /// Windows are judged liberally (picked up mid-stream or handed off).
     pub fn is_liberal(&self) -> bool {
-        self.peers[0].liberal()
+        self.peers[Role::Originator].liberal()
     }
 
     /// Each direction's window as the observer tracks it: [originator, responder].
@@ -177,27 +173,29 @@ impl TcpConn {
     }
 
     pub fn states(&self) -> (EndpointState, EndpointState) {
-        (self.peers[ORIGINATOR].state, self.peers[RESPONDER].state)
+        (
+            self.peers[Role::Originator].state,
+            self.peers[Role::Responder].state,
+        )
     }
 
     /// The responder has sent something the window check accepted (the
     /// kernel's SEEN_REPLY): a connection picked up from one side only has
     /// not been answered yet.
     pub fn replied(&self) -> bool {
-        self.peers[RESPONDER].has_window()
+        self.peers[Role::Responder].has_window()
     }
 
     /// Both endpoints have been ESTABLISHED (handshake complete).
     pub fn is_established(&self) -> bool {
-        self.peers[0].state == EndpointState::Established
-            && self.peers[1].state == EndpointState::Established
+        self.states() == (EndpointState::Established, EndpointState::Established)
     }
 
     /// Still in the handshake: counts against the half-open limit.
     pub fn is_half_open(&self) -> bool {
         use EndpointState::*;
-        matches!(self.peers[0].state, SynSent | SynRecv)
-            || matches!(self.peers[1].state, Listen | SynSent | SynRecv)
+        let (originator, responder) = self.states();
+        matches!(originator, SynSent | SynRecv) || matches!(responder, Listen | SynSent | SynRecv)
     }
 
     /// A bare SYN may replace this connection with a new one (nf_conntrack's
@@ -210,7 +208,7 @@ impl TcpConn {
 
     /// Whether either side has data in flight not yet acknowledged.
     pub fn has_unacknowledged_data(&self) -> bool {
-        self.peers[0].unacknowledged() || self.peers[1].unacknowledged()
+        self.peers.iter().any(|end| end.unacknowledged())
     }
 
     /// The timeout for a TCP connection's pair of states (nf_conntrack's
@@ -252,10 +250,10 @@ impl TcpConn {
         }
     }
 
-    /// Processes one segment from endpoint `from` (ORIGINATOR or RESPONDER).
+    /// Processes one segment sent by the endpoint in role `from`.
     /// On any drop reason the connection is unchanged.
-    pub fn handle(&mut self, from: usize, seg: &TcpSegment) -> TcpOutcome {
-        let to = 1 - from;
+    pub fn handle(&mut self, from: Role, seg: &TcpSegment) -> TcpOutcome {
+        let to = from.other();
         let sent = classify(seg);
         let (sender, receiver) = (self.peers[from].state, self.peers[to].state);
         // The receiver's FIN is covered when the ACK reaches its end (its
@@ -286,7 +284,7 @@ impl TcpConn {
             self.peers = peers;
             return TcpOutcome::unchanged(ignored_as(sent, sender));
         }
-        let replied = self.peers[RESPONDER].has_window();
+        let replied = self.replied();
         match window::check(&mut peers, from, seg, sent, self.is_established()) {
             Ok(()) => {}
             // The segment's data counts as sent; the states stay.
@@ -310,14 +308,14 @@ impl TcpConn {
     /// packet's processing with that outcome (a drop, or a pass without change).
     fn refine(
         &self,
-        from: usize,
+        from: Role,
         seg: &TcpSegment,
         sent: Sent,
         acks_fin: bool,
         peers: &mut [Peer; 2],
         (next_sender, next_receiver): (&mut Next, &mut Next),
     ) -> Result<(), TcpOutcome> {
-        let to = 1 - from;
+        let to = from.other();
         let sender = self.peers[from].state;
         use EndpointState::*;
         match (sent, sender) {
@@ -367,7 +365,7 @@ impl TcpConn {
             // A SYN from the responder of an established connection: the
             // grid's IG is for the originator's (a client reconnecting);
             // the kernel drops this one (its REPLY row: sES -> sIV).
-            (Sent::Syn, Established) if from == RESPONDER => {
+            (Sent::Syn, Established) if from == Role::Responder => {
                 Err(TcpOutcome::unchanged(Reason::BadTransition))
             }
             // (The grid's `IG` then passes it.)
@@ -472,7 +470,7 @@ pub fn render_outcomes() -> String {
     let mut out = String::from(
         "from originator responder  sent     ack      -> originator responder  reason\n",
     );
-    for from in [ORIGINATOR, RESPONDER] {
+    for from in Role::BOTH {
         for a in EndpointState::ALL {
             for b in EndpointState::ALL {
                 for sent in Sent::ALL {
@@ -486,11 +484,11 @@ pub fn render_outcomes() -> String {
                                 p.maxwin = 65_535;
                             }
                         }
-                        for i in 0..2 {
-                            let other = conn.peers[1 - i];
-                            conn.peers[i].maxend = other.end + 65_535;
+                        for role in Role::BOTH {
+                            let other = conn.peers[role.other()];
+                            conn.peers[role].maxend = other.end + 65_535;
                         }
-                        let (sender, receiver) = (conn.peers[from], conn.peers[1 - from]);
+                        let (sender, receiver) = (conn.peers[from], conn.peers[from.other()]);
                         let flags = match sent {
                             Sent::Syn => TcpFlags::SYN,
                             Sent::SynAck => TcpFlags::SYN | TcpFlags::ACK,
@@ -522,7 +520,10 @@ pub fn render_outcomes() -> String {
                         let _ = writeln!(
                             out,
                             "{:<4} {:<10} {:<11} {:<8} {:<8} -> {:<10} {:<11} {}",
-                            if from == ORIGINATOR { "orig" } else { "resp" },
+                            match from {
+                                Role::Originator => "orig",
+                                Role::Responder => "resp",
+                            },
                             a.name(),
                             b.name(),
                             sent.name(),

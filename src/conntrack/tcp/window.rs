@@ -19,9 +19,11 @@
 //! start before what its receiver already acknowledged (`maxack`).
 
 use super::{EndpointState, Sent, TcpOutcome};
+use crate::conntrack::Role;
 use crate::reason::Reason;
 use crate::wire::seq::SeqNum;
 use crate::wire::TcpSegment;
+use std::ops::{Index, IndexMut};
 
 /// RFC 1323: the largest window shift.
 const MAX_WINDOW_SCALE: u8 = 14;
@@ -172,9 +174,25 @@ impl Peer {
     }
 }
 
+/// A connection's two endpoints, by role: `peers[from]`, `peers[from.other()]`.
+impl Index<Role> for [Peer; 2] {
+    type Output = Peer;
+    #[inline]
+    fn index(&self, role: Role) -> &Peer {
+        &self[role.index()]
+    }
+}
+
+impl IndexMut<Role> for [Peer; 2] {
+    #[inline]
+    fn index_mut(&mut self, role: Role) -> &mut Peer {
+        &mut self[role.index()]
+    }
+}
+
 /// First sight of an endpoint through its SYN or SYN+ACK.
-fn init_from_syn(peers: &mut [Peer; 2], from: usize, seg: &TcpSegment, end: SeqNum) {
-    let to = 1 - from;
+fn init_from_syn(peers: &mut [Peer; 2], from: Role, seg: &TcpSegment, end: SeqNum) {
+    let to = from.other();
     let p = &mut peers[from];
     p.end = end;
     p.maxend = end;
@@ -200,8 +218,8 @@ fn init_from_syn(peers: &mut [Peer; 2], from: usize, seg: &TcpSegment, end: SeqN
 }
 
 /// Loose pickup: initialise from a mid-stream segment, as nf_conntrack does.
-pub(super) fn init_midstream(peers: &mut [Peer; 2], from: usize, seg: &TcpSegment) {
-    let to = 1 - from;
+pub(super) fn init_midstream(peers: &mut [Peer; 2], from: Role, seg: &TcpSegment) {
+    let to = from.other();
     let end = seg.seq + seg.seq_len();
     let p = &mut peers[from];
     p.end = end;
@@ -215,12 +233,12 @@ pub(super) fn init_midstream(peers: &mut [Peer; 2], from: usize, seg: &TcpSegmen
 /// Runs the four checks and, when they pass, updates both peers.
 pub(super) fn check(
     peers: &mut [Peer; 2],
-    from: usize,
+    from: Role,
     seg: &TcpSegment,
     sent: Sent,
     established: bool,
 ) -> Result<(), TcpOutcome> {
-    let to = 1 - from;
+    let to = from.other();
     let seq = seg.seq;
     let end = seq + seg.seq_len();
     let win = seg.window as u32;
@@ -413,8 +431,8 @@ mod tests {
     use super::*;
     use crate::wire::TcpFlags;
 
-    const SENDER: usize = 0;
-    const RECEIVER: usize = 1;
+    const SENDER: Role = Role::Originator;
+    const RECEIVER: Role = Role::Responder;
 
     /// Sender and receiver, both established, with `end`s at `base` and
     /// `base + 7_000`, the receiver's window `rwin` (scaled) open from the
