@@ -11,12 +11,12 @@ use crate::conntrack::{Role, Timeouts};
 use crate::reason::Reason;
 use crate::wire::TcpSegment;
 pub use grid::{EndpointState, Next, Received, Sent};
-use window::Peer;
+use window::Endpoint;
 
 /// Both endpoints' states and windows, indexed by [`Role`]. 40 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpConn {
-    peers: [Peer; 2],
+    endpoints: [Endpoint; 2],
 }
 
 /// One direction's window, for listings (`conntrackd flows -v`).
@@ -74,9 +74,9 @@ impl TcpConn {
     /// A connection opened by a SYN from the originator: `SYN_SENT:LISTEN`.
     pub fn from_syn(seg: &TcpSegment) -> TcpConn {
         let mut conn = TcpConn {
-            peers: [
-                Peer::new(EndpointState::Closed),
-                Peer::new(EndpointState::Listen),
+            endpoints: [
+                Endpoint::new(EndpointState::Closed),
+                Endpoint::new(EndpointState::Listen),
             ],
         };
         let outcome = conn.handle(Role::Originator, seg);
@@ -88,15 +88,15 @@ impl TcpConn {
     /// with liberal window checks since the handshake's window facts were missed.
     pub fn from_midstream(seg: &TcpSegment) -> TcpConn {
         let mut conn = TcpConn {
-            peers: [
-                Peer::new(EndpointState::Established),
-                Peer::new(EndpointState::Established),
+            endpoints: [
+                Endpoint::new(EndpointState::Established),
+                Endpoint::new(EndpointState::Established),
             ],
         };
-        for end in &mut conn.peers {
+        for end in &mut conn.endpoints {
             end.set_liberal();
         }
-        window::init_midstream(&mut conn.peers, Role::Originator, seg);
+        window::init_midstream(&mut conn.endpoints, Role::Originator, seg);
         conn
     }
 
@@ -108,7 +108,7 @@ impl TcpConn {
     pub fn hand_off(&mut self, from: Role, seg: &TcpSegment) {
         let mut fresh = TcpConn::from_midstream(seg);
         if from == Role::Responder {
-            fresh.peers.swap(0, 1);
+            fresh.endpoints.swap(0, 1);
         }
         // The other side's next sequence number is what this segment acknowledges.
         let to = from.other();
@@ -127,23 +127,23 @@ impl TcpConn {
     }
 
     /// Bytes of a connection in a state file.
-    pub const RECORD: usize = 2 * Peer::RECORD;
+    pub const RECORD: usize = 2 * Endpoint::RECORD;
 
     /// The connection as a state file keeps it.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        self.peers[Role::Originator].encode(out);
-        self.peers[Role::Responder].encode(out);
+        self.endpoints[Role::Originator].encode(out);
+        self.endpoints[Role::Responder].encode(out);
     }
 
     /// A connection read back from a state file (`None` if the bytes are not
     /// a valid one). Its windows re-anchor on each side's first packet: the
     /// endpoints went on while no conntrackd was judging.
     pub fn decode(b: &[u8; TcpConn::RECORD]) -> Option<TcpConn> {
-        let (a, r) = b.split_at(Peer::RECORD);
+        let (a, r) = b.split_at(Endpoint::RECORD);
         let conn = TcpConn {
-            peers: [
-                Peer::decode(a.try_into().ok()?)?,
-                Peer::decode(r.try_into().ok()?)?,
+            endpoints: [
+                Endpoint::decode(a.try_into().ok()?)?,
+                Endpoint::decode(r.try_into().ok()?)?,
             ],
         };
         // Only a responder that has not answered is in LISTEN, and only while
@@ -159,12 +159,12 @@ impl TcpConn {
 
     /// Windows are judged liberally (picked up mid-stream or handed off).
     pub fn is_liberal(&self) -> bool {
-        self.peers[Role::Originator].liberal()
+        self.endpoints[Role::Originator].liberal()
     }
 
     /// Each direction's window as the observer tracks it: [originator, responder].
     pub fn windows(&self) -> [Window; 2] {
-        self.peers.map(|p| Window {
+        self.endpoints.map(|p| Window {
             end: p.end.0,
             maxend: p.maxend.0,
             maxwin: p.maxwin,
@@ -174,8 +174,8 @@ impl TcpConn {
 
     pub fn states(&self) -> (EndpointState, EndpointState) {
         (
-            self.peers[Role::Originator].state,
-            self.peers[Role::Responder].state,
+            self.endpoints[Role::Originator].state,
+            self.endpoints[Role::Responder].state,
         )
     }
 
@@ -183,7 +183,7 @@ impl TcpConn {
     /// kernel's SEEN_REPLY): a connection picked up from one side only has
     /// not been answered yet.
     pub fn replied(&self) -> bool {
-        self.peers[Role::Responder].has_window()
+        self.endpoints[Role::Responder].has_window()
     }
 
     /// Both endpoints have been ESTABLISHED (handshake complete).
@@ -208,7 +208,7 @@ impl TcpConn {
 
     /// Whether either side has data in flight not yet acknowledged.
     pub fn has_unacknowledged_data(&self) -> bool {
-        self.peers.iter().any(|end| end.unacknowledged())
+        self.endpoints.iter().any(|end| end.unacknowledged())
     }
 
     /// The timeout for a TCP connection's pair of states (nf_conntrack's
@@ -255,11 +255,11 @@ impl TcpConn {
     pub fn handle(&mut self, from: Role, seg: &TcpSegment) -> TcpOutcome {
         let to = from.other();
         let sent = classify(seg);
-        let (sender, receiver) = (self.peers[from].state, self.peers[to].state);
+        let (sender, receiver) = (self.endpoints[from].state, self.endpoints[to].state);
         // The receiver's FIN is covered when the ACK reaches its end (its
         // end includes the FIN, and after a FIN it sends no new data).
         let acks_fin =
-            seg.flags.ack() && receiver.fin_sent() && !seg.ack.before(self.peers[to].end);
+            seg.flags.ack() && receiver.fin_sent() && !seg.ack.before(self.endpoints[to].end);
         let received = match (sent, acks_fin) {
             (Sent::Syn, _) => Received::Syn,
             (Sent::SynAck, _) => Received::SynAck,
@@ -273,30 +273,30 @@ impl TcpConn {
         if next_sender == Next::Invalid || next_receiver == Next::Invalid {
             return TcpOutcome::unchanged(Reason::BadTransition);
         }
-        let mut peers = self.peers;
+        let mut endpoints = self.endpoints;
         let next = (&mut next_sender, &mut next_receiver);
-        if let Err(outcome) = self.refine(from, seg, sent, acks_fin, &mut peers, next) {
+        if let Err(outcome) = self.refine(from, seg, sent, acks_fin, &mut endpoints, next) {
             return outcome;
         }
         // An `IG` cell: pass, change no state (refine may have noted what the
         // packet acknowledged).
         if next_sender == Next::Ignore || next_receiver == Next::Ignore {
-            self.peers = peers;
+            self.endpoints = endpoints;
             return TcpOutcome::unchanged(ignored_as(sent, sender));
         }
         let replied = self.replied();
-        match window::check(&mut peers, from, seg, sent, self.is_established()) {
+        match window::check(&mut endpoints, from, seg, sent, self.is_established()) {
             Ok(()) => {}
             // The segment's data counts as sent; the states stay.
             Err(outcome) if outcome.reason == Reason::WindowOvershoot => {
-                self.peers = peers;
+                self.endpoints = endpoints;
                 return outcome;
             }
             Err(outcome) => return outcome,
         }
-        peers[from].state = apply(next_sender, sender);
-        peers[to].state = apply(next_receiver, receiver);
-        self.peers = peers;
+        endpoints[from].state = apply(next_sender, sender);
+        endpoints[to].state = apply(next_receiver, receiver);
+        self.endpoints = endpoints;
         TcpOutcome {
             reason: Reason::Tracked,
             refresh: true,
@@ -312,11 +312,11 @@ impl TcpConn {
         seg: &TcpSegment,
         sent: Sent,
         acks_fin: bool,
-        peers: &mut [Peer; 2],
+        endpoints: &mut [Endpoint; 2],
         (next_sender, next_receiver): (&mut Next, &mut Next),
     ) -> Result<(), TcpOutcome> {
         let to = from.other();
-        let sender = self.peers[from].state;
+        let sender = self.endpoints[from].state;
         use EndpointState::*;
         match (sent, sender) {
             // A side restored from a state file and not yet confirmed by its
@@ -324,7 +324,7 @@ impl TcpConn {
             // but moves no state, so that one forged packet after a restart
             // cannot start a teardown; once the peer has answered, the FIN's
             // retransmission counts.
-            (Sent::Fin, _) if self.peers[from].provisional() => {
+            (Sent::Fin, _) if self.endpoints[from].provisional() => {
                 *next_sender = Next::Stay;
                 *next_receiver = Next::Stay;
                 Ok(())
@@ -338,7 +338,7 @@ impl TcpConn {
             }
             (Sent::Ack, Listen) => {
                 if seg.flags.ack() {
-                    peers[from].note_ack(seg.ack);
+                    endpoints[from].note_ack(seg.ack);
                 }
                 Ok(())
             }
@@ -347,14 +347,15 @@ impl TcpConn {
             // this new attempt, whose retransmitted SYN follows (nf_conntrack:
             // "reset in response to a challenge-ack we let through earlier").
             (Sent::Rst, SynSent)
-                if !self.peers[to].has_window() && self.peers[to].maxack() == Some(seg.seq) =>
+                if !self.endpoints[to].has_window()
+                    && self.endpoints[to].maxack() == Some(seg.seq) =>
             {
                 Err(TcpOutcome::unchanged(Reason::ChallengeAckRst))
             }
             // Simultaneous open: this side is ESTABLISHED by the peer's SYN+ACK,
             // but its own SYN+ACK was already on the way and completes the peer.
-            (Sent::SynAck, Established) if self.peers[to].state == SynRecv => {
-                if !peers[to].acks_syn(seg.ack) {
+            (Sent::SynAck, Established) if self.endpoints[to].state == SynRecv => {
+                if !endpoints[to].acks_syn(seg.ack) {
                     return Err(TcpOutcome::unchanged(Reason::SynAckBadAck));
                 }
                 *next_sender = Next::Stay;
@@ -370,7 +371,8 @@ impl TcpConn {
             }
             // (The grid's `IG` then passes it.)
             (Sent::SynAck, Established) => {
-                if seg.seq + 1 == self.peers[from].end && !seg.ack.after(self.peers[to].end) {
+                if seg.seq + 1 == self.endpoints[from].end && !seg.ack.after(self.endpoints[to].end)
+                {
                     Ok(())
                 } else {
                     Err(TcpOutcome::unchanged(Reason::SynAckSeqMismatch))
@@ -381,13 +383,13 @@ impl TcpConn {
             // of the SYN's data. Before the originator's final ACK its end is
             // still ISN+1 (+ SYN data).
             (Sent::SynAck, _) => {
-                if !peers[to].acks_syn(seg.ack) {
+                if !endpoints[to].acks_syn(seg.ack) {
                     return Err(TcpOutcome::unchanged(Reason::SynAckBadAck));
                 }
                 // A responder that restarted answers with a new ISN: start over
                 // on its window (as nf_conntrack does in SYN_RECV).
-                if sender == SynRecv && seg.seq + 1 != peers[from].end {
-                    peers[from].reset_window();
+                if sender == SynRecv && seg.seq + 1 != endpoints[from].end {
+                    endpoints[from].reset_window();
                 }
                 Ok(())
             }
@@ -407,10 +409,10 @@ impl TcpConn {
             // `synack_bad_ack`, where nf_conntrack takes that SYN up: README,
             // "Where conntrackd differs from nf_conntrack".)
             (Sent::Syn, SynSent | SynRecv) => {
-                if seg.seq + 1 == peers[from].end {
+                if seg.seq + 1 == endpoints[from].end {
                     Ok(())
-                } else if !peers[to].has_window() {
-                    peers[from].reset_window();
+                } else if !endpoints[to].has_window() {
+                    endpoints[from].reset_window();
                     Ok(())
                 } else {
                     Err(TcpOutcome::unchanged(Reason::TcpIgnored))
@@ -419,7 +421,7 @@ impl TcpConn {
             // The handshake's final ACK must acknowledge the responder's ISN+1
             // (the SYN+ACK's seq k: ack = k+1); a FIN may ride on it.
             (Sent::Ack | Sent::Fin, SynSent) => {
-                if !peers[to].has_window() || seg.ack != peers[to].end {
+                if !endpoints[to].has_window() || seg.ack != endpoints[to].end {
                     return Err(TcpOutcome::unchanged(Reason::HandshakeBadAck));
                 }
                 Ok(())
@@ -476,19 +478,20 @@ pub fn render_outcomes() -> String {
                 for sent in Sent::ALL {
                     for acks_all in [true, false] {
                         let mut conn = TcpConn {
-                            peers: [Peer::new(a), Peer::new(b)],
+                            endpoints: [Endpoint::new(a), Endpoint::new(b)],
                         };
-                        for (p, end) in conn.peers.iter_mut().zip([1_000_000u32, 5_000_000]) {
+                        for (p, end) in conn.endpoints.iter_mut().zip([1_000_000u32, 5_000_000]) {
                             if p.state != EndpointState::Listen {
                                 p.end = SeqNum(end);
                                 p.maxwin = 65_535;
                             }
                         }
                         for role in Role::BOTH {
-                            let other = conn.peers[role.other()];
-                            conn.peers[role].maxend = other.end + 65_535;
+                            let other = conn.endpoints[role.other()];
+                            conn.endpoints[role].maxend = other.end + 65_535;
                         }
-                        let (sender, receiver) = (conn.peers[from], conn.peers[from.other()]);
+                        let (sender, receiver) =
+                            (conn.endpoints[from], conn.endpoints[from.other()]);
                         let flags = match sent {
                             Sent::Syn => TcpFlags::SYN,
                             Sent::SynAck => TcpFlags::SYN | TcpFlags::ACK,
