@@ -60,12 +60,16 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// No connection before or after, and no rule (a packet refused before
+    /// the lookup, or with no connection to belong to; the policy's
+    /// decisions start from it).
     fn stateless(reason: Reason) -> Decision {
-        Decision::tracked(reason, ConnState::None, ConnState::None)
+        Decision::without_rule(reason, ConnState::None, ConnState::None)
     }
 
-    /// A packet of a tracked connection (no rule decided it).
-    fn tracked(reason: Reason, before: ConnState, after: ConnState) -> Decision {
+    /// A decision no rule made: a tracked connection's packet, accepted or
+    /// dropped by its state, or a connection refused after its handshake.
+    fn without_rule(reason: Reason, before: ConnState, after: ConnState) -> Decision {
         Decision {
             reason,
             before,
@@ -536,7 +540,7 @@ impl Engine {
             // have reopened the key in between.
             self.table
                 .remove_if(key, Removal::Reset, |c| c.state() == after);
-            return Lookup::Found(Decision::tracked(outcome.reason, before, after));
+            return Lookup::Found(Decision::without_rule(outcome.reason, before, after));
         }
         if outcome.refresh {
             // Assured once the handshake completed with the responder seen
@@ -547,7 +551,11 @@ impl Engine {
                     if let Err(reason) = self.charge_source(p, ctx, conn, now) {
                         drop(entry);
                         self.table.remove_if(key, Removal::Refused, |c| c.assured());
-                        return Lookup::Found(Decision::tracked(reason, before, ConnState::None));
+                        return Lookup::Found(Decision::without_rule(
+                            reason,
+                            before,
+                            ConnState::None,
+                        ));
                     }
                 }
             }
@@ -562,7 +570,7 @@ impl Engine {
         if after != before {
             self.table.notify(Change::Update { before }, key, conn);
         }
-        let mut d = Decision::tracked(outcome.reason, before, after);
+        let mut d = Decision::without_rule(outcome.reason, before, after);
         if let Some(timeout) = ctx.hand_off {
             d.handed_off =
                 d.verdict() == Verdict::Accept && hand_off_conn(conn, from, seg, now, timeout);
@@ -659,7 +667,7 @@ impl Engine {
                     if after != before {
                         self.table.notify(Change::Update { before }, &key, conn);
                     }
-                    return Decision::tracked(Reason::Tracked, before, after);
+                    return Decision::without_rule(Reason::Tracked, before, after);
                 }
                 drop(entry);
                 self.table
@@ -701,7 +709,7 @@ impl Engine {
         match self.table.get(&key) {
             Some(conn) if !conn.expired(now) => {
                 let state = conn.state();
-                Decision::tracked(Reason::Related, state, state)
+                Decision::without_rule(Reason::Related, state, state)
             }
             _ => Decision::stateless(Reason::IcmpErrorUnrelated),
         }
