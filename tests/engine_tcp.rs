@@ -2,9 +2,10 @@
 //! virtual clock: the three-way handshake (with simultaneous open and TCP Fast
 //! Open), data within each direction's window, the four-way teardown (and its
 //! merged, simultaneous and half-closed variants), RST, TIME_WAIT and the
-//! per-state timeouts. States print as `CLIENT:SERVER`: each endpoint's state
-//! in RFC 9293 §3.3.2 (`SYN_SENT` for SYN-SENT, `SYN_RECV` for SYN-RECEIVED,
-//! as nf_conntrack spells them; `NONE` before the endpoint's first segment).
+//! per-state timeouts. States print as `ORIGINATOR:RESPONDER` (the client's,
+//! then the server's): each endpoint's state in RFC 9293 §3.3.2 (`SYN_SENT`
+//! for SYN-SENT, `SYN_RECV` for SYN-RECEIVED, as nf_conntrack spells them;
+//! `NONE` before the endpoint's first segment).
 //!
 //! ISNs sit just below 2^32 so every connection crosses the wrap.
 
@@ -217,18 +218,18 @@ fn a_syn_with_another_isn_after_the_synack_changes_nothing() {
     assert_eq!(t.tcp(f.c, f.s, SYN, ci, 0, b"").reason, Reason::Tracked);
     let d = f.client(&mut t, ACK, b"");
     assert_eq!(show(&d), "SYN_SENT:SYN_RECV -> ESTABLISHED:ESTABLISHED");
-    for (side, flags, payload) in [
-        (Side::Client, ACK | PSH, &[1; 10][..]),
-        (Side::Server, ACK | PSH, &[2; 20]),
-        (Side::Client, ACK, b""),
-        (Side::Client, ACK | PSH, &[3; 30]),
-        (Side::Server, ACK, b""),
+    for (sender, flags, payload) in [
+        (Role::Originator, ACK | PSH, &[1; 10][..]),
+        (Role::Responder, ACK | PSH, &[2; 20]),
+        (Role::Originator, ACK, b""),
+        (Role::Originator, ACK | PSH, &[3; 30]),
+        (Role::Responder, ACK, b""),
     ] {
-        let d = f.send(&mut t, side, flags, payload);
+        let d = f.send(&mut t, sender, flags, payload);
         assert_eq!(
             (d.reason, d.after.to_string().as_str()),
             (Reason::Tracked, "ESTABLISHED:ESTABLISHED"),
-            "{side:?} {} with {} bytes",
+            "{sender:?} {} with {} bytes",
             F(flags),
             payload.len()
         );
@@ -451,7 +452,7 @@ fn window_scaling_counts_only_when_both_syns_carry_it() {
     assert_eq!(d.reason, Reason::Tracked);
     f.client(&mut t, ACK, b"");
     // The server's first scaled window update.
-    t.send(f.builder(Side::Server, ACK).window(1024).build());
+    t.send(f.builder(Role::Responder, ACK).window(1024).build());
     let d = t.tcp(
         f.c,
         f.s,
@@ -464,7 +465,7 @@ fn window_scaling_counts_only_when_both_syns_carry_it() {
 
     // The originator's own scale counts too: the server may send up to the
     // client's 1024 << 7.
-    let d = t.send(f.builder(Side::Client, ACK).window(1024).build());
+    let d = t.send(f.builder(Role::Originator, ACK).window(1024).build());
     assert_eq!(d.reason, Reason::Tracked);
     let d = t.tcp(
         f.s,
@@ -482,7 +483,7 @@ fn window_scaling_counts_only_when_both_syns_carry_it() {
     t.send(f.syn_builder().window_scale(7).build());
     t.send(f.synack_builder().window(1024).build());
     f.client(&mut t, ACK, b"");
-    t.send(f.builder(Side::Server, ACK).window(1024).build());
+    t.send(f.builder(Role::Responder, ACK).window(1024).build());
     let d = t.tcp(
         f.c,
         f.s,
@@ -564,23 +565,27 @@ fn invalid_flag_combinations_are_dropped_before_lookup() {
 // ---- teardown ---------------------------------------------------------------
 
 /// The four-way close the client starts, step by step.
-const FOUR_WAY_FROM_CLIENT: [(Side, u8, &str); 4] = [
+const FOUR_WAY_FROM_CLIENT: [(Role, u8, &str); 4] = [
     (
-        Side::Client,
+        Role::Originator,
         FIN | ACK,
         "ESTABLISHED:ESTABLISHED -> FIN_WAIT_1:CLOSE_WAIT",
     ),
     (
-        Side::Server,
+        Role::Responder,
         ACK,
         "FIN_WAIT_1:CLOSE_WAIT -> FIN_WAIT_2:CLOSE_WAIT",
     ),
     (
-        Side::Server,
+        Role::Responder,
         FIN | ACK,
         "FIN_WAIT_2:CLOSE_WAIT -> TIME_WAIT:LAST_ACK",
     ),
-    (Side::Client, ACK, "TIME_WAIT:LAST_ACK -> TIME_WAIT:CLOSED"),
+    (
+        Role::Originator,
+        ACK,
+        "TIME_WAIT:LAST_ACK -> TIME_WAIT:CLOSED",
+    ),
 ];
 
 #[test]
@@ -596,21 +601,25 @@ fn four_way_close_from_the_server() {
     let mut f = Flow::established(&mut t);
     let steps = [
         (
-            Side::Server,
+            Role::Responder,
             FIN | ACK,
             "ESTABLISHED:ESTABLISHED -> CLOSE_WAIT:FIN_WAIT_1",
         ),
         (
-            Side::Client,
+            Role::Originator,
             ACK,
             "CLOSE_WAIT:FIN_WAIT_1 -> CLOSE_WAIT:FIN_WAIT_2",
         ),
         (
-            Side::Client,
+            Role::Originator,
             FIN | ACK,
             "CLOSE_WAIT:FIN_WAIT_2 -> LAST_ACK:TIME_WAIT",
         ),
-        (Side::Server, ACK, "LAST_ACK:TIME_WAIT -> CLOSED:TIME_WAIT"),
+        (
+            Role::Responder,
+            ACK,
+            "LAST_ACK:TIME_WAIT -> CLOSED:TIME_WAIT",
+        ),
     ];
     f.assert_steps(&mut t, &steps);
 }
@@ -884,10 +893,10 @@ fn syn_on_an_established_connection_is_passed_unchanged() {
 fn handed_off_connection_still_follows_its_teardown() {
     let mut t = Harness::allow_all();
     let mut f = Flow::established(&mut t);
-    let plain = f.builder(Side::Client, ACK).build();
+    let plain = f.builder(Role::Originator, ACK).build();
     let now = t.now();
     // Only plain packets from the originator of an established connection.
-    let fin = f.builder(Side::Client, FIN | ACK).build();
+    let fin = f.builder(Role::Originator, FIN | ACK).build();
     assert!(!t.engine.hand_off(&fin, Default::default(), now, 600));
     assert!(t.engine.hand_off(&plain, Default::default(), now, 600));
     // The kernel carried 50 MB each way meanwhile: the engine never saw it.
@@ -903,14 +912,14 @@ fn handed_off_connection_still_follows_its_teardown() {
     );
     // An in-window RST ends it even though the engine's view was stale.
     let mut g = Flow::v4_port(41000);
-    for (side, flags) in [
-        (Side::Client, SYN),
-        (Side::Server, SYN | ACK),
-        (Side::Client, ACK),
+    for (sender, flags) in [
+        (Role::Originator, SYN),
+        (Role::Responder, SYN | ACK),
+        (Role::Originator, ACK),
     ] {
-        g.send(&mut t, side, flags, b"");
+        g.send(&mut t, sender, flags, b"");
     }
-    let plain = g.builder(Side::Client, ACK).build();
+    let plain = g.builder(Role::Originator, ACK).build();
     assert!(t.engine.hand_off(&plain, Default::default(), now, 600));
     g.s_nxt = g.s_nxt.wrapping_add(7_000);
     let d = g.server(&mut t, RST | ACK, b"");
@@ -936,7 +945,7 @@ fn the_kernel_keeps_handed_off_connections_alive_in_the_engine() {
     let expires = |t: &Harness| t.engine.connections()[0].expires_at_secs as u64;
     // Not handed off yet: its own packets keep it, not the kernel.
     assert!(!keep(&t, c, s, 600));
-    let plain = f.builder(Side::Client, ACK).build();
+    let plain = f.builder(Role::Originator, ACK).build();
     assert!(t.engine.hand_off(&plain, Default::default(), t.now(), 600));
     assert_eq!(expires(&t), t.now_secs + 600);
     t.now_secs += 500;
@@ -1028,12 +1037,12 @@ fn challenge_ack_in_syn_sent_and_the_rst_answering_it_let_a_reconnect_through() 
             &mut t,
             &[
                 (
-                    Side::Server,
+                    Role::Responder,
                     SYN | ACK,
                     "SYN_SENT:LISTEN -> SYN_SENT:SYN_RECV",
                 ),
                 (
-                    Side::Client,
+                    Role::Originator,
                     ACK,
                     "SYN_SENT:SYN_RECV -> ESTABLISHED:ESTABLISHED",
                 ),
