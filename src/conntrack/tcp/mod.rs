@@ -1,8 +1,10 @@
-//! TCP tracking: the state grid, its exceptions, and window tracking.
+//! TCP tracking: the state grid, the sequence checks it cannot make, and
+//! window tracking.
 //!
-//! Per packet, in order: classify the flags, look up both grid cells, apply the
-//! exceptions the grid cannot express ([`TcpConn::refine`]), run the window
-//! check ([`window`]), and only then commit the new states and window.
+//! Per packet, in order: classify it, look up both grid cells ([`grid`]),
+//! check the sequence numbers the grid cannot see ([`TcpConn::refine`]), run
+//! the window check ([`window`]), and only then commit the new states and
+//! windows.
 
 pub mod grid;
 mod window;
@@ -10,7 +12,7 @@ mod window;
 use crate::conntrack::{Role, Timeouts};
 use crate::reason::Reason;
 use crate::wire::TcpSegment;
-pub use grid::{EndpointState, Next, Received, Sent};
+pub use grid::{Class, EndpointState, Next};
 use window::Endpoint;
 
 /// Both endpoints' states and windows, indexed by [`Role`]. 40 bytes.
@@ -55,19 +57,38 @@ impl TcpOutcome {
     }
 }
 
-fn classify(seg: &TcpSegment) -> Sent {
+/// The packet's class for the grid. The receiver's FIN is acknowledged when
+/// the ACK reaches the receiver's end (its end includes the FIN, and after a
+/// FIN it sends no new data).
+#[inline]
+fn classify(seg: &TcpSegment, receiver: &Endpoint) -> Class {
     let f = seg.flags;
+    let acks_fin = || f.ack() && receiver.state.fin_sent() && !seg.ack.before(receiver.end);
     if f.rst() {
-        Sent::Rst
+        Class::Rst
     } else if f.syn() && f.ack() {
-        Sent::SynAck
+        Class::SynAck
     } else if f.syn() {
-        Sent::Syn
+        Class::Syn
     } else if f.fin() {
-        Sent::Fin
+        if acks_fin() {
+            Class::FinAckingFin
+        } else {
+            Class::Fin
+        }
+    } else if acks_fin() {
+        Class::AckingFin
     } else {
-        Sent::Ack
+        Class::Ack
     }
+}
+
+/// What `TcpConn::refine` lets the grid's cells do.
+enum Refined {
+    /// Move the endpoints as the cells say.
+    Follow,
+    /// Judge the packet by its window but move neither endpoint.
+    Hold,
 }
 
 impl TcpConn {
@@ -260,38 +281,27 @@ impl TcpConn {
     /// On any drop reason the connection is unchanged.
     pub fn handle(&mut self, from: Role, seg: &TcpSegment) -> TcpOutcome {
         let to = from.other();
-        let sent = classify(seg);
         let (sender, receiver) = (self.endpoints[from].state, self.endpoints[to].state);
-        // The receiver's FIN is covered when the ACK reaches its end (its
-        // end includes the FIN, and after a FIN it sends no new data).
-        let acks_fin =
-            seg.flags.ack() && receiver.fin_sent() && !seg.ack.before(self.endpoints[to].end);
-        let received = match (sent, acks_fin) {
-            (Sent::Syn, _) => Received::Syn,
-            (Sent::SynAck, _) => Received::SynAck,
-            (Sent::Fin, false) => Received::Fin,
-            (Sent::Fin, true) => Received::FinAckingFin,
-            (Sent::Ack, false) => Received::Ack,
-            (Sent::Ack, true) => Received::AckingFin,
-            (Sent::Rst, _) => Received::Rst,
-        };
-        let (mut next_sender, mut next_receiver) = grid::lookup(sent, sender, received, receiver);
+        let class = classify(seg, &self.endpoints[to]);
+        let (mut next_sender, mut next_receiver) = grid::lookup(from, class, sender, receiver);
         if next_sender == Next::Invalid || next_receiver == Next::Invalid {
             return TcpOutcome::unchanged(Reason::BadTransition);
         }
+        let ignored = next_sender == Next::Ignore || next_receiver == Next::Ignore;
         let mut endpoints = self.endpoints;
-        let next = (&mut next_sender, &mut next_receiver);
-        if let Err(outcome) = self.refine(from, seg, sent, acks_fin, &mut endpoints, next) {
-            return outcome;
+        match self.refine(from, seg, class, ignored, &mut endpoints) {
+            Ok(Refined::Follow) => {}
+            Ok(Refined::Hold) => (next_sender, next_receiver) = (Next::Stay, Next::Stay),
+            Err(outcome) => return outcome,
         }
         // An `IG` cell: pass, change no state (refine may have noted what the
         // packet acknowledged).
-        if next_sender == Next::Ignore || next_receiver == Next::Ignore {
+        if ignored {
             self.endpoints = endpoints;
-            return TcpOutcome::unchanged(ignored_as(sent, sender));
+            return TcpOutcome::unchanged(ignored_as(class, sender));
         }
         let replied = self.replied();
-        match window::check(&mut endpoints, from, seg, sent, self.is_established()) {
+        match window::check(&mut endpoints, from, seg, self.is_established()) {
             Ok(()) => {}
             // The segment's data counts as sent; the states stay.
             Err(outcome) if outcome.reason == Reason::WindowOvershoot => {
@@ -306,89 +316,72 @@ impl TcpConn {
         TcpOutcome {
             reason: Reason::Tracked,
             refresh: true,
-            forget: sent == Sent::Rst && !replied,
+            forget: class == Class::Rst && !replied,
         }
     }
 
-    /// The exceptions the grid cannot express, in one place. `Err` ends the
-    /// packet's processing with that outcome (a drop, or a pass without change).
+    /// The sequence numbers a packet's class and states do not tell: checks
+    /// that the grid cannot make, in one place, each commented. `Err` ends
+    /// the packet's processing with that outcome (a drop, or a pass without
+    /// change); `ignored`: the grid passes the packet unchanged.
     fn refine(
         &self,
         from: Role,
         seg: &TcpSegment,
-        sent: Sent,
-        acks_fin: bool,
+        class: Class,
+        ignored: bool,
         endpoints: &mut [Endpoint; 2],
-        (next_sender, next_receiver): (&mut Next, &mut Next),
-    ) -> Result<(), TcpOutcome> {
+    ) -> Result<Refined, TcpOutcome> {
         let to = from.other();
         let sender = self.endpoints[from].state;
-        use EndpointState::*;
-        match (sent, sender) {
+        use Class::*;
+        use EndpointState::{Established, Listen, SynRecv, SynSent};
+        match (class, sender) {
             // A side restored from a state file and not yet confirmed by its
-            // peer (window's F_PROVISIONAL): its FIN is judged by the window
-            // but moves no state, so that one forged packet after a restart
-            // cannot start a teardown; once the peer has answered, the FIN's
-            // retransmission counts.
-            (Sent::Fin, _) if self.endpoints[from].provisional() => {
-                *next_sender = Next::Stay;
-                *next_receiver = Next::Stay;
-                Ok(())
-            }
+            // peer (window's F_PROVISIONAL): its sequence numbers are its own
+            // word. Its FIN is judged by the window but moves no state, so
+            // that one forged packet after a restart cannot start a teardown;
+            // once the peer has answered, the FIN's retransmission counts.
+            (Fin | FinAckingFin, _) if self.endpoints[from].provisional() => Ok(Refined::Hold),
             // The `IG` cell of an ACK from a responder still in LISTEN: a
-            // challenge ACK. Remember what it acknowledges: the client's RST
+            // challenge ACK. It occupies no sequence space (with data it is
+            // not one). Remember what it acknowledges: the client's RST
             // answering it starts there.
-            // (A challenge ACK carries no data: with data it is not one.)
-            (Sent::Ack, Listen) if seg.payload_len > 0 => {
+            (Ack, Listen) if seg.payload_len > 0 => {
                 Err(TcpOutcome::unchanged(Reason::BadTransition))
             }
-            (Sent::Ack, Listen) => {
+            (Ack, Listen) => {
                 if seg.flags.ack() {
                     endpoints[from].note_ack(seg.ack);
                 }
-                Ok(())
+                Ok(Refined::Follow)
             }
             // The client's RST answering that challenge ACK (seq = its ack):
             // it tells the server to drop its old connection and must not end
             // this new attempt, whose retransmitted SYN follows (nf_conntrack:
             // "reset in response to a challenge-ack we let through earlier").
-            (Sent::Rst, SynSent)
+            (Rst, SynSent)
                 if !self.endpoints[to].has_window()
                     && self.endpoints[to].maxack() == Some(seg.seq) =>
             {
                 Err(TcpOutcome::unchanged(Reason::ChallengeAckRst))
             }
-            // Simultaneous open: this side is ESTABLISHED by the peer's SYN+ACK,
-            // but its own SYN+ACK was already on the way and completes the peer.
-            (Sent::SynAck, Established) if self.endpoints[to].state == SynRecv => {
-                if !endpoints[to].acks_syn(seg.ack) {
-                    return Err(TcpOutcome::unchanged(Reason::SynAckBadAck));
-                }
-                *next_sender = Next::Stay;
-                Ok(())
-            }
             // A retransmitted SYN+ACK after the handshake (our ACK was lost
-            // beyond us): pass it only if it is the same SYN+ACK (seq = ISN).
-            // A SYN from the responder of an established connection: the
-            // grid's IG is for the originator's (a client reconnecting);
-            // the kernel drops this one (its REPLY row: sES -> sIV).
-            (Sent::Syn, Established) if from == Role::Responder => {
-                Err(TcpOutcome::unchanged(Reason::BadTransition))
-            }
-            // (The grid's `IG` then passes it.)
-            (Sent::SynAck, Established) => {
+            // beyond us), which the grid passes unchanged: only if it is the
+            // same SYN+ACK (seq = ISN).
+            (SynAck, Established) if ignored => {
                 if seg.seq + 1 == self.endpoints[from].end && !seg.ack.after(self.endpoints[to].end)
                 {
-                    Ok(())
+                    Ok(Refined::Follow)
                 } else {
                     Err(TcpOutcome::unchanged(Reason::SynAckSeqMismatch))
                 }
             }
-            // The responder's SYN+ACK must acknowledge exactly the ISN+1 of the
-            // SYN it answers (the SYN's seq j: ack = j+1), or with TCP Fast Open any part
-            // of the SYN's data. Before the originator's final ACK its end is
-            // still ISN+1 (+ SYN data).
-            (Sent::SynAck, _) => {
+            // A SYN+ACK must acknowledge exactly the ISN+1 of the SYN it
+            // answers (the SYN's seq j: ack = j+1), or with TCP Fast Open any
+            // part of the SYN's data. Before the handshake's final ACK the
+            // receiver's end is still ISN+1 (+ SYN data).
+            (SynAck, _) => {
                 if !endpoints[to].acks_syn(seg.ack) {
                     return Err(TcpOutcome::unchanged(Reason::SynAckBadAck));
                 }
@@ -397,7 +390,7 @@ impl TcpConn {
                 if sender == SynRecv && seg.seq + 1 != endpoints[from].end {
                     endpoints[from].reset_window();
                 }
-                Ok(())
+                Ok(Refined::Follow)
             }
             // A SYN again. With the same ISN, a retransmission: the window
             // check judges it. With a new ISN before the other side has
@@ -414,42 +407,33 @@ impl TcpConn {
             // old attempt. (A SYN+ACK of the passed SYN is then dropped as
             // `synack_bad_ack`, where nf_conntrack takes that SYN up: README,
             // "Where conntrackd differs from nf_conntrack".)
-            (Sent::Syn, SynSent | SynRecv) => {
+            (Syn, SynSent | SynRecv) => {
                 if seg.seq + 1 == endpoints[from].end {
-                    Ok(())
+                    Ok(Refined::Follow)
                 } else if !endpoints[to].has_window() {
                     endpoints[from].reset_window();
-                    Ok(())
+                    Ok(Refined::Follow)
                 } else {
                     Err(TcpOutcome::unchanged(Reason::TcpIgnored))
                 }
             }
             // The handshake's final ACK must acknowledge the responder's ISN+1
             // (the SYN+ACK's seq k: ack = k+1); a FIN may ride on it.
-            (Sent::Ack | Sent::Fin, SynSent) => {
+            (Ack | AckingFin | Fin | FinAckingFin, SynSent) => {
                 if !endpoints[to].has_window() || seg.ack != endpoints[to].end {
                     return Err(TcpOutcome::unchanged(Reason::HandshakeBadAck));
                 }
-                Ok(())
+                Ok(Refined::Follow)
             }
-            // The passive side's FIN that does not acknowledge the active side's
-            // FIN was sent before it arrived: a simultaneous close, so this side
-            // is CLOSING, not LAST_ACK as SENT's CW cell says (SENT has no
-            // "FIN, acks my FIN" class to tell the two apart; the receiver's
-            // cell, which has it, moves the peer to CLOSING).
-            (Sent::Fin, CloseWait) if !acks_fin => {
-                *next_sender = Next::To(Closing);
-                Ok(())
-            }
-            _ => Ok(()),
+            _ => Ok(Refined::Follow),
         }
     }
 }
 
 /// What a packet that an `IG` cell passes is called.
-fn ignored_as(sent: Sent, sender: EndpointState) -> Reason {
-    match (sent, sender) {
-        (Sent::Ack, EndpointState::Listen) => Reason::ChallengeAck,
+fn ignored_as(class: Class, sender: EndpointState) -> Reason {
+    match (class, sender) {
+        (Class::Ack, EndpointState::Listen) => Reason::ChallengeAck,
         _ => Reason::TcpIgnored,
     }
 }
@@ -476,6 +460,15 @@ fn apply(next: Next, current: EndpointState) -> EndpointState {
 pub fn render_outcomes() -> String {
     use crate::wire::{SeqNum, TcpFlags};
     use std::fmt::Write as _;
+    // What the sender sends: one flag set per class but the acks-FIN ones,
+    // which the ack relation makes.
+    const SENT: [(&str, u8); 5] = [
+        ("SYN", TcpFlags::SYN),
+        ("SYN+ACK", TcpFlags::SYN | TcpFlags::ACK),
+        ("FIN", TcpFlags::FIN | TcpFlags::ACK),
+        ("ACK", TcpFlags::ACK),
+        ("RST", TcpFlags::RST),
+    ];
     let mut out = String::from(
         "from originator responder  sent     ack      -> originator responder  reason\n",
     );
@@ -485,7 +478,7 @@ pub fn render_outcomes() -> String {
                 if !TcpConn::possible(a, b) {
                     continue;
                 }
-                for sent in Sent::ALL {
+                for (sent, flags) in SENT {
                     for acks_all in [true, false] {
                         let mut conn = TcpConn {
                             endpoints: [Endpoint::new(a), Endpoint::new(b)],
@@ -502,14 +495,8 @@ pub fn render_outcomes() -> String {
                         }
                         let (sender, receiver) =
                             (conn.endpoints[from], conn.endpoints[from.other()]);
-                        let flags = match sent {
-                            Sent::Syn => TcpFlags::SYN,
-                            Sent::SynAck => TcpFlags::SYN | TcpFlags::ACK,
-                            Sent::Fin => TcpFlags::FIN | TcpFlags::ACK,
-                            Sent::Ack => TcpFlags::ACK,
-                            Sent::Rst => TcpFlags::RST,
-                        };
-                        let retransmitted_fin = sent == Sent::Fin && sender.state.fin_sent();
+                        let retransmitted_fin =
+                            flags & TcpFlags::FIN != 0 && sender.state.fin_sent();
                         let seg = TcpSegment {
                             src_port: 40_000,
                             dst_port: 80,
@@ -539,7 +526,7 @@ pub fn render_outcomes() -> String {
                             },
                             a.name(),
                             b.name(),
-                            sent.name(),
+                            sent,
                             if acks_all { "end" } else { "end-1" },
                             x.name(),
                             y.name(),

@@ -18,7 +18,7 @@
 //! 6.1's "N bytes more than expected"). A RST must pass all four, and must not
 //! start before what its receiver already acknowledged (`maxack`).
 
-use super::{EndpointState, Sent, TcpOutcome};
+use super::{EndpointState, TcpOutcome};
 use crate::conntrack::Role;
 use crate::reason::Reason;
 use crate::wire::seq::SeqNum;
@@ -236,14 +236,13 @@ pub(super) fn check(
     endpoints: &mut [Endpoint; 2],
     from: Role,
     seg: &TcpSegment,
-    sent: Sent,
     established: bool,
 ) -> Result<(), TcpOutcome> {
     let to = from.other();
     let seq = seg.seq;
     let end = seq + seg.seq_len();
     let win = seg.window as u32;
-    let is_rst = sent == Sent::Rst;
+    let is_rst = seg.flags.rst();
     // Every early return leaves the connection unchanged; whether the packet
     // passes follows from the reason (`old_retransmission` and `delayed_ack`
     // pass, the rest drop). A RST that fails any check is out of window.
@@ -465,7 +464,7 @@ mod tests {
 
     fn judge(p: [Endpoint; 2], seq: SeqNum, ack: SeqNum, len: u32) -> Reason {
         let mut p = p;
-        match check(&mut p, SENDER, &ack_segment(seq, ack, len), Sent::Ack, true) {
+        match check(&mut p, SENDER, &ack_segment(seq, ack, len), true) {
             Ok(()) => Reason::Tracked,
             Err(o) => o.reason,
         }
@@ -543,7 +542,7 @@ mod tests {
         let mut p = endpoints(u32::MAX - 100, 65_535, 65_535);
         let edge = p[SENDER].maxend;
         let seg = ack_segment(edge + 1, p[RECEIVER].end, 100);
-        let outcome = check(&mut p, SENDER, &seg, Sent::Ack, true).unwrap_err();
+        let outcome = check(&mut p, SENDER, &seg, true).unwrap_err();
         assert_eq!(outcome.reason, Reason::WindowOvershoot);
         assert_eq!(p[SENDER].end, edge + 101);
         assert!(p[SENDER].unacknowledged());
