@@ -15,6 +15,7 @@
 mod common;
 
 use common::lab::{self, Lab, RawSender, Sniffer};
+use conntrackd::conntrack::Role;
 use conntrackd::engine::Context;
 use conntrackd::policy::Policy;
 use conntrackd::wire::build;
@@ -54,15 +55,10 @@ fn identity(p: &[u8]) -> Option<&[u8]> {
     p.get(l4..l4 + 14)
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Dir {
-    ToServer,
-    ToClient,
-}
-
 struct Step {
     what: &'static str,
-    dir: Dir,
+    /// Who sends it: the client (the originator) or the server.
+    from: Role,
     packet: Vec<u8>,
 }
 
@@ -86,9 +82,9 @@ fn run(test: &str, steps: &[Step]) -> Option<Vec<(&'static str, bool, bool)>> {
             "{}: same ports, numbers and flags as an earlier step",
             step.what
         );
-        let (tx, rx) = match step.dir {
-            Dir::ToServer => (&client_tx, &at_server),
-            Dir::ToClient => (&server_tx, &at_client),
+        let (tx, rx) = match step.from {
+            Role::Originator => (&client_tx, &at_server),
+            Role::Responder => (&server_tx, &at_client),
         };
         tx.send(&step.packet);
         let want = identity(&step.packet).expect("a crafted TCP packet");
@@ -111,7 +107,7 @@ fn s() -> SocketAddr {
 fn to_server(what: &'static str, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Step {
     Step {
         what,
-        dir: Dir::ToServer,
+        from: Role::Originator,
         packet: build::tcp(c(), s())
             .flags(flags)
             .seq(seq)
@@ -123,7 +119,7 @@ fn to_server(what: &'static str, flags: u8, seq: u32, ack: u32, payload: &[u8]) 
 fn to_client(what: &'static str, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Step {
     Step {
         what,
-        dir: Dir::ToClient,
+        from: Role::Responder,
         packet: build::tcp(s(), c())
             .flags(flags)
             .seq(seq)
@@ -268,7 +264,7 @@ fn seg(
     what: &'static str,
     v6: bool,
     port: u16,
-    dir: Dir,
+    from: Role,
     flags: u8,
     seq: u32,
     ack: u32,
@@ -282,14 +278,14 @@ fn seg(
     };
     let c = SocketAddr::new(ca, port);
     let s = SocketAddr::new(sa, lab::CRAFTED_SERVER_PORTS.0);
-    let (from, to) = match dir {
-        Dir::ToServer => (c, s),
-        Dir::ToClient => (s, c),
+    let (src, dst) = match from {
+        Role::Originator => (c, s),
+        Role::Responder => (s, c),
     };
     Step {
         what,
-        dir,
-        packet: build::tcp(from, to)
+        from,
+        packet: build::tcp(src, dst)
             .flags(flags)
             .seq(seq)
             .ack(ack)
@@ -306,7 +302,7 @@ fn seg(
 /// a further RST after a RST refused the SYN, and a segment a little past the
 /// receiver's window with the ACK of its data.
 fn corner_cases(v6: bool) -> Vec<Step> {
-    use Dir::{ToClient as C, ToServer as S};
+    use Role::{Originator as C, Responder as S};
     let base = lab::CRAFTED_CLIENT_PORTS.0 + if v6 { 20 } else { 10 };
     let w = 65535;
     let mut steps = Vec::new();
@@ -314,34 +310,34 @@ fn corner_cases(v6: bool) -> Vec<Step> {
     let (p, ci, si) = (base, 10_000u32, 900_000u32);
     let (old_seq, old_ack) = (145_824_453u32, 643_160_523u32);
     steps.extend([
-        seg("1 SYN", v6, p, S, SYN, ci, 0, w, b""),
-        seg("1 challenge ACK", v6, p, C, ACK, old_seq, old_ack, 240, b""),
-        seg("1 RST answering it", v6, p, S, RST, old_ack, 0, 0, b""),
+        seg("1 SYN", v6, p, C, SYN, ci, 0, w, b""),
+        seg("1 challenge ACK", v6, p, S, ACK, old_seq, old_ack, 240, b""),
+        seg("1 RST answering it", v6, p, C, RST, old_ack, 0, 0, b""),
         // The same SYN again (its ack field, unused without ACK, tells the
         // sniffer the two copies apart).
-        seg("1 SYN again", v6, p, S, SYN, ci, 1, w, b""),
-        seg("1 SYN+ACK", v6, p, C, SYN | ACK, si, ci + 1, w, b""),
-        seg("1 final ACK", v6, p, S, ACK, ci + 1, si + 1, w, b""),
-        seg("1 data", v6, p, S, ACK | PSH, ci + 1, si + 1, w, &[1; 10]),
+        seg("1 SYN again", v6, p, C, SYN, ci, 1, w, b""),
+        seg("1 SYN+ACK", v6, p, S, SYN | ACK, si, ci + 1, w, b""),
+        seg("1 final ACK", v6, p, C, ACK, ci + 1, si + 1, w, b""),
+        seg("1 data", v6, p, C, ACK | PSH, ci + 1, si + 1, w, &[1; 10]),
         // A SYN from the responder of an established connection.
-        seg("1 responder SYN", v6, p, C, SYN, si + 7, 0, w, b""),
+        seg("1 responder SYN", v6, p, S, SYN, si + 7, 0, w, b""),
     ]);
     // 2. RSTs behind the acknowledged point (ISN near 0, as the kernel's selftest).
     let (p, ci, si) = (base + 1, 0u32, 5_000u32);
     let acked = ci + 1 + 100;
     steps.extend([
-        seg("2 SYN", v6, p, S, SYN, ci, 0, w, b""),
-        seg("2 SYN+ACK", v6, p, C, SYN | ACK, si, ci + 1, w, b""),
-        seg("2 final ACK", v6, p, S, ACK, ci + 1, si + 1, w, b""),
-        seg("2 data", v6, p, S, ACK | PSH, ci + 1, si + 1, w, &[2; 100]),
-        seg("2 ACK of it", v6, p, C, ACK, si + 1, acked, w, b""),
-        seg("2 RST seq 0", v6, p, S, RST, 0, 0, 0, b""),
-        seg("2 RST seq 42", v6, p, S, RST, 42, 0, 0, b""),
+        seg("2 SYN", v6, p, C, SYN, ci, 0, w, b""),
+        seg("2 SYN+ACK", v6, p, S, SYN | ACK, si, ci + 1, w, b""),
+        seg("2 final ACK", v6, p, C, ACK, ci + 1, si + 1, w, b""),
+        seg("2 data", v6, p, C, ACK | PSH, ci + 1, si + 1, w, &[2; 100]),
+        seg("2 ACK of it", v6, p, S, ACK, si + 1, acked, w, b""),
+        seg("2 RST seq 0", v6, p, C, RST, 0, 0, 0, b""),
+        seg("2 RST seq 42", v6, p, C, RST, 42, 0, 0, b""),
         seg(
             "2 RST one short",
             v6,
             p,
-            S,
+            C,
             RST | ACK,
             acked - 1,
             si + 1,
@@ -352,7 +348,7 @@ fn corner_cases(v6: bool) -> Vec<Step> {
             "2 RST at the ACK",
             v6,
             p,
-            S,
+            C,
             RST | ACK,
             acked,
             si + 1,
@@ -363,11 +359,11 @@ fn corner_cases(v6: bool) -> Vec<Step> {
     // 3. The server refuses the SYN; a second RST; a new SYN.
     let (p, ci) = (base + 2, 70_000u32);
     steps.extend([
-        seg("3 SYN", v6, p, S, SYN, ci, 0, w, b""),
-        seg("3 RST refusing it", v6, p, C, RST | ACK, 0, ci + 1, 0, b""),
+        seg("3 SYN", v6, p, C, SYN, ci, 0, w, b""),
+        seg("3 RST refusing it", v6, p, S, RST | ACK, 0, ci + 1, 0, b""),
         // (PSH, which neither tracker weighs, tells the two RSTs apart.)
-        seg("3 RST again", v6, p, C, RST | ACK | PSH, 0, ci + 1, 0, b""),
-        seg("3 SYN again", v6, p, S, SYN, ci + 1000, 0, w, b""),
+        seg("3 RST again", v6, p, S, RST | ACK | PSH, 0, ci + 1, 0, b""),
+        seg("3 SYN again", v6, p, C, SYN, ci + 1000, 0, w, b""),
     ]);
     // 4. The server advertises 1000 bytes; the client fills them, probes at
     //    the edge, then sends 100 bytes starting one past it; the server
@@ -375,24 +371,24 @@ fn corner_cases(v6: bool) -> Vec<Step> {
     let (p, ci, si) = (base + 3, 2_000_000u32, 3_000_000u32);
     let c1 = ci + 1;
     steps.extend([
-        seg("4 SYN", v6, p, S, SYN, ci, 0, w, b""),
+        seg("4 SYN", v6, p, C, SYN, ci, 0, w, b""),
         seg(
             "4 SYN+ACK (window 1000)",
             v6,
             p,
-            C,
+            S,
             SYN | ACK,
             si,
             c1,
             1000,
             b"",
         ),
-        seg("4 final ACK", v6, p, S, ACK, c1, si + 1, w, b""),
+        seg("4 final ACK", v6, p, C, ACK, c1, si + 1, w, b""),
         seg(
             "4 data up to the edge",
             v6,
             p,
-            S,
+            C,
             ACK | PSH,
             c1,
             si + 1,
@@ -403,7 +399,7 @@ fn corner_cases(v6: bool) -> Vec<Step> {
             "4 probe at the edge",
             v6,
             p,
-            S,
+            C,
             ACK,
             c1 + 1000,
             si + 1,
@@ -414,7 +410,7 @@ fn corner_cases(v6: bool) -> Vec<Step> {
             "4 data past the edge",
             v6,
             p,
-            S,
+            C,
             ACK | PSH,
             c1 + 1001,
             si + 1,
@@ -425,7 +421,7 @@ fn corner_cases(v6: bool) -> Vec<Step> {
             "4 ACK of all of it",
             v6,
             p,
-            C,
+            S,
             ACK,
             si + 1,
             c1 + 1101,
@@ -436,7 +432,7 @@ fn corner_cases(v6: bool) -> Vec<Step> {
             "4 data far past",
             v6,
             p,
-            S,
+            C,
             ACK | PSH,
             c1 + 1101 + 5000,
             si + 1,
@@ -501,14 +497,14 @@ fn handshake_and_data(
     c1: u32,
     si: u32,
 ) -> [Step; 5] {
-    use Dir::{ToClient as C, ToServer as S};
+    use Role::{Originator as C, Responder as S};
     let (w, s1) = (65535, si.wrapping_add(1));
     [
-        seg(names[0], v6, port, C, SYN | ACK, si, c1, w, b""),
-        seg(names[1], v6, port, S, ACK, c1, s1, w, b""),
-        seg(names[2], v6, port, S, ACK | PSH, c1, s1, w, &[7; 10]),
-        seg(names[3], v6, port, C, ACK | PSH, s1, c1 + 10, w, &[8; 20]),
-        seg(names[4], v6, port, S, ACK, c1 + 10, s1 + 20, w, b""),
+        seg(names[0], v6, port, S, SYN | ACK, si, c1, w, b""),
+        seg(names[1], v6, port, C, ACK, c1, s1, w, b""),
+        seg(names[2], v6, port, C, ACK | PSH, c1, s1, w, &[7; 10]),
+        seg(names[3], v6, port, S, ACK | PSH, s1, c1 + 10, w, &[8; 20]),
+        seg(names[4], v6, port, C, ACK, c1 + 10, s1 + 20, w, b""),
     ]
 }
 
@@ -522,21 +518,21 @@ fn handshake_and_data(
 ///    before the server's SYN+ACK of the client's; the client retransmits
 ///    its SYN and the server its SYN+ACK.
 fn syn_storm(v6: bool) -> Vec<Step> {
-    use Dir::{ToClient as C, ToServer as S};
+    use Role::{Originator as C, Responder as S};
     let base = lab::CRAFTED_CLIENT_PORTS.0 + if v6 { 40 } else { 30 };
     let (w, si) = (65535, 3_000_000_000u32);
     let mut steps = Vec::new();
     // 1. Up, down, then up again but below the highest (900,000,000).
     let p = base;
     steps.extend([
-        seg("1 SYN", v6, p, S, SYN, 1_000_000, 0, w, b""),
-        seg("1 SYN, higher ISN", v6, p, S, SYN, 900_000_000, 0, w, b""),
-        seg("1 SYN, lower ISN", v6, p, S, SYN, 50_000, 0, w, b""),
+        seg("1 SYN", v6, p, C, SYN, 1_000_000, 0, w, b""),
+        seg("1 SYN, higher ISN", v6, p, C, SYN, 900_000_000, 0, w, b""),
+        seg("1 SYN, lower ISN", v6, p, C, SYN, 50_000, 0, w, b""),
         seg(
             "1 last SYN, below the highest",
             v6,
             p,
-            S,
+            C,
             SYN,
             400_000_000,
             0,
@@ -560,14 +556,14 @@ fn syn_storm(v6: bool) -> Vec<Step> {
     // 2. Each ISN above the one before.
     let p = base + 1;
     steps.extend([
-        seg("2 SYN", v6, p, S, SYN, 1_000_000, 0, w, b""),
-        seg("2 SYN, higher ISN", v6, p, S, SYN, 5_000_000, 0, w, b""),
-        seg("2 SYN, higher again", v6, p, S, SYN, 40_000_000, 0, w, b""),
+        seg("2 SYN", v6, p, C, SYN, 1_000_000, 0, w, b""),
+        seg("2 SYN, higher ISN", v6, p, C, SYN, 5_000_000, 0, w, b""),
+        seg("2 SYN, higher again", v6, p, C, SYN, 40_000_000, 0, w, b""),
         seg(
             "2 last SYN, the highest",
             v6,
             p,
-            S,
+            C,
             SYN,
             400_000_000,
             0,
@@ -591,25 +587,25 @@ fn syn_storm(v6: bool) -> Vec<Step> {
     // 3. A SYN with a higher ISN between the client's SYN and its SYN+ACK.
     let (p, ci) = (base + 2, 1_000_000u32);
     steps.extend([
-        seg("3 SYN", v6, p, S, SYN, ci, 0, w, b""),
-        seg("3 SYN, higher ISN", v6, p, S, SYN, 900_000_000, 0, w, b""),
-        seg("3 SYN+ACK", v6, p, C, SYN | ACK, si, ci + 1, w, b""),
+        seg("3 SYN", v6, p, C, SYN, ci, 0, w, b""),
+        seg("3 SYN, higher ISN", v6, p, C, SYN, 900_000_000, 0, w, b""),
+        seg("3 SYN+ACK", v6, p, S, SYN | ACK, si, ci + 1, w, b""),
         // The retransmissions (the SYN's ack field and the SYN+ACK's PSH,
         // which neither tracker weighs, tell the copies apart).
-        seg("3 SYN again", v6, p, S, SYN, ci, 1, w, b""),
+        seg("3 SYN again", v6, p, C, SYN, ci, 1, w, b""),
         seg(
             "3 SYN+ACK again",
             v6,
             p,
-            C,
+            S,
             SYN | ACK | PSH,
             si,
             ci + 1,
             w,
             b"",
         ),
-        seg("3 final ACK", v6, p, S, ACK, ci + 1, si + 1, w, b""),
-        seg("3 data", v6, p, S, ACK | PSH, ci + 1, si + 1, w, &[9; 10]),
+        seg("3 final ACK", v6, p, C, ACK, ci + 1, si + 1, w, b""),
+        seg("3 data", v6, p, C, ACK | PSH, ci + 1, si + 1, w, &[9; 10]),
     ]);
     steps
 }
@@ -710,7 +706,7 @@ fn conntrackd_follows_the_last_syn_where_the_kernel_keeps_the_highest_isn() {
 ///    (a server that no longer holds the old attempt, or answers with SYN
 ///    cookies).
 fn syn_after_the_synack(v6: bool) -> Vec<Step> {
-    use Dir::{ToClient as C, ToServer as S};
+    use Role::{Originator as C, Responder as S};
     let base = lab::CRAFTED_CLIENT_PORTS.0 + if v6 { 60 } else { 50 };
     let (w, si) = (65535, 3_000_000_000u32);
     let mut steps = Vec::new();
@@ -718,79 +714,79 @@ fn syn_after_the_synack(v6: bool) -> Vec<Step> {
     let (p, ci) = (base, 1_000_000u32);
     let (c1, s1) = (ci + 1, si + 1);
     steps.extend([
-        seg("1 SYN", v6, p, S, SYN, ci, 0, w, b""),
-        seg("1 SYN+ACK", v6, p, C, SYN | ACK, si, c1, w, b""),
-        seg("1 SYN, higher ISN", v6, p, S, SYN, 900_000_000, 0, w, b""),
-        seg("1 SYN, lower ISN", v6, p, S, SYN, 50_000, 0, w, b""),
+        seg("1 SYN", v6, p, C, SYN, ci, 0, w, b""),
+        seg("1 SYN+ACK", v6, p, S, SYN | ACK, si, c1, w, b""),
+        seg("1 SYN, higher ISN", v6, p, C, SYN, 900_000_000, 0, w, b""),
+        seg("1 SYN, lower ISN", v6, p, C, SYN, 50_000, 0, w, b""),
         // A final ACK from the higher ISN: neither tracker took it up.
         seg(
             "1 ACK from the higher ISN",
             v6,
             p,
-            S,
+            C,
             ACK,
             900_000_001,
             s1,
             w,
             b"",
         ),
-        seg("1 final ACK", v6, p, S, ACK, c1, s1, w, b""),
-        seg("1 data", v6, p, S, ACK | PSH, c1, s1, w, &[7; 10]),
+        seg("1 final ACK", v6, p, C, ACK, c1, s1, w, b""),
+        seg("1 data", v6, p, C, ACK | PSH, c1, s1, w, &[7; 10]),
         seg(
             "1 server data",
             v6,
             p,
-            C,
+            S,
             ACK | PSH,
             s1,
             c1 + 10,
             w,
             &[8; 20],
         ),
-        seg("1 client ACK", v6, p, S, ACK, c1 + 10, s1 + 20, w, b""),
+        seg("1 client ACK", v6, p, C, ACK, c1 + 10, s1 + 20, w, b""),
         seg(
             "1 more data",
             v6,
             p,
-            S,
+            C,
             ACK | PSH,
             c1 + 10,
             s1 + 20,
             w,
             &[9; 30],
         ),
-        seg("1 server ACK", v6, p, C, ACK, s1 + 20, c1 + 40, w, b""),
+        seg("1 server ACK", v6, p, S, ACK, s1 + 20, c1 + 40, w, b""),
     ]);
     // 2. A restart answered by the server's ACK of the old SYN.
     let (p, old, new) = (base + 1, 2_000_000u32, 1_500_000_000u32);
     steps.extend([
-        seg("2 SYN", v6, p, S, SYN, old, 0, w, b""),
+        seg("2 SYN", v6, p, C, SYN, old, 0, w, b""),
         seg(
             "2 SYN+ACK (lost beyond)",
             v6,
             p,
-            C,
+            S,
             SYN | ACK,
             si,
             old + 1,
             w,
             b"",
         ),
-        seg("2 SYN after the restart", v6, p, S, SYN, new, 0, w, b""),
+        seg("2 SYN after the restart", v6, p, C, SYN, new, 0, w, b""),
         seg(
             "2 ACK of the old SYN",
             v6,
             p,
-            C,
+            S,
             ACK,
             si + 1,
             old + 1,
             w,
             b"",
         ),
-        seg("2 RST answering it", v6, p, S, RST, old + 1, 0, 0, b""),
+        seg("2 RST answering it", v6, p, C, RST, old + 1, 0, 0, b""),
         // (The SYN's ack field, unused without ACK, tells the copies apart.)
-        seg("2 SYN again", v6, p, S, SYN, new, 1, w, b""),
+        seg("2 SYN again", v6, p, C, SYN, new, 1, w, b""),
     ]);
     steps.extend(handshake_and_data(
         [
@@ -808,19 +804,19 @@ fn syn_after_the_synack(v6: bool) -> Vec<Step> {
     // 3. A restart answered by a SYN+ACK of the new SYN.
     let (p, old, new) = (base + 2, 2_000_000u32, 1_500_000_000u32);
     steps.extend([
-        seg("3 SYN", v6, p, S, SYN, old, 0, w, b""),
+        seg("3 SYN", v6, p, C, SYN, old, 0, w, b""),
         seg(
             "3 SYN+ACK (lost beyond)",
             v6,
             p,
-            C,
+            S,
             SYN | ACK,
             si,
             old + 1,
             w,
             b"",
         ),
-        seg("3 SYN after the restart", v6, p, S, SYN, new, 0, w, b""),
+        seg("3 SYN after the restart", v6, p, C, SYN, new, 0, w, b""),
     ]);
     steps.extend(handshake_and_data(
         [

@@ -35,11 +35,24 @@ pub enum FlowKey {
     V6(Key6),
 }
 
-/// Which end of the key sent the packet.
+/// Which end of the key, the lower (address, port) or the higher: the
+/// sender of a packet, or the originator of a connection (its
+/// [`Role`](super::Role) is another matter).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
     Lo,
     Hi,
+}
+
+impl Side {
+    /// The other end of the key.
+    #[inline]
+    pub const fn other(self) -> Side {
+        match self {
+            Side::Lo => Side::Hi,
+            Side::Hi => Side::Lo,
+        }
+    }
 }
 
 impl FlowKey {

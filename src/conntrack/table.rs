@@ -19,6 +19,7 @@
 //! connection is refused only when no unassured entry is left to evict.
 
 use super::key::{FlowKey, Key4, Key6, Side};
+use super::role::Role;
 use super::sources::Sources;
 use super::tcp::{EndpointState, TcpConn};
 use crate::time::Timestamp;
@@ -120,10 +121,20 @@ impl Conn {
         (self.rule != 0 && self.generation == generation).then(|| self.rule - 1)
     }
 
-    /// Counts one accepted packet of `len` bytes; `from_originator` says its direction.
+    /// The role of the endpoint on `side` of the key.
     #[inline]
-    pub fn count(&mut self, from_originator: bool, len: u32) {
-        let d = usize::from(!from_originator);
+    pub fn role_of(&self, side: Side) -> Role {
+        if side == self.originator {
+            Role::Originator
+        } else {
+            Role::Responder
+        }
+    }
+
+    /// Counts one accepted packet of `len` bytes, sent by the endpoint in role `from`.
+    #[inline]
+    pub fn count(&mut self, from: Role, len: u32) {
+        let d = from.index();
         self.packets[d] = self.packets[d].saturating_add(1);
         self.bytes[d] = self.bytes[d].saturating_add(u64::from(len));
     }

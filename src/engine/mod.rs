@@ -13,10 +13,10 @@ pub use crate::conntrack::state::StateError;
 pub use crate::conntrack::table::Layout;
 use crate::conntrack::table::{Change, Removal};
 use crate::conntrack::table::{Full, Limits, Proto};
+use crate::conntrack::tcp::TcpConn;
 pub use crate::conntrack::tcp::Window;
-use crate::conntrack::tcp::{TcpConn, ORIGINATOR, RESPONDER};
 pub use crate::conntrack::Traffic;
-use crate::conntrack::{Conn, ConnState, FlowKey, Side, Table};
+use crate::conntrack::{Conn, ConnState, FlowKey, Role, Side, Table};
 use crate::policy::{Action, Interfaces, Policy};
 use crate::reason::{Reason, Verdict};
 use crate::time::Timestamp;
@@ -60,12 +60,16 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// No connection before or after, and no rule (a packet refused before
+    /// the lookup, or with no connection to belong to; the policy's
+    /// decisions start from it).
     fn stateless(reason: Reason) -> Decision {
-        Decision::tracked(reason, ConnState::None, ConnState::None)
+        Decision::without_rule(reason, ConnState::None, ConnState::None)
     }
 
-    /// A packet of a tracked connection (no rule decided it).
-    fn tracked(reason: Reason, before: ConnState, after: ConnState) -> Decision {
+    /// A decision no rule made: a tracked connection's packet, accepted or
+    /// dropped by its state, or a connection refused after its handshake.
+    fn without_rule(reason: Reason, before: ConnState, after: ConnState) -> Decision {
         Decision {
             reason,
             before,
@@ -122,14 +126,10 @@ impl ConnInfo {
     /// `policy`: the one in force, whose rules the connection's rule index
     /// is resolved against (when it is of that generation).
     fn new(key: &FlowKey, conn: &Conn, policy: &Policy) -> ConnInfo {
-        let other = match conn.originator {
-            Side::Lo => Side::Hi,
-            Side::Hi => Side::Lo,
-        };
         ConnInfo {
             protocol: key.protocol(),
             originator: key.endpoint(conn.originator),
-            responder: key.endpoint(other),
+            responder: key.endpoint(conn.originator.other()),
             state: conn.state(),
             expires_at_secs: conn.expires_at_secs(),
             opened_at_secs: conn.opened_at_secs(),
@@ -299,8 +299,8 @@ impl Engine {
         let Some(mut entry) = self.table.get_mut(&key) else {
             return false;
         };
-        let from_originator = entry.originator == side;
-        hand_off_conn(&mut entry, from_originator, seg, now, timeout)
+        let from = entry.role_of(side);
+        hand_off_conn(&mut entry, from, seg, now, timeout)
     }
 
     /// Hand-off mode: the kernel still carries this handed-off TCP connection
@@ -522,16 +522,12 @@ impl Engine {
             });
             return Lookup::Absent;
         }
-        let from = if side == conn.originator {
-            ORIGINATOR
-        } else {
-            RESPONDER
-        };
+        let from = conn.role_of(side);
         let before = conn.state();
         let outcome = tcp.handle(from, seg);
         conn.proto = Proto::Tcp(tcp);
         if outcome.reason.verdict() == Verdict::Accept {
-            conn.count(from == ORIGINATOR, p.len);
+            conn.count(from, p.len);
             // A RST that took effect (not one passed as a challenge ACK's answer).
             if seg.flags.rst() && outcome.reason == Reason::Tracked {
                 conn.set_reset();
@@ -544,18 +540,22 @@ impl Engine {
             // have reopened the key in between.
             self.table
                 .remove_if(key, Removal::Reset, |c| c.state() == after);
-            return Lookup::Found(Decision::tracked(outcome.reason, before, after));
+            return Lookup::Found(Decision::without_rule(outcome.reason, before, after));
         }
         if outcome.refresh {
             // Assured once the handshake completed with the responder seen
             // (a loose pickup from one side alone is not).
             if tcp.is_established() && tcp.replied() && !conn.assured() {
                 conn.set_assured();
-                if from == ORIGINATOR {
+                if from == Role::Originator {
                     if let Err(reason) = self.charge_source(p, ctx, conn, now) {
                         drop(entry);
                         self.table.remove_if(key, Removal::Refused, |c| c.assured());
-                        return Lookup::Found(Decision::tracked(reason, before, ConnState::None));
+                        return Lookup::Found(Decision::without_rule(
+                            reason,
+                            before,
+                            ConnState::None,
+                        ));
                     }
                 }
             }
@@ -570,10 +570,10 @@ impl Engine {
         if after != before {
             self.table.notify(Change::Update { before }, key, conn);
         }
-        let mut d = Decision::tracked(outcome.reason, before, after);
+        let mut d = Decision::without_rule(outcome.reason, before, after);
         if let Some(timeout) = ctx.hand_off {
-            d.handed_off = d.verdict() == Verdict::Accept
-                && hand_off_conn(conn, from == ORIGINATOR, seg, now, timeout);
+            d.handed_off =
+                d.verdict() == Verdict::Accept && hand_off_conn(conn, from, seg, now, timeout);
         }
         Lookup::Found(d)
     }
@@ -651,10 +651,11 @@ impl Engine {
                     if conn.replied() && !conn.assured() && !matches!(conn.proto, Proto::Icmp) {
                         conn.set_assured();
                     }
-                    if side != conn.originator && !conn.replied() {
+                    let from = conn.role_of(side);
+                    if from == Role::Responder && !conn.replied() {
                         conn.set_replied();
                     }
-                    conn.count(side == conn.originator, p.len);
+                    conn.count(from, p.len);
                     let mut timeout =
                         // (assured implies replied)
                         self.datagram_timeout(p.protocol, conn.assured());
@@ -666,7 +667,7 @@ impl Engine {
                     if after != before {
                         self.table.notify(Change::Update { before }, &key, conn);
                     }
-                    return Decision::tracked(Reason::Tracked, before, after);
+                    return Decision::without_rule(Reason::Tracked, before, after);
                 }
                 drop(entry);
                 self.table
@@ -708,7 +709,7 @@ impl Engine {
         match self.table.get(&key) {
             Some(conn) if !conn.expired(now) => {
                 let state = conn.state();
-                Decision::tracked(Reason::Related, state, state)
+                Decision::without_rule(Reason::Related, state, state)
             }
             _ => Decision::stateless(Reason::IcmpErrorUnrelated),
         }
@@ -795,7 +796,7 @@ impl Engine {
         }
         let mut conn = Conn::new(proto, side, decision.log);
         conn.set_admitted(now, decision.rule, decision.generation);
-        conn.count(true, p.len);
+        conn.count(Role::Originator, p.len);
         let timeout = match proto {
             Proto::Tcp(t) => t.timeout(&self.settings.timeouts),
             _ => self.datagram_timeout(p.protocol, false),
@@ -805,7 +806,9 @@ impl Engine {
         // A connection picked up mid-stream is ESTABLISHED from its first
         // packet: in hand-off mode, that packet hands it off.
         let handed_off = match (ctx.hand_off, p.tcp()) {
-            (Some(timeout), Some(seg)) => hand_off_conn(&mut conn, true, seg, now, timeout),
+            (Some(timeout), Some(seg)) => {
+                hand_off_conn(&mut conn, Role::Originator, seg, now, timeout)
+            }
             _ => false,
         };
         let state = conn.state();
@@ -821,17 +824,18 @@ impl Engine {
 }
 
 /// Hands `conn` to the kernel (see [`Engine::hand_off`]) when `seg`, an
-/// accepted packet of it, may: a plain segment (no SYN, FIN or RST) from
-/// its originator, both ends ESTABLISHED. Returns whether it did.
+/// accepted packet of it sent by the endpoint in role `from`, may: a plain
+/// segment (no SYN, FIN or RST) from the originator, both ends ESTABLISHED.
+/// Returns whether it did.
 #[inline]
 fn hand_off_conn(
     conn: &mut Conn,
-    from_originator: bool,
+    from: Role,
     seg: &TcpSegment,
     now: Timestamp,
     timeout: u32,
 ) -> bool {
-    if !from_originator || seg.flags.syn() || seg.flags.fin() || seg.flags.rst() {
+    if from != Role::Originator || seg.flags.syn() || seg.flags.fin() || seg.flags.rst() {
         return false;
     }
     let Proto::Tcp(mut tcp) = conn.proto else {
@@ -840,7 +844,7 @@ fn hand_off_conn(
     if !tcp.is_established() {
         return false;
     }
-    tcp.hand_off(ORIGINATOR, seg);
+    tcp.hand_off(Role::Originator, seg);
     conn.proto = Proto::Tcp(tcp);
     conn.set_timeout(now, timeout);
     true

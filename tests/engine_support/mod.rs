@@ -1,6 +1,7 @@
 //! A virtual-clock harness for engine tests: no sockets, no sleeps.
 #![allow(dead_code)]
 
+pub use conntrackd::conntrack::Role;
 use conntrackd::engine::{Context, Decision};
 use conntrackd::policy::Policy;
 use conntrackd::wire::build;
@@ -84,12 +85,6 @@ pub fn show(d: &Decision) -> String {
     format!("{} -> {}", d.before, d.after)
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    Client,
-    Server,
-}
-
 /// A TCP connection seen from the gateway: both sides' next sequence numbers.
 /// ISNs sit just below 2^32 so the connection crosses the wrap.
 pub struct Flow {
@@ -129,12 +124,12 @@ impl Flow {
 
     /// This flow through its three-way handshake.
     pub fn open(mut self, t: &mut Harness) -> Flow {
-        for (side, flags) in [
-            (Side::Client, 0x02),
-            (Side::Server, 0x12),
-            (Side::Client, 0x10),
+        for (sender, flags) in [
+            (Role::Originator, 0x02),
+            (Role::Responder, 0x12),
+            (Role::Originator, 0x10),
         ] {
-            let d = self.send(t, side, flags, b"");
+            let d = self.send(t, sender, flags, b"");
             assert_eq!(
                 d.reason.verdict(),
                 conntrackd::Verdict::Accept,
@@ -162,47 +157,47 @@ impl Flow {
 
     /// A segment from one side with its next seq and the other side's next
     /// seq as ack (options and window to add), without advancing either.
-    pub fn builder(&self, side: Side, flags: u8) -> build::Tcp {
-        let (from, to, seq, ack) = match side {
-            Side::Client => (self.c, self.s, self.c_nxt, self.s_nxt),
-            Side::Server => (self.s, self.c, self.s_nxt, self.c_nxt),
+    pub fn builder(&self, sender: Role, flags: u8) -> build::Tcp {
+        let (from, to, seq, ack) = match sender {
+            Role::Originator => (self.c, self.s, self.c_nxt, self.s_nxt),
+            Role::Responder => (self.s, self.c, self.s_nxt, self.c_nxt),
         };
         build::tcp(from, to).flags(flags).seq(seq).ack(ack)
     }
 
     /// Sends from one side with its next seq and the other side's next seq as ack,
     /// then advances the sender by the sequence space the segment used.
-    pub fn send(&mut self, t: &mut Harness, side: Side, flags: u8, payload: &[u8]) -> Out {
-        let (from, to, seq, ack) = match side {
-            Side::Client => (self.c, self.s, self.c_nxt, self.s_nxt),
-            Side::Server => (self.s, self.c, self.s_nxt, self.c_nxt),
+    pub fn send(&mut self, t: &mut Harness, sender: Role, flags: u8, payload: &[u8]) -> Out {
+        let (from, to, seq, ack) = match sender {
+            Role::Originator => (self.c, self.s, self.c_nxt, self.s_nxt),
+            Role::Responder => (self.s, self.c, self.s_nxt, self.c_nxt),
         };
         let d = t.tcp(from, to, flags, seq, ack, payload);
         let used = payload.len() as u32 + (flags & SYN != 0) as u32 + (flags & FIN != 0) as u32;
-        match side {
-            Side::Client => self.c_nxt = self.c_nxt.wrapping_add(used),
-            Side::Server => self.s_nxt = self.s_nxt.wrapping_add(used),
+        match sender {
+            Role::Originator => self.c_nxt = self.c_nxt.wrapping_add(used),
+            Role::Responder => self.s_nxt = self.s_nxt.wrapping_add(used),
         }
         d
     }
 
     pub fn client(&mut self, t: &mut Harness, flags: u8, payload: &[u8]) -> Out {
-        self.send(t, Side::Client, flags, payload)
+        self.send(t, Role::Originator, flags, payload)
     }
 
     pub fn server(&mut self, t: &mut Harness, flags: u8, payload: &[u8]) -> Out {
-        self.send(t, Side::Server, flags, payload)
+        self.send(t, Role::Responder, flags, payload)
     }
 
     /// Sends each step with the sides' next sequence numbers and checks that
     /// it is tracked with the expected `before -> after` transition.
-    pub fn assert_steps(&mut self, t: &mut Harness, steps: &[(Side, u8, &str)]) {
-        for (side, flags, expected) in steps {
-            let d = self.send(t, *side, *flags, b"");
+    pub fn assert_steps(&mut self, t: &mut Harness, steps: &[(Role, u8, &str)]) {
+        for (sender, flags, expected) in steps {
+            let d = self.send(t, *sender, *flags, b"");
             assert_eq!(
                 (d.reason, show(&d)),
                 (conntrackd::Reason::Tracked, expected.to_string()),
-                "{side:?} {}",
+                "{sender:?} {}",
                 F(*flags)
             );
         }

@@ -18,10 +18,12 @@
 //! 6.1's "N bytes more than expected"). A RST must pass all four, and must not
 //! start before what its receiver already acknowledged (`maxack`).
 
-use super::{EndpointState, Sent, TcpOutcome};
+use super::{EndpointState, TcpOutcome};
+use crate::conntrack::Role;
 use crate::reason::Reason;
 use crate::wire::seq::SeqNum;
 use crate::wire::TcpSegment;
+use std::ops::{Index, IndexMut};
 
 /// RFC 1323: the largest window shift.
 const MAX_WINDOW_SCALE: u8 = 14;
@@ -57,7 +59,7 @@ const MAX_SYN_DATA: u32 = 65535;
 
 /// What the observer knows of one endpoint (nf_conntrack's ip_ct_tcp_state).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Peer {
+pub(super) struct Endpoint {
     /// Highest seq + len this endpoint has sent (td_end).
     pub end: SeqNum,
     /// Highest ack + window the other endpoint has allowed it (td_maxend).
@@ -72,12 +74,12 @@ pub(super) struct Peer {
     pub state: EndpointState,
 }
 
-impl Peer {
+impl Endpoint {
     /// Bytes of one endpoint in a state file.
     pub const RECORD: usize = 19;
 
-    pub fn new(state: EndpointState) -> Peer {
-        Peer {
+    pub fn new(state: EndpointState) -> Endpoint {
+        Endpoint {
             end: SeqNum(0),
             maxend: SeqNum(0),
             maxwin: 0,
@@ -142,13 +144,13 @@ impl Peer {
 
     /// An endpoint from its `RECORD` bytes, if they are valid; marked
     /// restored (its window re-anchors on its first packet) when it has one.
-    pub fn decode(b: &[u8; Peer::RECORD]) -> Option<Peer> {
+    pub fn decode(b: &[u8; Endpoint::RECORD]) -> Option<Endpoint> {
         let u = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
         let (scale, flags, state) = (b[16], b[17], b[18]);
         if scale > MAX_WINDOW_SCALE || flags & !F_ALL != 0 {
             return None;
         }
-        let mut p = Peer::new(*EndpointState::ALL.get(state as usize)?);
+        let mut p = Endpoint::new(*EndpointState::ALL.get(state as usize)?);
         p.end = SeqNum(u(0));
         p.maxend = SeqNum(u(4));
         p.maxwin = u(8);
@@ -167,15 +169,31 @@ impl Peer {
     pub fn reset_window(&mut self) {
         let state = self.state;
         let liberal = self.flags & F_LIBERAL;
-        *self = Peer::new(state);
+        *self = Endpoint::new(state);
         self.flags = liberal;
     }
 }
 
+/// A connection's two endpoints, by role: `endpoints[from]`, `endpoints[from.other()]`.
+impl Index<Role> for [Endpoint; 2] {
+    type Output = Endpoint;
+    #[inline]
+    fn index(&self, role: Role) -> &Endpoint {
+        &self[role.index()]
+    }
+}
+
+impl IndexMut<Role> for [Endpoint; 2] {
+    #[inline]
+    fn index_mut(&mut self, role: Role) -> &mut Endpoint {
+        &mut self[role.index()]
+    }
+}
+
 /// First sight of an endpoint through its SYN or SYN+ACK.
-fn init_from_syn(peers: &mut [Peer; 2], from: usize, seg: &TcpSegment, end: SeqNum) {
-    let to = 1 - from;
-    let p = &mut peers[from];
+fn init_from_syn(endpoints: &mut [Endpoint; 2], from: Role, seg: &TcpSegment, end: SeqNum) {
+    let to = from.other();
+    let p = &mut endpoints[from];
     p.end = end;
     p.maxend = end;
     p.maxwin = (seg.window as u32).max(1);
@@ -190,41 +208,41 @@ fn init_from_syn(peers: &mut [Peer; 2], from: usize, seg: &TcpSegment, end: SeqN
     // RFC 1323: scaling applies only when both SYNs carried the option. Only
     // the second SYN (the peer already seen) can tell; after the first, the
     // shift stays pending.
-    if peers[to].has_window() {
-        let both = peers[from].flags & F_WINDOW_SCALE != 0 && peers[to].flags & F_WINDOW_SCALE != 0;
+    if endpoints[to].has_window() {
+        let both = endpoints[from].flags & F_WINDOW_SCALE != 0
+            && endpoints[to].flags & F_WINDOW_SCALE != 0;
         if !both {
-            peers[from].scale = 0;
-            peers[to].scale = 0;
+            endpoints[from].scale = 0;
+            endpoints[to].scale = 0;
         }
     }
 }
 
 /// Loose pickup: initialise from a mid-stream segment, as nf_conntrack does.
-pub(super) fn init_midstream(peers: &mut [Peer; 2], from: usize, seg: &TcpSegment) {
-    let to = 1 - from;
+pub(super) fn init_midstream(endpoints: &mut [Endpoint; 2], from: Role, seg: &TcpSegment) {
+    let to = from.other();
     let end = seg.seq + seg.seq_len();
-    let p = &mut peers[from];
+    let p = &mut endpoints[from];
     p.end = end;
     p.maxwin = (seg.window as u32).max(1);
     p.maxend = end + p.maxwin;
-    let r = &mut peers[to];
+    let r = &mut endpoints[to];
     r.end = seg.ack;
     r.maxend = seg.ack;
 }
 
-/// Runs the four checks and, when they pass, updates both peers.
+/// Runs the four checks and, when they pass, updates both endpoints.
 pub(super) fn check(
-    peers: &mut [Peer; 2],
-    from: usize,
+    endpoints: &mut [Endpoint; 2],
+    from: Role,
     seg: &TcpSegment,
-    sent: Sent,
     established: bool,
 ) -> Result<(), TcpOutcome> {
-    let to = 1 - from;
+    let to = from.other();
     let seq = seg.seq;
     let end = seq + seg.seq_len();
     let win = seg.window as u32;
-    let is_rst = sent == Sent::Rst;
+    let is_rst = seg.flags.rst();
     // Every early return leaves the connection unchanged; whether the packet
     // passes follows from the reason (`old_retransmission` and `delayed_ack`
     // pass, the rest drop). A RST that fails any check is out of window.
@@ -236,9 +254,9 @@ pub(super) fn check(
         }))
     };
 
-    if !peers[from].has_window() {
+    if !endpoints[from].has_window() {
         if seg.flags.syn() {
-            init_from_syn(peers, from, seg, end);
+            init_from_syn(endpoints, from, seg, end);
             if !seg.flags.ack() {
                 // A bare SYN: nothing to check against yet.
                 return Ok(());
@@ -246,14 +264,14 @@ pub(super) fn check(
         } else if is_rst {
             // A RST from a side we never saw send (the responder refusing the
             // SYN): valid only as RST+ACK of exactly the SYN's ISN+1.
-            return if seg.flags.ack() && seg.ack == peers[to].end {
+            return if seg.flags.ack() && seg.ack == endpoints[to].end {
                 Ok(())
             } else {
                 reject(Reason::RstOutOfWindow)
             };
-        } else if peers[from].liberal() {
+        } else if endpoints[from].liberal() {
             // Picked up mid-stream: this side's first packet tells its window.
-            init_midstream(peers, from, seg);
+            init_midstream(endpoints, from, seg);
         } else {
             return reject(Reason::BadTransition);
         }
@@ -265,8 +283,8 @@ pub(super) fn check(
     // what it sends and what it acknowledges move the view forward, once,
     // for this side only (the flag clears when the packet passes); every
     // later packet is judged as usual. A RST gets no such leniency.
-    if peers[from].flags & F_RESTORED != 0 && !is_rst {
-        let s = &mut peers[from];
+    if endpoints[from].flags & F_RESTORED != 0 && !is_rst {
+        let s = &mut endpoints[from];
         s.flags &= !F_RESTORED;
         s.flags |= F_PROVISIONAL;
         if end.after(s.end) {
@@ -275,23 +293,23 @@ pub(super) fn check(
         if end.after(s.maxend) {
             s.maxend = end;
         }
-        if seg.flags.ack() && seg.ack.after(peers[to].end) {
-            peers[to].end = seg.ack;
+        if seg.flags.ack() && seg.ack.after(endpoints[to].end) {
+            endpoints[to].end = seg.ack;
         }
     }
 
     // No data (nor a new FIN) from a side after its FIN: only retransmissions.
-    if peers[from].state.fin_sent() && end.after(peers[from].end) {
+    if endpoints[from].state.fin_sent() && end.after(endpoints[from].end) {
         return reject(Reason::DataAfterFin);
     }
 
     let ack = if !seg.flags.ack() || (is_rst && seg.ack == SeqNum(0)) {
         // No ACK (or a RST+ACK with ack 0 from broken stacks): treat as acking all.
-        peers[to].end
+        endpoints[to].end
     } else {
         seg.ack
     };
-    let (sender, receiver) = (&peers[from], &peers[to]);
+    let (sender, receiver) = (&endpoints[from], &endpoints[to]);
     let liberal = sender.liberal();
 
     // A RST that starts before what its receiver already acknowledged is
@@ -333,7 +351,7 @@ pub(super) fn check(
             && receiver.has_window()
             && overshoot <= receiver.maxwin
         {
-            let s = &mut peers[from];
+            let s = &mut endpoints[from];
             if end.after(s.end) {
                 s.end = end;
                 s.flags |= F_UNACKNOWLEDGED;
@@ -370,7 +388,7 @@ pub(super) fn check(
     } else {
         win << sender.scale
     };
-    let s = &mut peers[from];
+    let s = &mut endpoints[from];
     if s.maxwin < scaled_win {
         s.maxwin = scaled_win;
     }
@@ -384,7 +402,7 @@ pub(super) fn check(
     }
     let sender_maxend = s.maxend;
     // Update the receiver.
-    let r = &mut peers[to];
+    let r = &mut endpoints[to];
     if r.maxwin != 0 && end.after(sender_maxend) {
         r.maxwin = r.maxwin.wrapping_add(end.distance_from(sender_maxend));
     }
@@ -413,15 +431,15 @@ mod tests {
     use super::*;
     use crate::wire::TcpFlags;
 
-    const SENDER: usize = 0;
-    const RECEIVER: usize = 1;
+    const SENDER: Role = Role::Originator;
+    const RECEIVER: Role = Role::Responder;
 
     /// Sender and receiver, both established, with `end`s at `base` and
     /// `base + 7_000`, the receiver's window `rwin` (scaled) open from the
     /// sender's end, and the sender's largest window `swin`.
-    fn peers(base: u32, rwin: u32, swin: u32) -> [Peer; 2] {
-        let mut s = Peer::new(EndpointState::Established);
-        let mut r = Peer::new(EndpointState::Established);
+    fn endpoints(base: u32, rwin: u32, swin: u32) -> [Endpoint; 2] {
+        let mut s = Endpoint::new(EndpointState::Established);
+        let mut r = Endpoint::new(EndpointState::Established);
         s.end = SeqNum(base);
         s.maxend = SeqNum(base) + rwin;
         s.maxwin = swin;
@@ -444,9 +462,9 @@ mod tests {
         }
     }
 
-    fn judge(p: [Peer; 2], seq: SeqNum, ack: SeqNum, len: u32) -> Reason {
+    fn judge(p: [Endpoint; 2], seq: SeqNum, ack: SeqNum, len: u32) -> Reason {
         let mut p = p;
-        match check(&mut p, SENDER, &ack_segment(seq, ack, len), Sent::Ack, true) {
+        match check(&mut p, SENDER, &ack_segment(seq, ack, len), true) {
             Ok(()) => Reason::Tracked,
             Err(o) => o.reason,
         }
@@ -461,7 +479,7 @@ mod tests {
     fn i_the_segment_starts_at_most_at_the_right_edge() {
         for base in BASES {
             for (rwin, swin) in WINDOWS {
-                let p = peers(base, rwin, swin);
+                let p = endpoints(base, rwin, swin);
                 let (edge, ack) = (p[SENDER].maxend, p[RECEIVER].end);
                 assert_eq!(judge(p, edge, ack, 0), Reason::Tracked, "{base} {rwin}");
                 // One past: within the receiver's largest window, an overshoot...
@@ -479,7 +497,7 @@ mod tests {
     fn ii_the_segment_ends_no_lower_than_the_receivers_window_allows() {
         for base in BASES {
             for (rwin, swin) in WINDOWS {
-                let p = peers(base, rwin, swin);
+                let p = endpoints(base, rwin, swin);
                 let ack = p[RECEIVER].end;
                 // end = seq + len; the lowest end that passes is sender.end - rwin.
                 let lowest = p[SENDER].end - rwin;
@@ -497,7 +515,7 @@ mod tests {
     fn iii_the_ack_covers_only_data_sent() {
         for base in BASES {
             for (rwin, swin) in WINDOWS {
-                let p = peers(base, rwin, swin);
+                let p = endpoints(base, rwin, swin);
                 let (seq, sent) = (p[SENDER].end, p[RECEIVER].end);
                 assert_eq!(judge(p, seq, sent, 0), Reason::Tracked, "{base} {rwin}");
                 assert_eq!(judge(p, seq, sent + 1, 0), Reason::AckAboveSent);
@@ -509,7 +527,7 @@ mod tests {
     fn iv_the_ack_is_no_older_than_the_largest_window_allows() {
         for base in BASES {
             for (rwin, swin) in WINDOWS {
-                let p = peers(base, rwin, swin);
+                let p = endpoints(base, rwin, swin);
                 let seq = p[SENDER].end;
                 // Slack: the sender's largest window, at least 66000.
                 let oldest = p[RECEIVER].end - swin.max(MIN_ACK_WINDOW);
@@ -521,10 +539,10 @@ mod tests {
 
     #[test]
     fn an_overshoot_counts_its_data_as_sent() {
-        let mut p = peers(u32::MAX - 100, 65_535, 65_535);
+        let mut p = endpoints(u32::MAX - 100, 65_535, 65_535);
         let edge = p[SENDER].maxend;
         let seg = ack_segment(edge + 1, p[RECEIVER].end, 100);
-        let outcome = check(&mut p, SENDER, &seg, Sent::Ack, true).unwrap_err();
+        let outcome = check(&mut p, SENDER, &seg, true).unwrap_err();
         assert_eq!(outcome.reason, Reason::WindowOvershoot);
         assert_eq!(p[SENDER].end, edge + 101);
         assert!(p[SENDER].unacknowledged());
