@@ -43,7 +43,7 @@
 use conntrackd::config::Config;
 use conntrackd::conntrack::sources::Sources;
 use conntrackd::conntrack::tcp::EndpointState;
-use conntrackd::conntrack::{ConnState, Timeouts};
+use conntrackd::conntrack::{ConnState, Role, Timeouts};
 use conntrackd::engine::settings::Adaptive;
 use conntrackd::engine::{ConnInfo, Context, Layout};
 use conntrackd::policy::{Action, Interfaces, Policy};
@@ -1096,7 +1096,11 @@ impl Model {
         let flow = usize::from(op.flow) % FLOWS.len();
         self.iface = IFACES[usize::from(op.iface) % IFACES.len()];
         let (client, server) = world().flows[flow];
-        let dir = usize::from(op.reply);
+        let dir = if op.reply {
+            Role::Responder
+        } else {
+            Role::Originator
+        };
         let (src, dst) = if op.reply {
             (server, client)
         } else {
@@ -1115,7 +1119,7 @@ impl Model {
         }
     }
 
-    fn seq_ack(&self, flow: usize, dir: usize, seg: &Segment) -> (u32, u32) {
+    fn seq_ack(&self, flow: usize, dir: Role, seg: &Segment) -> (u32, u32) {
         let rel = |base: u32, r: Rel| match r {
             Rel::Next => base,
             Rel::Minus(d) => base.wrapping_sub(u32::from(d)),
@@ -1123,12 +1127,12 @@ impl Model {
             Rel::Any(d) => base.wrapping_add(d),
         };
         (
-            rel(self.next[flow][dir], seg.seq),
-            rel(self.next[flow][1 - dir], seg.ack),
+            rel(self.next[flow][dir.index()], seg.seq),
+            rel(self.next[flow][dir.other().index()], seg.ack),
         )
     }
 
-    fn tcp(&mut self, flow: usize, dir: usize, src: SocketAddr, dst: SocketAddr, seg: &Segment) {
+    fn tcp(&mut self, flow: usize, dir: Role, src: SocketAddr, dst: SocketAddr, seg: &Segment) {
         let (seq, ack) = self.seq_ack(flow, dir, seg);
         let mut buf = std::mem::take(&mut self.buf);
         let built = build_tcp(&mut buf, src, dst, seg, seq, ack);
@@ -1162,7 +1166,7 @@ impl Model {
                 Err(_) => unreachable!("accepted"),
             };
             let end = seq.wrapping_add(payload);
-            let next = &mut self.next[flow][dir];
+            let next = &mut self.next[flow][dir.index()];
             if (end.wrapping_sub(*next) as i32) > 0 {
                 *next = end;
             }
@@ -1219,17 +1223,10 @@ impl Model {
     /// An ICMP error quoting one of the flow's packets (TCP, or UDP when
     /// `extra` is odd), sent back to that packet's sender, or (`extra & 2`)
     /// on to its destination, where it relates to nothing.
-    fn icmp_error(
-        &mut self,
-        flow: usize,
-        dir: usize,
-        src: SocketAddr,
-        dst: SocketAddr,
-        extra: u16,
-    ) {
+    fn icmp_error(&mut self, flow: usize, dir: Role, src: SocketAddr, dst: SocketAddr, extra: u16) {
         let (protocol, quoted) = if extra & 1 == 0 {
-            let seq = self.next[flow][dir];
-            let ack = self.next[flow][1 - dir];
+            let seq = self.next[flow][dir.index()];
+            let ack = self.next[flow][dir.other().index()];
             let q = build::tcp(src, dst).seq(seq).ack(ack).build();
             (wire::PROTO_TCP, q)
         } else {
@@ -1349,7 +1346,7 @@ impl Model {
     fn hand_off(
         &mut self,
         flow: usize,
-        dir: usize,
+        dir: Role,
         src: SocketAddr,
         dst: SocketAddr,
         seg: &Segment,

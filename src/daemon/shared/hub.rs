@@ -7,7 +7,7 @@
 
 use super::drops::DropRecord;
 use crate::conntrack::table::{Change, Observer};
-use crate::conntrack::{Conn, ConnState, FlowKey, Side, Traffic};
+use crate::conntrack::{Conn, ConnState, FlowKey, Traffic};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -103,16 +103,12 @@ impl Observer for Hub {
     }
 
     fn observe(&self, change: Change, key: &FlowKey, conn: &Conn) {
-        let other = match conn.originator {
-            Side::Lo => Side::Hi,
-            Side::Hi => Side::Lo,
-        };
         self.send(Record::Conn(ConnEvent {
             unix_ms: super::wall_clock_ms(),
             change,
             protocol: key.protocol(),
             originator: key.endpoint(conn.originator),
-            responder: key.endpoint(other),
+            responder: key.endpoint(conn.originator.other()),
             state: conn.state(),
             traffic: conn.traffic(),
         }));
