@@ -20,7 +20,9 @@
 //! starting a thread outside the shells.
 
 // The sans-IO core. Layers, each using only those below it:
-// config → engine → policy → conntrack → wire, with reason and time beside.
+// config → engine → policy → conntrack → wire, with reason and time beside;
+// cluster (the gateways' messages about connections) beside the engine.
+pub mod cluster;
 pub mod config;
 pub mod conntrack;
 pub mod engine;

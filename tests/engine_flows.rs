@@ -736,40 +736,6 @@ fn a_state_file_larger_than_the_table_loads_what_fits() {
     assert_eq!(small.engine.table().half_open(), 4);
 }
 
-/// Collects what the table tells its observer: (event, cause, state).
-#[derive(Default)]
-struct Recorder(std::sync::Mutex<Vec<String>>);
-
-impl conntrackd::conntrack::table::Observer for Recorder {
-    fn active(&self) -> bool {
-        true
-    }
-    fn observe(
-        &self,
-        change: conntrackd::conntrack::table::Change,
-        key: &conntrackd::conntrack::FlowKey,
-        conn: &conntrackd::conntrack::Conn,
-    ) {
-        use conntrackd::conntrack::table::Change;
-        let port = key.endpoint(conn.originator).1;
-        let what = match change {
-            Change::New => "NEW".to_string(),
-            Change::Update { before } => format!("UPDATE from {before}"),
-            Change::Destroy(why) => format!("DESTROY {}", why.name()),
-        };
-        self.0
-            .lock()
-            .unwrap()
-            .push(format!("{port} {what} -> {}", conn.state()));
-    }
-}
-
-fn recorder(t: &Harness) -> std::sync::Arc<Recorder> {
-    let r = std::sync::Arc::new(Recorder::default());
-    t.engine.table().set_observer(r.clone());
-    r
-}
-
 /// Every change of a connection's life reaches the observer once, with the
 /// cause of its end: a FIN teardown, a RST, an operator's kill.
 #[test]

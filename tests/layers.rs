@@ -27,6 +27,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("conntrack", &["wire", "reason", "time"]),
     ("policy", &["conntrack", "wire", "reason", "time"]),
     ("engine", &["conntrack", "policy", "wire", "reason", "time"]),
+    ("cluster", &["conntrack", "wire", "time"]),
     ("config", &["engine", "policy", "wire", "reason", "time"]),
     ("kernel", &["wire", "reason", "time"]),
     ("rules_file", &["config"]),
@@ -49,6 +50,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "kernel",
             "rules_file",
             "config",
+            "cluster",
             "engine",
             "conntrack",
             "policy",
@@ -65,7 +67,8 @@ const ROOMS: &[(&str, &[&str])] = &[
     ("shared", &[]),
     ("packet", &["shared"]),
     ("operations", &["shared"]),
-    ("lifecycle", &["shared", "packet", "operations"]),
+    ("cluster", &["shared"]),
+    ("lifecycle", &["shared", "packet", "operations", "cluster"]),
 ];
 
 fn rust_files(path: &Path, out: &mut Vec<PathBuf>) {

@@ -85,17 +85,7 @@ pub fn encode(
 ) -> Vec<u8> {
     let mut body = Vec::with_capacity(entries.len() * (MAX_RECORD / 2));
     for (key, conn) in entries {
-        let (lo, hi) = (key.endpoint(Side::Lo), key.endpoint(Side::Hi));
-        body.push(if lo.0.is_ipv4() { 4 } else { 6 });
-        body.push(key.protocol());
-        for (addr, port) in [lo, hi] {
-            match addr {
-                IpAddr::V4(a) => body.extend_from_slice(&a.octets()),
-                IpAddr::V6(a) => body.extend_from_slice(&a.octets()),
-            }
-            body.extend_from_slice(&port.to_le_bytes());
-        }
-        conn.encode(now, &mut body);
+        encode_entry(key, conn, now, &mut body);
     }
     let mut out = Vec::with_capacity(HEADER + body.len());
     out.extend_from_slice(&MAGIC);
@@ -107,6 +97,23 @@ pub fn encode(
     out.extend_from_slice(&unix_now.to_le_bytes());
     out.extend_from_slice(&body);
     out
+}
+
+/// One connection as a record (at most [`MAX_RECORD`] bytes): its key,
+/// then the connection with its expiry counted from `now`. The cluster's
+/// messages carry the same records.
+pub fn encode_entry(key: &FlowKey, conn: &Conn, now: Timestamp, out: &mut Vec<u8>) {
+    let (lo, hi) = (key.endpoint(Side::Lo), key.endpoint(Side::Hi));
+    out.push(if lo.0.is_ipv4() { 4 } else { 6 });
+    out.push(key.protocol());
+    for (addr, port) in [lo, hi] {
+        match addr {
+            IpAddr::V4(a) => out.extend_from_slice(&a.octets()),
+            IpAddr::V6(a) => out.extend_from_slice(&a.octets()),
+        }
+        out.extend_from_slice(&port.to_le_bytes());
+    }
+    conn.encode(now, out);
 }
 
 /// The 4 flag bytes to write over [`FLAGS_AT`] once a file has been loaded:
@@ -160,7 +167,7 @@ pub fn decode(bytes: &[u8], now: Timestamp, unix_now: u64) -> Result<State, Stat
     let mut expired = 0;
     let mut at = 0usize;
     for i in 0..count {
-        let (key, conn, used) = record(&body[at..], now, age).ok_or(StateError::Record(i))?;
+        let (key, conn, used) = decode_entry(&body[at..], now, age).ok_or(StateError::Record(i))?;
         at += used;
         if conn.expired(now) {
             expired += 1;
@@ -178,8 +185,10 @@ pub fn decode(bytes: &[u8], now: Timestamp, unix_now: u64) -> Result<State, Stat
     })
 }
 
-/// One connection record from the front of `b`, and the bytes it used.
-fn record(b: &[u8], now: Timestamp, age: u64) -> Option<(FlowKey, Conn, usize)> {
+/// One connection record from the front of `b` (see [`encode_entry`]),
+/// expiring relative to `now` less `age` seconds; with the bytes it used.
+/// `None` if the bytes are not a valid record.
+pub fn decode_entry(b: &[u8], now: Timestamp, age: u64) -> Option<(FlowKey, Conn, usize)> {
     let (&family, rest) = b.split_first()?;
     let (&protocol, mut rest) = rest.split_first()?;
     let width = match family {

@@ -58,6 +58,8 @@ const F_LOG: u8 = 1 << 3;
 const F_SOURCE: u8 = 1 << 4;
 /// A RST was accepted on it (its end is a reset, not a teardown).
 const F_RESET: u8 = 1 << 5;
+/// A peer gateway's connection, copied here (see [`Conn::peer`]).
+const F_PEER: u8 = 1 << 6;
 
 /// One tracked connection (80 bytes: 48 of state, 32 of accounting).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +81,9 @@ pub struct Conn {
     /// NFQUEUE connection carries), bytes at 2^64.
     packets: [u32; 2],
     bytes: [u64; 2],
+    /// When the cluster was last told of it, in milliseconds of the
+    /// engine's clock modulo 2^16 (see [`Conn::progress_due`]).
+    synced: u16,
 }
 
 /// What a connection carried, per direction: [from the originator, from
@@ -101,6 +106,7 @@ impl Conn {
             generation: 0,
             packets: [0; 2],
             bytes: [0; 2],
+            synced: 0,
         }
     }
 
@@ -189,6 +195,50 @@ impl Conn {
         self.flags |= F_SOURCE;
     }
 
+    /// A copy of a connection that a peer gateway forwards: it is not
+    /// charged to this node's source limits, not published again, and
+    /// expires unless the peer refreshes it. Its first packet on this node
+    /// makes it local ([`Conn::make_local`]).
+    pub fn peer(&self) -> bool {
+        self.flags & F_PEER != 0
+    }
+
+    /// Marks a connection applied from a peer's record.
+    pub fn set_peer(&mut self) {
+        self.flags |= F_PEER;
+    }
+
+    /// This node forwards it now: from here on it is published and judged
+    /// as any other (its windows re-anchor once, as after a restart).
+    pub fn make_local(&mut self) {
+        self.flags &= !F_PEER;
+    }
+
+    /// Takes a peer's record's state (protocol state, expiry, originator,
+    /// flags) and keeps this node's own accounting: age, rule, counters,
+    /// half-open and source bookkeeping.
+    pub fn take_state_of(&mut self, record: &Conn) {
+        const KEPT: u8 = F_HALF_OPEN | F_SOURCE;
+        self.proto = record.proto;
+        self.expires = record.expires;
+        self.originator = record.originator;
+        self.flags = (self.flags & KEPT) | (record.flags & !KEPT);
+    }
+
+    /// Whether `every_ms` milliseconds have passed since the cluster was
+    /// last told of this connection's progress, and if so, stamps `now`.
+    /// The stamp wraps every 65.5 s: a connection idle for a multiple of
+    /// that may wait one interval more, which only delays a window update.
+    #[inline]
+    pub fn progress_due(&mut self, now: Timestamp, every_ms: u16) -> bool {
+        let ms = (now.as_nanos() / 1_000_000) as u16;
+        if ms.wrapping_sub(self.synced) < every_ms {
+            return false;
+        }
+        self.synced = ms;
+        true
+    }
+
     /// Bytes of a connection in a state file, at most.
     pub const RECORD: usize = 1 + TcpConn::RECORD + 4 + 1 + 1;
 
@@ -212,7 +262,7 @@ impl Conn {
             Side::Lo => 0,
             Side::Hi => 1,
         });
-        out.push(self.flags & (F_REPLIED | F_ASSURED | F_LOG));
+        out.push(self.flags & (F_REPLIED | F_ASSURED | F_LOG | F_PEER));
     }
 
     /// A connection from the front of `b`, expiring relative to `now`; with
@@ -237,7 +287,7 @@ impl Conn {
             _ => return None,
         };
         let flags = tail[5];
-        if flags & !(F_REPLIED | F_ASSURED | F_LOG) != 0 {
+        if flags & !(F_REPLIED | F_ASSURED | F_LOG | F_PEER) != 0 {
             return None;
         }
         let mut conn = Conn::new(proto, originator, false);
@@ -292,6 +342,8 @@ pub enum Removal {
     Killed,
     /// Replaced by a new connection on the same tuple (a SYN in TIME_WAIT).
     Reopened,
+    /// Removed because the peer gateway that forwards it removed it.
+    Peer,
     /// Refused at handshake completion by a per-source limit.
     Refused,
 }
@@ -305,6 +357,7 @@ impl Removal {
             Removal::Evicted => "evicted",
             Removal::Killed => "killed",
             Removal::Reopened => "reopened",
+            Removal::Peer => "peer",
             Removal::Refused => "refused",
         }
     }
@@ -333,7 +386,8 @@ impl Removal {
     }
 }
 
-/// What happened to a connection, for whoever listens (`conntrackd events`).
+/// What happened to a connection, for whoever listens (`conntrackd events`,
+/// the cluster).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Change {
     New,
@@ -341,6 +395,12 @@ pub enum Change {
     Update {
         before: ConnState,
     },
+    /// Its windows moved on, in the same state (told at most every
+    /// [`Table::set_progress_every`] milliseconds per connection, and only
+    /// while that is set).
+    Progress,
+    /// A peer's connection took its first packet here: it is local now.
+    Adopted,
     Destroy(Removal),
 }
 
@@ -591,6 +651,9 @@ pub struct Table {
     observer: std::sync::OnceLock<std::sync::Arc<dyn Observer>>,
     /// Entries by state class, as the last expiry walk counted them.
     census: [AtomicUsize; StateClass::ALL.len()],
+    /// How often a connection's progress is told ([`Change::Progress`]),
+    /// in milliseconds; 0: never (no cluster).
+    progress_every: std::sync::atomic::AtomicU16,
 }
 
 /// A connection locked for update (its shard's write lock is held).
@@ -676,6 +739,7 @@ impl Table {
             seed: layout.seed,
             observer: std::sync::OnceLock::new(),
             census: Default::default(),
+            progress_every: std::sync::atomic::AtomicU16::new(0),
         }
     }
 
@@ -697,6 +761,17 @@ impl Table {
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Tells the observer of each connection's progress at most every `ms`
+    /// milliseconds (0: never).
+    pub fn set_progress_every(&self, ms: u16) {
+        self.progress_every.store(ms, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn progress_every(&self) -> u16 {
+        self.progress_every.load(Ordering::Relaxed)
     }
 
     pub fn len(&self) -> usize {

@@ -120,6 +120,8 @@ pub struct ConnInfo {
     pub traffic: Traffic,
     /// TCP: each direction's window, [originator, responder].
     pub windows: Option<[Window; 2]>,
+    /// A peer gateway's connection, copied here (see [`Conn::peer`]).
+    pub peer: bool,
 }
 
 impl ConnInfo {
@@ -142,6 +144,7 @@ impl ConnInfo {
                 Proto::Tcp(t) => Some(t.windows()),
                 _ => None,
             },
+            peer: conn.peer(),
         }
     }
 }
@@ -440,6 +443,57 @@ impl Engine {
         Ok(r)
     }
 
+    /// Applies a peer gateway's record of a connection (`remove`: the peer
+    /// removed it). The entry becomes, or stays, a peer entry (see
+    /// [`Conn::peer`]); what this node holds is kept when the record is
+    /// behind it (an older copy never overwrites what was seen since). A peer
+    /// entry never evicts a local one: with the table full it is refused.
+    pub fn apply_peer(
+        &self,
+        key: FlowKey,
+        mut record: Conn,
+        remove: bool,
+        now: Timestamp,
+    ) -> Applied {
+        record.set_peer();
+        if let Some(mut entry) = self.table.get_mut(&key) {
+            let held = &mut *entry;
+            if !held.expired(now) && peer_record_behind(&record, held) {
+                return Applied::Stale;
+            }
+            if remove {
+                drop(entry);
+                let gone = self.table.remove_if(&key, Removal::Peer, |c| {
+                    c.expired(now) || !peer_record_behind(&record, c)
+                });
+                return if gone.is_some() {
+                    Applied::Removed
+                } else {
+                    Applied::Stale
+                };
+            }
+            let before = held.state();
+            held.take_state_of(&record);
+            self.table.account_half_open(held);
+            let after = held.state();
+            if after != before {
+                self.table.notify(Change::Update { before }, &key, held);
+            }
+            return Applied::Updated;
+        }
+        if remove {
+            return Applied::Absent;
+        }
+        if self.table.len() >= self.settings.max_connections {
+            return Applied::Full;
+        }
+        match self.table.insert_new(key, record) {
+            Ok(()) => Applied::Inserted,
+            // Another thread inserted it meanwhile: the next record updates it.
+            Err(_) => Applied::Stale,
+        }
+    }
+
     /// Removes every connection `pred` selects; returns how many. Their next
     /// packets are `no_connection` (or open them anew, for a SYN). Walks a
     /// snapshot, so it never holds a shard while deciding.
@@ -526,7 +580,12 @@ impl Engine {
         let before = conn.state();
         let outcome = tcp.handle(from, seg);
         conn.proto = Proto::Tcp(tcp);
+        // A peer's connection whose packet this node forwards is this
+        // node's from now on (its windows re-anchored as after a restart).
+        let mut adopted = false;
         if outcome.reason.verdict() == Verdict::Accept {
+            adopted = conn.peer();
+            conn.make_local();
             conn.count(from, p.len);
             // A RST that took effect (not one passed as a challenge ACK's answer).
             if seg.flags.rst() && outcome.reason == Reason::Tracked {
@@ -567,15 +626,40 @@ impl Engine {
             self.table.account_half_open(conn);
         }
         let after = conn.state();
-        if after != before {
-            self.table.notify(Change::Update { before }, key, conn);
-        }
+        self.tell(adopted, before, after, key, conn, now);
         let mut d = Decision::without_rule(outcome.reason, before, after);
         if let Some(timeout) = ctx.hand_off {
             d.handed_off =
                 d.verdict() == Verdict::Accept && hand_off_conn(conn, from, seg, now, timeout);
         }
         Lookup::Found(d)
+    }
+
+    /// Tells the table's observer what a packet changed: a peer's
+    /// connection adopted, a new state, or (at most every
+    /// `Table::progress_every` ms) progress within the same state.
+    #[inline]
+    fn tell(
+        &self,
+        adopted: bool,
+        before: ConnState,
+        after: ConnState,
+        key: &FlowKey,
+        conn: &mut Conn,
+        now: Timestamp,
+    ) {
+        let change = if adopted {
+            Change::Adopted
+        } else if after != before {
+            Change::Update { before }
+        } else {
+            let every = self.table.progress_every();
+            if every == 0 || !conn.progress_due(now, every) {
+                return;
+            }
+            Change::Progress
+        };
+        self.table.notify(change, key, conn);
     }
 
     /// Counts a TCP connection whose handshake just completed against its
@@ -655,6 +739,8 @@ impl Engine {
                     if from == Role::Responder && !conn.replied() {
                         conn.set_replied();
                     }
+                    let adopted = conn.peer();
+                    conn.make_local();
                     conn.count(from, p.len);
                     let mut timeout =
                         // (assured implies replied)
@@ -664,9 +750,7 @@ impl Engine {
                     }
                     conn.set_timeout(now, timeout);
                     let after = conn.state();
-                    if after != before {
-                        self.table.notify(Change::Update { before }, &key, conn);
-                    }
+                    self.tell(adopted, before, after, &key, conn, now);
                     return Decision::without_rule(Reason::Tracked, before, after);
                 }
                 drop(entry);
@@ -970,5 +1054,34 @@ mod tests {
             let engine = Engine::with_layout(settings, Policy::allow_all(), layout);
             assert_eq!(survivors(&engine), newest, "seed {seed}");
         }
+    }
+}
+
+/// What became of a peer's record (see [`Engine::apply_peer`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// A new peer entry.
+    Inserted,
+    /// An entry took the record's state.
+    Updated,
+    /// The entry was removed.
+    Removed,
+    /// This node holds a newer copy: nothing changed.
+    Stale,
+    /// A removal of an entry this node does not hold.
+    Absent,
+    /// The table is full.
+    Full,
+}
+
+/// Whether a peer's `record` is behind what this node `held` of the same
+/// connection: TCP by sequence numbers and states, the rest by expiry (a
+/// later packet leaves a later expiry). A tuple whose protocol state changed
+/// kind is a new connection: never behind.
+fn peer_record_behind(record: &Conn, held: &Conn) -> bool {
+    match (record.proto, held.proto) {
+        (Proto::Tcp(r), Proto::Tcp(h)) => r.behind(&h),
+        (Proto::Tcp(_), _) | (_, Proto::Tcp(_)) => false,
+        _ => record.expires_at_secs() < held.expires_at_secs(),
     }
 }

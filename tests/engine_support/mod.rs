@@ -203,3 +203,39 @@ impl Flow {
         }
     }
 }
+
+/// Collects what the table tells its observer: (event, cause, state).
+#[derive(Default)]
+pub struct Recorder(pub std::sync::Mutex<Vec<String>>);
+
+impl conntrackd::conntrack::table::Observer for Recorder {
+    fn active(&self) -> bool {
+        true
+    }
+    fn observe(
+        &self,
+        change: conntrackd::conntrack::table::Change,
+        key: &conntrackd::conntrack::FlowKey,
+        conn: &conntrackd::conntrack::Conn,
+    ) {
+        use conntrackd::conntrack::table::Change;
+        let port = key.endpoint(conn.originator).1;
+        let what = match change {
+            Change::New => "NEW".to_string(),
+            Change::Update { before } => format!("UPDATE from {before}"),
+            Change::Progress => "PROGRESS".to_string(),
+            Change::Adopted => "ADOPTED".to_string(),
+            Change::Destroy(why) => format!("DESTROY {}", why.name()),
+        };
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{port} {what} -> {}", conn.state()));
+    }
+}
+
+pub fn recorder(t: &Harness) -> std::sync::Arc<Recorder> {
+    let r = std::sync::Arc::new(Recorder::default());
+    t.engine.table().set_observer(r.clone());
+    r
+}

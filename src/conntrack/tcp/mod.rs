@@ -171,6 +171,25 @@ impl TcpConn {
         TcpConn::possible(originator, responder).then_some(conn)
     }
 
+    /// Whether this copy of a connection (a peer's record) is behind
+    /// `other`, what this node holds of the same connection: an endpoint
+    /// that has sent less, or has not come as far through its states. Sequence
+    /// numbers only move forward within one connection (a reopened tuple is
+    /// removed first), so a record never turns a connection back, whichever
+    /// order a live update and a bulk copy arrive in. pfsync compares its
+    /// updates the same way.
+    pub fn behind(&self, other: &TcpConn) -> bool {
+        Role::BOTH.iter().any(|&role| {
+            let (mine, theirs) = (&self.endpoints[role], &other.endpoints[role]);
+            let sent_less = match (mine.has_window(), theirs.has_window()) {
+                (true, true) => mine.end.before(theirs.end),
+                (false, true) => true,
+                _ => false,
+            };
+            sent_less || phase(mine.state) < phase(theirs.state)
+        })
+    }
+
     /// Whether a connection can be in this pair of states. Only a responder
     /// that has not answered is in LISTEN, and only while the originator is
     /// in SYN_SENT: any other pair with LISTEN would let the grid's LISTEN
@@ -544,4 +563,18 @@ pub fn render_outcomes() -> String {
         }
     }
     out
+}
+
+/// How far through its life an endpoint's state is: states of one phase can
+/// follow each other either way (CLOSE_WAIT and FIN_WAIT_1 are both
+/// "closing"), phases only go forward.
+fn phase(state: EndpointState) -> u8 {
+    use EndpointState::*;
+    match state {
+        Listen => 0,
+        SynSent | SynRecv => 1,
+        Established => 2,
+        FinWait1 | FinWait2 | Closing | CloseWait | LastAck => 3,
+        TimeWait | Closed => 4,
+    }
 }

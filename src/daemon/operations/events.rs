@@ -41,12 +41,19 @@ pub fn record_json(record: &Record) -> Value {
         Record::Conn(e) => {
             let mut v = flow_fields(e.protocol, e.originator, e.responder, e.state);
             v["time_ms"] = json!(e.unix_ms);
+            if e.peer {
+                // A copy of a connection a peer gateway forwards.
+                v["peer"] = json!(true);
+            }
             match e.change {
                 Change::New => v["event"] = json!("NEW"),
                 Change::Update { before } => {
                     v["event"] = json!("UPDATE");
                     v["before"] = json!(before.to_string());
                 }
+                // Never queued: the hub leaves progress to the cluster.
+                Change::Progress => v["event"] = json!("PROGRESS"),
+                Change::Adopted => v["event"] = json!("ADOPTED"),
                 Change::Destroy(why) => {
                     v["event"] = json!("DESTROY");
                     v["cause"] = json!(why.name());

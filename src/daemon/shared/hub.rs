@@ -25,6 +25,8 @@ pub struct ConnEvent {
     pub responder: (IpAddr, u16),
     pub state: ConnState,
     pub traffic: Traffic,
+    /// The connection is a peer gateway's copy (see `Conn::peer`).
+    pub peer: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -103,6 +105,9 @@ impl Observer for Hub {
     }
 
     fn observe(&self, change: Change, key: &FlowKey, conn: &Conn) {
+        if change == Change::Progress {
+            return;
+        }
         self.send(Record::Conn(ConnEvent {
             unix_ms: super::wall_clock_ms(),
             change,
@@ -111,6 +116,7 @@ impl Observer for Hub {
             responder: key.endpoint(conn.originator.other()),
             state: conn.state(),
             traffic: conn.traffic(),
+            peer: conn.peer(),
         }));
     }
 }
