@@ -182,8 +182,10 @@ fn peer_entries_are_not_charged_to_source_limits() {
 /// one of this node's connections.
 #[test]
 fn a_full_table_refuses_peer_records_and_keeps_its_own() {
-    let mut settings = conntrackd::EngineSettings::default();
-    settings.max_connections = 1;
+    let settings = conntrackd::EngineSettings {
+        max_connections: 1,
+        ..Default::default()
+    };
     let mut a = Harness::allow_all();
     let mut b = Harness::with(settings, conntrackd::policy::Policy::allow_all());
     Flow::v4_port(40001).open(&mut a);
