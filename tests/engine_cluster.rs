@@ -255,3 +255,28 @@ fn a_copy_expires_unless_refreshed() {
     b.now_secs += left - 2;
     assert_eq!(b.engine.expire(b.now()), 0);
 }
+
+/// Asymmetric routing, each direction through its own gateway: a packet
+/// that reaches a gateway before the record of the other direction's last
+/// packet is dropped; once the record is there, its retransmission passes
+/// and the connection moves on. So every change of direction waits for a
+/// record and loses the packets that race it (TCP retransmits them after
+/// its timeout): the README says this is not a supported deployment.
+#[test]
+fn asymmetric_routing_loses_every_packet_that_races_a_record() {
+    let mut a = Harness::allow_all(); // client -> server
+    let mut b = Harness::allow_all(); // server -> client
+    let mut f = Flow::v4();
+    assert_eq!(f.client(&mut a, SYN, b"").verdict(), Verdict::Accept);
+    // The SYN+ACK overtakes A's record of the SYN.
+    let synack = f.builder(Role::Responder, SYN | ACK).build();
+    assert_eq!(b.send(synack.clone()).reason, Reason::NoConnection);
+    copy(&a, &b);
+    assert_eq!(b.send(synack).reason, Reason::Tracked);
+    f.s_nxt = f.s_nxt.wrapping_add(1);
+    // The client's ACK overtakes B's record of the SYN+ACK.
+    let ack = f.builder(Role::Originator, ACK).build();
+    assert_ne!(a.send(ack.clone()).reason, Reason::Tracked);
+    copy(&b, &a);
+    assert_eq!(a.send(ack).reason, Reason::Tracked);
+}
