@@ -49,7 +49,10 @@ pub use self::{
     ns::{normalize_ruleset, Ns},
     raw::RawSender,
     sniffer::Sniffer,
-    traffic::{abort, close, connect, exchange, ping, tcp_session, udp_refused, udp_roundtrip},
+    traffic::{
+        abort, close, connect, exchange, exchange_within, ping, tcp_session, udp_refused,
+        udp_roundtrip,
+    },
 };
 
 use std::io::Write;
@@ -88,28 +91,36 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 /// Whether this test must be skipped (not root, no `ip`/`iptables`). Under
 /// `CI=true` a skip is a failure: it panics instead.
 pub fn skip(test: &str) -> bool {
+    skip_without(test, &[])
+}
+
+/// [`skip`], and also when one of `tools` is missing: each is the program,
+/// an argument that only prints its version (it is run) and the Debian
+/// package that has it.
+pub fn skip_without(test: &str, tools: &[(&str, &str, &str)]) -> bool {
     // SAFETY: geteuid(2) takes no arguments, touches no memory and cannot fail.
     let euid = unsafe { libc::geteuid() };
     let why = if euid != 0 {
         Some("needs root (network namespaces, NFQUEUE, iptables)".to_string())
     } else {
         [
-            "ip",
-            "iptables",
-            "ip6tables",
-            "iptables-save",
-            "iptables-restore",
+            ("ip", "-V", "iproute2"),
+            ("iptables", "-V", "iptables"),
+            ("ip6tables", "-V", "iptables"),
+            ("iptables-save", "-V", "iptables"),
+            ("iptables-restore", "-V", "iptables"),
         ]
         .iter()
-        .find(|tool| {
+        .chain(tools)
+        .find(|(tool, version, _)| {
             Command::new(tool)
-                .arg("-V")
+                .arg(version)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
                 .is_err()
         })
-        .map(|tool| format!("needs {tool} (apt-get install iproute2 iptables)"))
+        .map(|(tool, _, package)| format!("needs {tool} (apt-get install {package})"))
     };
     match why {
         None => false,
