@@ -28,12 +28,20 @@
 //! (connections, UDP probes and pings from the client side), `raw` (crafted
 //! packets sent through raw sockets) and `sniffer` (what arrives on an
 //! interface). Everything the tests use is re-exported here.
+//!
+//! `pair` builds the other topology, two gateways in failover ([`Pair`]:
+//! keepalived, a NATS cluster over a sync link), with `nats` (nats-server's
+//! configuration and a small NATS client) and `process` (programs left
+//! running in a namespace) beside it.
 
 mod command;
 mod control;
 mod daemon;
 mod echo;
+mod nats;
 mod ns;
+mod pair;
+mod process;
 mod raw;
 mod sniffer;
 mod traffic;
@@ -46,7 +54,16 @@ pub use self::{
     control::{ctl, json_lines, stats},
     daemon::Daemon,
     echo::{TcpEcho, UdpEcho},
+    nats::{
+        NatsClient, NatsMsg, NATS_CLUSTER, NATS_CLUSTER_PORT, NATS_MONITOR_PORT, NATS_PASSWORD,
+        NATS_PORT, NATS_USER,
+    },
     ns::{normalize_ruleset, Ns},
+    pair::{
+        Failover, Link, Pair, PairConfig, Side, ADVERT_INT, GW_SYNC_IF, VIP_CLIENT4, VIP_CLIENT6,
+        VIP_SERVER4, VIP_SERVER6,
+    },
+    process::Background,
     raw::RawSender,
     sniffer::Sniffer,
     traffic::{
