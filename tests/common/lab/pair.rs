@@ -25,7 +25,10 @@
 //! resolved by ARP and neighbour discovery (no static entries: the owner of
 //! a virtual address changes). Forwarding is on in both gateways. No
 //! namespace accepts router advertisements or runs duplicate address
-//! detection; the switch has no IPv6 at all.
+//! detection; the switch has no IPv6 at all. MAC addresses are fixed
+//! (`02:c7:d0:00:LAN:HOST`: A's `cli` is 02:c7:d0:00:01:11, B's `srv`
+//! 02:c7:d0:00:02:12, the client 02:c7:d0:00:01:02), so that neighbour
+//! tables and the bridges' forwarding databases read at a glance.
 //!
 //! Failover ([`Failover`]):
 //! - `Keepalived` (the default): keepalived 2.2.7 in each gateway
@@ -38,10 +41,14 @@
 //!   second VRRP instance is needed for IPv6). A has priority 200, B 100,
 //!   both start as BACKUP and preempt (the default): A takes the addresses
 //!   back when it recovers. Adverts every [`ADVERT_INT`] s: B takes over
-//!   some 0.7 s after A's links go down (three missed adverts and the skew),
-//!   sends gratuitous ARPs and unsolicited neighbour advertisements, and
-//!   sends them again after 1 s (`vrrp_garp_master_delay`).
-//!   keepalived works in network namespaces as it is (`ip netns exec`).
+//!   when it has missed A's adverts for 0.72 s (three intervals and the
+//!   skew of priority 100), 0.6 to 0.7 s after A's links went down in the
+//!   lab's runs, and A takes the addresses back about as long after its
+//!   links come up. The new master sends gratuitous ARPs and unsolicited
+//!   neighbour advertisements at once and again after 1 s
+//!   (`vrrp_garp_master_delay`). keepalived works in network namespaces as
+//!   it is (`ip netns exec`); several instances on one machine need only
+//!   their own pid files (`--pid`, `--vrrp_pid`).
 //! - `Manual`: no keepalived; the lab moves the addresses itself
 //!   ([`Pair::move_vips`]: `ip addr del` on one side, `ip addr add` on the
 //!   other, and the client's and server's neighbour entries for the virtual
@@ -168,7 +175,7 @@ impl Side {
         Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 1 + self.index() as u16)
     }
 
-    /// MAC address of the gateway's interface on a LAN (fixed, for the
+    /// MAC address of the gateway's interface on a link (fixed, for the
     /// neighbour entries of the manual failover and for diagnostics).
     pub fn mac(self, link: Link) -> String {
         let lan = match link {
@@ -180,7 +187,8 @@ impl Side {
             Link::Sync => 1 + self.index() as u8,
             _ => self.host(),
         };
-        format!("02:c7:d0:00:{lan:02x}:{host:02x}")
+        // The host number in decimal digits: A's `cli` is 02:c7:d0:00:01:11.
+        format!("02:c7:d0:00:{lan:02x}:{host:02}")
     }
 }
 
