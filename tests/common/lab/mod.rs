@@ -28,12 +28,20 @@
 //! (connections, UDP probes and pings from the client side), `raw` (crafted
 //! packets sent through raw sockets) and `sniffer` (what arrives on an
 //! interface). Everything the tests use is re-exported here.
+//!
+//! `pair` builds the other topology, two gateways in failover ([`Pair`]:
+//! keepalived, a NATS cluster over a sync link), with `nats` (nats-server's
+//! configuration and a small NATS client) and `process` (programs left
+//! running in a namespace) beside it.
 
 mod command;
 mod control;
 mod daemon;
 mod echo;
+mod nats;
 mod ns;
+mod pair;
+mod process;
 mod raw;
 mod sniffer;
 mod traffic;
@@ -46,10 +54,22 @@ pub use self::{
     control::{ctl, json_lines, stats},
     daemon::Daemon,
     echo::{TcpEcho, UdpEcho},
+    nats::{
+        NatsClient, NatsMsg, NATS_CLUSTER, NATS_CLUSTER_PORT, NATS_MONITOR_PORT, NATS_PASSWORD,
+        NATS_PORT, NATS_USER,
+    },
     ns::{normalize_ruleset, Ns},
+    pair::{
+        Failover, Link, Pair, PairConfig, Side, ADVERT_INT, GW_SYNC_IF, VIP_CLIENT4, VIP_CLIENT6,
+        VIP_SERVER4, VIP_SERVER6,
+    },
+    process::Background,
     raw::RawSender,
     sniffer::Sniffer,
-    traffic::{abort, close, connect, exchange, ping, tcp_session, udp_refused, udp_roundtrip},
+    traffic::{
+        abort, close, connect, exchange, exchange_within, ping, tcp_session, udp_refused,
+        udp_roundtrip,
+    },
 };
 
 use std::io::Write;
@@ -88,28 +108,36 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 /// Whether this test must be skipped (not root, no `ip`/`iptables`). Under
 /// `CI=true` a skip is a failure: it panics instead.
 pub fn skip(test: &str) -> bool {
+    skip_without(test, &[])
+}
+
+/// [`skip`], and also when one of `tools` is missing: each is the program,
+/// an argument that only prints its version (it is run) and the Debian
+/// package that has it.
+pub fn skip_without(test: &str, tools: &[(&str, &str, &str)]) -> bool {
     // SAFETY: geteuid(2) takes no arguments, touches no memory and cannot fail.
     let euid = unsafe { libc::geteuid() };
     let why = if euid != 0 {
         Some("needs root (network namespaces, NFQUEUE, iptables)".to_string())
     } else {
         [
-            "ip",
-            "iptables",
-            "ip6tables",
-            "iptables-save",
-            "iptables-restore",
+            ("ip", "-V", "iproute2"),
+            ("iptables", "-V", "iptables"),
+            ("ip6tables", "-V", "iptables"),
+            ("iptables-save", "-V", "iptables"),
+            ("iptables-restore", "-V", "iptables"),
         ]
         .iter()
-        .find(|tool| {
+        .chain(tools)
+        .find(|(tool, version, _)| {
             Command::new(tool)
-                .arg("-V")
+                .arg(version)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
                 .is_err()
         })
-        .map(|tool| format!("needs {tool} (apt-get install iproute2 iptables)"))
+        .map(|(tool, _, package)| format!("needs {tool} (apt-get install {package})"))
     };
     match why {
         None => false,

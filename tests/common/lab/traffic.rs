@@ -21,8 +21,29 @@ fn pattern(i: usize, salt: u8) -> u8 {
 }
 
 /// Sends `n` bytes through an echo connection and checks they all come back
-/// (both directions at once: a writer thread and this reader).
+/// (both directions at once: a writer thread and this reader), within 15 s.
 pub fn exchange(stream: &TcpStream, n: usize, salt: u8) -> std::io::Result<()> {
+    // Generous for the sizes used (a few MB take well under a second), but
+    // bounded: a connection limping on retransmissions fails the test.
+    exchange_within(stream, n, salt, Duration::from_secs(15))
+}
+
+/// [`exchange`] that gives up after `limit` (a `TimedOut` error; the
+/// connection is then shut down both ways). Each read waits at most until
+/// the deadline; the stream's own read timeout is restored afterwards.
+pub fn exchange_within(
+    stream: &TcpStream,
+    n: usize,
+    salt: u8,
+    limit: Duration,
+) -> std::io::Result<()> {
+    let read_timeout = stream.read_timeout()?;
+    let result = exchange_until(stream, n, salt, limit);
+    let _ = stream.set_read_timeout(read_timeout);
+    result
+}
+
+fn exchange_until(stream: &TcpStream, n: usize, salt: u8, limit: Duration) -> std::io::Result<()> {
     let mut w = stream.try_clone()?;
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
         let chunk: Vec<u8> = (0..n).map(|i| pattern(i, salt)).collect();
@@ -34,21 +55,30 @@ pub fn exchange(stream: &TcpStream, n: usize, salt: u8) -> std::io::Result<()> {
     let mut r = stream.try_clone()?;
     let mut got = 0usize;
     let mut buf = vec![0u8; 64 * 1024];
-    // Generous for the sizes used (a few MB take well under a second), but
-    // bounded: a connection limping on retransmissions fails the test.
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + limit;
     while got < n {
-        if Instant::now() > deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             let _ = stream.shutdown(Shutdown::Both);
             let _ = writer.join();
             return Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("only {got} of {n} bytes came back within 15 s"),
+                format!("only {got} of {n} bytes came back within {limit:?}"),
             ));
         }
+        r.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
         let k = match r.read(&mut buf) {
             Ok(k) => k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Interrupted
+                        | std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
             Err(e) => return Err(e),
         };
         if k == 0 {
