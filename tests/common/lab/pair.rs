@@ -229,6 +229,12 @@ pub struct PairConfig {
     pub failover: Failover,
     /// nats-server in both gateways, clustered over the sync link.
     pub nats: bool,
+    /// keepalived tracks each gateway's conntrackd (`conntrackd status`, as
+    /// the README's example does): a gateway whose conntrackd is not running
+    /// or does not hold the table yet gives up or never takes the virtual
+    /// addresses. [`Pair::with`] then returns without waiting for a master:
+    /// none can be one before a conntrackd runs.
+    pub track_conntrackd: bool,
 }
 
 impl Default for PairConfig {
@@ -236,6 +242,7 @@ impl Default for PairConfig {
         PairConfig {
             failover: Failover::Keepalived,
             nats: true,
+            track_conntrackd: false,
         }
     }
 }
@@ -308,7 +315,9 @@ impl Pair {
                 for side in Side::BOTH {
                     pair.start_keepalived(side);
                 }
-                pair.wait_master(Side::A, START_TIMEOUT);
+                if !config.track_conntrackd {
+                    pair.wait_master(Side::A, START_TIMEOUT);
+                }
             }
             Failover::Manual => pair.move_vips(Side::A),
         }
@@ -476,6 +485,27 @@ impl Pair {
             Side::A => 200,
             Side::B => 100,
         };
+        let (script, track) = if self.config.track_conntrackd {
+            let socket = self.control_socket(side);
+            (
+                format!(
+                    r#"
+vrrp_script conntrackd {{
+    script "{bin} status --socket {socket}"
+    interval 1
+    timeout 1
+    fall 1
+    rise 1
+}}
+"#,
+                    bin = env!("CARGO_BIN_EXE_conntrackd"),
+                    socket = socket.display(),
+                ),
+                "    track_script {\n        conntrackd\n    }\n",
+            )
+        } else {
+            (String::new(), "")
+        };
         let instance = |name: &str, dev: &str, vrid: u8, v4: Ipv4Addr, v6: Ipv6Addr| {
             format!(
                 r#"
@@ -491,7 +521,7 @@ vrrp_instance {name} {{
     virtual_ipaddress_excluded {{
         {v6}/64 dev {dev}
     }}
-}}
+{track}}}
 "#
             )
         };
@@ -500,8 +530,10 @@ vrrp_instance {name} {{
     router_id gw-{letter}
     vrrp_version 3
     vrrp_garp_master_delay 1
+    script_user root
+    enable_script_security
 }}
-
+{script}
 vrrp_sync_group LANS {{
     group {{
         CLIENT_LAN
