@@ -1,0 +1,561 @@
+//! The cluster: two (or more) gateways tell each other, over NATS, of the
+//! connections they forward, so that a connection survives a failover. One
+//! thread, with a current-thread tokio runtime of its own for the NATS
+//! client; the workers never wait for it.
+//!
+//! - Out: the table's observer queues each change of a local connection in
+//!   a bounded outbox (`shared::cluster`; full: counted, never waited for).
+//!   This thread drains it every millisecond, keeps each connection's last
+//!   change, and publishes batches on `{subject}.changes.{node}`. Every
+//!   `refresh_secs`, every local entry is published again, a slice of the
+//!   table at a time: lost records are repaired, and the peers' copies do
+//!   not expire while the connection lives.
+//! - In: `{subject}.changes.*`, `{subject}.hello.*` and `{subject}.bulk`.
+//!   Messages that do not add up or come from a node not in `peers` are
+//!   refused and counted ([`inbox`]); records are applied as peer entries
+//!   (`Engine::apply_peer`).
+//! - Hello: every second, this node's policy digest, table size and
+//!   readiness; a peer whose digest differs is warned of once.
+//! - Bulk copy: at start and after every reconnect, this node asks its peers
+//!   for their tables (a request on `{subject}.bulk` with a reply inbox);
+//!   each answers with chunks of its local entries, the last one flagged.
+//!   Until the first copy is done (every peer's last chunk, or
+//!   `bulk_timeout_ms`), the node is not ready.
+
+pub mod bulk;
+pub mod inbox;
+pub mod outbox;
+pub mod settings;
+
+pub use settings::ClusterSettings;
+
+use super::shared::cluster::{ClusterState, Link, Outgoing};
+use super::shared::{wall_clock_ms, Shared, Stop};
+use crate::cluster::{self as message, Hello, Kind};
+use crate::Engine;
+use anyhow::Context as _;
+use async_nats::{Client, ConnectOptions, Event, Subject};
+use bulk::BulkWait;
+use futures_util::StreamExt;
+use inbox::Incoming;
+use outbox::Packer;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tracing::{debug, error, info, warn};
+
+/// How often the outbox is drained (and the stop looked at).
+const TICK: Duration = Duration::from_millis(1);
+/// How often a hello is sent.
+const HELLO_EVERY_MS: u64 = 1000;
+/// A publish that waits longer (the client's buffer is full) is given up.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Changes taken from the outbox per round, at most.
+const DRAIN: usize = 16_384;
+
+/// The cluster's shared state, for the table's observer, before the thread
+/// starts.
+pub fn state_for(s: &ClusterSettings) -> Arc<ClusterState> {
+    Arc::new(ClusterState::new(&s.node, &s.servers, &s.subject, &s.peers))
+}
+
+/// Starts the cluster thread. The password file is read here: a start
+/// without it fails before anything else changed.
+pub fn start(
+    settings: ClusterSettings,
+    state: Arc<ClusterState>,
+    engine: Arc<Engine>,
+    shared: Arc<Shared>,
+    stop: Stop,
+) -> anyhow::Result<JoinHandle<()>> {
+    let password = match (&settings.password, &settings.password_file) {
+        (Some(p), _) => Some(p.0.clone()),
+        (None, Some(path)) => Some(read_password(path)?),
+        (None, None) => None,
+    };
+    engine.table().set_progress_every(settings.progress_ms);
+    info!(
+        node = settings.node.as_str(),
+        peers = settings.peers.join(",").as_str(),
+        servers = settings.servers.join(",").as_str(),
+        "cluster: starting; not ready until the peers' tables are copied (at most {} ms)",
+        settings.bulk_timeout_ms
+    );
+    std::thread::Builder::new()
+        .name("ctd-cluster".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    error!("cluster: cannot start its runtime: {e}");
+                    state.set_ready();
+                    return;
+                }
+            };
+            let node = Node::new(settings, password, state, engine, shared, stop);
+            runtime.block_on(node.run());
+        })
+        .context("starting the cluster thread")
+}
+
+/// The first line of a password file; a warning if anyone may read it.
+fn read_password(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cluster.password_file {}", path.display()))?;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o004 != 0 {
+        warn!(
+            password_file = %path.display(),
+            "cluster.password_file {} may be read by anyone (mode {:o}): chmod 600 it",
+            path.display(),
+            mode & 0o777
+        );
+    }
+    let password = text.lines().next().unwrap_or("").trim_end().to_string();
+    if password.is_empty() {
+        anyhow::bail!("cluster.password_file {} is empty", path.display());
+    }
+    Ok(password)
+}
+
+/// The cluster thread's own state.
+struct Node {
+    settings: ClusterSettings,
+    password: Option<String>,
+    state: Arc<ClusterState>,
+    engine: Arc<Engine>,
+    shared: Arc<Shared>,
+    stop: Stop,
+    changes_subject: String,
+    hello_subject: String,
+    bulk_subject: String,
+    changes: Packer,
+    chunks: Packer,
+    hellos: u64,
+    requests: u64,
+    /// The bulk copy this node waits for, and whether it has been asked for.
+    wait: Option<BulkWait>,
+    requested: bool,
+    /// The refresh under way: the next slice and the slices of this walk.
+    refresh: Option<(u64, u64)>,
+    next_refresh_ms: u64,
+    next_hello_ms: u64,
+    /// This node's digest, and the policy generation it is of.
+    digest: Option<(u16, [u8; 32])>,
+    batch: Vec<Outgoing>,
+}
+
+impl Node {
+    fn new(
+        settings: ClusterSettings,
+        password: Option<String>,
+        state: Arc<ClusterState>,
+        engine: Arc<Engine>,
+        shared: Arc<Shared>,
+        stop: Stop,
+    ) -> Node {
+        let (prefix, node) = (&settings.subject, &settings.node);
+        let now_ms = shared.now().as_nanos() / 1_000_000;
+        Node {
+            changes_subject: format!("{prefix}.changes.{node}"),
+            hello_subject: format!("{prefix}.hello.{node}"),
+            bulk_subject: format!("{prefix}.bulk"),
+            changes: Packer::new(node, Kind::Changes),
+            chunks: Packer::new(node, Kind::BulkChunk),
+            hellos: 0,
+            requests: 0,
+            wait: Some(BulkWait::new(
+                &settings.peers,
+                now_ms,
+                settings.bulk_timeout_ms,
+                wall_clock_ms(),
+            )),
+            requested: false,
+            refresh: None,
+            next_refresh_ms: now_ms + settings.refresh_secs * 1000,
+            next_hello_ms: now_ms,
+            digest: None,
+            batch: Vec::with_capacity(DRAIN),
+            settings,
+            password,
+            state,
+            engine,
+            shared,
+            stop,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.shared.now().as_nanos() / 1_000_000
+    }
+
+    async fn options(
+        &self,
+        events: tokio::sync::mpsc::UnboundedSender<Event>,
+    ) -> anyhow::Result<ConnectOptions> {
+        let s = &self.settings;
+        let mut o = ConnectOptions::new()
+            .name(format!("conntrackd {}", s.node))
+            // Our own messages are not for us.
+            .no_echo()
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((attempts as u64 * 100).min(1000))
+            })
+            .connection_timeout(Duration::from_secs(2))
+            .ping_interval(Duration::from_secs(5))
+            .subscription_capacity(65_536)
+            .event_callback(move |event| {
+                let events = events.clone();
+                async move {
+                    let _ = events.send(event);
+                }
+            });
+        if let (Some(user), Some(password)) = (&s.user, &self.password) {
+            o = o.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(creds) = &s.creds_file {
+            o = o
+                .credentials_file(creds)
+                .await
+                .with_context(|| format!("cluster.creds_file {}", creds.display()))?;
+        }
+        if let Some(ca) = &s.tls_ca_file {
+            o = o.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&s.tls_cert_file, &s.tls_key_file) {
+            o = o.add_client_certificate(cert.clone(), key.clone());
+        }
+        if s.tls_required || s.servers.iter().any(|u| u.starts_with("tls://")) {
+            o = o.require_tls(true);
+        }
+        Ok(o)
+    }
+
+    async fn run(mut self) {
+        let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let connected = match self.options(events_tx).await {
+            Ok(o) => o
+                .connect(self.settings.servers.as_slice())
+                .await
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        let client = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                // The node still works alone: it must not stay unready.
+                error!("cluster: {e:#}; this node runs alone");
+                self.state.set_link(Link::Disconnected);
+                self.state.set_ready();
+                return;
+            }
+        };
+        let prefix = self.settings.subject.clone();
+        let inbox = client.new_inbox();
+        let subscribed = async {
+            Ok::<_, async_nats::SubscribeError>((
+                client.subscribe(format!("{prefix}.changes.*")).await?,
+                client.subscribe(format!("{prefix}.hello.*")).await?,
+                client.subscribe(self.bulk_subject.clone()).await?,
+                client.subscribe(inbox.clone()).await?,
+            ))
+        }
+        .await;
+        let (mut changes, mut hellos, mut requests, mut copies) = match subscribed {
+            Ok(s) => s,
+            Err(e) => {
+                error!("cluster: cannot subscribe ({e}); this node runs alone");
+                self.state.set_ready();
+                return;
+            }
+        };
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if self.stop.is_set() {
+                        break;
+                    }
+                    self.round(&client).await;
+                }
+                Some(m) = changes.next() => self.take(&client, &m.payload, m.reply).await,
+                Some(m) = hellos.next() => self.take(&client, &m.payload, m.reply).await,
+                Some(m) = requests.next() => self.take(&client, &m.payload, m.reply).await,
+                Some(m) = copies.next() => self.take(&client, &m.payload, m.reply).await,
+                Some(event) = events.recv() => self.event(&client, &inbox, event).await,
+            }
+        }
+        // What the workers queued last, then the client's buffer, briefly.
+        self.send_changes(&client).await;
+        let _ = tokio::time::timeout(Duration::from_millis(500), client.flush()).await;
+        self.state.set_link(Link::Disconnected);
+    }
+
+    /// One tick: the outbox, the hello, a slice of the refresh, the bulk
+    /// copy's end.
+    async fn round(&mut self, client: &Client) {
+        self.send_changes(client).await;
+        let now_ms = self.now_ms();
+        if now_ms >= self.next_hello_ms {
+            self.next_hello_ms = now_ms + HELLO_EVERY_MS;
+            self.hello(client).await;
+        }
+        self.refresh_step(client, now_ms).await;
+        if let Some(wait) = self.wait.as_ref().filter(|w| w.done(now_ms)) {
+            let report = wait.report(now_ms);
+            let first = !self.state.ready();
+            if !self.requested {
+                warn!(
+                    "cluster: no bulk copy within {} ms: not connected to any NATS server{}",
+                    self.settings.bulk_timeout_ms,
+                    if first {
+                        "; ready without the peers' tables"
+                    } else {
+                        ""
+                    }
+                );
+            } else if report.missing.is_empty() {
+                info!(
+                    records = report.records,
+                    ms = report.took_ms,
+                    "cluster: bulk copy done: {} records from {}",
+                    report.records,
+                    report.answered.join(", ")
+                );
+            } else {
+                warn!(
+                    records = report.records,
+                    ms = report.took_ms,
+                    "cluster: bulk copy timed out after {} ms: {} records from {}; no answer \
+                     from {}",
+                    report.took_ms,
+                    report.records,
+                    if report.answered.is_empty() {
+                        "no peer".to_string()
+                    } else {
+                        report.answered.join(", ")
+                    },
+                    report.missing.join(", ")
+                );
+            }
+            *self
+                .state
+                .last_bulk
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(report);
+            self.wait = None;
+            self.state.syncing.store(false, Ordering::Relaxed);
+            self.state.set_ready();
+        }
+    }
+
+    /// Publishes what the outbox holds, a connection's last change each.
+    async fn send_changes(&mut self, client: &Client) {
+        let outbox = self.state.outbox();
+        while self.batch.len() < DRAIN {
+            match outbox.try_recv() {
+                Ok(item) => self.batch.push(item),
+                Err(_) => break,
+            }
+        }
+        if self.batch.is_empty() {
+            return;
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        outbox::coalesce(&mut batch);
+        if self.state.link() != Link::Connected {
+            // The next bulk copy and refreshes repair what is lost here.
+            self.state
+                .dropped
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        } else {
+            let messages = self
+                .changes
+                .pack(&batch, self.shared.now(), wall_clock_ms(), false);
+            for (bytes, records) in messages {
+                self.publish(client, self.changes_subject.clone(), bytes, records)
+                    .await;
+            }
+        }
+        batch.clear();
+        self.batch = batch;
+    }
+
+    async fn publish(&self, client: &Client, subject: String, bytes: Vec<u8>, records: u32) {
+        match tokio::time::timeout(PUBLISH_TIMEOUT, client.publish(subject, bytes.into())).await {
+            Ok(Ok(())) => {
+                self.state.messages_sent.fetch_add(1, Ordering::Relaxed);
+                self.state
+                    .records_sent
+                    .fetch_add(u64::from(records), Ordering::Relaxed);
+            }
+            Ok(Err(e)) => {
+                debug!("cluster: publish: {e}");
+                self.state.publish_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.state.publish_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// This node's digest of what judges packets (a reload may change it;
+    /// the policy's generation does not count).
+    fn digest(&mut self) -> [u8; 32] {
+        let policy = self.engine.policy();
+        match self.digest {
+            Some((generation, d)) if generation == policy.generation => d,
+            _ => {
+                let d = message::digest(&format!(
+                    "{:?}{:?}{:?}",
+                    policy.default,
+                    policy.rules,
+                    self.engine.settings()
+                ));
+                self.digest = Some((policy.generation, d));
+                *self.state.digest.lock().unwrap_or_else(|e| e.into_inner()) = d;
+                d
+            }
+        }
+    }
+
+    async fn hello(&mut self, client: &Client) {
+        if self.state.link() != Link::Connected {
+            return;
+        }
+        self.hellos += 1;
+        let hello = Hello {
+            digest: self.digest(),
+            connections: self.engine.table().len() as u64,
+            ready: self.state.ready(),
+        };
+        let bytes = message::hello(&self.settings.node, self.hellos, wall_clock_ms(), &hello);
+        self.publish(client, self.hello_subject.clone(), bytes, 0)
+            .await;
+    }
+
+    /// Publishes the next slice of the refresh under way, or starts one.
+    async fn refresh_step(&mut self, client: &Client, now_ms: u64) {
+        if self.settings.refresh_secs == 0 || self.state.link() != Link::Connected {
+            return;
+        }
+        let (slice, slices) = match self.refresh {
+            Some(r) => r,
+            None if now_ms >= self.next_refresh_ms => {
+                self.next_refresh_ms = now_ms + self.settings.refresh_secs * 1000;
+                (0, outbox::slices_for(self.engine.table().len()))
+            }
+            None => return,
+        };
+        let now = self.shared.now();
+        let mut items = Vec::new();
+        outbox::local_slice(&self.engine, slice, slices, now, &mut items);
+        for (bytes, records) in self.changes.pack(&items, now, wall_clock_ms(), false) {
+            self.publish(client, self.changes_subject.clone(), bytes, records)
+                .await;
+        }
+        self.refresh = (slice + 1 < slices).then_some((slice + 1, slices));
+    }
+
+    /// Takes one received message.
+    async fn take(&mut self, client: &Client, bytes: &[u8], reply: Option<Subject>) {
+        let now = self.shared.now();
+        match inbox::read(&self.state, bytes, now, wall_clock_ms()) {
+            None => {}
+            Some(Incoming::Records {
+                peer,
+                bulk,
+                last,
+                records,
+            }) => {
+                let count = records.len();
+                inbox::apply(&self.engine, &self.state, &peer, records, now);
+                if let (true, Some(wait)) = (bulk, &mut self.wait) {
+                    wait.chunk(&peer, count, last);
+                }
+            }
+            Some(Incoming::Hello { peer, hello }) => {
+                let ours = self.digest();
+                inbox::hello(&self.state, &peer, &hello, &ours);
+            }
+            Some(Incoming::BulkRequest { peer }) => match reply {
+                Some(reply) => self.answer(client, &peer, reply).await,
+                None => debug!("cluster: a bulk request from {peer} without a reply subject"),
+            },
+        }
+    }
+
+    /// Sends `peer` a copy of every local entry, a slice at a time.
+    async fn answer(&mut self, client: &Client, peer: &str, reply: Subject) {
+        let slices = outbox::slices_for(self.engine.table().len());
+        let mut records = 0u64;
+        let mut items = Vec::new();
+        for slice in 0..slices {
+            let now = self.shared.now();
+            items.clear();
+            outbox::local_slice(&self.engine, slice, slices, now, &mut items);
+            let last = slice + 1 == slices;
+            for (bytes, n) in self.chunks.pack(&items, now, wall_clock_ms(), last) {
+                records += u64::from(n);
+                self.publish(client, reply.to_string(), bytes, n).await;
+            }
+            // The changes keep flowing between slices.
+            self.send_changes(client).await;
+        }
+        self.state.bulk_answered.fetch_add(1, Ordering::Relaxed);
+        info!(
+            peer,
+            records, "cluster: sent {peer} a copy of this node's table: {records} records"
+        );
+    }
+
+    /// The connection came or went: after every (re)connect, a bulk copy.
+    async fn event(&mut self, client: &Client, inbox: &str, event: Event) {
+        match event {
+            Event::Connected => {
+                info!("cluster: connected to NATS");
+                self.state.set_link(Link::Connected);
+                let now_ms = self.now_ms();
+                if self.wait.is_none() {
+                    self.wait = Some(BulkWait::new(
+                        &self.settings.peers,
+                        now_ms,
+                        self.settings.bulk_timeout_ms,
+                        wall_clock_ms(),
+                    ));
+                }
+                self.state.syncing.store(true, Ordering::Relaxed);
+                // The subscriptions are in place at the server before anyone answers.
+                let _ = tokio::time::timeout(PUBLISH_TIMEOUT, client.flush()).await;
+                self.requests += 1;
+                let request =
+                    message::bulk_request(&self.settings.node, self.requests, wall_clock_ms());
+                let sent = tokio::time::timeout(
+                    PUBLISH_TIMEOUT,
+                    client.publish_with_reply(
+                        self.bulk_subject.clone(),
+                        inbox.to_string(),
+                        request.into(),
+                    ),
+                )
+                .await;
+                self.requested = matches!(sent, Ok(Ok(())));
+                // A hello now: the peers learn at once that this node is back.
+                self.next_hello_ms = now_ms;
+            }
+            Event::Disconnected => {
+                warn!("cluster: disconnected from NATS; reconnecting");
+                self.state.set_link(Link::Disconnected);
+            }
+            other => debug!("cluster: NATS: {other}"),
+        }
+    }
+}
