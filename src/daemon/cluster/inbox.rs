@@ -169,7 +169,8 @@ mod tests {
         )
         .flags(TcpFlags::SYN)
         .build();
-        e.decide(&syn, &Context::default(), Timestamp::from_secs(1));
+        let d = e.decide(&syn, &Context::default(), Timestamp::from_secs(1));
+        assert_eq!(d.verdict(), crate::Verdict::Accept);
     }
 
     fn changes(node: &str, sequence: u64, e: &Engine, now: Timestamp) -> Vec<u8> {

@@ -102,6 +102,19 @@ pub fn start(
         .context("starting the cluster thread")
 }
 
+/// A digest of what judges packets: the policy (its rules and default, not
+/// its generation, which every reload bumps) and the engine's settings, as
+/// this conntrackd renders them.
+pub fn policy_digest(engine: &Engine) -> [u8; 32] {
+    let policy = engine.policy();
+    message::digest(&format!(
+        "{:?}{:?}{:?}",
+        policy.default,
+        policy.rules,
+        engine.settings()
+    ))
+}
+
 /// The first line of a password file; a warning if anyone may read it.
 fn read_password(path: &std::path::Path) -> anyhow::Result<String> {
     use std::os::unix::fs::PermissionsExt;
@@ -116,7 +129,7 @@ fn read_password(path: &std::path::Path) -> anyhow::Result<String> {
             mode & 0o777
         );
     }
-    let password = text.lines().next().unwrap_or("").trim_end().to_string();
+    let password = text.lines().next().unwrap_or("").to_string();
     if password.is_empty() {
         anyhow::bail!("cluster.password_file {} is empty", path.display());
     }
@@ -257,6 +270,8 @@ impl Node {
                 return;
             }
         };
+        // Shown by `conntrackd cluster` before the first hello.
+        self.digest();
         let prefix = self.settings.subject.clone();
         let inbox = client.new_inbox();
         let subscribed = async {
@@ -407,20 +422,15 @@ impl Node {
         }
     }
 
-    /// This node's digest of what judges packets (a reload may change it;
-    /// the policy's generation does not count).
+    /// This node's digest (see [`policy_digest`]), made again only when a
+    /// reload changed the policy.
     fn digest(&mut self) -> [u8; 32] {
-        let policy = self.engine.policy();
+        let generation = self.engine.policy().generation;
         match self.digest {
-            Some((generation, d)) if generation == policy.generation => d,
+            Some((made_for, d)) if made_for == generation => d,
             _ => {
-                let d = message::digest(&format!(
-                    "{:?}{:?}{:?}",
-                    policy.default,
-                    policy.rules,
-                    self.engine.settings()
-                ));
-                self.digest = Some((policy.generation, d));
+                let d = policy_digest(&self.engine);
+                self.digest = Some((generation, d));
                 *self.state.digest.lock().unwrap_or_else(|e| e.into_inner()) = d;
                 d
             }
@@ -557,5 +567,55 @@ impl Node {
             }
             other => debug!("cluster: NATS: {other}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+    use std::path::Path;
+
+    fn engine(rules: &str) -> Engine {
+        let c = Config::parse(rules, Path::new("r.toml")).unwrap();
+        Engine::new(c.engine, c.policy)
+    }
+
+    const WEB: &str = "[policy]\ndefault = \"drop\"\n[[rule]]\nname = \"web\"\n\
+                       action = \"accept\"\nproto = \"tcp\"\ndst_ports = [443]\n";
+
+    #[test]
+    fn the_digest_follows_the_rules_and_settings_not_the_reloads() {
+        let a = engine(WEB);
+        let d = policy_digest(&a);
+        assert_eq!(d, policy_digest(&engine(WEB)), "two nodes alike");
+        // A reload of the same rules bumps the generation only.
+        a.set_policy(engine(WEB).policy().as_ref().clone());
+        assert_ne!(a.policy().generation, engine(WEB).policy().generation);
+        assert_eq!(policy_digest(&a), d);
+        let other = WEB.replace("443", "8443");
+        a.set_policy(engine(&other).policy().as_ref().clone());
+        assert_ne!(policy_digest(&a), d, "another port");
+        let settings = format!("{WEB}[engine]\nloose_pickup = true\n");
+        assert_ne!(
+            policy_digest(&engine(&settings)),
+            d,
+            "other engine settings"
+        );
+    }
+
+    #[test]
+    fn a_password_file_gives_its_first_line() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "s3cret\nignored\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_password(&file).unwrap(), "s3cret");
+        std::fs::write(&file, "\n").unwrap();
+        let e = read_password(&file).unwrap_err().to_string();
+        assert!(e.contains("is empty"), "{e}");
+        let e = read_password(&dir.path().join("none")).unwrap_err();
+        assert!(format!("{e:#}").contains("cluster.password_file"), "{e:#}");
     }
 }
