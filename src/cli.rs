@@ -275,7 +275,7 @@ fn print_human(cmd: &serde_json::Value, lines: &[serde_json::Value]) {
                 };
                 let pair = |k: &str| format!("{}/{}", f[k][0], f[k][1]);
                 println!(
-                    "{:<6} {} -> {} {} age {}s expires {}s rule {} pkts {} bytes {}",
+                    "{:<6} {} -> {} {} age {}s expires {}s rule {} pkts {} bytes {}{}",
                     s("proto"),
                     end(s("src"), s("sport")),
                     end(s("dst"), s("dport")),
@@ -285,6 +285,7 @@ fn print_human(cmd: &serde_json::Value, lines: &[serde_json::Value]) {
                     f["rule"].as_str().unwrap_or("(default)"),
                     pair("packets"),
                     pair("bytes"),
+                    if f["peer"] == true { " (peer's)" } else { "" },
                 );
                 if let Some(Value::Array(w)) = f.get("windows") {
                     for (side, w) in ["originator", "responder"].iter().zip(w) {
@@ -434,13 +435,14 @@ fn event_line(e: &serde_json::Value) -> String {
         _ => e["state"].as_str().unwrap_or("?").to_string(),
     };
     format!(
-        "{} {:<7} {} {} -> {} {}",
+        "{} {:<7} {} {} -> {} {}{}",
         clock(&e["time_ms"]),
         what,
         e["proto"].as_str().unwrap_or("?"),
         endpoint(e, "src", "sport"),
         endpoint(e, "dst", "dport"),
-        tail
+        tail,
+        if e["peer"] == true { " (peer's)" } else { "" },
     )
 }
 
@@ -516,7 +518,8 @@ fn print_cluster(v: &serde_json::Value) {
         v["policy_digest"].as_str().unwrap_or("?"),
     );
     println!(
-        "sent {} records in {} messages; {} dropped (outbox full or disconnected), {} publish          errors; {} bulk copies sent",
+        "sent {} records in {} messages; {} dropped (outbox full or disconnected), {} publish \
+         errors; {} bulk copies sent",
         v["records_sent"],
         v["messages_sent"],
         v["records_dropped"],

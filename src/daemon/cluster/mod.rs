@@ -53,6 +53,9 @@ const HELLO_EVERY_MS: u64 = 1000;
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Changes taken from the outbox per round, at most.
 const DRAIN: usize = 16_384;
+/// A bulk request nobody was subscribed to (the peers reconnecting at the
+/// same moment) is asked again this much later, until the copy times out.
+const REQUEST_AGAIN_MS: u64 = 200;
 
 /// The cluster's shared state, for the table's observer, before the thread
 /// starts.
@@ -154,6 +157,8 @@ struct Node {
     /// The bulk copy this node waits for, and whether it has been asked for.
     wait: Option<BulkWait>,
     requested: bool,
+    /// When to ask again (the last request reached no one).
+    request_again_ms: Option<u64>,
     /// The refresh under way: the next slice and the slices of this walk.
     refresh: Option<(u64, u64)>,
     next_refresh_ms: u64,
@@ -189,6 +194,7 @@ impl Node {
                 wall_clock_ms(),
             )),
             requested: false,
+            request_again_ms: None,
             refresh: None,
             next_refresh_ms: now_ms + settings.refresh_secs * 1000,
             next_hello_ms: now_ms,
@@ -301,11 +307,17 @@ impl Node {
                     }
                     self.round(&client).await;
                 }
-                Some(m) = changes.next() => self.take(&client, &m.payload, m.reply).await,
-                Some(m) = hellos.next() => self.take(&client, &m.payload, m.reply).await,
-                Some(m) = requests.next() => self.take(&client, &m.payload, m.reply).await,
-                Some(m) = copies.next() => self.take(&client, &m.payload, m.reply).await,
+                Some(m) = changes.next() => self.take(&client, m).await,
+                Some(m) = hellos.next() => self.take(&client, m).await,
+                Some(m) = requests.next() => self.take(&client, m).await,
+                Some(m) = copies.next() => self.take(&client, m).await,
                 Some(event) = events.recv() => self.event(&client, &inbox, event).await,
+            }
+            if self.request_again_ms.is_some_and(|at| self.now_ms() >= at) {
+                self.request_again_ms = None;
+                if self.wait.is_some() {
+                    self.request(&client, &inbox).await;
+                }
             }
         }
         // What the workers queued last, then the client's buffer, briefly.
@@ -476,9 +488,19 @@ impl Node {
     }
 
     /// Takes one received message.
-    async fn take(&mut self, client: &Client, bytes: &[u8], reply: Option<Subject>) {
+    async fn take(&mut self, client: &Client, m: async_nats::Message) {
+        // The server's word, not a peer's: 503 "no responders" to a bulk
+        // request nobody was subscribed to yet.
+        if let Some(status) = m.status {
+            debug!("cluster: NATS status {status} on {}", m.subject);
+            if status == async_nats::StatusCode::NO_RESPONDERS && self.wait.is_some() {
+                self.request_again_ms = Some(self.now_ms() + REQUEST_AGAIN_MS);
+            }
+            return;
+        }
         let now = self.shared.now();
-        match inbox::read(&self.state, bytes, now, wall_clock_ms()) {
+        let reply = m.reply;
+        match inbox::read(&self.state, &m.payload, now, wall_clock_ms()) {
             None => {}
             Some(Incoming::Records {
                 peer,
@@ -527,6 +549,18 @@ impl Node {
         );
     }
 
+    /// Asks the peers for their tables, answers to `inbox`.
+    async fn request(&mut self, client: &Client, inbox: &str) {
+        self.requests += 1;
+        let request = message::bulk_request(&self.settings.node, self.requests, wall_clock_ms());
+        let sent = tokio::time::timeout(
+            PUBLISH_TIMEOUT,
+            client.publish_with_reply(self.bulk_subject.clone(), inbox.to_string(), request.into()),
+        )
+        .await;
+        self.requested |= matches!(sent, Ok(Ok(())));
+    }
+
     /// The connection came or went: after every (re)connect, a bulk copy.
     async fn event(&mut self, client: &Client, inbox: &str, event: Event) {
         match event {
@@ -535,6 +569,7 @@ impl Node {
                 self.state.set_link(Link::Connected);
                 let now_ms = self.now_ms();
                 if self.wait.is_none() {
+                    self.requested = false;
                     self.wait = Some(BulkWait::new(
                         &self.settings.peers,
                         now_ms,
@@ -545,19 +580,7 @@ impl Node {
                 self.state.syncing.store(true, Ordering::Relaxed);
                 // The subscriptions are in place at the server before anyone answers.
                 let _ = tokio::time::timeout(PUBLISH_TIMEOUT, client.flush()).await;
-                self.requests += 1;
-                let request =
-                    message::bulk_request(&self.settings.node, self.requests, wall_clock_ms());
-                let sent = tokio::time::timeout(
-                    PUBLISH_TIMEOUT,
-                    client.publish_with_reply(
-                        self.bulk_subject.clone(),
-                        inbox.to_string(),
-                        request.into(),
-                    ),
-                )
-                .await;
-                self.requested = matches!(sent, Ok(Ok(())));
+                self.request(client, inbox).await;
                 // A hello now: the peers learn at once that this node is back.
                 self.next_hello_ms = now_ms;
             }

@@ -900,6 +900,10 @@ fn flow_line(info: &ConnInfo, now: u64, verbose: bool) -> Value {
     line["rule"] = json!(info.rule);
     line["packets"] = json!(info.traffic.packets);
     line["bytes"] = json!(info.traffic.bytes);
+    if info.peer {
+        // A copy of a connection a peer gateway forwards.
+        line["peer"] = json!(true);
+    }
     if let (true, Some(w)) = (verbose, info.windows) {
         line["windows"] = json!(w
             .iter()
@@ -1163,6 +1167,15 @@ mod tests {
         assert_eq!(p["policy_agrees"], false);
         assert_eq!(v["last_bulk_copy"], Value::Null);
         assert_eq!(one(&c, "{\"cmd\":\"cluster\"}\n")["node"], "gw-a");
+
+        // A peer's connection is listed as such.
+        open(&c, 40000);
+        let (key, conn) = c.engine.table().snapshot()[0];
+        c.engine.remove_connections(|_| true);
+        let now = Timestamp::from_secs(1);
+        c.engine.apply_peer(key, conn, false, now);
+        let (lines, _) = ask(&c, "{\"cmd\":\"flows\"}\n");
+        assert_eq!(lines[0]["peer"], true, "{lines:?}");
     }
 
     #[test]
