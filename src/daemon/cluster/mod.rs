@@ -45,8 +45,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use tracing::{debug, error, info, warn};
 
-/// How often the outbox is drained (and the stop looked at).
+/// How often the outbox is drained (and the stop looked at) while changes
+/// come; with none, the pause doubles up to `IDLE_TICK` (an idle node does
+/// not wake a thousand times a second; the first change after a quiet spell
+/// waits that much at most).
 const TICK: Duration = Duration::from_millis(1);
+const IDLE_TICK: Duration = Duration::from_millis(4);
 /// How often a hello is sent.
 const HELLO_EVERY_MS: u64 = 1000;
 /// A publish that waits longer (the client's buffer is full) is given up.
@@ -297,15 +301,19 @@ impl Node {
                 return;
             }
         };
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Set again only when it fires: messages arriving do not put it off.
+        let tick = tokio::time::sleep(TICK);
+        tokio::pin!(tick);
+        let mut pause = TICK;
         loop {
             tokio::select! {
-                _ = tick.tick() => {
+                () = &mut tick => {
                     if self.stop.is_set() {
                         break;
                     }
-                    self.round(&client).await;
+                    let busy = self.round(&client).await;
+                    pause = if busy { TICK } else { (pause * 2).min(IDLE_TICK) };
+                    tick.as_mut().reset(tokio::time::Instant::now() + pause);
                 }
                 Some(m) = changes.next() => self.take(&client, m).await,
                 Some(m) = hellos.next() => self.take(&client, m).await,
@@ -321,15 +329,18 @@ impl Node {
             }
         }
         // What the workers queued last, then the client's buffer, briefly.
-        self.send_changes(&client).await;
-        let _ = tokio::time::timeout(Duration::from_millis(500), client.flush()).await;
+        let last = async {
+            self.send_changes(&client).await;
+            let _ = client.flush().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(500), last).await;
         self.state.set_link(Link::Disconnected);
     }
 
     /// One tick: the outbox, the hello, a slice of the refresh, the bulk
-    /// copy's end.
-    async fn round(&mut self, client: &Client) {
-        self.send_changes(client).await;
+    /// copy's end. Whether the outbox had changes.
+    async fn round(&mut self, client: &Client) -> bool {
+        let busy = self.send_changes(client).await;
         let now_ms = self.now_ms();
         if now_ms >= self.next_hello_ms {
             self.next_hello_ms = now_ms + HELLO_EVERY_MS;
@@ -382,10 +393,12 @@ impl Node {
             self.state.syncing.store(false, Ordering::Relaxed);
             self.state.set_ready();
         }
+        busy
     }
 
-    /// Publishes what the outbox holds, a connection's last change each.
-    async fn send_changes(&mut self, client: &Client) {
+    /// Publishes what the outbox holds, a connection's last change each;
+    /// whether it held any.
+    async fn send_changes(&mut self, client: &Client) -> bool {
         let outbox = self.state.outbox();
         while self.batch.len() < DRAIN {
             match outbox.try_recv() {
@@ -394,7 +407,7 @@ impl Node {
             }
         }
         if self.batch.is_empty() {
-            return;
+            return false;
         }
         let mut batch = std::mem::take(&mut self.batch);
         outbox::coalesce(&mut batch);
@@ -407,29 +420,48 @@ impl Node {
             let messages = self
                 .changes
                 .pack(&batch, self.shared.now(), wall_clock_ms(), false);
+            let mut unsent = batch.len() as u64;
             for (bytes, records) in messages {
-                self.publish(client, self.changes_subject.clone(), bytes, records)
-                    .await;
+                // NATS does not take them now: the rest would only wait too.
+                if !self
+                    .publish(client, self.changes_subject.clone(), bytes, records)
+                    .await
+                {
+                    self.state.dropped.fetch_add(unsent, Ordering::Relaxed);
+                    break;
+                }
+                unsent -= u64::from(records);
             }
         }
         batch.clear();
         self.batch = batch;
+        true
     }
 
-    async fn publish(&self, client: &Client, subject: String, bytes: Vec<u8>, records: u32) {
+    /// Whether NATS took the message (counted either way).
+    async fn publish(
+        &self,
+        client: &Client,
+        subject: String,
+        bytes: Vec<u8>,
+        records: u32,
+    ) -> bool {
         match tokio::time::timeout(PUBLISH_TIMEOUT, client.publish(subject, bytes.into())).await {
             Ok(Ok(())) => {
                 self.state.messages_sent.fetch_add(1, Ordering::Relaxed);
                 self.state
                     .records_sent
                     .fetch_add(u64::from(records), Ordering::Relaxed);
+                true
             }
             Ok(Err(e)) => {
                 debug!("cluster: publish: {e}");
                 self.state.publish_errors.fetch_add(1, Ordering::Relaxed);
+                false
             }
             Err(_) => {
                 self.state.publish_errors.fetch_add(1, Ordering::Relaxed);
+                false
             }
         }
     }

@@ -508,7 +508,8 @@ impl Daemon {
                 }
             }
         }
-        // 4. The operations (they may have been answering a client).
+        // 4. The operations (they may have been answering a client), and the
+        // cluster thread (it sends the workers' last changes, briefly).
         for handle in self.operations.drain(..) {
             if handle.join().is_err() {
                 error!("an operations thread panicked");
