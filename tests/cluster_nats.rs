@@ -1,7 +1,9 @@
 //! Two cluster threads over a real nats-server (no root needed): a
 //! connection decided on one node appears on the other as a peer entry, a
-//! node started later gets the table by a bulk copy, and a forged or broken
-//! message published raw on the subjects is refused and counted.
+//! node started later gets the table by a bulk copy, a forged or broken
+//! message published raw on the subjects is refused and counted, the
+//! refresh repairs what a peer lost, a removal reaches the peer, and a
+//! connection adopted by the peer (a failover) becomes the peer's here.
 //!
 //! Needs nats-server (`NATS_SERVER`, else /usr/bin or /usr/sbin, where
 //! Debian puts it): skipped with a message without it, and a failure under
@@ -94,7 +96,7 @@ impl Gateway {
         let rules = format!(
             "[policy]\ndefault = \"accept\"\n[cluster]\nservers = \"nats://127.0.0.1:{port}\"\n\
              node = \"{node}\"\npeers = \"{peer}\"\nsubject = \"ctd-test\"\nuser = \"{USER}\"\n\
-             password = \"{PASSWORD}\"\nbulk_timeout_ms = 1500\n"
+             password = \"{PASSWORD}\"\nbulk_timeout_ms = 1500\nrefresh_secs = 1\n"
         );
         let (config, _, settings) = Config::parse_shell::<serde::de::IgnoredAny, ClusterSettings>(
             &rules,
@@ -303,6 +305,38 @@ fn two_gateways_share_their_table_over_nats() {
             .load(std::sync::atomic::Ordering::Relaxed)
             >= 2
     );
+
+    // The refresh repairs what a peer lost: B forgets, A's next refresh
+    // (every second here) brings it back.
+    let lost = b.engine.remove_connections(|i| i.peer);
+    assert_eq!(lost, 2);
+    eventually("A's refresh brought the connections back to B", || {
+        b.has(40000).is_some() && b.has(40001).is_some()
+    });
+
+    // A connection A removes is removed on B.
+    let killed = a.engine.remove_connections(|i| i.originator.1 == 40001);
+    assert_eq!(killed, 1);
+    eventually("B removed it too", || b.has(40001).is_none());
+    assert!(b.has(40000).is_some());
+
+    // Failover: B forwards a packet of A's connection, adopts it, and tells
+    // A, whose copy becomes the peer's.
+    let ack = build::tcp(
+        "198.18.0.2:40000".parse().unwrap(),
+        "198.19.0.2:443".parse().unwrap(),
+    )
+    .flags(TcpFlags::ACK)
+    .seq(1001)
+    .ack(5001)
+    .payload(b"after the failover")
+    .build();
+    let d = b.engine.decide(&ack, &Context::default(), b.shared.now());
+    assert_eq!(d.verdict(), Verdict::Accept, "{d:?}");
+    assert!(!b.has(40000).unwrap().1, "B's own now");
+    eventually("A's copy is B's now", || {
+        a.has(40000).is_some_and(|(_, peer)| peer)
+    });
 
     a.stop();
     b.stop();
