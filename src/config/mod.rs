@@ -16,8 +16,8 @@ use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// A table of the rules file that a shell owns (`[daemon]`): the core
-/// deserializes it as one of its tables, so that its errors are reported
+/// A table of the rules file that a shell owns (`[daemon]`, `[cluster]`):
+/// the core deserializes it as one of its tables, so that its errors are reported
 /// with every other problem of the file, and hands it to the shell.
 /// [`IgnoredAny`] takes any table and checks nothing: for those that do not
 /// run the daemon (replay, the tests).
