@@ -81,6 +81,18 @@ pub fn start(
         (None, Some(path)) => Some(read_password(path)?),
         (None, None) => None,
     };
+    // Files the client reads later: a start without them fails now.
+    for path in [
+        &settings.creds_file,
+        &settings.tls_ca_file,
+        &settings.tls_cert_file,
+        &settings.tls_key_file,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        std::fs::File::open(path).with_context(|| format!("[cluster] {}", path.display()))?;
+    }
     engine.table().set_progress_every(settings.progress_ms);
     info!(
         node = settings.node.as_str(),
@@ -512,11 +524,15 @@ impl Node {
         let now = self.shared.now();
         let mut items = Vec::new();
         outbox::local_slice(&self.engine, slice, slices, now, &mut items);
-        for (bytes, records) in self.changes.pack(&items, now, wall_clock_ms(), false) {
-            self.publish(client, self.changes_subject.clone(), bytes, records)
-                .await;
-        }
         self.refresh = (slice + 1 < slices).then_some((slice + 1, slices));
+        for (bytes, records) in self.changes.pack(&items, now, wall_clock_ms(), false) {
+            let subject = self.changes_subject.clone();
+            if !self.publish(client, subject, bytes, records).await {
+                // NATS does not take them now: the next refresh repairs this one.
+                self.refresh = None;
+                return;
+            }
+        }
     }
 
     /// Takes one received message.
@@ -568,8 +584,16 @@ impl Node {
             outbox::local_slice(&self.engine, slice, slices, now, &mut items);
             let last = slice + 1 == slices;
             for (bytes, n) in self.chunks.pack(&items, now, wall_clock_ms(), last) {
+                if self.stop.is_set() || !self.publish(client, reply.to_string(), bytes, n).await {
+                    // The asker gives up at its timeout, and asks again after
+                    // its next reconnect.
+                    warn!(
+                        peer,
+                        "cluster: the copy for {peer} was cut short after {records} records"
+                    );
+                    return;
+                }
                 records += u64::from(n);
-                self.publish(client, reply.to_string(), bytes, n).await;
             }
             // The changes keep flowing between slices.
             self.send_changes(client).await;
