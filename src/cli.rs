@@ -518,7 +518,7 @@ fn print_cluster(v: &serde_json::Value) {
         v["policy_digest"].as_str().unwrap_or("?"),
     );
     println!(
-        "sent {} records in {} messages; {} dropped (outbox full or disconnected), {} publish \
+        "sent {} records in {} messages; {} dropped (outbox full, or NATS not taking them), {} publish \
          errors; {} bulk copies sent",
         v["records_sent"],
         v["messages_sent"],

@@ -411,6 +411,12 @@ impl Node {
     /// Publishes what the outbox holds, a connection's last change each;
     /// whether it held any.
     async fn send_changes(&mut self, client: &Client) -> bool {
+        // Not connected: the outbox keeps what it can hold for the
+        // reconnect and counts what does not fit; the refreshes repair that
+        // (and the peers' bulk copies, when they reconnected too).
+        if self.state.link() != Link::Connected {
+            return false;
+        }
         let outbox = self.state.outbox();
         while self.batch.len() < DRAIN {
             match outbox.try_recv() {
@@ -423,27 +429,18 @@ impl Node {
         }
         let mut batch = std::mem::take(&mut self.batch);
         outbox::coalesce(&mut batch);
-        if self.state.link() != Link::Connected {
-            // The next bulk copy and refreshes repair what is lost here.
-            self.state
-                .dropped
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        } else {
-            let messages = self
-                .changes
-                .pack(&batch, self.shared.now(), wall_clock_ms(), false);
-            let mut unsent = batch.len() as u64;
-            for (bytes, records) in messages {
-                // NATS does not take them now: the rest would only wait too.
-                if !self
-                    .publish(client, self.changes_subject.clone(), bytes, records)
-                    .await
-                {
-                    self.state.dropped.fetch_add(unsent, Ordering::Relaxed);
-                    break;
-                }
-                unsent -= u64::from(records);
+        let messages = self
+            .changes
+            .pack(&batch, self.shared.now(), wall_clock_ms(), false);
+        let mut unsent = batch.len() as u64;
+        for (bytes, records) in messages {
+            // NATS does not take them now: the rest would only wait too.
+            let subject = self.changes_subject.clone();
+            if !self.publish(client, subject, bytes, records).await {
+                self.state.dropped.fetch_add(unsent, Ordering::Relaxed);
+                break;
             }
+            unsent -= u64::from(records);
         }
         batch.clear();
         self.batch = batch;

@@ -197,7 +197,7 @@ impl ClusterReading {
         counter(
             e,
             "conntrackd_cluster_records_dropped",
-            "Changes not published: the outbox was full, or NATS unreachable.",
+            "Changes not published: the outbox was full (NATS unreachable), or NATS did not take them.",
             self.records_dropped,
         )?;
         counter(

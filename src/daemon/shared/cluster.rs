@@ -161,7 +161,8 @@ pub struct ClusterState {
     pub subject: String,
     tx: Sender<Outgoing>,
     rx: Receiver<Outgoing>,
-    /// Changes that did not fit in the outbox (the thread or NATS lagged).
+    /// Changes not published: the outbox was full (NATS unreachable, or
+    /// the thread lagged), or NATS did not take them.
     pub dropped: AtomicU64,
     link: AtomicU8,
     /// The first bulk copy is done (or timed out): the node holds the table.
