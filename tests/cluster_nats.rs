@@ -2,8 +2,10 @@
 //! connection decided on one node appears on the other as a peer entry, a
 //! node started later gets the table by a bulk copy, a forged or broken
 //! message published raw on the subjects is refused and counted, the
-//! refresh repairs what a peer lost, a removal reaches the peer, and a
-//! connection adopted by the peer (a failover) becomes the peer's here.
+//! refresh repairs what a peer lost, a removal reaches the peer, a
+//! connection adopted by the peer (a failover) becomes the peer's here, and
+//! after a NATS outage what was decided meanwhile arrives and the tables are
+//! copied again.
 //!
 //! Needs nats-server (`NATS_SERVER`, else /usr/bin or /usr/sbin, where
 //! Debian puts it): skipped with a message without it, and a failure under
@@ -61,6 +63,10 @@ fn start_server(binary: &Path) -> (Server, u16) {
         .local_addr()
         .unwrap()
         .port();
+    (start_server_on(binary, port), port)
+}
+
+fn start_server_on(binary: &Path, port: u16) -> Server {
     let child = Command::new(binary)
         .args(["-a", "127.0.0.1", "-p", &port.to_string()])
         .args(["--user", USER, "--pass", PASSWORD])
@@ -78,7 +84,7 @@ fn start_server(binary: &Path) -> (Server, u16) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    (server, port)
+    server
 }
 
 /// One gateway without its queues: an engine, its shared state and its
@@ -213,7 +219,7 @@ fn two_gateways_share_their_table_over_nats() {
     let Some(binary) = nats_server() else {
         return;
     };
-    let (_server, port) = start_server(&binary);
+    let (server, port) = start_server(&binary);
 
     // A starts alone: no peer answers, so it is ready after the bulk timeout.
     let a = Gateway::start("gw-a", "gw-b", port);
@@ -337,6 +343,39 @@ fn two_gateways_share_their_table_over_nats() {
     eventually("A's copy is B's now", || {
         a.has(40000).is_some_and(|(_, peer)| peer)
     });
+
+    // An outage: what A decides meanwhile waits in its outbox, and after the
+    // reconnect each node asks for the other's table again.
+    drop(server);
+    let link = conntrackd::daemon::shared::cluster::Link::Connected;
+    eventually("both see the outage", || {
+        a.state.link() != link && b.state.link() != link
+    });
+    let before = b
+        .state
+        .last_bulk
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap()
+        .started_unix_ms;
+    a.handshake(40002);
+    let _server = start_server_on(&binary, port);
+    eventually("B has what A decided during the outage", || {
+        b.has(40002).is_some_and(|(_, peer)| peer)
+    });
+    eventually("B copied A's table again after the reconnect", || {
+        b.state
+            .last_bulk
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|c| c.started_unix_ms > before && c.answered == ["gw-a"])
+    });
+    assert_eq!(
+        a.state.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
 
     a.stop();
     b.stop();
