@@ -103,9 +103,17 @@ pub enum Command {
         #[command(flatten)]
         filter: crate::daemon::operations::control::Filter,
     },
-    /// Health check: exit 0 when every worker is alive and coming round,
-    /// 1 with the reason otherwise.
+    /// Health check: exit 0 when every worker is alive and coming round
+    /// (and, with a [cluster], once the peers' tables are copied: a keepalived
+    /// track script keeps a syncing node backup), 1 with the reason otherwise.
     Status {
+        #[command(flatten)]
+        client: Client,
+    },
+    /// The cluster ([cluster] in the rules file): the connection to NATS,
+    /// each peer (last heard, lag, records, policy agreement, ready), what
+    /// was sent, dropped and refused, and the last bulk copy.
+    Cluster {
         #[command(flatten)]
         client: Client,
     },
@@ -190,6 +198,7 @@ pub fn control(command: Command) -> std::process::ExitCode {
             (client, r)
         }
         Command::Status { client } => (client, json!({"cmd": "status"})),
+        Command::Cluster { client } => (client, json!({"cmd": "cluster"})),
         Command::Kill { client, filter } => {
             if filter.is_empty() {
                 eprintln!("conntrackd kill: give a filter (--src, --dst, --port, --proto, --state), or use flush");
@@ -266,7 +275,7 @@ fn print_human(cmd: &serde_json::Value, lines: &[serde_json::Value]) {
                 };
                 let pair = |k: &str| format!("{}/{}", f[k][0], f[k][1]);
                 println!(
-                    "{:<6} {} -> {} {} age {}s expires {}s rule {} pkts {} bytes {}",
+                    "{:<6} {} -> {} {} age {}s expires {}s rule {} pkts {} bytes {}{}",
                     s("proto"),
                     end(s("src"), s("sport")),
                     end(s("dst"), s("dport")),
@@ -276,6 +285,7 @@ fn print_human(cmd: &serde_json::Value, lines: &[serde_json::Value]) {
                     f["rule"].as_str().unwrap_or("(default)"),
                     pair("packets"),
                     pair("bytes"),
+                    if f["peer"] == true { " (peer's)" } else { "" },
                 );
                 if let Some(Value::Array(w)) = f.get("windows") {
                     for (side, w) in ["originator", "responder"].iter().zip(w) {
@@ -299,7 +309,16 @@ fn print_human(cmd: &serde_json::Value, lines: &[serde_json::Value]) {
         Some("status") => {
             let workers = last["workers"].as_array().map_or(0, |w| w.len());
             println!("ok: {workers} workers alive, up {} s", last["uptime_s"]);
+            if let Some(c) = last.get("cluster") {
+                println!(
+                    "cluster: {} ({} of {} peers heard)",
+                    c["state"].as_str().unwrap_or("?"),
+                    c["peers_heard"],
+                    c["peers"]
+                );
+            }
         }
+        Some("cluster") => print_cluster(last),
         Some("reload") => println!("rules reloaded: {}", last["summary"].as_str().unwrap_or("")),
         _ => println!("{last}"),
     }
@@ -416,13 +435,14 @@ fn event_line(e: &serde_json::Value) -> String {
         _ => e["state"].as_str().unwrap_or("?").to_string(),
     };
     format!(
-        "{} {:<7} {} {} -> {} {}",
+        "{} {:<7} {} {} -> {} {}{}",
         clock(&e["time_ms"]),
         what,
         e["proto"].as_str().unwrap_or("?"),
         endpoint(e, "src", "sport"),
         endpoint(e, "dst", "dport"),
-        tail
+        tail,
+        if e["peer"] == true { " (peer's)" } else { "" },
     )
 }
 
@@ -472,6 +492,85 @@ fn print_why(w: &serde_json::Value) {
                 .unwrap_or_default(),
         ),
         None => println!("a new connection: {}", n["note"].as_str().unwrap_or("?")),
+    }
+}
+
+/// `conntrackd cluster` for people.
+fn print_cluster(v: &serde_json::Value) {
+    use serde_json::Value;
+    let list = |v: &Value| {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    println!(
+        "node {} ({}), {} to {}, subject {}.*, policy digest {}",
+        v["node"].as_str().unwrap_or("?"),
+        v["state"].as_str().unwrap_or("?"),
+        v["connection"].as_str().unwrap_or("?"),
+        list(&v["servers"]),
+        v["subject"].as_str().unwrap_or("?"),
+        v["policy_digest"].as_str().unwrap_or("?"),
+    );
+    println!(
+        "sent {} records in {} messages; {} dropped (outbox full, or NATS not taking them), {} publish \
+         errors; {} bulk copies sent",
+        v["records_sent"],
+        v["messages_sent"],
+        v["records_dropped"],
+        v["publish_errors"],
+        v["bulk_copies_sent"]
+    );
+    if let Value::Object(r) = &v["refused"] {
+        let parts: Vec<String> = r.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        println!("refused messages: {}", parts.join(", "));
+    }
+    println!(
+        "peer             heard       lag ms (last/p50/p99/max)  records    missed  policy  ready"
+    );
+    for p in v["peers"].as_array().into_iter().flatten() {
+        let heard = match p["last_heard_ms_ago"].as_u64() {
+            Some(ms) => format!("{:.1} s ago", ms as f64 / 1e3),
+            None => "never".into(),
+        };
+        let lag = &p["lag_ms"];
+        let ms = |k: &str| lag[k].as_i64().map_or("-".into(), |n| n.to_string());
+        println!(
+            "{:<16} {:<11} {:<26} {:<10} {:<7} {:<7} {}",
+            p["name"].as_str().unwrap_or("?"),
+            heard,
+            format!("{}/{}/{}/{}", ms("last"), ms("p50"), ms("p99"), ms("max")),
+            p["records_received"].to_string(),
+            p["missed_messages"].to_string(),
+            match p["policy_agrees"].as_bool() {
+                Some(true) => "same",
+                Some(false) => "DIFFERS",
+                None => "?",
+            },
+            if p["ready"] == true { "yes" } else { "no" },
+        );
+    }
+    match v.get("last_bulk_copy") {
+        Some(b) if !b.is_null() => println!(
+            "last bulk copy: {} s ago, {} records in {} ms from {}{}",
+            b["ago_s"],
+            b["records"],
+            b["took_ms"],
+            match list(&b["answered"]) {
+                a if a.is_empty() => "no peer".to_string(),
+                a => a,
+            },
+            match list(&b["missing"]) {
+                m if m.is_empty() => String::new(),
+                m => format!("; no answer from {m}"),
+            }
+        ),
+        _ => println!("last bulk copy: none yet"),
     }
 }
 

@@ -1,6 +1,7 @@
 use clap::Parser;
 use conntrackd::cli::{Cli, Command};
-use conntrackd::daemon::DaemonSettings;
+use conntrackd::config::ShellTable;
+use conntrackd::daemon::{ClusterSettings, DaemonSettings};
 use conntrackd::rules_file;
 use std::process::ExitCode;
 
@@ -26,12 +27,13 @@ fn check(rules: Option<&std::path::Path>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rules_file::load_with::<DaemonSettings>(&path) {
-        Ok((config, daemon)) => {
+    match rules_file::load_shell::<DaemonSettings, ClusterSettings>(&path) {
+        Ok((config, daemon, cluster)) => {
             for w in &config.warnings {
                 eprintln!("warning: {w}");
             }
-            print!("{}", config.summary(&daemon));
+            let tables = [daemon.summary(), cluster.and_then(|c| c.summary())];
+            print!("{}", config.summary_of(&tables));
             println!("ok");
             ExitCode::SUCCESS
         }

@@ -69,6 +69,14 @@ pub fn load_with<D: ShellTable>(path: &Path) -> Result<(Config, D), Error> {
     Ok(Config::parse_with(&read(path)?, path)?)
 }
 
+/// Reads and parses the rules file, its `[daemon]` table as a `D` and its
+/// `[cluster]` table, if any, as a `C` (see [`Config::parse_shell`]).
+pub fn load_shell<D: ShellTable, C: ShellTable>(
+    path: &Path,
+) -> Result<(Config, D, Option<C>), Error> {
+    Ok(Config::parse_shell(&read(path)?, path)?)
+}
+
 fn read(path: &Path) -> Result<String, Error> {
     std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.display().to_string(),

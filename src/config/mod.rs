@@ -4,9 +4,10 @@
 //!
 //! Unknown keys are refused, and every error names `file:line:column`; all
 //! of a file's errors are reported, not only the first. The `[daemon]`
-//! table belongs to the daemon, a shell: the core parses it as the type the
-//! caller names ([`Config::parse_with`]), and its problems are reported with
-//! the rest of the file's.
+//! and `[cluster]` tables belong to the daemon, a shell: the core parses
+//! them as the types the caller names ([`Config::parse_with`],
+//! [`Config::parse_shell`]), and their problems are reported with the rest
+//! of the file's.
 
 pub use crate::engine::settings::{EngineSettings, Timeouts};
 use crate::policy::{PolicySpec, RuleSpec};
@@ -15,8 +16,8 @@ use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// A table of the rules file that a shell owns (`[daemon]`): the core
-/// deserializes it as one of its tables, so that its errors are reported
+/// A table of the rules file that a shell owns (`[daemon]`, `[cluster]`):
+/// the core deserializes it as one of its tables, so that its errors are reported
 /// with every other problem of the file, and hands it to the shell.
 /// [`IgnoredAny`] takes any table and checks nothing: for those that do not
 /// run the daemon (replay, the tests).
@@ -43,12 +44,15 @@ pub trait ShellTable: DeserializeOwned + Default {
 impl ShellTable for IgnoredAny {}
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, bound = "D: ShellTable")]
-struct RulesFile<D> {
+#[serde(deny_unknown_fields, bound = "D: ShellTable, C: ShellTable")]
+struct RulesFile<D, C> {
     #[serde(default)]
     engine: EngineSettings,
     #[serde(default)]
     daemon: D,
+    /// Absent: the node runs alone.
+    #[serde(default)]
+    cluster: Option<C>,
     policy: PolicySpec,
     #[serde(default, rename = "rule")]
     rules: Vec<toml::Spanned<RuleSpec>>,
@@ -152,13 +156,25 @@ impl Config {
     /// not only the first: each `[[rule]]` and each key is checked on its own
     /// (see [`collect`]), and `D`'s problems are among them.
     pub fn parse_with<D: ShellTable>(text: &str, path: &Path) -> Result<(Config, D), ConfigError> {
+        Config::parse_shell::<D, IgnoredAny>(text, path).map(|(config, daemon, _)| (config, daemon))
+    }
+
+    /// [`Config::parse_with`], and the `[cluster]` table as a `C` when the
+    /// file has one (its problems are the file's too).
+    pub fn parse_shell<D: ShellTable, C: ShellTable>(
+        text: &str,
+        path: &Path,
+    ) -> Result<(Config, D, Option<C>), ConfigError> {
         let name = path.display().to_string();
-        let collected = collect::deserialize_all::<RulesFile<D>>(text);
+        let collected = collect::deserialize_all::<RulesFile<D, C>>(text);
         let mut problems = collected.errors;
         let mut warnings = Vec::new();
         let mut parsed = None;
         if let Some(mut file) = collected.value {
             file.daemon.check(text, &name, &mut warnings, &mut problems);
+            if let Some(cluster) = &mut file.cluster {
+                cluster.check(text, &name, &mut warnings, &mut problems);
+            }
             host_bits_warnings(text, &name, &mut warnings);
             // A rule that lost a key to an error would only repeat it.
             file.rules
@@ -174,7 +190,7 @@ impl Config {
                     policy,
                     warnings,
                 };
-                (config, file.daemon)
+                (config, file.daemon, file.cluster)
             });
         }
         match parsed {
@@ -204,6 +220,12 @@ impl Config {
     /// A one-screen summary (`conntrackd check`): the file, `[engine]`,
     /// `table`'s line (see [`ShellTable::summary`]), the policy.
     pub fn summary(&self, table: &impl ShellTable) -> String {
+        self.summary_of(&[table.summary()])
+    }
+
+    /// [`Config::summary`] with the shell tables' lines (see
+    /// [`ShellTable::summary`]) in the order given.
+    pub fn summary_of(&self, tables: &[Option<String>]) -> String {
         let mut s = format!(
             "rules file: {}\nengine: max_connections={} max_half_open={} loose_pickup={} \
              time_wait={}s established={}s\n",
@@ -214,8 +236,8 @@ impl Config {
             self.engine.timeouts.time_wait,
             self.engine.timeouts.established
         );
-        if let Some(line) = table.summary() {
-            s.push_str(&line);
+        for line in tables.iter().flatten() {
+            s.push_str(line);
             s.push('\n');
         }
         s.push_str(&self.policy.to_string());

@@ -4,8 +4,9 @@
 //!
 //! Threads: one worker per queue (recv → decide → verdict), a housekeeping
 //! thread (expiry once a second, periodic statistics), a logging thread fed
-//! by the workers over a bounded channel, and the main thread, which waits
-//! for signals: SIGHUP reloads the rules, SIGINT/SIGTERM stop gracefully.
+//! by the workers over a bounded channel, with a `[cluster]` the cluster
+//! thread, and the main thread, which waits for signals: SIGHUP reloads the
+//! rules, SIGINT/SIGTERM stop gracefully.
 //!
 //! Start-up order matters: signals first (a SIGTERM during start-up still
 //! stops cleanly), the engine, every queue bound, only then the iptables
@@ -18,9 +19,11 @@ mod housekeeping;
 pub mod settings;
 mod state;
 
+use super::cluster::{self, ClusterSettings};
 use super::operations::{control, events, logging, metrics};
 use super::packet::reject;
 use super::packet::worker::{Handoff, Worker};
+use super::shared::cluster::{ClusterState, Observers};
 use super::shared::notice::Notice;
 use super::shared::{Shared, StopSwitch, WorkerStats};
 use daemon_table::{DaemonSettings, Overflow};
@@ -55,15 +58,16 @@ pub fn run(args: DaemonArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (config, daemon) = match rules_file::load_with::<DaemonSettings>(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            for line in e.lines() {
-                eprintln!("conntrackd: error: {line}");
+    let (config, daemon, cluster) =
+        match rules_file::load_shell::<DaemonSettings, ClusterSettings>(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                for line in e.lines() {
+                    eprintln!("conntrackd: error: {line}");
+                }
+                return ExitCode::FAILURE;
             }
-            return ExitCode::FAILURE;
-        }
-    };
+        };
     let settings = match Settings::merge(&daemon, &args) {
         Ok(s) => s,
         Err(e) => {
@@ -84,10 +88,12 @@ pub fn run(args: DaemonArgs) -> ExitCode {
              --queue-bypass)"
         );
     }
-    match Daemon::start(config, daemon, settings) {
+    match Daemon::start(config, daemon, cluster, settings) {
         Ok(daemon) => {
-            // systemd (Type=notify): ready once the table is loaded and the
-            // queues are bound. A no-op without $NOTIFY_SOCKET.
+            // systemd (Type=notify): ready once the table is loaded, the
+            // queues are bound and, in a cluster, the peers' tables copied
+            // (or given up on). A no-op without $NOTIFY_SOCKET.
+            daemon.wait_for_cluster();
             let status = format!("{} connections tracked", daemon.engine.table().len());
             let _ = sd_notify::notify(false, &[NotifyState::Ready, NotifyState::Status(&status)]);
             daemon.serve()
@@ -148,6 +154,8 @@ struct Rules {
     config: std::sync::Mutex<Config>,
     /// The `[daemon]` table the daemon started with (a reload cannot change it).
     daemon: DaemonSettings,
+    /// And its `[cluster]` table (neither).
+    cluster: Option<ClusterSettings>,
     engine: Arc<Engine>,
     shared: Arc<Shared>,
     /// Rejected packets cannot be answered (no raw socket, or reject_rate = 0).
@@ -170,7 +178,8 @@ impl Rules {
         self.shared
             .ifnames_generation
             .fetch_add(1, Ordering::Relaxed);
-        let (new, daemon) = rules_file::load_with::<DaemonSettings>(&self.path).map_err(|e| {
+        let loaded = rules_file::load_shell::<DaemonSettings, ClusterSettings>(&self.path);
+        let (new, daemon, cluster) = loaded.map_err(|e| {
             // One line, for the log and the control socket's answer.
             format!(
                 "reload failed, keeping the rules in force: {}",
@@ -186,6 +195,9 @@ impl Rules {
         }
         if daemon != self.daemon {
             warn!("reload: [daemon] settings changed; they take effect at the next restart");
+        }
+        if cluster != self.cluster {
+            warn!("reload: [cluster] settings changed; they take effect at the next restart");
         }
         let diff = new.policy.diff(&config.policy);
         let summary = format!(
@@ -230,17 +242,35 @@ struct Daemon {
     notices: Option<crossbeam_channel::Sender<Notice>>,
     logger: Option<JoinHandle<()>>,
     installed: Option<Installed>,
+    /// With a `[cluster]`: its state, and how long READY may wait for it.
+    cluster: Option<(Arc<ClusterState>, Duration)>,
 }
 
 impl Daemon {
-    fn start(config: Config, daemon: DaemonSettings, settings: Settings) -> anyhow::Result<Daemon> {
+    fn start(
+        config: Config,
+        daemon: DaemonSettings,
+        cluster: Option<ClusterSettings>,
+        settings: Settings,
+    ) -> anyhow::Result<Daemon> {
         let signals =
             Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
         let stop = StopSwitch::default();
         let mut operations = Vec::new();
         let engine = Arc::new(new_engine(&config, settings.queues.len()));
         let shared = Arc::new(Shared::new(Instant::now(), settings.queues.as_slice()));
-        engine.table().set_observer(shared.hub.clone());
+        let cluster_state = cluster.as_ref().map(cluster::state_for);
+        // The table takes one observer: the hub alone without a cluster.
+        match &cluster_state {
+            Some(state) => {
+                let _ = shared.cluster.set(state.clone());
+                engine.table().set_observer(Arc::new(Observers {
+                    hub: shared.hub.clone(),
+                    cluster: Some(state.clone()),
+                }));
+            }
+            None => engine.table().set_observer(shared.hub.clone()),
+        }
         // The table before the queues: no packet waits while it loads.
         let loaded = match &settings.state_file {
             Some(path) => {
@@ -268,6 +298,19 @@ impl Daemon {
                 None
             }
         };
+        // The peers' copies come while the rest starts.
+        let cluster_wait = cluster
+            .as_ref()
+            .map(|c| Duration::from_millis(c.bulk_timeout_ms) + CLUSTER_READY_MARGIN);
+        if let (Some(c), Some(state)) = (cluster.clone(), &cluster_state) {
+            operations.push(cluster::start(
+                c,
+                state.clone(),
+                engine.clone(),
+                shared.clone(),
+                stop.stop(),
+            )?);
+        }
         // Before the queues: an address that cannot be listened on stops the
         // start before anything changed.
         let reloads = Arc::new(metrics::Reloads::default());
@@ -301,6 +344,7 @@ impl Daemon {
             path: config.path.clone(),
             config: std::sync::Mutex::new(config),
             daemon,
+            cluster,
             engine: engine.clone(),
             shared: shared.clone(),
             rejects_unanswered,
@@ -335,6 +379,7 @@ impl Daemon {
             copy_range = settings.copy_range,
             queue_maxlen = settings.queue_maxlen,
             socket_rcvbuf = rcvbuf,
+            cluster_node = cluster_state.as_ref().map(|c| c.node.as_str()),
             "conntrackd started"
         );
 
@@ -351,7 +396,23 @@ impl Daemon {
             notices: Some(notices),
             logger: Some(logger),
             installed,
+            cluster: cluster_state.zip(cluster_wait),
         })
+    }
+
+    /// In a cluster: waits until the first bulk copy is done (the cluster
+    /// thread gives up on silent peers after `bulk_timeout_ms`).
+    fn wait_for_cluster(&self) {
+        let Some((state, wait)) = &self.cluster else {
+            return;
+        };
+        let until = Instant::now() + *wait;
+        while !state.ready() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !state.ready() {
+            warn!("cluster: still syncing; reporting ready all the same");
+        }
     }
 
     /// Waits for signals, then stops.
@@ -447,7 +508,8 @@ impl Daemon {
                 }
             }
         }
-        // 4. The operations (they may have been answering a client).
+        // 4. The operations (they may have been answering a client), and the
+        // cluster thread (it sends the workers' last changes, briefly).
         for handle in self.operations.drain(..) {
             if handle.join().is_err() {
                 error!("an operations thread panicked");
@@ -465,6 +527,10 @@ impl Daemon {
         }
     }
 }
+
+/// How much longer than `bulk_timeout_ms` READY waits for the cluster
+/// thread (which gives up on its peers by itself).
+const CLUSTER_READY_MARGIN: Duration = Duration::from_secs(2);
 
 /// The engine, its table laid out for this machine's cores with a random
 /// hash seed (an attacker who cannot predict the seed cannot aim entries at

@@ -16,8 +16,10 @@
 //! {"cmd":"kill","dst":"198.19.0.2/32","port":8080}
 //! {"cmd":"flush"}
 //! {"cmd":"reload"}
+//! {"cmd":"cluster"}
 //! ```
 
+use super::super::shared::cluster::{ClusterState, Peer, Refusal};
 use super::super::shared::hub::Record;
 use super::super::shared::{DropRecord, Shared, Stop};
 use super::deadline::Deadline;
@@ -226,8 +228,12 @@ pub enum Request {
         #[serde(flatten)]
         filter: Filter,
     },
-    /// Health: every worker alive and coming round.
+    /// Health: every worker alive and coming round (and, in a cluster, the
+    /// peers' tables copied).
     Status,
+    /// The cluster: the connection to NATS, the peers, what was sent,
+    /// received, refused, and the last bulk copy.
+    Cluster,
 }
 
 /// Drops `why` shows, at most.
@@ -427,6 +433,7 @@ fn answer(control: &Control, line: &[u8], out: &mut impl Write) -> std::io::Resu
             return Ok(Then::Stream(sel.interest(false), ack.into_bytes()));
         }
         Request::Status => reply(out, &status(control))?,
+        Request::Cluster => reply(out, &cluster(control))?,
         Request::Kill { filter } => {
             if let Some(sel) = selector(&filter, out)? {
                 let killed = control.engine.remove_connections(|c| sel.matches(c));
@@ -581,17 +588,120 @@ fn why(
 }
 
 /// `conntrackd status`: ok when every worker's loop came round within
-/// `STUCK_AFTER`; else which did not.
+/// `STUCK_AFTER`, and in a cluster once the first bulk copy is done (a
+/// keepalived track script keeps a syncing node backup); else why not.
 fn status(c: &Control) -> Value {
     let workers: Vec<Value> = c
         .shared
         .heartbeat_ages()
         .map(|(queue, age)| json!({"queue": queue, "idle_ms": age}))
         .collect();
-    match c.shared.unhealthy(super::super::shared::STUCK_AFTER) {
+    let cluster = c.shared.cluster.get();
+    let syncing = cluster.is_some_and(|s| !s.ready());
+    let mut v = match c.shared.unhealthy(super::super::shared::STUCK_AFTER) {
+        None if syncing => json!({
+            "ok": false,
+            "error": "cluster: syncing (copying the peers' tables)",
+            "workers": workers,
+        }),
         None => json!({"ok": true, "workers": workers, "uptime_s": c.started.elapsed().as_secs()}),
         Some(why) => json!({"ok": false, "error": why, "workers": workers}),
+    };
+    if let Some(s) = cluster {
+        let peers = s.peers();
+        v["cluster"] = json!({
+            "state": s.state_name(),
+            "node": s.node,
+            "peers_heard": peers.iter().filter(|p| p.last_heard_unix_ms.is_some()).count(),
+            "peers": peers.len(),
+            "policy_mismatch": peers.iter().filter(|p| p.digest_agrees == Some(false)).map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        });
     }
+    v
+}
+
+/// `conntrackd cluster`: everything the node knows of its cluster.
+fn cluster(c: &Control) -> Value {
+    let Some(s) = c.shared.cluster.get() else {
+        return error("no [cluster] in the rules file: this node runs alone");
+    };
+    cluster_json(s, super::super::shared::wall_clock_ms())
+}
+
+/// The cluster's state at wall clock `unix_ms`.
+fn cluster_json(s: &ClusterState, unix_ms: u64) -> Value {
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let refused: serde_json::Map<String, Value> = Refusal::ALL
+        .iter()
+        .map(|&r| (r.name().to_string(), json!(s.refused(r))))
+        .collect();
+    let peers: Vec<Value> = s.peers().iter().map(|p| peer_json(p, unix_ms)).collect();
+    let last_bulk = s
+        .last_bulk
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .map(|b| {
+            json!({
+                "ago_s": unix_ms.saturating_sub(b.started_unix_ms) / 1000,
+                "took_ms": b.took_ms,
+                "answered": b.answered,
+                "missing": b.missing,
+                "records": b.records,
+            })
+        });
+    let digest = *s.digest.lock().unwrap_or_else(|e| e.into_inner());
+    json!({
+        "ok": true,
+        "node": s.node,
+        "servers": s.servers,
+        "subject": s.subject,
+        "state": s.state_name(),
+        "connection": match s.link() {
+            super::super::shared::cluster::Link::Connecting => "connecting",
+            super::super::shared::cluster::Link::Connected => "connected",
+            super::super::shared::cluster::Link::Disconnected => "disconnected",
+        },
+        "ready": s.ready(),
+        "policy_digest": digest[..6].iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        "records_sent": load(&s.records_sent),
+        "messages_sent": load(&s.messages_sent),
+        "records_dropped": load(&s.dropped),
+        "publish_errors": load(&s.publish_errors),
+        "bulk_copies_sent": load(&s.bulk_answered),
+        "refused": refused,
+        "peers": peers,
+        "last_bulk_copy": last_bulk,
+    })
+}
+
+fn peer_json(p: &Peer, unix_ms: u64) -> Value {
+    let a = &p.applied;
+    json!({
+        "name": p.name,
+        "last_heard_ms_ago": p.last_heard_unix_ms.map(|t| unix_ms.saturating_sub(t)),
+        "lag_ms": {
+            "last": p.lag_last_ms,
+            "max": p.lag_max_ms,
+            "p50": p.lag_quantile(0.5),
+            "p99": p.lag_quantile(0.99),
+        },
+        "messages": p.messages,
+        "records_received": p.records_received,
+        "applied": {
+            "inserted": a.inserted,
+            "updated": a.updated,
+            "removed": a.removed,
+            "stale": a.stale,
+            "absent": a.absent,
+            "full": a.full,
+            "expired": a.expired,
+        },
+        "missed_messages": p.missed,
+        "policy_agrees": p.digest_agrees,
+        "ready": p.ready,
+        "connections": p.connections,
+    })
 }
 
 fn error(message: &str) -> Value {
@@ -790,6 +900,10 @@ fn flow_line(info: &ConnInfo, now: u64, verbose: bool) -> Value {
     line["rule"] = json!(info.rule);
     line["packets"] = json!(info.traffic.packets);
     line["bytes"] = json!(info.traffic.bytes);
+    if info.peer {
+        // A copy of a connection a peer gateway forwards.
+        line["peer"] = json!(true);
+    }
     if let (true, Some(w)) = (verbose, info.windows) {
         line["windows"] = json!(w
             .iter()
@@ -998,6 +1112,70 @@ mod tests {
         let v = one(&c, "{\"cmd\":\"status\"}\n");
         assert_eq!(v["ok"], false);
         assert_eq!(v["error"], "worker of queue 0: never started");
+    }
+
+    #[test]
+    fn cluster_shows_the_peers_and_status_waits_for_the_first_bulk_copy() {
+        let c = control(ACCEPT, Ok(String::new()));
+        let v = one(&c, "{\"cmd\":\"cluster\"}\n");
+        assert_eq!(v["ok"], false);
+        assert!(v["error"].as_str().unwrap().contains("runs alone"), "{v}");
+        assert!(one(&c, "{\"cmd\":\"status\"}\n").get("cluster").is_none());
+
+        let state = Arc::new(ClusterState::new(
+            "gw-a",
+            &["nats://198.18.255.1:4222".into()],
+            "conntrackd",
+            &["gw-b".into()],
+        ));
+        c.shared.cluster.set(state.clone()).unwrap();
+        for beat in &c.shared.heartbeats {
+            beat.1
+                .store(c.shared.now().as_nanos() / 1_000_000 + 1, Ordering::Relaxed);
+        }
+        let v = one(&c, "{\"cmd\":\"status\"}\n");
+        assert_eq!(v["ok"], false, "syncing: not ready yet");
+        assert!(v["error"].as_str().unwrap().contains("syncing"), "{v}");
+        assert_eq!(v["cluster"]["state"], "syncing");
+
+        state.set_link(super::super::super::shared::cluster::Link::Connected);
+        state.set_ready();
+        state.syncing.store(false, Ordering::Relaxed);
+        state.refuse(Refusal::UnknownNode);
+        state.records_sent.store(12, Ordering::Relaxed);
+        state.with_peer("gw-b", |p| {
+            p.last_heard_unix_ms = Some(1_000);
+            p.lag(3);
+            p.records_received = 40;
+            p.digest_agrees = Some(false);
+            p.ready = true;
+        });
+        let v = one(&c, "{\"cmd\":\"status\"}\n");
+        assert_eq!(v["ok"], true, "{v}");
+        assert_eq!(v["cluster"]["policy_mismatch"], json!(["gw-b"]));
+
+        let v = cluster_json(&state, 1_500);
+        assert_eq!(v["state"], "ready");
+        assert_eq!(v["connection"], "connected");
+        assert_eq!(v["records_sent"], 12);
+        assert_eq!(v["refused"]["unknown_node"], 1);
+        let p = &v["peers"][0];
+        assert_eq!(p["name"], "gw-b");
+        assert_eq!(p["last_heard_ms_ago"], 500);
+        assert_eq!(p["lag_ms"]["last"], 3);
+        assert_eq!(p["records_received"], 40);
+        assert_eq!(p["policy_agrees"], false);
+        assert_eq!(v["last_bulk_copy"], Value::Null);
+        assert_eq!(one(&c, "{\"cmd\":\"cluster\"}\n")["node"], "gw-a");
+
+        // A peer's connection is listed as such.
+        open(&c, 40000);
+        let (key, conn) = c.engine.table().snapshot()[0];
+        c.engine.remove_connections(|_| true);
+        let now = Timestamp::from_secs(1);
+        c.engine.apply_peer(key, conn, false, now);
+        let (lines, _) = ask(&c, "{\"cmd\":\"flows\"}\n");
+        assert_eq!(lines[0]["peer"], true, "{lines:?}");
     }
 
     #[test]

@@ -18,10 +18,12 @@
 //! to loopback or a management address all the same.
 //!
 //! Labels are bounded: reason names ([`Reason::ALL`]), verdicts, queue
-//! numbers, state classes, eviction kinds, reload results; never addresses.
+//! numbers, state classes, eviction kinds, reload results, the configured
+//! cluster peers and refusal reasons; never addresses.
 //!
 //! [`Table::census`]: crate::conntrack::Table::census
 
+use super::super::shared::cluster::{ClusterState, Link, Refusal};
 use super::super::shared::{Shared, Stop, WorkerStats};
 use super::deadline::Deadline;
 use crate::conntrack::table::{Census, Evictions, StateClass};
@@ -101,6 +103,161 @@ pub struct Reading {
     pub drops_unrecorded: u64,
     /// Unix time the daemon started, in seconds.
     pub start_time_seconds: f64,
+    /// With a `[cluster]`.
+    pub cluster: Option<ClusterReading>,
+}
+
+/// The cluster's counters, at a scrape.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterReading {
+    pub ready: bool,
+    pub connected: bool,
+    pub records_sent: u64,
+    pub records_dropped: u64,
+    pub publish_errors: u64,
+    /// By refusal reason ([`Refusal::ALL`]).
+    pub refused: Vec<(&'static str, u64)>,
+    pub peers: Vec<PeerReading>,
+}
+
+/// One configured peer, at a scrape.
+#[derive(Clone, Debug, Default)]
+pub struct PeerReading {
+    pub name: String,
+    /// Heard from within [`PEER_UP_WITHIN_MS`].
+    pub up: bool,
+    pub records_received: u64,
+    pub missed_messages: u64,
+    /// Its last message's lag, in seconds.
+    pub lag_seconds: f64,
+    pub policy_mismatch: bool,
+}
+
+/// A peer heard from within this long is up (it sends a hello every second).
+pub const PEER_UP_WITHIN_MS: u64 = 3_000;
+
+impl ClusterReading {
+    pub fn of(state: &ClusterState, unix_ms: u64) -> ClusterReading {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ClusterReading {
+            ready: state.ready(),
+            connected: state.link() == Link::Connected,
+            records_sent: load(&state.records_sent),
+            records_dropped: load(&state.dropped),
+            publish_errors: load(&state.publish_errors),
+            refused: Refusal::ALL
+                .iter()
+                .map(|&r| (r.name(), state.refused(r)))
+                .collect(),
+            peers: state
+                .peers()
+                .into_iter()
+                .map(|p| PeerReading {
+                    up: p
+                        .last_heard_unix_ms
+                        .is_some_and(|t| unix_ms.saturating_sub(t) <= PEER_UP_WITHIN_MS),
+                    records_received: p.records_received,
+                    missed_messages: p.missed,
+                    lag_seconds: p.lag_last_ms as f64 / 1e3,
+                    policy_mismatch: p.digest_agrees == Some(false),
+                    name: p.name,
+                })
+                .collect(),
+        }
+    }
+
+    fn encode(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        use MetricType::{Counter, Gauge};
+        let peers = |f: fn(&PeerReading) -> u64| {
+            self.peers
+                .iter()
+                .map(move |p| (p.name.as_str(), f(p)))
+                .collect::<Vec<_>>()
+        };
+        gauge(
+            e,
+            "conntrackd_cluster_ready",
+            "1 once the first bulk copy of the peers' tables is done (or timed out).",
+            None,
+            u64::from(self.ready),
+        )?;
+        gauge(
+            e,
+            "conntrackd_cluster_connected",
+            "1 while connected to a NATS server.",
+            None,
+            u64::from(self.connected),
+        )?;
+        counter(
+            e,
+            "conntrackd_cluster_records_sent",
+            "Connection records published to the peers (changes, refreshes, bulk copies).",
+            self.records_sent,
+        )?;
+        counter(
+            e,
+            "conntrackd_cluster_records_dropped",
+            "Changes not published: the outbox was full (NATS unreachable), or NATS did not take them.",
+            self.records_dropped,
+        )?;
+        counter(
+            e,
+            "conntrackd_cluster_publish_errors",
+            "Messages NATS did not take (error or timeout).",
+            self.publish_errors,
+        )?;
+        labelled(
+            e,
+            Counter,
+            "conntrackd_cluster_messages_refused",
+            "Messages refused, never applied, by reason.",
+            "reason",
+            self.refused.iter().copied(),
+        )?;
+        labelled(
+            e,
+            Counter,
+            "conntrackd_cluster_records_received",
+            "Connection records received from each peer.",
+            "peer",
+            peers(|p| p.records_received),
+        )?;
+        labelled(
+            e,
+            Counter,
+            "conntrackd_cluster_messages_missed",
+            "Messages of changes a peer sent that never arrived (sequence gaps).",
+            "peer",
+            peers(|p| p.missed_messages),
+        )?;
+        labelled(
+            e,
+            Gauge,
+            "conntrackd_cluster_peer_up",
+            "1 when the peer was heard from within 3 s (it says hello every second).",
+            "peer",
+            peers(|p| u64::from(p.up)),
+        )?;
+        labelled(
+            e,
+            Gauge,
+            "conntrackd_cluster_policy_mismatch",
+            "1 when the peer's policy digest differs from this node's.",
+            "peer",
+            peers(|p| u64::from(p.policy_mismatch)),
+        )?;
+        let mut m = e.encode_descriptor(
+            "conntrackd_cluster_peer_lag",
+            "The lag of the peer's last message: received less sent (two wall clocks).",
+            Some(&Unit::Seconds),
+            Gauge,
+        )?;
+        for p in &self.peers {
+            ConstGauge::new(p.lag_seconds)
+                .encode(m.encode_family(&[("peer", p.name.as_str())])?)?;
+        }
+        Ok(())
+    }
 }
 
 fn verdict_name(v: Verdict) -> &'static str {
@@ -410,6 +567,9 @@ impl Collector for Reading {
             "Control socket requests that were malformed or named no command.",
             self.control_bad_requests,
         )?;
+        if let Some(cluster) = &self.cluster {
+            cluster.encode(&mut e)?;
+        }
         Ok(())
     }
 }
@@ -454,13 +614,18 @@ pub fn encode(reading: Reading, format: Format) -> Result<String, fmt::Error> {
     Ok(out)
 }
 
-/// What the daemon exports, with every value at zero, one queue (0) and
-/// one rule (`example`): the Prometheus text the names and labels of the
-/// dashboard are checked against.
+/// What the daemon exports, with every value at zero, one queue (0), one
+/// rule (`example`) and a cluster of one peer (`example`): the Prometheus
+/// text the names and labels of the dashboard are checked against.
 pub fn default_exposition() -> String {
+    let cluster = ClusterReading::of(
+        &ClusterState::new("node", &[], "conntrackd", &["example".into()]),
+        0,
+    );
     let reading = Reading {
         queues: vec![(0, WorkerStats::default())],
         rules: vec![("example".into(), 0, 0)],
+        cluster: Some(cluster),
         ..Reading::default()
     };
     encode(reading, Format::Prometheus).unwrap_or_default()
@@ -537,6 +702,11 @@ impl Inputs {
             reloads_failed: self.reloads.failed.load(Ordering::Relaxed),
             control_bad_requests: self.bad_requests.load(Ordering::Relaxed),
             start_time_seconds,
+            cluster: self
+                .shared
+                .cluster
+                .get()
+                .map(|c| ClusterReading::of(c, super::super::shared::wall_clock_ms())),
         }
     }
 }
@@ -835,6 +1005,46 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_is_exported_per_peer_and_reason_only_with_a_cluster() {
+        let plain = encode(Reading::default(), Format::Prometheus).unwrap();
+        assert!(
+            !plain.contains("conntrackd_cluster_"),
+            "no [cluster], no series"
+        );
+        let state = ClusterState::new("gw-a", &[], "conntrackd", &["gw-b".into()]);
+        state.records_sent.store(9, Ordering::Relaxed);
+        state.refuse(Refusal::UnknownNode);
+        state.with_peer("gw-b", |p| {
+            p.last_heard_unix_ms = Some(10_000);
+            p.lag(250);
+            p.records_received = 4;
+            p.digest_agrees = Some(false);
+        });
+        let reading = Reading {
+            cluster: Some(ClusterReading::of(&state, 11_000)),
+            ..Reading::default()
+        };
+        let text = encode(reading, Format::Prometheus).unwrap();
+        let v = |s: &str| value(&text, s);
+        assert_eq!(v("conntrackd_cluster_records_sent_total"), "9");
+        assert_eq!(
+            v(r#"conntrackd_cluster_messages_refused_total{reason="unknown_node"}"#),
+            "1"
+        );
+        assert_eq!(
+            v(r#"conntrackd_cluster_records_received_total{peer="gw-b"}"#),
+            "4"
+        );
+        assert_eq!(
+            v(r#"conntrackd_cluster_peer_lag_seconds{peer="gw-b"}"#),
+            "0.25"
+        );
+        assert_eq!(v(r#"conntrackd_cluster_policy_mismatch{peer="gw-b"}"#), "1");
+        assert_eq!(v(r#"conntrackd_cluster_peer_up{peer="gw-b"}"#), "1");
+        assert_eq!(v("conntrackd_cluster_ready"), "0");
+    }
+
+    #[test]
     fn exported_names_follow_the_conventions() {
         let names = exported_names();
         for required in [
@@ -871,6 +1081,7 @@ mod tests {
         // No label but the bounded ones (rule names are the rules file's).
         let allowed = [
             "verdict", "reason", "state", "kind", "queue", "result", "version", "rule", "outcome",
+            "peer",
         ];
         for (series, _) in samples(&text) {
             if let Some((_, labels)) = series.split_once('{') {

@@ -4,6 +4,7 @@
 //! side reaches into the other; both reach here, and nothing here reaches
 //! out of this room.
 
+pub mod cluster;
 pub mod drops;
 pub mod hub;
 pub mod notice;
@@ -50,6 +51,8 @@ pub struct Shared {
     pub heartbeats: Vec<CachePadded<(u16, AtomicU64)>>,
     pub drops: Drops,
     pub hub: Arc<Hub>,
+    /// With a `[cluster]`: its state (set once, at start).
+    pub cluster: std::sync::OnceLock<Arc<cluster::ClusterState>>,
 }
 
 impl Shared {
@@ -69,6 +72,7 @@ impl Shared {
                 .collect(),
             drops: Drops::new(queues.len()),
             hub: Arc::new(Hub::default()),
+            cluster: std::sync::OnceLock::new(),
         }
     }
 
@@ -127,8 +131,8 @@ impl Shared {
     }
 }
 
-/// The wall clock, read once at start: milliseconds since the Unix epoch.
-fn wall_clock_ms() -> u64 {
+/// The wall clock: milliseconds since the Unix epoch.
+pub fn wall_clock_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
