@@ -466,7 +466,7 @@ fn connections_survive_a_failover_and_the_way_back() {
     let carried = exchange_after_failover(&conns, Instant::now(), 0x40);
     eprintln!("{test}: A master again {back:?} after its restart; connections carried data after {carried:?}");
     exchange_through(&pair, Side::A, &conns, 0x50);
-    let bulk = &cluster_state(&pair, Side::A)["last_bulk"];
+    let bulk = &cluster_state(&pair, Side::A)["last_bulk_copy"];
     assert!(
         bulk["records"].as_u64().unwrap_or(0) >= 2,
         "A's bulk copy from B: {bulk}"
@@ -544,7 +544,7 @@ fn a_gateway_started_later_copies_the_table_then_takes_over() {
     }
     assert!(ready, "B never ready: {status}");
     wait_copies(&pair, Side::B, PORT, 2, Duration::ZERO);
-    let bulk = &cluster_state(&pair, Side::B)["last_bulk"];
+    let bulk = &cluster_state(&pair, Side::B)["last_bulk_copy"];
     assert!(
         bulk["records"].as_u64().unwrap_or(0) >= 2,
         "B's bulk copy: {bulk}"
