@@ -649,7 +649,8 @@ fn resealed(mut bytes: Vec<u8>, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 
 /// Whatever a forger publishes on the cluster's subjects is refused and
 /// counted by reason, never applied: garbage, a cut message, another format
-/// version, a node that is not a configured peer, the receiver's own name.
+/// version, a node that is not a configured peer, the receiver's own name,
+/// a peer's name on another node's subject.
 /// B's table is unchanged throughout, and the real peer's records still pass.
 #[test]
 #[ignore = "needs root: network namespaces, nats-server, iptables"]
@@ -686,7 +687,7 @@ fn forged_messages_are_refused_and_counted() {
     let mut nats = pair
         .nats_client(Side::A, Side::A, NATS_USER, NATS_PASSWORD)
         .expect("a NATS login on A's server");
-    let sends: [(&str, Vec<u8>, &str); 5] = [
+    let sends: [(&str, Vec<u8>, &str); 6] = [
         (
             "conntrackd.changes.gw-a",
             b"GARBAGE, NOT A MESSAGE".to_vec(),
@@ -696,6 +697,9 @@ fn forged_messages_are_refused_and_counted() {
         ("conntrackd.changes.gw-a", other_version, "version"),
         ("conntrackd.changes.gw-x", forged("gw-x"), "unknown_node"),
         ("conntrackd.changes.gw-b", forged("gw-b"), "own_node"),
+        // A's name on another node's subject: what per-node publish
+        // permissions leave a forger holding another node's credentials.
+        ("conntrackd.changes.gw-c", forged("gw-a"), "subject"),
     ];
     let refused = |pair: &Pair, reason: &str| -> u64 {
         cluster_state(pair, Side::B)["refused"][reason]

@@ -33,7 +33,16 @@ pub enum Incoming {
 
 /// Reads one message received at engine time `now` and wall clock
 /// `unix_ms`: `None` when refused (counted by reason in `state`).
-pub fn read(state: &ClusterState, bytes: &[u8], now: Timestamp, unix_ms: u64) -> Option<Incoming> {
+/// `subject_node`: the node the subject names (`{subject}.changes.NODE`,
+/// `{subject}.hello.NODE`); `None` for the bulk request subject and reply
+/// inboxes, which name none.
+pub fn read(
+    state: &ClusterState,
+    bytes: &[u8],
+    subject_node: Option<&str>,
+    now: Timestamp,
+    unix_ms: u64,
+) -> Option<Incoming> {
     let message = match cluster::decode(bytes, now) {
         Ok(m) => m,
         Err(e) => {
@@ -47,6 +56,10 @@ pub fn read(state: &ClusterState, bytes: &[u8], now: Timestamp, unix_ms: u64) ->
     let header = message.header;
     if header.node == state.node {
         state.refuse(Refusal::OwnNode);
+        return None;
+    }
+    if subject_node.is_some_and(|n| n != header.node) {
+        state.refuse(Refusal::Subject);
         return None;
     }
     let records = match &message.body {
@@ -193,7 +206,7 @@ mod tests {
             bulk,
             records,
             ..
-        }) = read(&st, &bytes, now, 1_250)
+        }) = read(&st, &bytes, None, now, 1_250)
         else {
             panic!("records");
         };
@@ -204,7 +217,7 @@ mod tests {
         assert!(b.table().snapshot().iter().all(|(_, c)| c.peer()));
         // The same again: nothing newer.
         let Some(Incoming::Records { records, .. }) =
-            read(&st, &changes("gw-a", 3, &a, now), now, 1_300)
+            read(&st, &changes("gw-a", 3, &a, now), None, now, 1_300)
         else {
             panic!("records");
         };
@@ -218,7 +231,7 @@ mod tests {
         // Expired on arrival: not applied.
         let late = Timestamp::from_secs(1_000_000);
         let Some(Incoming::Records { records, .. }) =
-            read(&st, &changes("gw-a", 4, &a, now), late, 1)
+            read(&st, &changes("gw-a", 4, &a, now), None, late, 1)
         else {
             panic!("records");
         };
@@ -237,22 +250,26 @@ mod tests {
         let (a, st) = (engine(), state());
         open(&a, 40000);
         let now = Timestamp::from_secs(2);
-        assert!(read(&st, &changes("gw-x", 1, &a, now), now, 0).is_none());
-        assert!(read(&st, &changes("gw-b", 1, &a, now), now, 0).is_none());
+        assert!(read(&st, &changes("gw-x", 1, &a, now), None, now, 0).is_none());
+        assert!(read(&st, &changes("gw-b", 1, &a, now), None, now, 0).is_none());
         let mut damaged = changes("gw-a", 1, &a, now);
         let mid = damaged.len() / 2;
         damaged[mid] ^= 0xff;
-        assert!(read(&st, &damaged, now, 0).is_none());
-        assert!(read(&st, b"hello", now, 0).is_none());
+        assert!(read(&st, &damaged, None, now, 0).is_none());
+        assert!(read(&st, b"hello", None, now, 0).is_none());
         let mut other_version = changes("gw-a", 1, &a, now);
         other_version[4] = 99;
-        assert!(read(&st, &other_version, now, 0).is_none());
+        assert!(read(&st, &other_version, None, now, 0).is_none());
+        // gw-a's message on gw-b's subject... and on its own.
+        let from_a = changes("gw-a", 1, &a, now);
+        assert!(read(&st, &from_a, Some("gw-b"), now, 0).is_none());
+        assert!(read(&st, &from_a, Some("gw-a"), now, 0).is_some());
         let counts: Vec<u64> = Refusal::ALL.iter().map(|&r| st.refused(r)).collect();
-        // malformed, version, unknown node, own node
-        assert_eq!(counts, [2, 1, 1, 1]);
+        // malformed, version, unknown node, own node, subject
+        assert_eq!(counts, [2, 1, 1, 1, 1]);
         assert_eq!(
             st.peers()[0].messages,
-            0,
+            1,
             "nothing taken from a refused message"
         );
     }
@@ -274,7 +291,7 @@ mod tests {
                     ready: true,
                 },
             );
-            let Some(Incoming::Hello { peer, hello: h }) = read(&st, &bytes, now, 10) else {
+            let Some(Incoming::Hello { peer, hello: h }) = read(&st, &bytes, None, now, 10) else {
                 panic!("a hello");
             };
             hello(&st, &peer, &h, &ours);
@@ -286,7 +303,7 @@ mod tests {
         }
         let req = cluster::bulk_request("gw-a", 1, 5);
         assert!(matches!(
-            read(&st, &req, now, 10),
+            read(&st, &req, None, now, 10),
             Some(Incoming::BulkRequest { .. })
         ));
     }

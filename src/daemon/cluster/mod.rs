@@ -166,6 +166,10 @@ struct Node {
     changes_subject: String,
     hello_subject: String,
     bulk_subject: String,
+    /// `{subject}.changes.` and `{subject}.hello.`: what a received
+    /// subject's node follows.
+    changes_prefix: String,
+    hello_prefix: String,
     changes: Packer,
     chunks: Packer,
     hellos: u64,
@@ -199,6 +203,8 @@ impl Node {
             changes_subject: format!("{prefix}.changes.{node}"),
             hello_subject: format!("{prefix}.hello.{node}"),
             bulk_subject: format!("{prefix}.bulk"),
+            changes_prefix: format!("{prefix}.changes."),
+            hello_prefix: format!("{prefix}.hello."),
             changes: Packer::new(node, Kind::Changes),
             chunks: Packer::new(node, Kind::BulkChunk),
             hellos: 0,
@@ -545,7 +551,11 @@ impl Node {
         }
         let now = self.shared.now();
         let reply = m.reply;
-        match inbox::read(&self.state, &m.payload, now, wall_clock_ms()) {
+        // The node a changes or hello subject names (its last token).
+        let subject_node = [&self.changes_prefix, &self.hello_prefix]
+            .into_iter()
+            .find_map(|p| m.subject.as_str().strip_prefix(p.as_str()));
+        match inbox::read(&self.state, &m.payload, subject_node, now, wall_clock_ms()) {
             None => {}
             Some(Incoming::Records {
                 peer,

@@ -31,14 +31,19 @@ pub enum Refusal {
     UnknownNode,
     /// From this node's own name (a second node configured alike, or an echo).
     OwnNode,
+    /// Published on another node's subject than the node it names: with
+    /// per-node publish permissions on the NATS server, one node's
+    /// credentials cannot speak for another.
+    Subject,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 4] = [
+    pub const ALL: [Refusal; 5] = [
         Refusal::Malformed,
         Refusal::Version,
         Refusal::UnknownNode,
         Refusal::OwnNode,
+        Refusal::Subject,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +52,7 @@ impl Refusal {
             Refusal::Version => "version",
             Refusal::UnknownNode => "unknown_node",
             Refusal::OwnNode => "own_node",
+            Refusal::Subject => "subject",
         }
     }
 }
