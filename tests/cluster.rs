@@ -13,7 +13,8 @@
 mod common;
 
 use common::lab::{
-    self, Failover, NatsClient, Ns, Pair, PairConfig, Side, TcpEcho, NATS_PASSWORD, NATS_USER,
+    self, Failover, NatsClient, Ns, Pair, PairConfig, Side, TcpEcho, NATS_NODE_PASSWORD,
+    NATS_PASSWORD, NATS_USER,
 };
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -341,8 +342,8 @@ fn gateway_rules(pair: &Pair, side: Side, cluster: bool) -> std::path::PathBuf {
 servers = ["nats://127.0.0.1:4222", "nats://{peer}:4222"]
 node = "gw-{me}"
 peers = ["gw-{other}"]
-user = "{NATS_USER}"
-password = "{NATS_PASSWORD}"
+user = "gw-{me}"
+password = "{NATS_NODE_PASSWORD}"
 "#,
             peer = side.other().sync4(),
         );
@@ -725,6 +726,20 @@ fn forged_messages_are_refused_and_counted() {
             "B's table changed after a {reason} message"
         );
     }
+    // With the per-node logins of the README's NATS configuration, gw-a's
+    // credentials cannot even publish on gw-b's subject: the server refuses.
+    let mut as_a = pair
+        .nats_client(Side::A, Side::A, "gw-a", NATS_NODE_PASSWORD)
+        .expect("gw-a's NATS login");
+    as_a.publish("conntrackd.changes.gw-b", &forged("gw-b"))
+        .expect("PUB");
+    let refused = as_a.flush(Duration::from_secs(2));
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("Permissions Violation")),
+        "the server took gw-a's publication on gw-b's subject: {refused:?}"
+    );
     // The real peer still gets through.
     let second = lab::connect(&pair.client, v4(PORT), Duration::from_secs(5)).expect("connect");
     lab::exchange(&second, 1024, 2).expect("exchange through A");

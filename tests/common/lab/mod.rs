@@ -55,8 +55,8 @@ pub use self::{
     daemon::Daemon,
     echo::{TcpEcho, UdpEcho},
     nats::{
-        NatsClient, NatsMsg, NATS_CLUSTER, NATS_CLUSTER_PORT, NATS_MONITOR_PORT, NATS_PASSWORD,
-        NATS_PORT, NATS_USER,
+        NatsClient, NatsMsg, NATS_CLUSTER, NATS_CLUSTER_PORT, NATS_MONITOR_PORT,
+        NATS_NODE_PASSWORD, NATS_PASSWORD, NATS_PORT, NATS_USER,
     },
     ns::{normalize_ruleset, Ns},
     pair::{

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 /// Client logins: user and password (nats-server's `authorization` block).
 pub const NATS_USER: &str = "conntrackd";
 pub const NATS_PASSWORD: &str = "lab-client-secret";
+/// The gateways' logins: user `gw-a` or `gw-b`, each allowed to publish only
+/// on its own node's subjects (and answers to requests, for bulk copies).
+pub const NATS_NODE_PASSWORD: &str = "lab-node-secret";
 /// The servers' logins to each other (the cluster's own `authorization`).
 const ROUTE_USER: &str = "route";
 const ROUTE_PASSWORD: &str = "lab-route-secret";
@@ -24,16 +27,30 @@ pub const NATS_CLUSTER: &str = "conntrackd-lab";
 
 /// nats-server 2.9's configuration for one of two clustered servers: clients
 /// on every address of the namespace (127.0.0.1 and the sync link among them)
-/// with a password, the cluster and the monitoring on `own` (the sync link
+/// with passwords (a full user, and one per gateway node limited to its own
+/// subjects), the cluster and the monitoring on `own` (the sync link
 /// address), one route to `peer` with the route password.
 pub fn server_conf(name: &str, own: Ipv4Addr, peer: Ipv4Addr) -> String {
+    let node = |n: &str| {
+        format!(
+            r#"{{ user: "{n}", password: "{NATS_NODE_PASSWORD}", permissions: {{
+      publish: ["conntrackd.changes.{n}", "conntrackd.hello.{n}", "conntrackd.bulk"]
+      subscribe: ["conntrackd.>", "_INBOX.>"]
+      allow_responses: true
+    }} }}"#
+        )
+    };
+    let (gw_a, gw_b) = (node("gw-a"), node("gw-b"));
     format!(
         r#"server_name: "{name}"
 listen: "0.0.0.0:{NATS_PORT}"
 http: "{own}:{NATS_MONITOR_PORT}"
 authorization {{
-  user: "{NATS_USER}"
-  password: "{NATS_PASSWORD}"
+  users = [
+    {{ user: "{NATS_USER}", password: "{NATS_PASSWORD}" }}
+    {gw_a}
+    {gw_b}
+  ]
 }}
 cluster {{
   name: "{NATS_CLUSTER}"
