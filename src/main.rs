@@ -7,6 +7,9 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.command.is_some() {
+        end_quietly_at_a_closed_pipe();
+    }
     match cli.command {
         None => conntrackd::daemon::run(cli.daemon),
         Some(Command::Check { rules }) => check(rules.as_deref()),
@@ -15,6 +18,17 @@ fn main() -> ExitCode {
             conntrackd::daemon::uninstall_iptables(rules, chain)
         }
         Some(control) => conntrackd::cli::control(control),
+    }
+}
+
+/// A command whose output goes into `… | head` ends when the reader does,
+/// quietly, as `cat` does: killed by SIGPIPE. Rust ignores SIGPIPE, so the
+/// write would fail instead and `println!` panic with a backtrace. Not for
+/// the daemon, whose sockets must see EPIPE as an error of one client.
+fn end_quietly_at_a_closed_pipe() {
+    // SAFETY: at start, before any thread: sets SIGPIPE back to its default.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -1484,3 +1484,65 @@ fn the_control_socket_lists_kills_counts_and_reloads() {
     assert!(ok && out.contains("\"bad_requests\":1"), "{out}");
     drop(d);
 }
+
+/// The daemon's stderr closed under it (a closed pipe, journald
+/// restarting): its lines are lost, and that is all. It goes on judging
+/// packets, answers on its control socket and stops cleanly; before, the
+/// log subscriber's report of the failed write panicked the daemon.
+#[test]
+#[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
+fn a_closed_stderr_does_not_take_the_daemon_down() {
+    let Some(lab) = Lab::new("closed_stderr") else {
+        return;
+    };
+    let rules = lab.write_rules("rules.toml", ALLOW_ALL);
+    let socket = lab.control_socket();
+    let mut child = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.gw.name,
+            env!("CARGO_BIN_EXE_conntrackd"),
+        ])
+        .args(["--rules", rules.to_str().unwrap(), "--install-iptables"])
+        .args(["--state-file", "", "--control-socket"])
+        .arg(&socket)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning conntrackd");
+    // Closed before its first line.
+    drop(child.stderr.take());
+    let started = Instant::now();
+    while !lab::ctl(&socket, &["status"]).0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no healthy status within 20 s: {:?}",
+            child.try_wait()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _echo = TcpEcho::start(&lab.server, v4(8080));
+    lab::tcp_session(&lab.client, v4(8080), 64 * 1024).expect("a connection through the gateway");
+    assert!(lab.gw.ruleset(false).contains("CONNTRACKD"));
+    assert!(child.try_wait().unwrap().is_none(), "the daemon died");
+    // Judged: the connection is in the table.
+    let (_, flows) = lab::ctl(&socket, &["flows", "--json"]);
+    assert!(flows.contains("\"dport\":8080"), "flows: {flows}");
+    // SAFETY: a signal to our own child, which has not been reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no exit 10 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert!(
+        !lab.gw.ruleset(false).contains("CONNTRACKD"),
+        "hooks left behind"
+    );
+}

@@ -729,3 +729,35 @@ fn pcapng_simple_and_obsolete_packet_blocks_and_several_sections() {
     assert!(lines[3].starts_with("    4  3.000000  10.0.0.2:40000 > 203.0.113.5:80 TCP [P.] "));
     assert!(lines[3].contains("len=2  accept tracked"), "{}", lines[3]);
 }
+
+/// `conntrackd check | head` and `conntrackd replay … | head`: the reader
+/// is gone before the command writes, and the command ends quietly (killed
+/// by SIGPIPE, as `cat` is), with no panic or backtrace on stderr.
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    for args in [
+        vec!["check", "--rules", RULES],
+        vec!["replay", "--rules", RULES, "tests/captures/example.pcap"],
+    ] {
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        // The reading end is closed before the command starts.
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_conntrackd"))
+            .args(&args)
+            .current_dir(root())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run conntrackd");
+        let stderr = text(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {:?} {stderr}",
+            out.status
+        );
+    }
+}

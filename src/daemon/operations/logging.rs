@@ -44,7 +44,12 @@ pub fn init(format: LogFormat, filter: &str) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(true);
+        .with_target(true)
+        // A line that cannot be written is lost, and that is all: by
+        // default the subscriber reports it with `eprintln!`, which panics
+        // when stderr itself is gone (a closed pipe, journald restarting)
+        // and would take the daemon down with it.
+        .log_internal_errors(false);
     let result = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder
