@@ -282,7 +282,7 @@ fn print_human(cmd: &serde_json::Value, lines: &[serde_json::Value]) {
                     s("state"),
                     s("age_s"),
                     s("expires_in_s"),
-                    f["rule"].as_str().unwrap_or("(default)"),
+                    rule_of(f),
                     pair("packets"),
                     pair("bytes"),
                     if f["peer"] == true { " (peer's)" } else { "" },
@@ -446,6 +446,16 @@ fn event_line(e: &serde_json::Value) -> String {
     )
 }
 
+/// The rule that admitted a listed connection: its name, `(default)`, or
+/// `(unknown)` (restored from a state file or copied from a peer).
+fn rule_of(f: &serde_json::Value) -> &str {
+    match f["rule"].as_str() {
+        Some(name) => name,
+        None if f["rule_unknown"] == true => "(unknown)",
+        None => "(default)",
+    }
+}
+
 fn print_why(w: &serde_json::Value) {
     match w["tracked"].as_array() {
         Some(t) if !t.is_empty() => {
@@ -456,7 +466,7 @@ fn print_why(w: &serde_json::Value) {
                     endpoint(c, "src", "sport"),
                     endpoint(c, "dst", "dport"),
                     c["state"].as_str().unwrap_or("?"),
-                    c["rule"].as_str().unwrap_or("(default)"),
+                    rule_of(c),
                     c["expires_in_s"]
                 );
             }

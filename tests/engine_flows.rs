@@ -734,6 +734,11 @@ fn a_state_file_larger_than_the_table_loads_what_fits() {
     assert_eq!((r.restored, r.over_limit), (4, 6));
     assert_eq!(small.engine.table().len(), 4);
     assert_eq!(small.engine.table().half_open(), 4);
+    // The file does not carry the rule: not known here, rather than the
+    // default action that no rule of this policy says it was.
+    for c in small.engine.connections() {
+        assert_eq!(c.rule, conntrackd::engine::RuleName::Unknown);
+    }
 }
 
 /// Every change of a connection's life reaches the observer once, with the
@@ -811,7 +816,7 @@ dst_ports = [80]
     // SYN 40 + ACK 40 + 140; SYN+ACK 40 + 1040 twice.
     assert_eq!(c.traffic.packets, [3, 3]);
     assert_eq!(c.traffic.bytes, [40 + 40 + 140, 40 + 2 * 1040]);
-    assert_eq!(c.rule.as_deref(), Some("web"));
+    assert_eq!(c.rule.name(), Some("web"));
     assert_eq!(t.now().as_secs() - u64::from(c.opened_at_secs), 5);
     // A dropped packet (out of window) counts nothing.
     let bad = build::tcp(f.c, f.s)
@@ -824,11 +829,50 @@ dst_ports = [80]
         .lookup(6, (f.c.ip(), f.c.port()), (f.s.ip(), f.s.port()))
         .unwrap();
     assert_eq!(c2.traffic, c.traffic);
-    // After a reload the rule index may name another rule: not shown.
+    // After reloads (the rule renumbered, then gone) it is still the
+    // rule that admitted it.
+    let rule = |t: &Harness| {
+        t.engine
+            .lookup(6, (f.c.ip(), f.c.port()), (f.s.ip(), f.s.port()))
+            .unwrap()
+            .rule
+    };
+    let reordered = r#"
+[policy]
+default = "drop"
+
+[[rule]]
+name = "ssh"
+action = "accept"
+proto = "tcp"
+dst_ports = [22]
+
+[[rule]]
+name = "web"
+action = "accept"
+proto = "tcp"
+dst_ports = [80]
+"#;
+    let policy = |text: &str| {
+        conntrackd::Config::parse(text, std::path::Path::new("t.toml"))
+            .unwrap()
+            .policy
+    };
+    t.engine.set_policy(policy(reordered));
+    assert_eq!(rule(&t).name(), Some("web"));
     t.engine.set_policy(conntrackd::policy::Policy::allow_all());
-    let c3 = t
+    assert_eq!(rule(&t).name(), Some("web"));
+    // ... for as many reloads as the engine keeps rule names.
+    for _ in 1..conntrackd::engine::RULE_NAMES_KEPT {
+        t.engine.set_policy(conntrackd::policy::Policy::allow_all());
+    }
+    assert_eq!(rule(&t), conntrackd::engine::RuleName::Unknown);
+    // A connection admitted by the default action says so.
+    let mut g = Flow::v4_port(40001).open(&mut t);
+    g.client(&mut t, 0x18, b"x");
+    let d = t
         .engine
-        .lookup(6, (f.c.ip(), f.c.port()), (f.s.ip(), f.s.port()))
+        .lookup(6, (g.c.ip(), g.c.port()), (g.s.ip(), g.s.port()))
         .unwrap();
-    assert_eq!(c3.rule, None);
+    assert_eq!(d.rule, conntrackd::engine::RuleName::Default);
 }

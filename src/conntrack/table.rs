@@ -86,6 +86,21 @@ pub struct Conn {
     synced: u16,
 }
 
+/// `Conn::rule` of a connection admitted elsewhere (see [`AdmittedBy::Unknown`]).
+const RULE_UNKNOWN: u16 = u16::MAX;
+
+/// What admitted a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdmittedBy {
+    /// The policy's default action.
+    Default,
+    /// Rule `index` of the policy of `generation`.
+    Rule { index: u16, generation: u16 },
+    /// Not known on this node: restored from a state file or copied from a
+    /// peer (neither carries the rule).
+    Unknown,
+}
+
 /// What a connection carried, per direction: [from the originator, from
 /// the responder].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -113,7 +128,8 @@ impl Conn {
     /// Stamps when and by which rule (of policy `generation`) it was admitted.
     pub fn set_admitted(&mut self, now: Timestamp, rule: Option<u16>, generation: u16) {
         self.opened = now.as_secs().min(u64::from(u32::MAX)) as u32;
-        self.rule = rule.map_or(0, |r| r.saturating_add(1));
+        // (a policy never has 65,535 rules: the last value means unknown)
+        self.rule = rule.map_or(0, |r| r.saturating_add(1).min(RULE_UNKNOWN - 1));
         self.generation = generation;
     }
 
@@ -122,9 +138,22 @@ impl Conn {
         self.opened
     }
 
-    /// The rule that admitted it, if it was a rule of policy `generation`.
-    pub fn rule(&self, generation: u16) -> Option<u16> {
-        (self.rule != 0 && self.generation == generation).then(|| self.rule - 1)
+    /// What admitted it: the default action, a rule (by its index in the
+    /// policy of its generation), or unknown here.
+    pub fn admitted_by(&self) -> AdmittedBy {
+        match self.rule {
+            0 => AdmittedBy::Default,
+            RULE_UNKNOWN => AdmittedBy::Unknown,
+            r => AdmittedBy::Rule {
+                index: r - 1,
+                generation: self.generation,
+            },
+        }
+    }
+
+    /// Admitted elsewhere: restored from a state file, copied from a peer.
+    pub fn set_admitted_unknown(&mut self) {
+        self.rule = RULE_UNKNOWN;
     }
 
     /// The role of the endpoint on `side` of the key.
@@ -293,8 +322,10 @@ impl Conn {
         let mut conn = Conn::new(proto, originator, false);
         conn.flags = flags;
         conn.set_timeout(now, left);
-        // Age, rule and counters are not kept in the file: they start again.
+        // Age and counters are not kept in the file: they start again; the
+        // rule is not known here.
         conn.set_admitted(now, None, 0);
+        conn.set_admitted_unknown();
         let used = b.len() - rest.len() + 6;
         Some((conn, used))
     }

@@ -11,7 +11,7 @@ use crate::conntrack::sources::{SourceLimits, SourceRefusal};
 use crate::conntrack::state;
 pub use crate::conntrack::state::StateError;
 pub use crate::conntrack::table::Layout;
-use crate::conntrack::table::{Change, Removal};
+use crate::conntrack::table::{AdmittedBy, Change, Removal};
 use crate::conntrack::table::{Full, Limits, Proto};
 use crate::conntrack::tcp::TcpConn;
 pub use crate::conntrack::tcp::Window;
@@ -114,9 +114,8 @@ pub struct ConnInfo {
     pub state: ConnState,
     pub expires_at_secs: u32,
     pub opened_at_secs: u32,
-    /// The name of the rule that admitted it (`None`: the default action,
-    /// or a rule of rules since reloaded).
-    pub rule: Option<String>,
+    /// What admitted it, by name.
+    pub rule: RuleName,
     pub traffic: Traffic,
     /// TCP: each direction's window, [originator, responder].
     pub windows: Option<[Window; 2]>,
@@ -124,10 +123,61 @@ pub struct ConnInfo {
     pub peer: bool,
 }
 
+/// The rule that admitted a connection, as people read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RuleName {
+    /// The policy's default action.
+    Default,
+    Named(String),
+    /// Restored from a state file or copied from a peer (neither carries
+    /// the rule), or admitted more than [`RULE_NAMES_KEPT`] reloads ago.
+    Unknown,
+}
+
+impl RuleName {
+    /// The rule's name, if known and not the default.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            RuleName::Named(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// Reloads after which a connection still shows the name of the rule that
+/// admitted it: the rule names of the last policies are kept this long.
+pub const RULE_NAMES_KEPT: usize = 64;
+
+/// The rule names of the policy in force and the ones before it (newest
+/// first), by generation: a reload renumbers rules, and a connection keeps
+/// the index and generation it was admitted under.
+#[derive(Clone, Default)]
+struct RuleNames(std::collections::VecDeque<(u16, Arc<[String]>)>);
+
+impl RuleNames {
+    fn push(&mut self, policy: &Policy) {
+        let names: Arc<[String]> = policy.rules.iter().map(|r| r.name.clone()).collect();
+        self.0.push_front((policy.generation, names));
+        self.0.truncate(RULE_NAMES_KEPT);
+    }
+
+    fn of(&self, by: AdmittedBy) -> RuleName {
+        match by {
+            AdmittedBy::Default => RuleName::Default,
+            AdmittedBy::Unknown => RuleName::Unknown,
+            AdmittedBy::Rule { index, generation } => self
+                .0
+                .iter()
+                .find(|(g, _)| *g == generation)
+                .and_then(|(_, names)| names.get(index as usize))
+                .map_or(RuleName::Unknown, |n| RuleName::Named(n.clone())),
+        }
+    }
+}
+
 impl ConnInfo {
-    /// `policy`: the one in force, whose rules the connection's rule index
-    /// is resolved against (when it is of that generation).
-    fn new(key: &FlowKey, conn: &Conn, policy: &Policy) -> ConnInfo {
+    /// `names`: the rule names of the policies whose rules may have admitted it.
+    fn new(key: &FlowKey, conn: &Conn, names: &RuleNames) -> ConnInfo {
         ConnInfo {
             protocol: key.protocol(),
             originator: key.endpoint(conn.originator),
@@ -135,10 +185,7 @@ impl ConnInfo {
             state: conn.state(),
             expires_at_secs: conn.expires_at_secs(),
             opened_at_secs: conn.opened_at_secs(),
-            rule: conn
-                .rule(policy.generation)
-                .and_then(|i| policy.rule_name(i))
-                .map(str::to_string),
+            rule: names.of(conn.admitted_by()),
             traffic: conn.traffic(),
             windows: match conn.proto {
                 Proto::Tcp(t) => Some(t.windows()),
@@ -156,8 +203,8 @@ pub struct Engine {
     /// and its generation with it).
     policy: ArcSwap<Policy>,
     /// Held by `set_policy`: two reloads at once number their policies one
-    /// after the other.
-    reload: Mutex<()>,
+    /// after the other. It keeps the rule names of the last policies.
+    reload: Mutex<RuleNames>,
     settings: EngineSettings,
     /// Until this second of the engine's clock, TCP connections may be
     /// picked up mid-stream even without `loose_pickup` (after a restart
@@ -192,11 +239,13 @@ impl Engine {
             max_half_open: settings.max_half_open,
         };
         let start = settings.adaptive.start.clamp(0.0, 1.0);
+        let mut names = RuleNames::default();
+        names.push(&policy);
         let engine = Engine {
             table: Table::new(limits, layout),
             limits_sources: AtomicBool::new(policy.limits_sources()),
             policy: ArcSwap::from_pointee(policy),
-            reload: Mutex::new(()),
+            reload: Mutex::new(names),
             settings,
             pickup_until: AtomicU64::new(0),
             adapt_from: (
@@ -229,10 +278,20 @@ impl Engine {
         self.policy.load_full()
     }
 
+    /// The rule names of the last policies (a copy: a listing does not hold
+    /// up a reload).
+    fn rule_names(&self) -> RuleNames {
+        self.reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Replaces the policy for new connections; tracked connections keep their state.
     pub fn set_policy(&self, mut policy: Policy) {
-        let _reload = self.reload.lock().unwrap_or_else(|e| e.into_inner());
+        let mut names = self.reload.lock().unwrap_or_else(|e| e.into_inner());
         policy.generation = self.policy.load().generation.wrapping_add(1);
+        names.push(&policy);
         // A policy that limits sources gets the per-source tracker (a fixed
         // allocation) now, off the packet path, and is known to limit them
         // before its first connection completes a handshake.
@@ -346,15 +405,15 @@ impl Engine {
     pub fn lookup(&self, protocol: u8, a: (IpAddr, u16), b: (IpAddr, u16)) -> Option<ConnInfo> {
         let (key, _) = FlowKey::new(protocol, a.0, a.1, b.0, b.1);
         let conn = *self.table.get(&key)?;
-        Some(ConnInfo::new(&key, &conn, &self.policy()))
+        Some(ConnInfo::new(&key, &conn, &self.rule_names()))
     }
 
     /// Calls `f` for every tracked connection, one shard locked (for
     /// reading) at a time: `f` must be quick, and must not touch the table.
     pub fn visit_connections(&self, mut f: impl FnMut(&ConnInfo)) {
-        let policy = self.policy();
+        let names = self.rule_names();
         self.table
-            .for_each(|key, conn| f(&ConnInfo::new(key, conn, &policy)));
+            .for_each(|key, conn| f(&ConnInfo::new(key, conn, &names)));
     }
 
     /// What the policy would decide for a new connection from `src` to
@@ -390,11 +449,11 @@ impl Engine {
 
     /// Every tracked connection.
     pub fn connections(&self) -> Vec<ConnInfo> {
-        let policy = self.policy();
+        let names = self.rule_names();
         self.table
             .snapshot()
             .into_iter()
-            .map(|(key, conn)| ConnInfo::new(&key, &conn, &policy))
+            .map(|(key, conn)| ConnInfo::new(&key, &conn, &names))
             .collect()
     }
 
@@ -499,9 +558,9 @@ impl Engine {
     /// snapshot, so it never holds a shard while deciding.
     pub fn remove_connections(&self, pred: impl Fn(&ConnInfo) -> bool) -> usize {
         let mut removed = 0;
-        let policy = self.policy();
+        let names = self.rule_names();
         for (key, conn) in self.table.snapshot() {
-            if pred(&ConnInfo::new(&key, &conn, &policy))
+            if pred(&ConnInfo::new(&key, &conn, &names))
                 && self
                     .table
                     .remove_if(&key, Removal::Killed, |_| true)

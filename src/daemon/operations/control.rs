@@ -25,7 +25,7 @@ use super::super::shared::{DropRecord, Shared, Stop};
 use super::deadline::Deadline;
 use super::events::{self, Interest, Subscription};
 use crate::conntrack::ConnState;
-use crate::engine::ConnInfo;
+use crate::engine::{ConnInfo, RuleName};
 use crate::policy::{Cidr, Interfaces};
 use crate::reason::{Reason, Verdict};
 use crate::Engine;
@@ -897,7 +897,12 @@ fn flow_line(info: &ConnInfo, now: u64, verbose: bool) -> Value {
     let mut line = events::flow_fields(info.protocol, info.originator, info.responder, info.state);
     line["age_s"] = json!(now.saturating_sub(u64::from(info.opened_at_secs)));
     line["expires_in_s"] = json!(u64::from(info.expires_at_secs).saturating_sub(now));
-    line["rule"] = json!(info.rule);
+    line["rule"] = json!(info.rule.name());
+    if info.rule == RuleName::Unknown {
+        // Restored from a state file, copied from a peer, or admitted
+        // before more reloads than the engine remembers.
+        line["rule_unknown"] = json!(true);
+    }
     line["packets"] = json!(info.traffic.packets);
     line["bytes"] = json!(info.traffic.bytes);
     if info.peer {
