@@ -1546,3 +1546,28 @@ fn a_closed_stderr_does_not_take_the_daemon_down() {
         "hooks left behind"
     );
 }
+
+/// `stats` right after traffic counts it: the workers publish their
+/// counters when asked, not only once a second.
+#[test]
+#[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
+fn stats_right_after_traffic_counts_it() {
+    let Some(lab) = Lab::new("fresh_stats") else {
+        return;
+    };
+    let rules = lab.write_rules("rules.toml", ALLOW_ALL);
+    let _d = lab.start_daemon(&["--rules", rules.to_str().unwrap(), "--install-iptables"]);
+    let _echo = TcpEcho::start(&lab.server, v4(8080));
+    let socket = lab.control_socket();
+    let mut seen = lab::stats(&socket)["accepted"].as_u64().unwrap();
+    for round in 0..3 {
+        lab::tcp_session(&lab.client, v4(8080), 1024).expect("a connection through the gateway");
+        let now = lab::stats(&socket)["accepted"].as_u64().unwrap();
+        // A handshake, a request and its answer, a teardown: more than 6.
+        assert!(
+            now >= seen + 6,
+            "round {round}: accepted {seen} -> {now} right after a connection"
+        );
+        seen = now;
+    }
+}

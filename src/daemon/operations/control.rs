@@ -728,8 +728,13 @@ const RATED: &[&str] = &[
     "enobufs",
 ];
 
+/// How long `stats` waits for the workers to publish their counters.
+const FRESH_STATS_WAIT: Duration = Duration::from_millis(300);
+
 fn stats(c: &Control) -> Value {
-    let totals = c.shared.totals();
+    // The counters of every packet judged so far, not of the last second's
+    // publication: `stats` right after traffic shows it.
+    let totals = c.shared.fresh_totals(FRESH_STATS_WAIT);
     let table = c.engine.table();
     let reasons: serde_json::Map<String, Value> = totals
         .counters

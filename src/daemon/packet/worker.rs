@@ -68,6 +68,7 @@ impl Worker {
         let mut last_publish = Instant::now();
         let mut last_ifnames_clear = last_publish;
         let mut consecutive_errors = 0u32;
+        let mut answered = 0u64;
         let mut rx = Receiver::new(self.queue.fd(), self.queue.copy_range);
         self.beat(Instant::now());
         let mut tx = Verdicts::new(self.queue.fd(), self.queue.num);
@@ -104,6 +105,13 @@ impl Worker {
             }
             if self.stop.is_set() {
                 break;
+            }
+            // Once a second, or at once when a reader asks (`stats`).
+            let request = self.shared.publish_request.load(Ordering::Relaxed);
+            if request != answered {
+                answered = request;
+                self.publish(&mut stats);
+                self.shared.published[self.index].store(request, Ordering::Release);
             }
             if now.duration_since(last_publish) >= PUBLISH_EVERY {
                 last_publish = now;

@@ -53,6 +53,11 @@ pub struct Shared {
     pub hub: Arc<Hub>,
     /// With a `[cluster]`: its state (set once, at start).
     pub cluster: std::sync::OnceLock<Arc<cluster::ClusterState>>,
+    /// Bumped by a reader that wants the counters as they are now
+    /// ([`Shared::fresh_totals`]); each worker publishes at its next turn
+    /// round its loop and stores the request it answered in its slot here.
+    pub publish_request: AtomicU64,
+    pub published: Vec<CachePadded<AtomicU64>>,
 }
 
 impl Shared {
@@ -73,6 +78,11 @@ impl Shared {
             drops: Drops::new(queues.len()),
             hub: Arc::new(Hub::default()),
             cluster: std::sync::OnceLock::new(),
+            publish_request: AtomicU64::new(0),
+            published: queues
+                .iter()
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
         }
     }
 
@@ -122,6 +132,23 @@ impl Shared {
     }
 
     /// Every worker's last published counters, merged.
+    /// The counters as they are now: asks every worker to publish, and
+    /// waits at most `wait` for them (a worker's loop comes round at least
+    /// every receive timeout, 100 ms; a stuck one is not waited for longer).
+    pub fn fresh_totals(&self, wait: Duration) -> WorkerStats {
+        let request = self.publish_request.fetch_add(1, Ordering::Relaxed) + 1;
+        let deadline = Instant::now() + wait;
+        while self
+            .published
+            .iter()
+            .any(|p| p.load(Ordering::Acquire) < request)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.totals()
+    }
+
     pub fn totals(&self) -> WorkerStats {
         let mut total = WorkerStats::default();
         for slot in &self.stats {
