@@ -754,7 +754,11 @@ fn the_observer_sees_each_connection_born_changed_and_destroyed_with_its_cause()
     let mut rst = Flow::v4_port(40002).open(&mut t);
     assert_eq!(rst.client(&mut t, 0x04, b"").verdict(), Verdict::Accept);
     Flow::v4_port(40003).open(&mut t);
-    assert_eq!(t.engine.remove_connections(|c| c.originator.1 == 40003), 1);
+    assert_eq!(
+        t.engine
+            .remove_connections(|c| c.originator.1 == 40003, t.now()),
+        1
+    );
     t.now_secs += 10_000;
     assert_eq!(t.engine.expire(t.now()), 2);
     let seen = seen.0.lock().unwrap().clone();
@@ -875,4 +879,34 @@ dst_ports = [80]
         .lookup(6, (g.c.ip(), g.c.port()), (g.s.ip(), g.s.port()))
         .unwrap();
     assert_eq!(d.rule, conntrackd::engine::RuleName::Default);
+}
+
+/// A connection an operator killed stays killed while connections are
+/// picked up mid-stream (the window after a crash restart, or
+/// `loose_pickup`): its next packets are `no_connection` for
+/// `KILLED_KEPT_SECS`, while a connection never killed is picked up.
+#[test]
+fn a_killed_connection_is_not_picked_up_again() {
+    use conntrackd::Timestamp;
+    let mut t = Harness::allow_all();
+    t.engine
+        .allow_pickup_until(Timestamp::from_secs(t.now_secs + 30));
+    let mut killed = Flow::v4_port(40001).open(&mut t);
+    let port = |p: u16| move |c: &conntrackd::engine::ConnInfo| c.originator.1 == p;
+    assert_eq!(t.engine.remove_connections(port(40001), t.now()), 1);
+    for _ in 0..2 {
+        let d = killed.client(&mut t, ACK | PSH, b"still talking");
+        assert_eq!(d.reason, Reason::NoConnection);
+    }
+    // One never killed is picked up in the same window.
+    let mut unknown = Flow::v4_port(40003);
+    let d = unknown.client(&mut t, ACK | PSH, b"mid-stream");
+    assert_eq!(d.verdict(), Verdict::Accept, "{:?}", d.reason);
+    // Once the kill is old enough, the engine forgets it.
+    t.now_secs += conntrackd::engine::KILLED_KEPT_SECS;
+    t.engine.expire(t.now());
+    t.engine
+        .allow_pickup_until(Timestamp::from_secs(t.now_secs + 30));
+    let d = killed.client(&mut t, ACK | PSH, b"again");
+    assert_eq!(d.verdict(), Verdict::Accept, "{:?}", d.reason);
 }

@@ -22,6 +22,7 @@ use crate::reason::{Reason, Verdict};
 use crate::time::Timestamp;
 use crate::wire::{self, Embedded, Framing, IcmpKind, Packet, TcpSegment, Transport, PROTO_TCP};
 use arc_swap::ArcSwap;
+use dashmap::DashMap;
 use settings::EngineSettings;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -202,6 +203,8 @@ pub struct Engine {
     /// reload swaps in a new one; a decision keeps the one it started with,
     /// and its generation with it).
     policy: ArcSwap<Policy>,
+    /// Connections an operator removed lately: not picked up mid-stream.
+    killed: Killed,
     /// Held by `set_policy`: two reloads at once number their policies one
     /// after the other. It keeps the rule names of the last policies.
     reload: Mutex<RuleNames>,
@@ -246,6 +249,7 @@ impl Engine {
             limits_sources: AtomicBool::new(policy.limits_sources()),
             policy: ArcSwap::from_pointee(policy),
             reload: Mutex::new(names),
+            killed: Killed::default(),
             settings,
             pickup_until: AtomicU64::new(0),
             adapt_from: (
@@ -398,6 +402,7 @@ impl Engine {
 
     /// Removes expired connections; returns how many.
     pub fn expire(&self, now: Timestamp) -> usize {
+        self.killed.expire(now);
         self.table.expire(now)
     }
 
@@ -553,10 +558,13 @@ impl Engine {
         }
     }
 
-    /// Removes every connection `pred` selects; returns how many. Their next
-    /// packets are `no_connection` (or open them anew, for a SYN). Walks a
-    /// snapshot, so it never holds a shard while deciding.
-    pub fn remove_connections(&self, pred: impl Fn(&ConnInfo) -> bool) -> usize {
+    /// Removes every connection `pred` selects (an operator's `kill` or
+    /// `flush` at `now`); returns how many. Their next packets are
+    /// `no_connection` (or open them anew, for a SYN): a mid-stream pickup
+    /// (`loose_pickup`, or the pickup window after a crash) does not take
+    /// them up again for [`KILLED_KEPT_SECS`]. Walks a snapshot, so it
+    /// never holds a shard while deciding.
+    pub fn remove_connections(&self, pred: impl Fn(&ConnInfo) -> bool, now: Timestamp) -> usize {
         let mut removed = 0;
         let names = self.rule_names();
         for (key, conn) in self.table.snapshot() {
@@ -566,6 +574,7 @@ impl Engine {
                     .remove_if(&key, Removal::Killed, |_| true)
                     .is_some()
             {
+                self.killed.remember(key, now);
                 removed += 1;
             }
         }
@@ -589,6 +598,7 @@ impl Engine {
                 && !seg.flags.rst()
                 && !seg.flags.fin()
                 && !seg.flags.syn()
+                && !self.killed.holds(&key, now)
             {
                 TcpConn::from_midstream(seg)
             } else {
@@ -1142,5 +1152,49 @@ fn peer_record_behind(record: &Conn, held: &Conn) -> bool {
         (Proto::Tcp(r), Proto::Tcp(h)) => r.behind(&h),
         (Proto::Tcp(_), _) | (_, Proto::Tcp(_)) => false,
         _ => record.expires_at_secs() < held.expires_at_secs(),
+    }
+}
+
+/// How long a connection an operator removed stays out of reach of a
+/// mid-stream pickup, in seconds: longer than the pickup window after a
+/// crash (`crash_pickup`, 30 s by default), and than a client's
+/// retransmissions take to give up on a dead connection.
+pub const KILLED_KEPT_SECS: u64 = 300;
+/// At most this many removed connections are remembered (a `flush` of a
+/// bigger table remembers the first ones).
+pub const KILLED_KEPT: usize = 65_536;
+
+/// The keys of connections an operator removed, each until a second of
+/// the engine's clock. Read only by a packet of no connection that could
+/// be picked up mid-stream, and only once something was removed.
+#[derive(Default)]
+struct Killed {
+    any: AtomicBool,
+    keys: DashMap<FlowKey, u64>,
+}
+
+impl Killed {
+    fn remember(&self, key: FlowKey, now: Timestamp) {
+        if self.keys.len() < KILLED_KEPT {
+            self.keys.insert(key, now.as_secs() + KILLED_KEPT_SECS);
+            self.any.store(true, Ordering::Relaxed);
+        }
+    }
+
+    #[inline]
+    fn holds(&self, key: &FlowKey, now: Timestamp) -> bool {
+        self.any.load(Ordering::Relaxed)
+            && self
+                .keys
+                .get(key)
+                .is_some_and(|until| now.as_secs() < *until)
+    }
+
+    /// Forgets the keys whose time is up (the expiry walk's). `any` stays
+    /// set: clearing it could race with a removal remembered meanwhile.
+    fn expire(&self, now: Timestamp) {
+        if self.any.load(Ordering::Relaxed) {
+            self.keys.retain(|_, until| now.as_secs() < *until);
+        }
     }
 }

@@ -436,12 +436,16 @@ fn answer(control: &Control, line: &[u8], out: &mut impl Write) -> std::io::Resu
         Request::Cluster => reply(out, &cluster(control))?,
         Request::Kill { filter } => {
             if let Some(sel) = selector(&filter, out)? {
-                let killed = control.engine.remove_connections(|c| sel.matches(c));
+                let killed = control
+                    .engine
+                    .remove_connections(|c| sel.matches(c), control.shared.now());
                 reply(out, &json!({"ok": true, "killed": killed}))?;
             }
         }
         Request::Flush => {
-            let killed = control.engine.remove_connections(|_| true);
+            let killed = control
+                .engine
+                .remove_connections(|_| true, control.shared.now());
             reply(out, &json!({"ok": true, "killed": killed}))?;
         }
         Request::Reload => match (control.reload)() {
@@ -1181,7 +1185,7 @@ mod tests {
         // A peer's connection is listed as such.
         open(&c, 40000);
         let (key, conn) = c.engine.table().snapshot()[0];
-        c.engine.remove_connections(|_| true);
+        c.engine.remove_connections(|_| true, c.shared.now());
         let now = Timestamp::from_secs(1);
         c.engine.apply_peer(key, conn, false, now);
         let (lines, _) = ask(&c, "{\"cmd\":\"flows\"}\n");
