@@ -314,14 +314,16 @@ fn two_gateways_share_their_table_over_nats() {
 
     // The refresh repairs what a peer lost: B forgets, A's next refresh
     // (every second here) brings it back.
-    let lost = b.engine.remove_connections(|i| i.peer);
+    let lost = b.engine.remove_connections(|i| i.peer, b.shared.now());
     assert_eq!(lost, 2);
     eventually("A's refresh brought the connections back to B", || {
         b.has(40000).is_some() && b.has(40001).is_some()
     });
 
     // A connection A removes is removed on B.
-    let killed = a.engine.remove_connections(|i| i.originator.1 == 40001);
+    let killed = a
+        .engine
+        .remove_connections(|i| i.originator.1 == 40001, a.shared.now());
     assert_eq!(killed, 1);
     eventually("B removed it too", || b.has(40001).is_none());
     assert!(b.has(40000).is_some());
