@@ -400,6 +400,20 @@ fn cluster_state(pair: &Pair, side: Side) -> serde_json::Value {
     lab::json_lines(&out).pop().expect("an answer")
 }
 
+/// Echo servers on the server, IPv4 and IPv6, on [`PORT`].
+fn echoes(pair: &Pair) -> [TcpEcho; 2] {
+    [v4(PORT), v6(PORT)].map(|at| TcpEcho::start(&pair.server, at))
+}
+
+/// conntrackd on both gateways (with `[cluster]` or without), once A holds
+/// the virtual addresses (keepalived tracks conntrackd).
+fn gateways(pair: &Pair, cluster: bool) -> [lab::Daemon; 2] {
+    let a = start_gateway(pair, Side::A, cluster);
+    let b = start_gateway(pair, Side::B, cluster);
+    pair.wait_master(Side::A, Duration::from_secs(15));
+    [a, b]
+}
+
 fn tracked_pair(test: &str) -> Option<Pair> {
     Pair::with(
         test,
@@ -424,11 +438,8 @@ fn connections_survive_a_failover_and_the_way_back() {
     let Some(pair) = tracked_pair(test) else {
         return;
     };
-    let _echo4 = TcpEcho::start(&pair.server, v4(PORT));
-    let _echo6 = TcpEcho::start(&pair.server, v6(PORT));
-    let mut a = start_gateway(&pair, Side::A, true);
-    let _b = start_gateway(&pair, Side::B, true);
-    pair.wait_master(Side::A, Duration::from_secs(15));
+    let _echo = echoes(&pair);
+    let [mut a, _b] = gateways(&pair, true);
 
     let conns = connections(&pair);
     exchange_through(&pair, Side::A, &conns, 0x10);
@@ -493,11 +504,8 @@ fn without_a_cluster_the_failover_cuts_the_connections() {
     ) else {
         return;
     };
-    let _echo4 = TcpEcho::start(&pair.server, v4(PORT));
-    let _echo6 = TcpEcho::start(&pair.server, v6(PORT));
-    let mut a = start_gateway(&pair, Side::A, false);
-    let _b = start_gateway(&pair, Side::B, false);
-    pair.wait_master(Side::A, Duration::from_secs(15));
+    let _echo = echoes(&pair);
+    let [mut a, _b] = gateways(&pair, false);
     let conns = connections(&pair);
     exchange_through(&pair, Side::A, &conns, 0x10);
     a.kill9();
@@ -527,8 +535,7 @@ fn a_gateway_started_later_copies_the_table_then_takes_over() {
     let Some(pair) = tracked_pair(test) else {
         return;
     };
-    let _echo4 = TcpEcho::start(&pair.server, v4(PORT));
-    let _echo6 = TcpEcho::start(&pair.server, v6(PORT));
+    let _echo = echoes(&pair);
     let mut a = start_gateway(&pair, Side::A, true);
     pair.wait_master(Side::A, Duration::from_secs(15));
     let conns = connections(&pair);
@@ -569,11 +576,8 @@ fn a_nats_outage_loses_nothing() {
     let Some(pair) = tracked_pair(test) else {
         return;
     };
-    let _echo4 = TcpEcho::start(&pair.server, v4(PORT));
-    let _echo6 = TcpEcho::start(&pair.server, v6(PORT));
-    let mut a = start_gateway(&pair, Side::A, true);
-    let _b = start_gateway(&pair, Side::B, true);
-    pair.wait_master(Side::A, Duration::from_secs(15));
+    let _echo = echoes(&pair);
+    let [mut a, _b] = gateways(&pair, true);
     let before = connections(&pair);
     exchange_through(&pair, Side::A, &before, 0x10);
     wait_copies(&pair, Side::B, PORT, 2, Duration::from_secs(5));

@@ -370,25 +370,7 @@ impl Drop for Lab {
             eprintln!("---- lab {} ----\n{}", self.id, self.diagnostics());
         }
         for ns in [&self.client, &self.gw, &self.server] {
-            // Processes still running in a namespace are ours (daemons).
-            if let Ok(out) = Command::new("ip")
-                .args(["netns", "pids", &ns.name])
-                .output()
-            {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    if let Ok(pid) = pid.parse::<i32>() {
-                        // SAFETY: kill(2) takes two integers and touches no
-                        // memory; the pids are processes in this lab's own
-                        // namespaces, which only this test starts.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
-                    }
-                }
-            }
-            let _ = Command::new("ip")
-                .args(["netns", "del", &ns.name])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            ns.remove();
         }
     }
 }

@@ -12,6 +12,29 @@ pub struct Ns {
 }
 
 impl Ns {
+    /// Kills whatever still runs in the namespace (a lab's daemons: only
+    /// its test starts processes there) and deletes it; never fails.
+    pub fn remove(&self) {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    // SAFETY: kill(2) takes two integers and touches no
+                    // memory; the pids are processes in this lab's own
+                    // namespace.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+
     /// Runs `args` inside the namespace; it must succeed.
     pub fn sh(&self, args: &[&str]) -> String {
         let mut full = vec!["ip", "netns", "exec", &self.name];

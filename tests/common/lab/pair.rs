@@ -991,25 +991,7 @@ impl Drop for Pair {
             p.wait_exit(Duration::from_secs(5));
         }
         for ns in self.namespaces() {
-            // Whatever still runs in the lab's namespaces is the lab's.
-            if let Ok(out) = Command::new("ip")
-                .args(["netns", "pids", &ns.name])
-                .output()
-            {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    if let Ok(pid) = pid.parse::<i32>() {
-                        // SAFETY: kill(2) takes two integers and touches no
-                        // memory; the pids are processes in this lab's own
-                        // namespaces, which only this test starts.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
-                    }
-                }
-            }
-            let _ = Command::new("ip")
-                .args(["netns", "del", &ns.name])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            ns.remove();
         }
     }
 }
