@@ -14,7 +14,8 @@
 //! could not take, and each cluster thread's CPU time (utime+stime of the
 //! thread named `ctd-cluster`, /proc/self/task) as a fraction of one core.
 //!
-//! Run: `cargo bench --bench cluster_lag` (`-- --secs 3 --max-conns 300000`;
+//! Run: `cargo bench --bench cluster_lag` (`-- --secs 3 --rounds 3
+//! --max-conns 1000000 --rates 10,1000,5000,max`;
 //! `--one-server`: A and B on the same server). Needs nats-server
 //! (`NATS_SERVER`, else /usr/bin or /usr/sbin).
 
@@ -440,6 +441,7 @@ fn main() {
     let mut max_conns = 300_000usize;
     let mut rounds = 3usize;
     let mut one_server = false;
+    let mut rates: Vec<Option<u64>> = vec![Some(1_000), Some(5_000), None];
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -447,6 +449,14 @@ fn main() {
             "--max-conns" => max_conns = args.next().unwrap().parse().unwrap(),
             "--rounds" => rounds = args.next().unwrap().parse().unwrap(),
             "--one-server" => one_server = true,
+            "--rates" => {
+                rates = args
+                    .next()
+                    .unwrap()
+                    .split(',')
+                    .map(|r| (r != "max").then(|| r.parse().expect("--rates: N,N,...,max")))
+                    .collect()
+            }
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -494,7 +504,7 @@ fn main() {
     let mut rows: Vec<Row> = Vec::new();
     let mut round = 0;
     for r in 0..rounds {
-        for rate in [Some(1_000), Some(5_000), None] {
+        for &rate in &rates {
             round += 1;
             let row = run(ports, round, rate, secs, max_conns);
             println!(
@@ -531,7 +541,11 @@ fn main() {
         "cpuA",
         "cpuB"
     );
-    for label in ["1000/s", "5000/s", "max"] {
+    for rate in &rates {
+        let label = match rate {
+            Some(r) => format!("{r}/s"),
+            None => "max".into(),
+        };
         let of: Vec<&Row> = rows.iter().filter(|r| r.label == label).collect();
         let m = |f: &dyn Fn(&Row) -> f64| median(of.iter().map(|r| f(r)).collect());
         println!(
