@@ -182,6 +182,44 @@ fn restart_a(pair: &Pair, a: &mut lab::Daemon, cluster: bool) {
     std::thread::sleep(Duration::from_millis(1500));
 }
 
+/// utime + stime of a process, in seconds (all its threads).
+fn process_cpu(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf reads a constant of the system; no memory is passed.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / hz
+}
+
+/// The pids of the processes named `comm` in a gateway's namespace.
+fn pids_named(ns: &Ns, comm: &str) -> Vec<i32> {
+    let out = Command::new("ip")
+        .args(["netns", "pids", &ns.name])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .collect()
+}
+
+/// CPU seconds so far of conntrackd and nats-server in a gateway.
+fn gateway_cpu(pair: &Pair, side: Side) -> (f64, f64) {
+    let sum = |comm: &str| {
+        pids_named(pair.gw(side), comm)
+            .into_iter()
+            .map(process_cpu)
+            .sum::<f64>()
+    };
+    (sum("conntrackd"), sum("nats-server"))
+}
+
 fn bench_rate(pair: &Pair, a: &mut lab::Daemon, rounds: usize, secs: u64) {
     let _server = Background::spawn(
         &pair.server,
@@ -204,10 +242,22 @@ fn bench_rate(pair: &Pair, a: &mut lab::Daemon, rounds: usize, secs: u64) {
          A's conntrackd with [cluster] and without, alternating"
     );
     println!(
-        "{:>5} {:>8} {:>12} {:>7} {:>14}",
-        "round", "cluster", "conn/s", "errors", "records sent"
+        "{:>5} {:>8} {:>12} {:>7} {:>14} {:>12} {:>12} {:>12} {:>12}",
+        "round",
+        "cluster",
+        "conn/s",
+        "errors",
+        "records sent",
+        "A ctd us/c",
+        "A nats us/c",
+        "B ctd us/c",
+        "B nats us/c"
+    );
+    println!(
+        "  (us/c: CPU microseconds of that process per connection, utime+stime over the round)"
     );
     let (mut with, mut without, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut cpu: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for round in 0..rounds {
         // ABBA: each mode first in half the rounds.
         let order = if round % 2 == 0 {
@@ -221,18 +271,33 @@ fn bench_rate(pair: &Pair, a: &mut lab::Daemon, rounds: usize, secs: u64) {
             let before = cluster_json(pair, Side::A)["records_sent"]
                 .as_u64()
                 .unwrap_or(0);
+            let cpu0 = [gateway_cpu(pair, Side::A), gateway_cpu(pair, Side::B)];
             let (rate, errors) = shortconn_round(pair, threads, secs);
+            let cpu1 = [gateway_cpu(pair, Side::A), gateway_cpu(pair, Side::B)];
+            let conns = (rate * secs as f64).max(1.0);
+            let per = |x1: f64, x0: f64| (x1 - x0) / conns * 1e6;
+            let us = [
+                per(cpu1[0].0, cpu0[0].0),
+                per(cpu1[0].1, cpu0[0].1),
+                per(cpu1[1].0, cpu0[1].0),
+                per(cpu1[1].1, cpu0[1].1),
+            ];
+            cpu[usize::from(!cluster)].push(us[0] + us[1]);
             let sent = cluster_json(pair, Side::A)["records_sent"]
                 .as_u64()
                 .map(|n| (n - before).to_string())
                 .unwrap_or_else(|| "-".into());
             println!(
-                "{:>5} {:>8} {:>12.0} {:>7} {:>14}",
+                "{:>5} {:>8} {:>12.0} {:>7} {:>14} {:>12.1} {:>12.1} {:>12.1} {:>12.1}",
                 round + 1,
                 if cluster { "yes" } else { "no" },
                 rate,
                 errors,
-                sent
+                sent,
+                us[0],
+                us[1],
+                us[2],
+                us[3]
             );
             this[usize::from(!cluster)] = rate;
             if cluster {
@@ -249,6 +314,13 @@ fn bench_rate(pair: &Pair, a: &mut lab::Daemon, rounds: usize, secs: u64) {
          median of the per-round ratios {:.3} (target >= 0.95)",
         mw / mo,
         median(ratios)
+    );
+    let [cw, co] = cpu;
+    println!(
+        "median CPU of gateway A's conntrackd + nats-server per connection: with [cluster] {:.1} us, \
+         without {:.1} us",
+        median(cw),
+        median(co)
     );
 }
 
