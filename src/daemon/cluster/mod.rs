@@ -461,9 +461,11 @@ impl Node {
         bytes: Vec<u8>,
         records: u32,
     ) -> bool {
+        let size = bytes.len() as u64;
         match tokio::time::timeout(PUBLISH_TIMEOUT, client.publish(subject, bytes.into())).await {
             Ok(Ok(())) => {
                 self.state.messages_sent.fetch_add(1, Ordering::Relaxed);
+                self.state.bytes_sent.fetch_add(size, Ordering::Relaxed);
                 self.state
                     .records_sent
                     .fetch_add(u64::from(records), Ordering::Relaxed);

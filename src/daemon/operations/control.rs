@@ -670,6 +670,7 @@ fn cluster_json(s: &ClusterState, unix_ms: u64) -> Value {
         "policy_digest": digest[..6].iter().map(|b| format!("{b:02x}")).collect::<String>(),
         "records_sent": load(&s.records_sent),
         "messages_sent": load(&s.messages_sent),
+        "bytes_sent": load(&s.bytes_sent),
         "records_dropped": load(&s.dropped),
         "publish_errors": load(&s.publish_errors),
         "bulk_copies_sent": load(&s.bulk_answered),

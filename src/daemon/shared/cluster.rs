@@ -177,6 +177,9 @@ pub struct ClusterState {
     pub syncing: AtomicBool,
     pub records_sent: AtomicU64,
     pub messages_sent: AtomicU64,
+    /// Payload bytes of the messages NATS took (changes, refreshes, hellos,
+    /// bulk chunks; without NATS's own framing).
+    pub bytes_sent: AtomicU64,
     pub publish_errors: AtomicU64,
     /// Bulk copies this node sent to a peer that asked.
     pub bulk_answered: AtomicU64,
@@ -203,6 +206,7 @@ impl ClusterState {
             syncing: AtomicBool::new(true),
             records_sent: AtomicU64::new(0),
             messages_sent: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
             publish_errors: AtomicU64::new(0),
             bulk_answered: AtomicU64::new(0),
             refused: Default::default(),

@@ -548,8 +548,24 @@ vrrp_sync_group LANS {{
     }
 
     fn start_keepalived(&self, side: Side) {
+        self.start_keepalived_with(side, &self.keepalived_conf(side));
+    }
+
+    /// Stops the gateway's keepalived (SIGTERM: it gives up its addresses)
+    /// and starts it again with `conf` instead of [`Pair::keepalived_conf`]
+    /// (notify scripts, say); the lab's own log and pid files. Does not wait
+    /// for a master.
+    pub fn restart_keepalived(&self, side: Side, conf: &str) {
+        let old = self.keepalived.lock().unwrap()[side.index()].take();
+        if let Some(mut p) = old {
+            p.stop(Duration::from_secs(5));
+        }
+        self.start_keepalived_with(side, conf);
+    }
+
+    fn start_keepalived_with(&self, side: Side, conf: &str) {
         let l = side.letter();
-        let conf = self.write_file(&format!("keepalived-{l}.conf"), &self.keepalived_conf(side));
+        let conf = self.write_file(&format!("keepalived-{l}.conf"), conf);
         let file = |name: String| {
             self.dir
                 .path()
