@@ -244,6 +244,9 @@ impl Node {
             .name(format!("conntrackd {}", s.node))
             // Our own messages are not for us.
             .no_echo()
+            // `servers` in the operator's order (the gateway's own server
+            // first): the client would shuffle them.
+            .retain_servers_order()
             .retry_on_initial_connect()
             .max_reconnects(None)
             .reconnect_delay_callback(|attempts| {
@@ -528,7 +531,7 @@ impl Node {
         };
         let now = self.shared.now();
         let mut items = Vec::new();
-        outbox::local_slice(&self.engine, slice, slices, now, &mut items);
+        outbox::local_slice(&self.engine, slice, slices, false, now, &mut items);
         self.refresh = (slice + 1 < slices).then_some((slice + 1, slices));
         for (bytes, records) in self.changes.pack(&items, now, wall_clock_ms(), false) {
             let subject = self.changes_subject.clone();
@@ -590,7 +593,7 @@ impl Node {
         for slice in 0..slices {
             let now = self.shared.now();
             items.clear();
-            outbox::local_slice(&self.engine, slice, slices, now, &mut items);
+            outbox::local_slice(&self.engine, slice, slices, true, now, &mut items);
             let last = slice + 1 == slices;
             for (bytes, n) in self.chunks.pack(&items, now, wall_clock_ms(), last) {
                 if self.stop.is_set() || !self.publish(client, reply.to_string(), bytes, n).await {

@@ -5,6 +5,7 @@
 
 use super::super::shared::cluster::Outgoing;
 use crate::cluster::{Kind, Op, Writer};
+use crate::conntrack::table::StateClass;
 use crate::conntrack::{Conn, FlowKey};
 use crate::time::Timestamp;
 use crate::Engine;
@@ -106,15 +107,28 @@ fn slice_of(key: &FlowKey, slices: u64) -> u64 {
 /// The local connections (not peers' copies, not expired at `now`) of
 /// slice `slice` of `slices`, as upserts, appended to `out`. One shard is
 /// read-locked at a time, for a copy.
+///
+/// `closing`: TCP connections after a FIN or RST too (a bulk copy wants
+/// everything). A refresh leaves them out: a peer's copy expires when this
+/// node's entry does (the record carries the time left), so a refresh
+/// only repairs lost records, and a connection that is closing has no
+/// failover left to survive. On a gateway of short connections the table
+/// is mostly TIME_WAIT: refreshing those would be most of the cluster's
+/// traffic.
 pub fn local_slice(
     engine: &Engine,
     slice: u64,
     slices: u64,
+    closing: bool,
     now: Timestamp,
     out: &mut Vec<Outgoing>,
 ) {
     engine.table().for_each(|key: &FlowKey, conn: &Conn| {
-        if !conn.peer() && !conn.expired(now) && slice_of(key, slices) == slice {
+        if !conn.peer()
+            && !conn.expired(now)
+            && (closing || StateClass::of(conn) != StateClass::TcpClosing)
+            && slice_of(key, slices) == slice
+        {
             out.push((Op::Upsert, *key, *conn));
         }
     });
@@ -207,11 +221,47 @@ mod tests {
         let mut all = Vec::new();
         for s in 0..4 {
             let before = all.len();
-            local_slice(&e, s, 4, now, &mut all);
+            local_slice(&e, s, 4, true, now, &mut all);
             assert!(all.len() > before, "slice {s} is not empty");
         }
         assert_eq!(all.len(), 200, "every local entry, no peer's copy");
         let keys: HashSet<FlowKey> = all.iter().map(|(_, k, _)| *k).collect();
         assert_eq!(keys.len(), 200);
+    }
+
+    #[test]
+    fn a_refresh_leaves_out_closing_connections_a_bulk_copy_does_not() {
+        use crate::wire::{build, TcpFlags as F};
+        let e = crate::Engine::new(
+            crate::EngineSettings::default(),
+            crate::policy::Policy::allow_all(),
+        );
+        let now = Timestamp::from_secs(1);
+        let (c, s) = (
+            "198.18.0.2:40000".parse().unwrap(),
+            "198.19.0.2:80".parse().unwrap(),
+        );
+        let mut send = |from_client: bool, flags: u8, seq: u32, ack: u32| {
+            let (a, b) = if from_client { (c, s) } else { (s, c) };
+            let bytes = build::tcp(a, b).flags(flags).seq(seq).ack(ack).build();
+            let d = e.decide(&bytes, &crate::Context::default(), now);
+            assert_eq!(d.verdict(), crate::Verdict::Accept, "{:?}", d.reason);
+        };
+        let count = |e: &crate::Engine, closing: bool| {
+            let mut out = Vec::new();
+            local_slice(e, 0, 1, closing, now, &mut out);
+            out.len()
+        };
+        send(true, F::SYN, 1, 0);
+        assert_eq!((count(&e, false), count(&e, true)), (1, 1), "a handshake");
+        send(false, F::SYN | F::ACK, 100, 2);
+        send(true, F::ACK, 2, 101);
+        assert_eq!((count(&e, false), count(&e, true)), (1, 1), "established");
+        send(true, F::FIN | F::ACK, 2, 101);
+        assert_eq!(
+            (count(&e, false), count(&e, true)),
+            (0, 1),
+            "closing: only in a copy"
+        );
     }
 }
