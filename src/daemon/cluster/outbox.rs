@@ -241,7 +241,7 @@ mod tests {
             "198.18.0.2:40000".parse().unwrap(),
             "198.19.0.2:80".parse().unwrap(),
         );
-        let mut send = |from_client: bool, flags: u8, seq: u32, ack: u32| {
+        let send = |from_client: bool, flags: u8, seq: u32, ack: u32| {
             let (a, b) = if from_client { (c, s) } else { (s, c) };
             let bytes = build::tcp(a, b).flags(flags).seq(seq).ack(ack).build();
             let d = e.decide(&bytes, &crate::Context::default(), now);
