@@ -159,7 +159,10 @@ impl Writer {
     /// `node` must be valid (see [`valid_node`]).
     pub fn new(kind: Kind, node: &str, sequence: u64, sent_ms: u64) -> Writer {
         debug_assert!(valid_node(node));
-        let mut buf = Vec::with_capacity(MAX_MESSAGE);
+        // Grown as records come: most messages are small (a few changes
+        // of a millisecond), and a message's buffer goes to the NATS
+        // client as it is, capacity and all.
+        let mut buf = Vec::with_capacity(256);
         buf.extend_from_slice(&MAGIC);
         buf.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         buf.push(kind as u8);
