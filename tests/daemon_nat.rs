@@ -707,3 +707,80 @@ fn handoff_works_with_masquerade_and_a_port_forward() {
     );
     assert_eq!(field(&log, "stopped", "dropped"), Some(0), "{log}");
 }
+
+/// Whether `p` is an IPv4 TCP packet from `src` with RST set.
+fn rst_from(p: &[u8], src: Ipv4Addr) -> bool {
+    if p.len() < 20 || p[0] >> 4 != 4 || p[9] != 6 {
+        return false;
+    }
+    let ihl = usize::from(p[0] & 0x0f) * 4;
+    p.len() >= ihl + 14 && p[12..16] == src.octets() && p[ihl + 13] & F::RST != 0
+}
+
+/// What the mangle rule of nat.rules.v4 is for: a packet conntrackd accepts
+/// but the kernel's conntrack cannot track is not NATed. After the kernel's
+/// entry is flushed, the LAN client's RST (in conntrackd's window, so
+/// accepted) is INVALID to the kernel (a RST opens nothing): with the rule
+/// it goes nowhere; without it (the control) it leaves upstream with the
+/// LAN client's own address.
+#[test]
+#[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
+fn a_packet_the_kernel_cannot_nat_never_leaves_with_the_lan_address() {
+    if lab::skip_without("nat-leak", &[CONNTRACK_TOOL]) {
+        return;
+    }
+    let Some(lab) = Lab::new("nat-leak") else {
+        return;
+    };
+    load_nat_rules(&lab, false, true);
+    server_without_lan_routes(&lab);
+    let rules = lab.write_rules(
+        "rules.toml",
+        r#"
+[policy]
+default = "drop"
+
+[[rule]]
+name = "lan-out"
+action = "accept"
+src = ["198.18.0.0/24"]
+"#,
+    );
+    let socket = lab.control_socket();
+    let _d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
+    let _echo = TcpEcho::start(&lab.server, sa(lab::SERVER4, 8080));
+    for with_rule in [true, false] {
+        if !with_rule {
+            lab.gw.iptables(
+                false,
+                "-t mangle -D POSTROUTING -m conntrack --ctstate INVALID -j DROP",
+            );
+        }
+        let sniffer = Sniffer::new(&lab.server, lab::HOST_IF);
+        let s = lab::connect(&lab.client, sa(lab::SERVER4, 8080), Duration::from_secs(5))
+            .expect("connect");
+        let port = s.local_addr().unwrap().port().to_string();
+        lab::exchange(&s, 10_000, 1).expect("exchange");
+        std::thread::sleep(Duration::from_secs(1)); // idle: the delayed ACKs are out
+        lab.gw.sh(&["conntrack", "-F"]);
+        lab::abort(s);
+        // conntrackd judged the RST (in its window): the connection is closed.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let listed = flows(&socket, &["--port", &port]);
+            if listed.is_empty() || listed[0]["state"] != "ESTABLISHED:ESTABLISHED" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the RST never reached conntrackd"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let leaked = sniffer.wait_for(Duration::from_secs(1), |p| rst_from(p, lab::CLIENT4));
+        assert_eq!(
+            leaked, !with_rule,
+            "with the mangle rule {with_rule}: a RST from the LAN address upstream {leaked}"
+        );
+    }
+}
