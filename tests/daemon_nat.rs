@@ -55,6 +55,7 @@ fn load_nat_rules(lab: &Lab, dnat: bool, queue: bool) {
         let forward = "#-A PREROUTING -i wan0 -p tcp --dport 8080 -j DNAT";
         assert!(shipped.contains(forward), "{name} lost its port forward");
         assert!(shipped.contains("-A POSTROUTING -o wan0 -j MASQUERADE"));
+        assert!(shipped.contains("-A POSTROUTING -o wan0 -m conntrack --ctstate INVALID -j DROP"));
         let mut text = String::new();
         for line in shipped.lines() {
             if !queue && line.starts_with("-A FORWARD -j NFQUEUE") {
@@ -228,6 +229,12 @@ in_iface = "cli"
 out_iface = "srv"
 src = ["198.18.0.0/24", "2001:db8:1::/64"]
 dst_ports = [8080]
+
+[[rule]]
+name = "refused"
+action = "reject"
+proto = "tcp"
+dst_ports = [9091]
 "#,
     );
     let socket = lab.control_socket();
@@ -288,6 +295,17 @@ dst_ports = [8080]
     let w = why(&socket, "198.18.0.2", "198.19.0.2:9090");
     assert_eq!(w["new_connection"]["action"], "drop", "{w}");
     assert_eq!(w["drops"][0]["reason"], "drop_by_default", "{w}");
+    // A reject's answer reaches the LAN client (it leaves through OUTPUT,
+    // untracked by the kernel, towards the LAN: the mangle rule, which
+    // names wan0 only, lets it be).
+    for to in [sa(lab::SERVER4, 9091), sa(lab::SERVER6, 9091)] {
+        let refused = lab::connect(&lab.client, to, Duration::from_secs(3));
+        assert_eq!(
+            refused.map(|_| ()).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionRefused),
+            "{to}"
+        );
+    }
     drop(d);
 }
 
@@ -753,7 +771,7 @@ src = ["198.18.0.0/24"]
         if !with_rule {
             lab.gw.iptables(
                 false,
-                "-t mangle -D POSTROUTING -m conntrack --ctstate INVALID -j DROP",
+                "-t mangle -D POSTROUTING -o srv -m conntrack --ctstate INVALID -j DROP",
             );
         }
         let sniffer = Sniffer::new(&lab.server, lab::HOST_IF);
