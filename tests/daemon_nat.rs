@@ -313,7 +313,8 @@ dst_ports = [9091]
 /// gateway's public address and port. conntrackd sees the LAN server's own
 /// address and port (after DNAT) and the upstream client's address: the
 /// rule that names those admits the connection; a forward to a port no rule
-/// admits is dropped; after a reload to a rule naming the public address
+/// admits is dropped; one a rule rejects is dropped silently (its answer
+/// cannot be NATed, and is not let out); after a reload to a rule naming the public address
 /// and port instead, a new connection is dropped (that rule never matches).
 #[test]
 #[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
@@ -338,6 +339,12 @@ proto = "tcp"
 in_iface = "srv"
 dst = ["198.18.0.2"]
 dst_ports = [80]
+
+[[rule]]
+name = "refused-forward"
+action = "reject"
+proto = "tcp"
+dst_ports = [82]
 "#;
     let public_rule = r#"
 [policy]
@@ -350,6 +357,10 @@ proto = "tcp"
 dst = ["198.19.0.1"]
 dst_ports = [8080]
 "#;
+    lab.gw.iptables(
+        false,
+        "-t nat -A PREROUTING -i srv -p tcp --dport 8082 -j DNAT --to-destination 198.18.0.2:82",
+    );
     let rules = lab.write_rules("rules.toml", lan_rule);
     let socket = lab.control_socket();
     let d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
@@ -382,6 +393,17 @@ dst_ports = [8080]
     let w = why(&socket, &upstream.ip().to_string(), "198.18.0.2:81");
     assert_eq!(w["drops"][0]["reason"], "drop_by_default", "{w}");
     assert_eq!(w["new_connection"]["action"], "drop", "{w}");
+
+    // A reject of a forwarded connection is silent: its answer would carry
+    // the LAN server's address (the kernel cannot NAT a packet it does not
+    // track), and the shipped mangle rule keeps it from leaving upstream.
+    let silent = lab::connect(&lab.server, sa(GW_UP4, 8082), Duration::from_secs(2));
+    assert_eq!(
+        silent.map(|_| ()).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::TimedOut)
+    );
+    let w = why(&socket, &upstream.ip().to_string(), "198.18.0.2:82");
+    assert_eq!(w["drops"][0]["reason"], "reject_by_rule", "{w}");
 
     // A rule naming the public address: conntrackd never sees it.
     lab::replace_file(&rules, public_rule);
