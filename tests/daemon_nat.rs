@@ -16,7 +16,10 @@
 
 mod common;
 
-use common::lab::{self, ctl, json_lines, Lab, Ns, RawSender, Sniffer, TcpEcho};
+use common::lab::{
+    self, ctl, json_lines, Lab, Ns, Pair, PairConfig, RawSender, Side, Sniffer, TcpEcho,
+    NATS_NODE_PASSWORD, VIP_SERVER4, VIP_SERVER6,
+};
 use conntrackd::wire::build;
 use conntrackd::wire::TcpFlags as F;
 use serde_json::Value;
@@ -822,5 +825,200 @@ src = ["198.18.0.0/24"]
             leaked, !with_rule,
             "with the mangle rule {with_rule}: a RST from the LAN address upstream {leaked}"
         );
+    }
+}
+
+// ---- a NAT gateway pair (tests/common/lab/pair.rs) -------------------------
+
+/// One gateway of a NAT pair: the LAN SNATed to the upstream virtual
+/// address (the same mapping on either gateway; restricted to the LAN's
+/// sources, or the gateway's own VRRP adverts would carry the VIP), the
+/// port forward on that address, the INVALID rule of nat.rules.v4, every
+/// forwarded packet to conntrackd, which shares its table over NATS. No
+/// conntrack-tools: the kernel's entries are not copied.
+fn start_nat_gateway(pair: &Pair, side: Side) -> lab::Daemon {
+    let gw = pair.gw(side);
+    for (v6, lan, vip) in [
+        (false, "198.18.0.0/24", VIP_SERVER4.to_string()),
+        (true, "2001:db8:1::/64", VIP_SERVER6.to_string()),
+    ] {
+        gw.iptables(
+            v6,
+            &format!("-t nat -A POSTROUTING -s {lan} -o srv -j SNAT --to-source {vip}"),
+        );
+        gw.iptables(
+            v6,
+            "-t mangle -A POSTROUTING -o srv -m conntrack --ctstate INVALID -j DROP",
+        );
+        gw.iptables(v6, "-A FORWARD -j NFQUEUE --queue-num 0");
+        // As nat.rules.v4's INPUT policy: an upstream packet of a connection
+        // the kernel has no entry for is addressed to the gateway itself,
+        // which must not answer it with a RST.
+        gw.iptables(v6, "-A INPUT -i srv -p tcp -j DROP");
+    }
+    gw.iptables(
+        false,
+        &format!(
+            "-t nat -A PREROUTING -i srv -d {VIP_SERVER4} -p tcp --dport 8080 \
+             -j DNAT --to-destination 198.18.0.2:80"
+        ),
+    );
+    gw.sysctl("net.netfilter.nf_conntrack_tcp_be_liberal", "1");
+    let (me, other) = (side.letter(), side.other().letter());
+    let rules = pair.write_file(
+        &format!("rules-{me}.toml"),
+        &format!(
+            r#"
+[policy]
+default = "drop"
+
+[[rule]]
+name = "lan-out"
+action = "accept"
+proto = "tcp"
+out_iface = "srv"
+src = ["198.18.0.0/24", "2001:db8:1::/64"]
+
+[[rule]]
+name = "port-forward"
+action = "accept"
+proto = "tcp"
+in_iface = "srv"
+dst = ["198.18.0.2"]
+dst_ports = [80]
+
+[cluster]
+servers = ["nats://127.0.0.1:4222", "nats://{peer}:4222"]
+node = "gw-{me}"
+peers = ["gw-{other}"]
+user = "gw-{me}"
+password = "{NATS_NODE_PASSWORD}"
+"#,
+            peer = side.other().sync4(),
+        ),
+    );
+    pair.start_daemon(side, &["--rules", rules.to_str().unwrap()])
+}
+
+/// A NAT pair without conntrack-tools: conntrackd's cluster carries its
+/// table, not the kernel's NAT mappings, and B's kernel has none of A's.
+/// What survives the failover anyway: masqueraded connections (IPv4, IPv6)
+/// whose LAN client sends next, and a port forward whose upstream client
+/// sends next. B's kernel picks them up mid-stream and maps them afresh:
+/// SNAT to the same virtual address and port (free on B), DNAT by the
+/// forward rule; B's conntrackd judges them with the copies it holds (its
+/// policy drops what it does not know). The server sees one client
+/// address and port per connection throughout.
+#[test]
+#[ignore = "needs root: network namespaces, keepalived, nats-server, iptables"]
+fn a_nat_pair_without_kernel_sync_keeps_connections_whose_inside_speaks_first() {
+    if lab::skip_without("nat-pair", &[CONNTRACK_TOOL]) {
+        return;
+    }
+    let Some(pair) = Pair::with(
+        "nat-pair",
+        PairConfig {
+            track_conntrackd: true,
+            ..PairConfig::default()
+        },
+    ) else {
+        return;
+    };
+    pair.server.sh(&["ip", "route", "del", "default"]);
+    pair.server.sh(&["ip", "-6", "route", "del", "default"]);
+    let e4 = PeerEcho::start(&pair.server, sa(lab::SERVER4, 8080));
+    let e6 = PeerEcho::start(&pair.server, sa(lab::SERVER6, 8080));
+    let lan_server = PeerEcho::start(&pair.client, sa(lab::CLIENT4, LAN_SERVER_PORT));
+    let mut a = start_nat_gateway(&pair, Side::A);
+    let _b = start_nat_gateway(&pair, Side::B);
+    pair.wait_master(Side::A, Duration::from_secs(15));
+
+    let conns = [
+        lab::connect(&pair.client, sa(lab::SERVER4, 8080), Duration::from_secs(5))
+            .expect("masqueraded v4"),
+        lab::connect(&pair.client, sa(lab::SERVER6, 8080), Duration::from_secs(5))
+            .expect("masqueraded v6"),
+        lab::connect(
+            &pair.server,
+            sa(VIP_SERVER4, PUBLIC_PORT),
+            Duration::from_secs(5),
+        )
+        .expect("port-forwarded"),
+    ];
+    for (i, s) in conns.iter().enumerate() {
+        lab::exchange(s, 100_000, 0x60 ^ i as u8).expect("through A");
+    }
+    let seen = (e4.peers(), e6.peers(), lan_server.peers());
+    assert_eq!(seen.0.len(), 1, "{seen:?}");
+    assert_eq!(seen.0[0].ip(), IpAddr::from(VIP_SERVER4), "{seen:?}");
+    assert_eq!(seen.1[0].ip(), IpAddr::from(VIP_SERVER6), "{seen:?}");
+    assert_eq!(seen.2, vec![conns[2].local_addr().unwrap()], "{seen:?}");
+    // B's conntrackd holds copies of all three; B's kernel knows none.
+    let b_socket = pair.control_socket(Side::B);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let copies = flows(&b_socket, &[])
+            .iter()
+            .filter(|f| f["peer"] == true)
+            .count();
+        if copies == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B holds {copies} copies");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let on_b = |v6| {
+        let out = pair.gw(Side::B).output(&[
+            "conntrack",
+            "-L",
+            "-f",
+            if v6 { "ipv6" } else { "ipv4" },
+            "-p",
+            "tcp",
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        !on_b(false).contains("dport=8080") && !on_b(true).contains("dport=8080"),
+        "B's kernel already knows them:\n{}{}",
+        on_b(false),
+        on_b(true)
+    );
+
+    a.kill9();
+    pair.fail(Side::A);
+    pair.wait_master(Side::B, Duration::from_secs(3));
+    for (i, s) in conns.iter().enumerate() {
+        lab::exchange_within(s, 100_000, 0x70 ^ i as u8, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connection {i} through B: {e}"));
+    }
+    // Picked up by B's kernel, mapped as on A: no new client port upstream,
+    // the same upstream client at the LAN server.
+    assert_eq!(
+        e4.peers(),
+        seen.0,
+        "the server saw another IPv4 client port"
+    );
+    assert_eq!(
+        e6.peers(),
+        seen.1,
+        "the server saw another IPv6 client port"
+    );
+    assert_eq!(lan_server.peers(), seen.2);
+    let v4 = on_b(false);
+    assert!(
+        v4.contains(&format!(
+            "dst={VIP_SERVER4} sport=8080 dport={}",
+            seen.0[0].port()
+        )) && v4.contains("src=198.18.0.2 dst=198.19.0.2 sport=80"),
+        "B's kernel entries:\n{v4}"
+    );
+    let adopted = flows(&b_socket, &[])
+        .iter()
+        .filter(|f| f["peer"] != true && f["state"] == "ESTABLISHED:ESTABLISHED")
+        .count();
+    assert_eq!(adopted, 3, "{:#?}", flows(&b_socket, &[]));
+    for s in conns {
+        lab::close(s).expect("a clean close through B");
     }
 }
