@@ -101,6 +101,7 @@ fn server_without_lan_routes(lab: &Lab) {
 struct PeerEcho {
     stop: Arc<AtomicBool>,
     peers: Arc<Mutex<Vec<SocketAddr>>>,
+    streams: Arc<Mutex<Vec<TcpStream>>>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -110,13 +111,17 @@ impl PeerEcho {
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let peers = Arc::new(Mutex::new(Vec::new()));
-        let (flag, sink) = (stop.clone(), peers.clone());
+        let streams = Arc::new(Mutex::new(Vec::new()));
+        let (flag, sink, kept) = (stop.clone(), peers.clone(), streams.clone());
         let handle = std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(120);
             while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
                 match listener.accept() {
                     Ok((conn, peer)) => {
                         sink.lock().unwrap().push(peer);
+                        if let Ok(c) = conn.try_clone() {
+                            kept.lock().unwrap().push(c);
+                        }
                         std::thread::spawn(move || echo(conn));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
@@ -126,12 +131,24 @@ impl PeerEcho {
         PeerEcho {
             stop,
             peers,
+            streams,
             handle: Some(handle),
         }
     }
 
     fn peers(&self) -> Vec<SocketAddr> {
         self.peers.lock().unwrap().clone()
+    }
+
+    /// The server's end of the connection from `peer` (writes go to the
+    /// client beside the echo).
+    fn stream(&self, peer: SocketAddr) -> TcpStream {
+        let streams = self.streams.lock().unwrap();
+        let s = streams
+            .iter()
+            .find(|s| s.peer_addr().ok() == Some(peer))
+            .unwrap_or_else(|| panic!("no connection from {peer}"));
+        s.try_clone().unwrap()
     }
 }
 
@@ -1020,5 +1037,218 @@ fn a_nat_pair_without_kernel_sync_keeps_connections_whose_inside_speaks_first() 
     assert_eq!(adopted, 3, "{:#?}", flows(&b_socket, &[]));
     for s in conns {
         lab::close(s).expect("a clean close through B");
+    }
+}
+
+/// Whether `to` reads exactly `want` within `timeout`.
+fn reads(mut to: &TcpStream, want: &[u8], timeout: Duration) -> bool {
+    let saved = to.read_timeout().unwrap();
+    to.set_read_timeout(Some(timeout)).unwrap();
+    let mut got = vec![0u8; want.len()];
+    let ok = to.read_exact(&mut got).is_ok() && got == want;
+    to.set_read_timeout(saved).unwrap();
+    ok
+}
+
+/// conntrack-tools' conntrackd (Debian's `conntrackd` package, not this
+/// project's) replicating the kernel's table between the gateways over the
+/// sync link: FTFW over UDP, each entry written into the other kernel as it
+/// arrives (DisableExternalCache), the sync link's and loopback's own
+/// connections left out. Its files in the lab's directory.
+fn start_conntrack_tools(pair: &Pair, side: Side) -> lab::Background {
+    let me = side.letter();
+    let dir = pair.dir.path();
+    let conf = pair.write_file(
+        &format!("ctt-{me}.conf"),
+        &format!(
+            r#"
+Sync {{
+    Mode FTFW {{
+        DisableExternalCache on
+    }}
+    UDP {{
+        IPv4_address {mine}
+        IPv4_Destination_Address {peer}
+        Port 3780
+        Interface sync
+        Checksum on
+    }}
+}}
+General {{
+    HashSize 8192
+    HashLimit 65535
+    LogFile {log}
+    Syslog off
+    LockFile {lock}
+    UNIX {{
+        Path {ctl}
+    }}
+    NetlinkBufferSize 2097152
+    NetlinkBufferSizeMaxGrowth 8388608
+    Filter From Userspace {{
+        Protocol Accept {{
+            TCP
+        }}
+        Address Ignore {{
+            IPv4_address 127.0.0.1
+            IPv6_address ::1
+            IPv4_address {mine}
+            IPv4_address {peer}
+        }}
+    }}
+}}
+"#,
+            mine = side.sync4(),
+            peer = side.other().sync4(),
+            log = dir.join(format!("ctt-{me}.log")).display(),
+            lock = dir.join(format!("ctt-{me}.lock")).display(),
+            ctl = dir.join(format!("ctt-{me}.ctl")).display(),
+        ),
+    );
+    let out = dir.join(format!("ctt-{me}.out"));
+    let bg = lab::Background::spawn(
+        pair.gw(side),
+        &[CONNTRACK_TOOLS_DAEMON, "-C", conf.to_str().unwrap()],
+        &out,
+    );
+    let ctl = dir.join(format!("ctt-{me}.ctl"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ctl.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "conntrack-tools' conntrackd did not start on {side:?}: {}",
+            bg.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bg
+}
+
+/// conntrack-tools' daemon, from Debian's `conntrackd` package.
+const CONNTRACK_TOOLS_DAEMON: &str = "/usr/sbin/conntrackd";
+
+/// A NAT pair with conntrack-tools beside conntrackd: B's kernel holds A's
+/// NAT mappings before the failover (conntrack-tools), B's conntrackd
+/// copies of A's connections (its cluster). After A fails, the outside
+/// speaks first and is answered: the upstream server writes to the
+/// masqueraded LAN client (IPv4; its packet is addressed to the upstream
+/// VIP) and the LAN server to the upstream client of the port forward (its
+/// reply needs the public port back). Then data both ways. The control,
+/// the same failover without conntrack-tools, where neither arrives,
+/// follows in the same test.
+#[test]
+#[ignore = "needs root: network namespaces, keepalived, nats-server, iptables, conntrack-tools"]
+fn a_nat_pair_with_conntrack_tools_keeps_connections_whoever_speaks_first() {
+    if lab::skip_without(
+        "nat-pair-ctt",
+        &[CONNTRACK_TOOL, (CONNTRACK_TOOLS_DAEMON, "-v", "conntrackd")],
+    ) {
+        return;
+    }
+    let version = lab::sh(&[CONNTRACK_TOOLS_DAEMON, "-v"]);
+    assert!(
+        version.contains("Connection tracking userspace daemon"),
+        "{CONNTRACK_TOOLS_DAEMON} is not conntrack-tools' daemon: {version}"
+    );
+    for sync in [true, false] {
+        let Some(pair) = Pair::with(
+            "nat-pair-ctt",
+            PairConfig {
+                track_conntrackd: true,
+                ..PairConfig::default()
+            },
+        ) else {
+            return;
+        };
+        pair.server.sh(&["ip", "route", "del", "default"]);
+        pair.server.sh(&["ip", "-6", "route", "del", "default"]);
+        let upstream = PeerEcho::start(&pair.server, sa(lab::SERVER4, 8080));
+        let lan_server = PeerEcho::start(&pair.client, sa(lab::CLIENT4, LAN_SERVER_PORT));
+        let _ctt = sync.then(|| Side::BOTH.map(|side| start_conntrack_tools(&pair, side)));
+        let mut a = start_nat_gateway(&pair, Side::A);
+        let _b = start_nat_gateway(&pair, Side::B);
+        pair.wait_master(Side::A, Duration::from_secs(15));
+        let masq = lab::connect(&pair.client, sa(lab::SERVER4, 8080), Duration::from_secs(5))
+            .expect("masqueraded");
+        let fwd = lab::connect(
+            &pair.server,
+            sa(VIP_SERVER4, PUBLIC_PORT),
+            Duration::from_secs(5),
+        )
+        .expect("port-forwarded");
+        lab::exchange(&masq, 100_000, 1).expect("masqueraded, through A");
+        lab::exchange(&fwd, 100_000, 2).expect("forwarded, through A");
+        let masq_up = upstream.stream(sa(VIP_SERVER4, masq.local_addr().unwrap().port()));
+        let fwd_lan = lan_server.stream(fwd.local_addr().unwrap());
+
+        // B's kernel: the mappings (conntrack-tools) or nothing.
+        let on_b = || {
+            let out = pair
+                .gw(Side::B)
+                .output(&["conntrack", "-L", "-f", "ipv4", "-p", "tcp"]);
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let masq_mapping = format!(
+            "dst={VIP_SERVER4} sport=8080 dport={}",
+            masq.local_addr().unwrap().port()
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let table = on_b();
+            let has = table.contains(&masq_mapping) && table.contains("sport=80 ");
+            if has == sync {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "B's kernel (conntrack-tools {sync}):\n{table}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // B's conntrackd: copies of both, either way.
+        let b_socket = pair.control_socket(Side::B);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while flows(&b_socket, &[])
+            .iter()
+            .filter(|f| f["peer"] == true)
+            .count()
+            < 2
+        {
+            assert!(Instant::now() < deadline, "B's conntrackd holds no copies");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+
+        a.kill9();
+        pair.fail(Side::A);
+        pair.wait_master(Side::B, Duration::from_secs(3));
+        (&masq_up).write_all(b"upstream first").unwrap();
+        (&fwd_lan).write_all(b"lan server first").unwrap();
+        let got_masq = reads(&masq, b"upstream first", Duration::from_secs(3));
+        let got_fwd = reads(&fwd, b"lan server first", Duration::from_secs(3));
+        assert_eq!(
+            (got_masq, got_fwd),
+            (sync, sync),
+            "conntrack-tools {sync}: the outside's first data arrived (masqueraded, forwarded)"
+        );
+        if sync {
+            lab::exchange_within(&masq, 100_000, 3, Duration::from_secs(5))
+                .expect("masqueraded, through B");
+            lab::exchange_within(&fwd, 100_000, 4, Duration::from_secs(5))
+                .expect("forwarded, through B");
+            lab::close(masq).expect("masqueraded, closed through B");
+            lab::close(fwd).expect("forwarded, closed through B");
+            let ctt_log =
+                std::fs::read_to_string(pair.dir.path().join("ctt-B.log")).unwrap_or_default();
+            eprintln!("conntrack-tools on B:\n{ctt_log}");
+        } else {
+            // The masqueraded connection recovers once the LAN client
+            // speaks (B's kernel picks it up): the server's data then
+            // arrives, before the echo of the client's byte.
+            (&masq).write_all(b"x").unwrap();
+            assert!(
+                reads(&masq, b"upstream firstx", Duration::from_secs(5)),
+                "the masqueraded connection after the LAN client spoke"
+            );
+        }
     }
 }
