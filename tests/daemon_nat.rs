@@ -9,6 +9,10 @@
 //! masquerade tests the server has no route back to the LAN: a packet that
 //! was not masqueraded gets no answer.
 //!
+//! The last tests run a NAT pair in the failover lab (tests/common/lab/
+//! pair.rs: keepalived, the NATS cluster), without and with conntrack-tools
+//! replicating the kernel's table beside conntrackd.
+//!
 //! Needs root, so the tests are `#[ignore]`d: run them as root with
 //! `CI=true cargo test --test daemon_nat -- --include-ignored`.
 
@@ -1237,9 +1241,6 @@ fn a_nat_pair_with_conntrack_tools_keeps_connections_whoever_speaks_first() {
                 .expect("forwarded, through B");
             lab::close(masq).expect("masqueraded, closed through B");
             lab::close(fwd).expect("forwarded, closed through B");
-            let ctt_log =
-                std::fs::read_to_string(pair.dir.path().join("ctt-B.log")).unwrap_or_default();
-            eprintln!("conntrack-tools on B:\n{ctt_log}");
         } else {
             // The masqueraded connection recovers once the LAN client
             // speaks (B's kernel picks it up): the server's data then
