@@ -451,6 +451,29 @@ dst_ports = [8080]
     lab::close(s).expect("clean close");
 }
 
+/// LAN clients may open anything upstream; the rest is dropped.
+const LAN_OUT: &str = r#"
+[policy]
+default = "drop"
+
+[[rule]]
+name = "lan-out"
+action = "accept"
+src = ["198.18.0.0/24"]
+"#;
+
+/// A masquerading gateway (the shipped NAT rules, no port forward) whose
+/// conntrackd runs [`LAN_OUT`], the server with no route back to the LAN;
+/// `None` when the test must be skipped.
+fn masquerading(test: &str) -> Option<(Lab, lab::Daemon)> {
+    let lab = Lab::new(test)?;
+    load_nat_rules(&lab, false, true);
+    server_without_lan_routes(&lab);
+    let rules = lab.write_rules("rules.toml", LAN_OUT);
+    let d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
+    Some((lab, d))
+}
+
 /// Crafted packets on a masqueraded connection (the kernel's conntrack
 /// liberal about windows, as the shipped sysctl file sets it): a segment
 /// far above the window and a SYN+FIN with the connection's own tuple are
@@ -459,25 +482,10 @@ dst_ports = [8080]
 #[test]
 #[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
 fn invalid_packets_on_a_masqueraded_connection_are_dropped_by_conntrackd() {
-    let Some(lab) = Lab::new("nat-invalid") else {
+    let Some((lab, _d)) = masquerading("nat-invalid") else {
         return;
     };
-    load_nat_rules(&lab, false, true);
-    server_without_lan_routes(&lab);
-    let rules = lab.write_rules(
-        "rules.toml",
-        r#"
-[policy]
-default = "drop"
-
-[[rule]]
-name = "lan-out"
-action = "accept"
-src = ["198.18.0.0/24"]
-"#,
-    );
     let socket = lab.control_socket();
-    let _d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
     let _echo = TcpEcho::start(&lab.server, sa(lab::SERVER4, 8080));
     let sniffer = Sniffer::new(&lab.server, lab::HOST_IF);
     let s =
@@ -545,25 +553,10 @@ fn the_kernel_conntrack_table_does_not_decide_conntrackds_verdicts() {
     if lab::skip_without("nat-kernel-table", &[CONNTRACK_TOOL]) {
         return;
     }
-    let Some(lab) = Lab::new("nat-kernel-table") else {
+    let Some((lab, _d)) = masquerading("nat-kernel-table") else {
         return;
     };
-    load_nat_rules(&lab, false, true);
-    server_without_lan_routes(&lab);
-    let rules = lab.write_rules(
-        "rules.toml",
-        r#"
-[policy]
-default = "drop"
-
-[[rule]]
-name = "lan-out"
-action = "accept"
-src = ["198.18.0.0/24"]
-"#,
-    );
     let socket = lab.control_socket();
-    let _d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
     let _e1 = TcpEcho::start(&lab.server, sa(lab::SERVER4, 8080));
     let e2 = PeerEcho::start(&lab.server, sa(lab::SERVER4, 8081));
     let killed =
@@ -793,25 +786,10 @@ fn a_packet_the_kernel_cannot_nat_never_leaves_with_the_lan_address() {
     if lab::skip_without("nat-leak", &[CONNTRACK_TOOL]) {
         return;
     }
-    let Some(lab) = Lab::new("nat-leak") else {
+    let Some((lab, _d)) = masquerading("nat-leak") else {
         return;
     };
-    load_nat_rules(&lab, false, true);
-    server_without_lan_routes(&lab);
-    let rules = lab.write_rules(
-        "rules.toml",
-        r#"
-[policy]
-default = "drop"
-
-[[rule]]
-name = "lan-out"
-action = "accept"
-src = ["198.18.0.0/24"]
-"#,
-    );
     let socket = lab.control_socket();
-    let _d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
     let _echo = TcpEcho::start(&lab.server, sa(lab::SERVER4, 8080));
     for with_rule in [true, false] {
         if !with_rule {
