@@ -28,79 +28,18 @@ use conntrackd::daemon::shared::cluster::{ClusterState, Link, Observers};
 use conntrackd::daemon::shared::{Shared, StopSwitch};
 use conntrackd::wire::{build, TcpFlags};
 use conntrackd::{Config, Context, Engine, Verdict};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const USER: &str = "ctd";
-const PASSWORD: &str = "s3cret-bench";
+#[path = "../tests/common/local_nats.rs"]
+mod local_nats;
+use local_nats::{free_port, start_server, PASSWORD, USER};
 /// Connections per client address (ports 10000..60000).
 const PER_ADDR: u32 = 50_000;
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn nats_server() -> PathBuf {
-    let candidates: Vec<PathBuf> = match std::env::var_os("NATS_SERVER") {
-        Some(p) => vec![p.into()],
-        None => vec![
-            "/usr/bin/nats-server".into(),
-            "/usr/sbin/nats-server".into(),
-        ],
-    };
-    candidates
-        .into_iter()
-        .find(|p| p.exists())
-        .expect("no nats-server (apt-get install nats-server, or NATS_SERVER=path)")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A server on `port`; with `cluster`, its route port and the other's.
-fn start_server(binary: &Path, port: u16, cluster: Option<(u16, u16)>) -> Server {
-    let mut command = Command::new(binary);
-    command
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .args(["--user", USER, "--pass", PASSWORD]);
-    if let Some((own, other)) = cluster {
-        command
-            .args(["--cluster_name", "ctd-bench"])
-            .args(["--cluster", &format!("nats://127.0.0.1:{own}")])
-            .args(["--routes", &format!("nats://127.0.0.1:{other}")]);
-    }
-    let child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting nats-server");
-    let server = Server(child);
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let until = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-        assert!(
-            Instant::now() < until,
-            "nats-server did not listen on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    server
-}
 
 /// B's observer: the daemon's, and the time each of A's connections first
 /// appears here as a peer entry (ns since `base`; 0: not yet).
@@ -485,7 +424,7 @@ fn bench(secs: f64, max_conns: usize, rounds: usize, one_server: bool, rates: Ve
         "--max-conns: at most 2,000,000"
     );
     assert!((1..=10).contains(&rounds), "--rounds: 1 to 10");
-    let binary = nats_server();
+    let binary = local_nats::nats_server().unwrap_or_else(|e| panic!("{e}"));
     let (p1, p2) = (free_port(), free_port());
     let (_s1, _s2, ports) = if one_server {
         (start_server(&binary, p1, None), None, (p1, p1))

@@ -18,73 +18,29 @@ use conntrackd::daemon::shared::cluster::{ClusterState, Observers, Refusal};
 use conntrackd::daemon::shared::{Shared, StopSwitch};
 use conntrackd::wire::{build, TcpFlags};
 use conntrackd::{Config, Context, Engine, Verdict};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const USER: &str = "ctd";
-const PASSWORD: &str = "s3cret-lab";
+#[path = "common/local_nats.rs"]
+mod local_nats;
+use local_nats::{free_port, start_server, PASSWORD, USER};
 
-/// The server, killed when the test ends however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// nats-server, or `None` with the reason printed (a failure under `CI=true`).
+fn nats_server() -> Option<std::path::PathBuf> {
+    match local_nats::nats_server() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{e}: CI=true needs it"
+            );
+            eprintln!("SKIPPED: {e}");
+            None
+        }
     }
-}
-
-fn nats_server() -> Option<PathBuf> {
-    let candidates: Vec<PathBuf> = match std::env::var_os("NATS_SERVER") {
-        Some(p) => vec![p.into()],
-        None => vec![
-            "/usr/bin/nats-server".into(),
-            "/usr/sbin/nats-server".into(),
-        ],
-    };
-    if let Some(found) = candidates.iter().find(|p| p.exists()) {
-        return Some(found.clone());
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "no nats-server ({candidates:?}): CI=true needs it (apt-get install nats-server)"
-    );
-    eprintln!("SKIPPED: no nats-server ({candidates:?}; apt-get install nats-server)");
-    None
-}
-
-fn start_server(binary: &Path) -> (Server, u16) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    (start_server_on(binary, port), port)
-}
-
-fn start_server_on(binary: &Path, port: u16) -> Server {
-    let child = Command::new(binary)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .args(["--user", USER, "--pass", PASSWORD])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting nats-server");
-    let server = Server(child);
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let until = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-        assert!(
-            Instant::now() < until,
-            "nats-server did not listen on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    server
 }
 
 /// One gateway without its queues: an engine, its shared state and its
@@ -219,7 +175,8 @@ fn two_gateways_share_their_table_over_nats() {
     let Some(binary) = nats_server() else {
         return;
     };
-    let (server, port) = start_server(&binary);
+    let port = free_port();
+    let server = start_server(&binary, port, None);
 
     // A starts alone: no peer answers, so it is ready after the bulk timeout.
     let a = Gateway::start("gw-a", "gw-b", port);
@@ -362,7 +319,7 @@ fn two_gateways_share_their_table_over_nats() {
         .unwrap()
         .started_unix_ms;
     a.handshake(40002);
-    let _server = start_server_on(&binary, port);
+    let _server = start_server(&binary, port, None);
     eventually("B has what A decided during the outage", || {
         b.has(40002).is_some_and(|(_, peer)| peer)
     });
