@@ -1,0 +1,174 @@
+//! The Debian package under a real systemd: the gateway of a namespace lab
+//! is a container (`systemd-nspawn --boot`, systemd as its PID 1, see
+//! tests/common/lab/container.rs) that installs the `conntrackd-fw` package
+//! with `dpkg -i` and runs `conntrackd.service` as the unit says.
+//!
+//! What it needs beyond the lab's tools (root, `ip`, `iptables`):
+//! - `systemd-nspawn` and `nsenter` (apt-get install systemd-container util-linux);
+//! - the rootfs, made once by `packaging/systemd-lab/rootfs.sh` (reused by path,
+//!   `CONNTRACKD_SYSTEMD_ROOTFS` or /var/cache/conntrackd/systemd-lab-rootfs);
+//! - the package, built by `cargo deb` beforehand (`.ci/run` does, before the
+//!   tests): the newest `conntrackd-fw_VERSION-*.deb` of this crate's version
+//!   in the target directory's `debian/`, or `CONNTRACKD_DEB=PATH`. The test
+//!   does not build it itself: `cargo deb` inside `cargo test` would wait on
+//!   the outer cargo's lock of the same target directory.
+//!
+//! Without any of these the test skips, and under `CI=true` fails.
+//!
+//!   CI=true cargo test --test package_systemd -- --include-ignored
+
+#![allow(clippy::disallowed_methods)] // not the core: tests, benchmarks and tools read clocks and start threads
+
+mod common;
+
+use common::lab::{self, connect, exchange, Container, Lab, TcpEcho};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The package this crate's version builds, if `cargo deb` has built it.
+fn package() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("CONNTRACKD_DEB") {
+        return Ok(PathBuf::from(p));
+    }
+    // target/debug/conntrackd → target/debian/.
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_conntrackd"));
+    let dir = bin
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("the target directory")
+        .join("debian");
+    let prefix = format!("conntrackd-fw_{}-", env!("CARGO_PKG_VERSION"));
+    let newest = std::fs::read_dir(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with(&prefix) && n.ends_with(".deb")
+        })
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
+    newest.map(|e| e.path()).ok_or_else(|| {
+        format!(
+            "needs the package ({prefix}*.deb in {}): run `cargo deb` first",
+            dir.display()
+        )
+    })
+}
+
+/// Skips (or under CI=true fails) without systemd-nspawn, the rootfs or the
+/// package; the lab otherwise.
+fn setup(test: &str) -> Option<(Lab, PathBuf, PathBuf)> {
+    if lab::skip_without(
+        test,
+        &[
+            ("systemd-nspawn", "--version", "systemd-container"),
+            ("nsenter", "--version", "util-linux"),
+        ],
+    ) {
+        return None;
+    }
+    let missing = match (lab::rootfs(), package()) {
+        (Ok(rootfs), Ok(deb)) => return Lab::new(test).map(|l| (l, rootfs, deb)),
+        (Err(e), _) | (_, Err(e)) => e,
+    };
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: {missing}; CI=true forbids skipping this test");
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {missing}");
+    None
+}
+
+/// Whether the gateway's iptables (either family) has conntrackd's chain.
+fn has_chain(lab: &Lab) -> bool {
+    [false, true]
+        .iter()
+        .any(|v6| lab.gw.ruleset(*v6).contains("CONNTRACKD"))
+}
+
+/// dpkg -i, start with `install_iptables = true`, a connection through the
+/// gateway that `conntrackd flows` shows, stop (hooks gone), purge (nothing
+/// left).
+#[test]
+#[ignore = "needs root: systemd-nspawn boots a container in a network namespace"]
+fn install_start_flows_stop_purge() {
+    let Some((lab, rootfs, deb)) = setup("install_start_flows_stop_purge") else {
+        return;
+    };
+    let echo = TcpEcho::start(&lab.server, SocketAddr::from((lab::SERVER4, 8080)));
+    let c = Container::boot(&lab.gw, &rootfs);
+    eprintln!("booted in {:?}", c.boot_time);
+
+    c.copy_in(&deb, "/root/conntrackd-fw.deb");
+    c.out(&["dpkg", "-i", "/root/conntrackd-fw.deb"]);
+    // Installed enabled and started: the default rules install no hook.
+    let s = c.show("conntrackd", &["UnitFileState", "ActiveState"]);
+    assert_eq!(s["UnitFileState"], "enabled", "{s:?}");
+    assert_eq!(s["ActiveState"], "active", "{s:?}\n{}", journal(&c));
+    assert!(!has_chain(&lab), "the default rules installed a chain");
+
+    // The chain conntrackd installs itself sends the forwarded traffic to it.
+    c.sh(
+        "sed -i 's/^install_iptables = false/install_iptables = true/' /etc/conntrackd/rules.toml \
+          && grep -q '^install_iptables = true' /etc/conntrackd/rules.toml",
+    );
+    c.out(&["systemctl", "stop", "conntrackd"]);
+    let t = Instant::now();
+    // Type=notify: `systemctl start` returns at READY=1.
+    let o = c.exec(&["systemctl", "start", "conntrackd"]);
+    let to_ready = t.elapsed();
+    assert!(
+        o.status.success(),
+        "systemctl start: {o:?}\n{}",
+        journal(&c)
+    );
+    eprintln!("systemctl start to READY: {to_ready:?}");
+    let s = c.show("conntrackd", &["ActiveState", "SubState", "StatusText"]);
+    assert_eq!(
+        (s["ActiveState"].as_str(), s["SubState"].as_str()),
+        ("active", "running"),
+        "{s:?}\n{}",
+        journal(&c)
+    );
+    assert!(!s["StatusText"].is_empty(), "no STATUS= text: {s:?}");
+    assert!(has_chain(&lab), "no CONNTRACKD chain after start");
+
+    let conn = connect(&lab.client, echo.addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect through the gateway: {e}\n{}", journal(&c)));
+    exchange(&conn, 64 * 1024, 0x21).expect("data both ways");
+    let flows = c.out(&["conntrackd", "flows"]);
+    assert!(
+        flows.contains("198.18.0.2:") && flows.contains("-> 198.19.0.2:8080"),
+        "conntrackd flows does not show the connection:\n{flows}"
+    );
+    // Judged by conntrackd: its counters saw the packets.
+    let status = c.out(&["systemctl", "status", "--no-pager", "conntrackd"]);
+    eprintln!("{status}");
+    drop(conn);
+
+    c.out(&["systemctl", "stop", "conntrackd"]);
+    let s = c.show("conntrackd", &["ActiveState", "Result"]);
+    assert_eq!(s["ActiveState"], "inactive", "{s:?}");
+    assert_eq!(s["Result"], "success", "{s:?}\n{}", journal(&c));
+    assert!(!has_chain(&lab), "the chain stayed after stop");
+
+    c.out(&["dpkg", "--purge", "conntrackd-fw"]);
+    let left = c.sh(
+        "for p in /lib/systemd/system/conntrackd.service /etc/systemd/system/multi-user.target.wants/conntrackd.service \
+                  /etc/conntrackd /usr/sbin/conntrackd /run/conntrackd; do \
+             [ -e \"$p\" ] && echo \"$p\"; done; true",
+    );
+    assert_eq!(left.trim(), "", "left after purge");
+    let o = c.exec(&["systemctl", "cat", "conntrackd"]);
+    assert!(
+        !o.status.success(),
+        "systemd still knows the unit after purge"
+    );
+    assert!(!has_chain(&lab), "a chain after purge");
+}
+
+/// The unit's log, for a failing assertion.
+fn journal(c: &Container) -> String {
+    let o = c.exec(&["journalctl", "-u", "conntrackd", "--no-pager", "-n", "60"]);
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
