@@ -2,7 +2,8 @@
 # Makes the root filesystem the systemd lab boots (tests/package_systemd.rs):
 # a minimal Debian bookworm with systemd as PID 1, dbus, iptables, iproute2.
 # Made once and reused by path: when DIR already holds a finished rootfs
-# (DIR/.conntrackd-rootfs-ok), nothing is done. Tests never write to DIR: each
+# (DIR/.conntrackd-rootfs-v2, the version bumped whenever the list of
+# packages changes: an older DIR is made again), nothing is done. Tests never write to DIR: each
 # boots it with `systemd-nspawn --ephemeral` (a throwaway copy).
 #
 #   packaging/systemd-lab/rootfs.sh [DIR]     (default /var/cache/conntrackd/systemd-lab-rootfs)
@@ -12,7 +13,7 @@
 # two minutes.
 set -euo pipefail
 dir=${1:-/var/cache/conntrackd/systemd-lab-rootfs}
-stamp="$dir/.conntrackd-rootfs-ok"
+stamp="$dir/.conntrackd-rootfs-v2"
 if [ -e "$stamp" ]; then
     echo "rootfs: $dir exists (made $(cat "$stamp")), reused"
     exit 0
@@ -40,15 +41,18 @@ command -v debootstrap >/dev/null || { echo "rootfs: needs debootstrap (apt-get 
 tmp="$dir.partial"
 rm -rf "$tmp"
 mkdir -p "$(dirname "$dir")"
+# procps: /bin/kill, the unit's ExecReload (the package depends on it, and
+# the container has no network to fetch dependencies from).
 echo "rootfs: debootstrap bookworm from $MIRROR into $dir"
-debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,iptables,iproute2 \
+debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,iptables,iproute2,procps \
     bookworm "$tmp" "$MIRROR" >"$tmp.log" 2>&1 || { tail -n 30 "$tmp.log" >&2; exit 1; }
 # What a booted container needs from its rootfs: a machine id systemd does not
 # have to invent on each ephemeral boot, no getty on the console (the test
 # reads the console from a pipe), and the same apt mirror.
 systemd-machine-id-setup --root="$tmp" >/dev/null 2>&1 || true
 echo "deb $MIRROR bookworm main" >"$tmp/etc/apt/sources.list"
-date -u +%FT%TZ >"$tmp/.conntrackd-rootfs-ok"
+date -u +%FT%TZ >"$tmp/.conntrackd-rootfs-v2"
+rm -rf "$dir"
 mv "$tmp" "$dir"
 rm -f "$tmp.log"
 echo "rootfs: $dir made ($(du -sh "$dir" | cut -f1))"

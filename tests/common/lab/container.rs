@@ -28,7 +28,7 @@ pub fn rootfs() -> Result<PathBuf, String> {
     let dir = std::env::var_os("CONNTRACKD_SYSTEMD_ROOTFS")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOTFS));
-    if dir.join(".conntrackd-rootfs-ok").exists() {
+    if dir.join(".conntrackd-rootfs-v2").exists() {
         Ok(dir)
     } else {
         Err(format!(
@@ -189,6 +189,13 @@ impl Container {
             PathBuf::from(format!("/proc/{}/root", self.leader)).join(to.trim_start_matches('/'));
         std::fs::copy(from, &dest)
             .unwrap_or_else(|e| panic!("copying {} to {}: {e}", from.display(), dest.display()));
+    }
+
+    /// Writes `text` to `to` inside the container (mode 0644).
+    pub fn write(&self, to: &str, text: &str) {
+        let dest =
+            PathBuf::from(format!("/proc/{}/root", self.leader)).join(to.trim_start_matches('/'));
+        std::fs::write(&dest, text).unwrap_or_else(|e| panic!("writing {}: {e}", dest.display()));
     }
 
     /// `systemctl show -p NAMES… UNIT` as name → value.
