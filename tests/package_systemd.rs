@@ -172,3 +172,150 @@ fn journal(c: &Container) -> String {
     let o = c.exec(&["journalctl", "-u", "conntrackd", "--no-pager", "-n", "60"]);
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// Port 8080 accepted, the rest dropped; no pick-up mid-stream, so that a
+/// connection conntrackd forgot is dropped, not adopted.
+const RULES_8080: &str = r#"
+[policy]
+default = "drop"
+
+[[rule]]
+name = "web"
+action = "accept"
+proto = "tcp"
+dst_ports = [8080]
+
+[engine]
+loose_pickup = false
+"#;
+
+/// Whether a connection from the client to `port` opens within a short
+/// bound (a dropped SYN: it does not).
+fn opens(lab: &Lab, port: u16) -> bool {
+    connect(
+        &lab.client,
+        SocketAddr::from((lab::SERVER4, port)),
+        Duration::from_millis(1500),
+    )
+    .is_ok()
+}
+
+/// Waits (bounded) until a connection to `port` opens or not, as `want`.
+fn wait_opens(lab: &Lab, port: u16, want: bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if opens(lab, port) == want {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+/// The README's own NFQUEUE rule (not install_iptables); `systemctl reload`
+/// applies a changed rule and keeps the old rules on a broken file;
+/// `systemctl restart` keeps an open connection (the state file in
+/// StateDirectory); a start with a broken file is refused by ExecStartPre.
+#[test]
+#[ignore = "needs root: systemd-nspawn boots a container in a network namespace"]
+fn reload_restart_broken_file() {
+    let Some((lab, rootfs, deb)) = setup("reload_restart_broken_file") else {
+        return;
+    };
+    let _e80 = TcpEcho::start(&lab.server, SocketAddr::from((lab::SERVER4, 8080)));
+    let _e81 = TcpEcho::start(&lab.server, SocketAddr::from((lab::SERVER4, 8081)));
+    let c = Container::boot(&lab.gw, &rootfs);
+    c.copy_in(&deb, "/root/conntrackd-fw.deb");
+    c.out(&["dpkg", "-i", "/root/conntrackd-fw.deb"]);
+    // README, "Sending packets to conntrackd": the administrator's rule.
+    c.out(&[
+        "iptables",
+        "-w",
+        "5",
+        "-I",
+        "FORWARD",
+        "-j",
+        "NFQUEUE",
+        "--queue-num",
+        "0",
+        "--queue-bypass",
+    ]);
+    c.out(&[
+        "ip6tables",
+        "-w",
+        "5",
+        "-I",
+        "FORWARD",
+        "-j",
+        "NFQUEUE",
+        "--queue-num",
+        "0",
+        "--queue-bypass",
+    ]);
+
+    c.write("/etc/conntrackd/rules.toml", RULES_8080);
+    c.out(&["systemctl", "reload", "conntrackd"]);
+    assert!(
+        wait_opens(&lab, 8081, false),
+        "8081 still opens after the reload\n{}",
+        journal(&c)
+    );
+    assert!(opens(&lab, 8080), "8080 refused\n{}", journal(&c));
+
+    // A changed rule: 8081 too.
+    c.write(
+        "/etc/conntrackd/rules.toml",
+        &RULES_8080.replace("dst_ports = [8080]", "dst_ports = [8080, 8081]"),
+    );
+    c.out(&["systemctl", "reload", "conntrackd"]);
+    assert!(
+        wait_opens(&lab, 8081, true),
+        "the reload did not apply 8081\n{}",
+        journal(&c)
+    );
+
+    // Restart keeps a connection: mid-stream it is dropped unless the table
+    // came back from the state file (loose_pickup = false).
+    let conn = connect(
+        &lab.client,
+        SocketAddr::from((lab::SERVER4, 8080)),
+        Duration::from_secs(5),
+    )
+    .expect("connect 8080");
+    exchange(&conn, 64 * 1024, 1).expect("before the restart");
+    let t = Instant::now();
+    c.out(&["systemctl", "restart", "conntrackd"]);
+    eprintln!("systemctl restart: {:?}", t.elapsed());
+    exchange(&conn, 64 * 1024, 2)
+        .unwrap_or_else(|e| panic!("the connection after the restart: {e}\n{}", journal(&c)));
+
+    // A broken file: the reload is refused, the old rules stay.
+    c.write("/etc/conntrackd/rules.toml", "[policy\ndefault = ");
+    c.out(&["systemctl", "reload", "conntrackd"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let s = c.show("conntrackd", &["ActiveState", "SubState"]);
+    assert_eq!(s["ActiveState"], "active", "{s:?}\n{}", journal(&c));
+    assert!(
+        opens(&lab, 8081),
+        "the old rules were lost\n{}",
+        journal(&c)
+    );
+    exchange(&conn, 16 * 1024, 3).expect("the connection after the broken reload");
+
+    // ...and a start with it is refused before conntrackd runs.
+    let o = c.exec(&["systemctl", "restart", "conntrackd"]);
+    assert!(!o.status.success(), "restart with a broken file succeeded");
+    let s = c.show("conntrackd", &["ActiveState", "Result", "ExecMainPID"]);
+    assert_ne!(s["ActiveState"], "active", "{s:?}");
+    eprintln!("after the refused restart: {s:?}");
+    let j = journal(&c);
+    assert!(
+        j.contains("reload failed, keeping the rules in force"),
+        "the broken reload is not in the journal:\n{j}"
+    );
+    assert!(
+        j.contains("Control process exited, code=exited, status=1/FAILURE"),
+        "ExecStartPre did not refuse the broken file:\n{j}"
+    );
+    drop(conn);
+}
