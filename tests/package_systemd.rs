@@ -319,3 +319,84 @@ fn reload_restart_broken_file() {
     );
     drop(conn);
 }
+
+/// `dpkg -i` of a newer build (the same package, its version bumped with
+/// dpkg-deb inside the container) while a connection carries data both
+/// ways: the restart after the upgrade keeps the connection (the table
+/// through the state file, loose_pickup = false), and the longest gap
+/// between two round trips is measured.
+#[test]
+#[ignore = "needs root: systemd-nspawn boots a container in a network namespace"]
+fn upgrade_keeps_a_busy_connection() {
+    let Some((lab, rootfs, deb)) = setup("upgrade_keeps_a_busy_connection") else {
+        return;
+    };
+    let echo = TcpEcho::start(&lab.server, SocketAddr::from((lab::SERVER4, 8080)));
+    let c = Container::boot(&lab.gw, &rootfs);
+    c.copy_in(&deb, "/root/conntrackd-fw.deb");
+    c.out(&["dpkg", "-i", "/root/conntrackd-fw.deb"]);
+    c.sh("cd /root && dpkg-deb -R conntrackd-fw.deb up \
+          && sed -i 's/^Version: .*/&+up1/' up/DEBIAN/control \
+          && dpkg-deb -b up conntrackd-fw-up.deb >/dev/null");
+    c.write("/etc/conntrackd/rules.toml", RULES_8080);
+    // The README's rule; the daemon restarted onto the test's rules.
+    for tool in ["iptables", "ip6tables"] {
+        c.out(&[
+            tool,
+            "-w",
+            "5",
+            "-I",
+            "FORWARD",
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            "0",
+            "--queue-bypass",
+        ]);
+    }
+    c.out(&["systemctl", "restart", "conntrackd"]);
+    let before = c.show("conntrackd", &["MainPID"])["MainPID"].clone();
+
+    let conn = connect(&lab.client, echo.addr, Duration::from_secs(5)).expect("connect 8080");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (flag, pump_conn) = (stop.clone(), conn.try_clone().unwrap());
+    // Round trips of 4 KB back to back; the longest time between two.
+    let pump = std::thread::spawn(move || -> Result<(usize, Duration), String> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let (mut n, mut worst, mut last) = (0usize, Duration::ZERO, Instant::now());
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+            lab::exchange_within(&pump_conn, 4096, n as u8, Duration::from_secs(10))
+                .map_err(|e| format!("round trip {n}: {e}"))?;
+            worst = worst.max(last.elapsed());
+            last = Instant::now();
+            n += 1;
+        }
+        Ok((n, worst))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    c.out(&["dpkg", "-i", "/root/conntrackd-fw-up.deb"]);
+    let dpkg_time = t.elapsed();
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (n, worst) = pump
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the connection through the upgrade: {e}\n{}", journal(&c)));
+    eprintln!("upgrade: dpkg -i {dpkg_time:?}; {n} round trips, the longest gap {worst:?}");
+    let version = c.out(&["dpkg-query", "-W", "-f", "${Version}", "conntrackd-fw"]);
+    assert!(version.ends_with("+up1"), "installed: {version}");
+    let after = c.show("conntrackd", &["MainPID", "ActiveState"]);
+    assert_eq!(after["ActiveState"], "active", "{after:?}\n{}", journal(&c));
+    assert_ne!(
+        after["MainPID"], before,
+        "the upgrade did not restart conntrackd"
+    );
+    assert!(n > 2, "only {n} round trips");
+    exchange(&conn, 64 * 1024, 9).expect("the connection after the upgrade");
+    let j = journal(&c);
+    assert!(
+        j.contains("restored 1 connections") || j.contains("restored"),
+        "{j}"
+    );
+}
