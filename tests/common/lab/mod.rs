@@ -29,12 +29,16 @@
 //! packets sent through raw sockets) and `sniffer` (what arrives on an
 //! interface). Everything the tests use is re-exported here.
 //!
+//! `container` boots a real systemd as the gateway's PID 1
+//! (`systemd-nspawn` in the gateway namespace), for the package's tests.
+//!
 //! `pair` builds the other topology, two gateways in failover ([`Pair`]:
 //! keepalived, a NATS cluster over a sync link), with `nats` (nats-server's
 //! configuration and a small NATS client) and `process` (programs left
 //! running in a namespace) beside it.
 
 mod command;
+mod container;
 mod control;
 mod daemon;
 mod echo;
@@ -51,6 +55,7 @@ mod traffic;
 #[allow(unused_imports)]
 pub use self::{
     command::{run_timeout, sh},
+    container::{rootfs, Container},
     control::{ctl, json_lines, stats},
     daemon::Daemon,
     echo::{TcpEcho, UdpEcho},
