@@ -629,3 +629,35 @@ fn invalid_packet_named_in_why_and_journal() {
         j.lines().find(|l| l.contains("syn_fin")).unwrap_or("")
     );
 }
+
+/// Fail-closed (`queue_bypass = false`, `install_iptables = true`): the
+/// chain stays after `systemctl stop`, so that nothing is forwarded while
+/// conntrackd is down; `apt-get remove` removes it (prerm), and traffic
+/// passes again.
+#[test]
+#[ignore = "needs root: systemd-nspawn boots a container in a network namespace"]
+fn fail_closed_chain_stays_until_remove() {
+    let Some((lab, rootfs, deb)) = setup("fail_closed_chain_stays_until_remove") else {
+        return;
+    };
+    let _echo = TcpEcho::start(&lab.server, SocketAddr::from((lab::SERVER4, 8080)));
+    let c = Container::boot(&lab.gw, &rootfs);
+    c.copy_in(&deb, "/root/conntrackd-fw.deb");
+    c.out(&["dpkg", "-i", "/root/conntrackd-fw.deb"]);
+    c.write(
+        "/etc/conntrackd/rules.toml",
+        &format!("{RULES_8080}\n[daemon]\ninstall_iptables = true\nqueue_bypass = false\n"),
+    );
+    c.out(&["systemctl", "restart", "conntrackd"]);
+    assert!(has_chain(&lab), "no chain after start");
+    assert!(opens(&lab, 8080), "8080 refused\n{}", journal(&c));
+    c.out(&["systemctl", "stop", "conntrackd"]);
+    assert!(has_chain(&lab), "fail-closed: the chain went with the stop");
+    assert!(
+        !opens(&lab, 8080),
+        "fail-closed: forwarded while conntrackd is down"
+    );
+    c.out(&["apt-get", "remove", "-y", "conntrackd-fw"]);
+    assert!(!has_chain(&lab), "the chain stayed after apt-get remove");
+    assert!(opens(&lab, 8080), "no forwarding after the remove");
+}
