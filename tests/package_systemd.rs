@@ -141,9 +141,23 @@ fn install_start_flows_stop_purge() {
         flows.contains("198.18.0.2:") && flows.contains("-> 198.19.0.2:8080"),
         "conntrackd flows does not show the connection:\n{flows}"
     );
-    // Judged by conntrackd: its counters saw the packets.
     let status = c.out(&["systemctl", "status", "--no-pager", "conntrackd"]);
     eprintln!("{status}");
+    // As the unit says: a dynamic user (not root), CAP_NET_ADMIN and
+    // CAP_NET_RAW only (bits 12 and 13), in effect and as the bounding set.
+    let pid = c.show("conntrackd", &["MainPID"])["MainPID"].clone();
+    let proc_status = c.out(&["cat", &format!("/proc/{pid}/status")]);
+    let field = |name: &str| {
+        proc_status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_ne!(field("Uid:").first(), Some(&"0"), "{proc_status}");
+    for caps in ["CapEff:", "CapPrm:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(field(caps), ["0000000000003000"], "{caps}\n{proc_status}");
+    }
     drop(conn);
 
     c.out(&["systemctl", "stop", "conntrackd"]);
@@ -152,7 +166,17 @@ fn install_start_flows_stop_purge() {
     assert_eq!(s["Result"], "success", "{s:?}\n{}", journal(&c));
     assert!(!has_chain(&lab), "the chain stayed after stop");
 
-    c.out(&["dpkg", "--purge", "conntrackd-fw"]);
+    c.out(&["apt-get", "remove", "-y", "conntrackd-fw"]);
+    assert!(!has_chain(&lab), "a chain after remove");
+    c.out(&["apt-get", "purge", "-y", "conntrackd-fw"]);
+    // Nothing of the package's anywhere (but the .deb the test copied in
+    // and the rootfs's stamp): the state directory goes with the purge.
+    let found = c.sh("find / -xdev -name '*conntrackd*' -not -path '/proc/*' 2>/dev/null; true");
+    let left: Vec<&str> = found
+        .lines()
+        .filter(|l| !["/root/conntrackd-fw.deb", "/.conntrackd-rootfs-v2"].contains(l))
+        .collect();
+    assert!(left.is_empty(), "left after purge: {left:?}");
     let left = c.sh(
         "for p in /lib/systemd/system/conntrackd.service /etc/systemd/system/multi-user.target.wants/conntrackd.service \
                   /etc/conntrackd /usr/sbin/conntrackd /run/conntrackd; do \
@@ -604,4 +628,36 @@ fn invalid_packet_named_in_why_and_journal() {
         "{why}\n{}",
         j.lines().find(|l| l.contains("syn_fin")).unwrap_or("")
     );
+}
+
+/// Fail-closed (`queue_bypass = false`, `install_iptables = true`): the
+/// chain stays after `systemctl stop`, so that nothing is forwarded while
+/// conntrackd is down; `apt-get remove` removes it (prerm), and traffic
+/// passes again.
+#[test]
+#[ignore = "needs root: systemd-nspawn boots a container in a network namespace"]
+fn fail_closed_chain_stays_until_remove() {
+    let Some((lab, rootfs, deb)) = setup("fail_closed_chain_stays_until_remove") else {
+        return;
+    };
+    let _echo = TcpEcho::start(&lab.server, SocketAddr::from((lab::SERVER4, 8080)));
+    let c = Container::boot(&lab.gw, &rootfs);
+    c.copy_in(&deb, "/root/conntrackd-fw.deb");
+    c.out(&["dpkg", "-i", "/root/conntrackd-fw.deb"]);
+    c.write(
+        "/etc/conntrackd/rules.toml",
+        &format!("{RULES_8080}\n[daemon]\ninstall_iptables = true\nqueue_bypass = false\n"),
+    );
+    c.out(&["systemctl", "restart", "conntrackd"]);
+    assert!(has_chain(&lab), "no chain after start");
+    assert!(opens(&lab, 8080), "8080 refused\n{}", journal(&c));
+    c.out(&["systemctl", "stop", "conntrackd"]);
+    assert!(has_chain(&lab), "fail-closed: the chain went with the stop");
+    assert!(
+        !opens(&lab, 8080),
+        "fail-closed: forwarded while conntrackd is down"
+    );
+    c.out(&["apt-get", "remove", "-y", "conntrackd-fw"]);
+    assert!(!has_chain(&lab), "the chain stayed after apt-get remove");
+    assert!(opens(&lab, 8080), "no forwarding after the remove");
 }
