@@ -41,6 +41,8 @@ pub fn rootfs() -> Result<PathBuf, String> {
 /// A booted container: systemd as PID 1 in the gateway's network namespace.
 pub struct Container {
     nspawn: Child,
+    /// The container's cgroups (one per mounted hierarchy), removed at drop.
+    cgroups: Vec<PathBuf>,
     /// The container's PID 1, as the host sees it.
     pub leader: i32,
     console: Arc<Mutex<Vec<String>>>,
@@ -54,7 +56,21 @@ impl Container {
     /// systemd says the system is running.
     pub fn boot(gw: &Ns, rootfs: &Path) -> Container {
         let start = Instant::now();
-        let mut nspawn = Command::new("systemd-nspawn")
+        let cgroups = own_cgroups(&gw.name);
+        let joined: Vec<String> = cgroups.iter().map(|d| d.display().to_string()).collect();
+        // nspawn (as the shell it execs from) moves into the container's own
+        // cgroups first: with --keep-unit and no systemd on the host, the
+        // container's systemd takes nspawn's cgroup as its root, and two
+        // containers in one cgroup race over the same unit cgroups
+        // (seen: "Failed to attach to cgroup /system.slice/…").
+        let mut nspawn = Command::new("sh")
+            .args([
+                "-c",
+                "IFS=:; for d in $CTD_CGROUPS; do echo $$ >\"$d/cgroup.procs\" || exit 1; done; \
+                 unset IFS; exec systemd-nspawn \"$@\"",
+                "sh",
+            ])
+            .env("CTD_CGROUPS", joined.join(":"))
             .args([
                 "--quiet",
                 "--register=no",
@@ -93,6 +109,7 @@ impl Container {
         let nspawn_pid = nspawn.id() as i32;
         let mut c = Container {
             nspawn,
+            cgroups,
             leader: 0,
             console,
             reader: Some(reader),
@@ -124,7 +141,11 @@ impl Container {
             }
             if last == "degraded" {
                 let failed = c.out(&["systemctl", "--failed", "--no-legend"]);
-                panic!("the container booted degraded; failed units:\n{failed}");
+                let why = c.exec(&["journalctl", "-b", "--no-pager", "-p", "warning"]);
+                panic!(
+                    "the container booted degraded; failed units:\n{failed}\n{}",
+                    String::from_utf8_lossy(&why.stdout)
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -211,6 +232,34 @@ impl Container {
             .collect()
     }
 
+    /// The host's id of thread `name` (its comm) of the container's process
+    /// `pid` (a pid as the container sees it, e.g. a unit's MainPID).
+    pub fn host_thread(&self, pid: &str, name: &str) -> Option<i32> {
+        let ns = std::fs::read_link(format!("/proc/{}/ns/pid", self.leader)).ok()?;
+        let host_pid = std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .find(|p| {
+                let same_ns =
+                    std::fs::read_link(format!("/proc/{p}/ns/pid")).ok() == Some(ns.clone());
+                let inner = std::fs::read_to_string(format!("/proc/{p}/status"))
+                    .ok()
+                    .and_then(|s| {
+                        let ids = s.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+                        ids.split_whitespace().last().map(str::to_string)
+                    });
+                same_ns && inner.as_deref() == Some(pid)
+            })?;
+        std::fs::read_dir(format!("/proc/{host_pid}/task"))
+            .ok()?
+            .flatten()
+            .find(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+            })
+            .and_then(|t| t.file_name().to_str()?.parse().ok())
+    }
+
     /// Powers the container off: `systemctl poweroff`, then waits (bounded)
     /// for nspawn to exit; kills PID 1 (and with it the container) if not.
     pub fn poweroff(&mut self) -> bool {
@@ -249,6 +298,9 @@ impl Drop for Container {
         let clean = self.poweroff();
         if let Some(r) = self.reader.take() {
             let _ = r.join();
+        }
+        for dir in &self.cgroups {
+            remove_cgroup(dir);
         }
         if std::thread::panicking() || !clean {
             eprintln!(
@@ -298,4 +350,131 @@ fn children(pid: i32) -> Vec<i32> {
         }
     }
     out
+}
+
+/// One thread of a process held still, the others running: ptrace(2)
+/// PTRACE_SEIZE and PTRACE_INTERRUPT on that thread alone (a signal such as
+/// SIGSTOP would stop the whole process). Held by a thread of the test's own
+/// (the tracer), until the thread dies (it is reaped, so that its process
+/// can end) or the `Stall` is dropped (detached: it runs again), or 120 s.
+pub struct Stall {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    tracer: Option<JoinHandle<Option<String>>>,
+}
+
+impl Stall {
+    /// Stops thread `tid` (a host id); an error if ptrace refused.
+    pub fn thread(tid: i32) -> std::io::Result<Stall> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let tracer = std::thread::spawn(move || {
+            // SAFETY: ptrace(2) and waitpid(2) with integer arguments on a
+            // thread id; no memory of the tracee is touched.
+            unsafe {
+                if libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0) != 0
+                    || libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0) != 0
+                {
+                    let _ = ready_tx.send(Err(std::io::Error::last_os_error()));
+                    return None;
+                }
+                let mut status = 0;
+                if libc::waitpid(tid, &mut status, libc::__WALL) != tid {
+                    let _ = ready_tx.send(Err(std::io::Error::last_os_error()));
+                    return None;
+                }
+                let _ = ready_tx.send(Ok(()));
+                let deadline = Instant::now() + Duration::from_secs(120);
+                loop {
+                    let mut status = 0;
+                    let r = libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG);
+                    if r == tid && (libc::WIFEXITED(status) || libc::WIFSIGNALED(status)) {
+                        return Some("the thread ended".to_string());
+                    }
+                    if r < 0 {
+                        return Some(format!("waitpid: {}", std::io::Error::last_os_error()));
+                    }
+                    let let_go = !matches!(
+                        released.try_recv(),
+                        Err(std::sync::mpsc::TryRecvError::Empty)
+                    );
+                    if let_go || Instant::now() >= deadline {
+                        libc::ptrace(libc::PTRACE_DETACH, tid, 0, 0);
+                        return Some("detached".to_string());
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        });
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Stall {
+                release: Some(release),
+                tracer: Some(tracer),
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(std::io::Error::other("the tracer thread died")),
+        }
+    }
+
+    /// Lets the thread go (if it still lives) and says how the stall ended.
+    pub fn end(mut self) -> String {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> String {
+        drop(self.release.take());
+        self.tracer
+            .take()
+            .and_then(|t| t.join().ok().flatten())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Stall {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// A cgroup of the container's own in each hierarchy the host mounts (the
+/// test's own cgroup there, /proc/self/cgroup, + `conntrackd-lab-NAME`):
+/// cgroup v2's, and v1's name=systemd when the host is hybrid.
+fn own_cgroups(name: &str) -> Vec<PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mut dirs = Vec::new();
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next(), parts.next());
+        let base = match controllers {
+            Some("name=systemd") => PathBuf::from("/sys/fs/cgroup/systemd"),
+            Some("") if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() => {
+                PathBuf::from("/sys/fs/cgroup/unified")
+            }
+            Some("") if Path::new("/sys/fs/cgroup/cgroup.procs").exists() => {
+                PathBuf::from("/sys/fs/cgroup")
+            }
+            _ => continue,
+        };
+        let dir = base
+            .join(path.unwrap_or("/").trim_start_matches('/'))
+            .join(format!("conntrackd-lab-{name}"));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => dirs.push(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => dirs.push(dir),
+            Err(e) => panic!("creating the container's cgroup {}: {e}", dir.display()),
+        }
+    }
+    dirs
+}
+
+/// Removes a cgroup and what the container's systemd left under it, deepest
+/// first (rmdir of an empty cgroup; one with processes stays).
+fn remove_cgroup(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }

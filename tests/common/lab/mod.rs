@@ -55,7 +55,7 @@ mod traffic;
 #[allow(unused_imports)]
 pub use self::{
     command::{run_timeout, sh},
-    container::{rootfs, Container},
+    container::{rootfs, Container, Stall},
     control::{ctl, json_lines, stats},
     daemon::Daemon,
     echo::{TcpEcho, UdpEcho},
