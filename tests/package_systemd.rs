@@ -163,7 +163,23 @@ fn install_start_flows_stop_purge() {
         flows.contains("[2001:db8:1::2]:") && flows.contains("-> [2001:db8:2::2]:8080"),
         "conntrackd flows does not show the IPv6 connection:\n{flows}"
     );
-    let status = c.out(&["systemctl", "status", "--no-pager", "conntrackd"]);
+    // STATUS= is refreshed every 5 s: the count comes within a bound.
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let status = loop {
+        let status = c.out(&["systemctl", "status", "--no-pager", "conntrackd"]);
+        let counted = status
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Status: \""))
+            .and_then(|v| v.split_whitespace().next()?.parse::<usize>().ok());
+        if counted.is_some_and(|n| n >= 2) {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`systemctl status` does not count the two connections:\n{status}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
     eprintln!("{status}");
     // As the unit says: a dynamic user (not root), CAP_NET_ADMIN and
     // CAP_NET_RAW only (bits 12 and 13), in effect and as the bounding set.
