@@ -286,6 +286,31 @@ fn check_engine(e: &EngineSettings, text: &str, problems: &mut Vec<(usize, Strin
             ),
         ));
     }
+    let sa = &e.synproxy_adaptive;
+    if !(0.0 < sa.end && sa.end < sa.start && sa.start <= 1.0) {
+        problems.push((
+            engine_offset(text, &["synproxy_adaptive", "start"]),
+            format!(
+                "engine.synproxy_adaptive: need 0 < end < start <= 1 (on above start, off \
+                 again below end; start = {}, end = {})",
+                sa.start, sa.end
+            ),
+        ));
+    }
+    let d = &e.synproxy_defaults;
+    if !(536..=9000).contains(&d.mss) || d.wscale > 14 {
+        problems.push((
+            engine_offset(
+                text,
+                &["synproxy_defaults", if d.wscale > 14 { "wscale" } else { "mss" }],
+            ),
+            format!(
+                "engine.synproxy_defaults: need 536 <= mss <= 9000 and wscale <= 14 (RFC 7323) \
+                 (mss = {}, wscale = {})",
+                d.mss, d.wscale
+            ),
+        ));
+    }
 }
 
 impl fmt::Display for Config {

@@ -18,6 +18,68 @@ pub struct EngineSettings {
     pub loose_pickup: bool,
     pub timeouts: Timeouts,
     pub adaptive: Adaptive,
+    /// Where the SYN proxy answers new TCP connections with SYN cookies:
+    /// besides the rules that say `synproxy = true`, every accepted one
+    /// (`always`), or every one while half-open connections are many
+    /// (`adaptive`, see [`SynproxyAdaptive`]).
+    pub synproxy: SynproxyMode,
+    pub synproxy_adaptive: SynproxyAdaptive,
+    /// What the proxy tells a client before the server has answered, for a
+    /// server it has not seen yet (it learns each server's own options).
+    pub synproxy_defaults: SynproxyDefaults,
+}
+
+/// `[engine] synproxy`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SynproxyMode {
+    /// Only the rules that say `synproxy = true`.
+    #[default]
+    Off,
+    /// Every TCP connection the policy accepts.
+    Always,
+    /// Every accepted TCP connection while the half-open connections are
+    /// above `start` of `max_half_open`, until they fall below `end` (pf's
+    /// `set syncookies adaptive`).
+    Adaptive,
+}
+
+/// `[engine.synproxy_adaptive]`: fractions of `max_half_open`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SynproxyAdaptive {
+    pub start: f64,
+    pub end: f64,
+}
+
+impl Default for SynproxyAdaptive {
+    fn default() -> Self {
+        // pf's defaults: on at 25 %, off again at 12.5 %.
+        SynproxyAdaptive {
+            start: 0.25,
+            end: 0.125,
+        }
+    }
+}
+
+/// `[engine.synproxy_defaults]`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SynproxyDefaults {
+    /// The MSS the proxy announces (never more than the client's).
+    pub mss: u16,
+    /// The window scale the proxy announces (when the client scales).
+    pub wscale: u8,
+}
+
+impl Default for SynproxyDefaults {
+    fn default() -> Self {
+        // Ethernet's MSS and Linux's usual scale for a 4-6 MB window.
+        SynproxyDefaults {
+            mss: 1460,
+            wscale: 7,
+        }
+    }
 }
 
 /// `[engine.adaptive]`: adaptive timeouts, as pf's `adaptive.start` and
@@ -69,6 +131,9 @@ impl Default for EngineSettings {
             loose_pickup: false,
             timeouts: Timeouts::default(),
             adaptive: Adaptive::default(),
+            synproxy: SynproxyMode::Off,
+            synproxy_adaptive: SynproxyAdaptive::default(),
+            synproxy_defaults: SynproxyDefaults::default(),
         }
     }
 }

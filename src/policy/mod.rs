@@ -79,6 +79,11 @@ pub struct RuleSpec {
     /// new connection (pf's `overload`); 0: only the one over the limit.
     #[serde(default)]
     pub overload_secs: u32,
+    /// Answer this rule's new TCP connections with SYN cookies and open them
+    /// to the server only once the client proved its address (the SYN
+    /// proxy; `[engine] synproxy` turns it on for every rule).
+    #[serde(default)]
+    pub synproxy: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,6 +167,8 @@ pub struct Rule {
     icmp_type: Option<u8>,
     /// Per-source limits of the connections this rule admits.
     pub source_limits: SourceLimits,
+    /// Its TCP connections go through the SYN proxy.
+    pub synproxy: bool,
 }
 
 /// Interfaces a packet crossed (names, as the rules use them).
@@ -287,6 +294,8 @@ pub struct PolicyMatch {
     pub log: bool,
     /// The matching rule's per-source limits (off for the default action).
     pub source_limits: SourceLimits,
+    /// The matching rule asks for the SYN proxy.
+    pub synproxy: bool,
 }
 
 /// A compiled policy.
@@ -372,6 +381,19 @@ impl Policy {
                     r.name
                 ));
             }
+            if r.synproxy && r.action != Action::Accept {
+                error(format!(
+                    "rule {:?}: synproxy = true needs action = \"accept\" (the proxy opens \
+                     connections the rule accepts)",
+                    r.name
+                ));
+            }
+            if r.synproxy && proto.is_some_and(|p| p != 6) {
+                error(format!(
+                    "rule {:?}: synproxy = true applies to TCP only; this rule's proto is not tcp",
+                    r.name
+                ));
+            }
             if errors.len() > before {
                 continue;
             }
@@ -393,6 +415,7 @@ impl Policy {
                 out_iface: r.out_iface.as_deref().map(Iface::new),
                 icmp_type: r.icmp_type,
                 source_limits,
+                synproxy: r.synproxy,
             });
         }
         if !errors.is_empty() {
@@ -442,6 +465,11 @@ impl Policy {
             .any(|r| r.in_iface.is_some() || r.out_iface.is_some())
     }
 
+    /// Whether any rule asks for the SYN proxy.
+    pub fn uses_synproxy(&self) -> bool {
+        self.rules.iter().any(|r| r.synproxy)
+    }
+
     /// Whether any rule limits its sources.
     pub fn limits_sources(&self) -> bool {
         self.rules.iter().any(|r| !r.source_limits.is_off())
@@ -456,6 +484,7 @@ impl Policy {
                     rule: Some(i as u16),
                     log: rule.log,
                     source_limits: rule.source_limits,
+                    synproxy: rule.synproxy,
                 };
             }
         }
@@ -464,6 +493,7 @@ impl Policy {
             source_limits: SourceLimits::OFF,
             rule: None,
             log: false,
+            synproxy: false,
         }
     }
 
