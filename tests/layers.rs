@@ -28,6 +28,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("policy", &["conntrack", "wire", "reason", "time"]),
     ("engine", &["conntrack", "policy", "wire", "reason", "time"]),
     ("cluster", &["conntrack", "wire", "time"]),
+    ("synproxy", &["wire", "time"]),
     ("config", &["engine", "policy", "wire", "reason", "time"]),
     ("kernel", &["wire", "reason", "time"]),
     ("rules_file", &["config"]),
