@@ -21,6 +21,8 @@ pub mod cookie;
 pub mod learned;
 pub mod options;
 mod packet;
+#[cfg(test)]
+mod testing;
 pub mod translate;
 
 pub use cookie::{CookieError, CookieKeys, Tuple};
