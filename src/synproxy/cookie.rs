@@ -472,7 +472,10 @@ mod tests {
         let (ack, seq) = ack_of(c, isn);
         for now in [at_minute(1000, 59), at_minute(1001, 0), at_minute(1001, 59)] {
             let d = check(&keys, &t, ack, seq, now).unwrap();
-            assert_eq!((d.mss, d.mss_index, d.isn, d.client_isn), (1460, 3, c.isn, isn));
+            assert_eq!(
+                (d.mss, d.mss_index, d.isn, d.client_isn),
+                (1460, 3, c.isn, isn)
+            );
             assert!(!d.previous_keys);
         }
         for minutes in [2, 3, 100, 255] {
@@ -513,7 +516,10 @@ mod tests {
             assert_eq!(check(&other, &t, ack, seq, now), Err(CookieError::Invalid));
             let mut moved = t;
             moved.client_port = t.client_port.wrapping_add(1);
-            assert_eq!(check(&keys, &moved, ack, seq, now), Err(CookieError::Invalid));
+            assert_eq!(
+                check(&keys, &moved, ack, seq, now),
+                Err(CookieError::Invalid)
+            );
             // The ISN and the index are added, not hashed (as in Linux): an
             // ISN one more reads as an index one less, a cookie one more as
             // an index one more, four apart as none. Only an observer of the
@@ -522,8 +528,14 @@ mod tests {
             assert!(index.map_or(true, |i| i + 1 == c.mss_index));
             let index = check(&keys, &t, ack + 1, seq, now).map(|d| d.mss_index);
             assert!(index.map_or(true, |i| i == c.mss_index + 1));
-            assert_eq!(check(&keys, &t, ack, seq + 4, now), Err(CookieError::Invalid));
-            assert_eq!(check(&keys, &t, ack + 4, seq, now), Err(CookieError::Invalid));
+            assert_eq!(
+                check(&keys, &t, ack, seq + 4, now),
+                Err(CookieError::Invalid)
+            );
+            assert_eq!(
+                check(&keys, &t, ack + 4, seq, now),
+                Err(CookieError::Invalid)
+            );
             // A random cookie, as a flood of forged ACKs would bring.
             let forged = SeqNum(isn.0.rotate_left(13) ^ 0x5bd1_e995);
             assert!(check(&keys, &t, forged, seq, now).is_err());

@@ -251,10 +251,15 @@ mod tests {
         for i in 0..10_000 {
             cache.learn(addr(i), 80, learned(1000 + (i % 400) as u16));
             // The one just learned is always there.
-            assert_eq!(cache.get(addr(i), 80), Some(learned(1000 + (i % 400) as u16)));
+            assert_eq!(
+                cache.get(addr(i), 80),
+                Some(learned(1000 + (i % 400) as u16))
+            );
         }
         assert!(cache.len() <= cache.capacity());
-        let kept = (0..10_000).filter(|&i| cache.get(addr(i), 80).is_some()).count();
+        let kept = (0..10_000)
+            .filter(|&i| cache.get(addr(i), 80).is_some())
+            .count();
         assert_eq!(kept, cache.len());
         // Sets fill evenly enough under a keyed hash: most of the room is used.
         assert!(cache.len() > cache.capacity() * 9 / 10, "{}", cache.len());

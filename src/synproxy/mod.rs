@@ -29,4 +29,4 @@ pub use cookie::{CookieError, CookieKeys, Tuple};
 pub use learned::{LearnedOptions, ServerOptionsCache};
 pub use options::{Segment, SegmentView, TcpOptions, Timestamps};
 pub use packet::PacketError;
-pub use translate::{Translation, TranslateError};
+pub use translate::{TranslateError, Translation};

@@ -1,7 +1,9 @@
 //! Test helpers: packets built and checked with etherparse, independently
 //! of the proxy's own reading and writing.
 
-use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TcpHeader, TcpOptionElement, TransportSlice};
+use etherparse::{
+    NetSlice, PacketBuilder, SlicedPacket, TcpHeader, TcpOptionElement, TransportSlice,
+};
 use std::net::{IpAddr, SocketAddr};
 
 pub fn sa(s: &str) -> SocketAddr {
@@ -66,9 +68,7 @@ pub fn checksums(packet: &[u8]) -> Checksums {
         Some(NetSlice::Ipv4(ip)) => {
             let h = ip.header();
             Checksums {
-                tcp_computed: tcp
-                    .calc_checksum_ipv4(h.source(), h.destination())
-                    .unwrap(),
+                tcp_computed: tcp.calc_checksum_ipv4(h.source(), h.destination()).unwrap(),
                 tcp_stored: tcp.checksum(),
                 ip_computed: Some(h.to_header().calc_header_checksum()),
                 ip_stored: Some(h.header_checksum()),
@@ -77,9 +77,7 @@ pub fn checksums(packet: &[u8]) -> Checksums {
         Some(NetSlice::Ipv6(ip)) => {
             let h = ip.header();
             Checksums {
-                tcp_computed: tcp
-                    .calc_checksum_ipv6(h.source(), h.destination())
-                    .unwrap(),
+                tcp_computed: tcp.calc_checksum_ipv6(h.source(), h.destination()).unwrap(),
                 tcp_stored: tcp.checksum(),
                 ip_computed: None,
                 ip_stored: None,

@@ -11,7 +11,16 @@ const ACK: u8 = TcpFlags::ACK;
 /// Linux's SYN options: MSS, SACK-permitted folded into the timestamp's
 /// padding, NOP and window scale.
 fn linux_syn_options(tsval: u32) -> Vec<u8> {
-    let mut o = vec![OPT_MSS, 4, 0x05, 0xb4, OPT_SACK_PERMITTED, 2, OPT_TIMESTAMP, 10];
+    let mut o = vec![
+        OPT_MSS,
+        4,
+        0x05,
+        0xb4,
+        OPT_SACK_PERMITTED,
+        2,
+        OPT_TIMESTAMP,
+        10,
+    ];
     o.extend_from_slice(&tsval.to_be_bytes());
     o.extend_from_slice(&0u32.to_be_bytes());
     o.extend_from_slice(&[OPT_NOP, OPT_WSCALE, 3, 7]);
@@ -38,9 +47,18 @@ fn a_linux_syn_s_options_are_read() {
 #[test]
 fn malformed_options_end_the_list_or_are_skipped() {
     // A length below 2 or past the end: nothing after it can be delimited.
-    assert_eq!(parse_options(&[OPT_MSS, 0, 0x05, 0xb4]), TcpOptions::default());
-    assert_eq!(parse_options(&[OPT_MSS, 1, 0x05, 0xb4]), TcpOptions::default());
-    assert_eq!(parse_options(&[OPT_MSS, 5, 0x05, 0xb4]), TcpOptions::default());
+    assert_eq!(
+        parse_options(&[OPT_MSS, 0, 0x05, 0xb4]),
+        TcpOptions::default()
+    );
+    assert_eq!(
+        parse_options(&[OPT_MSS, 1, 0x05, 0xb4]),
+        TcpOptions::default()
+    );
+    assert_eq!(
+        parse_options(&[OPT_MSS, 5, 0x05, 0xb4]),
+        TcpOptions::default()
+    );
     assert_eq!(parse_options(&[OPT_MSS]), TcpOptions::default());
     // A wrong length for the kind: skipped, the rest read.
     let o = parse_options(&[OPT_MSS, 3, 0x05, OPT_WSCALE, 3, 9, OPT_END, OPT_MSS]);
@@ -90,7 +108,16 @@ fn a_segment_is_read_from_ipv4_and_ipv6_packets() {
 
 #[test]
 fn what_is_not_a_whole_tcp_header_is_an_error() {
-    let p = tcp(sa("10.0.0.2:1"), sa("10.0.0.3:2"), SYN, 1, 0, 1, &[E::Noop, E::Noop, E::Noop, E::Noop], b"");
+    let p = tcp(
+        sa("10.0.0.2:1"),
+        sa("10.0.0.3:2"),
+        SYN,
+        1,
+        0,
+        1,
+        &[E::Noop, E::Noop, E::Noop, E::Noop],
+        b"",
+    );
     assert_eq!(read_segment(&p[..30]), Err(PacketError::Truncated));
     let mut short_ip = p.clone();
     short_ip[2..4].copy_from_slice(&30u16.to_be_bytes());
@@ -176,7 +203,13 @@ fn the_four_packets_of_a_proxied_handshake() {
         let syn = read_segment(&syn).unwrap();
 
         // 1. The cookie SYN+ACK.
-        let made = cookie::make(&keys, &syn.tuple_from_client(), syn.seq, syn.options.mss, now);
+        let made = cookie::make(
+            &keys,
+            &syn.tuple_from_client(),
+            syn.seq,
+            syn.options.mss,
+            now,
+        );
         let answer = Segment::cookie_syn_ack(&syn, made.isn, &SERVER, now);
         let mut buf = [0u8; SEGMENT_MAX];
         let n = answer.write(&mut buf).unwrap();

@@ -74,13 +74,23 @@ fn a_client_packet_gets_the_server_s_ack_sack_and_echo() {
         555,
         5,
         300,
-        &[E::Noop, E::Noop, E::Timestamp(6_000, 1_100), E::Noop, E::Noop, sack],
+        &[
+            E::Noop,
+            E::Noop,
+            E::Timestamp(6_000, 1_100),
+            E::Noop,
+            E::Noop,
+            sack,
+        ],
         b"",
     );
     assert_eq!(t.client_to_server(&mut p), Ok(true));
     assert!(checksums(&p).correct());
     let v = read_segment(&p).unwrap();
-    assert_eq!((v.seq, v.ack), (SeqNum(555), SeqNum(5u32.wrapping_sub(delta))));
+    assert_eq!(
+        (v.seq, v.ack),
+        (SeqNum(555), SeqNum(5u32.wrapping_sub(delta)))
+    );
     assert_eq!(
         v.options.timestamps,
         Some(Timestamps {
@@ -109,7 +119,16 @@ fn a_client_packet_gets_the_server_s_ack_sack_and_echo() {
 #[test]
 fn nothing_to_change_leaves_the_packet_as_it_was() {
     let t = Translation::new(SeqNum(5), SeqNum(5), Some((9, 9)), scales(7, 7, 7));
-    let p = tcp(client(), server(), ACK, 1, 2, 3, &[E::Timestamp(1, 2)], b"x");
+    let p = tcp(
+        client(),
+        server(),
+        ACK,
+        1,
+        2,
+        3,
+        &[E::Timestamp(1, 2)],
+        b"x",
+    );
     let mut q = p.clone();
     assert_eq!(t.client_to_server(&mut q), Ok(false));
     assert_eq!(t.server_to_client(&mut q), Ok(false));
@@ -122,7 +141,16 @@ fn a_timestamp_at_an_odd_offset_is_summed_right() {
     let t = wrapping();
     let options = [E::Noop, E::Timestamp(0x1234_5678, 0x9abc_def0), E::Noop];
     for (from, to) in [(server(), client()), (client(), server())] {
-        let mut p = tcp(from, to, ACK, 0xdead_beef, 0xfeed_face, 77, &options, b"odd");
+        let mut p = tcp(
+            from,
+            to,
+            ACK,
+            0xdead_beef,
+            0xfeed_face,
+            77,
+            &options,
+            b"odd",
+        );
         let at = read_segment(&p).unwrap();
         assert!(at.options.timestamps.is_some());
         if from == server() {
@@ -140,7 +168,11 @@ fn windows_are_rescaled_between_what_the_client_was_told_and_what_the_server_doe
     let t = Translation::new(SeqNum(0), SeqNum(0), None, scales(7, 9, 6));
     assert_eq!(t.window_to_client(8000), 1000);
     assert_eq!(t.window_to_client(7), 0, "below one unit of the client's");
-    assert_eq!(t.window_to_server(502), 502, "the client's scale reached the server");
+    assert_eq!(
+        t.window_to_server(502),
+        502,
+        "the client's scale reached the server"
+    );
     // Told 2, the server scales by 6: the client's view saturates.
     let t = Translation::new(SeqNum(0), SeqNum(0), None, scales(7, 2, 6));
     assert_eq!(t.window_to_client(100), 1600);
@@ -194,7 +226,16 @@ fn a_rescaled_window_is_written_and_summed() {
 #[test]
 fn malformed_packets_are_refused_and_left_untouched() {
     let t = wrapping();
-    let good = tcp(server(), client(), ACK, 1, 2, 3, &[E::Timestamp(1, 2)], b"abc");
+    let good = tcp(
+        server(),
+        client(),
+        ACK,
+        1,
+        2,
+        3,
+        &[E::Timestamp(1, 2)],
+        b"abc",
+    );
     let mut cut = good[..30].to_vec();
     let before = cut.clone();
     assert_eq!(t.server_to_client(&mut cut), Err(PacketError::Truncated));
@@ -206,7 +247,10 @@ fn malformed_packets_are_refused_and_left_untouched() {
     let mut fragment = good.clone();
     fragment[7] = 1;
     let before = fragment.clone();
-    assert_eq!(t.client_to_server(&mut fragment), Err(PacketError::Fragment));
+    assert_eq!(
+        t.client_to_server(&mut fragment),
+        Err(PacketError::Fragment)
+    );
     assert_eq!(fragment, before);
     assert_eq!(t.client_to_server(&mut []), Err(PacketError::Truncated));
 }
@@ -229,7 +273,10 @@ fn the_state_file_bytes_round_trip_and_refuse_what_is_not_theirs() {
     big_shift[10] = 15;
     assert_eq!(Translation::from_bytes(&big_shift), None);
     assert_eq!(Translation::from_bytes(&b[..12]), None);
-    assert_eq!(Translation::from_bytes(&[b.as_slice(), &[0]].concat()), None);
+    assert_eq!(
+        Translation::from_bytes(&[b.as_slice(), &[0]].concat()),
+        None
+    );
 }
 
 /// A packet of either direction and family, with any numbers, any payload,
@@ -281,7 +328,13 @@ fn arb_case() -> impl Strategy<Value = Case> {
     (
         any::<bool>(),
         any::<(u32, u32, u128, u128, u16, u16)>(),
-        prop_oneof![Just(ACK), Just(ACK | PSH), Just(0x11), Just(0x04), Just(0x14)],
+        prop_oneof![
+            Just(ACK),
+            Just(ACK | PSH),
+            Just(0x11),
+            Just(0x04),
+            Just(0x14)
+        ],
         any::<(u32, u32, u16)>(),
         proptest::option::of(any::<(u32, u32)>()),
         proptest::collection::vec(any::<(u32, u32)>(), 0..=3),
