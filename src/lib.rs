@@ -21,13 +21,15 @@
 
 // The sans-IO core. Layers, each using only those below it:
 // config → engine → policy → conntrack → wire, with reason and time beside;
-// cluster (the gateways' messages about connections) beside the engine.
+// cluster (the gateways' messages about connections) beside the engine;
+// synproxy (the SYN proxy's cookies and translation) on wire and time.
 pub mod cluster;
 pub mod config;
 pub mod conntrack;
 pub mod engine;
 pub mod policy;
 pub mod reason;
+pub mod synproxy;
 pub mod time;
 pub mod wire;
 

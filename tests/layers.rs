@@ -28,6 +28,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("policy", &["conntrack", "wire", "reason", "time"]),
     ("engine", &["conntrack", "policy", "wire", "reason", "time"]),
     ("cluster", &["conntrack", "wire", "time"]),
+    ("synproxy", &["wire", "time"]),
     ("config", &["engine", "policy", "wire", "reason", "time"]),
     ("kernel", &["wire", "reason", "time"]),
     ("rules_file", &["config"]),
@@ -504,6 +505,11 @@ fn a_wrong_way_import_and_a_cycle_are_found() {
         ),
         source("wire/mod.rs", "wire", "use crate::{reason, engine};"),
         source(
+            "synproxy/cookie.rs",
+            "synproxy::cookie",
+            "use crate::{wire::SeqNum, time::Timestamp, conntrack::Table};",
+        ),
+        source(
             "daemon/packet/worker.rs",
             "daemon::packet::worker",
             "use super::reject::Replies;",
@@ -520,6 +526,7 @@ fn a_wrong_way_import_and_a_cycle_are_found() {
             "daemon/operations/control.rs: names daemon::packet \
              (daemon::packet::worker::Worker), which the operations room may not use",
             "wire/mod.rs: names crate::engine, which wire may not use",
+            "synproxy/cookie.rs: names crate::conntrack, which synproxy may not use",
         ]
     );
     assert_eq!(
