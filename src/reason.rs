@@ -154,6 +154,31 @@ reasons! {
     /// An ICMP/ICMPv6 error that matches no tracked flow.
     IcmpErrorUnrelated = "icmp_error_unrelated" => Drop,
 
+    // ---- dropped: handled by the SYN proxy (answered by conntrackd) ----
+    /// A new connection's SYN, answered by the SYN proxy with a SYN cookie
+    /// (a SYN+ACK whose sequence number proves the client's address when it
+    /// comes back); nothing is kept for it.
+    SynCookieSent = "syn_cookie_sent" => Drop,
+    /// The client's ACK brought back a valid cookie: the connection is made,
+    /// and the proxy sends the server a SYN with the client's ISN and options.
+    SynproxyOpening = "synproxy_opening" => Drop,
+    /// The server's SYN+ACK to the proxy's SYN: answered by the proxy (an
+    /// ACK to the server, the server's window to the client); from here on
+    /// the connection's packets are translated.
+    SynproxyOpened = "synproxy_opened" => Drop,
+    /// A client's packet while the server has not answered the proxy's SYN:
+    /// the SYN is sent again, the packet dropped (the client sends it again).
+    SynproxyWaiting = "synproxy_waiting" => Drop,
+    /// The server refused (RST) or never answered the proxy's SYN: the
+    /// connection is removed and the client is sent a RST.
+    SynproxyServerFailed = "synproxy_server_failed" => Drop,
+    /// An ACK to a destination behind the SYN proxy that belongs to no
+    /// connection and brings no valid cookie (forged, or for another tuple).
+    SynCookieInvalid = "syn_cookie_invalid" => Drop,
+    /// An ACK that brings a cookie of ours made too long ago (more than two
+    /// minutes, or before the last key rotation but one).
+    SynCookieExpired = "syn_cookie_expired" => Drop,
+
     // ---- dropped: policy and resources ----
     /// The source already holds its rule's `max_src_conn` connections.
     SourceConnLimit = "source_conn_limit" => Drop,

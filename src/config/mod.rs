@@ -302,7 +302,10 @@ fn check_engine(e: &EngineSettings, text: &str, problems: &mut Vec<(usize, Strin
         problems.push((
             engine_offset(
                 text,
-                &["synproxy_defaults", if d.wscale > 14 { "wscale" } else { "mss" }],
+                &[
+                    "synproxy_defaults",
+                    if d.wscale > 14 { "wscale" } else { "mss" },
+                ],
             ),
             format!(
                 "engine.synproxy_defaults: need 536 <= mss <= 9000 and wscale <= 14 (RFC 7323) \

@@ -60,6 +60,8 @@ const F_SOURCE: u8 = 1 << 4;
 const F_RESET: u8 = 1 << 5;
 /// A peer gateway's connection, copied here (see [`Conn::peer`]).
 const F_PEER: u8 = 1 << 6;
+/// Opened by the SYN proxy: its proxy state is in [`Table::proxied`].
+const F_PROXIED: u8 = 1 << 7;
 
 /// One tracked connection (80 bytes: 48 of state, 32 of accounting).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,6 +232,16 @@ impl Conn {
     /// makes it local ([`Conn::make_local`]).
     pub fn peer(&self) -> bool {
         self.flags & F_PEER != 0
+    }
+
+    /// Opened by the SYN proxy: its packets are translated (see
+    /// [`Table::proxied`]).
+    pub fn proxied(&self) -> bool {
+        self.flags & F_PROXIED != 0
+    }
+
+    pub fn set_proxied(&mut self) {
+        self.flags |= F_PROXIED;
     }
 
     /// Marks a connection applied from a peer's record.
@@ -680,6 +692,11 @@ pub struct Table {
     sources: std::sync::OnceLock<Sources>,
     seed: u64,
     observer: std::sync::OnceLock<std::sync::Arc<dyn Observer>>,
+    /// The SYN proxy's state of the connections it opened (flag
+    /// `F_PROXIED`), removed with their entries. Beside the table rather
+    /// than in each entry: it would grow every connection for the few the
+    /// proxy opens.
+    pub proxied: DashMap<FlowKey, crate::synproxy::Proxied, ahash::RandomState>,
     /// Entries by state class, as the last expiry walk counted them.
     census: [AtomicUsize; StateClass::ALL.len()],
     /// How often a connection's progress is told ([`Change::Progress`]),
@@ -769,6 +786,7 @@ impl Table {
             sources: std::sync::OnceLock::new(),
             seed: layout.seed,
             observer: std::sync::OnceLock::new(),
+            proxied: DashMap::with_hasher_and_shard_amount(layout.hasher(0x5e), shards),
             census: Default::default(),
             progress_every: std::sync::atomic::AtomicU16::new(0),
         }
@@ -957,6 +975,9 @@ impl Table {
 
     fn account_removed(&self, key: &FlowKey, conn: &Conn, why: Removal) {
         self.notify(Change::Destroy(why), key, conn);
+        if conn.proxied() {
+            self.proxied.remove(key);
+        }
         self.len.fetch_sub(1, Ordering::Relaxed);
         if conn.counted_half_open() {
             self.half_open.fetch_sub(1, Ordering::Relaxed);

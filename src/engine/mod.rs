@@ -5,7 +5,11 @@
 //! connections, and answers. It reads no clock and touches no socket: the
 //! NFQUEUE workers and the pcap replay are the only callers that do.
 
+mod proxy;
 pub mod settings;
+
+pub use proxy::{Answers, Rewrite, OPENING_LIMIT_SECS};
+use proxy::{Io, Step};
 
 use crate::conntrack::sources::{SourceLimits, SourceRefusal};
 use crate::conntrack::state;
@@ -220,6 +224,8 @@ pub struct Engine {
     /// The policy in force has a rule with source limits: only then does a
     /// completed handshake look the policy up again (`charge_source`).
     limits_sources: AtomicBool,
+    /// The SYN proxy's keys, learned servers and mode (see `proxy`).
+    proxy: proxy::Proxy,
 }
 
 enum Lookup {
@@ -245,6 +251,7 @@ impl Engine {
         let mut names = RuleNames::default();
         names.push(&policy);
         let engine = Engine {
+            proxy: proxy::Proxy::new(&settings, layout.seed, policy.uses_synproxy()),
             table: Table::new(limits, layout),
             limits_sources: AtomicBool::new(policy.limits_sources()),
             policy: ArcSwap::from_pointee(policy),
@@ -299,6 +306,9 @@ impl Engine {
         // A policy that limits sources gets the per-source tracker (a fixed
         // allocation) now, off the packet path, and is known to limit them
         // before its first connection completes a handshake.
+        self.proxy
+            .rules
+            .store(policy.uses_synproxy(), Ordering::Relaxed);
         let limits = policy.limits_sources();
         if limits {
             let _ = self.table.sources();
@@ -313,16 +323,59 @@ impl Engine {
     /// Decides one packet given as bytes starting at the IP header.
     #[inline]
     pub fn decide(&self, bytes: &[u8], ctx: &Context<'_>, now: Timestamp) -> Decision {
-        match wire::parse(bytes, ctx.framing) {
-            Ok(packet) => self.decide_packet(&packet, ctx, now),
+        let mut io = Io {
+            bytes,
+            answers: None,
+        };
+        self.decide_io(ctx, now, &mut io)
+    }
+
+    /// [`Engine::decide`], and what the SYN proxy answers: the packets to
+    /// send, and how an accepted packet is rewritten (a proxied
+    /// connection's). `answers` is cleared first.
+    #[inline]
+    pub fn decide_with(
+        &self,
+        bytes: &[u8],
+        ctx: &Context<'_>,
+        now: Timestamp,
+        answers: &mut Answers,
+    ) -> Decision {
+        answers.clear();
+        let mut io = Io {
+            bytes,
+            answers: Some(answers),
+        };
+        self.decide_io(ctx, now, &mut io)
+    }
+
+    #[inline]
+    fn decide_io(&self, ctx: &Context<'_>, now: Timestamp, io: &mut Io<'_>) -> Decision {
+        match wire::parse(io.bytes, ctx.framing) {
+            Ok(packet) => self.decide_parsed(&packet, ctx, now, io),
             Err(reason) => Decision::stateless(reason),
         }
     }
 
-    /// Decides one already parsed packet.
+    /// Decides one already parsed packet (the SYN proxy's answers are not
+    /// given: see [`Engine::decide_with`]).
     pub fn decide_packet(&self, p: &Packet, ctx: &Context<'_>, now: Timestamp) -> Decision {
+        let mut io = Io {
+            bytes: &[],
+            answers: None,
+        };
+        self.decide_parsed(p, ctx, now, &mut io)
+    }
+
+    fn decide_parsed(
+        &self,
+        p: &Packet,
+        ctx: &Context<'_>,
+        now: Timestamp,
+        io: &mut Io<'_>,
+    ) -> Decision {
         match p.transport {
-            Transport::Tcp(seg) => self.tcp(p, &seg, ctx, now),
+            Transport::Tcp(seg) => self.tcp(p, &seg, ctx, now, io),
             Transport::Udp { src_port, dst_port } => {
                 self.datagram(p, (src_port, dst_port), true, ctx, now)
             }
@@ -583,33 +636,59 @@ impl Engine {
 
     // ---- TCP ----
 
-    fn tcp(&self, p: &Packet, seg: &TcpSegment, ctx: &Context<'_>, now: Timestamp) -> Decision {
+    fn tcp(
+        &self,
+        p: &Packet,
+        seg: &TcpSegment,
+        ctx: &Context<'_>,
+        now: Timestamp,
+        io: &mut Io<'_>,
+    ) -> Decision {
         let (key, side) = FlowKey::new(p.protocol, p.src, seg.src_port, p.dst, seg.dst_port);
         let bare_syn = seg.flags.syn() && !seg.flags.ack();
         // Two rounds at most: a lost insert race is retried as an existing connection.
         for _ in 0..2 {
-            if let Lookup::Found(d) = self.tcp_existing(&key, side, seg, bare_syn, p, ctx, now) {
+            if let Lookup::Found(d) = self.tcp_existing(&key, side, seg, bare_syn, p, ctx, now, io)
+            {
                 return d;
+            }
+            if self.synproxy_configured() {
+                if let Some(d) = self.proxy_new(p, seg, bare_syn, ctx, now, io) {
+                    return d;
+                }
             }
             let tcp = if bare_syn {
                 TcpConn::from_syn(seg)
-            } else if (self.settings.loose_pickup
-                || now.as_secs() < self.pickup_until.load(Ordering::Relaxed))
-                && !seg.flags.rst()
-                && !seg.flags.fin()
-                && !seg.flags.syn()
-                && !self.killed.holds(&key, now)
-            {
+            } else if self.may_pick_up(&key, seg, now) {
                 TcpConn::from_midstream(seg)
             } else {
                 return Decision::stateless(Reason::NoConnection);
             };
-            match self.open(key, side, Proto::Tcp(tcp), tcp.is_half_open(), p, ctx, now) {
+            match self.open(
+                key,
+                side,
+                Proto::Tcp(tcp),
+                tcp.is_half_open(),
+                p,
+                ctx,
+                now,
+                None,
+            ) {
                 Some(d) => return d,
                 None => continue,
             }
         }
         Decision::stateless(Reason::NoConnection)
+    }
+
+    /// Whether a TCP packet without a connection may start one mid-stream
+    /// (`loose_pickup`, or the pickup window after a crash).
+    fn may_pick_up(&self, key: &FlowKey, seg: &TcpSegment, now: Timestamp) -> bool {
+        (self.settings.loose_pickup || now.as_secs() < self.pickup_until.load(Ordering::Relaxed))
+            && !seg.flags.rst()
+            && !seg.flags.fin()
+            && !seg.flags.syn()
+            && !self.killed.holds(key, now)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -622,6 +701,7 @@ impl Engine {
         p: &Packet,
         ctx: &Context<'_>,
         now: Timestamp,
+        io: &mut Io<'_>,
     ) -> Lookup {
         let Some(mut entry) = self.table.get_mut(key) else {
             return Lookup::Absent;
@@ -646,6 +726,27 @@ impl Engine {
             return Lookup::Absent;
         }
         let from = conn.role_of(side);
+        // A connection the SYN proxy opened: its handshake with the server
+        // is the proxy's; later, the tracker judges the server's space.
+        let translated;
+        let mut seg = seg;
+        let mut rewrite = None;
+        if conn.proxied() {
+            match self.proxy_step(conn, key, from, seg, p, now, io) {
+                Step::Decided(d) => return Lookup::Found(d),
+                Step::Remove(d) => {
+                    drop(entry);
+                    self.table.remove_if(key, Removal::Reset, |c| c.proxied());
+                    return Lookup::Found(d);
+                }
+                Step::Translate(s, r) => {
+                    translated = s;
+                    seg = &translated;
+                    rewrite = Some(r);
+                }
+                Step::Plain => {}
+            }
+        }
         let before = conn.state();
         let outcome = tcp.handle(from, seg);
         conn.proto = Proto::Tcp(tcp);
@@ -653,6 +754,9 @@ impl Engine {
         // node's from now on (its windows re-anchored as after a restart).
         let mut adopted = false;
         if outcome.reason.verdict() == Verdict::Accept {
+            if let Some(r) = rewrite {
+                io.rewrite(r);
+            }
             adopted = conn.peer();
             conn.make_local();
             conn.count(from, p.len);
@@ -746,7 +850,7 @@ impl Engine {
         if !self.limits_sources.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let (_, limits) = self.policy_match(p, ctx);
+        let (_, limits, _) = self.policy_match(p, ctx);
         if limits.is_off() {
             return Ok(());
         }
@@ -834,7 +938,7 @@ impl Engine {
                 Transport::Udp { .. } => Proto::Udp,
                 _ => Proto::Other,
             };
-            if let Some(d) = self.open(key, side, proto, false, p, ctx, now) {
+            if let Some(d) = self.open(key, side, proto, false, p, ctx, now, None) {
                 return d;
             }
         }
@@ -874,7 +978,9 @@ impl Engine {
 
     /// The policy's decision for a new connection, and the matching rule's
     /// per-source limits.
-    fn policy_match(&self, p: &Packet, ctx: &Context<'_>) -> (Decision, SourceLimits) {
+    /// The policy's decision on a new connection, its rule's source
+    /// limits, and whether its rule asks for the SYN proxy.
+    fn policy_match(&self, p: &Packet, ctx: &Context<'_>) -> (Decision, SourceLimits, bool) {
         // One load for the rule and its generation: a reload in between
         // cannot pair one policy's rule index with the other's generation.
         // (The guard is no Arc clone: no shared counter on this path.)
@@ -897,7 +1003,7 @@ impl Engine {
             log: m.log,
             ..Decision::stateless(reason)
         };
-        (d, m.source_limits)
+        (d, m.source_limits, m.synproxy)
     }
 
     /// Asks the policy about a new connection and inserts it if allowed.
@@ -912,8 +1018,9 @@ impl Engine {
         p: &Packet,
         ctx: &Context<'_>,
         now: Timestamp,
+        proxied: Option<crate::synproxy::Proxied>,
     ) -> Option<Decision> {
-        let (decision, limits) = self.policy_match(p, ctx);
+        let (decision, limits, _) = self.policy_match(p, ctx);
         if decision.verdict() == Verdict::Drop {
             return Some(decision);
         }
@@ -964,6 +1071,11 @@ impl Engine {
             }
             _ => false,
         };
+        if let Some(state) = proxied {
+            // Before the entry: its first packet may follow at once.
+            conn.set_proxied();
+            self.table.proxied.insert(key, state);
+        }
         let state = conn.state();
         match self.table.insert_new(key, conn) {
             Ok(()) => Some(Decision {
@@ -971,7 +1083,12 @@ impl Engine {
                 handed_off,
                 ..decision
             }),
-            Err(_) => None,
+            Err(existing) => {
+                if proxied.is_some() && !existing.proxied() {
+                    self.table.proxied.remove(&key);
+                }
+                None
+            }
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod cookie;
 pub mod learned;
 pub mod options;
 mod packet;
+pub mod state;
 #[cfg(test)]
 mod testing;
 pub mod translate;
@@ -29,4 +30,5 @@ pub use cookie::{CookieError, CookieKeys, Tuple};
 pub use learned::{LearnedOptions, ServerOptionsCache};
 pub use options::{Segment, SegmentView, TcpOptions, Timestamps};
 pub use packet::PacketError;
+pub use state::Proxied;
 pub use translate::{TranslateError, Translation};
