@@ -1105,7 +1105,13 @@ fn hand_off_conn(
     now: Timestamp,
     timeout: u32,
 ) -> bool {
-    if from != Role::Originator || seg.flags.syn() || seg.flags.fin() || seg.flags.rst() {
+    // A proxied connection stays here: the kernel would not translate it.
+    if from != Role::Originator
+        || seg.flags.syn()
+        || seg.flags.fin()
+        || seg.flags.rst()
+        || conn.proxied()
+    {
         return false;
     }
     let Proto::Tcp(mut tcp) = conn.proto else {

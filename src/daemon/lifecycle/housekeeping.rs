@@ -141,6 +141,11 @@ impl KeepHandedOff {
     }
 }
 
+/// How often the SYN cookie keys change (at least the two minutes a cookie
+/// is good for, so that every cookie still checks: with the keys it was
+/// made with, or the ones before them).
+const COOKIE_ROTATION: Duration = Duration::from_secs(300);
+
 impl Housekeeping {
     /// Runs until the stop, a round a second.
     pub(super) fn run(mut self, stop: Stop) {
@@ -149,8 +154,18 @@ impl Housekeeping {
         let mut last_status = Instant::now();
         let mut snapshot_failed = false;
         let mut last_keep = Instant::now();
+        let mut last_rotation = Instant::now();
         let mut idle_warned = self.idle_warning.is_zero();
         while !stop.wait(Duration::from_secs(1)) {
+            // The SYN cookie keys, every COOKIE_ROTATION: a cookie is good
+            // for two minutes and checks with the keys before too.
+            if self.engine.synproxy_configured() && last_rotation.elapsed() >= COOKIE_ROTATION {
+                last_rotation = Instant::now();
+                match super::random_key() {
+                    Ok(key) => self.engine.set_cookie_keys(key),
+                    Err(e) => warn!("{e:#}: the SYN cookie keys were not rotated"),
+                }
+            }
             if let Some(keep) = self.handoff.as_mut() {
                 if !keep.every.is_zero() && last_keep.elapsed() >= keep.every {
                     last_keep = Instant::now();

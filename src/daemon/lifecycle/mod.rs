@@ -68,8 +68,10 @@ pub fn run(args: DaemonArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+    let rewrites = config.engine.synproxy != crate::engine::settings::SynproxyMode::Off
+        || config.policy.uses_synproxy();
     let settings = match Settings::merge(&daemon, &args) {
-        Ok(s) => s,
+        Ok(s) => s.for_rewriting(rewrites),
         Err(e) => {
             eprintln!("conntrackd: {}: {e:#}", path.display());
             return ExitCode::FAILURE;
@@ -163,6 +165,8 @@ struct Rules {
     /// conntrackd's hook queues OUTPUT (reject answers would be queued back).
     output_hooked: bool,
     reloads: Arc<metrics::Reloads>,
+    /// Started with the SYN proxy (queues copy whole packets).
+    rewrites: bool,
 }
 
 impl Rules {
@@ -186,6 +190,15 @@ impl Rules {
                 e.lines().join("; ")
             )
         })?;
+        if new.policy.uses_synproxy() && !self.rewrites {
+            return Err(
+                "reload failed, keeping the rules in force: a rule asks for \
+                        synproxy = true, but conntrackd started without the SYN proxy (its \
+                        queues copy packet headers only, and a proxied connection's packets \
+                        are rewritten whole): restart conntrackd with these rules"
+                    .into(),
+            );
+        }
         for w in &new.warnings {
             warn!("reload: {w}");
         }
@@ -332,8 +345,22 @@ impl Daemon {
             .map(|mark| handoff_mode(mark, &config, &settings, installed.is_some()));
         let rejecter = Arc::new(open_rejecter(&settings, &engine.policy()));
         let rejects_unanswered = !rejecter.can_answer();
+        let proxy_socket = settings
+            .rewrites
+            .then(|| Arc::new(open_proxy_socket(&settings)));
+        if settings.rewrites {
+            engine.set_cookie_keys(random_key()?);
+        }
         let workers = start_workers(
-            queues, &engine, &shared, &notices, handoff, &rejecter, &signals, &stop,
+            queues,
+            &engine,
+            &shared,
+            &notices,
+            handoff,
+            &rejecter,
+            proxy_socket.as_ref(),
+            &signals,
+            &stop,
         )?;
         let housekeeping =
             start_housekeeping(&engine, &shared, &settings, &installed, handoff, &stop)?;
@@ -349,6 +376,7 @@ impl Daemon {
             shared: shared.clone(),
             rejects_unanswered,
             output_hooked: hooks_output(&settings),
+            rewrites: settings.rewrites,
             reloads,
         });
         operations.extend(start_control(
@@ -555,8 +583,9 @@ fn bind_queues(settings: &Settings) -> anyhow::Result<Vec<BoundQueue>> {
             maxlen: settings.queue_maxlen,
             rcvbuf: settings.socket_rcvbuf,
             accept_on_overflow: settings.queue_overflow == Overflow::Accept,
+            gso: !settings.rewrites,
         })?;
-        if !q.gso {
+        if !q.gso && !settings.rewrites {
             warn!(
                 queue = num,
                 "the kernel refused NFQA_CFG_F_GSO: it segments large packets before \
@@ -643,6 +672,62 @@ fn open_rejecter(settings: &Settings, policy: &crate::policy::Policy) -> reject:
     reject::Rejecter::new(socket, settings.reject_rate)
 }
 
+/// The SYN proxy's raw socket (as the reject answers'; none without
+/// CAP_NET_RAW: then the proxy cannot answer, and says so).
+fn open_proxy_socket(settings: &Settings) -> Option<crate::kernel::reject::RawSocket> {
+    match crate::kernel::reject::RawSocket::open() {
+        Ok(s) => {
+            info!(
+                copy_range = settings.copy_range,
+                "SYN proxy on: the queues copy whole packets, without GSO (its connections' \
+                 packets are rewritten)"
+            );
+            if hooks_output(settings) {
+                warn!(
+                    "the SYN proxy's packets leave through OUTPUT, which conntrackd's own \
+                     hook queues (hooks include OUTPUT): they would be judged as the \
+                     client's and the server's; hook FORWARD only"
+                );
+            }
+            Some(s)
+        }
+        Err(e) => {
+            error!(
+                "cannot open a raw socket for the SYN proxy ({e}; it needs CAP_NET_RAW): \
+                 connections behind it cannot be opened (their SYNs are dropped, counted \
+                 as synproxy_send_failures)"
+            );
+            None
+        }
+    }
+}
+
+/// 32 bytes from the kernel's random source (getrandom(2)): the SYN
+/// proxy's cookie keys.
+pub(crate) fn random_key() -> anyhow::Result<[u8; 32]> {
+    let mut key = [0u8; 32];
+    let mut filled = 0;
+    while filled < key.len() {
+        // SAFETY: the pointer and length describe the unfilled rest of `key`.
+        let n = unsafe {
+            libc::getrandom(
+                key[filled..].as_mut_ptr() as *mut libc::c_void,
+                key.len() - filled,
+                0,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(anyhow::Error::new(e).context("getrandom for the SYN cookie keys"));
+        }
+        filled += n as usize;
+    }
+    Ok(key)
+}
+
 /// The logging thread, and the channel the workers feed it through.
 fn start_logger(
     engine: &Arc<Engine>,
@@ -722,6 +807,7 @@ fn start_workers(
     notices: &crossbeam_channel::Sender<Notice>,
     handoff: Option<Handoff>,
     rejecter: &Arc<reject::Rejecter>,
+    proxy_socket: Option<&Arc<Option<crate::kernel::reject::RawSocket>>>,
     signals: &Signals,
     stop: &StopSwitch,
 ) -> anyhow::Result<Vec<JoinHandle<WorkerStats>>> {
@@ -739,6 +825,7 @@ fn start_workers(
             log_drops,
             handoff,
             replies: reject::Replies::new(rejecter.clone()),
+            proxying: proxy_socket.map(|s| crate::daemon::packet::proxy::Proxying::new(s.clone())),
             dropped: std::cell::RefCell::new(Vec::with_capacity(
                 crate::kernel::nfqueue::codec::BATCH,
             )),

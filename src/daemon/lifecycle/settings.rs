@@ -120,9 +120,24 @@ pub struct Settings {
     pub handoff_refresh: Duration,
     /// Answers to rejected packets per second (0: none).
     pub reject_rate: u32,
+    /// Packets are rewritten (the SYN proxy is configured): the queues copy
+    /// whole packets, without GSO (see [`Settings::for_rewriting`]).
+    pub rewrites: bool,
 }
 
 impl Settings {
+    /// The SYN proxy rewrites its connections' packets, and the kernel
+    /// takes a rewritten packet whole (it cuts it at the length given): the
+    /// queues copy whole packets, and without GSO, so that each is one
+    /// segment with a final checksum.
+    pub fn for_rewriting(mut self, rewrites: bool) -> Settings {
+        self.rewrites = rewrites;
+        if rewrites {
+            self.copy_range = u16::MAX;
+        }
+        self
+    }
+
     pub fn merge(file: &DaemonSettings, args: &DaemonArgs) -> anyhow::Result<Settings> {
         let queues = args.queue.clone().unwrap_or_else(|| file.queues.clone());
         let queue_bypass = if args.fail_open {
@@ -182,6 +197,7 @@ impl Settings {
                 .then_some(file.handoff_mark),
             handoff_refresh: Duration::from_secs(file.handoff_refresh),
             reject_rate: file.reject_rate,
+            rewrites: false,
         };
         if s.handoff == Some(0) {
             bail!("daemon.handoff_mark must have at least one bit set");

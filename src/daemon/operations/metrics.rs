@@ -539,6 +539,21 @@ impl Collector for Reading {
                 ("failed", t.rejects_failed),
             ],
         )?;
+        labelled(
+            &mut e,
+            Counter,
+            "conntrackd_synproxy_packets",
+            "The SYN proxy's own packets (cookie SYN+ACKs, SYNs and ACKs to servers, window \
+             updates and RSTs to clients), by outcome; and proxied connections' packets \
+             rewritten, or dropped because they could not be.",
+            "outcome",
+            [
+                ("sent", t.synproxy_sent),
+                ("send_failed", t.synproxy_send_failures),
+                ("rewritten", t.synproxy_rewritten),
+                ("rewrite_failed", t.synproxy_rewrite_failures),
+            ],
+        )?;
         counter(
             &mut e,
             "conntrackd_stream_events_lost",

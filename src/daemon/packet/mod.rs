@@ -4,5 +4,6 @@
 //! what others need (counters, drops, notices, events) goes through
 //! [`super::shared`].
 
+pub mod proxy;
 pub mod reject;
 pub mod worker;

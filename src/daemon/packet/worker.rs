@@ -53,6 +53,8 @@ pub struct Worker {
     pub handoff: Option<Handoff>,
     /// Answers to rejected packets, sent after each batch's verdicts.
     pub replies: Replies,
+    /// The SYN proxy's sending and rewriting, when it is configured.
+    pub proxying: Option<super::proxy::Proxying>,
     /// The batch's drops, recorded in the drops ring once per batch (the
     /// worker's thread only: the cell is never contended).
     pub dropped: std::cell::RefCell<Vec<DropRecord>>,
@@ -181,7 +183,17 @@ impl Worker {
         rx.for_each(|item| match item {
             Item::Packet(p) => {
                 let (verdict, mark) = self.handle(&p, now, stats, ifnames);
-                tx.push(p.id, verdict, mark);
+                match &self.proxying {
+                    Some(proxy) if verdict == Verdict::Accept => {
+                        use super::proxy::Rewritten;
+                        match proxy.rewritten(p.payload, p.wire_len, stats) {
+                            Rewritten::Packet(packet) => tx.push_rewritten(p.id, &packet),
+                            Rewritten::Unchanged => tx.push(p.id, verdict, mark),
+                            Rewritten::Refused => tx.push(p.id, Verdict::Drop, None),
+                        }
+                    }
+                    _ => tx.push(p.id, verdict, mark),
+                }
             }
             Item::Error(errno) => self.verdict_error(errno, stats),
         });
@@ -304,9 +316,11 @@ impl Worker {
         // it, or a packet that triggers it would switch filtering off (or, fail-
         // closed, cut the network) at will: that packet is dropped and counted,
         // the panic message is on stderr, and the worker carries on.
-        let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.engine.decide(payload, &ctx, now)
-        }));
+        let decided =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &self.proxying {
+                Some(proxy) => proxy.decide(&self.engine, payload, &ctx, now, stats),
+                None => self.engine.decide(payload, &ctx, now),
+            }));
         let d = match decided {
             Ok(d) => d,
             Err(_) => {

@@ -44,6 +44,14 @@ pub struct WorkerStats {
     pub rejects_sent: u64,
     pub rejects_rate_limited: u64,
     pub rejects_failed: u64,
+    /// The SYN proxy's packets sent (cookies, SYNs and ACKs to servers,
+    /// window updates and RSTs to clients) and those that failed; packets
+    /// of proxied connections rewritten, and those that could not be (not
+    /// copied whole: dropped).
+    pub synproxy_sent: u64,
+    pub synproxy_send_failures: u64,
+    pub synproxy_rewritten: u64,
+    pub synproxy_rewrite_failures: u64,
 }
 
 impl WorkerStats {
@@ -65,6 +73,10 @@ impl WorkerStats {
         self.rejects_sent += o.rejects_sent;
         self.rejects_rate_limited += o.rejects_rate_limited;
         self.rejects_failed += o.rejects_failed;
+        self.synproxy_sent += o.synproxy_sent;
+        self.synproxy_send_failures += o.synproxy_send_failures;
+        self.synproxy_rewritten += o.synproxy_rewritten;
+        self.synproxy_rewrite_failures += o.synproxy_rewrite_failures;
     }
 
     /// Rule hits add up only within one policy generation: the newer one

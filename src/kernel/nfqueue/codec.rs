@@ -294,6 +294,25 @@ impl<S: Sink> Verdicts<S> {
         }
     }
 
+    /// Adds an accept verdict that hands the kernel `packet` in place of
+    /// the queued one (a rewritten packet: NFQA_PAYLOAD). The kernel takes it
+    /// whole, cut or grown to its length, and checksums nothing: `packet`
+    /// must be the complete packet with its checksums final.
+    pub fn push_rewritten(&mut self, id: u32, packet: &[u8]) {
+        self.close_run();
+        self.write(NFQNL_MSG_VERDICT, id, Verdict::Accept, None);
+        // The verdict message just written gets the payload attribute.
+        let start = self.buf.len() - 32;
+        let attr_len = 4 + packet.len();
+        let b = &mut self.buf;
+        b.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+        b.extend_from_slice(&NFQA_PAYLOAD.to_ne_bytes());
+        b.extend_from_slice(packet);
+        b.resize(b.len() + (align4(attr_len) - attr_len), 0);
+        let total = (b.len() - start) as u32;
+        b[start..start + 4].copy_from_slice(&total.to_ne_bytes());
+    }
+
     fn close_run(&mut self) {
         if let Some((id, verdict, mark, n)) = self.run.take() {
             let ty = if n == 1 {
@@ -412,6 +431,37 @@ mod tests {
         m.extend_from_slice(&[2, 0, 0, 1]);
         m.extend_from_slice(&attrs);
         m
+    }
+
+    #[test]
+    fn a_rewritten_verdict_carries_the_packet_and_runs_stay_in_order() {
+        struct Sent(Vec<u8>);
+        impl Sink for Sent {
+            fn send(&mut self, buf: &[u8]) -> io::Result<()> {
+                self.0.extend_from_slice(buf);
+                Ok(())
+            }
+        }
+        let mut v = Verdicts::with_sink(Sent(Vec::new()), 3);
+        v.push(1, Verdict::Accept, None);
+        v.push_rewritten(2, b"abcde");
+        v.push(3, Verdict::Drop, None);
+        v.flush().unwrap();
+        let sent = v.sink.0.clone();
+        // Three messages: the verdict of 1, 2 with its payload, then 3.
+        let mut at = 0;
+        let mut lens = Vec::new();
+        while at < sent.len() {
+            let len = u32_ne(&sent, at) as usize;
+            lens.push(len);
+            at += align4(len);
+        }
+        assert_eq!(lens, [32, 32 + 12, 32]);
+        let second = &sent[32..32 + 44];
+        assert_eq!(u16::from_ne_bytes([second[32], second[33]]), 9);
+        assert_eq!(u16::from_ne_bytes([second[34], second[35]]), NFQA_PAYLOAD);
+        assert_eq!(&second[36..41], b"abcde");
+        assert_eq!(&second[28..32], &2u32.to_be_bytes());
     }
 
     #[test]

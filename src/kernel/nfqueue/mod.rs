@@ -59,6 +59,11 @@ pub struct QueueConfig {
     /// A full queue accepts what does not fit (NFQA_CFG_F_FAIL_OPEN), instead
     /// of dropping it.
     pub accept_on_overflow: bool,
+    /// Ask for GSO super-packets (NFQA_CFG_F_GSO). Off when packets are
+    /// rewritten (the SYN proxy): the kernel then segments them and
+    /// completes their checksums before queueing, so that a rewritten packet
+    /// is whole and its checksum final.
+    pub gso: bool,
 }
 
 /// An opened, bound and configured queue, and its socket.
@@ -101,7 +106,7 @@ pub fn open(cfg: &QueueConfig) -> anyhow::Result<BoundQueue> {
         seq: 0,
         num,
         copy_range: cfg.copy_range,
-        gso: true,
+        gso: cfg.gso,
         rcvbuf,
     };
     // GSO: the kernel hands over unsegmented super-packets and does not
@@ -117,8 +122,9 @@ pub fn open(cfg: &QueueConfig) -> anyhow::Result<BoundQueue> {
         0
     };
     let all = NFQA_CFG_F_FAIL_OPEN | NFQA_CFG_F_GSO;
-    let mut bound = queue.bind(cfg, fail_open | NFQA_CFG_F_GSO, all);
-    if matches!(&bound, Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP)) {
+    let gso = if cfg.gso { NFQA_CFG_F_GSO } else { 0 };
+    let mut bound = queue.bind(cfg, fail_open | gso, all);
+    if cfg.gso && matches!(&bound, Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP)) {
         queue.gso = false;
         let _ = queue.unbind(); // ENODEV where the refusal bound nothing
         bound = queue.bind(cfg, fail_open, NFQA_CFG_F_FAIL_OPEN);
