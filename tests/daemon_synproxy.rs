@@ -1,0 +1,231 @@
+//! The SYN proxy through the real gateway (tests/common/lab/): real TCP
+//! clients open connections to a real server through conntrackd's SYN
+//! proxy (the client's handshake is with the proxy, the server's with the
+//! proxy's SYN), over IPv4 and IPv6, and carry data both ways; the server's
+//! own counters see one SYN per connection; spoofed SYNs never reach it and
+//! leave nothing in the table; a forged ACK is refused; a server whose
+//! window scale differs from what the proxy told the client still works.
+//!
+//! The namespace tests need root, so they are `#[ignore]`d; see tests/daemon.rs.
+
+#![allow(clippy::disallowed_methods)] // not the core: tests read clocks and start threads
+
+mod common;
+
+use common::lab::{self, Lab, RawSender, TcpEcho};
+use conntrackd::wire::{build, TcpFlags as F};
+use lab::stats as control_stats;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+const PORT: u16 = 8080;
+
+const RULES: &str = r#"
+[policy]
+default = "drop"
+
+[[rule]]
+name = "web"
+action = "accept"
+proto = "tcp"
+dst_ports = [8080]
+synproxy = true
+
+[engine]
+loose_pickup = false
+"#;
+
+fn v4() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(lab::SERVER4), PORT)
+}
+
+fn v6() -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(lab::SERVER6), PORT)
+}
+
+/// Counts, at the server, the SYNs to PORT (a rule without target in its
+/// INPUT chain, IPv4 and IPv6).
+fn count_syns_at_server(lab: &Lab) {
+    for v6 in [false, true] {
+        lab.server.iptables(
+            v6,
+            &format!("-A INPUT -p tcp --dport {PORT} --tcp-flags SYN,ACK,RST,FIN SYN"),
+        );
+    }
+}
+
+/// The server's count of SYNs to PORT, [IPv4, IPv6].
+fn syns_at_server(lab: &Lab) -> [u64; 2] {
+    [false, true].map(|v6| {
+        let tool = if v6 {
+            "ip6tables-save"
+        } else {
+            "iptables-save"
+        };
+        lab.server
+            .sh(&[tool, "-c"])
+            .lines()
+            .find(|l| l.contains("-A INPUT") && l.contains(&format!("--dport {PORT}")))
+            .and_then(|l| l.strip_prefix('['))
+            .and_then(|l| l.split(':').next())
+            .and_then(|n| n.parse().ok())
+            .expect("the SYN counting rule")
+    })
+}
+
+fn reason(stats: &serde_json::Value, name: &str) -> u64 {
+    stats["reasons"][name].as_u64().unwrap_or(0)
+}
+
+/// Polls the daemon's counters until `pred` holds (workers publish once a
+/// second), within 5 s.
+fn wait_stats(
+    socket: &std::path::Path,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = control_stats(socket);
+        if pred(&s) || Instant::now() >= deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, NFQUEUE"]
+fn connections_through_the_proxy_carry_data_both_ways_and_the_server_sees_one_syn_each() {
+    let Some(lab) = Lab::new("synproxy") else {
+        return;
+    };
+    lab.add_nfqueue_rule("0", true);
+    count_syns_at_server(&lab);
+    let rules = lab.write_rules("rules.toml", RULES);
+    let d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
+    d.wait_log("SYN proxy on", Duration::from_secs(5));
+    let _servers = [
+        TcpEcho::start(&lab.server, v4()),
+        TcpEcho::start(&lab.server, v6()),
+    ];
+    const EACH: u64 = 4;
+    for (family, to) in [("IPv4", v4()), ("IPv6", v6())] {
+        for i in 0..EACH {
+            let c = lab::connect(&lab.client, to, Duration::from_secs(5)).unwrap_or_else(|e| {
+                panic!("{family}: connect through the proxy: {e}\n{}", d.log())
+            });
+            // Enough for the windows to scale up, both ways.
+            lab::exchange(&c, 1 << 20, i as u8)
+                .unwrap_or_else(|e| panic!("{family}: data through the proxy: {e}\n{}", d.log()));
+        }
+    }
+    let socket = lab.control_socket();
+    let s = wait_stats(&socket, |s| reason(s, "synproxy_opened") >= 2 * EACH);
+    assert_eq!(reason(&s, "synproxy_opened"), 2 * EACH, "{s:#}");
+    assert!(reason(&s, "syn_cookie_sent") >= 2 * EACH, "{s:#}");
+    assert!(s["synproxy_rewritten"].as_u64().unwrap_or(0) > 100, "{s:#}");
+    assert_eq!(s["synproxy_rewrite_failures"], 0, "{s:#}");
+    assert_eq!(s["synproxy_send_failures"], 0, "{s:#}");
+    assert_eq!(
+        syns_at_server(&lab),
+        [EACH, EACH],
+        "the server sees the proxy's one SYN per connection"
+    );
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, NFQUEUE"]
+fn spoofed_syns_never_reach_the_server_and_a_forged_ack_is_refused() {
+    let Some(lab) = Lab::new("synproxy_flood") else {
+        return;
+    };
+    lab.add_nfqueue_rule("0", true);
+    lab.drop_crafted_at_hosts();
+    count_syns_at_server(&lab);
+    let rules = lab.write_rules("rules.toml", RULES);
+    let d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
+    d.wait_log("SYN proxy on", Duration::from_secs(5));
+    let _server = TcpEcho::start(&lab.server, v4());
+    let raw = RawSender::new(&lab.client);
+    const SPOOFED: u32 = 20_000;
+    let started = Instant::now();
+    for i in 0..SPOOFED {
+        // Sources in the client's network (so that the gateway routes the
+        // cookies back that way), ports and ISNs all different.
+        let src = SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10 + (i % 200) as u8)),
+            1024 + (i / 200) as u16,
+        );
+        raw.send(
+            &build::tcp(src, v4())
+                .flags(F::SYN)
+                .seq(i.wrapping_mul(2_654_435_761))
+                .mss(1460)
+                .build(),
+        );
+        // Paced under the queue's length: a SYN the queue drops proves nothing.
+        if i % 500 == 499 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the flood is bounded"
+        );
+    }
+    let socket = lab.control_socket();
+    let s = wait_stats(&socket, |s| {
+        reason(s, "syn_cookie_sent") >= u64::from(SPOOFED)
+    });
+    assert_eq!(reason(&s, "syn_cookie_sent"), u64::from(SPOOFED), "{s:#}");
+    assert_eq!(s["connections"], 0, "the flood left entries: {s:#}");
+    assert_eq!(
+        syns_at_server(&lab),
+        [0, 0],
+        "a spoofed SYN reached the server"
+    );
+
+    // A forged ACK (a random cookie) is refused and reaches nobody.
+    let forged = build::tcp(SocketAddr::new(IpAddr::V4(lab::CLIENT4), 40_999), v4())
+        .flags(F::ACK)
+        .seq(12_345)
+        .ack(0x5eed_cafe)
+        .build();
+    raw.send(&forged);
+    let s = wait_stats(&socket, |s| reason(s, "syn_cookie_invalid") >= 1);
+    assert_eq!(reason(&s, "syn_cookie_invalid"), 1, "{s:#}");
+    assert_eq!(s["connections"], 0, "{s:#}");
+
+    // A real client still gets through, the server sees its one SYN.
+    let c = lab::connect(&lab.client, v4(), Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect after the flood: {e}\n{}", d.log()));
+    lab::exchange(&c, 64 * 1024, 1).expect("data after the flood");
+    assert_eq!(syns_at_server(&lab), [1, 0]);
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, NFQUEUE"]
+fn a_server_with_another_window_scale_than_the_client_was_told_still_works() {
+    let Some(lab) = Lab::new("synproxy_wscale") else {
+        return;
+    };
+    lab.add_nfqueue_rule("0", true);
+    // The server's window scale follows its largest receive buffer: 256 KiB
+    // gives 3, where the proxy tells a client of an unknown server 7 (the
+    // default); a client scales with 7 (its own 6 MiB buffer).
+    lab.server.sysctl("net.ipv4.tcp_rmem", "4096 65536 262144");
+    let rules = lab.write_rules("rules.toml", RULES);
+    let d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
+    d.wait_log("SYN proxy on", Duration::from_secs(5));
+    let _server = TcpEcho::start(&lab.server, v4());
+    // The first connection is told the configured scale; the second the
+    // learned one. Both carry megabytes both ways.
+    for i in 0..2u8 {
+        let c = lab::connect(&lab.client, v4(), Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect {i}: {e}\n{}", d.log()));
+        lab::exchange(&c, 4 << 20, i).unwrap_or_else(|e| {
+            panic!("connection {i} through a rescaling proxy: {e}\n{}", d.log())
+        });
+    }
+    let s = control_stats(&lab.control_socket());
+    assert_eq!(s["synproxy_rewrite_failures"], 0, "{s:#}");
+}
