@@ -519,3 +519,42 @@ fn engine_wide_always_proxies_every_accepted_syn_and_adaptive_follows_the_half_o
     assert_eq!(first_cookie, Some(26), "on once more than 25 are half-open");
     assert!(t.engine.synproxy_adaptive_on());
 }
+
+#[test]
+fn a_restart_keeps_a_proxied_connection_and_its_translation() {
+    let (c, s) = (sa("198.18.0.2:40003"), sa("198.19.0.2:80"));
+    let mut t = harness();
+    let x = open(&mut t, c, s);
+    let saved = t.engine.save_state(t.now(), true, 1_800_000_000);
+    // A new process: new keys, the table from the file.
+    let t2 = Harness::from_toml(RULES);
+    t2.engine.set_cookie_keys([9; 32]);
+    let r = t2
+        .engine
+        .restore_state(&saved, t2.now(), 1_800_000_000)
+        .expect("the state file");
+    assert_eq!(r.restored, 1);
+    let h = through(
+        &t2,
+        build::tcp(s, c)
+            .flags(ACK | PSH)
+            .seq(x.server_isn.wrapping_add(1))
+            .ack(x.client_isn + 1)
+            .window(509)
+            .payload(&[3; 10])
+            .build(),
+        Reason::Tracked,
+    );
+    assert_eq!(h.seq, SeqNum(x.cookie.wrapping_add(1)), "still translated");
+    let h = through(
+        &t2,
+        build::tcp(c, s)
+            .flags(ACK)
+            .seq(x.client_isn + 1)
+            .ack(x.cookie.wrapping_add(11))
+            .window(502)
+            .build(),
+        Reason::Tracked,
+    );
+    assert_eq!(h.ack, SeqNum(x.server_isn.wrapping_add(11)));
+}

@@ -189,7 +189,9 @@ impl Writer {
     /// is counted from `now`.
     pub fn push(&mut self, op: Op, key: &FlowKey, conn: &Conn, now: Timestamp) {
         self.buf.push(op as u8);
-        encode_entry(key, conn, now, &mut self.buf);
+        // The SYN proxy's translation does not travel (yet): a peer copy of
+        // a proxied connection is a plain one (README, "SYN proxy").
+        encode_entry(key, conn, None, now, &mut self.buf);
         self.count += 1;
     }
 
@@ -319,7 +321,7 @@ impl<'a> Reader<'a> {
             2 => Op::Remove,
             _ => return None,
         };
-        let (key, conn, used) = decode_entry(rest, self.now, 0)?;
+        let (key, conn, _, used) = decode_entry(rest, self.now, 0)?;
         self.b = &rest[used..];
         Some((op, key, conn))
     }

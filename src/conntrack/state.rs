@@ -19,6 +19,8 @@
 //!   lo addr, lo port, hi addr, hi port   (4 or 16 bytes, then 2, each)
 //!   the connection (Conn::encode): kind, both TCP endpoints, seconds left,
 //!   originator, flags
+//!   with flag 0x80 (opened by the SYN proxy): its translation, 13 bytes
+//!   (Translation::to_bytes)
 //! ```
 //!
 //! Expiry is stored as seconds left, since the engine's clock starts at zero
@@ -30,6 +32,8 @@
 
 use super::key::{FlowKey, Side};
 use super::table::Conn;
+use crate::synproxy::translate::TRANSLATION_BYTES;
+use crate::synproxy::Translation;
 use crate::time::Timestamp;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -43,7 +47,7 @@ pub const MAX_AGE: u64 = 3600;
 pub const FLAGS_AT: usize = 12;
 const F_GRACEFUL: u32 = 1;
 /// The most bytes one connection takes (IPv6 key and a TCP connection).
-pub const MAX_RECORD: usize = 2 + 2 * (16 + 2) + Conn::RECORD;
+pub const MAX_RECORD: usize = 2 + 2 * (16 + 2) + Conn::RECORD + TRANSLATION_BYTES;
 
 /// Why a state file was not used.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -71,21 +75,30 @@ pub struct State {
     pub graceful: bool,
     /// Records dropped because they had expired by `now`.
     pub expired: u64,
+    /// The translations of the connections the SYN proxy opened.
+    pub translations: Vec<(FlowKey, Translation)>,
 }
 
 /// The bytes of a state file holding `entries`, with their expiry counted
 /// from `now`.
 ///
 /// `unix_now`: the wall clock, in Unix seconds.
+/// `translation`: a proxied connection's translation.
 pub fn encode(
     entries: &[(FlowKey, Conn)],
+    translation: impl Fn(&FlowKey) -> Option<Translation>,
     now: Timestamp,
     graceful: bool,
     unix_now: u64,
 ) -> Vec<u8> {
     let mut body = Vec::with_capacity(entries.len() * (MAX_RECORD / 2));
     for (key, conn) in entries {
-        encode_entry(key, conn, now, &mut body);
+        let t = if conn.proxied() {
+            translation(key)
+        } else {
+            None
+        };
+        encode_entry(key, conn, t.as_ref(), now, &mut body);
     }
     let mut out = Vec::with_capacity(HEADER + body.len());
     out.extend_from_slice(&MAGIC);
@@ -102,7 +115,17 @@ pub fn encode(
 /// One connection as a record (at most [`MAX_RECORD`] bytes): its key,
 /// then the connection with its expiry counted from `now`. The cluster's
 /// messages carry the same records.
-pub fn encode_entry(key: &FlowKey, conn: &Conn, now: Timestamp, out: &mut Vec<u8>) {
+///
+/// A connection the SYN proxy opened carries its `translation`; without
+/// one (its server has not answered yet) it is written as any other, and
+/// read back as a plain connection in SYN_SENT.
+pub fn encode_entry(
+    key: &FlowKey,
+    conn: &Conn,
+    translation: Option<&Translation>,
+    now: Timestamp,
+    out: &mut Vec<u8>,
+) {
     let (lo, hi) = (key.endpoint(Side::Lo), key.endpoint(Side::Hi));
     out.push(if lo.0.is_ipv4() { 4 } else { 6 });
     out.push(key.protocol());
@@ -113,7 +136,17 @@ pub fn encode_entry(key: &FlowKey, conn: &Conn, now: Timestamp, out: &mut Vec<u8
         }
         out.extend_from_slice(&port.to_le_bytes());
     }
-    conn.encode(now, out);
+    match translation {
+        Some(t) if conn.proxied() => {
+            conn.encode(now, out);
+            out.extend_from_slice(&t.to_bytes());
+        }
+        _ => {
+            let mut plain = *conn;
+            plain.clear_proxied();
+            plain.encode(now, out);
+        }
+    }
 }
 
 /// The 4 flag bytes to write over [`FLAGS_AT`] once a file has been loaded:
@@ -164,15 +197,20 @@ pub fn decode(bytes: &[u8], now: Timestamp, unix_now: u64) -> Result<State, Stat
         return Err(StateError::Record(0));
     }
     let mut entries = Vec::with_capacity(count as usize);
+    let mut translations = Vec::new();
     let mut expired = 0;
     let mut at = 0usize;
     for i in 0..count {
-        let (key, conn, used) = decode_entry(&body[at..], now, age).ok_or(StateError::Record(i))?;
+        let (key, conn, translation, used) =
+            decode_entry(&body[at..], now, age).ok_or(StateError::Record(i))?;
         at += used;
         if conn.expired(now) {
             expired += 1;
         } else {
             entries.push((key, conn));
+            if let Some(t) = translation {
+                translations.push((key, t));
+            }
         }
     }
     if at != body.len() {
@@ -182,13 +220,18 @@ pub fn decode(bytes: &[u8], now: Timestamp, unix_now: u64) -> Result<State, Stat
         entries,
         graceful,
         expired,
+        translations,
     })
 }
 
 /// One connection record from the front of `b` (see [`encode_entry`]),
 /// expiring relative to `now` less `age` seconds; with the bytes it used.
 /// `None` if the bytes are not a valid record.
-pub fn decode_entry(b: &[u8], now: Timestamp, age: u64) -> Option<(FlowKey, Conn, usize)> {
+pub fn decode_entry(
+    b: &[u8],
+    now: Timestamp,
+    age: u64,
+) -> Option<(FlowKey, Conn, Option<Translation>, usize)> {
     let (&family, rest) = b.split_first()?;
     let (&protocol, mut rest) = rest.split_first()?;
     let width = match family {
@@ -213,7 +256,14 @@ pub fn decode_entry(b: &[u8], now: Timestamp, age: u64) -> Option<(FlowKey, Conn
     if key.endpoint(Side::Lo) != lo || key.endpoint(Side::Hi) != hi {
         return None;
     }
-    let (mut conn, used) = Conn::decode(rest, now)?;
+    let (mut conn, mut used) = Conn::decode(rest, now)?;
+    let translation = if conn.proxied() {
+        let t = Translation::from_bytes(rest.get(used..used + TRANSLATION_BYTES)?)?;
+        used += TRANSLATION_BYTES;
+        Some(t)
+    } else {
+        None
+    };
     // The kind must be the key's protocol's.
     let kind_ok = match conn.proto {
         super::table::Proto::Tcp(_) => protocol == crate::wire::PROTO_TCP,
@@ -232,7 +282,7 @@ pub fn decode_entry(b: &[u8], now: Timestamp, age: u64) -> Option<(FlowKey, Conn
         now,
         left.saturating_sub(age).min(u64::from(u32::MAX)) as u32,
     );
-    Some((key, conn, b.len() - rest.len() + used))
+    Some((key, conn, translation, b.len() - rest.len() + used))
 }
 
 #[cfg(test)]
@@ -295,7 +345,7 @@ mod tests {
     #[test]
     fn every_kind_of_connection_round_trips() {
         let entries = sample();
-        let bytes = encode(&entries, Timestamp::from_secs(100), true, T0);
+        let bytes = encode(&entries, |_| None, Timestamp::from_secs(100), true, T0);
         // A new process: its clock starts again near zero.
         let later = Timestamp::from_secs(5);
         let state = decode(&bytes, later, T0).unwrap();
@@ -320,7 +370,7 @@ mod tests {
 
     #[test]
     fn expired_entries_are_left_out() {
-        let bytes = encode(&sample(), Timestamp::from_secs(100), false, T0);
+        let bytes = encode(&sample(), |_| None, Timestamp::from_secs(100), false, T0);
         let state = decode(&bytes, Timestamp::from_secs(0), T0).unwrap();
         assert!(!state.graceful);
         assert_eq!(state.expired, 0);
@@ -331,7 +381,7 @@ mod tests {
             c.set_timeout(Timestamp::from_secs(0), 0);
         }
         let state = decode(
-            &encode(&old, Timestamp::from_secs(100), true, T0),
+            &encode(&old, |_| None, Timestamp::from_secs(100), true, T0),
             Timestamp::from_secs(1),
             T0,
         )
@@ -341,7 +391,7 @@ mod tests {
 
     #[test]
     fn time_since_writing_counts_and_an_old_file_is_refused() {
-        let bytes = encode(&sample(), Timestamp::from_secs(100), true, T0);
+        let bytes = encode(&sample(), |_| None, Timestamp::from_secs(100), true, T0);
         // 20 s later: the 30 s UDP-style entries have 10 s left, TCP 100.
         let st = decode(&bytes, Timestamp::from_secs(0), T0 + 20).unwrap();
         let lefts: Vec<u32> = st
@@ -369,7 +419,7 @@ mod tests {
             5353,
         );
         let (_, tcp) = tcp_syn("198.18.0.2:40000", "198.19.0.2:80");
-        let bytes = encode(&[(key, tcp)], Timestamp::from_secs(100), true, T0);
+        let bytes = encode(&[(key, tcp)], |_| None, Timestamp::from_secs(100), true, T0);
         assert_eq!(
             decode(&bytes, Timestamp::from_secs(0), T0).unwrap_err(),
             StateError::Record(0)
@@ -379,7 +429,13 @@ mod tests {
     #[test]
     fn an_impossible_pair_of_tcp_states_is_refused() {
         let (key, conn) = tcp_syn("198.18.0.2:40000", "198.19.0.2:80");
-        let good = encode(&[(key, conn)], Timestamp::from_secs(100), true, T0);
+        let good = encode(
+            &[(key, conn)],
+            |_| None,
+            Timestamp::from_secs(100),
+            true,
+            T0,
+        );
         assert!(decode(&good, Timestamp::from_secs(0), T0).is_ok());
         // The originator's state byte (the last of its endpoint record):
         // SYN_SENT -> ESTABLISHED makes ESTABLISHED:LISTEN.
@@ -404,7 +460,7 @@ mod tests {
 
     #[test]
     fn another_version_bad_magic_truncation_and_corruption_are_refused() {
-        let bytes = encode(&sample(), Timestamp::from_secs(100), true, T0);
+        let bytes = encode(&sample(), |_| None, Timestamp::from_secs(100), true, T0);
         let now = Timestamp::from_secs(1);
         let mut v2 = bytes.clone();
         v2[8] = 2;
@@ -432,7 +488,7 @@ mod tests {
         #[test]
         fn garbage_never_panics(mut junk in proptest::collection::vec(any::<u8>(), 0..600), at in 0usize..600) {
             let _ = decode(&junk, Timestamp::from_secs(1), T0);
-            let mut file = encode(&sample(), Timestamp::from_secs(100), true, T0);
+            let mut file = encode(&sample(), |_| None, Timestamp::from_secs(100), true, T0);
             let i = HEADER + at % (file.len() - HEADER);
             file[i] = junk.pop().unwrap_or(0xff);
             let body_crc = crc32fast::hash(&file[HEADER..]);

@@ -244,6 +244,10 @@ impl Conn {
         self.flags |= F_PROXIED;
     }
 
+    pub fn clear_proxied(&mut self) {
+        self.flags &= !F_PROXIED;
+    }
+
     /// Marks a connection applied from a peer's record.
     pub fn set_peer(&mut self) {
         self.flags |= F_PEER;
@@ -303,7 +307,7 @@ impl Conn {
             Side::Lo => 0,
             Side::Hi => 1,
         });
-        out.push(self.flags & (F_REPLIED | F_ASSURED | F_LOG | F_PEER));
+        out.push(self.flags & (F_REPLIED | F_ASSURED | F_LOG | F_PEER | F_PROXIED));
     }
 
     /// A connection from the front of `b`, expiring relative to `now`; with
@@ -328,7 +332,7 @@ impl Conn {
             _ => return None,
         };
         let flags = tail[5];
-        if flags & !(F_REPLIED | F_ASSURED | F_LOG | F_PEER) != 0 {
+        if flags & !(F_REPLIED | F_ASSURED | F_LOG | F_PEER | F_PROXIED) != 0 {
             return None;
         }
         let mut conn = Conn::new(proto, originator, false);
@@ -1060,6 +1064,15 @@ impl Table {
     }
 
     /// A snapshot of every connection (for listings and replay summaries).
+    /// The translation of a connection the SYN proxy opened, once both its
+    /// handshakes are done.
+    pub fn translation(&self, key: &FlowKey) -> Option<crate::synproxy::Translation> {
+        match *self.proxied.get(key)? {
+            crate::synproxy::Proxied::Open(t) => Some(t),
+            crate::synproxy::Proxied::Opening { .. } => None,
+        }
+    }
+
     pub fn snapshot(&self) -> Vec<(FlowKey, Conn)> {
         let v4 = self.v4.iter().map(|e| (FlowKey::V4(*e.key()), *e.value()));
         let v6 = self.v6.iter().map(|e| (FlowKey::V6(*e.key()), *e.value()));

@@ -521,7 +521,13 @@ impl Engine {
     /// `unix_now`: the wall clock, Unix seconds (the file's age is counted
     /// by it when it is read).
     pub fn save_state(&self, now: Timestamp, graceful: bool, unix_now: u64) -> Vec<u8> {
-        state::encode(&self.table.snapshot(), now, graceful, unix_now)
+        state::encode(
+            &self.table.snapshot(),
+            |key| self.table.translation(key),
+            now,
+            graceful,
+            unix_now,
+        )
     }
 
     /// Picks up TCP connections mid-stream until `until`, as `loose_pickup`
@@ -551,6 +557,15 @@ impl Engine {
             if self.table.len() >= self.settings.max_connections {
                 r.over_limit += 1;
                 continue;
+            }
+            if conn.proxied() {
+                // Its translation is in `st.translations` (a record with
+                // the flag always carries one).
+                if let Some((_, t)) = st.translations.iter().find(|(k, _)| *k == key) {
+                    self.table
+                        .proxied
+                        .insert(key, crate::synproxy::Proxied::Open(*t));
+                }
             }
             match self.table.insert_new(key, conn) {
                 Ok(()) => r.restored += 1,
