@@ -285,7 +285,11 @@ fn print_human(cmd: &serde_json::Value, lines: &[serde_json::Value]) {
                     rule_of(f),
                     pair("packets"),
                     pair("bytes"),
-                    if f["peer"] == true { " (peer's)" } else { "" },
+                    match (f["peer"] == true, f["proxied"] == true) {
+                        (true, _) => " (peer's)",
+                        (_, true) => " (proxied)",
+                        _ => "",
+                    },
                 );
                 if let Some(Value::Array(w)) = f.get("windows") {
                     for (side, w) in ["originator", "responder"].iter().zip(w) {
@@ -442,7 +446,11 @@ fn event_line(e: &serde_json::Value) -> String {
         endpoint(e, "src", "sport"),
         endpoint(e, "dst", "dport"),
         tail,
-        if e["peer"] == true { " (peer's)" } else { "" },
+        match (e["peer"] == true, e["proxied"] == true) {
+            (true, _) => " (peer's)",
+            (_, true) => " (proxied)",
+            _ => "",
+        },
     )
 }
 

@@ -126,6 +126,8 @@ pub struct ConnInfo {
     pub windows: Option<[Window; 2]>,
     /// A peer gateway's connection, copied here (see [`Conn::peer`]).
     pub peer: bool,
+    /// Opened by the SYN proxy: its packets are translated.
+    pub proxied: bool,
 }
 
 /// The rule that admitted a connection, as people read it.
@@ -197,6 +199,7 @@ impl ConnInfo {
                 _ => None,
             },
             peer: conn.peer(),
+            proxied: conn.proxied(),
         }
     }
 }

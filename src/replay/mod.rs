@@ -162,13 +162,20 @@ pub enum ReplayError {
     Write { path: PathBuf, detail: String },
 }
 
+/// The SYN proxy's cookie keys in a replay (see `replay`'s use).
+pub const REPLAY_COOKIE_KEYS: [u8; 32] = *b"conntrackd replay cookie keys 32";
+
 /// What happened to one frame.
+// One row at a time lives (a step): its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RowKind {
     /// An IP packet, and the engine's decision.
     Packet {
         view: PacketView,
         decision: Decision,
+        /// What the SYN proxy would send for it (each shown as a line of its own).
+        answers: [Option<PacketView>; 2],
     },
     /// A frame that carries no IP packet, not shown to the engine.
     Skipped(Skip),
@@ -324,7 +331,13 @@ impl<'e> Replayer<'e> {
             },
             ..Context::default()
         };
-        let decision = self.engine.decide(ip, &ctx, now);
+        let mut proxy = crate::engine::Answers::default();
+        let decision = self.engine.decide_with(ip, &ctx, now, &mut proxy);
+        let answers = proxy.segments.map(|s| {
+            let mut buf = [0u8; crate::synproxy::options::SEGMENT_MAX];
+            let n = s?.write(&mut buf).ok()?;
+            Some(PacketView::of(&buf[..n], None))
+        });
         self.counters.record(decision.reason);
         let view = PacketView::of(ip, wire_len);
         self.book.packet(self.index, &view, &decision);
@@ -333,7 +346,11 @@ impl<'e> Replayer<'e> {
             row: Row {
                 index: self.index,
                 time: Timestamp::from_nanos(ts_ns),
-                kind: RowKind::Packet { view, decision },
+                kind: RowKind::Packet {
+                    view,
+                    decision,
+                    answers,
+                },
             },
         }
     }
@@ -454,6 +471,9 @@ pub fn run(args: ReplayArgs) -> ExitCode {
         }
     };
     let engine = Engine::new(config.engine, config.policy.clone());
+    // Fixed cookie keys: a replay's cookies are the same at every run (and
+    // differ from any daemon's, whose keys are random).
+    engine.set_cookie_keys(REPLAY_COOKIE_KEYS);
     let with_ifaces = interface_rules(&engine);
     if !with_ifaces.is_empty() {
         eprintln!(

@@ -123,6 +123,9 @@ struct JsonRow<'a> {
     state_before: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     state_after: Option<String>,
+    /// The packets the SYN proxy sends for this one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    answers: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ethertype: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -285,18 +288,27 @@ impl<'w, 'p> Printer<'w, 'p> {
     fn text_row(&self, row: &Row, decimals: u8, first: Option<u64>) -> String {
         let time = seconds(relative(row.time.as_nanos(), first), decimals);
         match &row.kind {
-            RowKind::Packet { view, decision } => {
+            RowKind::Packet {
+                view,
+                decision,
+                answers,
+            } => {
                 let rule = match self.rule_name(decision.rule) {
                     Some(name) => format!(" rule={name}"),
                     None => String::new(),
                 };
-                format!(
+                let mut line = format!(
                     "{:>5}  {time}  {view}  {} {}{rule}  {}",
                     row.index,
                     decision.reason.verdict_name(),
                     decision.reason,
                     transition(decision)
-                )
+                );
+                // The SYN proxy's own packets, each on a line of its own.
+                for a in answers.iter().flatten() {
+                    line.push_str(&format!("\n{:>5}  {time}  {a}  sent by the SYN proxy", ""));
+                }
+                line
             }
             RowKind::Skipped(skip) => format!("{:>5}  {time}  skip {skip}", row.index),
         }
@@ -326,12 +338,18 @@ impl<'w, 'p> Printer<'w, 'p> {
             rule: None,
             state_before: None,
             state_after: None,
+            answers: Vec::new(),
             ethertype: None,
             detail: None,
         };
         match &row.kind {
-            RowKind::Packet { view, decision } => {
+            RowKind::Packet {
+                view,
+                decision,
+                answers,
+            } => {
                 fill_view(&mut j, view);
+                j.answers = answers.iter().flatten().map(|a| a.to_string()).collect();
                 // accept, drop, or reject (a drop answered with a RST or
                 // an ICMP unreachable).
                 j.verdict = decision.reason.verdict_name();

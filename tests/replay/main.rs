@@ -20,6 +20,7 @@ mod gen;
 mod offload;
 mod reject;
 mod scenarios;
+mod synproxy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -923,6 +923,9 @@ fn flow_line(info: &ConnInfo, now: u64, verbose: bool) -> Value {
         // A copy of a connection a peer gateway forwards.
         line["peer"] = json!(true);
     }
+    if info.proxied {
+        line["proxied"] = json!(true);
+    }
     if let (true, Some(w)) = (verbose, info.windows) {
         line["windows"] = json!(w
             .iter()

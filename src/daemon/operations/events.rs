@@ -45,6 +45,9 @@ pub fn record_json(record: &Record) -> Value {
                 // A copy of a connection a peer gateway forwards.
                 v["peer"] = json!(true);
             }
+            if e.proxied {
+                v["proxied"] = json!(true);
+            }
             match e.change {
                 Change::New => v["event"] = json!("NEW"),
                 Change::Update { before } => {

@@ -27,6 +27,8 @@ pub struct ConnEvent {
     pub traffic: Traffic,
     /// The connection is a peer gateway's copy (see `Conn::peer`).
     pub peer: bool,
+    /// Opened by the SYN proxy (its packets are translated).
+    pub proxied: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -117,6 +119,7 @@ impl Observer for Hub {
             state: conn.state(),
             traffic: conn.traffic(),
             peer: conn.peer(),
+            proxied: conn.proxied(),
         }));
     }
 }
