@@ -17,9 +17,11 @@
 //!
 //! Rewriting is in place, with the TCP checksum updated incrementally
 //! (RFC 1624), never recomputed: it runs on every packet of the connection.
-//! The IP header is not touched. A packet's checksum left unfinished by
-//! checksum offload (the pseudo-header sum) stays consistently unfinished:
-//! the update is linear.
+//! The IP header is not touched. The update assumes a finished checksum: a
+//! packet whose checksum was left to offload (the field holds the
+//! pseudo-header sum, see `wire::offloaded_checksum`) must keep that field
+//! as it is when its other bytes change, which this does not do; the caller
+//! tells such packets apart.
 //!
 //! What a rescale loses: from a larger scale to a smaller one the window
 //! saturates at 0xffff in the smaller unit (the peer sees less window than
