@@ -15,7 +15,12 @@
 //! 8 bits, and subtracting `H2` at that count leaves the index. A cookie is
 //! valid while its count is the current or the previous minute
 //! ([`MAX_AGE_MINUTES`]) and the index is in the table: a guess passes with
-//! probability 4 in 2^24 per key tried.
+//! probability 4 in 2^24 per key generation tried (two: current and
+//! previous). One whose index checks at an older count is
+//! [`CookieError::Expired`], anything else [`CookieError::Invalid`]: a
+//! forgery reads as expired with the same small probability. The hashed
+//! bytes are laid out as this module likes (addresses, ports, count): the
+//! keys are ours, nothing has to match the kernel's.
 //!
 //! When the client sent a timestamp, its window scale, SACK-permitted and
 //! ECN go in the low 6 bits of the TSval of the SYN+ACK

@@ -11,8 +11,11 @@
 //! A 2-way set-associative table: a keyed hash (SipHash-1-3, key from the
 //! caller) picks the set, so an attacker who cannot see the key cannot aim
 //! servers at one set to evict another; within a set the older entry goes.
+//!
+//! Learn with [`ServerOptionsCache::learn_from_syn_ack`]: a SYN+ACK's
+//! missing option means "not supported" only when the SYN offered it.
 
-use super::options::SegmentView;
+use super::options::{SegmentView, TcpOptions};
 use siphasher::sip::SipHasher13;
 use std::fmt;
 use std::net::IpAddr;
@@ -203,6 +206,44 @@ impl ServerOptionsCache {
     }
 }
 
+impl ServerOptionsCache {
+    /// Learns from a server's `syn_ack` answering a SYN that offered
+    /// `offered` (and ECN, `offered_ecn`). A server answers window scale,
+    /// SACK-permitted, timestamps and ECN only when the SYN offered them
+    /// (RFC 7323, RFC 2018, RFC 3168), so their absence says something only
+    /// then; otherwise what was known (or the default) stays. The MSS is
+    /// always the server's.
+    pub fn learn_from_syn_ack(
+        &mut self,
+        offered: &TcpOptions,
+        offered_ecn: bool,
+        syn_ack: &SegmentView,
+    ) {
+        let said = LearnedOptions::from_syn_ack(syn_ack);
+        let known = self.options_for(syn_ack.src, syn_ack.src_port);
+        let learned = LearnedOptions {
+            mss: said.mss,
+            window_scale: if offered.window_scale.is_some() {
+                said.window_scale
+            } else {
+                known.window_scale
+            },
+            sack_permitted: if offered.sack_permitted {
+                said.sack_permitted
+            } else {
+                known.sack_permitted
+            },
+            timestamps: if offered.timestamps.is_some() {
+                said.timestamps
+            } else {
+                known.timestamps
+            },
+            ecn: if offered_ecn { said.ecn } else { known.ecn },
+        };
+        self.learn(syn_ack.src, syn_ack.src_port, learned);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +321,55 @@ mod tests {
         assert_eq!(cache.get(addr(3), 80), None);
         assert_eq!(cache.get(addr(2), 80), Some(learned(1012)));
         assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn a_syn_ack_teaches_only_what_the_syn_asked_about() {
+        use crate::synproxy::options::read_segment;
+        use crate::synproxy::testing::{sa, tcp};
+        use etherparse::TcpOptionElement as E;
+        let (c, s) = (sa("10.0.0.2:40000"), sa("203.0.113.5:80"));
+        let mut cache = ServerOptionsCache::new(16, [6; 16], DEFAULTS);
+        // A SYN with MSS only: the server's plain SYN+ACK says nothing of
+        // its scale, SACK or timestamps.
+        let plain = tcp(s, c, 0x12, 1, 2, 65535, &[E::MaximumSegmentSize(1380)], b"");
+        let plain = read_segment(&plain).unwrap();
+        let mss_only = TcpOptions {
+            mss: Some(1460),
+            ..TcpOptions::default()
+        };
+        cache.learn_from_syn_ack(&mss_only, false, &plain);
+        assert_eq!(
+            cache.get(s.ip(), 80),
+            Some(LearnedOptions {
+                mss: 1380,
+                ..DEFAULTS
+            })
+        );
+        // A SYN with everything: now the absences count.
+        let everything = TcpOptions {
+            mss: Some(1460),
+            window_scale: Some(7),
+            sack_permitted: true,
+            timestamps: Some(crate::synproxy::options::Timestamps { value: 1, echo: 0 }),
+        };
+        let scaled = [E::MaximumSegmentSize(1400), E::Noop, E::WindowScale(5)];
+        let scaled = read_segment(&tcp(s, c, 0x52, 1, 2, 65535, &scaled, b"")).unwrap();
+        cache.learn_from_syn_ack(&everything, true, &scaled);
+        assert_eq!(
+            cache.get(s.ip(), 80),
+            Some(LearnedOptions {
+                mss: 1400,
+                window_scale: Some(5),
+                sack_permitted: false,
+                timestamps: false,
+                ecn: true,
+            })
+        );
+        // Without an MSS option: the RFC's default.
+        let bare = read_segment(&tcp(s, c, 0x12, 1, 2, 65535, &[], b"")).unwrap();
+        cache.learn_from_syn_ack(&mss_only, false, &bare);
+        assert_eq!(cache.get(s.ip(), 80).map(|o| o.mss), Some(536));
     }
 
     #[test]

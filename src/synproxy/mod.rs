@@ -26,9 +26,10 @@ pub mod state;
 mod testing;
 pub mod translate;
 
-pub use cookie::{CookieError, CookieKeys, Tuple};
+pub use cookie::{Cookie, CookieData, CookieError, CookieKeys, TimestampOptions, Tuple};
 pub use learned::{LearnedOptions, ServerOptionsCache};
-pub use options::{Segment, SegmentView, TcpOptions, Timestamps};
+pub use options::{parse_options, SEGMENT_MAX};
+pub use options::{read_segment, BuildError, Segment, SegmentView, TcpOptions, Timestamps};
 pub use packet::PacketError;
 pub use state::Proxied;
-pub use translate::{TranslateError, Translation};
+pub use translate::{TranslateError, Translation, WindowScales};

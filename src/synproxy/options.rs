@@ -53,27 +53,25 @@ pub(crate) const OPT_SACK: u8 = 5;
 pub(crate) const OPT_TIMESTAMP: u8 = 8;
 const MAX_WINDOW_SCALE: u8 = 14;
 
-/// Walks the option bytes of a TCP header as Linux's `tcp_parse_options`:
-/// END stops, NOP is skipped, a length below 2 or past the end stops (the
-/// rest cannot be delimited), an option of the wrong length for its kind
-/// is skipped. Calls `each(kind, at, len)` with `at` the offset of the kind
-/// byte in `options`.
-pub(crate) fn walk(options: &[u8], mut each: impl FnMut(u8, usize, usize)) {
-    let mut at = 0;
-    while let Some(&kind) = options.get(at) {
+/// The option at or after offset `at` of `options` (the bytes after a TCP
+/// header's fixed 20), as Linux's `tcp_parse_options` delimits them: END
+/// stops, NOPs are skipped, a length below 2 or past the end stops (the
+/// rest cannot be delimited). Returns (kind, offset of the kind byte,
+/// length); the next option starts at offset + length. Options of the
+/// wrong length for their kind are for the caller to skip.
+#[inline]
+pub(crate) fn next_option(options: &[u8], mut at: usize) -> Option<(u8, usize, usize)> {
+    loop {
+        let &kind = options.get(at)?;
         match kind {
-            OPT_END => return,
+            OPT_END => return None,
             OPT_NOP => at += 1,
             _ => {
-                let Some(&len) = options.get(at + 1) else {
-                    return;
-                };
-                let len = len as usize;
+                let len = *options.get(at + 1)? as usize;
                 if len < 2 || at + len > options.len() {
-                    return;
+                    return None;
                 }
-                each(kind, at, len);
-                at += len;
+                return Some((kind, at, len));
             }
         }
     }
@@ -84,7 +82,9 @@ pub(crate) fn walk(options: &[u8], mut each: impl FnMut(u8, usize, usize)) {
 /// bytes (the fuzzing property of the tests).
 pub fn parse_options(options: &[u8]) -> TcpOptions {
     let mut o = TcpOptions::default();
-    walk(options, |kind, at, len| {
+    let mut next = 0;
+    while let Some((kind, at, len)) = next_option(options, next) {
+        next = at + len;
         let v = &options[at + 2..at + len];
         match (kind, len) {
             (OPT_MSS, 4) => o.mss = Some(read_u16(v, 0)),
@@ -98,7 +98,7 @@ pub fn parse_options(options: &[u8]) -> TcpOptions {
             }
             _ => {}
         }
-    });
+    }
     o
 }
 

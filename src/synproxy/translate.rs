@@ -17,9 +17,11 @@
 //!
 //! Rewriting is in place, with the TCP checksum updated incrementally
 //! (RFC 1624), never recomputed: it runs on every packet of the connection.
-//! The IP header is not touched. A packet's checksum left unfinished by
-//! checksum offload (the pseudo-header sum) stays consistently unfinished:
-//! the update is linear.
+//! The IP header is not touched. The update assumes a finished checksum: a
+//! packet whose checksum was left to offload (the field holds the
+//! pseudo-header sum, see `wire::offloaded_checksum`) must keep that field
+//! as it is when its other bytes change, which this does not do; the caller
+//! tells such packets apart.
 //!
 //! What a rescale loses: from a larger scale to a smaller one the window
 //! saturates at 0xffff in the smaller unit (the peer sees less window than
@@ -28,7 +30,7 @@
 //! window; a window below one unit reads as 0 until the next update).
 
 use super::cookie::{decode_timestamp, CookieData};
-use super::options::{walk, SegmentView, OPT_SACK, OPT_TIMESTAMP};
+use super::options::{next_option, SegmentView, OPT_SACK, OPT_TIMESTAMP};
 use super::packet::{fold, locate_tcp, read_u16, read_u32, PacketError};
 use crate::wire::SeqNum;
 
@@ -224,18 +226,12 @@ impl Translation {
                 edit.put(tcp, 14, &window.to_be_bytes());
             }
         }
-        // The options' places first (walk borrows the bytes), then the edits.
-        let mut places = [(0u8, 0usize, 0usize); 20];
-        let mut found = 0;
-        walk(&tcp[20..], |kind, offset, len| {
-            if matches!(kind, OPT_TIMESTAMP | OPT_SACK) && found < places.len() {
-                places[found] = (kind, 20 + offset, len);
-                found += 1;
-            }
-        });
-        for &(kind, offset, len) in &places[..found] {
-            match (kind, to_client) {
-                (OPT_TIMESTAMP, _) if len == 10 => {
+        let mut next = 0;
+        while let Some((kind, at, len)) = next_option(&tcp[20..], next) {
+            next = at + len;
+            let offset = 20 + at;
+            match kind {
+                OPT_TIMESTAMP if len == 10 => {
                     if to_client {
                         let tsval = read_u32(tcp, offset + 2).wrapping_add(self.ts_delta);
                         edit.put(tcp, offset + 2, &tsval.to_be_bytes());
@@ -246,7 +242,7 @@ impl Translation {
                 }
                 // The client's SACK blocks acknowledge server data; the
                 // server's acknowledge client data, which is not translated.
-                (OPT_SACK, false) if len >= 10 && (len - 2) % 8 == 0 => {
+                OPT_SACK if !to_client && len >= 10 && (len - 2) % 8 == 0 => {
                     let mut edge = offset + 2;
                     while edge < offset + len {
                         let e = read_u32(tcp, edge).wrapping_sub(self.seq_delta);
