@@ -228,11 +228,12 @@ impl Config {
     pub fn summary_of(&self, tables: &[Option<String>]) -> String {
         let mut s = format!(
             "rules file: {}\nengine: max_connections={} max_half_open={} loose_pickup={} \
-             time_wait={}s established={}s\n",
+             synproxy={} time_wait={}s established={}s\n",
             self.path.display(),
             self.engine.max_connections,
             self.engine.max_half_open,
             self.engine.loose_pickup,
+            format!("{:?}", self.engine.synproxy).to_lowercase(),
             self.engine.timeouts.time_wait,
             self.engine.timeouts.established
         );

@@ -281,6 +281,9 @@ impl fmt::Display for Rule {
         if self.log {
             write!(f, " log")?;
         }
+        if self.synproxy {
+            write!(f, " synproxy")?;
+        }
         Ok(())
     }
 }
