@@ -15,6 +15,11 @@
 #   conntrackd-handoff  the same with handoff = true (established bulk data
 #               handed to the kernel by connmark; see README)
 #   conntrackd-1q  conntrackd on one queue (the queue-scaling comparison)
+#   conntrackd-synproxy  conntrackd with every TCP connection through the SYN
+#               proxy (synproxy = true on the rule): cookies, translation
+#   conntrackd-fullcopy  conntrackd with the proxy configured but idle
+#               ([engine] synproxy = "adaptive", no flood): what whole-packet
+#               copies without GSO cost every connection
 # Workloads: iperf3 bulk TCP with 1 stream and with 4 streams from 4 client
 # addresses (Gbit/s), short TCP connections per second (examples/shortconn,
 # CONN_THREADS client threads, each connection from the next of 64 client
@@ -99,6 +104,8 @@ src = ["198.18.0.0/15"]
 queues = "$FIRST-$LAST"
 RULES
 sed 's/^\[daemon\]/[daemon]\nhandoff = true/' "$OUT/rules.toml" > "$OUT/rules-handoff.toml"
+sed 's/^src = \["198.18.0.0\/15"\]/&\nsynproxy = true/' "$OUT/rules.toml" > "$OUT/rules-synproxy.toml"
+sed 's/^\[daemon\]/[engine]\nsynproxy = "adaptive"\n[daemon]/' "$OUT/rules.toml" > "$OUT/rules-fullcopy.toml"
 
 gw_reset() {
     ip netns exec $G iptables -F; ip netns exec $G iptables -X 2>/dev/null || true
@@ -124,6 +131,9 @@ mode_up() {
     conntrackd)
         ip netns exec $G iptables -A FORWARD -j NFQUEUE --queue-balance $QUEUES
         ip netns exec $G $BIN/conntrackd --rules "$OUT/rules.toml" --state-file "" --log-level ${CTD_LOG:-warn} & HELPER=$! ;;
+    conntrackd-synproxy|conntrackd-fullcopy)
+        ip netns exec $G iptables -A FORWARD -j NFQUEUE --queue-balance $QUEUES
+        ip netns exec $G $BIN/conntrackd --rules "$OUT/rules-${1#conntrackd-}.toml" --state-file "" --log-level ${CTD_LOG:-warn} & HELPER=$! ;;
     conntrackd-1q)
         ip netns exec $G iptables -A FORWARD -j NFQUEUE --queue-num $FIRST
         ip netns exec $G $BIN/conntrackd --rules "$OUT/rules.toml" --state-file "" --queue $FIRST --log-level ${CTD_LOG:-warn} & HELPER=$! ;;
