@@ -288,6 +288,29 @@ impl Translation {
     }
 }
 
+/// Computes the TCP checksum of `packet` (IP header first, the whole
+/// segment in the buffer) afresh and writes it. For a rewritten packet
+/// whose checksum was left unfinished by offload (a partial checksum: the
+/// kernel then finishes none of a packet handed back to it), so not on the
+/// common path. On error the packet is untouched.
+pub fn finish_checksum(packet: &mut [u8]) -> Result<(), TranslateError> {
+    let at = locate_tcp(packet)?;
+    let end = at.start + at.segment_len;
+    if packet.len() < end {
+        return Err(PacketError::Truncated);
+    }
+    let (src, dst) = super::packet::addresses(packet, at.v6);
+    let segment = &mut packet[at.start..end];
+    segment[16..18].copy_from_slice(&[0, 0]);
+    let sum = super::packet::sum_words(
+        super::packet::pseudo_header_sum(src, dst, segment.len()),
+        segment,
+    );
+    let check = !fold(sum);
+    segment[16..18].copy_from_slice(&check.to_be_bytes());
+    Ok(())
+}
+
 /// A window field sent in units of `2^from`, in units of `2^to`.
 fn rescale(window: u16, from: u8, to: u8) -> u16 {
     let bytes = (window as u64) << from;

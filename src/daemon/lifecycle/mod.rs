@@ -583,9 +583,9 @@ fn bind_queues(settings: &Settings) -> anyhow::Result<Vec<BoundQueue>> {
             maxlen: settings.queue_maxlen,
             rcvbuf: settings.socket_rcvbuf,
             accept_on_overflow: settings.queue_overflow == Overflow::Accept,
-            gso: !settings.rewrites,
+            gso: true,
         })?;
-        if !q.gso && !settings.rewrites {
+        if !q.gso {
             warn!(
                 queue = num,
                 "the kernel refused NFQA_CFG_F_GSO: it segments large packets before \
@@ -679,8 +679,8 @@ fn open_proxy_socket(settings: &Settings) -> Option<crate::kernel::reject::RawSo
         Ok(s) => {
             info!(
                 copy_range = settings.copy_range,
-                "SYN proxy on: the queues copy whole packets, without GSO (its connections' \
-                 packets are rewritten)"
+                "SYN proxy on: the queues copy whole packets (its connections' packets are \
+                 rewritten)"
             );
             if hooks_output(settings) {
                 warn!(

@@ -121,15 +121,14 @@ pub struct Settings {
     /// Answers to rejected packets per second (0: none).
     pub reject_rate: u32,
     /// Packets are rewritten (the SYN proxy is configured): the queues copy
-    /// whole packets, without GSO (see [`Settings::for_rewriting`]).
+    /// whole packets (see [`Settings::for_rewriting`]).
     pub rewrites: bool,
 }
 
 impl Settings {
     /// The SYN proxy rewrites its connections' packets, and the kernel
     /// takes a rewritten packet whole (it cuts it at the length given): the
-    /// queues copy whole packets, and without GSO, so that each is one
-    /// segment with a final checksum.
+    /// queues copy whole packets (GSO super-packets too: up to 64 KiB).
     pub fn for_rewriting(mut self, rewrites: bool) -> Settings {
         self.rewrites = rewrites;
         if rewrites {

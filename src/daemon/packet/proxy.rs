@@ -66,10 +66,16 @@ impl Proxying {
     }
 
     /// The accepted `packet` as the proxy rewrites it.
+    ///
+    /// `checksum_ready`: the queue's word on the checksum (false: partial,
+    /// left to offload). The kernel finishes no checksum of a packet handed
+    /// back (it marks it unchecked), so a partial one is computed here, over
+    /// the whole packet (a GSO super-packet's too: a veth hands it on whole).
     pub fn rewritten(
         &self,
         packet: &[u8],
         wire_len: usize,
+        checksum_ready: bool,
         stats: &mut WorkerStats,
     ) -> Rewritten<'_> {
         let Some(rewrite) = self.answers.borrow().rewrite else {
@@ -84,6 +90,10 @@ impl Proxying {
             buf.clear();
             buf.extend_from_slice(packet);
             if rewrite.apply(&mut buf).is_err() {
+                stats.synproxy_rewrite_failures += 1;
+                return Rewritten::Refused;
+            }
+            if !checksum_ready && crate::synproxy::translate::finish_checksum(&mut buf).is_err() {
                 stats.synproxy_rewrite_failures += 1;
                 return Rewritten::Refused;
             }

@@ -186,7 +186,7 @@ impl Worker {
                 match &self.proxying {
                     Some(proxy) if verdict == Verdict::Accept => {
                         use super::proxy::Rewritten;
-                        match proxy.rewritten(p.payload, p.wire_len, stats) {
+                        match proxy.rewritten(p.payload, p.wire_len, p.checksum_ready, stats) {
                             Rewritten::Packet(packet) => tx.push_rewritten(p.id, &packet),
                             Rewritten::Unchanged => tx.push(p.id, verdict, mark),
                             Rewritten::Refused => tx.push(p.id, Verdict::Drop, None),

@@ -59,10 +59,8 @@ pub struct QueueConfig {
     /// A full queue accepts what does not fit (NFQA_CFG_F_FAIL_OPEN), instead
     /// of dropping it.
     pub accept_on_overflow: bool,
-    /// Ask for GSO super-packets (NFQA_CFG_F_GSO). Off when packets are
-    /// rewritten (the SYN proxy): the kernel then segments them and
-    /// completes their checksums before queueing, so that a rewritten packet
-    /// is whole and its checksum final.
+    /// Ask for GSO super-packets (NFQA_CFG_F_GSO; without it the kernel
+    /// segments them and completes their checksums before queueing).
     pub gso: bool,
 }
 
