@@ -582,7 +582,7 @@ mod tests {
     }
 
     #[test]
-    fn timestamp_options_are_in_the_low_six_bits_and_never_ahead_of_the_clock() {
+    fn timestamp_options_are_in_the_low_ten_bits_and_never_ahead_of_the_clock() {
         let now = Timestamp::from_nanos(1_000_000 * 1_000_003); // clock 1000003 ms
         let o = TimestampOptions {
             window_scale: Some(7),
