@@ -13,6 +13,10 @@
 //!   window, checksum updated incrementally.
 //!
 //! Run: `cargo bench --bench synproxy` (about half a minute).
+//!
+//! Medians of one run, 2026-12-07, on the 2-core development VM while other
+//! builds kept its load near 3.4 (so upper bounds): `cookie_make` 51 ns,
+//! `cookie_check` 62 ns, `cookie_check_forged` 115 ns, `translate_v4` 47 ns.
 
 #![allow(clippy::disallowed_methods)] // not the core: benchmarks read clocks
 

@@ -36,12 +36,6 @@ fuzz_target!(|data: &[u8]| {
         let _ = cookie::check(&keys, &seg.tuple_from_client(), seg.ack, seg.seq, now);
         let _ = cookie::decode_timestamp(seg.options.timestamps.map(|t| t.echo));
     }
-    // The TCP checksum field, when there is no IPv6 extension header.
-    let check_at = match bytes[0] >> 4 {
-        4 => (bytes[0] & 0x0f) as usize * 4 + 16,
-        _ => 40 + 16,
-    };
-    let minus_zero = bytes.get(check_at..check_at + 2) == Some(&[0xff, 0xff][..]);
     for to_client in [true, false] {
         let mut p = bytes.to_vec();
         let r = if to_client {
@@ -59,8 +53,12 @@ fuzz_target!(|data: &[u8]| {
         } else {
             back.client_to_server(&mut p).unwrap();
         }
-        if !minus_zero {
-            assert_eq!(p, bytes, "translate and back is the identity");
+        if p != bytes {
+            // Only a checksum of 0xffff may come back as 0x0000.
+            let differ: Vec<usize> = (0..p.len()).filter(|&i| p[i] != bytes[i]).collect();
+            let minus_zero = matches!(differ[..], [i, j] if j == i + 1
+                && bytes[i..=j] == [0xff, 0xff] && p[i..=j] == [0, 0]);
+            assert!(minus_zero, "translate and back is the identity");
         }
     }
 });

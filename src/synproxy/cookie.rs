@@ -548,6 +548,24 @@ mod tests {
     }
 
     #[test]
+    fn a_retransmitted_syn_gets_the_same_cookie_within_the_minute() {
+        // Stateless, so a retransmission is answered alike, and either
+        // answer's ACK checks.
+        let keys = CookieKeys::new(KEY_A);
+        let t = v4(0x0a00_0002, 40000, 0xcb00_7105, 80);
+        let first = make(&keys, &t, SeqNum(77), Some(1460), at_minute(9, 1));
+        let again = make(&keys, &t, SeqNum(77), Some(1460), at_minute(9, 59));
+        assert_eq!(first, again);
+        let next_minute = make(&keys, &t, SeqNum(77), Some(1460), at_minute(10, 0));
+        assert_ne!(first.isn, next_minute.isn);
+        let now = at_minute(10, 30);
+        for c in [first, next_minute] {
+            let (ack, seq) = ack_of(c, SeqNum(77));
+            assert!(check(&keys, &t, ack, seq, now).is_ok());
+        }
+    }
+
+    #[test]
     fn a_cookie_is_not_a_constant_plus_the_isn() {
         // Made in the same minute for the same tuple, cookies of ISNs one
         // apart are one apart (as Linux's): the ISN is added, not hashed.
@@ -564,7 +582,7 @@ mod tests {
     }
 
     #[test]
-    fn timestamp_options_are_in_the_low_six_bits_and_never_ahead_of_the_clock() {
+    fn timestamp_options_are_in_the_low_ten_bits_and_never_ahead_of_the_clock() {
         let now = Timestamp::from_nanos(1_000_000 * 1_000_003); // clock 1000003 ms
         let o = TimestampOptions {
             window_scale: Some(7),

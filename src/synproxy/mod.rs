@@ -32,4 +32,4 @@ pub use options::{parse_options, SEGMENT_MAX};
 pub use options::{read_segment, BuildError, Segment, SegmentView, TcpOptions, Timestamps};
 pub use packet::PacketError;
 pub use state::Proxied;
-pub use translate::{TranslateError, Translation, WindowScales};
+pub use translate::{Direction, TranslateError, Translation, WindowScales};

@@ -294,8 +294,10 @@ impl Segment {
 
     /// The cookie SYN+ACK answering the client's `syn` at `now`: from the
     /// server's address and port, sequence number `cookie`, acknowledging
-    /// the SYN, window 0 (the window update opens it once the server is
-    /// there), with the server's MSS as learned (or configured).
+    /// the SYN only (data in it, TCP Fast Open, is not acknowledged: the
+    /// client sends it again), window 0 (the window update opens it once
+    /// the server is there), with the server's MSS as learned (or
+    /// configured).
     ///
     /// Window scale, SACK-permitted and ECN are offered only when the client
     /// asked and sent a timestamp, whose TSval then carries them back

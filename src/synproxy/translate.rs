@@ -17,11 +17,11 @@
 //!
 //! Rewriting is in place, with the TCP checksum updated incrementally
 //! (RFC 1624), never recomputed: it runs on every packet of the connection.
-//! The IP header is not touched. The update assumes a finished checksum: a
-//! packet whose checksum was left to offload (the field holds the
-//! pseudo-header sum, see `wire::offloaded_checksum`) must keep that field
-//! as it is when its other bytes change, which this does not do; the caller
-//! tells such packets apart.
+//! The IP header is not touched. A packet whose checksum was left to
+//! offload (the field holds the pseudo-header sum, see
+//! `wire::offloaded_checksum`) keeps that field as it is: the pseudo-header
+//! does not change, and the NIC sums the rewritten bytes
+//! ([`Translation::rewrite`] with [`Checksums::NotComputed`]).
 //!
 //! What a rescale loses: from a larger scale to a smaller one the window
 //! saturates at 0xffff in the smaller unit (the peer sees less window than
@@ -32,7 +32,7 @@
 use super::cookie::{decode_timestamp, CookieData};
 use super::options::{next_option, SegmentView, OPT_SACK, OPT_TIMESTAMP};
 use super::packet::{fold, locate_tcp, read_u16, read_u32, PacketError};
-use crate::wire::SeqNum;
+use crate::wire::{Checksums, SeqNum};
 
 /// Why a packet was not translated (it is left as it was).
 pub type TranslateError = PacketError;
@@ -189,23 +189,33 @@ impl Translation {
         self.server_shift != self.told_shift || self.client_shift != self.client_shift_at_server
     }
 
-    /// Rewrites `packet` (IP header first), sent by the server to the
-    /// client, into the client's sequence space. `Ok(true)` when a byte
-    /// changed. On error the packet is untouched.
+    /// Rewrites `packet` (IP header first, checksum finished), sent by the
+    /// server to the client, into the client's sequence space. `Ok(true)`
+    /// when a byte changed. On error the packet is untouched.
     pub fn server_to_client(&self, packet: &mut [u8]) -> Result<bool, TranslateError> {
-        self.rewrite(packet, true)
+        self.rewrite(packet, Direction::ServerToClient, Checksums::Verify)
     }
 
-    /// Rewrites `packet`, sent by the client to the server, into the
-    /// server's sequence space. As [`Self::server_to_client`].
+    /// Rewrites `packet` (checksum finished), sent by the client to the
+    /// server, into the server's sequence space. As
+    /// [`Self::server_to_client`].
     pub fn client_to_server(&self, packet: &mut [u8]) -> Result<bool, TranslateError> {
-        self.rewrite(packet, false)
+        self.rewrite(packet, Direction::ClientToServer, Checksums::Verify)
     }
 
-    fn rewrite(&self, packet: &mut [u8], to_client: bool) -> Result<bool, TranslateError> {
+    /// Rewrites `packet` going `direction`. With [`Checksums::Verify`] the
+    /// packet's checksum is finished and is updated; with
+    /// [`Checksums::NotComputed`] it is left to offload and is left alone.
+    pub fn rewrite(
+        &self,
+        packet: &mut [u8],
+        direction: Direction,
+        checksums: Checksums,
+    ) -> Result<bool, TranslateError> {
+        let to_client = direction == Direction::ServerToClient;
         let at = locate_tcp(packet)?;
         let tcp = &mut packet[at.start..at.start + at.header_len];
-        let mut edit = Edit::new(read_u16(tcp, 16));
+        let mut edit = Edit::new(read_u16(tcp, 16), checksums == Checksums::Verify);
         let syn = tcp[13] & 0x02 != 0;
         if to_client {
             let seq = read_u32(tcp, 4).wrapping_add(self.seq_delta);
@@ -317,20 +327,30 @@ fn rescale(window: u16, from: u8, to: u8) -> u16 {
     (bytes >> to).min(0xffff) as u16
 }
 
+/// Which way a packet of a proxied connection goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    ServerToClient,
+    ClientToServer,
+}
+
 /// Field rewrites of a TCP header, with the checksum updated for them all
 /// at once: RFC 1624 eqn. 3 summed over every changed word,
 /// `HC' = ~(~HC + Σ~m + Σm')`.
 struct Edit {
     check: u16,
+    /// The checksum is finished (else it is the offload's seed: kept).
+    update_check: bool,
     /// `Σ~m + Σm'` over the 16-bit words changed so far.
     delta: u64,
     changed: bool,
 }
 
 impl Edit {
-    fn new(check: u16) -> Self {
+    fn new(check: u16, update_check: bool) -> Self {
         Edit {
             check,
+            update_check,
             delta: 0,
             changed: false,
         }
@@ -357,7 +377,7 @@ impl Edit {
 
     /// Writes the checksum; whether anything changed.
     fn finish(self, tcp: &mut [u8]) -> bool {
-        if self.changed {
+        if self.changed && self.update_check {
             let check = !fold((!self.check) as u64 + self.delta);
             tcp[16..18].copy_from_slice(&check.to_be_bytes());
         }

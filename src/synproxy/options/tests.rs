@@ -346,6 +346,10 @@ fn without_a_client_timestamp_only_the_mss_is_offered() {
         }
     );
     assert_eq!(answer.flags, TcpFlags(SYN | ACK), "no ECN either");
+    // Data in the SYN (TCP Fast Open) is not acknowledged.
+    let tfo = read_segment(&tcp(c, s, SYN, 1, 0, 64240, &options, b"early data")).unwrap();
+    let answer = Segment::cookie_syn_ack(&tfo, SeqNum(99), &SERVER, now);
+    assert_eq!(answer.ack, SeqNum(2));
     // With a timestamp, ECN is agreed when the server does it.
     let with_ts = [E::Timestamp(1, 0)];
     let syn = read_segment(&tcp(c, s, flags, 1, 0, 64240, &with_ts, b"")).unwrap();

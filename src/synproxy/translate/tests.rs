@@ -224,6 +224,42 @@ fn a_rescaled_window_is_written_and_summed() {
 }
 
 #[test]
+fn a_checksum_left_to_offload_is_left_alone_and_finishes_right() {
+    use crate::wire::offloaded_checksum;
+    let t = wrapping();
+    for (from, to, direction) in [
+        (server(), client(), Direction::ServerToClient),
+        (
+            sa("[2001:db8::1]:443"),
+            sa("[2001:db8::2]:50000"),
+            Direction::ClientToServer,
+        ),
+    ] {
+        let mut p = tcp(from, to, ACK, 9, 10, 11, &[E::Timestamp(1, 2)], b"payload");
+        // What a sending host with offload leaves: the pseudo-header sum.
+        let l4 = if from.is_ipv4() { 20 } else { 40 };
+        let len = p.len() - l4;
+        let seed = crate::synproxy::packet::fold(crate::synproxy::packet::pseudo_header_sum(
+            from.ip(),
+            to.ip(),
+            len,
+        ));
+        p[l4 + 16..l4 + 18].copy_from_slice(&seed.to_be_bytes());
+        assert!(offloaded_checksum(&p, None));
+        assert_eq!(
+            t.rewrite(&mut p, direction, Checksums::NotComputed),
+            Ok(true)
+        );
+        assert!(offloaded_checksum(&p, None), "still the seed, for the NIC");
+        // The NIC's part: the checksum of the rewritten bytes.
+        p[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
+        let c = checksums(&p);
+        p[l4 + 16..l4 + 18].copy_from_slice(&c.tcp_computed.to_be_bytes());
+        assert!(checksums(&p).correct());
+    }
+}
+
+#[test]
 fn malformed_packets_are_refused_and_left_untouched() {
     let t = wrapping();
     let good = tcp(
