@@ -670,33 +670,53 @@ impl Engine {
             {
                 return d;
             }
-            if self.synproxy_configured() {
-                if let Some(d) = self.proxy_new(p, seg, bare_syn, ctx, now, io) {
-                    return d;
-                }
-            }
-            let tcp = if bare_syn {
-                TcpConn::from_syn(seg)
-            } else if self.may_pick_up(&key, seg, now) {
-                TcpConn::from_midstream(seg)
-            } else {
-                return Decision::stateless(Reason::NoConnection);
-            };
-            match self.open(
-                key,
-                side,
-                Proto::Tcp(tcp),
-                tcp.is_half_open(),
-                p,
-                ctx,
-                now,
-                None,
-            ) {
-                Some(d) => return d,
-                None => continue,
+            if let Some(d) = self.tcp_absent(key, side, seg, bare_syn, p, ctx, now, io) {
+                return d;
             }
         }
         Decision::stateless(Reason::NoConnection)
+    }
+
+    /// A TCP packet without a connection: a new one (a SYN, or a pickup
+    /// mid-stream), the SYN proxy's, or none. `None`: another thread
+    /// inserted the same connection meanwhile (the caller looks again).
+    /// Not inlined: an established connection's packet never comes here,
+    /// and its path stays as short as before the proxy.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn tcp_absent(
+        &self,
+        key: FlowKey,
+        side: Side,
+        seg: &TcpSegment,
+        bare_syn: bool,
+        p: &Packet,
+        ctx: &Context<'_>,
+        now: Timestamp,
+        io: &mut Io<'_>,
+    ) -> Option<Decision> {
+        if self.synproxy_configured() {
+            if let Some(d) = self.proxy_new(p, seg, bare_syn, ctx, now, io) {
+                return Some(d);
+            }
+        }
+        let tcp = if bare_syn {
+            TcpConn::from_syn(seg)
+        } else if self.may_pick_up(&key, seg, now) {
+            TcpConn::from_midstream(seg)
+        } else {
+            return Some(Decision::stateless(Reason::NoConnection));
+        };
+        self.open(
+            key,
+            side,
+            Proto::Tcp(tcp),
+            tcp.is_half_open(),
+            p,
+            ctx,
+            now,
+            None,
+        )
     }
 
     /// Whether a TCP packet without a connection may start one mid-stream
@@ -746,9 +766,10 @@ impl Engine {
         let from = conn.role_of(side);
         // A connection the SYN proxy opened: its handshake with the server
         // is the proxy's; later, the tracker judges the server's space.
+        // (The rewrite is handed out at once: the caller applies it only to
+        // an accepted packet.)
         let translated;
         let mut seg = seg;
-        let mut rewrite = None;
         if conn.proxied() {
             match self.proxy_step(conn, key, from, seg, p, now, io) {
                 Step::Decided(d) => return Lookup::Found(d),
@@ -760,7 +781,7 @@ impl Engine {
                 Step::Translate(s, r) => {
                     translated = s;
                     seg = &translated;
-                    rewrite = Some(r);
+                    io.rewrite(r);
                 }
                 Step::Plain => {}
             }
@@ -772,9 +793,6 @@ impl Engine {
         // node's from now on (its windows re-anchored as after a restart).
         let mut adopted = false;
         if outcome.reason.verdict() == Verdict::Accept {
-            if let Some(r) = rewrite {
-                io.rewrite(r);
-            }
             adopted = conn.peer();
             conn.make_local();
             conn.count(from, p.len);

@@ -253,6 +253,10 @@ impl Engine {
     /// A TCP packet that belongs to no connection, to a destination behind
     /// the proxy: a SYN gets a cookie, an ACK is checked for one. `None`:
     /// not the proxy's to decide (the caller goes on as without it).
+    ///
+    /// Never inlined (nor `proxy_step`): their frames would grow the
+    /// established path's, which never calls them.
+    #[inline(never)]
     pub(super) fn proxy_new(
         &self,
         p: &Packet,
@@ -345,6 +349,7 @@ impl Engine {
     /// server's SYN+ACK and what comes while it is awaited are the proxy's;
     /// later packets are translated.
     #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
     pub(super) fn proxy_step(
         &self,
         conn: &mut Conn,
