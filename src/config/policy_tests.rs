@@ -343,3 +343,37 @@ fn engine_errors_point_at_the_key_not_at_a_comment_naming_it() {
     assert_eq!(p.len(), 1, "{p:#?}");
     assert!(p[0].starts_with("rules.toml:4:"), "{p:#?}");
 }
+
+#[test]
+fn the_syn_proxy_is_checked_where_it_is_written() {
+    let rule = |extra: &str| {
+        format!("[policy]\ndefault = \"drop\"\n[[rule]]\nname = \"w\"\n{extra}synproxy = true\n")
+    };
+    let e = error(&rule("action = \"drop\"\nproto = \"tcp\"\n"));
+    assert!(
+        e.contains("synproxy = true needs action = \"accept\""),
+        "{e}"
+    );
+    assert!(e.starts_with("rules.toml:3:"), "{e}");
+    let e = error(&rule("action = \"accept\"\nproto = \"udp\"\n"));
+    assert!(e.contains("TCP only"), "{e}");
+    // No proto: the rule's TCP connections are proxied, the rest as ever.
+    let c = parse(&rule("action = \"accept\"\n")).unwrap();
+    assert!(c.policy.uses_synproxy());
+    assert!(c.policy.to_string().contains(" synproxy"));
+
+    let e = error("[policy]\ndefault = \"drop\"\n[engine]\nsynproxy = \"sometimes\"\n");
+    assert!(e.starts_with("rules.toml:4:"), "{e}");
+    let e =
+        error("[policy]\ndefault = \"drop\"\n[engine.synproxy_adaptive]\nstart = 0.1\nend = 0.2\n");
+    assert!(e.contains("need 0 < end < start <= 1"), "{e}");
+    assert!(e.starts_with("rules.toml:4:"), "{e}");
+    let e = error("[policy]\ndefault = \"drop\"\n[engine.synproxy_defaults]\nwscale = 15\n");
+    assert!(e.contains("wscale <= 14"), "{e}");
+    assert!(e.starts_with("rules.toml:4:"), "{e}");
+    let c = parse("[policy]\ndefault = \"drop\"\n[engine]\nsynproxy = \"adaptive\"\n").unwrap();
+    assert_eq!(
+        c.engine.synproxy,
+        crate::engine::settings::SynproxyMode::Adaptive
+    );
+}
