@@ -638,7 +638,7 @@ fn forged(node: &str) -> Vec<u8> {
     let mut conn = Conn::new(Proto::Udp, side, false);
     conn.set_timeout(conntrackd::Timestamp::ZERO, 3600);
     let mut w = Writer::new(Kind::Changes, node, 1, 0);
-    w.push(Op::Upsert, &key, &conn, conntrackd::Timestamp::ZERO);
+    w.push(Op::Upsert, &key, &conn, None, conntrackd::Timestamp::ZERO);
     w.finish(false)
 }
 

@@ -232,7 +232,7 @@ fn two_gateways_share_their_table_over_nats() {
     let _ = forged_engine.decide(&syn, &Context::default(), now);
     let mut w = conntrackd::cluster::Writer::new(conntrackd::cluster::Kind::Changes, "gw-x", 1, 0);
     for (key, conn) in forged_engine.table().snapshot() {
-        w.push(conntrackd::cluster::Op::Upsert, &key, &conn, now);
+        w.push(conntrackd::cluster::Op::Upsert, &key, &conn, None, now);
     }
     publish_raw(port, "ctd-test.changes.gw-x", w.finish(false));
     publish_raw(

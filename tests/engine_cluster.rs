@@ -16,7 +16,8 @@ fn copy(from: &Harness, to: &Harness) -> Vec<Applied> {
     let mut w = Writer::new(Kind::Changes, "gw-a", 1, 1);
     for (key, conn) in from.engine.table().snapshot() {
         if !conn.peer() {
-            w.push(Op::Upsert, &key, &conn, from.now());
+            let translation = from.engine.table().translation(&key);
+            w.push(Op::Upsert, &key, &conn, translation.as_ref(), from.now());
         }
     }
     apply(&w.finish(false), to)
@@ -28,7 +29,10 @@ fn apply(bytes: &[u8], to: &Harness) -> Vec<Applied> {
     };
     records
         .into_iter()
-        .map(|(op, key, conn)| to.engine.apply_peer(key, conn, op == Op::Remove, to.now()))
+        .map(|(op, key, conn, translation)| {
+            to.engine
+                .apply_peer(key, conn, translation, op == Op::Remove, to.now())
+        })
         .collect()
 }
 
@@ -117,7 +121,7 @@ fn an_older_record_never_overwrites_a_newer_one() {
     copy(&a, &b);
     let windows = b.engine.connections()[0].windows;
     let mut w = Writer::new(Kind::BulkChunk, "gw-a", 2, 1);
-    w.push(Op::Upsert, &old[0].0, &old[0].1, a.now());
+    w.push(Op::Upsert, &old[0].0, &old[0].1, None, a.now());
     assert_eq!(apply(&w.finish(true), &b), vec![Applied::Stale]);
     assert_eq!(b.engine.connections()[0].windows, windows);
 
@@ -126,8 +130,8 @@ fn an_older_record_never_overwrites_a_newer_one() {
     let closing = a.engine.table().snapshot();
     let est = b.engine.table().snapshot();
     let mut w = Writer::new(Kind::Changes, "gw-a", 3, 1);
-    w.push(Op::Upsert, &closing[0].0, &closing[0].1, a.now());
-    w.push(Op::Upsert, &est[0].0, &est[0].1, a.now());
+    w.push(Op::Upsert, &closing[0].0, &closing[0].1, None, a.now());
+    w.push(Op::Upsert, &est[0].0, &est[0].1, None, a.now());
     assert_eq!(
         apply(&w.finish(false), &b),
         vec![Applied::Updated, Applied::Stale]
@@ -148,7 +152,7 @@ fn a_removal_removes_a_copy_but_not_what_this_node_carried_further() {
     copy(&a, &b);
     let (key, conn) = a.engine.table().snapshot()[0];
     let mut w = Writer::new(Kind::Changes, "gw-a", 2, 1);
-    w.push(Op::Remove, &key, &conn, a.now());
+    w.push(Op::Remove, &key, &conn, None, a.now());
     let removal = w.finish(false);
     assert_eq!(apply(&removal, &b), vec![Applied::Removed]);
     assert_eq!(b.engine.table().len(), 0);
@@ -279,4 +283,72 @@ fn asymmetric_routing_loses_every_packet_that_races_a_record() {
     assert_ne!(a.send(ack.clone()).reason, Reason::Tracked);
     copy(&b, &a);
     assert_eq!(a.send(ack).reason, Reason::Tracked);
+}
+
+/// A connection A's SYN proxy opened goes to B with its translation: after
+/// the failover B translates its packets as A did.
+#[test]
+fn a_proxied_connection_keeps_its_translation_on_the_peer() {
+    use conntrackd::engine::Answers;
+    use conntrackd::wire::{self, build, Framing, SeqNum};
+    let rules = r#"
+[policy]
+default = "drop"
+[[rule]]
+name = "web"
+action = "accept"
+proto = "tcp"
+dst_ports = [80]
+synproxy = true
+"#;
+    let (a, b) = (Harness::from_toml(rules), Harness::from_toml(rules));
+    a.engine.set_cookie_keys([1; 32]);
+    b.engine.set_cookie_keys([2; 32]);
+    let (c, s) = (
+        "198.18.0.2:40000".parse().unwrap(),
+        "198.19.0.2:80".parse().unwrap(),
+    );
+    let decide = |h: &Harness, bytes: Vec<u8>| {
+        let mut answers = Answers::default();
+        let d = h.engine.decide_with(&bytes, &h.ctx, h.now(), &mut answers);
+        (d.reason, answers, bytes)
+    };
+    let (reason, answers, _) = decide(&a, build::tcp(c, s).flags(SYN).seq(1000).mss(1460).build());
+    assert_eq!(reason, Reason::SynCookieSent);
+    let cookie = answers.segments[0].unwrap().seq.0;
+    let ack = build::tcp(c, s)
+        .flags(ACK)
+        .seq(1001)
+        .ack(cookie.wrapping_add(1))
+        .window(500);
+    assert_eq!(decide(&a, ack.build()).0, Reason::SynproxyOpening);
+    let server_isn = 77_000;
+    let syn_ack = build::tcp(s, c)
+        .flags(SYN | ACK)
+        .seq(server_isn)
+        .ack(1001)
+        .window(65000)
+        .mss(1460);
+    assert_eq!(decide(&a, syn_ack.build()).0, Reason::SynproxyOpened);
+
+    assert_eq!(copy(&a, &b), [Applied::Inserted]);
+    // The failover: B forwards the server's data, translated.
+    let (reason, answers, mut bytes) = decide(
+        &b,
+        build::tcp(s, c)
+            .flags(ACK)
+            .seq(server_isn + 1)
+            .ack(1001)
+            .window(500)
+            .payload(b"hello")
+            .build(),
+    );
+    assert_eq!(reason, Reason::Tracked);
+    let rewrite = answers
+        .rewrite
+        .expect("B translates the peer's proxied connection");
+    rewrite.apply(&mut bytes).unwrap();
+    let p = wire::parse(&bytes, Framing::default()).unwrap();
+    assert_eq!(p.tcp().unwrap().seq, SeqNum(cookie.wrapping_add(1)));
+    assert!(b.engine.connections()[0].proxied);
 }

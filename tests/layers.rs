@@ -30,7 +30,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "engine",
         &["conntrack", "policy", "synproxy", "wire", "reason", "time"],
     ),
-    ("cluster", &["conntrack", "wire", "time"]),
+    ("cluster", &["conntrack", "synproxy", "wire", "time"]),
     ("synproxy", &["wire", "time"]),
     ("config", &["engine", "policy", "wire", "reason", "time"]),
     ("kernel", &["wire", "reason", "time"]),

@@ -15,7 +15,8 @@
 //! count     4  records in the body
 //! body         changes, bulk chunk: `count` records, each an op byte
 //!                (1 upsert, 2 remove) and the connection as the state file
-//!                keeps it (`conntrack::state::encode_entry`)
+//!                keeps it (`conntrack::state::encode_entry`: a connection
+//!                the SYN proxy opened with its translation)
 //!              hello: the policy digest (32), the sender's connections
 //!                (8), ready (1: it holds the table)
 //!              bulk request: nothing (the reply goes to NATS's reply subject)
@@ -27,6 +28,7 @@
 
 use crate::conntrack::state::{decode_entry, encode_entry, MAX_RECORD};
 use crate::conntrack::{Conn, FlowKey};
+use crate::synproxy::Translation;
 use crate::time::Timestamp;
 use sha2::{Digest, Sha256};
 
@@ -98,7 +100,8 @@ pub struct Hello {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Body {
-    Records(Vec<(Op, FlowKey, Conn)>),
+    /// Each with the SYN proxy's translation of a proxied connection.
+    Records(Vec<(Op, FlowKey, Conn, Option<Translation>)>),
     Hello(Hello),
     BulkRequest,
 }
@@ -186,12 +189,18 @@ impl Writer {
     }
 
     /// Adds a record (the caller checked [`Writer::has_room`]); its expiry
-    /// is counted from `now`.
-    pub fn push(&mut self, op: Op, key: &FlowKey, conn: &Conn, now: Timestamp) {
+    /// is counted from `now`. A connection the SYN proxy opened travels with
+    /// its `translation`, so that a peer translates it after a failover.
+    pub fn push(
+        &mut self,
+        op: Op,
+        key: &FlowKey,
+        conn: &Conn,
+        translation: Option<&Translation>,
+        now: Timestamp,
+    ) {
         self.buf.push(op as u8);
-        // The SYN proxy's translation does not travel (yet): a peer copy of
-        // a proxied connection is a plain one (README, "SYN proxy").
-        encode_entry(key, conn, None, now, &mut self.buf);
+        encode_entry(key, conn, translation, now, &mut self.buf);
         self.count += 1;
     }
 
@@ -314,16 +323,16 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
     }
 
-    fn record(&mut self) -> Option<(Op, FlowKey, Conn)> {
+    fn record(&mut self) -> Option<(Op, FlowKey, Conn, Option<Translation>)> {
         let (&op, rest) = self.b.split_first()?;
         let op = match op {
             1 => Op::Upsert,
             2 => Op::Remove,
             _ => return None,
         };
-        let (key, conn, _, used) = decode_entry(rest, self.now, 0)?;
+        let (key, conn, translation, used) = decode_entry(rest, self.now, 0)?;
         self.b = &rest[used..];
-        Some((op, key, conn))
+        Some((op, key, conn, translation))
     }
 }
 

@@ -35,7 +35,7 @@ fn changes(entries: &[(FlowKey, Conn)]) -> Vec<u8> {
     let mut w = Writer::new(Kind::Changes, "gw-a", 42, 1_700_000_000_000);
     for (i, (key, conn)) in entries.iter().enumerate() {
         let op = if i == 1 { Op::Remove } else { Op::Upsert };
-        w.push(op, key, conn, NOW);
+        w.push(op, key, conn, None, NOW);
     }
     w.finish(false)
 }
@@ -58,7 +58,7 @@ fn records_come_back_as_they_were_sent() {
         panic!("not records: {:?}", m.body)
     };
     assert_eq!(got.len(), sent.len());
-    for (i, ((op, key, conn), (k, c))) in got.iter().zip(&sent).enumerate() {
+    for (i, ((op, key, conn, _), (k, c))) in got.iter().zip(&sent).enumerate() {
         assert_eq!(*op, if i == 1 { Op::Remove } else { Op::Upsert });
         assert_eq!(key, k);
         assert_eq!(conn.state(), c.state());
@@ -156,7 +156,7 @@ fn a_writer_stays_under_the_message_limit() {
     let (key, conn) = entries()[2];
     let mut w = Writer::new(Kind::BulkChunk, "a-node-with-a-long-name_32_bytes", 1, 1);
     while w.has_room() {
-        w.push(Op::Upsert, &key, &conn, NOW);
+        w.push(Op::Upsert, &key, &conn, None, NOW);
     }
     let n = w.count();
     let bytes = w.finish(true);
@@ -183,7 +183,7 @@ fn a_record_keeps_which_side_opened_the_connection() {
     let (key, mut conn) = entries()[0];
     conn.originator = Side::Hi;
     let mut w = Writer::new(Kind::Changes, "a", 1, 1);
-    w.push(Op::Upsert, &key, &conn, NOW);
+    w.push(Op::Upsert, &key, &conn, None, NOW);
     let Body::Records(r) = decode(&w.finish(false), NOW).unwrap().body else {
         panic!()
     };

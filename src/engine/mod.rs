@@ -583,14 +583,27 @@ impl Engine {
     /// [`Conn::peer`]); what this node holds is kept when the record is
     /// behind it (an older copy never overwrites what was seen since). A peer
     /// entry never evicts a local one: with the table full it is refused.
+    ///
+    /// A connection the peer's SYN proxy opened comes with its
+    /// `translation`: kept beside the entry, so that this node translates
+    /// the connection once it forwards it.
     pub fn apply_peer(
         &self,
         key: FlowKey,
         mut record: Conn,
+        translation: Option<crate::synproxy::Translation>,
         remove: bool,
         now: Timestamp,
     ) -> Applied {
         record.set_peer();
+        match translation {
+            Some(t) if record.proxied() && !remove => {
+                self.table
+                    .proxied
+                    .insert(key, crate::synproxy::Proxied::Open(t));
+            }
+            _ => record.clear_proxied(),
+        }
         if let Some(mut entry) = self.table.get_mut(&key) {
             let held = &mut *entry;
             if !held.expired(now) && peer_record_behind(&record, held) {

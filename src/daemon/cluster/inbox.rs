@@ -8,6 +8,7 @@ use super::super::shared::cluster::{Applied, ClusterState, Refusal};
 use crate::cluster::{self, Body, Hello, Kind, MessageError, Op};
 use crate::conntrack::{Conn, FlowKey};
 use crate::engine;
+use crate::synproxy::Translation;
 use crate::time::Timestamp;
 use crate::Engine;
 use tracing::{info, warn};
@@ -20,7 +21,7 @@ pub enum Incoming {
         peer: String,
         bulk: bool,
         last: bool,
-        records: Vec<(Op, FlowKey, Conn)>,
+        records: Vec<(Op, FlowKey, Conn, Option<Translation>)>,
     },
     Hello {
         peer: String,
@@ -103,16 +104,16 @@ pub fn apply(
     engine: &Engine,
     state: &ClusterState,
     peer: &str,
-    records: Vec<(Op, FlowKey, Conn)>,
+    records: Vec<(Op, FlowKey, Conn, Option<Translation>)>,
     now: Timestamp,
 ) -> Applied {
     let mut counts = Applied::default();
-    for (op, key, conn) in records {
+    for (op, key, conn, translation) in records {
         if op == Op::Upsert && conn.expired(now) {
             counts.expired += 1;
             continue;
         }
-        let slot = match engine.apply_peer(key, conn, op == Op::Remove, now) {
+        let slot = match engine.apply_peer(key, conn, translation, op == Op::Remove, now) {
             engine::Applied::Inserted => &mut counts.inserted,
             engine::Applied::Updated => &mut counts.updated,
             engine::Applied::Removed => &mut counts.removed,
@@ -189,7 +190,7 @@ mod tests {
     fn changes(node: &str, sequence: u64, e: &Engine, now: Timestamp) -> Vec<u8> {
         let mut w = Writer::new(Kind::Changes, node, sequence, 1_000);
         for (key, conn) in e.table().snapshot() {
-            w.push(Op::Upsert, &key, &conn, now);
+            w.push(Op::Upsert, &key, &conn, None, now);
         }
         w.finish(false)
     }

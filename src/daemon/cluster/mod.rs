@@ -462,9 +462,13 @@ impl Node {
         }
         let mut batch = std::mem::take(&mut self.batch);
         outbox::coalesce(&mut batch);
-        let messages = self
-            .changes
-            .pack(&batch, self.shared.now(), wall_clock_ms(), false);
+        let messages = self.changes.pack(
+            &batch,
+            Some(&self.engine),
+            self.shared.now(),
+            wall_clock_ms(),
+            false,
+        );
         let mut unsent = batch.len() as u64;
         for (bytes, records) in messages {
             // NATS does not take them now: the rest would only wait too.
@@ -557,7 +561,10 @@ impl Node {
         let mut items = Vec::new();
         outbox::local_slice(&self.engine, slice, slices, false, now, &mut items);
         self.refresh = (slice + 1 < slices).then_some((slice + 1, slices));
-        for (bytes, records) in self.changes.pack(&items, now, wall_clock_ms(), false) {
+        let messages = self
+            .changes
+            .pack(&items, Some(&self.engine), now, wall_clock_ms(), false);
+        for (bytes, records) in messages {
             let subject = self.changes_subject.clone();
             if !self.publish(client, subject, bytes, records).await {
                 // NATS does not take them now: the next refresh repairs this one.
@@ -619,7 +626,10 @@ impl Node {
             items.clear();
             outbox::local_slice(&self.engine, slice, slices, true, now, &mut items);
             let last = slice + 1 == slices;
-            for (bytes, n) in self.chunks.pack(&items, now, wall_clock_ms(), last) {
+            let chunks = self
+                .chunks
+                .pack(&items, Some(&self.engine), now, wall_clock_ms(), last);
+            for (bytes, n) in chunks {
                 if self.stop.is_set() || !self.publish(client, reply.to_string(), bytes, n).await {
                     // The asker gives up at its timeout, and asks again after
                     // its next reconnect.

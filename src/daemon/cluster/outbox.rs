@@ -30,10 +30,12 @@ impl Packer {
     /// `items` as messages, each with its count of records, sent at wall
     /// clock `sent_ms`, expiries counted from engine time `now`. `last`
     /// flags the last message (a bulk copy's end: sent even with no record,
-    /// so that the asker knows).
+    /// so that the asker knows). A proxied connection's record carries the
+    /// translation `engine` holds for it (none: it goes as a plain one).
     pub fn pack(
         &mut self,
         items: &[Outgoing],
+        engine: Option<&Engine>,
         now: Timestamp,
         sent_ms: u64,
         last: bool,
@@ -52,7 +54,11 @@ impl Packer {
                     writer.insert(Writer::new(self.kind, &self.node, self.sequence, sent_ms))
                 }
             };
-            w.push(*op, key, conn, now);
+            let translation = match engine {
+                Some(e) if conn.proxied() => e.table().translation(key),
+                _ => None,
+            };
+            w.push(*op, key, conn, translation.as_ref(), now);
         }
         match writer {
             Some(w) => {
@@ -174,9 +180,12 @@ mod tests {
     fn batches_fill_messages_and_number_them_and_a_bulk_copy_ends_with_last() {
         let mut p = Packer::new("gw-a", Kind::Changes);
         let now = Timestamp::from_secs(1);
-        assert!(p.pack(&[], now, 5, false).is_empty(), "nothing to send");
+        assert!(
+            p.pack(&[], None, now, 5, false).is_empty(),
+            "nothing to send"
+        );
         let items: Vec<Outgoing> = (0..5000).map(|i| item(Op::Upsert, i)).collect();
-        let messages = p.pack(&items, now, 5, false);
+        let messages = p.pack(&items, None, now, 5, false);
         assert!(messages.len() > 1, "5000 records do not fit in one message");
         let mut records = 0;
         for (i, (m, count)) in messages.iter().enumerate() {
@@ -191,11 +200,11 @@ mod tests {
         assert_eq!(records, 5000);
 
         let mut bulk = Packer::new("gw-a", Kind::BulkChunk);
-        let end = bulk.pack(&[], now, 5, true);
+        let end = bulk.pack(&[], None, now, 5, true);
         assert_eq!(end.len(), 1, "an empty copy still ends");
         let d = decode(&end[0].0, now).unwrap();
         assert!(d.header.last && d.header.kind == Kind::BulkChunk);
-        let two = bulk.pack(&items[..3], now, 5, true);
+        let two = bulk.pack(&items[..3], None, now, 5, true);
         assert_eq!(two.len(), 1);
         assert!(decode(&two[0].0, now).unwrap().header.last);
     }

@@ -1195,7 +1195,7 @@ mod tests {
         let (key, conn) = c.engine.table().snapshot()[0];
         c.engine.remove_connections(|_| true, c.shared.now());
         let now = Timestamp::from_secs(1);
-        c.engine.apply_peer(key, conn, false, now);
+        c.engine.apply_peer(key, conn, None, false, now);
         let (lines, _) = ask(&c, "{\"cmd\":\"flows\"}\n");
         assert_eq!(lines[0]["peer"], true, "{lines:?}");
     }
