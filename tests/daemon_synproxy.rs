@@ -285,3 +285,84 @@ fn sack_recovers_losses_through_the_proxy() {
         "the server discarded SACK blocks (mistranslated)"
     );
 }
+
+/// The connection's state in `conntrackd flows` (the line of client port `port`).
+fn flow_state(lab: &Lab, port: u16) -> Option<String> {
+    let (_, out) = lab::ctl(&lab.control_socket(), &["flows"]);
+    out.lines()
+        .find(|l| l.contains(&format!(":{port} ->")))
+        .and_then(|l| l.split_whitespace().nth(4).map(str::to_string))
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, NFQUEUE"]
+fn teardown_from_the_server_and_a_reset_from_the_client_go_through_the_proxy() {
+    use std::io::{Read, Write};
+    let Some(lab) = Lab::new("synproxy_close") else {
+        return;
+    };
+    lab.add_nfqueue_rule("0", true);
+    let rules = lab.write_rules("rules.toml", RULES);
+    let d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
+    d.wait_log("SYN proxy on", Duration::from_secs(5));
+    for to in [v4(), v6()] {
+        // A server that speaks first and closes first; then one whose
+        // client resets the connection.
+        let listener = lab
+            .server
+            .enter(move || std::net::TcpListener::bind(to).expect("listen"));
+        let server = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            for i in 0..2 {
+                let (mut s, _) = listener.accept().expect("accept");
+                s.write_all(b"bye").unwrap();
+                if i == 0 {
+                    // Its FIN first; then it waits for the client's.
+                    s.shutdown(std::net::Shutdown::Write).unwrap();
+                }
+                let mut buf = [0u8; 16];
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                out.push(s.read(&mut buf).map_err(|e| e.kind()));
+                drop(s);
+            }
+            out
+        });
+        // 1. The server closes first: the client reads its bytes and the
+        // EOF, then closes; the proxy translates the FINs both ways.
+        let mut c = lab::connect(&lab.client, to, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect {to}: {e}\n{}", d.log()));
+        let port = c.local_addr().unwrap().port();
+        let mut got = Vec::new();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.read_to_end(&mut got).expect("the server's bytes and EOF");
+        assert_eq!(got, b"bye");
+        lab::close(c).expect("the client's close");
+        // 2. The client resets: the server's read fails with a reset.
+        let mut c = lab::connect(&lab.client, to, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect {to}: {e}\n{}", d.log()));
+        let mut three = [0u8; 3];
+        c.read_exact(&mut three).expect("the server's bytes");
+        lab::abort(c);
+        let reads = server.join().unwrap();
+        assert_eq!(reads[0], Ok(0), "{to}: the first server read EOF");
+        assert_eq!(
+            reads[1],
+            Err(std::io::ErrorKind::ConnectionReset),
+            "{to}: the client's RST did not reach the server"
+        );
+        let state = flow_state(&lab, port);
+        assert!(
+            state.as_deref().is_some_and(|s| s.contains("TIME_WAIT")),
+            "{to}: the closed connection is {state:?}"
+        );
+    }
+    let s = control_stats(&lab.control_socket());
+    for r in [
+        "bad_transition",
+        "seq_above_window",
+        "ack_above_sent",
+        "rst_out_of_window",
+    ] {
+        assert_eq!(reason(&s, r), 0, "{r}: {s:#}");
+    }
+}
