@@ -758,7 +758,7 @@ impl Engine {
             return Lookup::Absent;
         };
         let conn = &mut *entry;
-        let Proto::Tcp(mut tcp) = conn.proto else {
+        let Proto::Tcp(tcp) = conn.proto else {
             return Lookup::Absent;
         };
         // An expired entry, or a new SYN on a connection in TIME_WAIT or reset
@@ -777,28 +777,63 @@ impl Engine {
             return Lookup::Absent;
         }
         let from = conn.role_of(side);
-        // A connection the SYN proxy opened: its handshake with the server
-        // is the proxy's; later, the tracker judges the server's space.
-        // (The rewrite is handed out at once: the caller applies it only to
-        // an accepted packet.)
-        let translated;
-        let mut seg = seg;
         if conn.proxied() {
-            match self.proxy_step(conn, key, from, seg, p, now, io) {
-                Step::Decided(d) => return Lookup::Found(d),
-                Step::Remove(d) => {
-                    drop(entry);
-                    self.table.remove_if(key, Removal::Reset, |c| c.proxied());
-                    return Lookup::Found(d);
-                }
-                Step::Translate(s, r) => {
-                    translated = s;
-                    seg = &translated;
-                    io.rewrite(r);
-                }
-                Step::Plain => {}
-            }
+            return self.proxied_existing(entry, key, from, tcp, seg, p, ctx, now, io);
         }
+        self.judge(entry, key, from, tcp, seg, p, ctx, now)
+    }
+
+    /// A packet of a connection the SYN proxy opened: its handshake with
+    /// the server is the proxy's; later the tracker judges the packet in
+    /// the server's space, and an accepted one goes on translated (the
+    /// rewrite is handed out at once: the caller applies it only to an
+    /// accepted packet). Not inlined, so that the common path's code stays
+    /// as it was.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn proxied_existing(
+        &self,
+        mut entry: crate::conntrack::table::ConnMut<'_>,
+        key: &FlowKey,
+        from: Role,
+        tcp: TcpConn,
+        seg: &TcpSegment,
+        p: &Packet,
+        ctx: &Context<'_>,
+        now: Timestamp,
+        io: &mut Io<'_>,
+    ) -> Lookup {
+        match self.proxy_step(&mut entry, key, from, seg, p, now, io) {
+            Step::Decided(d) => Lookup::Found(d),
+            Step::Remove(d) => {
+                drop(entry);
+                self.table.remove_if(key, Removal::Reset, |c| c.proxied());
+                Lookup::Found(d)
+            }
+            Step::Translate(translated, r) => {
+                io.rewrite(r);
+                self.judge(entry, key, from, tcp, &translated, p, ctx, now)
+            }
+            Step::Plain => self.judge(entry, key, from, tcp, seg, p, ctx, now),
+        }
+    }
+
+    /// The tracker's judgement of a packet of a tracked connection, sent by
+    /// `from`, and what follows from it (accounting, removal, timeouts).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn judge(
+        &self,
+        mut entry: crate::conntrack::table::ConnMut<'_>,
+        key: &FlowKey,
+        from: Role,
+        mut tcp: TcpConn,
+        seg: &TcpSegment,
+        p: &Packet,
+        ctx: &Context<'_>,
+        now: Timestamp,
+    ) -> Lookup {
+        let conn = &mut *entry;
         let before = conn.state();
         let outcome = tcp.handle(from, seg);
         conn.proto = Proto::Tcp(tcp);
