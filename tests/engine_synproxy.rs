@@ -558,3 +558,38 @@ fn a_restart_keeps_a_proxied_connection_and_its_translation() {
     );
     assert_eq!(h.ack, SeqNum(x.server_isn.wrapping_add(11)));
 }
+
+#[test]
+fn a_client_that_offers_no_scale_does_not_make_the_proxy_forget_the_servers() {
+    let mut t = harness();
+    let s = sa("198.19.0.2:80");
+    // Learns the server's scale (7) from a client that offered one.
+    open(&mut t, sa("198.18.0.2:41000"), s);
+    // A client without timestamps: no scale offered to it, nor to the
+    // server, which answers without one.
+    let c = sa("198.18.0.2:41001");
+    let (_, a) = decide(&t, &build::tcp(c, s).flags(SYN).seq(10).mss(1460).build());
+    let cookie = a.segments[0].unwrap().seq.0;
+    let (reason, _) = decide(
+        &t,
+        &build::tcp(c, s)
+            .flags(ACK)
+            .seq(11)
+            .ack(cookie.wrapping_add(1))
+            .build(),
+    );
+    assert_eq!(reason, Reason::SynproxyOpening);
+    let (reason, _) = decide(
+        &t,
+        &build::tcp(s, c)
+            .flags(SYN | ACK)
+            .seq(500)
+            .ack(11)
+            .mss(1460)
+            .build(),
+    );
+    assert_eq!(reason, Reason::SynproxyOpened);
+    // The next client that offers a scale is told the server's, still.
+    let (_, a) = decide(&t, &segment(client_syn(sa("198.18.0.2:41002"), s, 20, 3)));
+    assert_eq!(a.segments[0].unwrap().options.window_scale, Some(7));
+}

@@ -396,7 +396,11 @@ impl Engine {
                 let syn_ack = io.view(p, seg);
                 let t = Translation::for_handshake(&cookie, &client_ack, &syn_ack);
                 if let Ok(mut cache) = self.proxy.learned.try_lock() {
-                    cache.learn(p.src, seg.src_port, LearnedOptions::from_syn_ack(&syn_ack));
+                    // What the server was offered (the proxy's SYN): what it
+                    // leaves out of its answer says something only then.
+                    let offered = Segment::server_syn(&client_ack, &cookie);
+                    let ecn = offered.flags.has(TcpFlags::ECE | TcpFlags::CWR);
+                    cache.learn_from_syn_ack(&offered.options, ecn, &syn_ack);
                 }
                 let ack = Segment::server_ack(&client_ack, &syn_ack, &t);
                 // The tracker sees the proxy's ACK to the server as the client's.
