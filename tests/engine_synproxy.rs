@@ -593,3 +593,69 @@ fn a_client_that_offers_no_scale_does_not_make_the_proxy_forget_the_servers() {
     let (_, a) = decide(&t, &segment(client_syn(sa("198.18.0.2:41002"), s, 20, 3)));
     assert_eq!(a.segments[0].unwrap().options.window_scale, Some(7));
 }
+
+#[test]
+fn per_source_limits_count_proxied_connections_and_a_blind_rst_is_refused() {
+    let rules = RULES.replace("synproxy = true\n", "synproxy = true\nmax_src_conn = 1\n");
+    let mut t = Harness::from_toml(&rules);
+    t.engine.set_cookie_keys([5; 32]);
+    let s = sa("198.19.0.2:80");
+    let c = sa("198.18.0.2:42000");
+    let x = open(&mut t, c, s);
+    // The client's next packet makes it assured, charged to its source.
+    through(
+        &t,
+        build::tcp(c, s)
+            .flags(ACK)
+            .seq(x.client_isn + 1)
+            .ack(x.cookie.wrapping_add(1))
+            .window(502)
+            .build(),
+        Reason::Tracked,
+    );
+    // The source holds its one connection: the next cookie ACK is refused.
+    let c2 = sa("198.18.0.2:42001");
+    let (_, a) = decide(&t, &segment(client_syn(c2, s, 7, 1)));
+    let synack = a.segments[0].unwrap();
+    let ack = Segment {
+        src: c2.ip(),
+        dst: s.ip(),
+        src_port: c2.port(),
+        dst_port: s.port(),
+        seq: SeqNum(8),
+        ack: synack.seq + 1,
+        flags: TcpFlags(TcpFlags::ACK),
+        window: 502,
+        options: TcpOptions {
+            timestamps: Some(Timestamps {
+                value: 2,
+                echo: synack.options.timestamps.unwrap().value,
+            }),
+            ..TcpOptions::default()
+        },
+    };
+    let (reason, a) = decide(&t, &segment(ack));
+    assert_eq!(reason, Reason::SourceConnLimit);
+    assert!(a.segments[0].is_none(), "no SYN to the server");
+
+    // Another source: opening; a RST from the server that acknowledges
+    // nothing of the proxy's SYN is dropped, the opening goes on.
+    let c3 = sa("198.18.0.3:42002");
+    let (_, a) = decide(&t, &segment(client_syn(c3, s, 100, 1)));
+    let synack = a.segments[0].unwrap();
+    let ack = Segment {
+        src: c3.ip(),
+        src_port: c3.port(),
+        seq: SeqNum(101),
+        ack: synack.seq + 1,
+        ..ack
+    };
+    assert_eq!(decide(&t, &segment(ack)).0, Reason::SynproxyOpening);
+    let (reason, a) = decide(
+        &t,
+        &build::tcp(s, c3).flags(RST | ACK).seq(0).ack(999).build(),
+    );
+    assert_eq!(reason, Reason::RstOutOfWindow);
+    assert!(a.segments[0].is_none(), "no RST to the client");
+    assert_eq!(t.engine.table().len(), 2);
+}

@@ -556,22 +556,23 @@ impl Engine {
             expired: st.expired,
             ..Restored::default()
         };
+        let translations: std::collections::HashMap<FlowKey, crate::synproxy::Translation> =
+            st.translations.into_iter().collect();
         for (key, conn) in st.entries {
             if self.table.len() >= self.settings.max_connections {
                 r.over_limit += 1;
                 continue;
             }
-            if conn.proxied() {
-                // Its translation is in `st.translations` (a record with
-                // the flag always carries one).
-                if let Some((_, t)) = st.translations.iter().find(|(k, _)| *k == key) {
-                    self.table
-                        .proxied
-                        .insert(key, crate::synproxy::Proxied::Open(*t));
-                }
-            }
             match self.table.insert_new(key, conn) {
-                Ok(()) => r.restored += 1,
+                Ok(()) => {
+                    r.restored += 1;
+                    // A record with the flag always carries its translation.
+                    if let Some(t) = translations.get(&key).filter(|_| conn.proxied()) {
+                        self.table
+                            .proxied
+                            .insert(key, crate::synproxy::Proxied::Open(*t));
+                    }
+                }
                 Err(_) => r.duplicates += 1,
             }
         }
@@ -596,13 +597,15 @@ impl Engine {
         now: Timestamp,
     ) -> Applied {
         record.set_peer();
-        match translation {
-            Some(t) if record.proxied() && !remove => {
-                self.table
-                    .proxied
-                    .insert(key, crate::synproxy::Proxied::Open(t));
-            }
-            _ => record.clear_proxied(),
+        let translation = translation.filter(|_| record.proxied() && !remove);
+        if record.proxied() && translation.is_none() {
+            record.clear_proxied();
+        }
+        // A proxied connection this node could not translate (it runs
+        // without the SYN proxy: its queues do not hand packets back) is
+        // not taken: forwarded untranslated it would be broken anyway.
+        if translation.is_some() && !self.synproxy_configured() {
+            return Applied::Stale;
         }
         if let Some(mut entry) = self.table.get_mut(&key) {
             let held = &mut *entry;
@@ -621,7 +624,20 @@ impl Engine {
                 };
             }
             let before = held.state();
+            let was_proxied = held.proxied();
             held.take_state_of(&record);
+            match translation {
+                Some(t) => {
+                    held.set_proxied();
+                    self.table
+                        .proxied
+                        .insert(key, crate::synproxy::Proxied::Open(t));
+                }
+                // A record without it (sent before the server answered)
+                // leaves what this node holds.
+                None if was_proxied => held.set_proxied(),
+                None => {}
+            }
             self.table.account_half_open(held);
             let after = held.state();
             if after != before {
@@ -635,8 +651,17 @@ impl Engine {
         if self.table.len() >= self.settings.max_connections {
             return Applied::Full;
         }
+        // Beside the entry before it exists: its first packet may follow.
+        let state_placed = match translation {
+            Some(t) => self.place_proxied(key, crate::synproxy::Proxied::Open(t)),
+            None => false,
+        };
         match self.table.insert_new(key, record) {
             Ok(()) => Applied::Inserted,
+            Err(_) if state_placed => {
+                self.table.proxied.remove(&key);
+                Applied::Stale
+            }
             // Another thread inserted it meanwhile: the next record updates it.
             Err(_) => Applied::Stale,
         }
@@ -730,6 +755,19 @@ impl Engine {
             now,
             None,
         )
+    }
+
+    /// Puts a new connection's proxy state beside the table, unless one is
+    /// there (another thread's connection of the same key, which wins):
+    /// whether it did.
+    fn place_proxied(&self, key: FlowKey, state: crate::synproxy::Proxied) -> bool {
+        match self.table.proxied.entry(key) {
+            dashmap::Entry::Vacant(v) => {
+                v.insert(state);
+                true
+            }
+            dashmap::Entry::Occupied(_) => false,
+        }
     }
 
     /// Whether a TCP packet without a connection may start one mid-stream
@@ -1155,10 +1193,11 @@ impl Engine {
             }
             _ => false,
         };
+        let mut state_placed = false;
         if let Some(state) = proxied {
             // Before the entry: its first packet may follow at once.
             conn.set_proxied();
-            self.table.proxied.insert(key, state);
+            state_placed = self.place_proxied(key, state);
         }
         let state = conn.state();
         match self.table.insert_new(key, conn) {
@@ -1167,8 +1206,9 @@ impl Engine {
                 handed_off,
                 ..decision
             }),
-            Err(existing) => {
-                if proxied.is_some() && !existing.proxied() {
+            Err(_) => {
+                // Only what this call placed: the entry that won keeps its own.
+                if state_placed {
                     self.table.proxied.remove(&key);
                 }
                 None

@@ -391,7 +391,13 @@ impl Engine {
                 };
                 let outcome = tcp.handle(Role::Responder, seg);
                 if outcome.reason != Reason::Tracked {
-                    return Step::Decided(decided(outcome.reason));
+                    // Never passed on: it is in the server's space, and the
+                    // client was told another ISN.
+                    let reason = match outcome.reason.verdict() {
+                        Verdict::Drop => outcome.reason,
+                        Verdict::Accept => Reason::BadTransition,
+                    };
+                    return Step::Decided(decided(reason));
                 }
                 let syn_ack = io.view(p, seg);
                 let t = Translation::for_handshake(&cookie, &client_ack, &syn_ack);
@@ -419,9 +425,8 @@ impl Engine {
                 );
                 conn.proto = Proto::Tcp(tcp);
                 conn.count(Role::Responder, p.len);
-                if tcp.is_established() && tcp.replied() && !conn.assured() {
-                    conn.set_assured();
-                }
+                // Not assured yet: the client's next packet makes it so,
+                // charged to the client's per-source limits (`judge`).
                 conn.set_timeout(now, tcp.timeout(&self.settings.timeouts));
                 self.table.account_half_open(conn);
                 self.table.proxied.insert(*key, Proxied::Open(t));
@@ -435,6 +440,13 @@ impl Engine {
                     after,
                 ))
             }
+            // A server's RST refuses the proxy's SYN only if it acknowledges
+            // it (as the tracker asks in SYN_SENT); any other is dropped.
+            Role::Responder
+                if seg.flags.rst() && (!seg.flags.ack() || seg.ack != cookie.client_isn + 1) =>
+            {
+                Step::Decided(decided(Reason::RstOutOfWindow))
+            }
             Role::Responder if seg.flags.rst() => {
                 // The server refused: the client, which believes its
                 // connection open, is reset.
@@ -447,6 +459,10 @@ impl Engine {
             }
             // Nothing else of the server's belongs before its SYN+ACK.
             Role::Responder => Step::Decided(decided(Reason::BadTransition)),
+            // The client's RST ends it only at the sequence number it is at.
+            Role::Originator if seg.flags.rst() && seg.seq != client_ack.seq => {
+                Step::Decided(decided(Reason::RstOutOfWindow))
+            }
             Role::Originator if seg.flags.rst() => {
                 // The client gave up: its RST goes on (the server holds the
                 // proxy's SYN in SYN_RECV), and so does the connection.

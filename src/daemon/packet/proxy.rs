@@ -18,6 +18,9 @@ use std::sync::Arc;
 
 /// The largest packet a queue hands over whole (copy range 65535).
 const PACKET_MAX: usize = 65_535;
+/// The largest packet a verdict can carry: an attribute's 16-bit length
+/// counts its 4-byte header.
+const MAX_REWRITTEN: usize = u16::MAX as usize - 4;
 
 /// One worker's side of the proxy: the shared socket, and its own buffers
 /// (a packet's worth for the rewrite, about 64 KiB, made when the worker is).
@@ -81,7 +84,9 @@ impl Proxying {
         let Some(rewrite) = self.answers.borrow().rewrite else {
             return Rewritten::Unchanged;
         };
-        if wire_len > packet.len() {
+        // Not copied whole, or too long for a netlink attribute (its length
+        // is 16 bits, header included): it cannot be handed back.
+        if wire_len > packet.len() || packet.len() > MAX_REWRITTEN {
             stats.synproxy_rewrite_failures += 1;
             return Rewritten::Refused;
         }

@@ -298,7 +298,14 @@ impl<S: Sink> Verdicts<S> {
     /// the queued one (a rewritten packet: NFQA_PAYLOAD). The kernel takes it
     /// whole, cut or grown to its length, and checksums nothing: `packet`
     /// must be the complete packet with its checksums final.
+    ///
+    /// `packet` is at most 65,531 bytes (an attribute's 16-bit length counts
+    /// its header); longer, it is dropped instead.
     pub fn push_rewritten(&mut self, id: u32, packet: &[u8]) {
+        if packet.len() > u16::MAX as usize - 4 {
+            self.push(id, Verdict::Drop, None);
+            return;
+        }
         self.close_run();
         self.write(NFQNL_MSG_VERDICT, id, Verdict::Accept, None);
         // The verdict message just written gets the payload attribute.
