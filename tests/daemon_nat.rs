@@ -28,7 +28,7 @@ use conntrackd::wire::build;
 use conntrackd::wire::TcpFlags as F;
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -126,7 +126,7 @@ impl PeerEcho {
                         if let Ok(c) = conn.try_clone() {
                             kept.lock().unwrap().push(c);
                         }
-                        std::thread::spawn(move || echo(conn));
+                        std::thread::spawn(move || lab::echo(conn, Duration::from_secs(30)));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
@@ -154,24 +154,6 @@ impl PeerEcho {
             .unwrap_or_else(|| panic!("no connection from {peer}"));
         s.try_clone().unwrap()
     }
-}
-
-fn echo(mut conn: TcpStream) {
-    let _ = conn.set_nonblocking(false);
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match conn.read(&mut buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if conn.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = conn.shutdown(Shutdown::Write);
 }
 
 impl Drop for PeerEcho {

@@ -28,7 +28,7 @@ impl TcpEcho {
             while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
                 match listener.accept() {
                     Ok((conn, _)) => {
-                        std::thread::spawn(move || echo(conn));
+                        std::thread::spawn(move || echo(conn, Duration::from_secs(15)));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
@@ -42,9 +42,11 @@ impl TcpEcho {
     }
 }
 
-fn echo(mut conn: TcpStream) {
+/// Echoes what `conn` receives until EOF, an error or `idle` without data,
+/// then ends its side.
+pub fn echo(mut conn: TcpStream, idle: Duration) {
     let _ = conn.set_nonblocking(false);
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(15)));
+    let _ = conn.set_read_timeout(Some(idle));
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match conn.read(&mut buf) {

@@ -58,7 +58,7 @@ pub use self::{
     container::{rootfs, Container, Stall},
     control::{ctl, json_lines, stats},
     daemon::Daemon,
-    echo::{TcpEcho, UdpEcho},
+    echo::{echo, TcpEcho, UdpEcho},
     nats::{
         NatsClient, NatsMsg, NATS_CLUSTER, NATS_CLUSTER_PORT, NATS_MONITOR_PORT,
         NATS_NODE_PASSWORD, NATS_PASSWORD, NATS_PORT, NATS_USER,
