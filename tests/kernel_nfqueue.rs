@@ -31,7 +31,6 @@ fn config() -> QueueConfig {
         maxlen: 64,
         rcvbuf: 1 << 20,
         accept_on_overflow: false,
-        gso: true,
     }
 }
 

@@ -66,7 +66,6 @@ fn main() -> anyhow::Result<()> {
             maxlen: d.queue_maxlen,
             rcvbuf: d.socket_rcvbuf,
             accept_on_overflow: d.queue_overflow == Overflow::Accept,
-            gso: true,
         })?;
         threads.push(std::thread::spawn(move || {
             let mut packets = 0u64;

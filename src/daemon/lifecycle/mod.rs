@@ -583,7 +583,6 @@ fn bind_queues(settings: &Settings) -> anyhow::Result<Vec<BoundQueue>> {
             maxlen: settings.queue_maxlen,
             rcvbuf: settings.socket_rcvbuf,
             accept_on_overflow: settings.queue_overflow == Overflow::Accept,
-            gso: true,
         })?;
         if !q.gso {
             warn!(

@@ -59,9 +59,6 @@ pub struct QueueConfig {
     /// A full queue accepts what does not fit (NFQA_CFG_F_FAIL_OPEN), instead
     /// of dropping it.
     pub accept_on_overflow: bool,
-    /// Ask for GSO super-packets (NFQA_CFG_F_GSO; without it the kernel
-    /// segments them and completes their checksums before queueing).
-    pub gso: bool,
 }
 
 /// An opened, bound and configured queue, and its socket.
@@ -104,7 +101,7 @@ pub fn open(cfg: &QueueConfig) -> anyhow::Result<BoundQueue> {
         seq: 0,
         num,
         copy_range: cfg.copy_range,
-        gso: cfg.gso,
+        gso: true,
         rcvbuf,
     };
     // GSO: the kernel hands over unsegmented super-packets and does not
@@ -120,9 +117,8 @@ pub fn open(cfg: &QueueConfig) -> anyhow::Result<BoundQueue> {
         0
     };
     let all = NFQA_CFG_F_FAIL_OPEN | NFQA_CFG_F_GSO;
-    let gso = if cfg.gso { NFQA_CFG_F_GSO } else { 0 };
-    let mut bound = queue.bind(cfg, fail_open | gso, all);
-    if cfg.gso && matches!(&bound, Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP)) {
+    let mut bound = queue.bind(cfg, fail_open | NFQA_CFG_F_GSO, all);
+    if matches!(&bound, Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP)) {
         queue.gso = false;
         let _ = queue.unbind(); // ENODEV where the refusal bound nothing
         bound = queue.bind(cfg, fail_open, NFQA_CFG_F_FAIL_OPEN);
