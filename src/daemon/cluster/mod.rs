@@ -45,13 +45,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use tracing::{debug, error, info, warn};
 
-/// How often the outbox is drained (and the stop looked at) while changes
-/// come; with none, the pause doubles up to `IDLE_TICK` (an idle node does
-/// not wake a thousand times a second; the first change after a quiet spell
-/// waits that much at most). Each drain is at least one message: 2 ms
-/// against 1 ms halved the messages and the thread's CPU under a stream of
-/// short connections, for 0.5 ms more lag (benches/CLUSTER.md).
-const TICK: Duration = Duration::from_millis(2);
+/// With no changes, the pause between drains doubles from `batch_ms` up to
+/// this (or `batch_ms`, if longer): an idle node does not wake a thousand
+/// times a second, and the first change after a quiet spell waits that
+/// much at most. While changes come, the outbox is drained every
+/// `batch_ms` (`[cluster]`), each drain at least one message
+/// (benches/CLUSTER.md measured the choice).
 const IDLE_TICK: Duration = Duration::from_millis(4);
 /// How often a hello is sent.
 const HELLO_EVERY_MS: u64 = 1000;
@@ -59,6 +58,15 @@ const HELLO_EVERY_MS: u64 = 1000;
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Changes taken from the outbox per round, at most.
 const DRAIN: usize = 16_384;
+/// What a drain of the outbox found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    None,
+    Some,
+    /// `DRAIN` changes, so probably more.
+    Full,
+}
+
 /// A bulk request nobody was subscribed to (the peers reconnecting at the
 /// same moment) is asked again this much later, until the copy times out.
 const REQUEST_AGAIN_MS: u64 = 200;
@@ -347,17 +355,23 @@ impl Node {
             }
         };
         // Set again only when it fires: messages arriving do not put it off.
-        let tick = tokio::time::sleep(TICK);
+        let busy_tick = Duration::from_millis(u64::from(self.settings.batch_ms.max(1)));
+        let idle_tick = IDLE_TICK.max(busy_tick);
+        let tick = tokio::time::sleep(busy_tick);
         tokio::pin!(tick);
-        let mut pause = TICK;
+        let mut pause = busy_tick;
         loop {
             tokio::select! {
                 () = &mut tick => {
                     if self.stop.is_set() {
                         break;
                     }
-                    let busy = self.round(&client).await;
-                    pause = if busy { TICK } else { (pause * 2).min(IDLE_TICK) };
+                    pause = match self.round(&client).await {
+                        // A backlog: the rest goes now, not a tick later.
+                        Drained::Full => Duration::ZERO,
+                        Drained::Some => busy_tick,
+                        Drained::None => (pause * 2).clamp(busy_tick, idle_tick),
+                    };
                     tick.as_mut().reset(tokio::time::Instant::now() + pause);
                 }
                 Some(m) = changes.next() => self.take(&client, m).await,
@@ -383,9 +397,9 @@ impl Node {
     }
 
     /// One tick: the outbox, the hello, a slice of the refresh, the bulk
-    /// copy's end. Whether the outbox had changes.
-    async fn round(&mut self, client: &Client) -> bool {
-        let busy = self.send_changes(client).await;
+    /// copy's end. How much the outbox held.
+    async fn round(&mut self, client: &Client) -> Drained {
+        let drained = self.send_changes(client).await;
         let now_ms = self.now_ms();
         if now_ms >= self.next_hello_ms {
             self.next_hello_ms = now_ms + HELLO_EVERY_MS;
@@ -438,17 +452,17 @@ impl Node {
             self.state.syncing.store(false, Ordering::Relaxed);
             self.state.set_ready();
         }
-        busy
+        drained
     }
 
-    /// Publishes what the outbox holds, a connection's last change each;
-    /// whether it held any.
-    async fn send_changes(&mut self, client: &Client) -> bool {
+    /// Publishes what the outbox holds (up to `DRAIN` changes), a
+    /// connection's last change each.
+    async fn send_changes(&mut self, client: &Client) -> Drained {
         // Not connected: the outbox keeps what it can hold for the
         // reconnect and counts what does not fit; the refreshes repair that
         // (and the peers' bulk copies, when they reconnected too).
         if self.state.link() != Link::Connected {
-            return false;
+            return Drained::None;
         }
         let outbox = self.state.outbox();
         while self.batch.len() < DRAIN {
@@ -457,9 +471,11 @@ impl Node {
                 Err(_) => break,
             }
         }
-        if self.batch.is_empty() {
-            return false;
-        }
+        let drained = match self.batch.len() {
+            0 => return Drained::None,
+            DRAIN => Drained::Full,
+            _ => Drained::Some,
+        };
         let mut batch = std::mem::take(&mut self.batch);
         outbox::coalesce(&mut batch);
         let messages = self.changes.pack(
@@ -481,7 +497,7 @@ impl Node {
         }
         batch.clear();
         self.batch = batch;
-        true
+        drained
     }
 
     /// Whether NATS took the message (counted either way).

@@ -59,6 +59,10 @@ pub struct ClusterSettings {
     /// in milliseconds (0: only its state changes).
     #[serde(default = "default_progress_ms")]
     pub progress_ms: u16,
+    /// While changes come, the outbox is sent this often, in milliseconds:
+    /// a change waits at most this long for others to share its message.
+    #[serde(default = "default_batch_ms")]
+    pub batch_ms: u16,
     /// Every local entry is published again over this many seconds, which
     /// repairs lost records and keeps the peers' copies from expiring (0: never).
     #[serde(default = "default_refresh_secs")]
@@ -69,11 +73,18 @@ pub struct ClusterSettings {
     pub bulk_timeout_ms: u64,
 }
 
+/// The longest `batch_ms`: a peer's copy may lag this much behind.
+pub const MAX_BATCH_MS: u16 = 100;
+
 fn default_subject() -> String {
     "conntrackd".into()
 }
 
 fn default_progress_ms() -> u16 {
+    5
+}
+
+fn default_batch_ms() -> u16 {
     5
 }
 
@@ -101,6 +112,7 @@ impl Default for ClusterSettings {
             tls_key_file: None,
             tls_required: false,
             progress_ms: default_progress_ms(),
+            batch_ms: default_batch_ms(),
             refresh_secs: default_refresh_secs(),
             bulk_timeout_ms: default_bulk_timeout_ms(),
         }
@@ -283,6 +295,17 @@ impl ShellTable for ClusterSettings {
                 "cluster.tls_cert_file and cluster.tls_key_file go together".into(),
             );
         }
+        if !(1..=MAX_BATCH_MS).contains(&self.batch_ms) {
+            problem(
+                "batch_ms",
+                None,
+                format!(
+                    "cluster.batch_ms = {}: from 1 to {MAX_BATCH_MS} (milliseconds a change \
+                     waits at most before it is sent)",
+                    self.batch_ms
+                ),
+            );
+        }
         if self.refresh_secs == 0 {
             let (line, column) = line_column(text, offset(text, "refresh_secs", None));
             warnings.push(format!(
@@ -295,13 +318,14 @@ impl ShellTable for ClusterSettings {
 
     fn summary(&self) -> Option<String> {
         Some(format!(
-            "cluster: node={} peers={} servers={} subject={} progress_ms={} refresh_secs={} \
-             bulk_timeout_ms={}",
+            "cluster: node={} peers={} servers={} subject={} progress_ms={} batch_ms={} \
+             refresh_secs={} bulk_timeout_ms={}",
             self.node,
             self.peers.join(","),
             self.servers.join(","),
             self.subject,
             self.progress_ms,
+            self.batch_ms,
             self.refresh_secs,
             self.bulk_timeout_ms
         ))
@@ -350,8 +374,8 @@ mod tests {
         );
         assert_eq!(c.subject, "conntrackd");
         assert_eq!(
-            (c.progress_ms, c.refresh_secs, c.bulk_timeout_ms),
-            (5, 10, 2000)
+            (c.progress_ms, c.batch_ms, c.refresh_secs, c.bulk_timeout_ms),
+            (5, 5, 10, 2000)
         );
         assert!(c.user.is_none() && c.password.is_none() && !c.tls_required);
         let none = Config::parse_shell::<IgnoredAny, ClusterSettings>(POLICY, Path::new("r.toml"))
@@ -361,7 +385,7 @@ mod tests {
         let all = format!(
             "{GOOD}subject = \"ctd.lab\"\nuser = \"ctd\"\npassword = \"s3cret\"\n\
              tls_ca_file = \"/etc/ca.pem\"\ntls_required = true\nprogress_ms = 0\n\
-             refresh_secs = 30\nbulk_timeout_ms = 500\n"
+             refresh_secs = 30\nbulk_timeout_ms = 500\nbatch_ms = 10\n"
         );
         let c = parse(&all).unwrap().unwrap();
         assert_eq!(c.subject, "ctd.lab");
@@ -371,8 +395,8 @@ mod tests {
             "Debug hides the password"
         );
         assert_eq!(
-            (c.progress_ms, c.refresh_secs, c.bulk_timeout_ms),
-            (0, 30, 500)
+            (c.progress_ms, c.batch_ms, c.refresh_secs, c.bulk_timeout_ms),
+            (0, 10, 30, 500)
         );
         // One server and one peer without a list, as every list key.
         let one = parse("servers = \"tls://[2001:db8::1]:4222\"\nnode = \"a\"\npeers = \"b\"\n")
@@ -396,6 +420,12 @@ mod tests {
             "{}",
             p.message
         );
+
+        for bad in [0, MAX_BATCH_MS + 1] {
+            let p = only(&format!("{GOOD}batch_ms = {bad}\n"));
+            assert_eq!(at(&p), (7, 12), "{}", p.message);
+            assert!(p.message.contains("from 1 to 100"), "{}", p.message);
+        }
 
         let p = only("servers = []\nnode = \"gw-a\"\npeers = [\"gw-b\"]\n");
         assert_eq!(at(&p), (4, 11), "{}", p.message);
