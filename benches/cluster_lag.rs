@@ -127,6 +127,9 @@ fn cpu_secs(tid: u32) -> f64 {
     ticks as f64 / hz
 }
 
+/// `[cluster] batch_ms` of both nodes (`--batch-ms`; the default otherwise).
+static BATCH_MS: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+
 impl Gateway {
     fn start(
         node: &str,
@@ -139,7 +142,11 @@ impl Gateway {
             "[engine]\nmax_connections = 1048576\n[policy]\ndefault = \"accept\"\n[cluster]\n\
              servers = \"nats://127.0.0.1:{port}\"\nnode = \"{node}\"\npeers = \"{peer}\"\n\
              subject = \"{subject}\"\nuser = \"{USER}\"\npassword = \"{PASSWORD}\"\n\
-             bulk_timeout_ms = 1000\n"
+             bulk_timeout_ms = 1000\n{batch}",
+            batch = BATCH_MS
+                .get()
+                .map(|ms| format!("batch_ms = {ms}\n"))
+                .unwrap_or_default(),
         );
         let (config, _, settings) = Config::parse_shell::<serde::de::IgnoredAny, ClusterSettings>(
             &rules,
@@ -402,6 +409,10 @@ fn main() {
             "--max-conns" => max_conns = args.next().unwrap().parse().unwrap(),
             "--rounds" => rounds = args.next().unwrap().parse().unwrap(),
             "--one-server" => one_server = true,
+            "--batch-ms" => {
+                let ms: u16 = args.next().unwrap().parse().unwrap();
+                BATCH_MS.set(ms).unwrap();
+            }
             "--rates" => {
                 rates = args
                     .next()

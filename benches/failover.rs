@@ -3,8 +3,9 @@
 //! link.
 //!
 //! - `rate`: A's short-connection rate with `[cluster]` and without, in
-//!   alternating rounds of one run (A's conntrackd restarted with the other
-//!   rules between rounds; `examples/shortconn` as benches/e2e.sh runs it).
+//!   rounds of one run (A's conntrackd restarted in each mode in turn, the
+//!   order rotating; `examples/shortconn` as benches/e2e.sh runs it), with
+//!   the CPU time per connection of each process and of A's threads.
 //! - `failover`: 1,000 connections (`--conns`) through A to an echo server,
 //!   a few bytes each way; A fails (its conntrackd SIGKILLed, its LAN links
 //!   down); how many carry data again through B within 10 s, the time from
@@ -18,7 +19,11 @@
 //!
 //! Run as root: `cargo build --release --example shortconn && cargo bench
 //! --bench failover` (`-- --only rate|failover|anchor`, `--rounds N`,
-//! `--secs S`, `--conns N`). Needs keepalived, nats-server, and for the
+//! `--secs S`, `--conns N`; `--batch-ms MS`: `[cluster] batch_ms` of both
+//! gateways; `--modes without,cluster,5,...`: A's modes in the rate part,
+//! every one in every round, a number being `[cluster]` at that batch_ms;
+//! `--b-idle`: B's conntrackd and nats-server at SCHED_IDLE for the rate
+//! part, standing for a gateway with cores of its own). Needs keepalived, nats-server, and for the
 //! anchor conntrack-tools' conntrackd (`apt-get install conntrackd`).
 
 #![allow(clippy::disallowed_methods)] // not the core: benchmarks read clocks and start threads
@@ -75,32 +80,32 @@ fn ms(d: Option<Duration>) -> String {
 
 // ---- conntrackd (ours) on both gateways -------------------------------------
 
-fn gateway_rules(pair: &Pair, side: Side, cluster: bool) -> PathBuf {
+fn gateway_rules(pair: &Pair, side: Side, mode: Mode) -> PathBuf {
     let (me, other) = (side.letter(), side.other().letter());
     let mut text = RULES.to_string();
-    if cluster {
+    if let Mode::Cluster(batch_ms) = mode {
         text += &format!(
             "\n[cluster]\nservers = [\"nats://127.0.0.1:4222\", \"nats://{peer}:4222\"]\n\
              node = \"gw-{me}\"\npeers = [\"gw-{other}\"]\nuser = \"{NATS_USER}\"\n\
              password = \"{NATS_PASSWORD}\"\n",
             peer = side.other().sync4(),
         );
+        if let Some(ms) = batch_ms {
+            text += &format!("batch_ms = {ms}\n");
+        }
     }
-    let name = format!(
-        "rules-{me}-{}.toml",
-        if cluster { "cluster" } else { "alone" }
-    );
+    let name = format!("rules-{me}-{}.toml", mode.name().replace('/', "-"));
     pair.write_file(&name, &text)
 }
 
-fn start_gateway(pair: &Pair, side: Side, cluster: bool) -> lab::Daemon {
+fn start_gateway(pair: &Pair, side: Side, mode: Mode) -> lab::Daemon {
     let gw = pair.gw(side);
     if !gw.ruleset(false).contains("NFQUEUE") {
         for v6 in [false, true] {
             gw.iptables(v6, "-I FORWARD -j NFQUEUE --queue-num 0");
         }
     }
-    let rules = gateway_rules(pair, side, cluster);
+    let rules = gateway_rules(pair, side, mode);
     pair.start_daemon(side, &["--rules", rules.to_str().expect("a UTF-8 path")])
 }
 
@@ -173,18 +178,54 @@ fn shortconn_round(pair: &Pair, threads: usize, secs: u64) -> (f64, u64) {
     (rate, errors)
 }
 
-/// A's conntrackd restarted with or without `[cluster]`; back as master.
-fn restart_a(pair: &Pair, a: &mut lab::Daemon, cluster: bool) {
+/// A's conntrackd restarted in `mode`; back as master, and settled.
+///
+/// A still holds the virtual addresses right after the stop: its
+/// keepalived's track script (every second) has not run yet. It fails a
+/// moment later (conntrackd down, or with `[cluster]` syncing its bulk
+/// copy), B takes over, and A takes the addresses back after an advert
+/// timeout: a round started before that would run partly through B. So A
+/// must be ready, then hold the addresses without a break for longer than
+/// a track interval and an advert timeout.
+fn restart_a(pair: &Pair, a: &mut lab::Daemon, mode: Mode) {
     a.stop();
-    *a = start_gateway(pair, Side::A, cluster);
-    pair.wait_master(Side::A, Duration::from_secs(30));
-    // The gratuitous ARPs settle; B's copy of A's table after a restart.
-    std::thread::sleep(Duration::from_millis(1500));
+    *a = start_gateway(pair, Side::A, mode);
+    let socket = pair.control_socket(Side::A);
+    let start = Instant::now();
+    while !lab::ctl(&socket, &["status"]).0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "A's conntrackd not ready in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let settled = Duration::from_millis(2500);
+    let mut held_since = None;
+    loop {
+        pair.wait_master(Side::A, Duration::from_secs(30));
+        let since = *held_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= settled {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        if pair.master() != Some(Side::A) {
+            held_since = None;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "A did not keep the virtual addresses for {settled:?} within 60 s"
+        );
+    }
 }
 
 /// utime + stime of a process, in seconds (all its threads).
 fn process_cpu(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu(&format!("/proc/{pid}/stat"))
+}
+
+/// utime + stime from a /proc stat file, in seconds.
+fn stat_cpu(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
@@ -192,6 +233,21 @@ fn process_cpu(pid: i32) -> f64 {
     // SAFETY: sysconf reads a constant of the system; no memory is passed.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     ticks as f64 / hz
+}
+
+/// CPU seconds so far of a process's threads, summed by thread name.
+fn thread_cpu(pid: i32) -> std::collections::BTreeMap<String, f64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let secs = stat_cpu(dir.join("stat").to_str().unwrap_or(""));
+        *by_name.entry(name.trim().to_string()).or_insert(0.0) += secs;
+    }
+    by_name
 }
 
 /// The pids of the processes named `comm` in a gateway's namespace.
@@ -220,7 +276,7 @@ fn gateway_cpu(pair: &Pair, side: Side) -> (f64, f64) {
     (sum("conntrackd"), sum("nats-server"))
 }
 
-fn bench_rate(pair: &Pair, a: &mut lab::Daemon, rounds: usize, secs: u64) {
+fn bench_rate(pair: &Pair, a: &mut lab::Daemon, rounds: usize, secs: u64, modes: &[Mode]) {
     let _server = Background::spawn(
         &pair.server,
         &[
@@ -237,91 +293,171 @@ fn bench_rate(pair: &Pair, a: &mut lab::Daemon, rounds: usize, secs: u64) {
     ]);
     std::thread::sleep(Duration::from_millis(300));
     let threads = 4;
+    let names: Vec<String> = modes.iter().map(|m| m.name()).collect();
     println!(
         "\n== a. short connections/s through A (shortconn client, {threads} threads, {secs} s per round), \
-         A's conntrackd with [cluster] and without, alternating"
+         A's conntrackd in each mode ({}) every round, the order rotating",
+        names.join(", ")
     );
     println!(
-        "{:>5} {:>8} {:>12} {:>7} {:>14} {:>12} {:>12} {:>12} {:>12}",
+        "{:>5} {:>12} {:>9} {:>7} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>7}",
         "round",
-        "cluster",
+        "mode",
         "conn/s",
         "errors",
-        "records sent",
-        "A ctd us/c",
-        "A nats us/c",
-        "B ctd us/c",
-        "B nats us/c"
+        "records",
+        "A ctd",
+        "A worker",
+        "A cluster",
+        "A nats",
+        "B ctd",
+        "B nats",
+        "B fwd"
     );
     println!(
-        "  (us/c: CPU microseconds of that process per connection, utime+stime over the round)"
+        "  (CPU microseconds per connection of each process or A's threads, utime+stime over the \
+         round; B fwd: packets B forwarded meanwhile, which should be none)"
     );
-    let (mut with, mut without, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    let mut cpu: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let alone = modes.iter().position(|m| *m == Mode::Alone);
     for round in 0..rounds {
-        // ABBA: each mode first in half the rounds.
-        let order = if round % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        };
-        let mut this = [0.0f64; 2];
-        for cluster in order {
-            restart_a(pair, a, cluster);
+        // Each mode first in as many rounds as the others.
+        let mut this = vec![0.0f64; modes.len()];
+        for k in 0..modes.len() {
+            let i = (round + k) % modes.len();
+            let mode = modes[i];
+            restart_a(pair, a, mode);
             let before = cluster_json(pair, Side::A)["records_sent"]
                 .as_u64()
                 .unwrap_or(0);
+            let a_pid = pids_named(pair.gw(Side::A), "conntrackd");
+            let threads0 = a_pid.first().map(|&p| thread_cpu(p)).unwrap_or_default();
             let cpu0 = [gateway_cpu(pair, Side::A), gateway_cpu(pair, Side::B)];
+            let b0 = pair.gw(Side::B).enter(forwarded_here);
+            let logs0 = [
+                pair.keepalived_log(Side::A).len(),
+                pair.keepalived_log(Side::B).len(),
+            ];
             let (rate, errors) = shortconn_round(pair, threads, secs);
+            let b_forwarded = pair.gw(Side::B).enter(forwarded_here) - b0;
+            // Some of the round went through B: what keepalived said
+            // (its log is buffered: some of it may show after a later round).
+            for (side, from) in [(Side::A, logs0[0]), (Side::B, logs0[1])] {
+                let log = pair.keepalived_log(side);
+                let said = log.get(from..).unwrap_or("").lines();
+                for line in said.filter(|l| b_forwarded > 0 && l.contains("STATE")) {
+                    println!("      keepalived {}: {line}", side.letter());
+                }
+            }
             let cpu1 = [gateway_cpu(pair, Side::A), gateway_cpu(pair, Side::B)];
+            let threads1 = a_pid.first().map(|&p| thread_cpu(p)).unwrap_or_default();
             let conns = (rate * secs as f64).max(1.0);
             let per = |x1: f64, x0: f64| (x1 - x0) / conns * 1e6;
+            let thread = |name: &str| {
+                per(
+                    threads1.get(name).copied().unwrap_or(0.0),
+                    threads0.get(name).copied().unwrap_or(0.0),
+                )
+            };
             let us = [
                 per(cpu1[0].0, cpu0[0].0),
+                thread("ctd-q0"),
+                thread("ctd-cluster"),
                 per(cpu1[0].1, cpu0[0].1),
                 per(cpu1[1].0, cpu0[1].0),
                 per(cpu1[1].1, cpu0[1].1),
             ];
-            cpu[usize::from(!cluster)].push(us[0] + us[1]);
+            cpu[i].push(us[0] + us[3]);
             let sent = cluster_json(pair, Side::A)["records_sent"]
                 .as_u64()
                 .map(|n| (n - before).to_string())
                 .unwrap_or_else(|| "-".into());
             println!(
-                "{:>5} {:>8} {:>12.0} {:>7} {:>14} {:>12.1} {:>12.1} {:>12.1} {:>12.1}",
+                "{:>5} {:>12} {:>9.0} {:>7} {:>9} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>7}",
                 round + 1,
-                if cluster { "yes" } else { "no" },
+                mode.name(),
                 rate,
                 errors,
                 sent,
                 us[0],
                 us[1],
                 us[2],
-                us[3]
+                us[3],
+                us[4],
+                us[5],
+                b_forwarded
             );
-            this[usize::from(!cluster)] = rate;
-            if cluster {
-                with.push(rate);
-            } else {
-                without.push(rate);
+            this[i] = rate;
+            rates[i].push(rate);
+        }
+        if let Some(alone) = alone {
+            for (i, r) in this.iter().enumerate() {
+                ratios[i].push(r / this[alone]);
             }
         }
-        ratios.push(this[0] / this[1]);
     }
-    let (mw, mo) = (median(with), median(without));
-    println!(
-        "median conn/s: with [cluster] {mw:.0}, without {mo:.0}; ratio of the medians {:.3}; \
-         median of the per-round ratios {:.3} (target >= 0.95)",
-        mw / mo,
-        median(ratios)
-    );
-    let [cw, co] = cpu;
-    println!(
-        "median CPU of gateway A's conntrackd + nats-server per connection: with [cluster] {:.1} us, \
-         without {:.1} us",
-        median(cw),
-        median(co)
-    );
+    for (i, mode) in modes.iter().enumerate() {
+        let rate = median(rates[i].clone());
+        let ratio = alone
+            .map(|alone| {
+                let mut per_round = ratios[i].clone();
+                per_round.sort_by(f64::total_cmp);
+                format!(
+                    "; against without: ratio of the medians {:.3}, median of the per-round ratios \
+                     {:.3} (quartiles {:.3}-{:.3})",
+                    rate / median(rates[alone].clone()),
+                    median(per_round.clone()),
+                    quantile(&per_round, 0.25),
+                    quantile(&per_round, 0.75)
+                )
+            })
+            .unwrap_or_default();
+        println!(
+            "{}: median {rate:.0} conn/s, A's conntrackd + nats-server {:.1} us per connection{ratio}",
+            mode.name(),
+            median(cpu[i].clone())
+        );
+    }
+    println!("(target: with [cluster] >= 0.95 of without)");
+}
+
+/// A sorted sample's `q` quantile (nearest rank).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// How a gateway's conntrackd runs: alone, or with `[cluster]` (at a
+/// `batch_ms`, or the daemon's default).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    Alone,
+    Cluster(Option<u16>),
+}
+
+impl Mode {
+    fn name(&self) -> String {
+        match self {
+            Mode::Alone => "without".into(),
+            Mode::Cluster(None) => "cluster".into(),
+            Mode::Cluster(Some(ms)) => format!("cluster/{ms}ms"),
+        }
+    }
+
+    /// `without`, `cluster`, or a `batch_ms` in milliseconds.
+    fn parse(word: &str) -> Mode {
+        match word {
+            "without" => Mode::Alone,
+            "cluster" => Mode::Cluster(None),
+            ms => Mode::Cluster(Some(
+                ms.parse().expect("--modes: without, cluster or N (ms)"),
+            )),
+        }
+    }
 }
 
 // ---- the failover of many connections -----------------------------------------
@@ -608,7 +744,19 @@ fn print_probe(what: &str, k: usize, p: &Probe) {
     );
 }
 
-fn ours(only: Option<&str>, rounds: usize, secs: u64, n: usize) {
+/// `cluster`: how both gateways run for the failover (and B throughout);
+/// `modes`: A's modes in the rate benchmark.
+/// `b_idle`: B's conntrackd and nats-server at idle priority for the rate
+/// benchmark (`--b-idle`).
+fn ours(
+    only: Option<&str>,
+    rounds: usize,
+    secs: u64,
+    n: usize,
+    cluster: Mode,
+    modes: &[Mode],
+    b_idle: bool,
+) {
     let Some(pair) = Pair::with(
         "bench_failover_conntrackd",
         PairConfig {
@@ -619,8 +767,8 @@ fn ours(only: Option<&str>, rounds: usize, secs: u64, n: usize) {
     ) else {
         return;
     };
-    let _b = start_gateway(&pair, Side::B, true);
-    let mut a = start_gateway(&pair, Side::A, true);
+    let _b = start_gateway(&pair, Side::B, cluster);
+    let mut a = start_gateway(&pair, Side::A, cluster);
     pair.wait_master(Side::A, Duration::from_secs(30));
     if only.is_none() || only == Some("failover") {
         println!("\n== b. failover of {n} established connections, conntrackd with [cluster] on both gateways");
@@ -652,11 +800,25 @@ fn ours(only: Option<&str>, rounds: usize, secs: u64, n: usize) {
         // and takes the addresses back, for what follows.
         drop(conns);
         pair.recover(Side::A);
-        a = start_gateway(&pair, Side::A, true);
+        a = start_gateway(&pair, Side::A, cluster);
         pair.wait_master(Side::A, Duration::from_secs(30));
     }
     if only.is_none() || only == Some("rate") {
-        bench_rate(&pair, &mut a, rounds, secs);
+        if b_idle {
+            // B stands for a gateway of its own: its conntrackd and
+            // nats-server take only the CPU that A's side leaves idle.
+            for comm in ["conntrackd", "nats-server"] {
+                for pid in pids_named(pair.gw(Side::B), comm) {
+                    let ok = Command::new("chrt")
+                        .args(["--all-tasks", "--idle", "--pid", "0", &pid.to_string()])
+                        .status()
+                        .is_ok_and(|s| s.success());
+                    assert!(ok, "chrt --idle on B's {comm} ({pid})");
+                }
+            }
+            println!("\nB's conntrackd and nats-server run as SCHED_IDLE (--b-idle)");
+        }
+        bench_rate(&pair, &mut a, rounds, secs, modes);
     }
 }
 
@@ -873,6 +1035,9 @@ fn main() {
     let mut rounds = 4usize;
     let mut secs = 3u64;
     let mut n = 1000usize;
+    let mut batch_ms: Option<u16> = None;
+    let mut modes: Option<Vec<Mode>> = None;
+    let mut b_idle = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -880,11 +1045,16 @@ fn main() {
             "--rounds" => rounds = args.next().unwrap().parse().unwrap(),
             "--secs" => secs = args.next().unwrap().parse().unwrap(),
             "--conns" => n = args.next().unwrap().parse().unwrap(),
+            "--b-idle" => b_idle = true,
+            "--batch-ms" => batch_ms = Some(args.next().unwrap().parse().unwrap()),
+            "--modes" => {
+                modes = Some(args.next().unwrap().split(',').map(Mode::parse).collect());
+            }
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
     }
-    assert!((1..=10).contains(&rounds), "--rounds: 1 to 10");
+    assert!((1..=30).contains(&rounds), "--rounds: 1 to 30");
     assert!((1..=10).contains(&secs), "--secs: 1 to 10");
     assert!((1..=5000).contains(&n), "--conns: 1 to 5000");
     // The client's and the echo server's ends of every connection, and the
@@ -898,7 +1068,16 @@ fn main() {
     let started = Instant::now();
     let only = only.as_deref();
     if only != Some("anchor") {
-        ours(only, rounds, secs, n);
+        let modes = modes.unwrap_or_else(|| vec![Mode::Cluster(batch_ms), Mode::Alone]);
+        ours(
+            only,
+            rounds,
+            secs,
+            n,
+            Mode::Cluster(batch_ms),
+            &modes,
+            b_idle,
+        );
     }
     if only.is_none() || only == Some("anchor") {
         anchor(n);
