@@ -5,7 +5,7 @@
 
 mod engine_support;
 
-use conntrackd::engine::{Answers, OPENING_LIMIT_SECS};
+use conntrackd::engine::{Answers, OPENING_LIMIT_SECS, SYN_AGAIN_AFTER};
 use conntrackd::synproxy::{Segment, TcpOptions, Timestamps};
 use conntrackd::wire::{self, build, Framing, SeqNum, TcpFlags, TcpSegment};
 use conntrackd::Reason;
@@ -437,16 +437,26 @@ fn a_server_that_refuses_or_stays_silent_gets_the_client_reset() {
             assert_eq!(reason, Reason::SynproxyServerFailed);
             a
         } else {
-            // The client's data meanwhile: the SYN goes again.
+            // The client's data at once: dropped, and the SYN is not sent
+            // again so soon, however often the client sends.
             let data = build::tcp(c, s)
                 .flags(ACK | PSH)
                 .seq(5_001)
                 .ack(synack.seq.0.wrapping_add(1))
                 .payload(b"GET /")
                 .build();
+            for _ in 0..100 {
+                let (reason, a) = decide(&t, &data);
+                assert_eq!(reason, Reason::SynproxyWaiting);
+                assert!(a.to_send().next().is_none(), "no SYN within a second");
+            }
+            // Its retransmission a second later: the SYN goes again, once.
+            t.now_secs += SYN_AGAIN_AFTER.as_secs();
             let (reason, a) = decide(&t, &data);
             assert_eq!(reason, Reason::SynproxyWaiting);
             assert_eq!(parsed(&a.segments[0].unwrap()).2.flags.0, TcpFlags::SYN);
+            let (_, a) = decide(&t, &data);
+            assert!(a.to_send().next().is_none(), "once a second");
             t.now_secs += OPENING_LIMIT_SECS;
             let (reason, a) = decide(&t, &data);
             assert_eq!(reason, Reason::SynproxyServerFailed);

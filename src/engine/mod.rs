@@ -8,7 +8,7 @@
 mod proxy;
 pub mod settings;
 
-pub use proxy::{Answers, Rewrite, OPENING_LIMIT_SECS};
+pub use proxy::{Answers, Rewrite, OPENING_LIMIT_SECS, SYN_AGAIN_AFTER};
 use proxy::{Io, Step};
 
 use crate::conntrack::sources::{SourceLimits, SourceRefusal};

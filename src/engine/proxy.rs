@@ -35,8 +35,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Seconds the proxy waits for the server's SYN+ACK, sending its SYN again
-/// at each packet of the client's, before it gives up and resets the client.
+/// at the client's packets, before it gives up and resets the client.
 pub const OPENING_LIMIT_SECS: u64 = 15;
+/// The SYN to a server goes again at most this often (TCP's first
+/// retransmission timeout, RFC 6298): a client that sends fast while the
+/// server is silent cannot make the proxy flood the server with SYNs.
+pub const SYN_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Servers whose handshake options the proxy remembers.
 const LEARNED_SERVERS: usize = 4096;
@@ -333,6 +337,7 @@ impl Engine {
             cookie: data,
             client_ack: ack,
             since: now,
+            last_syn: now,
         };
         let d = self.open(key, side, Proto::Tcp(tcp), true, p, ctx, now, Some(opening))?;
         if d.verdict() != Verdict::Accept {
@@ -363,7 +368,7 @@ impl Engine {
         let Some(state) = self.table.proxied.get(key).map(|s| *s) else {
             return Step::Plain;
         };
-        let (cookie, client_ack, since) = match state {
+        let (cookie, client_ack, since, last_syn) = match state {
             Proxied::Open(t) => {
                 let mut s = *seg;
                 if from == Role::Originator {
@@ -380,7 +385,8 @@ impl Engine {
                 cookie,
                 client_ack,
                 since,
-            } => (cookie, client_ack, since),
+                last_syn,
+            } => (cookie, client_ack, since, last_syn),
         };
         let before = conn.state();
         let decided = |reason| Decision::without_rule(reason, before, before);
@@ -484,7 +490,16 @@ impl Engine {
             }
             Role::Originator => {
                 // The server has not answered: the SYN may have been lost.
-                io.answer(Segment::server_syn(&client_ack, &cookie));
+                // (Under the entry's lock: no other packet of the connection
+                // changes its proxy state meanwhile.)
+                if now.saturating_since(last_syn) >= SYN_AGAIN_AFTER {
+                    if let Some(mut state) = self.table.proxied.get_mut(key) {
+                        if let Proxied::Opening { last_syn, .. } = &mut *state {
+                            *last_syn = now;
+                        }
+                    }
+                    io.answer(Segment::server_syn(&client_ack, &cookie));
+                }
                 Step::Decided(decided(Reason::SynproxyWaiting))
             }
         }

@@ -16,6 +16,8 @@ pub enum Proxied {
         client_ack: SegmentView,
         /// When the SYN went to the server (first time).
         since: Timestamp,
+        /// When it went last.
+        last_syn: Timestamp,
     },
     /// Both handshakes are done: every packet is translated.
     Open(Translation),
