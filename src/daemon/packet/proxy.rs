@@ -9,26 +9,21 @@
 
 use super::super::shared::WorkerStats;
 use crate::engine::{Answers, Context, Decision};
+use crate::kernel::nfqueue::codec::{QueuedPacket, Sink, Verdicts};
 use crate::kernel::reject::RawSocket;
 use crate::synproxy::options::SEGMENT_MAX;
 use crate::time::Timestamp;
 use crate::Engine;
+use crate::Verdict;
 use std::cell::RefCell;
 use std::sync::Arc;
 
-/// The largest packet a queue hands over whole (copy range 65535).
-const PACKET_MAX: usize = 65_535;
-/// The largest packet a verdict can carry: an attribute's 16-bit length
-/// counts its 4-byte header.
-const MAX_REWRITTEN: usize = u16::MAX as usize - 4;
-
 /// One worker's side of the proxy: the shared socket, and its own buffers
-/// (a packet's worth for the rewrite, about 64 KiB, made when the worker is).
+/// (made when the worker is).
 pub struct Proxying {
     socket: Arc<Option<RawSocket>>,
     answers: RefCell<Answers>,
     out: RefCell<[u8; SEGMENT_MAX]>,
-    packet: RefCell<Vec<u8>>,
 }
 
 impl Proxying {
@@ -37,7 +32,6 @@ impl Proxying {
             socket,
             answers: RefCell::new(Answers::default()),
             out: RefCell::new([0; SEGMENT_MAX]),
-            packet: RefCell::new(Vec::with_capacity(PACKET_MAX)),
         }
     }
 
@@ -68,52 +62,40 @@ impl Proxying {
         d
     }
 
-    /// The accepted `packet` as the proxy rewrites it.
+    /// Hands the kernel the accepted packet `p`: rewritten when it is a
+    /// proxied connection's (in the verdict itself: one copy), else as it is
+    /// with `mark`.
     ///
-    /// `checksum_ready`: the queue's word on the checksum (false: partial,
-    /// left to offload). The kernel finishes no checksum of a packet handed
-    /// back (it marks it unchecked), so a partial one is computed here, over
-    /// the whole packet (a GSO super-packet's too: a veth hands it on whole).
-    pub fn rewritten(
+    /// The kernel finishes no checksum of a packet handed back (it marks it
+    /// unchecked), so a partial one (`checksum_ready` false: left to
+    /// offload) is computed here, over the whole packet (a GSO
+    /// super-packet's too: a veth hands it on whole).
+    pub fn hand_back<S: Sink>(
         &self,
-        packet: &[u8],
-        wire_len: usize,
-        checksum_ready: bool,
+        tx: &mut Verdicts<S>,
+        p: &QueuedPacket<'_>,
+        mark: Option<u32>,
         stats: &mut WorkerStats,
-    ) -> Rewritten<'_> {
+    ) {
         let Some(rewrite) = self.answers.borrow().rewrite else {
-            return Rewritten::Unchanged;
+            tx.push(p.id, Verdict::Accept, mark);
+            return;
         };
-        // Not copied whole, or too long for a netlink attribute (its length
-        // is 16 bits, header included): it cannot be handed back.
-        if wire_len > packet.len() || packet.len() > MAX_REWRITTEN {
+        // Not copied whole: it cannot be handed back (a netlink attribute's
+        // 16-bit length is checked by the verdict).
+        let changed = p.wire_len <= p.payload.len()
+            && tx.push_changed(p.id, p.payload, |packet| {
+                rewrite.apply(packet).is_ok()
+                    && (p.checksum_ready
+                        || crate::synproxy::translate::finish_checksum(packet).is_ok())
+            });
+        if changed {
+            stats.synproxy_rewritten += 1;
+        } else {
+            if p.wire_len > p.payload.len() {
+                tx.push(p.id, Verdict::Drop, None);
+            }
             stats.synproxy_rewrite_failures += 1;
-            return Rewritten::Refused;
         }
-        {
-            let mut buf = self.packet.borrow_mut();
-            buf.clear();
-            buf.extend_from_slice(packet);
-            if rewrite.apply(&mut buf).is_err() {
-                stats.synproxy_rewrite_failures += 1;
-                return Rewritten::Refused;
-            }
-            if !checksum_ready && crate::synproxy::translate::finish_checksum(&mut buf).is_err() {
-                stats.synproxy_rewrite_failures += 1;
-                return Rewritten::Refused;
-            }
-        }
-        stats.synproxy_rewritten += 1;
-        Rewritten::Packet(self.packet.borrow())
     }
-}
-
-/// What [`Proxying::rewritten`] made of an accepted packet.
-pub enum Rewritten<'a> {
-    /// Not a proxied connection's: it goes on as it is.
-    Unchanged,
-    /// It goes on as this.
-    Packet(std::cell::Ref<'a, Vec<u8>>),
-    /// It must be rewritten but cannot be (not copied whole): dropped.
-    Refused,
 }

@@ -185,12 +185,7 @@ impl Worker {
                 let (verdict, mark) = self.handle(&p, now, stats, ifnames);
                 match &self.proxying {
                     Some(proxy) if verdict == Verdict::Accept => {
-                        use super::proxy::Rewritten;
-                        match proxy.rewritten(p.payload, p.wire_len, p.checksum_ready, stats) {
-                            Rewritten::Packet(packet) => tx.push_rewritten(p.id, &packet),
-                            Rewritten::Unchanged => tx.push(p.id, verdict, mark),
-                            Rewritten::Refused => tx.push(p.id, Verdict::Drop, None),
-                        }
+                        proxy.hand_back(tx, &p, mark, stats)
                     }
                     _ => tx.push(p.id, verdict, mark),
                 }

@@ -294,30 +294,52 @@ impl<S: Sink> Verdicts<S> {
         }
     }
 
-    /// Adds an accept verdict that hands the kernel `packet` in place of
-    /// the queued one (a rewritten packet: NFQA_PAYLOAD). The kernel takes it
-    /// whole, cut or grown to its length, and checksums nothing: `packet`
-    /// must be the complete packet with its checksums final.
-    ///
-    /// `packet` is at most 65,531 bytes (an attribute's 16-bit length counts
-    /// its header); longer, it is dropped instead.
+    /// Accepts packet `id` handed back as `packet`.
     pub fn push_rewritten(&mut self, id: u32, packet: &[u8]) {
+        self.push_changed(id, packet, |_| true);
+    }
+
+    /// Adds an accept verdict that hands the kernel `packet`, after
+    /// `change`, in place of the queued one (a rewritten packet:
+    /// NFQA_PAYLOAD). `change` works in the verdict's own buffer, so the
+    /// packet is copied once, where it goes. The kernel takes it whole, cut
+    /// or grown to its length, and checksums nothing: the changed packet
+    /// must be complete with its checksums final.
+    ///
+    /// A packet too long for a netlink attribute (at most 65,531 bytes: its
+    /// 16-bit length counts its header), or one that `change` refuses
+    /// (false), is dropped instead. Whether it was accepted.
+    pub fn push_changed(
+        &mut self,
+        id: u32,
+        packet: &[u8],
+        change: impl FnOnce(&mut [u8]) -> bool,
+    ) -> bool {
         if packet.len() > u16::MAX as usize - 4 {
             self.push(id, Verdict::Drop, None);
-            return;
+            return false;
         }
         self.close_run();
+        let start = self.buf.len();
         self.write(NFQNL_MSG_VERDICT, id, Verdict::Accept, None);
         // The verdict message just written gets the payload attribute.
-        let start = self.buf.len() - 32;
         let attr_len = 4 + packet.len();
         let b = &mut self.buf;
         b.extend_from_slice(&(attr_len as u16).to_ne_bytes());
         b.extend_from_slice(&NFQA_PAYLOAD.to_ne_bytes());
+        let body = b.len();
         b.extend_from_slice(packet);
+        if !change(&mut b[body..]) {
+            // The verdict written above is taken back.
+            b.truncate(start);
+            self.messages -= 1;
+            self.push(id, Verdict::Drop, None);
+            return false;
+        }
         b.resize(b.len() + (align4(attr_len) - attr_len), 0);
         let total = (b.len() - start) as u32;
         b[start..start + 4].copy_from_slice(&total.to_ne_bytes());
+        true
     }
 
     fn close_run(&mut self) {
@@ -469,6 +491,38 @@ mod tests {
         assert_eq!(u16::from_ne_bytes([second[34], second[35]]), NFQA_PAYLOAD);
         assert_eq!(&second[36..41], b"abcde");
         assert_eq!(&second[28..32], &2u32.to_be_bytes());
+    }
+
+    #[test]
+    fn a_changed_verdict_carries_the_change_and_a_refused_change_drops() {
+        struct Sent(Vec<u8>);
+        impl Sink for Sent {
+            fn send(&mut self, buf: &[u8]) -> io::Result<()> {
+                self.0.extend_from_slice(buf);
+                Ok(())
+            }
+        }
+        let mut v = Verdicts::with_sink(Sent(Vec::new()), 2);
+        assert!(v.push_changed(1, b"abcde", |b| {
+            b.make_ascii_uppercase();
+            true
+        }));
+        assert!(!v.push_changed(2, b"fghij", |b| {
+            b[0] = b'!';
+            false
+        }));
+        v.flush().unwrap();
+        let sent = v.sink.0.clone();
+        // 1 accepted with its changed payload, then 2 a plain drop: nothing
+        // of the refused change is left behind.
+        assert_eq!(v.messages, 2);
+        assert_eq!(sent.len(), 44 + 32, "{sent:?}");
+        assert_eq!(u32_ne(&sent, 0), 32 + 12);
+        assert_eq!(&sent[36..41], b"ABCDE");
+        let second = &sent[44..];
+        assert_eq!(u32_ne(second, 0), 32);
+        assert_eq!(&second[28..32], &2u32.to_be_bytes());
+        assert_eq!(u32_be(second, 24), NF_DROP);
     }
 
     #[test]
