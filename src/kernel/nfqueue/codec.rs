@@ -462,15 +462,18 @@ mod tests {
         m
     }
 
+    /// A sink that keeps what is sent, in one buffer.
+    struct Sent(Vec<u8>);
+
+    impl Sink for Sent {
+        fn send(&mut self, buf: &[u8]) -> io::Result<()> {
+            self.0.extend_from_slice(buf);
+            Ok(())
+        }
+    }
+
     #[test]
     fn a_rewritten_verdict_carries_the_packet_and_runs_stay_in_order() {
-        struct Sent(Vec<u8>);
-        impl Sink for Sent {
-            fn send(&mut self, buf: &[u8]) -> io::Result<()> {
-                self.0.extend_from_slice(buf);
-                Ok(())
-            }
-        }
         let mut v = Verdicts::with_sink(Sent(Vec::new()), 3);
         v.push(1, Verdict::Accept, None);
         v.push_rewritten(2, b"abcde");
@@ -495,13 +498,6 @@ mod tests {
 
     #[test]
     fn a_changed_verdict_carries_the_change_and_a_refused_change_drops() {
-        struct Sent(Vec<u8>);
-        impl Sink for Sent {
-            fn send(&mut self, buf: &[u8]) -> io::Result<()> {
-                self.0.extend_from_slice(buf);
-                Ok(())
-            }
-        }
         let mut v = Verdicts::with_sink(Sent(Vec::new()), 2);
         assert!(v.push_changed(1, b"abcde", |b| {
             b.make_ascii_uppercase();
