@@ -93,6 +93,14 @@ fn wait_stats(
     }
 }
 
+/// conntrackd with [`RULES`], once its proxy is on.
+fn start_proxy(lab: &Lab) -> lab::Daemon {
+    let rules = lab.write_rules("rules.toml", RULES);
+    let d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
+    d.wait_log("SYN proxy on", Duration::from_secs(5));
+    d
+}
+
 #[test]
 #[ignore = "needs root: network namespaces, NFQUEUE"]
 fn connections_through_the_proxy_carry_data_both_ways_and_the_server_sees_one_syn_each() {
@@ -101,9 +109,7 @@ fn connections_through_the_proxy_carry_data_both_ways_and_the_server_sees_one_sy
     };
     lab.add_nfqueue_rule("0", true);
     count_syns_at_server(&lab);
-    let rules = lab.write_rules("rules.toml", RULES);
-    let d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
-    d.wait_log("SYN proxy on", Duration::from_secs(5));
+    let d = start_proxy(&lab);
     let _servers = [
         TcpEcho::start(&lab.server, v4()),
         TcpEcho::start(&lab.server, v6()),
@@ -142,9 +148,7 @@ fn spoofed_syns_never_reach_the_server_and_a_forged_ack_is_refused() {
     lab.add_nfqueue_rule("0", true);
     lab.drop_crafted_at_hosts();
     count_syns_at_server(&lab);
-    let rules = lab.write_rules("rules.toml", RULES);
-    let d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
-    d.wait_log("SYN proxy on", Duration::from_secs(5));
+    let d = start_proxy(&lab);
     let _server = TcpEcho::start(&lab.server, v4());
     let raw = RawSender::new(&lab.client);
     const SPOOFED: u32 = 20_000;
@@ -213,9 +217,7 @@ fn a_server_with_another_window_scale_than_the_client_was_told_still_works() {
     // gives 3, where the proxy tells a client of an unknown server 7 (the
     // default); a client scales with 7 (its own 6 MiB buffer).
     lab.server.sysctl("net.ipv4.tcp_rmem", "4096 65536 262144");
-    let rules = lab.write_rules("rules.toml", RULES);
-    let d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
-    d.wait_log("SYN proxy on", Duration::from_secs(5));
+    let d = start_proxy(&lab);
     let _server = TcpEcho::start(&lab.server, v4());
     // The first connection is told the configured scale; the second the
     // learned one. Both carry megabytes both ways.
@@ -262,9 +264,7 @@ fn sack_recovers_losses_through_the_proxy() {
             ),
         );
     }
-    let rules = lab.write_rules("rules.toml", RULES);
-    let d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
-    d.wait_log("SYN proxy on", Duration::from_secs(5));
+    let d = start_proxy(&lab);
     let _servers = [
         TcpEcho::start(&lab.server, v4()),
         TcpEcho::start(&lab.server, v6()),
@@ -303,9 +303,7 @@ fn teardown_from_the_server_and_a_reset_from_the_client_go_through_the_proxy() {
         return;
     };
     lab.add_nfqueue_rule("0", true);
-    let rules = lab.write_rules("rules.toml", RULES);
-    let d = lab.start_daemon(&["--rules", rules.to_str().unwrap()]);
-    d.wait_log("SYN proxy on", Duration::from_secs(5));
+    let d = start_proxy(&lab);
     for to in [v4(), v6()] {
         // A server that speaks first and closes first; then one whose
         // client resets the connection.

@@ -291,16 +291,7 @@ fn asymmetric_routing_loses_every_packet_that_races_a_record() {
 fn a_proxied_connection_keeps_its_translation_on_the_peer() {
     use conntrackd::engine::Answers;
     use conntrackd::wire::{self, build, Framing, SeqNum};
-    let rules = r#"
-[policy]
-default = "drop"
-[[rule]]
-name = "web"
-action = "accept"
-proto = "tcp"
-dst_ports = [80]
-synproxy = true
-"#;
+    let rules = PROXIED_WEB;
     let (a, b) = (Harness::from_toml(rules), Harness::from_toml(rules));
     a.engine.set_cookie_keys([1; 32]);
     b.engine.set_cookie_keys([2; 32]);

@@ -12,26 +12,20 @@ use conntrackd::Reason;
 use engine_support::*;
 use std::net::{IpAddr, SocketAddr};
 
-const RULES: &str = r#"
-[policy]
-default = "drop"
-
-[[rule]]
-name = "web"
-action = "accept"
-proto = "tcp"
-dst_ports = [80]
-synproxy = true
-
+/// The proxied `web` rule, and `ssh` (port 22) without the proxy.
+fn rules() -> String {
+    let ssh = r#"
 [[rule]]
 name = "ssh"
 action = "accept"
 proto = "tcp"
 dst_ports = [22]
 "#;
+    format!("{PROXIED_WEB}{ssh}")
+}
 
 fn harness() -> Harness {
-    let t = Harness::from_toml(RULES);
+    let t = Harness::from_toml(&rules());
     t.engine.set_cookie_keys([7; 32]);
     t
 }
@@ -473,7 +467,7 @@ fn a_server_that_refuses_or_stays_silent_gets_the_client_reset() {
 
 #[test]
 fn without_keys_the_proxy_answers_nothing() {
-    let t = Harness::from_toml(RULES);
+    let t = Harness::from_toml(&rules());
     let (reason, a) = decide(
         &t,
         &segment(client_syn(sa("198.18.0.2:1"), sa("198.19.0.2:80"), 1, 1)),
@@ -486,7 +480,7 @@ fn without_keys_the_proxy_answers_nothing() {
 fn engine_wide_always_proxies_every_accepted_syn_and_adaptive_follows_the_half_open_count() {
     let always = format!(
         "{}\n[engine]\nsynproxy = \"always\"\n",
-        RULES.replace("synproxy = true\n", "")
+        rules().replace("synproxy = true\n", "")
     );
     let t = Harness::from_toml(&always);
     t.engine.set_cookie_keys([1; 32]);
@@ -505,7 +499,7 @@ fn engine_wide_always_proxies_every_accepted_syn_and_adaptive_follows_the_half_o
     // Adaptive, half-open limit 100: on above 25, off again below 12.5.
     let adaptive = format!(
         "{}\n[engine]\nmax_half_open = 100\nsynproxy = \"adaptive\"\n",
-        RULES.replace("synproxy = true\n", "")
+        rules().replace("synproxy = true\n", "")
     );
     let t = Harness::from_toml(&adaptive);
     t.engine.set_cookie_keys([2; 32]);
@@ -537,7 +531,7 @@ fn a_restart_keeps_a_proxied_connection_and_its_translation() {
     let x = open(&mut t, c, s);
     let saved = t.engine.save_state(t.now(), true, 1_800_000_000);
     // A new process: new keys, the table from the file.
-    let t2 = Harness::from_toml(RULES);
+    let t2 = Harness::from_toml(&rules());
     t2.engine.set_cookie_keys([9; 32]);
     let r = t2
         .engine
@@ -606,7 +600,7 @@ fn a_client_that_offers_no_scale_does_not_make_the_proxy_forget_the_servers() {
 
 #[test]
 fn per_source_limits_count_proxied_connections_and_a_blind_rst_is_refused() {
-    let rules = RULES.replace("synproxy = true\n", "synproxy = true\nmax_src_conn = 1\n");
+    let rules = rules().replace("synproxy = true\n", "synproxy = true\nmax_src_conn = 1\n");
     let mut t = Harness::from_toml(&rules);
     t.engine.set_cookie_keys([5; 32]);
     let s = sa("198.19.0.2:80");
