@@ -59,12 +59,24 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Changes taken from the outbox per round, at most.
 const DRAIN: usize = 16_384;
 /// What a drain of the outbox found.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Drained {
     None,
     Some,
     /// `DRAIN` changes, so probably more.
     Full,
+}
+
+/// The pause before the next drain, after one that found `drained`
+/// following a pause of `pause`: none after a full drain (a backlog goes
+/// now, not a tick later), `busy` while changes come, and doubling from
+/// `busy` up to `idle` while none do.
+fn next_pause(drained: Drained, pause: Duration, busy: Duration, idle: Duration) -> Duration {
+    match drained {
+        Drained::Full => Duration::ZERO,
+        Drained::Some => busy,
+        Drained::None => (pause * 2).clamp(busy, idle),
+    }
 }
 
 /// A bulk request nobody was subscribed to (the peers reconnecting at the
@@ -366,12 +378,8 @@ impl Node {
                     if self.stop.is_set() {
                         break;
                     }
-                    pause = match self.round(&client).await {
-                        // A backlog: the rest goes now, not a tick later.
-                        Drained::Full => Duration::ZERO,
-                        Drained::Some => busy_tick,
-                        Drained::None => (pause * 2).clamp(busy_tick, idle_tick),
-                    };
+                    let drained = self.round(&client).await;
+                    pause = next_pause(drained, pause, busy_tick, idle_tick);
                     tick.as_mut().reset(tokio::time::Instant::now() + pause);
                 }
                 Some(m) = changes.next() => self.take(&client, m).await,
@@ -724,6 +732,26 @@ mod tests {
 
     const WEB: &str = "[policy]\ndefault = \"drop\"\n[[rule]]\nname = \"web\"\n\
                        action = \"accept\"\nproto = \"tcp\"\ndst_ports = [443]\n";
+
+    #[test]
+    fn a_backlog_goes_at_once_changes_every_batch_and_a_quiet_node_slows_down() {
+        let ms = Duration::from_millis;
+        let (busy, idle) = (ms(5), IDLE_TICK.max(ms(5)));
+        assert_eq!(next_pause(Drained::Full, busy, busy, idle), Duration::ZERO);
+        assert_eq!(next_pause(Drained::Some, Duration::ZERO, busy, idle), busy);
+        assert_eq!(next_pause(Drained::Some, idle, busy, idle), busy);
+        // Quiet: from the batch interval (never less, even after a backlog)
+        // up to the idle tick.
+        assert_eq!(next_pause(Drained::None, Duration::ZERO, busy, idle), busy);
+        let (busy, idle) = (ms(1), IDLE_TICK);
+        let mut pause = busy;
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            pause = next_pause(Drained::None, pause, busy, idle);
+            seen.push(pause);
+        }
+        assert_eq!(seen, [ms(2), ms(4), ms(4), ms(4)]);
+    }
 
     #[test]
     fn the_digest_follows_the_rules_and_settings_not_the_reloads() {
