@@ -43,6 +43,15 @@ pub struct Context<'a> {
     /// lookup that decided the packet, and says so in
     /// [`Decision::handed_off`]. `None`: off.
     pub hand_off: Option<u32>,
+    /// Hand-off mode with the SYN proxy: the caller can hand a proxied
+    /// connection to the kernel, whose conntrack then translates it (see
+    /// [`crate::synproxy::Translation::kernel_can`]). `Some(true)`: the
+    /// kernel's SYN proxy hooks are there to translate timestamps too.
+    /// `None`: proxied connections stay here. A decision that hands a
+    /// proxied connection off (`handed_off`) still rewrites its packet
+    /// ([`Answers::rewrite`]); the caller gives the kernel the translation
+    /// before the verdict, or calls [`Engine::translate_here`].
+    pub kernel_translates: Option<bool>,
 }
 
 /// The answer for one packet.
@@ -422,7 +431,57 @@ impl Engine {
             return false;
         };
         let from = entry.role_of(side);
-        hand_off_conn(&mut entry, from, seg, now, timeout)
+        // A proxied connection is handed off only by `decide`, which tells
+        // the caller to hand the kernel its translation.
+        let proxied = entry.proxied().then_some(None);
+        hand_off_conn(&mut entry, from, seg, now, timeout, proxied)
+    }
+
+    /// Hand-off mode: the kernel could not take the proxied connection of
+    /// `bytes` that the decision handed off (see [`Context::kernel_translates`]):
+    /// conntrackd translates it again. Its packets keep coming to the queue
+    /// (their verdict carries no hand-off mark). Returns whether it was
+    /// translated by the kernel.
+    pub fn translate_here(&self, bytes: &[u8], framing: Framing) -> bool {
+        let Ok(packet) = wire::parse(bytes, framing) else {
+            return false;
+        };
+        let Some(seg) = packet.tcp() else {
+            return false;
+        };
+        let (key, _) = FlowKey::new(
+            packet.protocol,
+            packet.src,
+            seg.src_port,
+            packet.dst,
+            seg.dst_port,
+        );
+        // Under the entry's lock, as every change of its proxy state.
+        let Some(_entry) = self.table.get_mut(&key) else {
+            return false;
+        };
+        match self.table.translation(&key) {
+            Some(t) if t.by_kernel() => {
+                self.table
+                    .proxied
+                    .insert(key, crate::synproxy::Proxied::Open(t.in_kernel(false)));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Hand-off mode: the translation the kernel is to make for the proxied
+    /// connection `key`, when it can (see [`Context::kernel_translates`]),
+    /// or makes already.
+    fn kernel_can_translate(
+        &self,
+        key: &FlowKey,
+        ctx: &Context<'_>,
+    ) -> Option<crate::synproxy::Translation> {
+        let t = self.table.translation(key)?;
+        let can = t.by_kernel() || ctx.kernel_translates.is_some_and(|ts| t.kernel_can(ts));
+        can.then_some(t)
     }
 
     /// Hand-off mode: the kernel still carries this handed-off TCP connection
@@ -597,7 +656,11 @@ impl Engine {
         now: Timestamp,
     ) -> Applied {
         record.set_peer();
-        let translation = translation.filter(|_| record.proxied() && !remove);
+        // Translated by the peer's kernel, maybe: here, by this node until
+        // it hands the connection off itself.
+        let translation = translation
+            .filter(|_| record.proxied() && !remove)
+            .map(|t| t.in_kernel(false));
         if record.proxied() && translation.is_none() {
             record.clear_proxied();
         }
@@ -849,7 +912,9 @@ impl Engine {
                 Lookup::Found(d)
             }
             Step::Translate(translated, r) => {
-                io.rewrite(r);
+                if let Some(r) = r {
+                    io.rewrite(r);
+                }
                 self.judge(entry, key, from, tcp, &translated, p, ctx, now)
             }
             Step::Plain => self.judge(entry, key, from, tcp, seg, p, ctx, now),
@@ -924,8 +989,17 @@ impl Engine {
         self.tell(adopted, before, after, key, conn, now);
         let mut d = Decision::without_rule(outcome.reason, before, after);
         if let Some(timeout) = ctx.hand_off {
-            d.handed_off =
-                d.verdict() == Verdict::Accept && hand_off_conn(conn, from, seg, now, timeout);
+            let proxied = conn.proxied().then(|| self.kernel_can_translate(key, ctx));
+            d.handed_off = d.verdict() == Verdict::Accept
+                && hand_off_conn(conn, from, seg, now, timeout, proxied);
+            if let (true, Some(Some(t))) = (d.handed_off, proxied) {
+                // From the next packet on, the kernel translates: this one
+                // is still rewritten here (the caller hands the kernel its
+                // new entry before the verdict).
+                self.table
+                    .proxied
+                    .insert(*key, crate::synproxy::Proxied::Open(t.in_kernel(true)));
+            }
         }
         Lookup::Found(d)
     }
@@ -1189,7 +1263,9 @@ impl Engine {
         // packet: in hand-off mode, that packet hands it off.
         let handed_off = match (ctx.hand_off, p.tcp()) {
             (Some(timeout), Some(seg)) => {
-                hand_off_conn(&mut conn, Role::Originator, seg, now, timeout)
+                // (A connection the proxy opens is never ESTABLISHED yet.)
+                let proxying = proxied.is_some().then_some(None);
+                hand_off_conn(&mut conn, Role::Originator, seg, now, timeout, proxying)
             }
             _ => false,
         };
@@ -1220,7 +1296,8 @@ impl Engine {
 /// Hands `conn` to the kernel (see [`Engine::hand_off`]) when `seg`, an
 /// accepted packet of it sent by the endpoint in role `from`, may: a plain
 /// segment (no SYN, FIN or RST) from the originator, both ends ESTABLISHED.
-/// Returns whether it did.
+/// A proxied connection (`proxied` is `Some`) only with the translation
+/// the kernel is to make, or made already. Returns whether it did.
 #[inline]
 fn hand_off_conn(
     conn: &mut Conn,
@@ -1228,13 +1305,13 @@ fn hand_off_conn(
     seg: &TcpSegment,
     now: Timestamp,
     timeout: u32,
+    proxied: Option<Option<crate::synproxy::Translation>>,
 ) -> bool {
-    // A proxied connection stays here: the kernel would not translate it.
     if from != Role::Originator
         || seg.flags.syn()
         || seg.flags.fin()
         || seg.flags.rst()
-        || conn.proxied()
+        || matches!(proxied, Some(None))
     {
         return false;
     }

@@ -179,8 +179,9 @@ pub(super) enum Step {
     /// The proxy decided it, and the connection goes.
     Remove(Decision),
     /// The tracker judges this (translated) segment; an accepted packet is
-    /// rewritten so.
-    Translate(TcpSegment, Rewrite),
+    /// rewritten so (`None`: the kernel rewrites it, see
+    /// [`Translation::by_kernel`]).
+    Translate(TcpSegment, Option<Rewrite>),
     /// No proxy state (never expected): judged as it is.
     Plain,
 }
@@ -379,7 +380,7 @@ impl Engine {
                     translation: t,
                     to_client: from == Role::Responder,
                 };
-                return Step::Translate(s, rewrite);
+                return Step::Translate(s, Some(rewrite).filter(|_| !t.by_kernel()));
             }
             Proxied::Opening {
                 cookie,

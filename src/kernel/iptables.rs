@@ -127,7 +127,16 @@ pub struct Spec {
     /// connmark (mangle POSTROUTING), and accept TCP packets without SYN,
     /// FIN or RST whose connmark has them before queueing.
     pub handoff_mark: Option<u32>,
+    /// Hand-off mode with the SYN proxy: a SYNPROXY rule after the NFQUEUE
+    /// rule. It is never reached (NFQUEUE ends the chain); adding it
+    /// registers the kernel's SYN proxy hooks, which rewrite the timestamps
+    /// of proxied connections handed to the kernel. Only when every hook is
+    /// FORWARD or INPUT (the target's only hooks).
+    pub synproxy_hooks: bool,
 }
+
+/// The never-reached rule of [`Spec::synproxy_hooks`].
+const SYNPROXY_HOOKS_RULE: &str = "-p tcp -m comment --comment \"never reached: registers the SYN proxy hooks for proxied connections handed off\" -j SYNPROXY";
 
 impl Spec {
     /// Checks names and the queue list (`--queue-balance` needs a contiguous range).
@@ -181,7 +190,13 @@ impl Spec {
             last_queue: last,
             queue_bypass,
             handoff_mark: None,
+            synproxy_hooks: false,
         })
+    }
+
+    /// Whether the script carries [`Self::synproxy_hooks`]'s rule.
+    pub fn has_synproxy_hooks(&self) -> bool {
+        self.synproxy_hooks && self.hooks.iter().all(|h| h == "FORWARD" || h == "INPUT")
     }
 
     /// The NFQUEUE target's arguments.
@@ -246,6 +261,9 @@ impl Spec {
             c = self.chain,
             t = self.target()
         ));
+        if self.has_synproxy_hooks() {
+            s.push_str(&format!("-A {} {SYNPROXY_HOOKS_RULE}\n", self.chain));
+        }
         for h in self.hooks.iter().filter(|h| !kept.contains(h)) {
             s.push_str(&format!("-I {h} 1 -j {}\n", self.chain));
         }
@@ -490,6 +508,11 @@ impl Installed {
         &self.families
     }
 
+    /// The kernel's SYN proxy hooks are registered (see [`Spec::synproxy_hooks`]).
+    pub fn synproxy_hooks(&self) -> bool {
+        self.spec.has_synproxy_hooks()
+    }
+
     /// Installs for IPv4, and for IPv6 unless the kernel has no IPv6.
     pub fn install(spec: Spec) -> anyhow::Result<Installed> {
         let mut installed = Installed {
@@ -534,7 +557,22 @@ impl Installed {
             }
             // On error, `installed` is dropped and removes what was installed so far.
             let kept = kept_hooks.unwrap_or_default();
-            restore(family, &installed.spec.install_script_keeping(&kept))?;
+            let script = installed.spec.install_script_keeping(&kept);
+            match restore(family, &script) {
+                Err(e) if installed.spec.has_synproxy_hooks() => {
+                    // A kernel without the SYNPROXY target: proxied
+                    // connections with timestamps stay in userspace.
+                    tracing::warn!(
+                        "{}: the SYNPROXY rule that registers the kernel's SYN proxy hooks was \
+                         refused ({e:#}); proxied connections that use timestamps are not handed \
+                         off",
+                        family.iptables()
+                    );
+                    installed.spec.synproxy_hooks = false;
+                    restore(family, &installed.spec.install_script_keeping(&kept))?;
+                }
+                other => other?,
+            }
             installed.families.push(family);
         }
         Ok(installed)

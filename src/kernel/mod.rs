@@ -1,5 +1,6 @@
 //! Adapters to the kernel, and nothing else: the NFQUEUE queues and their
-//! protocol, the conntrack table over ctnetlink, iptables, interface names,
+//! protocol, the conntrack table over ctnetlink (read, and written for a
+//! proxied connection handed over), iptables, interface names,
 //! the raw sockets that send reject answers.
 //!
 //! These modules speak the kernel's protocols; they know nothing of the
@@ -7,6 +8,7 @@
 //! a protocol number), never the other way round.
 
 pub mod ctnetlink;
+pub mod handover;
 pub mod ifnames;
 pub mod iptables;
 pub mod netlink;

@@ -66,10 +66,16 @@ pub struct Translation {
     client_shift: u8,
     /// The shift the server applies to the client's windows.
     client_shift_at_server: u8,
+    /// Handed to the kernel (hand-off mode): its conntrack entry rewrites
+    /// the packets (sequence adjustment, and the SYN proxy hooks'
+    /// timestamp offset), so conntrackd rewrites none of them.
+    kernel: bool,
 }
 
 /// The version byte of [`Translation::to_bytes`].
 const FORMAT_VERSION: u8 = 1;
+/// The flag of the version byte: translated by the kernel.
+const BY_KERNEL: u8 = 0x80;
 /// The length of [`Translation::to_bytes`].
 pub const TRANSLATION_BYTES: usize = 13;
 const MAX_WINDOW_SCALE: u8 = 14;
@@ -104,6 +110,7 @@ impl Translation {
             told_shift: client_side.map_or(0, |(_, t)| t),
             client_shift: client_side.map_or(0, |(c, _)| c),
             client_shift_at_server: server_side.map_or(0, |(c, _)| c),
+            kernel: false,
         }
     }
 
@@ -145,7 +152,49 @@ impl Translation {
             told_shift: self.server_shift,
             client_shift: self.client_shift_at_server,
             client_shift_at_server: self.client_shift,
+            kernel: self.kernel,
         }
+    }
+
+    /// Whether the kernel's conntrack rewrites this connection's packets
+    /// (see [`Self::in_kernel`]).
+    pub fn by_kernel(&self) -> bool {
+        self.kernel
+    }
+
+    /// The same translation, made by the kernel's conntrack from now on
+    /// (`true`: handed off) or by conntrackd (`false`).
+    pub fn in_kernel(self, kernel: bool) -> Self {
+        Translation { kernel, ..self }
+    }
+
+    /// What the kernel's conntrack can do for this connection: the
+    /// sequence adjustment adds one offset, and the SYN proxy hooks one
+    /// timestamp offset; neither rescales a window. With `timestamps`
+    /// false (the hooks are not registered), only a connection whose
+    /// timestamps need no offset.
+    pub fn kernel_can(&self, timestamps: bool) -> bool {
+        !self.rescales() && (timestamps || self.ts_delta == 0)
+    }
+
+    /// The window shifts in use: the client's and the server's (0 both
+    /// when scaling is off).
+    pub fn window_shifts(&self) -> (u8, u8) {
+        (self.client_shift_at_server, self.server_shift)
+    }
+
+    /// The kernel's sequence adjustment for the server's direction (the
+    /// reply direction): added to the server's sequence numbers, taken from
+    /// the client's acknowledgements and SACK edges.
+    pub fn seq_offset(&self) -> u32 {
+        self.seq_delta
+    }
+
+    /// The kernel SYN proxy's `tsoff`: the server's clock minus the one
+    /// the client was told (taken from the server's TSval, added to the
+    /// client's TSecr).
+    pub fn timestamp_offset(&self) -> u32 {
+        self.ts_delta.wrapping_neg()
     }
 
     /// A server sequence number in the client's space.
@@ -266,11 +315,11 @@ impl Translation {
         Ok(edit.finish(tcp))
     }
 
-    /// The fixed bytes of the state file: a version, then the fields, big
-    /// endian.
+    /// The fixed bytes of the state file: a version (its high bit: translated
+    /// by the kernel), then the fields, big endian.
     pub fn to_bytes(&self) -> [u8; TRANSLATION_BYTES] {
         let mut b = [0; TRANSLATION_BYTES];
-        b[0] = FORMAT_VERSION;
+        b[0] = FORMAT_VERSION | if self.kernel { BY_KERNEL } else { 0 };
         b[1..5].copy_from_slice(&self.seq_delta.to_be_bytes());
         b[5..9].copy_from_slice(&self.ts_delta.to_be_bytes());
         b[9] = self.server_shift;
@@ -284,7 +333,7 @@ impl Translation {
     /// above 14 (a corrupt file, not a translation to apply).
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
         let b: &[u8; TRANSLATION_BYTES] = bytes.try_into().ok()?;
-        if b[0] != FORMAT_VERSION || b[9..].iter().any(|&s| s > MAX_WINDOW_SCALE) {
+        if b[0] & !BY_KERNEL != FORMAT_VERSION || b[9..].iter().any(|&s| s > MAX_WINDOW_SCALE) {
             return None;
         }
         Some(Translation {
@@ -294,6 +343,7 @@ impl Translation {
             told_shift: b[10],
             client_shift: b[11],
             client_shift_at_server: b[12],
+            kernel: b[0] & BY_KERNEL != 0,
         })
     }
 }

@@ -342,7 +342,7 @@ impl Daemon {
         let (notices, logger) = start_logger(&engine)?;
         let handoff = settings
             .handoff
-            .map(|mark| handoff_mode(mark, &config, &settings, installed.is_some()));
+            .map(|mark| handoff_mode(mark, &config, &settings, installed.as_ref()));
         let rejecter = Arc::new(open_rejecter(&settings, &engine.policy()));
         let rejects_unanswered = !rejecter.can_answer();
         let proxy_socket = settings
@@ -608,6 +608,7 @@ fn install_hooks(settings: &Settings) -> anyhow::Result<Option<Installed>> {
         settings.queue_bypass,
     )?;
     spec.handoff_mark = settings.handoff;
+    spec.synproxy_hooks = settings.handoff.is_some() && settings.rewrites;
     let target = spec.target();
     let installed = Installed::install(spec)?;
     info!(
@@ -737,12 +738,34 @@ fn start_logger(
 }
 
 /// Hand-off mode's parameters, with warnings for settings that cannot work.
-fn handoff_mode(mark: u32, config: &Config, settings: &Settings, hooks_installed: bool) -> Handoff {
+fn handoff_mode(
+    mark: u32,
+    config: &Config,
+    settings: &Settings,
+    installed: Option<&Installed>,
+) -> Handoff {
+    // The kernel translates a proxied connection's timestamps only with the
+    // SYN proxy hooks, which conntrackd registers only with its own rules.
+    let timestamps = installed.is_some_and(Installed::synproxy_hooks);
     let handoff = Handoff {
         mark,
         timeout: handoff_timeout(config),
+        proxied: settings.rewrites.then_some(timestamps),
     };
-    if !hooks_installed {
+    if settings.rewrites {
+        info!(
+            timestamps,
+            "hand-off mode with the SYN proxy: proxied connections are handed to the kernel \
+             with their translation (sequence adjustment{})",
+            if timestamps {
+                ", and timestamps through the kernel's SYN proxy hooks"
+            } else {
+                "; those that use timestamps stay here: the kernel's SYN proxy hooks are \
+                 registered only with --install-iptables"
+            }
+        );
+    }
+    if installed.is_none() {
         warn!(
             mark = format!("{mark:#x}").as_str(),
             "hand-off mode without --install-iptables: the rules that save the mark to \
@@ -825,6 +848,15 @@ fn start_workers(
             handoff,
             replies: reject::Replies::new(rejecter.clone()),
             proxying: proxy_socket.map(|s| crate::daemon::packet::proxy::Proxying::new(s.clone())),
+            handover: handoff
+                .and_then(|h| h.proxied)
+                .and_then(|_| match crate::kernel::handover::HandOver::open() {
+                    Ok(h) => Some(std::cell::RefCell::new(h)),
+                    Err(e) => {
+                        warn!("queue {num}: no ctnetlink socket ({e}): proxied connections stay here");
+                        None
+                    }
+                }),
             dropped: std::cell::RefCell::new(Vec::with_capacity(
                 crate::kernel::nfqueue::codec::BATCH,
             )),

@@ -827,6 +827,8 @@ fn stats(c: &Control) -> Value {
         "synproxy_send_failures": totals.synproxy_send_failures,
         "synproxy_rewritten": totals.synproxy_rewritten,
         "synproxy_rewrite_failures": totals.synproxy_rewrite_failures,
+        "synproxy_handed_off": totals.synproxy_handed_off,
+        "synproxy_handoff_failures": totals.synproxy_handoff_failures,
         "bad_requests": c.bad_requests.load(Ordering::Relaxed),
         "sources": sources,
         "queues": queues,

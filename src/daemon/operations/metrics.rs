@@ -545,13 +545,16 @@ impl Collector for Reading {
             "conntrackd_synproxy_packets",
             "The SYN proxy's own packets (cookie SYN+ACKs, SYNs and ACKs to servers, window \
              updates and RSTs to clients), by outcome; and proxied connections' packets \
-             rewritten, or dropped because they could not be.",
+             rewritten, or dropped because they could not be; in hand-off mode, proxied \
+             connections handed to the kernel, or left here because it could not take them.",
             "outcome",
             [
                 ("sent", t.synproxy_sent),
                 ("send_failed", t.synproxy_send_failures),
                 ("rewritten", t.synproxy_rewritten),
                 ("rewrite_failed", t.synproxy_rewrite_failures),
+                ("handed_off", t.synproxy_handed_off),
+                ("handoff_failed", t.synproxy_handoff_failures),
             ],
         )?;
         counter(

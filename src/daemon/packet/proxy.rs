@@ -62,6 +62,11 @@ impl Proxying {
         d
     }
 
+    /// How the packet just decided is rewritten, if it is.
+    pub fn rewrite(&self) -> Option<crate::engine::Rewrite> {
+        self.answers.borrow().rewrite
+    }
+
     /// Hands the kernel the accepted packet `p`: rewritten when it is a
     /// proxied connection's (in the verdict itself: one copy), else as it is
     /// with `mark`.

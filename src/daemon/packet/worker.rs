@@ -11,6 +11,7 @@ use super::super::shared::{DropRecord, Shared, Stop, WorkerStats};
 use super::reject::Replies;
 use crate::conntrack::ConnState;
 use crate::engine::Context;
+use crate::kernel::handover::{HandOver, Handed};
 use crate::kernel::ifnames::IfNames;
 use crate::kernel::nfqueue::codec::{self, Item, QueuedPacket, Receiver, Verdicts};
 use crate::kernel::nfqueue::BoundQueue;
@@ -38,6 +39,11 @@ pub struct Handoff {
     /// Seconds a handed-off connection lives in the engine without
     /// queued packets (at least the kernel's established timeout).
     pub timeout: u32,
+    /// With the SYN proxy: proxied connections are handed off too, their
+    /// translation given to the kernel's conntrack ([`HandOver`]);
+    /// `Some(true)` when the kernel's SYN proxy hooks are registered (they
+    /// translate timestamps).
+    pub proxied: Option<bool>,
 }
 
 pub struct Worker {
@@ -55,6 +61,9 @@ pub struct Worker {
     pub replies: Replies,
     /// The SYN proxy's sending and rewriting, when it is configured.
     pub proxying: Option<super::proxy::Proxying>,
+    /// Hand-off mode with the SYN proxy: this worker's ctnetlink socket
+    /// that gives the kernel proxied connections.
+    pub handover: Option<std::cell::RefCell<HandOver>>,
     /// The batch's drops, recorded in the drops ring once per batch (the
     /// worker's thread only: the cell is never contended).
     pub dropped: std::cell::RefCell<Vec<DropRecord>>,
@@ -306,6 +315,10 @@ impl Worker {
             },
             framing,
             hand_off: self.handoff.map(|h| h.timeout),
+            kernel_translates: self
+                .handover
+                .as_ref()
+                .and(self.handoff.and_then(|h| h.proxied)),
         };
         // A panic in the engine (a bug) must not take the firewall down with
         // it, or a packet that triggers it would switch filtering off (or, fail-
@@ -362,13 +375,54 @@ impl Worker {
             Verdict::Drop => (Verdict::Drop, None),
             Verdict::Accept => match &self.handoff {
                 // Handed off by the decision itself (`Context::hand_off`).
-                Some(b) if d.handed_off => {
+                Some(b) if d.handed_off && self.hand_over(payload, framing, b, stats) => {
                     stats.handoff_marked += 1;
                     (Verdict::Accept, Some(p.mark | b.mark))
                 }
                 _ => (Verdict::Accept, None),
             },
         }
+    }
+
+    /// A decision handed a connection off: a proxied one (its packet is
+    /// rewritten here) goes to the kernel with its translation first.
+    /// Whether the verdict may carry the hand-off mark.
+    fn hand_over(
+        &self,
+        payload: &[u8],
+        framing: crate::wire::Framing,
+        handoff: &Handoff,
+        stats: &mut WorkerStats,
+    ) -> bool {
+        let (Some(proxy), Some(handover)) = (&self.proxying, &self.handover) else {
+            return true;
+        };
+        let Some(rewrite) = proxy.rewrite() else {
+            return true; // not proxied, or translated by the kernel already
+        };
+        let handed = crate::synproxy::options::read_segment(payload)
+            .ok()
+            .map(|seg| {
+                let t = rewrite.translation;
+                let (client, server) = t.window_shifts();
+                Handed {
+                    client: std::net::SocketAddr::new(seg.src, seg.src_port),
+                    server: std::net::SocketAddr::new(seg.dst, seg.dst_port),
+                    seq_offset: t.seq_offset(),
+                    timestamp_offset: t.timestamp_offset(),
+                    scales: (client != 0 || server != 0).then_some((client, server)),
+                    mark: handoff.mark,
+                    timeout: handoff.timeout,
+                }
+            });
+        let done = handed.is_some_and(|h| handover.borrow_mut().hand_over(&h).is_ok());
+        if done {
+            stats.synproxy_handed_off += 1;
+        } else {
+            stats.synproxy_handoff_failures += 1;
+            self.engine.translate_here(payload, framing);
+        }
+        done
     }
 
     /// Counts a packet a rule decided. The vector grows the first time a

@@ -52,6 +52,11 @@ pub struct WorkerStats {
     pub synproxy_send_failures: u64,
     pub synproxy_rewritten: u64,
     pub synproxy_rewrite_failures: u64,
+    /// Hand-off mode: proxied connections handed to the kernel (its
+    /// conntrack translates them), and those it could not take (they stay
+    /// here).
+    pub synproxy_handed_off: u64,
+    pub synproxy_handoff_failures: u64,
 }
 
 impl WorkerStats {
@@ -77,6 +82,8 @@ impl WorkerStats {
         self.synproxy_send_failures += o.synproxy_send_failures;
         self.synproxy_rewritten += o.synproxy_rewritten;
         self.synproxy_rewrite_failures += o.synproxy_rewrite_failures;
+        self.synproxy_handed_off += o.synproxy_handed_off;
+        self.synproxy_handoff_failures += o.synproxy_handoff_failures;
     }
 
     /// Rule hits add up only within one policy generation: the newer one

@@ -305,6 +305,11 @@ fn the_state_file_bytes_round_trip_and_refuse_what_is_not_theirs() {
     let mut other_version = b;
     other_version[0] = 2;
     assert_eq!(Translation::from_bytes(&other_version), None);
+    // Handed to the kernel: the version byte's high bit, kept through the file.
+    let handed = t.in_kernel(true);
+    assert_eq!(handed.to_bytes()[0], 0x81);
+    assert_eq!(Translation::from_bytes(&handed.to_bytes()), Some(handed));
+    assert!(Translation::from_bytes(&handed.to_bytes()).is_some_and(|h| h.by_kernel()));
     let mut big_shift = b;
     big_shift[10] = 15;
     assert_eq!(Translation::from_bytes(&big_shift), None);
