@@ -365,3 +365,97 @@ fn teardown_from_the_server_and_a_reset_from_the_client_go_through_the_proxy() {
         assert_eq!(reason(&s, r), 0, "{r}: {s:#}");
     }
 }
+
+/// Packets counted by the hand-off accept rule of the CONNTRACKD chain
+/// (IPv4 and IPv6): those the kernel carried without queueing them.
+fn handed_off_packets(lab: &Lab) -> u64 {
+    [false, true]
+        .iter()
+        .map(|&v6| {
+            let tool = if v6 { "ip6tables" } else { "iptables" };
+            let out = lab
+                .gw
+                .sh(&[tool, "-w", "5", "-L", "CONNTRACKD", "-v", "-x", "-n"]);
+            out.lines()
+                .find(|l| l.contains("ACCEPT") && l.contains("connmark"))
+                .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no hand-off rule in\n{out}"))
+        })
+        .sum()
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, NFQUEUE, iptables"]
+fn in_hand_off_mode_the_kernel_translates_proxied_connections() {
+    let Some(lab) = Lab::new("synproxy_handoff") else {
+        return;
+    };
+    let rules = lab.write_rules(
+        "rules.toml",
+        &format!("{RULES}\n[daemon]\nhandoff = true\nstats_interval = 1\n"),
+    );
+    let d = lab.start_daemon(&[
+        "--rules",
+        rules.to_str().unwrap(),
+        "--install-iptables",
+        "--log-level",
+        "info",
+    ]);
+    d.wait_log("SYN proxy on", Duration::from_secs(5));
+    d.wait_log("timestamps through the kernel", Duration::from_secs(5));
+    for v6 in [false, true] {
+        let now = lab.gw.ruleset(v6);
+        assert!(now.contains("-j SYNPROXY"), "the hooks' rule:\n{now}");
+    }
+    let _servers = [
+        TcpEcho::start(&lab.server, v4()),
+        TcpEcho::start(&lab.server, v6()),
+    ];
+    const BULK: usize = 8 << 20;
+    for (family, to) in [("IPv4", v4()), ("IPv6", v6())] {
+        // The first connection teaches the proxy the server's window scale
+        // (until then the client is told the configured one, and a window
+        // rescaled is translated here, never by the kernel).
+        let c = lab::connect(&lab.client, to, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{family}: connect: {e}\n{}", d.log()));
+        lab::exchange(&c, 1000, 0x11).unwrap_or_else(|e| panic!("{family}: {e}\n{}", d.log()));
+        lab::close(c).unwrap_or_else(|e| panic!("{family}: close: {e}\n{}", d.log()));
+        // Bulk data both ways (windows scaled, timestamps on: Linux's
+        // defaults), then a clean close; then a connection the client
+        // resets.
+        let c = lab::connect(&lab.client, to, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{family}: connect: {e}\n{}", d.log()));
+        lab::exchange(&c, BULK, 0x5a)
+            .unwrap_or_else(|e| panic!("{family}: data handed off: {e}\n{}", d.log()));
+        lab::close(c).unwrap_or_else(|e| panic!("{family}: close: {e}\n{}", d.log()));
+        let c = lab::connect(&lab.client, to, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{family}: connect: {e}\n{}", d.log()));
+        lab::exchange(&c, 64 << 10, 0x33)
+            .unwrap_or_else(|e| panic!("{family}: data handed off: {e}\n{}", d.log()));
+        lab::abort(c);
+    }
+    let s = wait_stats(&lab.control_socket(), |s| {
+        reason(s, "synproxy_opened") >= 6 && s["synproxy_handed_off"].as_u64() >= Some(4)
+    });
+    assert_eq!(reason(&s, "synproxy_opened"), 6, "{s:#}");
+    let handed = s["synproxy_handed_off"].as_u64().unwrap_or(0);
+    assert!((4..=6).contains(&handed), "{handed} handed off\n{s:#}\n{}", d.log());
+    assert_eq!(s["synproxy_handoff_failures"], 0, "{s:#}");
+    // The kernel carried the data: only the handshakes, a packet or two
+    // before each hand-off and the teardowns were queued (and only those
+    // before the hand-off rewritten here).
+    let carried = handed_off_packets(&lab);
+    let rewritten = s["synproxy_rewritten"].as_u64().unwrap_or(0);
+    eprintln!("kernel carried {carried} packets; conntrackd rewrote {rewritten}");
+    assert!(carried > 200, "the kernel carried only {carried} packets");
+    assert!(rewritten < 60, "{rewritten} packets rewritten in userspace");
+    // Nobody saw a sequence number or timestamp of the other side's space.
+    for (ns, name) in [
+        (&lab.client, "TcpExtPAWSEstab"),
+        (&lab.server, "TcpExtPAWSEstab"),
+        (&lab.server, "TcpExtTSEcrRejected"),
+        (&lab.client, "TcpExtTCPACKSkippedSeq"),
+    ] {
+        assert_eq!(nstat(ns, name), 0, "{name}");
+    }
+}
