@@ -439,7 +439,11 @@ fn in_hand_off_mode_the_kernel_translates_proxied_connections() {
     });
     assert_eq!(reason(&s, "synproxy_opened"), 6, "{s:#}");
     let handed = s["synproxy_handed_off"].as_u64().unwrap_or(0);
-    assert!((4..=6).contains(&handed), "{handed} handed off\n{s:#}\n{}", d.log());
+    assert!(
+        (4..=6).contains(&handed),
+        "{handed} handed off\n{s:#}\n{}",
+        d.log()
+    );
     assert_eq!(s["synproxy_handoff_failures"], 0, "{s:#}");
     // The kernel carried the data: only the handshakes, a packet or two
     // before each hand-off and the teardowns were queued (and only those

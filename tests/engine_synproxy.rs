@@ -88,9 +88,10 @@ fn client_syn(c: SocketAddr, s: SocketAddr, isn: u32, tsval: u32) -> Segment {
 /// Both handshakes of a connection through the proxy, checked step by step.
 fn open(t: &mut Harness, c: SocketAddr, s: SocketAddr) -> Proxied {
     let client_isn = 1_000_000;
+    let held = t.engine.table().len();
     let (reason, a) = decide(t, &segment(client_syn(c, s, client_isn, 500)));
     assert_eq!(reason, Reason::SynCookieSent);
-    assert_eq!(t.engine.table().len(), 0, "a cookie keeps nothing");
+    assert_eq!(t.engine.table().len(), held, "a cookie keeps nothing");
     let synack = a.segments[0].expect("the cookie SYN+ACK");
     assert!(a.segments[1].is_none() && a.rewrite.is_none());
     let (src, dst, h) = parsed(&synack);
@@ -138,7 +139,7 @@ fn open(t: &mut Harness, c: SocketAddr, s: SocketAddr) -> Proxied {
     // The client's MSS, rounded down to the cookie's table (IPv6's has 1440).
     let want = if c.is_ipv4() { 1460 } else { 1440 };
     assert_eq!(h.options.mss, Some(want));
-    assert_eq!(t.engine.table().len(), 1);
+    assert_eq!(t.engine.table().len(), held + 1);
 
     // The server's SYN+ACK: answered by the proxy, never forwarded.
     let server_isn = 0xffff_ff00; // wraps soon: the translation must too
@@ -194,7 +195,11 @@ fn open(t: &mut Harness, c: SocketAddr, s: SocketAddr) -> Proxied {
     );
     assert!(h.window > 0, "the server's window opens the client's");
     let info = t.engine.connections();
-    assert_eq!(info[0].state.to_string(), "ESTABLISHED:ESTABLISHED");
+    let this = info.iter().find(|i| i.originator == (c.ip(), c.port()));
+    assert_eq!(
+        this.expect("the connection").state.to_string(),
+        "ESTABLISHED:ESTABLISHED"
+    );
     Proxied {
         c,
         s,
@@ -662,4 +667,86 @@ fn per_source_limits_count_proxied_connections_and_a_blind_rst_is_refused() {
     assert_eq!(reason, Reason::RstOutOfWindow);
     assert!(a.segments[0].is_none(), "no RST to the client");
     assert_eq!(t.engine.table().len(), 2);
+}
+
+#[test]
+fn in_hand_off_mode_a_proxied_connection_goes_to_the_kernel_with_its_translation() {
+    let (c0, c, s) = (
+        sa("198.18.0.2:40010"),
+        sa("198.18.0.2:40011"),
+        sa("198.19.0.2:80"),
+    );
+    let mut t = harness();
+    // The first connection teaches the proxy the server's window scale: the
+    // second one's client is told it, so its windows need no rescaling.
+    open(&mut t, c0, s);
+    let x = open(&mut t, c, s);
+    let client_data = build::tcp(c, s)
+        .flags(ACK | PSH)
+        .seq(x.client_isn + 1)
+        .ack(x.cookie.wrapping_add(1))
+        .window(502)
+        .payload(&[1; 100])
+        .build();
+    let server_data = |seq_off: u32| {
+        build::tcp(s, c)
+            .flags(ACK | PSH)
+            .seq(x.server_isn.wrapping_add(1 + seq_off))
+            .ack(x.client_isn + 101)
+            .window(509)
+            .payload(&[2; 10])
+            .build()
+    };
+    let decide_in = |t: &Harness, ctx: &conntrackd::engine::Context<'static>, bytes: &[u8]| {
+        let mut answers = Answers::default();
+        let d = t.engine.decide_with(bytes, ctx, t.now(), &mut answers);
+        (d, answers)
+    };
+    let handing = |kernel_translates| conntrackd::engine::Context {
+        hand_off: Some(600),
+        kernel_translates,
+        ..t.ctx
+    };
+
+    // Without a kernel that can translate (no ctnetlink, or timestamps in
+    // use and no SYN proxy hooks), a proxied connection stays here.
+    for cannot in [None, Some(false)] {
+        let (d, a) = decide_in(&t, &handing(cannot), &client_data);
+        assert_eq!(d.reason, Reason::Tracked);
+        assert!(!d.handed_off, "{cannot:?}");
+        assert!(a.rewrite.is_some());
+    }
+    // With one: the packet that hands it off is still rewritten here (the
+    // caller gives the kernel its entry before the verdict)...
+    let (d, a) = decide_in(&t, &handing(Some(true)), &client_data);
+    assert!(d.handed_off);
+    assert!(a.rewrite.is_some(), "the handing packet is rewritten here");
+    // ... and from then on the kernel translates: packets that still come
+    // (a FIN, say) are judged in the server's space and pass as they are.
+    let (d, a) = decide_in(&t, &handing(Some(true)), &server_data(0));
+    assert_eq!(d.reason, Reason::Tracked);
+    assert_eq!(a.rewrite, None, "the kernel translates it");
+
+    // A restart keeps who translates (the kernel's entry outlives it).
+    let saved = t.engine.save_state(t.now(), true, 1_800_000_000);
+    let t2 = Harness::from_toml(&rules());
+    t2.engine.set_cookie_keys([9; 32]);
+    t2.engine
+        .restore_state(&saved, t2.now(), 1_800_000_000)
+        .expect("the state file");
+    let (d, a) = decide_in(&t2, &t2.ctx, &server_data(10));
+    assert_eq!(d.reason, Reason::Tracked);
+    assert_eq!(a.rewrite, None, "still the kernel's, after a restart");
+
+    // The kernel refused the entry: conntrackd translates again.
+    assert!(t.engine.translate_here(&client_data, Framing::default()));
+    assert!(!t.engine.translate_here(&client_data, Framing::default()));
+    let (_, a) = decide_in(&t, &t.ctx, &server_data(10));
+    let mut out = server_data(10);
+    a.rewrite
+        .expect("translated here again")
+        .apply(&mut out)
+        .unwrap();
+    let p = wire::parse(&out, Framing::default()).unwrap();
+    assert_eq!(p.tcp().unwrap().seq, SeqNum(x.cookie.wrapping_add(11)));
 }

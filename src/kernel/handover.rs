@@ -325,7 +325,11 @@ fn create_request(out: &mut Vec<u8>, c: &Handed, mark: u32, seq: u32) {
     let at = header(out, IPCTNL_MSG_CT_NEW, NLM_F_CREATE | NLM_F_EXCL, seq, c);
     put_tuple(out, CTA_TUPLE_ORIG, c.client, c.server);
     put_tuple(out, CTA_TUPLE_REPLY, c.server, c.client);
-    put_be32(out, CTA_STATUS, IPS_CONFIRMED | IPS_SEEN_REPLY | IPS_ASSURED);
+    put_be32(
+        out,
+        CTA_STATUS,
+        IPS_CONFIRMED | IPS_SEEN_REPLY | IPS_ASSURED,
+    );
     put_be32(out, CTA_TIMEOUT, c.timeout);
     put_be32(out, CTA_MARK, mark);
     let info = open(out, CTA_PROTOINFO);
@@ -391,10 +395,7 @@ mod tests {
         assert_eq!(msgs.len(), 1);
         assert_eq!(u32_ne(&out, 0) as usize, out.len());
         let flags = u16::from_ne_bytes([out[6], out[7]]);
-        assert_eq!(
-            flags,
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
-        );
+        assert_eq!(flags, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL);
         assert_eq!(out[16], libc::AF_INET as u8);
         let body = &out[20..];
         let reply = find(body, CTA_TUPLE_REPLY);
@@ -431,7 +432,10 @@ mod tests {
         let ip = find(orig, CTA_TUPLE_IP);
         assert_eq!(
             find(ip, CTA_IP_V6_DST),
-            &"2001:db8:1::2".parse::<std::net::Ipv6Addr>().unwrap().octets()
+            &"2001:db8:1::2"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
         );
         let tcp = find(find(&out[start + 20..], CTA_PROTOINFO), CTA_PROTOINFO_TCP);
         assert_eq!(find(tcp, CTA_PROTOINFO_TCP_FLAGS_REPLY), &[0x08, 0x09]);
@@ -451,7 +455,10 @@ mod tests {
         finish(&mut msg, at);
         assert!(matches!(
             read_answer(&msg),
-            Some(Ok(Answer::Entry { status: 0x3e, mark: 5 }))
+            Some(Ok(Answer::Entry {
+                status: 0x3e,
+                mark: 5
+            }))
         ));
         let mut err = vec![0u8; 36];
         err[0..4].copy_from_slice(&36u32.to_ne_bytes());

@@ -673,6 +673,27 @@ mod tests {
     }
 
     #[test]
+    fn the_synproxy_hooks_rule_follows_the_nfqueue_rule_and_only_where_it_may() {
+        let mut s = Spec::new("CONNTRACKD", &["forward".into()], &[0], false).unwrap();
+        s.synproxy_hooks = true;
+        let script = s.install_script();
+        let queue = script.find("-j NFQUEUE").unwrap();
+        let hooks = script.find("-j SYNPROXY").expect("the hooks rule");
+        assert!(
+            queue < hooks,
+            "never reached: after the NFQUEUE rule\n{script}"
+        );
+        assert!(s.has_synproxy_hooks());
+        // Removed with the chain.
+        assert!(s.remove_script().contains("-F CONNTRACKD\n-X CONNTRACKD"));
+        // The SYNPROXY target is refused in OUTPUT.
+        let mut out = Spec::new("C", &["FORWARD".into(), "OUTPUT".into()], &[0], false).unwrap();
+        out.synproxy_hooks = true;
+        assert!(!out.has_synproxy_hooks());
+        assert!(!out.install_script().contains("SYNPROXY"));
+    }
+
+    #[test]
     fn pristine_tables() {
         let empty = "# Generated\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [3:180]\n\
                      :OUTPUT ACCEPT [0:0]\nCOMMIT\n# Completed\n";

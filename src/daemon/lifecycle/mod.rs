@@ -848,15 +848,17 @@ fn start_workers(
             handoff,
             replies: reject::Replies::new(rejecter.clone()),
             proxying: proxy_socket.map(|s| crate::daemon::packet::proxy::Proxying::new(s.clone())),
-            handover: handoff
-                .and_then(|h| h.proxied)
-                .and_then(|_| match crate::kernel::handover::HandOver::open() {
+            handover: handoff.and_then(|h| h.proxied).and_then(|_| {
+                match crate::kernel::handover::HandOver::open() {
                     Ok(h) => Some(std::cell::RefCell::new(h)),
                     Err(e) => {
-                        warn!("queue {num}: no ctnetlink socket ({e}): proxied connections stay here");
+                        warn!(
+                            "queue {num}: no ctnetlink socket ({e}): proxied connections stay here"
+                        );
                         None
                     }
-                }),
+                }
+            }),
             dropped: std::cell::RefCell::new(Vec::with_capacity(
                 crate::kernel::nfqueue::codec::BATCH,
             )),
