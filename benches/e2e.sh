@@ -17,6 +17,9 @@
 #   conntrackd-1q  conntrackd on one queue (the queue-scaling comparison)
 #   conntrackd-synproxy  conntrackd with every TCP connection through the SYN
 #               proxy (synproxy = true on the rule): cookies, translation
+#   conntrackd-handoff-synproxy  hand-off mode with every TCP connection
+#               proxied: the kernel carries and translates them (ctnetlink
+#               sequence adjustment, the SYN proxy hooks' timestamp offset)
 #   conntrackd-fullcopy  conntrackd with the proxy configured but idle
 #               ([engine] synproxy = "adaptive", no flood): what whole-packet
 #               copies without GSO cost every connection
@@ -105,6 +108,7 @@ queues = "$FIRST-$LAST"
 RULES
 sed 's/^\[daemon\]/[daemon]\nhandoff = true/' "$OUT/rules.toml" > "$OUT/rules-handoff.toml"
 sed 's/^src = \["198.18.0.0\/15"\]/&\nsynproxy = true/' "$OUT/rules.toml" > "$OUT/rules-synproxy.toml"
+sed 's/^\[daemon\]/[daemon]\nhandoff = true/' "$OUT/rules-synproxy.toml" > "$OUT/rules-handoff-synproxy.toml"
 sed 's/^\[daemon\]/[engine]\nsynproxy = "adaptive"\n[daemon]/' "$OUT/rules.toml" > "$OUT/rules-fullcopy.toml"
 
 gw_reset() {
@@ -137,8 +141,8 @@ mode_up() {
     conntrackd-1q)
         ip netns exec $G iptables -A FORWARD -j NFQUEUE --queue-num $FIRST
         ip netns exec $G $BIN/conntrackd --rules "$OUT/rules.toml" --state-file "" --queue $FIRST --log-level ${CTD_LOG:-warn} & HELPER=$! ;;
-    conntrackd-handoff)
-        ip netns exec $G $BIN/conntrackd --rules "$OUT/rules-handoff.toml" --state-file "" --install-iptables --log-level warn & HELPER=$! ;;
+    conntrackd-handoff|conntrackd-handoff-synproxy)
+        ip netns exec $G $BIN/conntrackd --rules "$OUT/rules-${1#conntrackd-}.toml" --state-file "" --install-iptables --log-level warn & HELPER=$! ;;
     esac
     [ -n "$HELPER" ] && PIDS+=($HELPER)
     sleep 1
