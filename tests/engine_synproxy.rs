@@ -692,7 +692,7 @@ fn in_hand_off_mode_a_proxied_connection_goes_to_the_kernel_with_its_translation
         build::tcp(s, c)
             .flags(ACK | PSH)
             .seq(x.server_isn.wrapping_add(1 + seq_off))
-            .ack(x.client_isn + 101)
+            .ack(x.client_isn + 66_101)
             .window(509)
             .payload(&[2; 10])
             .build()
@@ -716,37 +716,87 @@ fn in_hand_off_mode_a_proxied_connection_goes_to_the_kernel_with_its_translation
         assert!(!d.handed_off, "{cannot:?}");
         assert!(a.rewrite.is_some());
     }
-    // With one: the packet that hands it off is still rewritten here (the
-    // caller gives the kernel its entry before the verdict)...
-    let (d, a) = decide_in(&t, &handing(Some(true)), &client_data);
+    // With one, once it has carried enough to be worth the kernel's work:
+    // not after 100 bytes...
+    let (d, _) = decide_in(&t, &handing(Some(true)), &client_data);
+    assert!(!d.handed_off, "a short connection stays here");
+    // ... but after 64 KiB; the packet that hands it off is still rewritten
+    // here (the caller gives the kernel its entry before the verdict)...
+    let bulk = |seq: u32| {
+        build::tcp(c, s)
+            .flags(ACK)
+            .seq(seq)
+            .ack(x.cookie.wrapping_add(1))
+            .window(502)
+            .payload(&[7; 33_000])
+            .build()
+    };
+    let (d, _) = decide_in(&t, &handing(Some(true)), &bulk(x.client_isn + 101));
+    assert_eq!(d.reason, Reason::Tracked);
+    assert!(!d.handed_off, "33 KB carried");
+    let (d, a) = decide_in(&t, &handing(Some(true)), &bulk(x.client_isn + 33_101));
     assert!(d.handed_off);
-    assert!(a.rewrite.is_some(), "the handing packet is rewritten here");
-    // ... and from then on the kernel translates: packets that still come
-    // (a FIN, say) are judged in the server's space and pass as they are.
+    let r = a.rewrite.expect("the handing packet is rewritten here");
+    let t_handed = a.hand_over.expect("the kernel is to get the translation");
+    assert_eq!(t_handed, r.translation);
+    let mut out = server_data(0);
+    let to_client = conntrackd::engine::Rewrite {
+        translation: t_handed,
+        to_client: true,
+    };
+    to_client.apply(&mut out).unwrap();
+    let p = wire::parse(&out, Framing::default()).unwrap();
+    assert_eq!(
+        p.tcp().unwrap().seq,
+        SeqNum(x.cookie.wrapping_add(1)),
+        "what the kernel is given translates as conntrackd does"
+    );
+    // Once: later packets still come with their rewrite (for those the
+    // kernel's new entry does not translate: the caller tells them apart),
+    // and a plain one marks the verdict again without a second hand-over.
     let (d, a) = decide_in(&t, &handing(Some(true)), &server_data(0));
     assert_eq!(d.reason, Reason::Tracked);
-    assert_eq!(a.rewrite, None, "the kernel translates it");
+    assert!(a.rewrite.is_some() && a.hand_over.is_none());
+    let (d, a) = decide_in(&t, &handing(Some(true)), &bulk(x.client_isn + 66_101));
+    assert!(d.handed_off && a.hand_over.is_none());
 
-    // A restart keeps who translates (the kernel's entry outlives it).
+    // A restart keeps that the kernel has it (its entry outlives the
+    // daemon): no second hand-over.
     let saved = t.engine.save_state(t.now(), true, 1_800_000_000);
     let t2 = Harness::from_toml(&rules());
     t2.engine.set_cookie_keys([9; 32]);
     t2.engine
         .restore_state(&saved, t2.now(), 1_800_000_000)
         .expect("the state file");
-    let (d, a) = decide_in(&t2, &t2.ctx, &server_data(10));
+    let (d, a) = decide_in(&t2, &handing(Some(true)), &bulk(x.client_isn + 99_101));
     assert_eq!(d.reason, Reason::Tracked);
-    assert_eq!(a.rewrite, None, "still the kernel's, after a restart");
+    assert!(a.rewrite.is_some() && a.hand_over.is_none());
 
-    // The kernel refused the entry: conntrackd translates again.
+    // Its teardown (queued: FIN) has the kernel's new entry, which
+    // translates it, and so does everything after it (the hand-off mark is
+    // cleared then, and the last ACKs are queued too).
+    let fin = build::tcp(s, c)
+        .flags(FIN | ACK)
+        .seq(x.server_isn.wrapping_add(11))
+        .ack(x.client_isn + 99_101)
+        .window(509)
+        .build();
+    let (d, a) = decide_in(&t2, &t2.ctx, &fin);
+    assert_eq!(d.reason, Reason::Tracked);
+    assert!(a.left_to_kernel && a.rewrite.is_none(), "{a:?}");
+    let last_ack = build::tcp(c, s)
+        .flags(ACK)
+        .seq(x.client_isn + 99_101)
+        .ack(x.cookie.wrapping_add(12))
+        .window(502)
+        .build();
+    let (d, a) = decide_in(&t2, &t2.ctx, &last_ack);
+    assert_eq!(d.reason, Reason::Tracked);
+    assert!(a.left_to_kernel && a.rewrite.is_none(), "{a:?}");
+
+    // The kernel refused the entry: the next packet hands it over again.
     assert!(t.engine.translate_here(&client_data, Framing::default()));
     assert!(!t.engine.translate_here(&client_data, Framing::default()));
-    let (_, a) = decide_in(&t, &t.ctx, &server_data(10));
-    let mut out = server_data(10);
-    a.rewrite
-        .expect("translated here again")
-        .apply(&mut out)
-        .unwrap();
-    let p = wire::parse(&out, Framing::default()).unwrap();
-    assert_eq!(p.tcp().unwrap().seq, SeqNum(x.cookie.wrapping_add(11)));
+    let (d, a) = decide_in(&t, &handing(Some(true)), &bulk(x.client_isn + 99_101));
+    assert!(d.handed_off && a.hand_over.is_some());
 }

@@ -32,6 +32,13 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// Hand-off mode: a proxied connection goes to the kernel once it has
+/// carried this much (both ways). Handing it over costs three ctnetlink
+/// requests and a new kernel entry, more than translating a short
+/// connection's few packets here; a bulk transfer passes it within its
+/// first super-packets.
+pub const HAND_OVER_AFTER_BYTES: u64 = 64 << 10;
+
 /// What the caller knows about a packet besides its bytes.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Context<'a> {
@@ -478,9 +485,13 @@ impl Engine {
         &self,
         key: &FlowKey,
         ctx: &Context<'_>,
+        conn: &Conn,
     ) -> Option<crate::synproxy::Translation> {
         let t = self.table.translation(key)?;
-        let can = t.by_kernel() || ctx.kernel_translates.is_some_and(|ts| t.kernel_can(ts));
+        let carried: u64 = conn.traffic().bytes.iter().sum();
+        let can = t.by_kernel()
+            || (carried >= HAND_OVER_AFTER_BYTES
+                && ctx.kernel_translates.is_some_and(|ts| t.kernel_can(ts)));
         can.then_some(t)
     }
 
@@ -911,11 +922,18 @@ impl Engine {
                 self.table.remove_if(key, Removal::Reset, |c| c.proxied());
                 Lookup::Found(d)
             }
-            Step::Translate(translated, r) => {
-                if let Some(r) = r {
+            Step::Translate(translated, r, here) => {
+                if here {
                     io.rewrite(r);
+                } else {
+                    io.leave_to_kernel();
                 }
-                self.judge(entry, key, from, tcp, &translated, p, ctx, now)
+                let found = self.judge(entry, key, from, tcp, &translated, p, ctx, now);
+                // Handed off now, and not before: the kernel is to get it.
+                if matches!(found, Lookup::Found(d) if d.handed_off) && !r.translation.by_kernel() {
+                    io.hand_over(r.translation);
+                }
+                found
             }
             Step::Plain => self.judge(entry, key, from, tcp, seg, p, ctx, now),
         }
@@ -989,10 +1007,15 @@ impl Engine {
         self.tell(adopted, before, after, key, conn, now);
         let mut d = Decision::without_rule(outcome.reason, before, after);
         if let Some(timeout) = ctx.hand_off {
-            let proxied = conn.proxied().then(|| self.kernel_can_translate(key, ctx));
+            let proxied = conn
+                .proxied()
+                .then(|| self.kernel_can_translate(key, ctx, conn));
             d.handed_off = d.verdict() == Verdict::Accept
                 && hand_off_conn(conn, from, seg, now, timeout, proxied);
-            if let (true, Some(Some(t))) = (d.handed_off, proxied) {
+            if let (true, Some(Some(t))) = (
+                d.handed_off,
+                proxied.filter(|t| !t.is_some_and(|t| t.by_kernel())),
+            ) {
                 // From the next packet on, the kernel translates: this one
                 // is still rewritten here (the caller hands the kernel its
                 // new entry before the verdict).

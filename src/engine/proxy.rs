@@ -55,6 +55,13 @@ pub struct Answers {
     pub segments: [Option<Segment>; 2],
     /// The packet, when accepted, goes on rewritten by this.
     pub rewrite: Option<Rewrite>,
+    /// Hand-off mode: this packet hands its proxied connection to the
+    /// kernel, which is to translate it so (see
+    /// [`super::Context::kernel_translates`]).
+    pub hand_over: Option<Translation>,
+    /// Hand-off mode: the packet is a proxied connection's that the
+    /// kernel translates; it goes on as it is (no `rewrite`).
+    pub left_to_kernel: bool,
 }
 
 impl Answers {
@@ -110,6 +117,18 @@ impl Io<'_> {
     pub(super) fn rewrite(&mut self, rewrite: Rewrite) {
         if let Some(a) = self.answers.as_deref_mut() {
             a.rewrite = Some(rewrite);
+        }
+    }
+
+    pub(super) fn leave_to_kernel(&mut self) {
+        if let Some(a) = self.answers.as_deref_mut() {
+            a.left_to_kernel = true;
+        }
+    }
+
+    pub(super) fn hand_over(&mut self, translation: Translation) {
+        if let Some(a) = self.answers.as_deref_mut() {
+            a.hand_over = Some(translation);
         }
     }
 
@@ -179,9 +198,9 @@ pub(super) enum Step {
     /// The proxy decided it, and the connection goes.
     Remove(Decision),
     /// The tracker judges this (translated) segment; an accepted packet is
-    /// rewritten so (`None`: the kernel rewrites it, see
-    /// [`Translation::by_kernel`]).
-    Translate(TcpSegment, Option<Rewrite>),
+    /// rewritten so (`None`: the kernel's entry does, see
+    /// [`Translation::rewritten_here`]).
+    Translate(TcpSegment, Rewrite, bool),
     /// No proxy state (never expected): judged as it is.
     Plain,
 }
@@ -380,7 +399,12 @@ impl Engine {
                     translation: t,
                     to_client: from == Role::Responder,
                 };
-                return Step::Translate(s, Some(rewrite).filter(|_| !t.by_kernel()));
+                let (here, next) = t.rewritten_here(seg.flags.0);
+                if next != t {
+                    // (Under the entry's lock, as every change of it.)
+                    self.table.proxied.insert(*key, Proxied::Open(next));
+                }
+                return Step::Translate(s, rewrite, here);
             }
             Proxied::Opening {
                 cookie,

@@ -68,14 +68,18 @@ pub struct Translation {
     client_shift_at_server: u8,
     /// Handed to the kernel (hand-off mode): its conntrack entry rewrites
     /// the packets (sequence adjustment, and the SYN proxy hooks'
-    /// timestamp offset), so conntrackd rewrites none of them.
+    /// timestamp offset). See [`Self::rewritten_here`].
     kernel: bool,
+    /// Handed to the kernel, and a SYN, FIN or RST of it has come since.
+    kernel_teardown: bool,
 }
 
 /// The version byte of [`Translation::to_bytes`].
 const FORMAT_VERSION: u8 = 1;
-/// The flag of the version byte: translated by the kernel.
+/// The flags of the version byte: translated by the kernel; and its
+/// teardown has begun.
 const BY_KERNEL: u8 = 0x80;
+const KERNEL_TEARDOWN: u8 = 0x40;
 /// The length of [`Translation::to_bytes`].
 pub const TRANSLATION_BYTES: usize = 13;
 const MAX_WINDOW_SCALE: u8 = 14;
@@ -111,6 +115,7 @@ impl Translation {
             client_shift: client_side.map_or(0, |(c, _)| c),
             client_shift_at_server: server_side.map_or(0, |(c, _)| c),
             kernel: false,
+            kernel_teardown: false,
         }
     }
 
@@ -153,6 +158,7 @@ impl Translation {
             client_shift: self.client_shift_at_server,
             client_shift_at_server: self.client_shift,
             kernel: self.kernel,
+            kernel_teardown: self.kernel_teardown,
         }
     }
 
@@ -165,7 +171,39 @@ impl Translation {
     /// The same translation, made by the kernel's conntrack from now on
     /// (`true`: handed off) or by conntrackd (`false`).
     pub fn in_kernel(self, kernel: bool) -> Self {
-        Translation { kernel, ..self }
+        Translation {
+            kernel,
+            kernel_teardown: false,
+            ..self
+        }
+    }
+
+    /// Whether conntrackd rewrites a queued packet with these `flags` (the
+    /// TCP flags byte), and the translation from then on.
+    ///
+    /// Once handed to the kernel, only SYN, FIN and RST are queued while the
+    /// connection's hand-off mark is set, and everything after its first FIN
+    /// or RST (the mark is cleared then): those have the kernel's new entry,
+    /// which translates them. A plain packet that reaches the queue before
+    /// then has no such entry: it was queued before the hand-over (with the
+    /// kernel's old entry) or found invalid by the kernel (which takes its
+    /// entry away). Those are rewritten here. What this cannot tell: a FIN
+    /// or RST queued before the hand-over and decided after it goes on
+    /// untranslated; the other end ignores it (out of window) and the FIN is
+    /// sent again, through the new entry.
+    pub fn rewritten_here(self, flags: u8) -> (bool, Self) {
+        if !self.kernel {
+            return (true, self);
+        }
+        let teardown = flags & (0x01 | 0x02 | 0x04) != 0; // FIN, SYN, RST
+        if self.kernel_teardown || teardown {
+            let next = Translation {
+                kernel_teardown: true,
+                ..self
+            };
+            return (false, next);
+        }
+        (true, self)
     }
 
     /// What the kernel's conntrack can do for this connection: the
@@ -319,7 +357,13 @@ impl Translation {
     /// by the kernel), then the fields, big endian.
     pub fn to_bytes(&self) -> [u8; TRANSLATION_BYTES] {
         let mut b = [0; TRANSLATION_BYTES];
-        b[0] = FORMAT_VERSION | if self.kernel { BY_KERNEL } else { 0 };
+        b[0] = FORMAT_VERSION
+            | if self.kernel { BY_KERNEL } else { 0 }
+            | if self.kernel_teardown {
+                KERNEL_TEARDOWN
+            } else {
+                0
+            };
         b[1..5].copy_from_slice(&self.seq_delta.to_be_bytes());
         b[5..9].copy_from_slice(&self.ts_delta.to_be_bytes());
         b[9] = self.server_shift;
@@ -333,7 +377,11 @@ impl Translation {
     /// above 14 (a corrupt file, not a translation to apply).
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
         let b: &[u8; TRANSLATION_BYTES] = bytes.try_into().ok()?;
-        if b[0] & !BY_KERNEL != FORMAT_VERSION || b[9..].iter().any(|&s| s > MAX_WINDOW_SCALE) {
+        let kernel = b[0] & (BY_KERNEL | KERNEL_TEARDOWN);
+        if b[0] & !(BY_KERNEL | KERNEL_TEARDOWN) != FORMAT_VERSION
+            || kernel == KERNEL_TEARDOWN
+            || b[9..].iter().any(|&s| s > MAX_WINDOW_SCALE)
+        {
             return None;
         }
         Some(Translation {
@@ -344,6 +392,7 @@ impl Translation {
             client_shift: b[11],
             client_shift_at_server: b[12],
             kernel: b[0] & BY_KERNEL != 0,
+            kernel_teardown: kernel == BY_KERNEL | KERNEL_TEARDOWN,
         })
     }
 }

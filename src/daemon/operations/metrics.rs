@@ -85,6 +85,8 @@ pub struct Reading {
     pub connections_limit: u64,
     pub half_open: u64,
     pub half_open_limit: u64,
+    /// `[engine] synproxy = "adaptive"` proxies every connection now.
+    pub synproxy_adaptive_on: bool,
     pub evictions: Evictions,
     pub census: Census,
     pub sources_tracked: u64,
@@ -368,6 +370,14 @@ impl Collector for Reading {
             None,
             self.half_open_limit,
         )?;
+        gauge(
+            &mut e,
+            "conntrackd_synproxy_adaptive_on",
+            "1 while the adaptive SYN proxy (engine.synproxy) proxies every accepted TCP \
+             connection (half-open connections above synproxy_adaptive.start of the limit).",
+            None,
+            u64::from(self.synproxy_adaptive_on),
+        )?;
         labelled(
             &mut e,
             Gauge,
@@ -555,6 +565,7 @@ impl Collector for Reading {
                 ("rewrite_failed", t.synproxy_rewrite_failures),
                 ("handed_off", t.synproxy_handed_off),
                 ("handoff_failed", t.synproxy_handoff_failures),
+                ("left_to_kernel", t.synproxy_left_to_kernel),
             ],
         )?;
         counter(
@@ -710,6 +721,7 @@ impl Inputs {
             connections_limit: limits.max_connections as u64,
             half_open: table.half_open() as u64,
             half_open_limit: limits.max_half_open as u64,
+            synproxy_adaptive_on: self.engine.synproxy_adaptive_on(),
             evictions: table.evictions(),
             census: table.census(),
             sources_tracked: sources.map_or(0, |s| s.len() as u64),

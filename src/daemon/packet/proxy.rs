@@ -62,9 +62,10 @@ impl Proxying {
         d
     }
 
-    /// How the packet just decided is rewritten, if it is.
-    pub fn rewrite(&self) -> Option<crate::engine::Rewrite> {
-        self.answers.borrow().rewrite
+    /// The translation the kernel is to get: the packet just decided hands
+    /// its proxied connection off.
+    pub fn hand_over(&self) -> Option<crate::synproxy::translate::Translation> {
+        self.answers.borrow().hand_over
     }
 
     /// Hands the kernel the accepted packet `p`: rewritten when it is a
@@ -82,10 +83,15 @@ impl Proxying {
         mark: Option<u32>,
         stats: &mut WorkerStats,
     ) {
-        let Some(rewrite) = self.answers.borrow().rewrite else {
+        let answers = self.answers.borrow();
+        if answers.left_to_kernel {
+            stats.synproxy_left_to_kernel += 1;
+        }
+        let Some(rewrite) = answers.rewrite else {
             tx.push(p.id, Verdict::Accept, mark);
             return;
         };
+
         // Not copied whole: it cannot be handed back (a netlink attribute's
         // 16-bit length is checked by the verdict).
         let changed = p.wire_len <= p.payload.len()

@@ -397,13 +397,12 @@ impl Worker {
         let (Some(proxy), Some(handover)) = (&self.proxying, &self.handover) else {
             return true;
         };
-        let Some(rewrite) = proxy.rewrite() else {
-            return true; // not proxied, or translated by the kernel already
+        let Some(t) = proxy.hand_over() else {
+            return true; // not proxied, or handed over already
         };
         let handed = crate::synproxy::options::read_segment(payload)
             .ok()
             .map(|seg| {
-                let t = rewrite.translation;
                 let (client, server) = t.window_shifts();
                 Handed {
                     client: std::net::SocketAddr::new(seg.src, seg.src_port),

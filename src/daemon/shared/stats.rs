@@ -57,6 +57,9 @@ pub struct WorkerStats {
     /// here).
     pub synproxy_handed_off: u64,
     pub synproxy_handoff_failures: u64,
+    /// Hand-off mode: packets of proxied connections that reached the queue
+    /// and were left to the kernel's translation (a FIN, say).
+    pub synproxy_left_to_kernel: u64,
 }
 
 impl WorkerStats {
@@ -84,6 +87,7 @@ impl WorkerStats {
         self.synproxy_rewrite_failures += o.synproxy_rewrite_failures;
         self.synproxy_handed_off += o.synproxy_handed_off;
         self.synproxy_handoff_failures += o.synproxy_handoff_failures;
+        self.synproxy_left_to_kernel += o.synproxy_left_to_kernel;
     }
 
     /// Rule hits add up only within one policy generation: the newer one

@@ -310,6 +310,13 @@ fn the_state_file_bytes_round_trip_and_refuse_what_is_not_theirs() {
     assert_eq!(handed.to_bytes()[0], 0x81);
     assert_eq!(Translation::from_bytes(&handed.to_bytes()), Some(handed));
     assert!(Translation::from_bytes(&handed.to_bytes()).is_some_and(|h| h.by_kernel()));
+    let (_, closing) = handed.rewritten_here(0x11); // FIN+ACK
+    assert_eq!(closing.to_bytes()[0], 0xc1);
+    assert_eq!(Translation::from_bytes(&closing.to_bytes()), Some(closing));
+    // The teardown flag means nothing without the kernel's: refused.
+    let mut stray = b;
+    stray[0] = 0x41;
+    assert_eq!(Translation::from_bytes(&stray), None);
     let mut big_shift = b;
     big_shift[10] = 15;
     assert_eq!(Translation::from_bytes(&big_shift), None);
@@ -318,6 +325,26 @@ fn the_state_file_bytes_round_trip_and_refuse_what_is_not_theirs() {
         Translation::from_bytes(&[b.as_slice(), &[0]].concat()),
         None
     );
+}
+
+#[test]
+fn once_in_the_kernel_only_plain_packets_before_the_teardown_are_rewritten_here() {
+    let t = Translation::new(SeqNum(1), SeqNum(2), None, scales(7, 7, 7));
+    // Not handed off: every packet.
+    assert_eq!(t.rewritten_here(0x11), (true, t));
+    let k = t.in_kernel(true);
+    // Plain ones: queued before the hand-over, or invalid to the kernel.
+    assert_eq!(k.rewritten_here(0x10), (true, k));
+    assert_eq!(k.rewritten_here(0x18), (true, k));
+    // SYN, FIN, RST: the kernel's; and everything after.
+    for flags in [0x02, 0x11, 0x04, 0x14] {
+        let (here, after) = k.rewritten_here(flags);
+        assert!(!here, "{flags:#x}");
+        assert_eq!(after.rewritten_here(0x10), (false, after));
+    }
+    // Back here (the kernel refused): every packet again.
+    let (_, after) = k.rewritten_here(0x11);
+    assert!(after.in_kernel(false).rewritten_here(0x10).0);
 }
 
 /// A packet of either direction and family, with any numbers, any payload,
