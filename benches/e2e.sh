@@ -112,6 +112,9 @@ sed 's/^\[daemon\]/[daemon]\nhandoff = true/' "$OUT/rules-synproxy.toml" > "$OUT
 sed 's/^\[daemon\]/[engine]\nsynproxy = "adaptive"\n[daemon]/' "$OUT/rules.toml" > "$OUT/rules-fullcopy.toml"
 
 gw_reset() {
+    # The kernel's conntrack entries of earlier runs (TIME_WAIT lasts 2 min:
+    # short-connection runs in a row fill the table, and it drops packets).
+    ip netns exec $G conntrack -F >/dev/null 2>&1 || true
     ip netns exec $G iptables -F; ip netns exec $G iptables -X 2>/dev/null || true
     ip netns exec $G iptables -t mangle -F
     ip netns exec $G iptables -P FORWARD ACCEPT

@@ -195,6 +195,12 @@ fn spoofed_syns_never_reach_the_server_and_a_forged_ack_is_refused() {
         let cookies = u64::from(SPOOFED) * (n as u64 + 1);
         let s = wait_stats(&socket, |s| reason(s, "syn_cookie_sent") >= cookies);
         assert_eq!(reason(&s, "syn_cookie_sent"), cookies, "{family}: {s:#}");
+        // Every cookie went out (a batch's answers in one sendmmsg).
+        assert!(
+            s["synproxy_sent"].as_u64() >= Some(cookies),
+            "{family}: {s:#}"
+        );
+        assert_eq!(s["synproxy_send_failures"], 0, "{family}: {s:#}");
         assert_eq!(
             s["connections"], 0,
             "{family}: the flood left entries: {s:#}"

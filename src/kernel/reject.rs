@@ -52,6 +52,24 @@ impl RawSocket {
         Ok(RawSocket { v4, v6 })
     }
 
+    /// Sets both sockets' send buffers to `bytes`, past `net.core.wmem_max`
+    /// (SO_SNDBUFFORCE, CAP_NET_ADMIN).
+    ///
+    /// A packet sent to a neighbour not resolved yet waits in that
+    /// neighbour's queue (up to `unres_qlen_bytes` each, for the few
+    /// seconds resolution takes) and counts against the socket's send
+    /// buffer until then. Answers to spoofed sources on a local network
+    /// never resolve: with the default buffer (208 KiB, about 250 answers)
+    /// a flood of them would make every send fail, real clients' answers
+    /// too.
+    pub fn set_send_buffer(&self, bytes: usize) -> io::Result<()> {
+        for fd in std::iter::once(&self.v4).chain(self.v6.as_ref()) {
+            nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::SndBufForce, &bytes)
+                .map_err(io::Error::from)?;
+        }
+        Ok(())
+    }
+
     /// Whether IPv6 answers can be sent.
     pub fn has_ipv6(&self) -> bool {
         self.v6.is_some()
@@ -93,6 +111,109 @@ impl RawSocket {
         }
         Ok(())
     }
+}
+
+/// Most packets one sendmmsg(2) call carries.
+const MANY: usize = 64;
+
+impl RawSocket {
+    /// Sends whole IP packets (headers included), up to 64 per system call
+    /// (sendmmsg; IPv4 and IPv6 each in their own calls), without waiting.
+    /// Returns how many were sent: a packet that fails (a full send buffer,
+    /// no route, not an IP packet) is skipped and the rest go on.
+    pub fn send_many<'a>(&self, packets: impl Iterator<Item = &'a [u8]> + Clone) -> usize {
+        let mut sent = 0;
+        for (family, fd) in [(4, Some(&self.v4)), (6, self.v6.as_ref())] {
+            let Some(fd) = fd else { continue };
+            let mut chunk: [&[u8]; MANY] = [&[]; MANY];
+            let mut n = 0;
+            for p in packets.clone().filter(|p| ip_version(p) == Some(family)) {
+                chunk[n] = p;
+                n += 1;
+                if n == MANY {
+                    sent += send_chunk(fd, &chunk[..n]);
+                    n = 0;
+                }
+            }
+            if n > 0 {
+                sent += send_chunk(fd, &chunk[..n]);
+            }
+        }
+        sent
+    }
+}
+
+/// The IP version of a packet long enough for its header's addresses.
+fn ip_version(p: &[u8]) -> Option<u8> {
+    match p.first()? >> 4 {
+        4 if p.len() >= 20 => Some(4),
+        6 if p.len() >= 40 => Some(6),
+        _ => None,
+    }
+}
+
+/// One family's packets (checked by [`ip_version`]), at most [`MANY`], in
+/// as few sendmmsg calls as the errors allow; how many were sent whole.
+fn send_chunk(fd: &OwnedFd, packets: &[&[u8]]) -> usize {
+    // SAFETY: plain old data; all-zero bytes are a valid value (family 0
+    // until set below).
+    let mut addrs: [libc::sockaddr_in6; MANY] = unsafe { std::mem::zeroed() };
+    // SAFETY: plain old data; all-zero bytes are a valid value (null, 0).
+    let mut iovs: [libc::iovec; MANY] = unsafe { std::mem::zeroed() };
+    // SAFETY: plain old data; all-zero bytes are a valid value (null
+    // pointers, zero lengths).
+    let mut hdrs: [libc::mmsghdr; MANY] = unsafe { std::mem::zeroed() };
+    for (i, p) in packets.iter().enumerate() {
+        let len = if p[0] >> 4 == 4 {
+            // SAFETY: a sockaddr_in fits in a sockaddr_in6 (16 of 28
+            // bytes) and has no stricter alignment.
+            let a = unsafe {
+                &mut *(&mut addrs[i] as *mut libc::sockaddr_in6 as *mut libc::sockaddr_in)
+            };
+            a.sin_family = libc::AF_INET as libc::sa_family_t;
+            a.sin_addr.s_addr = u32::from_ne_bytes([p[16], p[17], p[18], p[19]]);
+            std::mem::size_of::<libc::sockaddr_in>()
+        } else {
+            addrs[i].sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            addrs[i].sin6_addr.s6_addr.copy_from_slice(&p[24..40]);
+            std::mem::size_of::<libc::sockaddr_in6>()
+        };
+        iovs[i] = libc::iovec {
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        };
+        hdrs[i].msg_hdr.msg_name = &mut addrs[i] as *mut libc::sockaddr_in6 as *mut libc::c_void;
+        hdrs[i].msg_hdr.msg_namelen = len as libc::socklen_t;
+        hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+        hdrs[i].msg_hdr.msg_iovlen = 1;
+    }
+    let mut sent = 0;
+    let mut at = 0;
+    while at < packets.len() {
+        // SAFETY: hdrs[at..len] are initialized above and point into addrs,
+        // iovs and the packets, all alive for the call.
+        let r = unsafe {
+            libc::sendmmsg(
+                fd.as_raw_fd(),
+                hdrs.as_mut_ptr().add(at),
+                (packets.len() - at) as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if r < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            at += 1; // this one failed: the rest still go
+            continue;
+        }
+        let r = r as usize;
+        sent += (at..at + r)
+            .filter(|&i| hdrs[i].msg_len as usize == packets[i].len())
+            .count();
+        at += r.max(1);
+    }
+    sent
 }
 
 /// sendto(2) with MSG_DONTWAIT to a socket address of type `A`.

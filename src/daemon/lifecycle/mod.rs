@@ -647,6 +647,12 @@ fn open_rejecter(settings: &Settings, policy: &crate::policy::Policy) -> reject:
     }
     let socket = match crate::kernel::reject::RawSocket::open() {
         Ok(s) => {
+            if let Err(e) = s.set_send_buffer(ANSWER_SEND_BUFFER) {
+                warn!(
+                    "the reject answers' send buffer stays at net.core.wmem_default ({e}): \
+                     under a flood of spoofed local sources they may fail (rejects_failed)"
+                );
+            }
             if !s.has_ipv6() {
                 info!("IPv6 is off: rejected IPv6 packets are dropped unanswered");
             }
@@ -674,9 +680,21 @@ fn open_rejecter(settings: &Settings, policy: &crate::policy::Policy) -> reject:
 
 /// The SYN proxy's raw socket (as the reject answers'; none without
 /// CAP_NET_RAW: then the proxy cannot answer, and says so).
+/// The answer sockets' send buffer (the SYN proxy's, the rejects'): room for
+/// the answers that wait for unresolved neighbours under a flood of spoofed
+/// local sources (see `RawSocket::set_send_buffer`), about 40,000 of them.
+const ANSWER_SEND_BUFFER: usize = 32 << 20;
+
 fn open_proxy_socket(settings: &Settings) -> Option<crate::kernel::reject::RawSocket> {
     match crate::kernel::reject::RawSocket::open() {
         Ok(s) => {
+            if let Err(e) = s.set_send_buffer(ANSWER_SEND_BUFFER) {
+                warn!(
+                    "the SYN proxy's send buffer stays at net.core.wmem_default ({e}): under a \
+                     flood of spoofed local sources its answers may fail \
+                     (synproxy_send_failures)"
+                );
+            }
             info!(
                 copy_range = settings.copy_range,
                 "SYN proxy on: the queues copy whole packets (its connections' packets are \

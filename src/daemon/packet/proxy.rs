@@ -4,12 +4,14 @@
 //! workers (the reject answers' kind: they leave through OUTPUT), and hands
 //! the kernel a proxied connection's packets rewritten.
 //!
-//! The answers go at once, not after the batch's verdicts: none of them
-//! depends on a verdict, and the client waits for its SYN+ACK.
+//! The answers of a batch go together (sendmmsg: one system call per 64
+//! and family, where a flood of SYNs made one per cookie), as soon as the
+//! batch is decided and before its verdicts: none of them depends on a
+//! verdict, and the client waits for its SYN+ACK.
 
 use super::super::shared::WorkerStats;
 use crate::engine::{Answers, Context, Decision};
-use crate::kernel::nfqueue::codec::{QueuedPacket, Sink, Verdicts};
+use crate::kernel::nfqueue::codec::{QueuedPacket, Sink, Verdicts, BATCH};
 use crate::kernel::reject::RawSocket;
 use crate::synproxy::options::SEGMENT_MAX;
 use crate::time::Timestamp;
@@ -23,7 +25,17 @@ use std::sync::Arc;
 pub struct Proxying {
     socket: Arc<Option<RawSocket>>,
     answers: RefCell<Answers>,
-    out: RefCell<[u8; SEGMENT_MAX]>,
+    pending: RefCell<Pending>,
+}
+
+/// At most two answers per packet of a batch.
+const PENDING: usize = 2 * BATCH;
+
+/// The batch's answers, written, not sent yet.
+struct Pending {
+    bufs: Box<[[u8; SEGMENT_MAX]]>,
+    lens: [usize; PENDING],
+    count: usize,
 }
 
 impl Proxying {
@@ -31,8 +43,31 @@ impl Proxying {
         Proxying {
             socket,
             answers: RefCell::new(Answers::default()),
-            out: RefCell::new([0; SEGMENT_MAX]),
+            pending: RefCell::new(Pending {
+                bufs: vec![[0; SEGMENT_MAX]; PENDING].into_boxed_slice(),
+                lens: [0; PENDING],
+                count: 0,
+            }),
         }
+    }
+
+    /// Sends the answers written since the last call.
+    pub fn send(&self, stats: &mut WorkerStats) {
+        let mut p = self.pending.borrow_mut();
+        if p.count == 0 {
+            return;
+        }
+        let count = p.count;
+        let sent = match self.socket.as_ref() {
+            Some(socket) => {
+                let p = &*p;
+                socket.send_many((0..count).map(|i| &p.bufs[i][..p.lens[i]]))
+            }
+            None => 0,
+        };
+        stats.synproxy_sent += sent as u64;
+        stats.synproxy_send_failures += (count - sent) as u64;
+        p.count = 0;
     }
 
     /// Decides `packet`, and sends what the proxy answers.
@@ -47,16 +82,18 @@ impl Proxying {
     ) -> Decision {
         let mut answers = self.answers.borrow_mut();
         let d = engine.decide_with(packet, ctx, now, &mut answers);
-        let mut out = self.out.borrow_mut();
         for segment in answers.to_send() {
-            let sent = match (segment.write(&mut out[..]), self.socket.as_ref()) {
-                (Ok(n), Some(socket)) => socket.send(&out[..n]).is_ok(),
-                _ => false,
-            };
-            if sent {
-                stats.synproxy_sent += 1;
-            } else {
-                stats.synproxy_send_failures += 1;
+            if self.pending.borrow().count == PENDING {
+                self.send(stats); // never with batches of BATCH: two answers a packet at most
+            }
+            let mut p = self.pending.borrow_mut();
+            let at = p.count;
+            match segment.write(&mut p.bufs[at][..]) {
+                Ok(n) => {
+                    p.lens[at] = n;
+                    p.count += 1;
+                }
+                Err(_) => stats.synproxy_send_failures += 1,
             }
         }
         d

@@ -115,12 +115,13 @@ impl Replies {
         let Some(socket) = &self.shared.socket else {
             return;
         };
-        for i in 0..p.count {
-            match socket.send(&p.bufs[i][..p.lens[i]]) {
-                Ok(()) => stats.rejects_sent += 1,
-                Err(_) => stats.rejects_failed += 1,
-            }
-        }
+        let count = p.count;
+        let sent = {
+            let p = &*p;
+            socket.send_many((0..count).map(|i| &p.bufs[i][..p.lens[i]]))
+        };
+        stats.rejects_sent += sent as u64;
+        stats.rejects_failed += (count - sent) as u64;
         p.count = 0;
     }
 }

@@ -201,6 +201,9 @@ impl Worker {
             }
             Item::Error(errno) => self.verdict_error(errno, stats),
         });
+        if let Some(proxy) = &self.proxying {
+            proxy.send(stats);
+        }
         self.flush(tx, stats);
         let mut dropped = self.dropped.borrow_mut();
         self.shared.drops.record_all(self.index, &dropped);
