@@ -54,6 +54,8 @@ pub(super) fn log_stats(message: &str, s: &WorkerStats, engine: &Engine, top: Op
         rejects_sent = s.rejects_sent,
         rejects_rate_limited = s.rejects_rate_limited,
         rejects_failed = s.rejects_failed,
+        synproxy_sent = s.synproxy_sent,
+        synproxy_send_failures = s.synproxy_send_failures,
         reasons = reasons(s, top).as_str(),
         "{message}"
     );
