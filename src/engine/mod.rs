@@ -424,16 +424,9 @@ impl Engine {
         let Ok(packet) = wire::parse(bytes, framing) else {
             return false;
         };
-        let Some(seg) = packet.tcp() else {
+        let Some((key, side, seg)) = tcp_key(&packet) else {
             return false;
         };
-        let (key, side) = FlowKey::new(
-            packet.protocol,
-            packet.src,
-            seg.src_port,
-            packet.dst,
-            seg.dst_port,
-        );
         let Some(mut entry) = self.table.get_mut(&key) else {
             return false;
         };
@@ -453,16 +446,9 @@ impl Engine {
         let Ok(packet) = wire::parse(bytes, framing) else {
             return false;
         };
-        let Some(seg) = packet.tcp() else {
+        let Some((key, _, _)) = tcp_key(&packet) else {
             return false;
         };
-        let (key, _) = FlowKey::new(
-            packet.protocol,
-            packet.src,
-            seg.src_port,
-            packet.dst,
-            seg.dst_port,
-        );
         // Under the entry's lock, as every change of its proxy state.
         let Some(_entry) = self.table.get_mut(&key) else {
             return false;
@@ -1314,6 +1300,19 @@ impl Engine {
             }
         }
     }
+}
+
+/// A TCP packet's key, its side of it, and its segment.
+fn tcp_key(packet: &Packet) -> Option<(FlowKey, Side, &TcpSegment)> {
+    let seg = packet.tcp()?;
+    let (key, side) = FlowKey::new(
+        packet.protocol,
+        packet.src,
+        seg.src_port,
+        packet.dst,
+        seg.dst_port,
+    );
+    Some((key, side, seg))
 }
 
 /// Hands `conn` to the kernel (see [`Engine::hand_off`]) when `seg`, an

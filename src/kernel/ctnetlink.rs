@@ -25,7 +25,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-pub(super) const NETLINK_NETFILTER: libc::c_int = 12;
+const NETLINK_NETFILTER: libc::c_int = 12;
 pub(super) const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 pub(super) const IPCTNL_MSG_CT_NEW: u16 = 0;
 pub(super) const IPCTNL_MSG_CT_GET: u16 = 1;
@@ -182,6 +182,23 @@ fn parse_batch(mut buf: &[u8], seq: u32, out: &mut Vec<Entry>) -> anyhow::Result
     Ok(false)
 }
 
+/// A netfilter netlink socket (ctnetlink's).
+pub(super) fn open_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            NETLINK_NETFILTER,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// A ctnetlink socket for dumps.
 pub struct Conntrack {
     fd: OwnedFd,
@@ -190,19 +207,7 @@ pub struct Conntrack {
 
 impl Conntrack {
     pub fn open() -> anyhow::Result<Conntrack> {
-        // SAFETY: plain socket(2); the result is checked.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error()).context("opening a ctnetlink socket");
-        }
-        // SAFETY: fd is a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = open_socket().context("opening a ctnetlink socket")?;
         socket2::SockRef::from(&fd)
             .set_read_timeout(Some(RECV_TIMEOUT))
             .context("setting SO_RCVTIMEO")?;

@@ -26,13 +26,12 @@
 use super::ctnetlink::{
     CTA_IP_V4_DST, CTA_IP_V4_SRC, CTA_IP_V6_DST, CTA_IP_V6_SRC, CTA_MARK, CTA_PROTO_DST_PORT,
     CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_TUPLE_IP, CTA_TUPLE_ORIG, CTA_TUPLE_PROTO,
-    CTA_TUPLE_REPLY, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_NEW, NETLINK_NETFILTER,
-    NFNL_SUBSYS_CTNETLINK,
+    CTA_TUPLE_REPLY, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_NEW, NFNL_SUBSYS_CTNETLINK,
 };
 use super::netlink::{attributes, messages, send_to_kernel, u32_ne, NLMSG_ERROR, NLM_F_REQUEST};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const NLM_F_ACK: u16 = 0x4;
@@ -110,20 +109,8 @@ pub struct HandOver {
 
 impl HandOver {
     pub fn open() -> io::Result<HandOver> {
-        // SAFETY: plain socket(2); the result is checked.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(HandOver {
-            // SAFETY: fd is a new descriptor that nothing else owns.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            fd: super::ctnetlink::open_socket()?,
             seq: 0,
             buf: Vec::with_capacity(4096),
         })
