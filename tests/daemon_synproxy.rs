@@ -253,16 +253,25 @@ fn a_server_with_another_window_scale_than_the_client_was_told_still_works() {
     // gives 3, where the proxy tells a client of an unknown server 7 (the
     // default); a client scales with 7 (its own 6 MiB buffer).
     lab.server.sysctl("net.ipv4.tcp_rmem", "4096 65536 262144");
+    // (net.ipv4.tcp_rmem is IPv6's too.)
     let d = start_proxy(&lab);
-    let _server = TcpEcho::start(&lab.server, v4());
-    // The first connection is told the configured scale; the second the
-    // learned one. Both carry megabytes both ways.
-    for i in 0..2u8 {
-        let c = lab::connect(&lab.client, v4(), Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("connect {i}: {e}\n{}", d.log()));
-        lab::exchange(&c, 4 << 20, i).unwrap_or_else(|e| {
-            panic!("connection {i} through a rescaling proxy: {e}\n{}", d.log())
-        });
+    let _servers = [
+        TcpEcho::start(&lab.server, v4()),
+        TcpEcho::start(&lab.server, v6()),
+    ];
+    // The first connection to each server is told the configured scale;
+    // the second the learned one. All carry megabytes both ways.
+    for to in [v4(), v6()] {
+        for i in 0..2u8 {
+            let c = lab::connect(&lab.client, to, Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("{to}: connect {i}: {e}\n{}", d.log()));
+            lab::exchange(&c, 4 << 20, i).unwrap_or_else(|e| {
+                panic!(
+                    "{to}: connection {i} through a rescaling proxy: {e}\n{}",
+                    d.log()
+                )
+            });
+        }
     }
     let s = control_stats(&lab.control_socket());
     assert_eq!(s["synproxy_rewrite_failures"], 0, "{s:#}");
