@@ -794,9 +794,34 @@ fn in_hand_off_mode_a_proxied_connection_goes_to_the_kernel_with_its_translation
     assert_eq!(d.reason, Reason::Tracked);
     assert!(a.left_to_kernel && a.rewrite.is_none(), "{a:?}");
 
-    // The kernel refused the entry: the next packet hands it over again.
+    // The server's RST: left to the kernel, whose entry first gets the
+    // ISN that keeps the offset (the kernel's SYN proxy hook sets it anew
+    // from it on a server's RST).
+    let rst = build::tcp(s, c)
+        .flags(RST)
+        .seq(x.server_isn.wrapping_add(11))
+        .window(0)
+        .build();
+    let t3 = Harness::from_toml(&rules());
+    t3.engine.set_cookie_keys([9; 32]);
+    t3.engine
+        .restore_state(&saved, t3.now(), 1_800_000_000)
+        .expect("the state file");
+    let (d, a) = decide_in(&t3, &t3.ctx, &rst);
+    assert_eq!(d.reason, Reason::Tracked);
+    assert!(a.left_to_kernel && a.rewrite.is_none());
+    let (_, isn) = a.kernel_reset.expect("the ISN for the kernel's entry");
+    assert_eq!(
+        isn.wrapping_add(1),
+        x.cookie.wrapping_add(11),
+        "the RST leaves with the client's view of its sequence number"
+    );
+
+    // The kernel refused the entry: conntrackd translates it, and does not
+    // offer it to the kernel again.
     assert!(t.engine.translate_here(&client_data, Framing::default()));
     assert!(!t.engine.translate_here(&client_data, Framing::default()));
     let (d, a) = decide_in(&t, &handing(Some(true)), &bulk(x.client_isn + 99_101));
-    assert!(d.handed_off && a.hand_over.is_some());
+    assert!(!d.handed_off && a.hand_over.is_none());
+    assert!(a.rewrite.is_some(), "translated here");
 }

@@ -439,9 +439,10 @@ impl Engine {
 
     /// Hand-off mode: the kernel could not take the proxied connection of
     /// `bytes` that the decision handed off (see [`Context::kernel_translates`]):
-    /// conntrackd translates it again. Its packets keep coming to the queue
-    /// (their verdict carries no hand-off mark). Returns whether it was
-    /// translated by the kernel.
+    /// conntrackd translates it again, and does not offer it to the kernel
+    /// again (behind NAT, say, every offer would fail). Its packets keep
+    /// coming to the queue (their verdict carries no hand-off mark). Returns
+    /// whether it was translated by the kernel.
     pub fn translate_here(&self, bytes: &[u8], framing: Framing) -> bool {
         let Ok(packet) = wire::parse(bytes, framing) else {
             return false;
@@ -457,7 +458,7 @@ impl Engine {
             Some(t) if t.by_kernel() => {
                 self.table
                     .proxied
-                    .insert(key, crate::synproxy::Proxied::Open(t.in_kernel(false)));
+                    .insert(key, crate::synproxy::Proxied::Open(t.refused_by_kernel()));
                 true
             }
             _ => false,
@@ -912,7 +913,12 @@ impl Engine {
                 if here {
                     io.rewrite(r);
                 } else {
-                    io.leave_to_kernel();
+                    // The server's RST: the ISN that keeps the kernel's offset.
+                    let reset = (from == Role::Responder && seg.flags.rst()).then(|| {
+                        let seq = r.translation.seq_to_client(seg.seq);
+                        (r.translation, seq.0.wrapping_sub(1))
+                    });
+                    io.leave_to_kernel(reset);
                 }
                 let found = self.judge(entry, key, from, tcp, &translated, p, ctx, now);
                 // Handed off now, and not before: the kernel is to get it.

@@ -62,6 +62,12 @@ pub struct Answers {
     /// Hand-off mode: the packet is a proxied connection's that the
     /// kernel translates; it goes on as it is (no `rewrite`).
     pub left_to_kernel: bool,
+    /// Hand-off mode: the packet is the server's RST of a connection the
+    /// kernel translates, and the kernel's entry is to get this ISN first
+    /// (with the translation's offsets): on a server's RST the kernel's SYN
+    /// proxy hook sets the sequence offset anew, to `ISN + 1 - seq`, which
+    /// this makes the connection's own.
+    pub kernel_reset: Option<(Translation, u32)>,
 }
 
 impl Answers {
@@ -120,9 +126,10 @@ impl Io<'_> {
         }
     }
 
-    pub(super) fn leave_to_kernel(&mut self) {
+    pub(super) fn leave_to_kernel(&mut self, reset: Option<(Translation, u32)>) {
         if let Some(a) = self.answers.as_deref_mut() {
             a.left_to_kernel = true;
+            a.kernel_reset = reset;
         }
     }
 
@@ -198,7 +205,7 @@ pub(super) enum Step {
     /// The proxy decided it, and the connection goes.
     Remove(Decision),
     /// The tracker judges this (translated) segment; an accepted packet is
-    /// rewritten so (`None`: the kernel's entry does, see
+    /// rewritten so when the flag says so (else the kernel's entry does, see
     /// [`Translation::rewritten_here`]).
     Translate(TcpSegment, Rewrite, bool),
     /// No proxy state (never expected): judged as it is.

@@ -16,9 +16,11 @@
 //!    offset and the timestamp offset, in one datagram.
 //!
 //! The kernel handles a request to it within the `sendto`, so the answers
-//! are read without waiting. A packet of the connection that arrives
-//! between the delete and the create makes the kernel an entry of its own,
-//! and the create fails (`EEXIST`): the connection then stays in userspace.
+//! are read without waiting. (A packet of the connection that arrives
+//! between the delete and the create gets an entry of the kernel's own,
+//! which loses to the created one when the kernel confirms it: that packet
+//! is dropped, and sent again.) Whatever fails, the connection stays in
+//! userspace.
 //!
 //! Written by hand, like [`super::ctnetlink`]'s dump: four attributes more
 //! than that, and no crate writes the sequence adjustment.
@@ -62,6 +64,8 @@ const IPS_ASSURED: u32 = 0x4;
 /// Already set on an entry ctnetlink creates: a status without it is refused.
 const IPS_CONFIRMED: u32 = 0x8;
 const IPS_NAT: u32 = 0x10 | 0x20;
+/// The entry's sequence adjustment is on (set with `CTA_SEQ_ADJ_*`).
+const IPS_SEQ_ADJUST: u32 = 0x40;
 const TCP_CONNTRACK_ESTABLISHED: u8 = 3;
 const TCP_FLAG_WINDOW_SCALE: u8 = 0x01;
 const TCP_FLAG_BE_LIBERAL: u8 = 0x08;
@@ -90,7 +94,7 @@ pub struct Handed {
 /// Why a connection was not handed over (it stays in userspace).
 #[derive(Debug, thiserror::Error)]
 pub enum HandOverError {
-    #[error("the kernel tracks no such connection (not seen by its conntrack, or NAT)")]
+    #[error("the kernel tracks no such connection under the addresses FORWARD sees")]
     NotTracked,
     #[error("the kernel's entry carries NAT, which a new entry would lose")]
     Nat,
@@ -132,17 +136,47 @@ impl HandOver {
         }
         // Delete and create in one datagram: the kernel runs both at once.
         self.seq = self.seq.wrapping_add(2);
-        let (delete, create) = (self.seq - 1, self.seq);
+        let (delete, create) = (self.seq.wrapping_sub(1), self.seq);
         self.buf.clear();
         delete_request(&mut self.buf, c, delete);
         create_request(&mut self.buf, c, mark | c.mark, create);
         send_to_kernel(self.fd.as_fd(), &self.buf).map_err(HandOverError::Refused)?;
-        match self.answer(delete) {
-            // Gone already (expired meanwhile): the create still holds.
-            Ok(_) | Err(HandOverError::NotTracked) => {}
-            Err(e) => return Err(e),
+        // What counts is the create (a delete that found nothing, the entry
+        // gone meanwhile, does not matter): both answers are read, so that
+        // none is left for a later request.
+        let _ = self.answer(delete);
+        match self.answer(create) {
+            Ok(Answer::Done) => Ok(()),
+            // No answer: whether the entry is the new one decides (it has
+            // the sequence adjustment on), or both conntrackd and the
+            // kernel would translate.
+            Ok(Answer::Entry { .. }) | Err(HandOverError::NoAnswer) => {
+                self.seq = self.seq.wrapping_add(1);
+                let get = self.seq;
+                self.buf.clear();
+                get_request(&mut self.buf, c, get);
+                send_to_kernel(self.fd.as_fd(), &self.buf).map_err(HandOverError::Refused)?;
+                match self.answer(get)? {
+                    Answer::Entry { status, .. } if status & IPS_SEQ_ADJUST != 0 => Ok(()),
+                    _ => Err(HandOverError::NoAnswer),
+                }
+            }
+            Err(e) => Err(e),
         }
-        match self.answer(create)? {
+    }
+
+    /// Sets the SYN proxy ISN of `c`'s kernel entry (see
+    /// `Answers::kernel_reset`), keeping its timestamp offset.
+    pub fn set_isn(&mut self, c: &Handed, isn: u32) -> Result<(), HandOverError> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        self.buf.clear();
+        let at = header(&mut self.buf, IPCTNL_MSG_CT_NEW, 0, seq, c);
+        put_tuple(&mut self.buf, CTA_TUPLE_ORIG, c.client, c.server);
+        put_synproxy(&mut self.buf, isn, c.timestamp_offset);
+        finish(&mut self.buf, at);
+        send_to_kernel(self.fd.as_fd(), &self.buf).map_err(HandOverError::Refused)?;
+        match self.answer(seq)? {
             Answer::Done => Ok(()),
             Answer::Entry { .. } => Err(HandOverError::NoAnswer),
         }
@@ -337,14 +371,20 @@ fn create_request(out: &mut Vec<u8>, c: &Handed, mark: u32, seq: u32) {
     put_be32(out, CTA_SEQADJ_OFFSET_BEFORE, c.seq_offset);
     put_be32(out, CTA_SEQADJ_OFFSET_AFTER, c.seq_offset);
     close(out, adj);
-    // ISN and ITS serve only the kernel proxy's own handshake, which this
-    // entry (created ESTABLISHED) never goes through.
-    let proxy = open(out, CTA_SYNPROXY);
-    put_be32(out, CTA_SYNPROXY_ISN, 0);
-    put_be32(out, CTA_SYNPROXY_ITS, 0);
-    put_be32(out, CTA_SYNPROXY_TSOFF, c.timestamp_offset);
-    close(out, proxy);
+    // The ISN matters only at a server's RST, when the kernel's SYN proxy
+    // hook sets the sequence offset anew from it: conntrackd sets it then
+    // (`HandOver::set_isn`). ITS serves only the kernel proxy's own
+    // handshake, which this entry (created ESTABLISHED) never goes through.
+    put_synproxy(out, 0, c.timestamp_offset);
     finish(out, at);
+}
+
+fn put_synproxy(out: &mut Vec<u8>, isn: u32, timestamp_offset: u32) {
+    let proxy = open(out, CTA_SYNPROXY);
+    put_be32(out, CTA_SYNPROXY_ISN, isn);
+    put_be32(out, CTA_SYNPROXY_ITS, 0);
+    put_be32(out, CTA_SYNPROXY_TSOFF, timestamp_offset);
+    close(out, proxy);
 }
 
 #[cfg(test)]

@@ -569,6 +569,9 @@ impl Installed {
                         family.iptables()
                     );
                     installed.spec.synproxy_hooks = false;
+                    // What the failed script may have committed (its filter
+                    // part, when the mangle part failed) is taken over again.
+                    let kept = take_over(family, &installed.spec)?.unwrap_or_default();
                     restore(family, &installed.spec.install_script_keeping(&kept))?;
                 }
                 other => other?,

@@ -201,10 +201,15 @@ fn send_chunk(fd: &OwnedFd, packets: &[&[u8]]) -> usize {
             )
         };
         if r < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
+            let e = io::Error::last_os_error();
+            match (e.kind(), e.raw_os_error()) {
+                (io::ErrorKind::Interrupted, _) => continue,
+                // The send buffer is full: so it is for the rest too (one
+                // call each would only fail each).
+                (io::ErrorKind::WouldBlock, _) | (_, Some(libc::ENOBUFS)) => break,
+                // This one failed (no route, say): the rest still go.
+                _ => at += 1,
             }
-            at += 1; // this one failed: the rest still go
             continue;
         }
         let r = r as usize;

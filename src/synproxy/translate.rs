@@ -70,8 +70,11 @@ pub struct Translation {
     /// the packets (sequence adjustment, and the SYN proxy hooks'
     /// timestamp offset). See [`Self::rewritten_here`].
     kernel: bool,
-    /// Handed to the kernel, and a SYN, FIN or RST of it has come since.
+    /// Handed to the kernel, and a FIN or RST of it has come since.
     kernel_teardown: bool,
+    /// The kernel refused it once: it stays here (not in the state file: a
+    /// restart tries once more).
+    kernel_refused: bool,
 }
 
 /// The version byte of [`Translation::to_bytes`].
@@ -116,6 +119,7 @@ impl Translation {
             client_shift_at_server: server_side.map_or(0, |(c, _)| c),
             kernel: false,
             kernel_teardown: false,
+            kernel_refused: false,
         }
     }
 
@@ -159,6 +163,7 @@ impl Translation {
             client_shift_at_server: self.client_shift,
             kernel: self.kernel,
             kernel_teardown: self.kernel_teardown,
+            kernel_refused: self.kernel_refused,
         }
     }
 
@@ -183,19 +188,21 @@ impl Translation {
     ///
     /// Once handed to the kernel, only SYN, FIN and RST are queued while the
     /// connection's hand-off mark is set, and everything after its first FIN
-    /// or RST (the mark is cleared then): those have the kernel's new entry,
-    /// which translates them. A plain packet that reaches the queue before
-    /// then has no such entry: it was queued before the hand-over (with the
-    /// kernel's old entry) or found invalid by the kernel (which takes its
-    /// entry away). Those are rewritten here. What this cannot tell: a FIN
-    /// or RST queued before the hand-over and decided after it goes on
+    /// or RST (the mark is cleared then): FINs, RSTs and what follows them
+    /// have the kernel's new entry, which translates them. A plain packet
+    /// that reaches the queue before then has no such entry: it was queued
+    /// before the hand-over (with the kernel's old entry) or found invalid
+    /// by the kernel (which takes its entry away). Those are rewritten here,
+    /// and so is a SYN (the kernel's entry translates none: a SYN on an open
+    /// connection is refused anyway). What this cannot tell: a FIN or RST
+    /// queued before the hand-over and decided after it goes on
     /// untranslated; the other end ignores it (out of window) and the FIN is
     /// sent again, through the new entry.
     pub fn rewritten_here(self, flags: u8) -> (bool, Self) {
         if !self.kernel {
             return (true, self);
         }
-        let teardown = flags & (0x01 | 0x02 | 0x04) != 0; // FIN, SYN, RST
+        let teardown = flags & (0x01 | 0x04) != 0; // FIN, RST
         if self.kernel_teardown || teardown {
             let next = Translation {
                 kernel_teardown: true,
@@ -212,7 +219,18 @@ impl Translation {
     /// false (the hooks are not registered), only a connection whose
     /// timestamps need no offset.
     pub fn kernel_can(&self, timestamps: bool) -> bool {
-        !self.rescales() && (timestamps || self.ts_delta == 0)
+        !self.kernel_refused && !self.rescales() && (timestamps || self.ts_delta == 0)
+    }
+
+    /// The kernel could not take it: translated here from now on, and not
+    /// offered to the kernel again.
+    pub fn refused_by_kernel(self) -> Self {
+        Translation {
+            kernel: false,
+            kernel_teardown: false,
+            kernel_refused: true,
+            ..self
+        }
     }
 
     /// The window shifts in use: the client's and the server's (0 both
@@ -393,6 +411,7 @@ impl Translation {
             client_shift_at_server: b[12],
             kernel: b[0] & BY_KERNEL != 0,
             kernel_teardown: kernel == BY_KERNEL | KERNEL_TEARDOWN,
+            kernel_refused: false,
         })
     }
 }

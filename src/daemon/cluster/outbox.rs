@@ -54,8 +54,10 @@ impl Packer {
                     writer.insert(Writer::new(self.kind, &self.node, self.sequence, sent_ms))
                 }
             };
+            // Who translates is this node's business (its kernel's entry):
+            // the peer gets the translation as conntrackd makes it.
             let translation = match engine {
-                Some(e) if conn.proxied() => e.table().translation(key),
+                Some(e) if conn.proxied() => e.table().translation(key).map(|t| t.in_kernel(false)),
                 _ => None,
             };
             w.push(*op, key, conn, translation.as_ref(), now);

@@ -678,13 +678,14 @@ fn open_rejecter(settings: &Settings, policy: &crate::policy::Policy) -> reject:
     reject::Rejecter::new(socket, settings.reject_rate)
 }
 
-/// The SYN proxy's raw socket (as the reject answers'; none without
-/// CAP_NET_RAW: then the proxy cannot answer, and says so).
 /// The answer sockets' send buffer (the SYN proxy's, the rejects'): room for
 /// the answers that wait for unresolved neighbours under a flood of spoofed
-/// local sources (see `RawSocket::set_send_buffer`), about 40,000 of them.
+/// local sources (see `RawSocket::set_send_buffer`). The kernel doubles it
+/// for its bookkeeping: about 80,000 small answers per socket.
 const ANSWER_SEND_BUFFER: usize = 32 << 20;
 
+/// The SYN proxy's raw socket (as the reject answers'; none without
+/// CAP_NET_RAW: then the proxy cannot answer, and says so).
 fn open_proxy_socket(settings: &Settings) -> Option<crate::kernel::reject::RawSocket> {
     match crate::kernel::reject::RawSocket::open() {
         Ok(s) => {

@@ -99,6 +99,12 @@ impl Proxying {
         d
     }
 
+    /// The ISN the kernel's entry is to get before the server's RST just
+    /// decided goes on (see `Answers::kernel_reset`).
+    pub fn kernel_reset(&self) -> Option<(crate::synproxy::translate::Translation, u32)> {
+        self.answers.borrow().kernel_reset
+    }
+
     /// The translation the kernel is to get: the packet just decided hands
     /// its proxied connection off.
     pub fn hand_over(&self) -> Option<crate::synproxy::translate::Translation> {

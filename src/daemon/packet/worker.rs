@@ -374,6 +374,9 @@ impl Worker {
         if d.reason.is_reject() {
             self.replies.prepare(payload, framing, now, stats);
         }
+        if verdict == Verdict::Accept {
+            self.reset_in_kernel(payload, stats);
+        }
         match verdict {
             Verdict::Drop => (Verdict::Drop, None),
             Verdict::Accept => match &self.handoff {
@@ -384,6 +387,37 @@ impl Worker {
                 }
                 _ => (Verdict::Accept, None),
             },
+        }
+    }
+
+    /// A server's RST of a proxied connection the kernel translates: its
+    /// entry gets the ISN that keeps the connection's sequence offset
+    /// through the kernel's SYN proxy hook (which sets it anew on a
+    /// server's RST) before the RST goes on.
+    fn reset_in_kernel(&self, payload: &[u8], stats: &mut WorkerStats) {
+        let (Some(proxy), Some(handover), Some(handoff)) =
+            (&self.proxying, &self.handover, &self.handoff)
+        else {
+            return;
+        };
+        let Some((t, isn)) = proxy.kernel_reset() else {
+            return;
+        };
+        let Ok(seg) = crate::synproxy::options::read_segment(payload) else {
+            return;
+        };
+        // From the server: the entry's original direction is the other way.
+        let c = Handed {
+            client: std::net::SocketAddr::new(seg.dst, seg.dst_port),
+            server: std::net::SocketAddr::new(seg.src, seg.src_port),
+            seq_offset: t.seq_offset(),
+            timestamp_offset: t.timestamp_offset(),
+            scales: None,
+            mark: handoff.mark,
+            timeout: handoff.timeout,
+        };
+        if handover.borrow_mut().set_isn(&c, isn).is_err() {
+            stats.synproxy_handoff_failures += 1;
         }
     }
 

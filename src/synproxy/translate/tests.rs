@@ -336,8 +336,10 @@ fn once_in_the_kernel_only_plain_packets_before_the_teardown_are_rewritten_here(
     // Plain ones: queued before the hand-over, or invalid to the kernel.
     assert_eq!(k.rewritten_here(0x10), (true, k));
     assert_eq!(k.rewritten_here(0x18), (true, k));
-    // SYN, FIN, RST: the kernel's; and everything after.
-    for flags in [0x02, 0x11, 0x04, 0x14] {
+    // A SYN (refused anyway on an open connection) changes nothing.
+    assert_eq!(k.rewritten_here(0x02), (true, k));
+    // FIN, RST: the kernel's; and everything after.
+    for flags in [0x11, 0x01, 0x04, 0x14] {
         let (here, after) = k.rewritten_here(flags);
         assert!(!here, "{flags:#x}");
         assert_eq!(after.rewritten_here(0x10), (false, after));
