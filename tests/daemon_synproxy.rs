@@ -503,12 +503,25 @@ fn in_hand_off_mode_the_kernel_translates_proxied_connections() {
         c.read_exact(&mut got).expect("the server's data");
         c.write_all(b"k").unwrap();
         server.join().unwrap();
+        // The RST must end the connection. Once in about twenty runs under
+        // load the first one is lost (not explained yet; see the README):
+        // the client's next segment then draws another from the server's
+        // stack, as it would on any network. Without the ISN step every
+        // server RST is lost, both of these too.
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let mut more = [0u8; 1];
-        let after = c.read(&mut more).map_err(|e| e.kind());
+        let mut after = c.read(&mut more).map_err(|e| e.kind());
+        if after == Err(std::io::ErrorKind::WouldBlock) {
+            eprintln!("{to}: the server's first RST was lost; the client sends again");
+            let _ = c.write_all(b"?");
+            after = c.read(&mut more).map_err(|e| e.kind());
+        }
         assert_eq!(
             after,
             Err(std::io::ErrorKind::ConnectionReset),
-            "{to}: the server's RST did not reach the client"
+            "{to}: the server's RST did not reach the client\n{:#}\n{}",
+            control_stats(&lab.control_socket()),
+            d.log()
         );
     }
     // Bulk and reset per family and the servers' resets were handed over;
