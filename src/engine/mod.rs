@@ -433,8 +433,11 @@ impl Engine {
         let from = entry.role_of(side);
         // A proxied connection is handed off only by `decide`, which tells
         // the caller to hand the kernel its translation.
-        let proxied = entry.proxied().then_some(None);
-        hand_off_conn(&mut entry, from, seg, now, timeout, proxied)
+        if entry.proxied() || !may_hand_off(&entry, from, seg) {
+            return false;
+        }
+        hand_off_conn(&mut entry, seg, now, timeout);
+        true
     }
 
     /// Hand-off mode: the kernel could not take the proxied connection of
@@ -465,21 +468,43 @@ impl Engine {
         }
     }
 
-    /// Hand-off mode: the translation the kernel is to make for the proxied
-    /// connection `key`, when it can (see [`Context::kernel_translates`]),
-    /// or makes already.
-    fn kernel_can_translate(
+    /// Hand-off mode: hands `conn` (key `key`), which `seg` may hand off
+    /// ([`may_hand_off`]), to the kernel, unless it is a proxied connection
+    /// the kernel cannot translate (see [`Context::kernel_translates`]) or
+    /// that has carried less than [`HAND_OVER_AFTER_BYTES`]. Whether it did.
+    /// A proxied connection handed over now is translated by the kernel
+    /// from the next packet on: this one is still rewritten here (the
+    /// caller gives the kernel its new entry before the verdict).
+    fn hand_off_judged(
         &self,
+        conn: &mut Conn,
         key: &FlowKey,
+        seg: &TcpSegment,
         ctx: &Context<'_>,
-        conn: &Conn,
-    ) -> Option<crate::synproxy::Translation> {
-        let t = self.table.translation(key)?;
-        let carried: u64 = conn.traffic().bytes.iter().sum();
-        let can = t.by_kernel()
-            || (carried >= HAND_OVER_AFTER_BYTES
-                && ctx.kernel_translates.is_some_and(|ts| t.kernel_can(ts)));
-        can.then_some(t)
+        now: Timestamp,
+        timeout: u32,
+    ) -> bool {
+        if conn.proxied() {
+            // The cheap test first: a short connection never looks its
+            // translation up.
+            let carried: u64 = conn.traffic().bytes.iter().sum();
+            if carried < HAND_OVER_AFTER_BYTES {
+                return false;
+            }
+            let Some(t) = self.table.translation(key) else {
+                return false;
+            };
+            if !t.by_kernel() {
+                if !ctx.kernel_translates.is_some_and(|ts| t.kernel_can(ts)) {
+                    return false;
+                }
+                self.table
+                    .proxied
+                    .insert(*key, crate::synproxy::Proxied::Open(t.in_kernel(true)));
+            }
+        }
+        hand_off_conn(conn, seg, now, timeout);
+        true
     }
 
     /// Hand-off mode: the kernel still carries this handed-off TCP connection
@@ -999,22 +1024,9 @@ impl Engine {
         self.tell(adopted, before, after, key, conn, now);
         let mut d = Decision::without_rule(outcome.reason, before, after);
         if let Some(timeout) = ctx.hand_off {
-            let proxied = conn
-                .proxied()
-                .then(|| self.kernel_can_translate(key, ctx, conn));
             d.handed_off = d.verdict() == Verdict::Accept
-                && hand_off_conn(conn, from, seg, now, timeout, proxied);
-            if let (true, Some(Some(t))) = (
-                d.handed_off,
-                proxied.filter(|t| !t.is_some_and(|t| t.by_kernel())),
-            ) {
-                // From the next packet on, the kernel translates: this one
-                // is still rewritten here (the caller hands the kernel its
-                // new entry before the verdict).
-                self.table
-                    .proxied
-                    .insert(*key, crate::synproxy::Proxied::Open(t.in_kernel(true)));
-            }
+                && may_hand_off(conn, from, seg)
+                && self.hand_off_judged(conn, key, seg, ctx, now, timeout);
         }
         Lookup::Found(d)
     }
@@ -1276,11 +1288,13 @@ impl Engine {
         conn.set_timeout(now, timeout);
         // A connection picked up mid-stream is ESTABLISHED from its first
         // packet: in hand-off mode, that packet hands it off.
+        // (A connection the proxy opens is never ESTABLISHED yet.)
         let handed_off = match (ctx.hand_off, p.tcp()) {
-            (Some(timeout), Some(seg)) => {
-                // (A connection the proxy opens is never ESTABLISHED yet.)
-                let proxying = proxied.is_some().then_some(None);
-                hand_off_conn(&mut conn, Role::Originator, seg, now, timeout, proxying)
+            (Some(timeout), Some(seg))
+                if proxied.is_none() && may_hand_off(&conn, Role::Originator, seg) =>
+            {
+                hand_off_conn(&mut conn, seg, now, timeout);
+                true
             }
             _ => false,
         };
@@ -1321,38 +1335,26 @@ fn tcp_key(packet: &Packet) -> Option<(FlowKey, Side, &TcpSegment)> {
     Some((key, side, seg))
 }
 
-/// Hands `conn` to the kernel (see [`Engine::hand_off`]) when `seg`, an
-/// accepted packet of it sent by the endpoint in role `from`, may: a plain
+/// Whether `seg`, an accepted packet of `conn` sent by the endpoint in role
+/// `from`, may hand it to the kernel (see [`Engine::hand_off`]): a plain
 /// segment (no SYN, FIN or RST) from the originator, both ends ESTABLISHED.
-/// A proxied connection (`proxied` is `Some`) only with the translation
-/// the kernel is to make, or made already. Returns whether it did.
 #[inline]
-fn hand_off_conn(
-    conn: &mut Conn,
-    from: Role,
-    seg: &TcpSegment,
-    now: Timestamp,
-    timeout: u32,
-    proxied: Option<Option<crate::synproxy::Translation>>,
-) -> bool {
-    if from != Role::Originator
-        || seg.flags.syn()
-        || seg.flags.fin()
-        || seg.flags.rst()
-        || matches!(proxied, Some(None))
-    {
-        return false;
+fn may_hand_off(conn: &Conn, from: Role, seg: &TcpSegment) -> bool {
+    from == Role::Originator
+        && !seg.flags.syn()
+        && !seg.flags.fin()
+        && !seg.flags.rst()
+        && matches!(conn.proto, Proto::Tcp(tcp) if tcp.is_established())
+}
+
+/// Hands `conn` to the kernel on `seg` ([`may_hand_off`] said it may).
+#[inline]
+fn hand_off_conn(conn: &mut Conn, seg: &TcpSegment, now: Timestamp, timeout: u32) {
+    if let Proto::Tcp(mut tcp) = conn.proto {
+        tcp.hand_off(Role::Originator, seg);
+        conn.proto = Proto::Tcp(tcp);
+        conn.set_timeout(now, timeout);
     }
-    let Proto::Tcp(mut tcp) = conn.proto else {
-        return false;
-    };
-    if !tcp.is_established() {
-        return false;
-    }
-    tcp.hand_off(Role::Originator, seg);
-    conn.proto = Proto::Tcp(tcp);
-    conn.set_timeout(now, timeout);
-    true
 }
 
 #[cfg(test)]
