@@ -866,17 +866,18 @@ fn start_workers(
             log_drops,
             handoff,
             replies: reject::Replies::new(rejecter.clone()),
-            proxying: proxy_socket.map(|s| crate::daemon::packet::proxy::Proxying::new(s.clone())),
-            handover: handoff.and_then(|h| h.proxied).and_then(|_| {
-                match crate::kernel::handover::HandOver::open() {
-                    Ok(h) => Some(std::cell::RefCell::new(h)),
-                    Err(e) => {
-                        warn!(
-                            "queue {num}: no ctnetlink socket ({e}): proxied connections stay here"
-                        );
-                        None
-                    }
-                }
+            proxying: proxy_socket.map(|s| {
+                let handover = handoff.and_then(|h| h.proxied).and_then(|_| {
+                    crate::kernel::handover::HandOver::open()
+                        .inspect_err(|e| {
+                            warn!(
+                                "queue {num}: no ctnetlink socket ({e}): proxied connections \
+                                 stay here"
+                            )
+                        })
+                        .ok()
+                });
+                crate::daemon::packet::proxy::Proxying::new(s.clone(), handover)
             }),
             dropped: std::cell::RefCell::new(Vec::with_capacity(
                 crate::kernel::nfqueue::codec::BATCH,

@@ -10,7 +10,9 @@
 //! verdict, and the client waits for its SYN+ACK.
 
 use super::super::shared::WorkerStats;
+use super::worker::Handoff;
 use crate::engine::{Answers, Context, Decision};
+use crate::kernel::handover::{HandOver, Handed};
 use crate::kernel::nfqueue::codec::{QueuedPacket, Sink, Verdicts, BATCH};
 use crate::kernel::reject::RawSocket;
 use crate::synproxy::options::SEGMENT_MAX;
@@ -26,6 +28,35 @@ pub struct Proxying {
     socket: Arc<Option<RawSocket>>,
     answers: RefCell<Answers>,
     pending: RefCell<Pending>,
+    /// Hand-off mode: this worker's ctnetlink socket that gives the kernel
+    /// proxied connections.
+    handover: Option<RefCell<HandOver>>,
+}
+
+/// The kernel's entry of the proxied connection of `packet`, sent by the
+/// server (`from_server`) or the client, translated by `t`.
+fn handed(
+    packet: &[u8],
+    t: &crate::synproxy::translate::Translation,
+    handoff: &Handoff,
+    from_server: bool,
+) -> Option<Handed> {
+    let seg = crate::synproxy::options::read_segment(packet).ok()?;
+    let (src, dst) = (
+        std::net::SocketAddr::new(seg.src, seg.src_port),
+        std::net::SocketAddr::new(seg.dst, seg.dst_port),
+    );
+    let (client, server) = if from_server { (dst, src) } else { (src, dst) };
+    let (client_shift, server_shift) = t.window_shifts();
+    Some(Handed {
+        client,
+        server,
+        seq_offset: t.seq_offset(),
+        timestamp_offset: t.timestamp_offset(),
+        scales: (client_shift != 0 || server_shift != 0).then_some((client_shift, server_shift)),
+        mark: handoff.mark,
+        timeout: handoff.timeout,
+    })
 }
 
 /// At most two answers per packet of a batch.
@@ -39,7 +70,9 @@ struct Pending {
 }
 
 impl Proxying {
-    pub fn new(socket: Arc<Option<RawSocket>>) -> Proxying {
+    /// `handover`: hand-off mode's ctnetlink socket, when proxied
+    /// connections are handed off.
+    pub fn new(socket: Arc<Option<RawSocket>>, handover: Option<HandOver>) -> Proxying {
         Proxying {
             socket,
             answers: RefCell::new(Answers::default()),
@@ -48,7 +81,13 @@ impl Proxying {
                 lens: [0; PENDING],
                 count: 0,
             }),
+            handover: handover.map(RefCell::new),
         }
+    }
+
+    /// Proxied connections can be handed to the kernel.
+    pub fn can_hand_over(&self) -> bool {
+        self.handover.is_some()
     }
 
     /// Sends the answers written since the last call.
@@ -99,16 +138,52 @@ impl Proxying {
         d
     }
 
-    /// The ISN the kernel's entry is to get before the server's RST just
-    /// decided goes on (see `Answers::kernel_reset`).
-    pub fn kernel_reset(&self) -> Option<(crate::synproxy::translate::Translation, u32)> {
-        self.answers.borrow().kernel_reset
+    /// The packet just decided (accepted) hands the connection off: a
+    /// proxied one goes to the kernel with its translation first (its
+    /// packet is still rewritten here). Whether the verdict may carry the
+    /// hand-off mark; if the kernel refuses, conntrackd translates the
+    /// connection again ([`Engine::translate_here`]).
+    pub fn hand_over(
+        &self,
+        engine: &Engine,
+        packet: &[u8],
+        framing: crate::wire::Framing,
+        handoff: &Handoff,
+        stats: &mut WorkerStats,
+    ) -> bool {
+        let Some(handover) = &self.handover else {
+            return true;
+        };
+        let Some(t) = self.answers.borrow().hand_over else {
+            return true; // not proxied, or handed over already
+        };
+        let done = handed(packet, &t, handoff, false)
+            .is_some_and(|h| handover.borrow_mut().hand_over(&h).is_ok());
+        if done {
+            stats.synproxy_handed_off += 1;
+        } else {
+            stats.synproxy_handoff_failures += 1;
+            engine.translate_here(packet, framing);
+        }
+        done
     }
 
-    /// The translation the kernel is to get: the packet just decided hands
-    /// its proxied connection off.
-    pub fn hand_over(&self) -> Option<crate::synproxy::translate::Translation> {
-        self.answers.borrow().hand_over
+    /// The packet just decided (accepted) is a server's RST of a proxied
+    /// connection the kernel translates: its entry gets the ISN that keeps
+    /// the connection's offset through the kernel's SYN proxy hook (which
+    /// sets it anew on a server's RST) before the RST goes on.
+    pub fn reset_in_kernel(&self, packet: &[u8], handoff: &Handoff, stats: &mut WorkerStats) {
+        let Some(handover) = &self.handover else {
+            return;
+        };
+        let Some((t, isn)) = self.answers.borrow().kernel_reset else {
+            return;
+        };
+        let set = handed(packet, &t, handoff, true)
+            .is_some_and(|h| handover.borrow_mut().set_isn(&h, isn).is_ok());
+        if !set {
+            stats.synproxy_handoff_failures += 1;
+        }
     }
 
     /// Hands the kernel the accepted packet `p`: rewritten when it is a

@@ -11,7 +11,6 @@ use super::super::shared::{DropRecord, Shared, Stop, WorkerStats};
 use super::reject::Replies;
 use crate::conntrack::ConnState;
 use crate::engine::Context;
-use crate::kernel::handover::{HandOver, Handed};
 use crate::kernel::ifnames::IfNames;
 use crate::kernel::nfqueue::codec::{self, Item, QueuedPacket, Receiver, Verdicts};
 use crate::kernel::nfqueue::BoundQueue;
@@ -40,7 +39,8 @@ pub struct Handoff {
     /// queued packets (at least the kernel's established timeout).
     pub timeout: u32,
     /// With the SYN proxy: proxied connections are handed off too, their
-    /// translation given to the kernel's conntrack ([`HandOver`]);
+    /// translation given to the kernel's conntrack
+    /// ([`crate::kernel::handover::HandOver`]);
     /// `Some(true)` when the kernel's SYN proxy hooks are registered (they
     /// translate timestamps).
     pub proxied: Option<bool>,
@@ -59,11 +59,9 @@ pub struct Worker {
     pub handoff: Option<Handoff>,
     /// Answers to rejected packets, sent after each batch's verdicts.
     pub replies: Replies,
-    /// The SYN proxy's sending and rewriting, when it is configured.
+    /// The SYN proxy's sending, rewriting and (hand-off mode) handing over,
+    /// when it is configured.
     pub proxying: Option<super::proxy::Proxying>,
-    /// Hand-off mode with the SYN proxy: this worker's ctnetlink socket
-    /// that gives the kernel proxied connections.
-    pub handover: Option<std::cell::RefCell<HandOver>>,
     /// The batch's drops, recorded in the drops ring once per batch (the
     /// worker's thread only: the cell is never contended).
     pub dropped: std::cell::RefCell<Vec<DropRecord>>,
@@ -319,8 +317,9 @@ impl Worker {
             framing,
             hand_off: self.handoff.map(|h| h.timeout),
             kernel_translates: self
-                .handover
+                .proxying
                 .as_ref()
+                .filter(|p| p.can_hand_over())
                 .and(self.handoff.and_then(|h| h.proxied)),
         };
         // A panic in the engine (a bug) must not take the firewall down with
@@ -374,91 +373,28 @@ impl Worker {
         if d.reason.is_reject() {
             self.replies.prepare(payload, framing, now, stats);
         }
-        if verdict == Verdict::Accept {
-            self.reset_in_kernel(payload, stats);
+        if let (Verdict::Accept, Some(proxy), Some(handoff)) =
+            (verdict, &self.proxying, &self.handoff)
+        {
+            proxy.reset_in_kernel(payload, handoff, stats);
         }
         match verdict {
             Verdict::Drop => (Verdict::Drop, None),
             Verdict::Accept => match &self.handoff {
-                // Handed off by the decision itself (`Context::hand_off`).
-                Some(b) if d.handed_off && self.hand_over(payload, framing, b, stats) => {
+                // Handed off by the decision itself (`Context::hand_off`);
+                // a proxied connection's translation goes to the kernel first.
+                Some(b)
+                    if d.handed_off
+                        && self.proxying.as_ref().map_or(true, |proxy| {
+                            proxy.hand_over(&self.engine, payload, framing, b, stats)
+                        }) =>
+                {
                     stats.handoff_marked += 1;
                     (Verdict::Accept, Some(p.mark | b.mark))
                 }
                 _ => (Verdict::Accept, None),
             },
         }
-    }
-
-    /// A server's RST of a proxied connection the kernel translates: its
-    /// entry gets the ISN that keeps the connection's sequence offset
-    /// through the kernel's SYN proxy hook (which sets it anew on a
-    /// server's RST) before the RST goes on.
-    fn reset_in_kernel(&self, payload: &[u8], stats: &mut WorkerStats) {
-        let (Some(proxy), Some(handover), Some(handoff)) =
-            (&self.proxying, &self.handover, &self.handoff)
-        else {
-            return;
-        };
-        let Some((t, isn)) = proxy.kernel_reset() else {
-            return;
-        };
-        let Ok(seg) = crate::synproxy::options::read_segment(payload) else {
-            return;
-        };
-        // From the server: the entry's original direction is the other way.
-        let c = Handed {
-            client: std::net::SocketAddr::new(seg.dst, seg.dst_port),
-            server: std::net::SocketAddr::new(seg.src, seg.src_port),
-            seq_offset: t.seq_offset(),
-            timestamp_offset: t.timestamp_offset(),
-            scales: None,
-            mark: handoff.mark,
-            timeout: handoff.timeout,
-        };
-        if handover.borrow_mut().set_isn(&c, isn).is_err() {
-            stats.synproxy_handoff_failures += 1;
-        }
-    }
-
-    /// A decision handed a connection off: a proxied one (its packet is
-    /// rewritten here) goes to the kernel with its translation first.
-    /// Whether the verdict may carry the hand-off mark.
-    fn hand_over(
-        &self,
-        payload: &[u8],
-        framing: crate::wire::Framing,
-        handoff: &Handoff,
-        stats: &mut WorkerStats,
-    ) -> bool {
-        let (Some(proxy), Some(handover)) = (&self.proxying, &self.handover) else {
-            return true;
-        };
-        let Some(t) = proxy.hand_over() else {
-            return true; // not proxied, or handed over already
-        };
-        let handed = crate::synproxy::options::read_segment(payload)
-            .ok()
-            .map(|seg| {
-                let (client, server) = t.window_shifts();
-                Handed {
-                    client: std::net::SocketAddr::new(seg.src, seg.src_port),
-                    server: std::net::SocketAddr::new(seg.dst, seg.dst_port),
-                    seq_offset: t.seq_offset(),
-                    timestamp_offset: t.timestamp_offset(),
-                    scales: (client != 0 || server != 0).then_some((client, server)),
-                    mark: handoff.mark,
-                    timeout: handoff.timeout,
-                }
-            });
-        let done = handed.is_some_and(|h| handover.borrow_mut().hand_over(&h).is_ok());
-        if done {
-            stats.synproxy_handed_off += 1;
-        } else {
-            stats.synproxy_handoff_failures += 1;
-            self.engine.translate_here(payload, framing);
-        }
-        done
     }
 
     /// Counts a packet a rule decided. The vector grows the first time a
