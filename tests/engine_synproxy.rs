@@ -34,6 +34,18 @@ fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// A new process (new keys) with the table of the state file `saved`
+/// (written at Unix time 1,800,000,000), and how many entries it restored.
+fn restarted(saved: &[u8]) -> (Harness, u64) {
+    let t = Harness::from_toml(&rules());
+    t.engine.set_cookie_keys([9; 32]);
+    let r = t
+        .engine
+        .restore_state(saved, t.now(), 1_800_000_000)
+        .expect("the state file");
+    (t, r.restored)
+}
+
 /// Decides `bytes`, with the proxy's answers.
 fn decide(t: &Harness, bytes: &[u8]) -> (Reason, Answers) {
     let mut answers = Answers::default();
@@ -535,14 +547,8 @@ fn a_restart_keeps_a_proxied_connection_and_its_translation() {
     let mut t = harness();
     let x = open(&mut t, c, s);
     let saved = t.engine.save_state(t.now(), true, 1_800_000_000);
-    // A new process: new keys, the table from the file.
-    let t2 = Harness::from_toml(&rules());
-    t2.engine.set_cookie_keys([9; 32]);
-    let r = t2
-        .engine
-        .restore_state(&saved, t2.now(), 1_800_000_000)
-        .expect("the state file");
-    assert_eq!(r.restored, 1);
+    let (t2, restored) = restarted(&saved);
+    assert_eq!(restored, 1);
     let h = through(
         &t2,
         build::tcp(s, c)
@@ -763,11 +769,7 @@ fn in_hand_off_mode_a_proxied_connection_goes_to_the_kernel_with_its_translation
     // A restart keeps that the kernel has it (its entry outlives the
     // daemon): no second hand-over.
     let saved = t.engine.save_state(t.now(), true, 1_800_000_000);
-    let t2 = Harness::from_toml(&rules());
-    t2.engine.set_cookie_keys([9; 32]);
-    t2.engine
-        .restore_state(&saved, t2.now(), 1_800_000_000)
-        .expect("the state file");
+    let (t2, _) = restarted(&saved);
     let (d, a) = decide_in(&t2, &handing(Some(true)), &bulk(x.client_isn + 99_101));
     assert_eq!(d.reason, Reason::Tracked);
     assert!(a.rewrite.is_some() && a.hand_over.is_none());
@@ -802,11 +804,7 @@ fn in_hand_off_mode_a_proxied_connection_goes_to_the_kernel_with_its_translation
         .seq(x.server_isn.wrapping_add(11))
         .window(0)
         .build();
-    let t3 = Harness::from_toml(&rules());
-    t3.engine.set_cookie_keys([9; 32]);
-    t3.engine
-        .restore_state(&saved, t3.now(), 1_800_000_000)
-        .expect("the state file");
+    let (t3, _) = restarted(&saved);
     let (d, a) = decide_in(&t3, &t3.ctx, &rst);
     assert_eq!(d.reason, Reason::Tracked);
     assert!(a.left_to_kernel && a.rewrite.is_none());

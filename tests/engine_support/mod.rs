@@ -18,18 +18,8 @@ pub const PSH: u8 = F::PSH;
 pub const URG: u8 = F::URG;
 
 /// A drop-by-default policy whose one rule, `web` (TCP to port 80), puts
-/// its connections behind the SYN proxy.
-pub const PROXIED_WEB: &str = r#"
-[policy]
-default = "drop"
-
-[[rule]]
-name = "web"
-action = "accept"
-proto = "tcp"
-dst_ports = [80]
-synproxy = true
-"#;
+/// its connections behind the SYN proxy (the replay tests read it too).
+pub const PROXIED_WEB: &str = include_str!("proxied-web.toml");
 
 /// A decision a test may ignore (setup steps); later assertions catch a bad setup.
 #[derive(Clone, Copy, Debug)]

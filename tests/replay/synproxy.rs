@@ -4,17 +4,8 @@
 use crate::gen::{CaptureBuilder, Conv, Format, Link, SYN};
 use crate::{conntrackd, path_str, text, tmp};
 
-const RULES: &str = r#"
-[policy]
-default = "drop"
-
-[[rule]]
-name = "web"
-action = "accept"
-proto = "tcp"
-dst_ports = [80]
-synproxy = true
-"#;
+/// The engine tests' proxied `web` rule.
+const RULES: &str = include_str!("../engine_support/proxied-web.toml");
 
 #[test]
 fn replay_shows_the_cookie_syn_ack_the_proxy_would_send() {

@@ -1082,6 +1082,7 @@ mod tests {
             "conntrackd_connections",
             "conntrackd_connections_limit",
             "conntrackd_half_open_connections",
+            "conntrackd_synproxy_adaptive_on",
             "conntrackd_connections_by_state",
             "conntrackd_evictions_total",
             "conntrackd_queue_reads_total",
