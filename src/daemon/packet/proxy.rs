@@ -10,7 +10,6 @@
 //! verdict, and the client waits for its SYN+ACK.
 
 use super::super::shared::WorkerStats;
-use super::worker::Handoff;
 use crate::engine::{Answers, Context, Decision};
 use crate::kernel::handover::{HandOver, Handed};
 use crate::kernel::nfqueue::codec::{QueuedPacket, Sink, Verdicts, BATCH};
@@ -33,12 +32,20 @@ pub struct Proxying {
     handover: Option<RefCell<HandOver>>,
 }
 
+/// Hand-off mode's mark bit(s) and the kernel entry's timeout (seconds), as
+/// the worker's `Handoff` has them.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelEntry {
+    pub mark: u32,
+    pub timeout: u32,
+}
+
 /// The kernel's entry of the proxied connection of `packet`, sent by the
 /// server (`from_server`) or the client, translated by `t`.
 fn handed(
     packet: &[u8],
     t: &crate::synproxy::translate::Translation,
-    handoff: &Handoff,
+    handoff: KernelEntry,
     from_server: bool,
 ) -> Option<Handed> {
     let seg = crate::synproxy::options::read_segment(packet).ok()?;
@@ -148,7 +155,7 @@ impl Proxying {
         engine: &Engine,
         packet: &[u8],
         framing: crate::wire::Framing,
-        handoff: &Handoff,
+        handoff: KernelEntry,
         stats: &mut WorkerStats,
     ) -> bool {
         let Some(handover) = &self.handover else {
@@ -172,7 +179,7 @@ impl Proxying {
     /// connection the kernel translates: its entry gets the ISN that keeps
     /// the connection's offset through the kernel's SYN proxy hook (which
     /// sets it anew on a server's RST) before the RST goes on.
-    pub fn reset_in_kernel(&self, packet: &[u8], handoff: &Handoff, stats: &mut WorkerStats) {
+    pub fn reset_in_kernel(&self, packet: &[u8], handoff: KernelEntry, stats: &mut WorkerStats) {
         let Some(handover) = &self.handover else {
             return;
         };

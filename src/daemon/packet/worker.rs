@@ -46,6 +46,16 @@ pub struct Handoff {
     pub proxied: Option<bool>,
 }
 
+impl Handoff {
+    /// What the kernel's entry of a proxied connection handed over gets.
+    pub fn entry(&self) -> super::proxy::KernelEntry {
+        super::proxy::KernelEntry {
+            mark: self.mark,
+            timeout: self.timeout,
+        }
+    }
+}
+
 pub struct Worker {
     pub queue: BoundQueue,
     pub index: usize,
@@ -376,7 +386,7 @@ impl Worker {
         if let (Verdict::Accept, Some(proxy), Some(handoff)) =
             (verdict, &self.proxying, &self.handoff)
         {
-            proxy.reset_in_kernel(payload, handoff, stats);
+            proxy.reset_in_kernel(payload, handoff.entry(), stats);
         }
         match verdict {
             Verdict::Drop => (Verdict::Drop, None),
@@ -386,7 +396,7 @@ impl Worker {
                 Some(b)
                     if d.handed_off
                         && self.proxying.as_ref().map_or(true, |proxy| {
-                            proxy.hand_over(&self.engine, payload, framing, b, stats)
+                            proxy.hand_over(&self.engine, payload, framing, b.entry(), stats)
                         }) =>
                 {
                     stats.handoff_marked += 1;
